@@ -1,0 +1,931 @@
+//! Raw file -> checked [`Config`]. Every check lives here, so `check` and `serve` agree.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use toml::Spanned;
+
+use crate::diag::Reporter;
+use crate::model::*;
+use crate::raw::*;
+
+/// Methods a route may name.
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The path prefix Drawbridge keeps for itself on every listener.
+pub const RESERVED_PREFIX: &str = "/.drawbridge";
+
+pub(crate) fn compile(
+    file: &Path,
+    source: &str,
+    raw: RawConfig,
+    version: String,
+) -> Result<Config, crate::Diagnostics> {
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut cx = Cx {
+        r: Reporter::new(file, source),
+        base,
+    };
+
+    let server = cx.server(&raw.server);
+    let listeners: Vec<Listener> = raw
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| cx.listener(i, l))
+        .collect();
+    if raw.listeners.is_empty() {
+        cx.r.error_help(
+            0,
+            "listeners",
+            "no listener is configured",
+            "add a `[[listeners]]` table with a `name` and an `address`",
+        );
+    }
+    cx.unique("listeners", raw.listeners.iter().map(|l| &l.get_ref().name));
+    cx.distinct_addresses(&raw.listeners);
+
+    let upstreams: Vec<Upstream> = raw
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| cx.upstream(i, u))
+        .collect();
+    cx.unique("upstreams", raw.upstreams.iter().map(|u| &u.get_ref().name));
+
+    let upstream_index: HashMap<&str, usize> = raw
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    let listener_index: HashMap<&str, usize> = raw
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    let routes: Vec<(usize, Route)> = raw
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            cx.route(i, r, &upstream_index, &listener_index)
+                .map(|route| (i, route))
+        })
+        .collect();
+    cx.unique("routes", raw.routes.iter().map(|r| &r.get_ref().name));
+    cx.overlaps(&routes, &raw.routes);
+
+    cx.r.finish()?;
+    Ok(Config {
+        source: file.to_path_buf(),
+        version,
+        server,
+        listeners,
+        upstreams,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+    })
+}
+
+struct Cx<'a> {
+    r: Reporter<'a>,
+    base: PathBuf,
+}
+
+impl Cx<'_> {
+    fn server(&mut self, raw: &RawServer) -> Server {
+        let shutdown_timeout = self.duration(
+            "server.shutdown_timeout",
+            raw.shutdown_timeout.as_ref(),
+            Duration::from_secs(30),
+        );
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let text = s.get_ref().trim();
+                let parsed = text
+                    .parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => Some(net.trunc()),
+                    Err(_) => {
+                        self.r.error_help(
+                            s.span().start,
+                            format!("server.trusted_proxies[{i}]"),
+                            format!("`{text}` is not an IP address or CIDR range"),
+                            "write an address (`10.0.0.7`) or a range (`10.0.0.0/8`)",
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        let access_log = match raw.access_log.as_ref() {
+            None => AccessLogTarget::Stdout,
+            Some(s) => match s.get_ref().as_str() {
+                "stdout" => AccessLogTarget::Stdout,
+                "stderr" => AccessLogTarget::Stderr,
+                "off" => AccessLogTarget::Off,
+                "" => {
+                    self.r.error_help(
+                        s.span().start,
+                        "server.access_log",
+                        "empty access log target",
+                        "use `stdout`, `stderr`, `off` or a file path",
+                    );
+                    AccessLogTarget::Off
+                }
+                path => AccessLogTarget::File(self.base.join(path)),
+            },
+        };
+        Server {
+            shutdown_timeout,
+            trusted_proxies,
+            access_log,
+            watch: raw.watch.unwrap_or(true),
+        }
+    }
+
+    fn listener(&mut self, i: usize, raw: &Spanned<RawListener>) -> Option<Listener> {
+        let at = format!("listeners[{i}]");
+        let l = raw.get_ref();
+        self.name(&format!("{at}.name"), &l.name);
+        let address = match l.address.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.r.error_help(
+                    l.address.span().start,
+                    format!("{at}.address"),
+                    format!("`{}` is not a socket address", l.address.get_ref()),
+                    "write an IP and a port: `127.0.0.1:8080` or `[::]:443`",
+                );
+                None
+            }
+        };
+        let tls = l.tls.as_ref().map(|t| self.tls(&format!("{at}.tls"), t));
+        let limits = self.limits(&format!("{at}.limits"), &l.limits);
+        Some(Listener {
+            name: l.name.get_ref().clone(),
+            address: address?,
+            http2: l.http2.unwrap_or(true),
+            tls: tls.flatten(),
+            limits,
+            location: self.r.locate(raw.span().start),
+        })
+    }
+
+    fn tls(&mut self, at: &str, raw: &Spanned<RawTls>) -> Option<Tls> {
+        let t = raw.get_ref();
+        if t.certificates.is_empty() {
+            self.r.error_help(
+                raw.span().start,
+                format!("{at}.certificates"),
+                "a TLS listener needs at least one certificate",
+                "add `[[listeners.tls.certificates]]` with `cert` and `key`",
+            );
+        }
+        let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(other) => {
+                let span = t.min_version.as_ref().map(|v| v.span().start).unwrap_or(0);
+                self.r.error_help(
+                    span,
+                    format!("{at}.min_version"),
+                    format!("unsupported TLS version `{other}`"),
+                    "use `1.2` or `1.3`; older versions are not offered",
+                );
+                TlsVersion::Tls12
+            }
+        };
+        let mut certificates = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, c) in t.certificates.iter().enumerate() {
+            let cat = format!("{at}.certificates[{i}]");
+            let cr = c.get_ref();
+            let chain = self.read_pem(&format!("{cat}.cert"), &cr.cert, |bytes| {
+                CertificateDer::pem_slice_iter(bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        if v.is_empty() {
+                            Err("no certificate in the file".into())
+                        } else {
+                            Ok(v)
+                        }
+                    })
+            });
+            let key = self.read_pem(&format!("{cat}.key"), &cr.key, |bytes| {
+                PrivateKeyDer::from_pem_slice(bytes).map_err(|e| e.to_string())
+            });
+            let mut server_names = Vec::new();
+            for (j, n) in cr.server_names.iter().enumerate() {
+                match host_pattern(n.get_ref()) {
+                    Ok(HostMatch::Exact(h)) => server_names.push(h),
+                    Ok(HostMatch::Suffix(s)) => server_names.push(format!("*.{s}")),
+                    Ok(HostMatch::Any) | Err(_) => {
+                        self.r.error_help(
+                            n.span().start,
+                            format!("{cat}.server_names[{j}]"),
+                            format!("`{}` is not a host name", n.get_ref()),
+                            "write a DNS name (`api.example.com`) or a wildcard (`*.example.com`)",
+                        );
+                        continue;
+                    }
+                }
+                if !seen.insert(server_names.last().cloned().unwrap_or_default()) {
+                    self.r.error(
+                        n.span().start,
+                        format!("{cat}.server_names[{j}]"),
+                        format!("`{}` is served by an earlier certificate", n.get_ref()),
+                    );
+                }
+            }
+            if let (Some(chain), Some(key)) = (chain, key) {
+                certificates.push(Certificate {
+                    chain,
+                    key,
+                    server_names,
+                    location: self.r.locate(c.span().start),
+                });
+            }
+        }
+        Some(Tls {
+            certificates,
+            min_version,
+        })
+    }
+
+    fn read_pem<T>(
+        &mut self,
+        field: &str,
+        path: &Spanned<String>,
+        parse: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Option<T> {
+        let full = self.base.join(path.get_ref());
+        match std::fs::read(&full) {
+            Ok(bytes) => match parse(&bytes) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.r.error(
+                        path.span().start,
+                        field,
+                        format!("`{}` holds no usable PEM: {e}", full.display()),
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                self.r.error_help(
+                    path.span().start,
+                    field,
+                    format!("cannot read `{}`: {e}", full.display()),
+                    "paths are relative to the config file's directory",
+                );
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, at: &str, raw: &RawLimits) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_header_bytes: self.int(
+                &format!("{at}.max_header_bytes"),
+                raw.max_header_bytes.as_ref(),
+                8192,
+                1 << 20,
+                d.max_header_bytes as i64,
+            ) as usize,
+            max_headers: self.int(
+                &format!("{at}.max_headers"),
+                raw.max_headers.as_ref(),
+                1,
+                1000,
+                d.max_headers as i64,
+            ) as usize,
+            max_uri_bytes: self.int(
+                &format!("{at}.max_uri_bytes"),
+                raw.max_uri_bytes.as_ref(),
+                64,
+                65534,
+                d.max_uri_bytes as i64,
+            ) as usize,
+            max_body_bytes: self.int(
+                &format!("{at}.max_body_bytes"),
+                raw.max_body_bytes.as_ref(),
+                0,
+                i64::MAX,
+                d.max_body_bytes as i64,
+            ) as u64,
+            header_read_timeout: self.duration(
+                &format!("{at}.header_read_timeout"),
+                raw.header_read_timeout.as_ref(),
+                d.header_read_timeout,
+            ),
+            idle_timeout: self.duration(
+                &format!("{at}.idle_timeout"),
+                raw.idle_timeout.as_ref(),
+                d.idle_timeout,
+            ),
+            max_connections: self.int(
+                &format!("{at}.max_connections"),
+                raw.max_connections.as_ref(),
+                1,
+                10_000_000,
+                d.max_connections as i64,
+            ) as usize,
+            max_concurrent_streams: self.int(
+                &format!("{at}.max_concurrent_streams"),
+                raw.max_concurrent_streams.as_ref(),
+                1,
+                100_000,
+                d.max_concurrent_streams as i64,
+            ) as u32,
+        }
+    }
+
+    fn upstream(&mut self, i: usize, raw: &Spanned<RawUpstream>) -> Option<Upstream> {
+        let at = format!("upstreams[{i}]");
+        let u = raw.get_ref();
+        self.name(&format!("{at}.name"), &u.name);
+        if u.endpoints.get_ref().is_empty() {
+            self.r.error_help(
+                u.endpoints.span().start,
+                format!("{at}.endpoints"),
+                "an upstream needs at least one endpoint",
+                "list URLs such as `http://127.0.0.1:9000`",
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (j, e) in u.endpoints.get_ref().iter().enumerate() {
+            match parse_endpoint(e.get_ref()) {
+                Ok(ep) => {
+                    if endpoints.contains(&ep) {
+                        self.r.error(
+                            e.span().start,
+                            format!("{at}.endpoints[{j}]"),
+                            format!("endpoint `{}` is listed twice", e.get_ref()),
+                        );
+                    }
+                    endpoints.push(ep)
+                }
+                Err(msg) => self.r.error_help(
+                    e.span().start,
+                    format!("{at}.endpoints[{j}]"),
+                    msg,
+                    "write `http://host:port` or `https://host:port`, nothing after the port",
+                ),
+            }
+        }
+        let protocol = match u.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("auto") => UpstreamProtocol::Auto,
+            Some("http1") => UpstreamProtocol::Http1,
+            Some("http2") => UpstreamProtocol::Http2,
+            Some(other) => {
+                self.r.error_help(
+                    u.protocol.as_ref().map_or(0, |p| p.span().start),
+                    format!("{at}.protocol"),
+                    format!("unknown protocol `{other}`"),
+                    "use `auto`, `http1` or `http2` (h2c for plaintext endpoints)",
+                );
+                UpstreamProtocol::Auto
+            }
+        };
+        let balance = match u.balance.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_requests") => Balance::LeastRequests,
+            Some(other) => {
+                self.r.error_help(
+                    u.balance.as_ref().map_or(0, |p| p.span().start),
+                    format!("{at}.balance"),
+                    format!("unknown balancing `{other}`"),
+                    "use `round_robin` or `least_requests`",
+                );
+                Balance::RoundRobin
+            }
+        };
+        let ca = u.ca_file.as_ref().and_then(|f| {
+            self.read_pem(&format!("{at}.ca_file"), f, |bytes| {
+                CertificateDer::pem_slice_iter(bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| {
+                        if v.is_empty() {
+                            Err("no certificate in the file".into())
+                        } else {
+                            Ok(v)
+                        }
+                    })
+            })
+        });
+        let any_tls = endpoints.iter().any(|e| e.tls);
+        if !any_tls {
+            for (field, v) in [
+                ("ca_file", &u.ca_file),
+                ("tls_server_name", &u.tls_server_name),
+            ] {
+                if let Some(v) = v {
+                    self.r.error_help(
+                        v.span().start,
+                        format!("{at}.{field}"),
+                        "set, but no endpoint uses `https`",
+                        "remove it, or make the endpoints `https://`",
+                    );
+                }
+            }
+        }
+        let max_failures = self.int(
+            &format!("{at}.health.max_failures"),
+            u.health.max_failures.as_ref(),
+            1,
+            1000,
+            5,
+        ) as u32;
+        let ejection = self.duration(
+            &format!("{at}.health.ejection"),
+            u.health.ejection.as_ref(),
+            Duration::from_secs(30),
+        );
+        Some(Upstream {
+            name: u.name.get_ref().clone(),
+            endpoints,
+            protocol,
+            balance,
+            ca,
+            tls_server_name: u.tls_server_name.as_ref().map(|s| s.get_ref().clone()),
+            connect_timeout: self.duration(
+                &format!("{at}.connect_timeout"),
+                u.connect_timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+            request_timeout: self.duration(
+                &format!("{at}.request_timeout"),
+                u.request_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
+            idle_timeout: self.duration(
+                &format!("{at}.idle_timeout"),
+                u.idle_timeout.as_ref(),
+                Duration::from_secs(90),
+            ),
+            max_idle_connections: self.int(
+                &format!("{at}.max_idle_connections"),
+                u.max_idle_connections.as_ref(),
+                0,
+                100_000,
+                256,
+            ) as usize,
+            max_requests: self.int(
+                &format!("{at}.max_requests"),
+                u.max_requests.as_ref(),
+                1,
+                10_000_000,
+                10_000,
+            ) as usize,
+            retries: self.int(&format!("{at}.retries"), u.retries.as_ref(), 0, 10, 1) as u32,
+            health: Health {
+                max_failures,
+                ejection,
+            },
+            location: self.r.locate(raw.span().start),
+        })
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawRoute>,
+        upstreams: &HashMap<&str, usize>,
+        listeners: &HashMap<&str, usize>,
+    ) -> Option<Route> {
+        let at = format!("routes[{i}]");
+        let r = raw.get_ref();
+        self.name(&format!("{at}.name"), &r.name);
+        let start = raw.span().start;
+        let host = match r.host.as_ref() {
+            None => Some(HostMatch::Any),
+            Some(h) => match host_pattern(h.get_ref()) {
+                Ok(m) => Some(m),
+                Err(msg) => {
+                    self.r.error_help(h.span().start, format!("{at}.host"), msg, "write a host name (`api.example.com`) or a wildcard (`*.example.com`), without port");
+                    None
+                }
+            },
+        };
+        let path = match (&r.path, &r.prefix) {
+            (Some(_), Some(p)) => {
+                self.r.error_help(
+                    p.span().start,
+                    format!("{at}.prefix"),
+                    "a route has `path` or `prefix`, not both",
+                    "`path` matches one path exactly, `prefix` a whole subtree",
+                );
+                None
+            }
+            (None, None) => {
+                self.r.error_help(
+                    start,
+                    format!("{at}"),
+                    "the route matches no path",
+                    "add `prefix = \"/\"` to match every path, or `path = \"/exact\"`",
+                );
+                None
+            }
+            (Some(p), None) => self
+                .route_path(&format!("{at}.path"), p)
+                .map(PathMatch::Exact),
+            (None, Some(p)) => self.route_path(&format!("{at}.prefix"), p).map(|p| {
+                let trimmed = p.trim_end_matches('/');
+                PathMatch::Prefix(if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.into()
+                })
+            }),
+        };
+        if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path {
+            if crate::model::prefix_matches(RESERVED_PREFIX, p) {
+                let span = r
+                    .path
+                    .as_ref()
+                    .or(r.prefix.as_ref())
+                    .map_or(start, |s| s.span().start);
+                self.r.error_help(
+                    span,
+                    format!("{at}.{}", if r.path.is_some() { "path" } else { "prefix" }),
+                    format!("`{RESERVED_PREFIX}/` is reserved for Drawbridge"),
+                    "choose another path",
+                );
+            }
+        }
+        let methods = r.methods.as_ref().map(|ms| {
+            if ms.get_ref().is_empty() {
+                self.r.error_help(
+                    ms.span().start,
+                    format!("{at}.methods"),
+                    "an empty method list matches nothing",
+                    "remove `methods` to allow every method, or list some",
+                );
+            }
+            let mut out: Vec<String> = Vec::new();
+            for (j, m) in ms.get_ref().iter().enumerate() {
+                let up = m.get_ref().to_ascii_uppercase();
+                if !METHODS.contains(&up.as_str()) {
+                    self.r.error_help(
+                        m.span().start,
+                        format!("{at}.methods[{j}]"),
+                        format!("unknown method `{}`", m.get_ref()),
+                        format!("use one of {}", METHODS.join(", ")),
+                    );
+                } else if out.contains(&up) {
+                    self.r.error(
+                        m.span().start,
+                        format!("{at}.methods[{j}]"),
+                        format!("method `{up}` is listed twice"),
+                    );
+                } else {
+                    out.push(up);
+                }
+            }
+            out
+        });
+        let upstream = match upstreams.get(r.upstream.get_ref().as_str()) {
+            Some(&u) => Some(u),
+            None => {
+                let known: Vec<&str> = upstreams.keys().copied().collect();
+                self.r.error_help(
+                    r.upstream.span().start,
+                    format!("{at}.upstream"),
+                    format!("no upstream is named `{}`", r.upstream.get_ref()),
+                    if known.is_empty() {
+                        "declare it in an `[[upstreams]]` table".to_string()
+                    } else {
+                        format!("known upstreams: {}", sorted(known))
+                    },
+                );
+                None
+            }
+        };
+        let strip_prefix = r.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
+        if strip_prefix && r.prefix.is_none() {
+            let span = r.strip_prefix.as_ref().map_or(start, |s| s.span().start);
+            self.r.error_help(
+                span,
+                format!("{at}.strip_prefix"),
+                "`strip_prefix` needs a `prefix`",
+                "use `prefix` instead of `path`, or remove `strip_prefix`",
+            );
+        }
+        let admission = match r.public.as_ref() {
+            Some(p) if *p.get_ref() => Some(Admission::Public),
+            Some(p) => {
+                self.r.error_help(p.span().start, format!("{at}.public"), "`public = false` names no way to admit callers", "authenticators arrive in a later release; until then a route must say `public = true`");
+                None
+            }
+            None => {
+                self.r.error_help(
+                    start,
+                    format!("{at}"),
+                    "the route does not say how callers are admitted",
+                    "add `public = true` to open it to anonymous callers",
+                );
+                None
+            }
+        };
+        let route_listeners = r.listeners.as_ref().map(|ls| {
+            let mut out = Vec::new();
+            for (j, l) in ls.get_ref().iter().enumerate() {
+                match listeners.get(l.get_ref().as_str()) {
+                    Some(&idx) => out.push(idx),
+                    None => self.r.error(
+                        l.span().start,
+                        format!("{at}.listeners[{j}]"),
+                        format!("no listener is named `{}`", l.get_ref()),
+                    ),
+                }
+            }
+            if ls.get_ref().is_empty() {
+                self.r.error_help(
+                    ls.span().start,
+                    format!("{at}.listeners"),
+                    "an empty listener list serves nothing",
+                    "remove `listeners` to serve on every listener",
+                );
+            }
+            out
+        });
+        let max_body_bytes = r
+            .max_body_bytes
+            .as_ref()
+            .map(|v| self.int(&format!("{at}.max_body_bytes"), Some(v), 0, i64::MAX, 0) as u64);
+        Some(Route {
+            name: r.name.get_ref().clone(),
+            host: host?,
+            path: path?,
+            methods,
+            upstream: upstream?,
+            strip_prefix,
+            admission: admission?,
+            listeners: route_listeners,
+            max_body_bytes,
+            location: self.r.locate(start),
+        })
+    }
+
+    fn route_path(&mut self, field: &str, p: &Spanned<String>) -> Option<String> {
+        let s = p.get_ref();
+        let problem = if !s.starts_with('/') {
+            Some("must start with `/`")
+        } else if s.contains('%')
+            || s.contains('?')
+            || s.contains('#')
+            || s.contains(';')
+            || s.contains('\\')
+        {
+            Some("must be written decoded, without `%`, `?`, `#`, `;` or `\\`")
+        } else if s.contains("//") || s.split('/').any(|seg| seg == "." || seg == "..") {
+            Some("must be normalised: no empty, `.` or `..` segments")
+        } else if s.chars().any(char::is_control) {
+            Some("must not hold control characters")
+        } else {
+            None
+        };
+        match problem {
+            Some(msg) => {
+                self.r.error(p.span().start, field, format!("`{s}` {msg}"));
+                None
+            }
+            None => Some(s.clone()),
+        }
+    }
+
+    fn overlaps(&mut self, routes: &[(usize, Route)], raw: &[Spanned<RawRoute>]) {
+        for (a_pos, (ai, a)) in routes.iter().enumerate() {
+            for (bi, b) in routes.iter().skip(a_pos + 1) {
+                if a.host != b.host || a.path != b.path {
+                    continue;
+                }
+                let listeners_meet = match (&a.listeners, &b.listeners) {
+                    (Some(x), Some(y)) => x.iter().any(|l| y.contains(l)),
+                    _ => true,
+                };
+                let shared_method = match (&a.methods, &b.methods) {
+                    (None, _) | (_, None) => Some("any method".to_string()),
+                    (Some(x), Some(y)) => {
+                        x.iter().find(|m| y.contains(m)).map(|m| format!("`{m}`"))
+                    }
+                };
+                if let (true, Some(method)) = (listeners_meet, shared_method) {
+                    self.r.error_help(
+                        raw[*bi].span().start,
+                        format!("routes[{bi}]"),
+                        format!(
+                            "route `{}` overlaps route `{}` (line {}): same host, same path and {method}, so a request could match either",
+                            b.name, a.name, a.location.line
+                        ),
+                        "give them different hosts, paths, or disjoint `methods`",
+                    );
+                    let _ = ai;
+                }
+            }
+        }
+    }
+
+    fn distinct_addresses(&mut self, raw: &[Spanned<RawListener>]) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, l) in raw.iter().enumerate() {
+            let a = l.get_ref().address.get_ref().as_str();
+            if let Some(first) = seen.insert(a, i) {
+                self.r.error(
+                    l.get_ref().address.span().start,
+                    format!("listeners[{i}].address"),
+                    format!("`{a}` is already used by listeners[{first}]"),
+                );
+            }
+        }
+    }
+
+    fn unique<'s>(&mut self, section: &str, names: impl Iterator<Item = &'s Spanned<String>>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if let Some(first) = seen.insert(n.get_ref().as_str(), i) {
+                self.r.error_help(
+                    n.span().start,
+                    format!("{section}[{i}].name"),
+                    format!(
+                        "the name `{}` is already used by {section}[{first}]",
+                        n.get_ref()
+                    ),
+                    "names must be unique within their section",
+                );
+            }
+        }
+    }
+
+    fn name(&mut self, field: &str, n: &Spanned<String>) {
+        let s = n.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            self.r.error_help(
+                n.span().start,
+                field,
+                format!("`{s}` is not a valid name"),
+                "use 1 to 64 letters, digits, `-`, `_` or `.`",
+            );
+        }
+    }
+
+    fn duration(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.r.error_help(
+                    raw.span().start,
+                    field,
+                    "a zero duration is not allowed",
+                    "give a positive duration such as `30s`",
+                );
+                default
+            }
+            Err(e) => {
+                self.r.error_help(
+                    raw.span().start,
+                    field,
+                    format!("`{}` is not a duration: {e}", raw.get_ref()),
+                    "write a duration such as `500ms`, `30s` or `5m`",
+                );
+                default
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<i64>>,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
+        let Some(raw) = raw else { return default };
+        let v = *raw.get_ref();
+        if v < min || v > max {
+            self.r.error(
+                raw.span().start,
+                field,
+                format!("{v} is out of range ({min} to {max})"),
+            );
+            return default;
+        }
+        v
+    }
+}
+
+fn sorted(mut v: Vec<&str>) -> String {
+    v.sort_unstable();
+    v.iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses a route's or certificate's host pattern.
+pub(crate) fn host_pattern(s: &str) -> Result<HostMatch, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    if lower == "*" {
+        return Ok(HostMatch::Any);
+    }
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, lower.clone()),
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+    if name.is_empty() || (!is_ip && !name.split('.').all(valid_label)) || (wild && is_ip) {
+        return Err(format!("`{s}` is not a host name or `*.suffix` pattern"));
+    }
+    Ok(if wild {
+        HostMatch::Suffix(name)
+    } else {
+        HostMatch::Exact(name)
+    })
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!("`{s}` must start with `http://` or `https://`"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "`{s}` has a path, query or user info; an endpoint is scheme, host and port"
+        ));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}` has an unclosed `[`"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("`{s}` has an invalid port"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("`{s}` has text after the IPv6 address")),
+        };
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("`{s}` has an invalid IPv6 address"))?;
+        (h.to_string(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{s}` has an invalid port"))?,
+            ),
+            None => (rest.to_string(), default_port),
+        }
+    };
+    if host.is_empty() || host_pattern(&host).is_err() && host.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(format!("`{s}` has an invalid host"));
+    }
+    if port == 0 {
+        return Err(format!("`{s}` has port 0"));
+    }
+    Ok(Endpoint {
+        tls,
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}

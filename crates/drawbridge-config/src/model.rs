@@ -1,0 +1,304 @@
+//! The checked configuration: every value parsed, every reference resolved.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Location;
+
+/// A configuration that passed every check.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// A hash of the file's bytes, shown as the config version.
+    pub version: String,
+    /// Process-wide settings.
+    pub server: Server,
+    /// Where Drawbridge accepts connections.
+    pub listeners: Vec<Listener>,
+    /// Where admitted requests go.
+    pub upstreams: Vec<Upstream>,
+    /// Which requests go where, and how they are admitted.
+    pub routes: Vec<Route>,
+}
+
+/// Process-wide settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is kept.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Where access-log lines go.
+    pub access_log: AccessLogTarget,
+    /// Reload when the config file changes.
+    pub watch: bool,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Not written.
+    Off,
+}
+
+/// One listening socket (`[[listeners]]`).
+#[derive(Debug)]
+pub struct Listener {
+    /// Unique name, used by routes and in the access log.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Whether HTTP/2 is offered (ALPN `h2` with TLS, prior knowledge without).
+    pub http2: bool,
+    /// TLS termination; plaintext when absent.
+    pub tls: Option<Tls>,
+    /// Bounds on what a client may send.
+    pub limits: Limits,
+    /// Where the listener was declared.
+    pub location: Location,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug)]
+pub struct Tls {
+    /// Certificates, chosen by SNI; the first one serves clients that send no known name.
+    pub certificates: Vec<Certificate>,
+    /// Lowest protocol version accepted.
+    pub min_version: TlsVersion,
+}
+
+/// Lowest accepted TLS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// A certificate chain with its key.
+#[derive(Debug)]
+pub struct Certificate {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Names this certificate serves (exact or `*.suffix`), lower-case.
+    pub server_names: Vec<String>,
+    /// Where the certificate was declared.
+    pub location: Location,
+}
+
+/// Bounds applied to every connection of a listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line and headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Longest request target in bytes.
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a request head.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most open connections on the listener.
+    pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// A service behind Drawbridge (`[[upstreams]]`).
+#[derive(Debug)]
+pub struct Upstream {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Where the service listens.
+    pub endpoints: Vec<Endpoint>,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// How an endpoint is chosen.
+    pub balance: Balance,
+    /// Trust anchors for `https` endpoints; the system roots when absent.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+    /// The name checked in the endpoints' certificates, when it differs from their host.
+    pub tls_server_name: Option<String>,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending the request to receiving the response head.
+    pub request_timeout: Duration,
+    /// Pooled connections idle longer than this are closed.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    pub max_idle_connections: usize,
+    /// Most requests in flight to one endpoint; further requests get 503.
+    pub max_requests: usize,
+    /// Extra attempts for idempotent requests without a body whose attempt failed.
+    pub retries: u32,
+    /// Passive health checking.
+    pub health: Health,
+    /// Where the upstream was declared.
+    pub location: Location,
+}
+
+/// One endpoint of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Whether the endpoint speaks TLS.
+    pub tls: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, with brackets around IPv6 literals.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `http://host:port` or `https://host:port`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.authority()
+        )
+    }
+}
+
+/// HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 (prior knowledge over plaintext, `h2` ALPN over TLS).
+    Http2,
+    /// Whatever ALPN picks for `https`, HTTP/1.1 for `http`.
+    Auto,
+}
+
+/// How an endpoint is chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each healthy endpoint in turn.
+    RoundRobin,
+    /// The healthy endpoint with the fewest requests in flight.
+    LeastRequests,
+}
+
+/// Passive health: endpoints failing in a row are ejected for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Consecutive failures (connect errors, resets, timeouts) that eject an endpoint.
+    pub max_failures: u32,
+    /// How long an ejected endpoint receives no requests.
+    pub ejection: Duration,
+}
+
+/// Which requests a route takes, and where they go (`[[routes]]`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name, shown in the access log.
+    pub name: String,
+    /// The hosts the route serves.
+    pub host: HostMatch,
+    /// The paths the route serves.
+    pub path: PathMatch,
+    /// Methods served, upper-case; all when `None`.
+    pub methods: Option<Vec<String>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Remove the matched prefix before forwarding.
+    pub strip_prefix: bool,
+    /// How callers are admitted.
+    pub admission: Admission,
+    /// Indexes into [`Config::listeners`]; every listener when `None`.
+    pub listeners: Option<Vec<usize>>,
+    /// Overrides the listener's body limit.
+    pub max_body_bytes: Option<u64>,
+    /// Where the route was declared.
+    pub location: Location,
+}
+
+/// How a route admits callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Anyone, without credentials (`public = true`).
+    Public,
+}
+
+/// The hosts a route serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Every host.
+    Any,
+    /// One host, lower-case, without port.
+    Exact(String),
+    /// Any host ending in `.suffix` (`*.example.com` holds `example.com`).
+    Suffix(String),
+}
+
+/// The paths a route serves; compared with the normalised, decoded path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// Exactly this path.
+    Exact(String),
+    /// This path and everything below it, on segment boundaries (`/api` holds `/api` and
+    /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` holds every path.
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Whether `path` (normalised) falls under this match.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+        }
+    }
+}
+
+/// Segment-boundary prefix test; `prefix` has no trailing slash except the root.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}

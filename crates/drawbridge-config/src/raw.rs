@@ -1,0 +1,110 @@
+//! The file format as written: serde structs that mirror the TOML, with spans kept for
+//! diagnostics. Nothing here is trusted; `compile` turns it into checked types.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub shutdown_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub watch: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub http2: Option<bool>,
+    pub tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub certificates: Vec<Spanned<RawCertificate>>,
+    pub min_version: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub server_names: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_uri_bytes: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub name: Spanned<String>,
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub tls_server_name: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_idle_connections: Option<Spanned<i64>>,
+    pub max_requests: Option<Spanned<i64>>,
+    pub retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub max_failures: Option<Spanned<i64>>,
+    pub ejection: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream: Spanned<String>,
+    pub strip_prefix: Option<Spanned<bool>>,
+    pub public: Option<Spanned<bool>>,
+    pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+}

@@ -1,0 +1,191 @@
+use std::path::Path;
+
+use super::*;
+
+fn check(src: &str) -> Result<Config, Diagnostics> {
+    parse(Path::new("/etc/drawbridge/test.toml"), src)
+}
+
+fn errors(src: &str) -> Vec<Diagnostic> {
+    match check(src) {
+        Ok(_) => panic!("expected errors"),
+        Err(d) => d.0,
+    }
+}
+
+const BASE: &str = r#"
+[[listeners]]
+name = "main"
+address = "127.0.0.1:8080"
+
+[[upstreams]]
+name = "app"
+endpoints = ["http://127.0.0.1:9000"]
+"#;
+
+#[test]
+fn minimal_config_compiles() {
+    let cfg = check(&format!(
+        "{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+    ))
+    .expect("valid");
+    assert_eq!(cfg.routes.len(), 1);
+    assert_eq!(cfg.routes[0].path, PathMatch::Prefix("/".into()));
+    assert_eq!(cfg.upstreams[0].endpoints[0].url(), "http://127.0.0.1:9000");
+}
+
+#[test]
+fn unknown_field_names_file_line_and_field() {
+    let src = format!(
+        "{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\nupstrem = \"x\"\n"
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].location.file, Path::new("/etc/drawbridge/test.toml"));
+    assert_eq!(e[0].location.line, 15, "{}", e[0]);
+    assert_eq!(e[0].field, "routes[0].upstrem");
+    assert!(
+        e[0].message.contains("unknown field `upstrem`"),
+        "{}",
+        e[0].message
+    );
+}
+
+#[test]
+fn missing_upstream_is_reported_at_its_reference() {
+    let src = format!(
+        "{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"nope\"\npublic = true\n"
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].field, "routes[0].upstream");
+    assert_eq!(e[0].location.line, 13);
+    assert!(e[0].message.contains("`nope`"));
+    assert!(e[0].help.as_deref().unwrap_or("").contains("`app`"));
+}
+
+#[test]
+fn route_without_admission_is_an_error() {
+    let e = errors(&format!(
+        "{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\n"
+    ));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].field, "routes[0]");
+    assert!(e[0].message.contains("admitted"));
+}
+
+#[test]
+fn duplicate_names_and_overlapping_routes_are_errors() {
+    let src = format!(
+        "{BASE}\n[[upstreams]]\nname = \"app\"\nendpoints = [\"http://127.0.0.1:9001\"]\n\
+         [[routes]]\nname = \"a\"\nprefix = \"/api\"\nupstream = \"app\"\npublic = true\nmethods = [\"GET\", \"POST\"]\n\
+         [[routes]]\nname = \"b\"\nprefix = \"/api/\"\nupstream = \"app\"\npublic = true\nmethods = [\"post\"]\n\
+         [[routes]]\nname = \"c\"\nprefix = \"/api\"\nupstream = \"app\"\npublic = true\nmethods = [\"DELETE\"]\n"
+    );
+    let e = errors(&src);
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["upstreams[1].name", "routes[1]"], "{e:?}");
+    assert!(
+        e[1].message.contains("overlaps route `a`"),
+        "{}",
+        e[1].message
+    );
+    assert!(e[1].message.contains("`POST`"));
+}
+
+#[test]
+fn disjoint_methods_on_one_path_are_fine() {
+    let src = format!(
+        "{BASE}\n[[routes]]\nname = \"a\"\npath = \"/x\"\nupstream = \"app\"\npublic = true\nmethods = [\"GET\"]\n\
+         [[routes]]\nname = \"b\"\npath = \"/x\"\nupstream = \"app\"\npublic = true\nmethods = [\"POST\"]\n"
+    );
+    check(&src).expect("valid");
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let src = r#"
+[server]
+shutdown_timeout = "soon"
+trusted_proxies = ["10.0.0.0/8", "not-an-ip"]
+
+[[listeners]]
+name = "bad name!"
+address = "localhost"
+
+[[upstreams]]
+name = "app"
+endpoints = ["ftp://x", "http://127.0.0.1:9000/path"]
+balance = "random"
+
+[[routes]]
+name = "r"
+prefix = "/a/../b"
+upstream = "app"
+public = true
+strip_prefix = true
+"#;
+    let e = errors(src);
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "server.shutdown_timeout",
+            "server.trusted_proxies[1]",
+            "listeners[0].name",
+            "listeners[0].address",
+            "upstreams[0].endpoints[0]",
+            "upstreams[0].endpoints[1]",
+            "upstreams[0].balance",
+            "routes[0].prefix",
+        ]
+    );
+    assert_eq!(e[3].location.line, 8);
+}
+
+#[test]
+fn reserved_prefix_cannot_be_routed() {
+    let e = errors(&format!(
+        "{BASE}\n[[routes]]\nname = \"r\"\nprefix = \"/.drawbridge/x\"\nupstream = \"app\"\npublic = true\n"
+    ));
+    assert!(e[0].message.contains("reserved"));
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = errors("[[listeners]\nname = 1\n");
+    assert_eq!(e[0].location.line, 1);
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let e = errors(&format!(
+        "{BASE}\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"app\"\npublic = \"yes\"\n"
+    ));
+    assert_eq!(e[0].field, "routes[0].public");
+    assert_eq!(e[0].location.line, 14);
+}
+
+#[test]
+fn host_patterns() {
+    assert_eq!(
+        compile::host_pattern("API.example.com"),
+        Ok(HostMatch::Exact("api.example.com".into()))
+    );
+    assert_eq!(
+        compile::host_pattern("*.example.com"),
+        Ok(HostMatch::Suffix("example.com".into()))
+    );
+    assert!(compile::host_pattern("a..b").is_err());
+    assert!(compile::host_pattern("a.b:80").is_err());
+    assert!(compile::host_pattern("*.10.0.0.1").is_err());
+}
+
+#[test]
+fn prefix_matching_is_on_segment_boundaries() {
+    let p = PathMatch::Prefix("/api".into());
+    assert!(p.matches("/api"));
+    assert!(p.matches("/api/x"));
+    assert!(!p.matches("/apix"));
+    assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+}

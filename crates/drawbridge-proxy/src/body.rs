@@ -1,0 +1,225 @@
+//! Bodies on both sides: the request body with its size bound, and the response body that
+//! counts what it sends and records the access event when it ends.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use drawbridge_telemetry::{AccessEvent, AccessLog};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::InFlight;
+
+/// Errors of a request body on its way upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client sent more than the route allows.
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    /// Reading from the client failed.
+    #[error("reading the request body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+/// A client's request body, streamed upstream, cut off past its limit.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    /// Streams `inner`, failing once more than `limit` bytes were read.
+    pub fn limited(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            limit: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// The body sent to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    record: Option<Box<Record>>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// An access event waiting for the response to end.
+pub struct Record {
+    /// Where it goes.
+    pub log: AccessLog,
+    /// The event, complete but for bytes and duration.
+    pub event: AccessEvent,
+    /// When the request arrived.
+    pub start: Instant,
+    /// Keeps the endpoint's in-flight count until the response ends.
+    pub in_flight: Option<InFlight>,
+}
+
+impl ResponseBody {
+    /// An upstream's body, streamed through.
+    pub fn upstream(body: Incoming) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            record: None,
+        }
+    }
+
+    /// A body Drawbridge wrote.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let b = bytes.into();
+        Self {
+            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            record: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+            record: None,
+        }
+    }
+
+    /// Attaches the access event, written when the body ends or is dropped.
+    pub fn with_record(mut self, record: Record) -> Self {
+        self.record = Some(Box::new(record));
+        self
+    }
+
+    fn count(&mut self, n: usize) {
+        if let Some(r) = self.record.as_mut() {
+            r.event.bytes_sent += n as u64;
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(r) = self.record.take() {
+            let Record {
+                log,
+                mut event,
+                start,
+                in_flight,
+            } = *r;
+            drop(in_flight);
+            event.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            log.record(event);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len();
+                    this.count(n);
+                }
+                if this.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(r) = this.record.as_mut() {
+                    r.event
+                        .reason
+                        .get_or_insert_with(|| format!("upstream body: {e}"));
+                }
+                this.finish();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(body) => body.size_hint(),
+        }
+    }
+}

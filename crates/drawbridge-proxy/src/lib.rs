@@ -1,0 +1,197 @@
+//! Drawbridge's data plane: listeners, TLS, the HTTP pipeline, upstream pools, the rescue
+//! and live reload.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod forward;
+pub mod io;
+pub mod pipeline;
+pub mod reload;
+pub mod rescue;
+pub mod route;
+pub mod sanitize;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use drawbridge_config::{AccessLogTarget, ConfigError};
+use drawbridge_telemetry::{AccessLog, Sink};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{Mutex, watch};
+
+use crate::pipeline::{RequestIds, Shared};
+use crate::snapshot::Snapshot;
+
+/// Why Drawbridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound, or the access log opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a reload was refused; the old configuration keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The new configuration moves, adds or removes listeners.
+    #[error("listeners changed; adding, removing or moving listeners needs a restart")]
+    ListenersChanged,
+}
+
+/// Reads and compiles `path` exactly as `serve` does, without binding anything.
+pub fn compile(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+    let config = drawbridge_config::load(path)?;
+    Ok(Snapshot::compile(config, previous)?)
+}
+
+/// A running proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    config_path: PathBuf,
+    addrs: Vec<(String, SocketAddr)>,
+    stop: watch::Sender<bool>,
+    graceful: Arc<GracefulShutdown>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    /// Loads `config_path`, binds every listener and starts serving.
+    pub async fn start(config_path: &Path) -> Result<Arc<Proxy>, StartError> {
+        let snapshot = compile(config_path, None)?;
+        let log = match &snapshot.server.access_log {
+            AccessLogTarget::Stdout => AccessLog::start(Sink::Stdout),
+            AccessLogTarget::Stderr => AccessLog::start(Sink::Stderr),
+            AccessLogTarget::Off => Ok(AccessLog::off()),
+            AccessLogTarget::File(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .and_then(|f| AccessLog::start(Sink::Writer(Box::new(f)))),
+        }
+        .map_err(|source| StartError::Io {
+            what: "opening the access log".into(),
+            source,
+        })?;
+
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            let listener = server::bind(l.address).map_err(|source| StartError::Io {
+                what: format!("binding listener `{}` to {}", l.name, l.address),
+                source,
+            })?;
+            let local = listener.local_addr().map_err(|source| StartError::Io {
+                what: "reading bound address".into(),
+                source,
+            })?;
+            bound.push((l.name.to_string(), local, listener));
+        }
+        tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            log,
+            ids: RequestIds::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for (i, (name, local, listener)) in bound.into_iter().enumerate() {
+            tracing::info!(listener = %name, address = %local, "listening");
+            addrs.push((name, local));
+            tasks.push(tokio::spawn(server::accept_loop(
+                shared.clone(),
+                i,
+                listener,
+                graceful.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        Ok(Arc::new(Proxy {
+            shared,
+            config_path: config_path.to_path_buf(),
+            addrs,
+            stop,
+            graceful,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// The bound address of each listener, by name, in config order.
+    pub fn addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The bound address of the listener `name`.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The version (hash) of the configuration in force.
+    pub fn version(&self) -> String {
+        self.shared.snapshot.load().version.clone()
+    }
+
+    /// The config file this proxy was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Access-log events dropped because the log could not keep up.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.shared.log.dropped()
+    }
+
+    /// Recompiles the config file; swaps it in only if it is valid. Requests in flight keep
+    /// the snapshot they started with.
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let current = self.shared.snapshot.load_full();
+        let next = compile(&self.config_path, Some(&current))?;
+        if !current.same_listeners(&next) {
+            return Err(ReloadError::ListenersChanged);
+        }
+        let version = next.version.clone();
+        self.shared.snapshot.store(Arc::new(next));
+        Ok(version)
+    }
+
+    /// Stops accepting, then waits up to the configured `shutdown_timeout` for in-flight
+    /// requests to finish.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.lock().await.drain(..) {
+            let _ = t.await;
+        }
+        let timeout = self.shared.snapshot.load().server.shutdown_timeout;
+        let graceful = Arc::clone(&self.graceful);
+        // `GracefulShutdown::shutdown` takes the value; the accept loops are done with it.
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => {
+                if tokio::time::timeout(timeout, g.shutdown()).await.is_err() {
+                    tracing::warn!(
+                        ?timeout,
+                        "shutdown timeout reached with requests still in flight"
+                    );
+                }
+            }
+            Err(_) => tracing::warn!("connections still registered; not waiting for them"),
+        }
+    }
+}

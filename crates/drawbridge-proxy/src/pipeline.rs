@@ -1,0 +1,355 @@
+//! The HTTP request pipeline, phase by phase in the order of ARCHITECTURE.md §1:
+//! accept and parse happen in [`crate::server`]; here follow sanitize, route, (authenticate,
+//! verify, authorize and limit arrive with later releases), mutate, forward and record.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use drawbridge_config::Admission;
+use drawbridge_telemetry::{AccessEvent, AccessLog};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::body::{Record, RequestBody, ResponseBody};
+use crate::forward::{self, Outgoing};
+use crate::rescue::{self, ProxyError};
+use crate::route::Match;
+use crate::sanitize::{self, NormalPath};
+use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
+
+/// What every connection task shares.
+pub struct Shared {
+    /// The configuration in force.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Access log.
+    pub log: AccessLog,
+    /// Request id source.
+    pub ids: RequestIds,
+}
+
+/// What is known of a connection.
+pub struct ConnInfo {
+    /// Index of the listener in the snapshot.
+    pub listener: usize,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Request ids: a random per-process prefix and a counter, so ids never repeat.
+pub struct RequestIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    /// A fresh id source.
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // A failing OS random source leaves a zero prefix: ids stay unique within the process.
+        let _ = getrandom::fill(&mut seed);
+        Self {
+            prefix: u64::from_le_bytes(seed),
+            counter: Default::default(),
+        }
+    }
+
+    /// The next id: 32 hex digits.
+    pub fn next(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs one request through the pipeline; never fails: errors become responses (rescue).
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let time = SystemTime::now();
+    let snapshot = shared.snapshot.load_full();
+    let listener = &snapshot.listeners[conn.listener];
+    let request_id = shared.ids.next();
+    let grpc = rescue::is_grpc(req.headers());
+    let mut event = AccessEvent {
+        time,
+        request_id,
+        listener: listener.name.clone(),
+        route: None,
+        client: conn.peer.to_string(),
+        forwarded_for: None,
+        method: req.method().as_str().to_string(),
+        path: String::new(),
+        protocol: protocol_name(req.version()),
+        status: 0,
+        grpc_status: None,
+        bytes_sent: 0,
+        upstream: None,
+        duration_ms: 0.0,
+        phase: None,
+        reason: None,
+    };
+    let outcome = run(&snapshot, listener, &conn, req, &mut event).await;
+    let (res, in_flight) = match outcome {
+        Ok((res, in_flight)) => (res.map(ResponseBody::upstream), Some(in_flight)),
+        Err(err) => {
+            event.phase = Some(err.phase());
+            event.reason = Some(err.to_string());
+            if grpc {
+                event.grpc_status = Some(err.grpc_status());
+            }
+            (rescue::respond(&err, grpc, &event.request_id), None)
+        }
+    };
+    event.status = res.status().as_u16();
+    let log = shared.log.clone();
+    res.map(|b| {
+        b.with_record(Record {
+            log,
+            event,
+            start,
+            in_flight,
+        })
+    })
+}
+
+async fn run(
+    snapshot: &Snapshot,
+    listener: &ListenerEntry,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    event: &mut AccessEvent,
+) -> Result<(Response<Incoming>, crate::upstream::InFlight), ProxyError> {
+    // --- 2 parse: the limits hyper does not enforce itself --------------------------------
+    let limits = &listener.limits;
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong(limits.max_uri_bytes));
+    }
+
+    // --- 3 sanitize ---------------------------------------------------------------------
+    // A refused path is logged as received (bounded), for whoever investigates it.
+    event.path = req.uri().path().chars().take(512).collect();
+    let path = sanitize::normalize_path(req.uri().path())?;
+    event.path.clone_from(&path.decoded);
+    check_framing(req.headers())?;
+    let host = request_host(&req)?;
+    let original_host = req.headers().get(header::HOST).cloned();
+    let seen = sanitize::strip_request_headers(req.headers_mut());
+    req.headers_mut().remove(header::EXPECT);
+
+    // --- 4 route ------------------------------------------------------------------------
+    let route = match listener
+        .routes
+        .lookup(&host, &path.decoded, req.method().as_str())
+    {
+        Match::Found(r) => r.clone(),
+        Match::MethodNotAllowed(allowed) => {
+            return Err(ProxyError::MethodNotAllowed(allowed.join(", ")));
+        }
+        Match::NotFound => return Err(ProxyError::NoRoute),
+    };
+    event.route = Some(route.name.clone());
+
+    // --- 5-8 authenticate, verify, authorize, limit ---------------------------------------
+    match route.config.admission {
+        Admission::Public => {}
+    }
+
+    let max_body = route.config.max_body_bytes.unwrap_or(limits.max_body_bytes);
+    if let Some(len) = declared_length(req.headers())? {
+        if len > max_body {
+            return Err(ProxyError::BodyTooLarge(max_body));
+        }
+    }
+    let upgrade = if seen.websocket {
+        if req.method() != http::Method::GET || req.version() != http::Version::HTTP_11 {
+            return Err(ProxyError::BadRequest(
+                "websocket upgrade must be an HTTP/1.1 GET",
+            ));
+        }
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+
+    // --- 9 mutate -----------------------------------------------------------------------
+    let trusted = is_trusted(&snapshot.server.trusted_proxies, conn.peer.ip());
+    let forwarded_for = match (&seen.forwarded_for, trusted) {
+        (Some(chain), true) => {
+            event.forwarded_for = Some(chain.clone());
+            format!("{chain}, {}", conn.peer.ip())
+        }
+        _ => conn.peer.ip().to_string(),
+    };
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    set_forwarding(
+        &mut headers,
+        &forwarded_for,
+        conn.tls,
+        original_host.as_ref().or(parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .as_ref()),
+        &event.request_id,
+    );
+    if seen.te_trailers && route.upstream.version == http::Version::HTTP_2 {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let path_and_query = upstream_target(&route, &path, parts.uri.query());
+
+    // --- 10 forward ---------------------------------------------------------------------
+    let body = if upgrade.is_some() {
+        RequestBody::empty()
+    } else {
+        RequestBody::limited(body, max_body)
+    };
+    let out = Outgoing {
+        method: parts.method,
+        path_and_query,
+        headers,
+        body,
+        upgrade,
+    };
+    let (res, in_flight) = forward::forward(&route.upstream, out).await?;
+    event.upstream = Some(in_flight.endpoint().label.to_string());
+    Ok((res, in_flight))
+}
+
+/// Refuses framing that two parsers could read differently.
+fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::Framing(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(ProxyError::Framing("more than one Content-Length"));
+    }
+    Ok(())
+}
+
+fn declared_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    match h.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or(ProxyError::Framing("invalid Content-Length")),
+    }
+}
+
+/// The request's host, lower-case, without port or trailing dot.
+fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let raw = match (req.uri().authority(), header_host) {
+        (Some(a), _) => a.host().to_string(),
+        (None, Some(h)) => {
+            let s = h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            let a: http::uri::Authority = s
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            if s.contains('@') {
+                return Err(ProxyError::BadRequest("invalid Host header"));
+            }
+            a.host().to_string()
+        }
+        (None, None) if req.version() == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        (None, None) => String::new(),
+    };
+    let mut host = raw.to_ascii_lowercase();
+    if host.ends_with('.') {
+        host.pop();
+    }
+    Ok(host)
+}
+
+fn set_forwarding(
+    h: &mut HeaderMap,
+    forwarded_for: &str,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    request_id: &str,
+) {
+    if let Ok(v) = HeaderValue::from_str(forwarded_for) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = host {
+        h.insert("x-forwarded-host", host.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+}
+
+fn upstream_target(route: &RouteEntry, path: &NormalPath, query: Option<&str>) -> String {
+    let mut target = match (&route.config.path, route.config.strip_prefix) {
+        (drawbridge_config::PathMatch::Prefix(prefix), true) if prefix != "/" => {
+            // The encoded prefix is the decoded one re-encoded; strip by segment count.
+            let depth = prefix.matches('/').count();
+            let rest: String = path.encoded.split_inclusive('/').skip(depth + 1).collect();
+            if rest.is_empty() {
+                "/".to_string()
+            } else {
+                format!("/{rest}")
+            }
+        }
+        _ => path.encoded.clone(),
+    };
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    target
+}
+
+fn is_trusted(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}

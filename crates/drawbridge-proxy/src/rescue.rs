@@ -1,0 +1,162 @@
+//! The rescue: the one place where a refusal or failure becomes an answer for the client's
+//! protocol (an HTTP status, or a gRPC status for gRPC calls).
+
+use drawbridge_telemetry::Phase;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+use crate::sanitize::PathError;
+
+/// Every way the pipeline can refuse or fail a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request target's path is ambiguous or malformed.
+    #[error("rejected path: {0}")]
+    Path(#[from] PathError),
+    /// The request is malformed in another way.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Framing that could be read two ways (request smuggling).
+    #[error("ambiguous framing: {0}")]
+    Framing(&'static str),
+    /// The request target is longer than the listener allows.
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The body is larger than the route allows.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// No route takes this host and path.
+    #[error("no route")]
+    NoRoute,
+    /// A route takes this path but not this method.
+    #[error("method not allowed")]
+    MethodNotAllowed(String),
+    /// Every endpoint is ejected.
+    #[error("no healthy endpoint")]
+    NoHealthyEndpoint,
+    /// Every healthy endpoint is at its request cap.
+    #[error("upstream at capacity")]
+    UpstreamAtCapacity,
+    /// The upstream could not be reached, reset the connection or answered malformed.
+    #[error("upstream failed: {0}")]
+    UpstreamFailed(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out after {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+}
+
+impl ProxyError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => StatusCode::BAD_REQUEST,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The gRPC status code for this error.
+    pub fn grpc_status(&self) -> u16 {
+        match self {
+            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
+            Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8,             // RESOURCE_EXHAUSTED
+            Self::NoRoute | Self::MethodNotAllowed(_) => 12,              // UNIMPLEMENTED
+            Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
+            Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
+        }
+    }
+
+    /// The pipeline phase the error belongs to.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Self::UriTooLong(_) | Self::BodyTooLarge(_) | Self::BadRequest(_) => Phase::Parse,
+            Self::Path(_) | Self::Framing(_) => Phase::Sanitize,
+            Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
+            Self::NoHealthyEndpoint
+            | Self::UpstreamAtCapacity
+            | Self::UpstreamFailed(_)
+            | Self::UpstreamTimeout(_) => Phase::Forward,
+        }
+    }
+
+    /// Whether the connection must close after the answer (its framing cannot be trusted).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::Framing(_) | Self::BodyTooLarge(_))
+    }
+
+    /// What the client is told: the status's reason, never internal details.
+    fn public_message(&self) -> &'static str {
+        match self {
+            Self::Path(_) => "ambiguous or malformed path",
+            Self::BadRequest(m) | Self::Framing(m) => m,
+            Self::UriTooLong(_) => "request target too long",
+            Self::BodyTooLarge(_) => "request body too large",
+            Self::NoRoute => "not found",
+            Self::MethodNotAllowed(_) => "method not allowed",
+            Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => "service unavailable",
+            Self::UpstreamFailed(_) => "bad gateway",
+            Self::UpstreamTimeout(_) => "gateway timeout",
+        }
+    }
+}
+
+/// Turns `err` into a response for the client's protocol.
+pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<ResponseBody> {
+    let mut res = if grpc {
+        // A trailers-only gRPC response: HTTP 200, status in the headers.
+        let mut res = Response::new(ResponseBody::empty());
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(err.grpc_status()));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static(err.public_message()),
+        );
+        res
+    } else {
+        let status = err.status();
+        let text = format!(
+            "{} {}\nrequest id: {request_id}\n",
+            status.as_u16(),
+            err.public_message()
+        );
+        let mut res = Response::new(ResponseBody::full(text));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::MethodNotAllowed(allow) = err {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                h.insert(header::ALLOW, v);
+            }
+        }
+        res
+    };
+    if err.closes_connection() {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// Whether a request is a gRPC call (answered with gRPC statuses).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}

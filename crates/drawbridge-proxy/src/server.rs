@@ -1,0 +1,154 @@
+//! Phases 1 and 2, accept and parse: listeners, TLS, connection limits, hyper's HTTP/1.1 and
+//! HTTP/2 servers with their limits, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::io::IdleIo;
+use crate::pipeline::{ConnInfo, Shared};
+
+/// Binds a listener socket.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections on `listener` until `stop` turns true, serving each through the
+/// pipeline; connections are registered with `graceful` so shutdown can drain them.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    listener: TcpListener,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max_connections = shared.snapshot.load().listeners[index]
+        .limits
+        .max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let graceful = graceful.clone();
+        tokio::spawn(async move {
+            serve_connection(shared, index, stream, peer, &graceful).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    index: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    graceful: &GracefulShutdown,
+) {
+    let snapshot = shared.snapshot.load_full();
+    let entry = &snapshot.listeners[index];
+    let limits = entry.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .half_close(false)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if !entry.http2 {
+        builder = builder.http1_only();
+    }
+    let tls = entry.tls.clone();
+    drop(snapshot);
+
+    let conn = Arc::new(ConnInfo {
+        listener: index,
+        peer,
+        tls: tls.is_some(),
+    });
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(crate::pipeline::handle(shared, conn, req).await)
+            }
+        })
+    };
+    let io = IdleIo::new(stream, limits.idle_timeout);
+    match tls {
+        None => {
+            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = graceful.watch(c.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let tls_stream =
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 { builder.http2_only() } else { builder };
+            let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            if let Err(e) = graceful.watch(c.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+    }
+}

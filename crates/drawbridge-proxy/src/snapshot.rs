@@ -1,0 +1,136 @@
+//! The snapshot: one immutable, compiled configuration. A request takes the current one once
+//! and uses it to the end; reload swaps in a new one only when it compiled whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use drawbridge_config::{Config, Diagnostic, Diagnostics, Limits, Route, Server};
+
+use crate::route::RouteTable;
+use crate::upstream::UpstreamPool;
+
+/// A compiled configuration.
+pub struct Snapshot {
+    /// Hash of the config file, shown in logs.
+    pub version: String,
+    /// Process-wide settings.
+    pub server: Server,
+    /// Listeners in config order.
+    pub listeners: Vec<ListenerEntry>,
+    /// Upstream pools by config order.
+    pub upstreams: Vec<Arc<UpstreamPool>>,
+    /// How many routes the configuration declares.
+    pub route_count: usize,
+}
+
+/// A listener's compiled settings.
+pub struct ListenerEntry {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub address: std::net::SocketAddr,
+    /// Whether HTTP/2 is offered.
+    pub http2: bool,
+    /// TLS, when the listener terminates it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Limits applied to its connections.
+    pub limits: Limits,
+    /// Its routes.
+    pub routes: RouteTable,
+}
+
+/// A route with its upstream resolved.
+pub struct RouteEntry {
+    /// Name, shared with access-log events.
+    pub name: Arc<str>,
+    /// The checked config.
+    pub config: Route,
+    /// Where admitted requests go.
+    pub upstream: Arc<UpstreamPool>,
+}
+
+impl Snapshot {
+    /// Compiles `config`, reusing the connection pools of `previous` whose upstream settings
+    /// did not change.
+    pub fn compile(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, Diagnostics> {
+        let mut errors = Vec::new();
+        let old: HashMap<&str, &Arc<UpstreamPool>> = previous
+            .map(|p| p.upstreams.iter().map(|u| (&*u.name, u)).collect())
+            .unwrap_or_default();
+        let mut upstreams = Vec::new();
+        for u in &config.upstreams {
+            match UpstreamPool::new(u) {
+                Ok(pool) => match old.get(u.name.as_str()) {
+                    Some(prev) if prev.fingerprint == pool.fingerprint => {
+                        upstreams.push(Arc::clone(prev))
+                    }
+                    _ => upstreams.push(Arc::new(pool)),
+                },
+                Err(message) => errors.push(Diagnostic {
+                    location: u.location.clone(),
+                    field: format!("upstreams `{}`", u.name),
+                    message,
+                    help: None,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        let routes: Vec<Arc<RouteEntry>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(RouteEntry {
+                    name: r.name.as_str().into(),
+                    config: r.clone(),
+                    upstream: upstreams[r.upstream].clone(),
+                })
+            })
+            .collect();
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => match crate::tls::server_config(t, l.http2) {
+                    Ok(c) => Some(c),
+                    Err(mut d) => {
+                        d.field = format!("listeners[{i}].tls.{}", d.field);
+                        errors.push(d);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let mine = routes
+                .iter()
+                .filter(|r| r.config.listeners.as_ref().is_none_or(|ls| ls.contains(&i)))
+                .cloned();
+            listeners.push(ListenerEntry {
+                name: l.name.as_str().into(),
+                address: l.address,
+                http2: l.http2,
+                tls,
+                limits: l.limits.clone(),
+                routes: RouteTable::new(mine),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(Snapshot {
+            route_count: config.routes.len(),
+            version: config.version,
+            server: config.server,
+            listeners,
+            upstreams,
+        })
+    }
+
+    /// Whether `other` binds the same listeners; reload cannot move sockets.
+    pub fn same_listeners(&self, other: &Snapshot) -> bool {
+        self.listeners.len() == other.listeners.len()
+            && self.listeners.iter().zip(&other.listeners).all(|(a, b)| {
+                a.name == b.name && a.address == b.address && a.tls.is_some() == b.tls.is_some()
+            })
+    }
+}

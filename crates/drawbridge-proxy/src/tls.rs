@@ -1,0 +1,104 @@
+//! TLS termination: rustls with the aws-lc-rs provider, certificates chosen by SNI.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use drawbridge_config::{Diagnostic, Tls, TlsVersion};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The one crypto provider of the process.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds a listener's server config; errors point at the certificate's declaration.
+pub fn server_config(tls: &Tls, http2: bool) -> Result<Arc<rustls::ServerConfig>, Diagnostic> {
+    let provider = provider();
+    let mut resolver = SniResolver::default();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let key = provider
+            .key_provider
+            .load_private_key(c.key.clone_key())
+            .map_err(|e| Diagnostic {
+                location: c.location.clone(),
+                field: format!("certificates[{i}].key"),
+                message: format!("unusable private key: {e}"),
+                help: None,
+            })?;
+        let ck = Arc::new(CertifiedKey::new(c.chain.clone(), key));
+        ck.keys_match().map_err(|e| Diagnostic {
+            location: c.location.clone(),
+            field: format!("certificates[{i}]"),
+            message: format!("the key does not belong to the certificate: {e}"),
+            help: Some("pair each `cert` with its own `key`".into()),
+        })?;
+        if resolver.default.is_none() {
+            resolver.default = Some(ck.clone());
+        }
+        for name in &c.server_names {
+            match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcard.insert(suffix.to_string(), ck.clone()),
+                None => resolver.exact.insert(name.clone(), ck.clone()),
+            };
+        }
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| Diagnostic {
+            location: tls
+                .certificates
+                .first()
+                .map(|c| c.location.clone())
+                .unwrap_or_else(dummy_location),
+            field: "tls".into(),
+            message: e.to_string(),
+            help: None,
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(cfg))
+}
+
+fn dummy_location() -> drawbridge_config::Location {
+    drawbridge_config::Location {
+        file: Default::default(),
+        line: 1,
+        column: 1,
+    }
+}
+
+/// Exact names, then `*.suffix` names (one label deep), then the first certificate.
+#[derive(Default, Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return self.default.clone();
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(ck) = self.exact.get(&name) {
+            return Some(ck.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(ck) = self.wildcard.get(parent) {
+                return Some(ck.clone());
+            }
+        }
+        self.default.clone()
+    }
+}

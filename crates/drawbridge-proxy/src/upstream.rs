@@ -1,0 +1,297 @@
+//! Upstream pools: endpoints, load balancing, passive health and pooled connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use drawbridge_config::{Balance, Upstream, UpstreamProtocol};
+use http::Version;
+use http::uri::{Authority, Scheme};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::RequestBody;
+
+/// The client type shared by every upstream.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// A compiled upstream: its endpoints with their health, and a connection pool.
+pub struct UpstreamPool {
+    /// Name from the config.
+    pub name: Arc<str>,
+    /// The settings it was built from, to reuse the pool across reloads when unchanged.
+    pub fingerprint: String,
+    /// Endpoints in config order.
+    pub endpoints: Vec<EndpointState>,
+    /// Requests go out with this HTTP version.
+    pub version: Version,
+    /// The pooled client.
+    pub client: UpstreamClient,
+    /// Response-head deadline.
+    pub request_timeout: Duration,
+    /// Extra attempts for idempotent, bodiless requests.
+    pub retries: u32,
+    balance: Balance,
+    max_requests: usize,
+    max_failures: u32,
+    ejection: Duration,
+    next: AtomicUsize,
+}
+
+/// One endpoint and what is known of its health.
+pub struct EndpointState {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host:port`.
+    pub authority: Authority,
+    /// `scheme://host:port`, for logs.
+    pub label: Arc<str>,
+    in_flight: AtomicUsize,
+    failures: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the endpoint gets no requests.
+    ejected_until: AtomicU64,
+}
+
+/// Process start, the zero of ejection deadlines.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every endpoint is ejected.
+    NoHealthy,
+    /// Every healthy endpoint is at `max_requests`.
+    AtCapacity,
+}
+
+/// Counts a request in flight on an endpoint until dropped.
+pub struct InFlight {
+    pool: Arc<UpstreamPool>,
+    index: usize,
+}
+
+impl InFlight {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &EndpointState {
+        &self.pool.endpoints[self.index]
+    }
+
+    /// Index of the endpoint in its pool.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Records a transport failure (connect error, reset, timeout).
+    pub fn failed(&self) {
+        let ep = self.endpoint();
+        let n = ep.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.pool.max_failures {
+            ep.failures.store(0, Ordering::Relaxed);
+            let until = now_ms() + self.pool.ejection.as_millis() as u64;
+            ep.ejected_until.store(until, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.pool.name, endpoint = %ep.label, failures = n, "endpoint ejected");
+        }
+    }
+
+    /// Records a success: the failure streak ends.
+    pub fn succeeded(&self) {
+        let ep = self.endpoint();
+        if ep.failures.load(Ordering::Relaxed) != 0 {
+            ep.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.endpoints[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl UpstreamPool {
+    /// Builds the pool for `cfg`.
+    pub fn new(cfg: &Upstream) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca {
+            Some(certs) => {
+                for c in certs {
+                    roots
+                        .add(c.clone())
+                        .map_err(|e| format!("CA certificate rejected: {e}"))?;
+                }
+            }
+            None if cfg.endpoints.iter().any(|e| e.tls) => {
+                let native = rustls_native_certs::load_native_certs();
+                for c in native.certs {
+                    let _ = roots.add(c);
+                }
+            }
+            None => {}
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let builder = match &cfg.tls_server_name {
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
+                    rustls_pki_types::ServerName::try_from(name.clone())
+                        .map_err(|e| format!("`{name}`: {e}"))?,
+                ))
+            }
+            None => builder,
+        };
+        let (connector, http2_only, version) = match cfg.protocol {
+            UpstreamProtocol::Http1 => (
+                builder.enable_http1().wrap_connector(http),
+                false,
+                Version::HTTP_11,
+            ),
+            UpstreamProtocol::Http2 => (
+                builder.enable_http2().wrap_connector(http),
+                true,
+                Version::HTTP_2,
+            ),
+            UpstreamProtocol::Auto => (
+                builder.enable_all_versions().wrap_connector(http),
+                false,
+                Version::HTTP_11,
+            ),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.idle_timeout)
+            .pool_max_idle_per_host(cfg.max_idle_connections)
+            .http2_only(http2_only)
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .http2_keep_alive_while_idle(true)
+            .build(connector);
+
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| {
+                let authority: Authority = e
+                    .authority()
+                    .parse()
+                    .map_err(|err| format!("{}: {err}", e.url()))?;
+                Ok(EndpointState {
+                    scheme: if e.tls { Scheme::HTTPS } else { Scheme::HTTP },
+                    authority,
+                    label: e.url().into(),
+                    in_flight: AtomicUsize::new(0),
+                    failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            name: cfg.name.as_str().into(),
+            fingerprint: fingerprint(cfg),
+            endpoints,
+            version,
+            client,
+            request_timeout: cfg.request_timeout,
+            retries: cfg.retries,
+            balance: cfg.balance,
+            max_requests: cfg.max_requests,
+            max_failures: cfg.health.max_failures,
+            ejection: cfg.health.ejection,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Chooses an endpoint, avoiding `exclude` when another is available.
+    pub fn pick(self: &Arc<Self>, exclude: Option<usize>) -> Result<InFlight, PickError> {
+        let n = self.endpoints.len();
+        let now = now_ms();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize)> = None;
+        let mut saw_healthy = false;
+        for pass in 0..2 {
+            for k in 0..n {
+                let i = (start + k) % n;
+                if pass == 0 && Some(i) == exclude && n > 1 {
+                    continue;
+                }
+                let ep = &self.endpoints[i];
+                if ep.ejected_until.load(Ordering::Relaxed) > now {
+                    continue;
+                }
+                saw_healthy = true;
+                let load = ep.in_flight.load(Ordering::Relaxed);
+                if load >= self.max_requests {
+                    continue;
+                }
+                match self.balance {
+                    Balance::RoundRobin => {
+                        best = Some((i, load));
+                        break;
+                    }
+                    Balance::LeastRequests => {
+                        if best.is_none_or(|(_, l)| load < l) {
+                            best = Some((i, load));
+                        }
+                    }
+                }
+            }
+            if best.is_some() || exclude.is_none() {
+                break;
+            }
+        }
+        match best {
+            Some((i, _)) => {
+                self.endpoints[i].in_flight.fetch_add(1, Ordering::Relaxed);
+                Ok(InFlight {
+                    pool: self.clone(),
+                    index: i,
+                })
+            }
+            None if saw_healthy => Err(PickError::AtCapacity),
+            None => Err(PickError::NoHealthy),
+        }
+    }
+}
+
+/// Everything that decides how the pool behaves; equal fingerprints share a pool on reload.
+fn fingerprint(cfg: &Upstream) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}",
+        cfg.endpoints,
+        cfg.protocol,
+        cfg.balance,
+        cfg.ca,
+        cfg.tls_server_name,
+        cfg.connect_timeout,
+        cfg.request_timeout,
+        cfg.idle_timeout,
+        cfg.max_idle_connections,
+        cfg.max_requests,
+        cfg.retries,
+        cfg.health
+    )
+}

@@ -1,0 +1,222 @@
+//! Drawbridge's records: the access log (one JSON line per request), written off the
+//! request path through a bounded queue that counts what it had to drop.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// The phase of the pipeline that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reading the request: body too large, malformed framing.
+    Parse,
+    /// Path or header checks (ambiguous path, smuggling-shaped framing).
+    Sanitize,
+    /// No route matched.
+    Route,
+    /// The upstream failed or no endpoint was available.
+    Forward,
+}
+
+/// One access-log line. Holds no header values: nothing that could carry a secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessEvent {
+    /// When the request arrived, RFC 3339 in UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// The id Drawbridge gave the request (sent upstream as `X-Request-Id`).
+    pub request_id: String,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route name, when one matched.
+    pub route: Option<Arc<str>>,
+    /// Client address (`ip:port` of the peer).
+    pub client: String,
+    /// The forwarded-for client, when a trusted proxy named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_for: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Normalised path (no query: queries can carry secrets).
+    pub path: String,
+    /// HTTP version the client spoke.
+    pub protocol: &'static str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// gRPC status, when Drawbridge answered a gRPC call itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Upstream endpoint that served the request.
+    pub upstream: Option<String>,
+    /// Milliseconds from request arrival to the end of the response.
+    pub duration_ms: f64,
+    /// The phase that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Why the request was refused, or why the upstream failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_micros(*t).to_string())
+}
+
+/// Where access-log lines are written.
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A writer (a file opened for append).
+    Writer(Box<dyn Write + Send>),
+    /// Nowhere.
+    Off,
+}
+
+/// The access log's sending side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<AccessEvent>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Queue length between the request path and the writer thread.
+pub const QUEUE: usize = 16 * 1024;
+
+impl AccessLog {
+    /// Starts a writer thread for `sink`.
+    pub fn start(sink: Sink) -> std::io::Result<Self> {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer: Box<dyn Write + Send> = match sink {
+            Sink::Off => return Ok(Self { tx: None, dropped }),
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::Stderr => Box::new(std::io::stderr()),
+            Sink::Writer(w) => w,
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, writer))?;
+        Ok(Self {
+            tx: Some(tx),
+            dropped,
+        })
+    }
+
+    /// A log that writes nothing.
+    pub fn off() -> Self {
+        Self {
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Queues one event; a full queue drops it and counts the drop.
+    pub fn record(&self, event: AccessEvent) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn write_loop(rx: Receiver<AccessEvent>, writer: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(event) = next {
+            if serde_json::to_writer(&mut out, &event).is_ok() {
+                let _ = out.write_all(b"\n");
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            tracing::warn!(error = %e, "access log write failed");
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_one_json_line_per_event() {
+        let buf = Shared::default();
+        let log = AccessLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
+        let event = AccessEvent {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "r1".into(),
+            listener: "main".into(),
+            route: None,
+            client: "127.0.0.1:1".into(),
+            forwarded_for: None,
+            method: "GET".into(),
+            path: "/x".into(),
+            protocol: "HTTP/1.1",
+            status: 404,
+            grpc_status: None,
+            bytes_sent: 0,
+            upstream: None,
+            duration_ms: 0.5,
+            phase: Some(Phase::Route),
+            reason: Some("no route".into()),
+        };
+        log.record(event.clone());
+        log.record(event);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+            if text.lines().count() == 2 {
+                let v: serde_json::Value =
+                    serde_json::from_str(text.lines().next().expect("line")).expect("json");
+                assert_eq!(v["time"], "1970-01-01T00:00:00.000000Z");
+                assert_eq!(v["phase"], "route");
+                assert_eq!(v["status"], 404);
+                assert!(v.get("grpc_status").is_none());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log lines not written: {text:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Test parts for Drawbridge: a recording upstream that keeps every request it received and
+//! echoes it back, certificates from a throwaway CA, and small client helpers. The demo uses
+//! the same upstream, so what the demo shows is what the tests check.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod upstream;
+
+pub use upstream::{Received, RecordingUpstream};
+
+/// Writes `contents` to `name` in `dir` and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}

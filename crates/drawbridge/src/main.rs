@@ -1,0 +1,135 @@
+//! `drawbridge`: the identity-aware access proxy. A thin CLI over the library crates.
+#![forbid(unsafe_code)]
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drawbridge_proxy::Proxy;
+
+#[derive(Parser)]
+#[command(name = "drawbridge", version, about = "Identity-aware access proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration until SIGTERM or SIGINT; SIGHUP or a file change reloads it.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration exactly as `serve` would load it; exit 1 with diagnostics.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: Drawbridge in front of a built-in sample upstream.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => runtime().block_on(serve(config)),
+        Command::Demo { listen } => runtime().block_on(demo::run(listen)),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRAWBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match drawbridge_proxy::compile(config, None) {
+        Ok(s) => {
+            println!(
+                "ok: {} is valid ({} listeners, {} upstreams, {} routes; version {})",
+                config.display(),
+                s.listeners.len(),
+                s.upstreams.len(),
+                s.route_count,
+                s.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: PathBuf) -> ExitCode {
+    let proxy = match Proxy::start(&config).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let watch = drawbridge_config::load(&config)
+        .map(|c| c.server.watch)
+        .unwrap_or(true);
+    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone(), watch));
+    wait_for_stop().await;
+    tracing::info!("stopping: no new connections; draining in-flight requests");
+    proxy.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
