@@ -1,0 +1,139 @@
+//! Helpers shared by the integration tests: start the real server from a config string,
+//! talk to it with real clients or raw sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drawbridge_proxy::Proxy;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A proxy running in this process from a config written to a temporary directory.
+pub struct Harness {
+    pub proxy: Arc<Proxy>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Harness {
+    pub async fn start(config: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("drawbridge.toml");
+        std::fs::write(&path, config).expect("write config");
+        let proxy = Proxy::start(&path)
+            .await
+            .unwrap_or_else(|e| panic!("start failed:\n{e}"));
+        let addr = proxy.addrs()[0].1;
+        Harness { proxy, dir, addr }
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("drawbridge.toml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// One listener on 127.0.0.1:0, access log off, plus `rest`.
+pub fn config(rest: &str) -> String {
+    format!(
+        "[server]\naccess_log = \"off\"\nwatch = false\n\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\n{rest}"
+    )
+}
+
+/// An upstream named `name` at `url` and a public catch-all route to it.
+pub fn upstream_and_route(name: &str, url: &str) -> String {
+    format!(
+        "[[upstreams]]\nname = \"{name}\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"{name}\"\npublic = true\n"
+    )
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub trailers: Option<HeaderMap>,
+}
+
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("response in time")
+        .expect("request");
+    let (parts, body) = res.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    let req = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send(&h1_client(), req).await
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes it or goes
+/// quiet for `wait`.
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the server closed the connection after answering `request`.
+pub async fn raw_closed(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Err(_) => break false,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The status code of the first response in a raw reply.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
