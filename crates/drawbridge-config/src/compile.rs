@@ -536,7 +536,7 @@ impl Cx<'_> {
             (None, None) => {
                 self.r.error_help(
                     start,
-                    format!("{at}"),
+                    at.clone(),
                     "the route matches no path",
                     "add `prefix = \"/\"` to match every path, or `path = \"/exact\"`",
                 );
@@ -554,20 +554,20 @@ impl Cx<'_> {
                 })
             }),
         };
-        if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path {
-            if crate::model::prefix_matches(RESERVED_PREFIX, p) {
-                let span = r
-                    .path
-                    .as_ref()
-                    .or(r.prefix.as_ref())
-                    .map_or(start, |s| s.span().start);
-                self.r.error_help(
-                    span,
-                    format!("{at}.{}", if r.path.is_some() { "path" } else { "prefix" }),
-                    format!("`{RESERVED_PREFIX}/` is reserved for Drawbridge"),
-                    "choose another path",
-                );
-            }
+        if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &path
+            && crate::model::prefix_matches(RESERVED_PREFIX, p)
+        {
+            let span = r
+                .path
+                .as_ref()
+                .or(r.prefix.as_ref())
+                .map_or(start, |s| s.span().start);
+            self.r.error_help(
+                span,
+                format!("{at}.{}", if r.path.is_some() { "path" } else { "prefix" }),
+                format!("`{RESERVED_PREFIX}/` is reserved for Drawbridge"),
+                "choose another path",
+            );
         }
         let methods = r.methods.as_ref().map(|ms| {
             if ms.get_ref().is_empty() {
@@ -636,7 +636,7 @@ impl Cx<'_> {
             None => {
                 self.r.error_help(
                     start,
-                    format!("{at}"),
+                    at.clone(),
                     "the route does not say how callers are admitted",
                     "add `public = true` to open it to anonymous callers",
                 );

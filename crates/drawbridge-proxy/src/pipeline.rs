@@ -170,10 +170,10 @@ async fn run(
     }
 
     let max_body = route.config.max_body_bytes.unwrap_or(limits.max_body_bytes);
-    if let Some(len) = declared_length(req.headers())? {
-        if len > max_body {
-            return Err(ProxyError::BodyTooLarge(max_body));
-        }
+    if let Some(len) = declared_length(req.headers())?
+        && len > max_body
+    {
+        return Err(ProxyError::BodyTooLarge(max_body));
     }
     let upgrade = if seen.websocket {
         if req.method() != http::Method::GET || req.version() != http::Version::HTTP_11 {

@@ -1,6 +1,7 @@
 //! Live reload: the config file's directory is watched (Kubernetes swaps ConfigMaps through
 //! symlinks, so the file itself is not enough) and SIGHUP asks for a reload.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use crate::Proxy;
 /// Runs until the process ends.
 pub async fn run(proxy: Arc<Proxy>, watch: bool) {
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-    let _watcher = if watch {
-        start_watcher(&proxy, tx.clone())
+    let mut watched = if watch {
+        Watched::start(&proxy, tx.clone())
     } else {
         None
     };
@@ -37,6 +38,9 @@ pub async fn run(proxy: Arc<Proxy>, watch: bool) {
         // Editors and ConfigMap swaps write in several steps: let them settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
+        if let Some(w) = watched.as_mut() {
+            w.follow_target(&proxy);
+        }
         let before = proxy.version();
         match proxy.reload() {
             Ok(version) if version == before => tracing::debug!(cause, "configuration unchanged"),
@@ -48,33 +52,67 @@ pub async fn run(proxy: Arc<Proxy>, watch: bool) {
     }
 }
 
-fn start_watcher(
-    proxy: &Proxy,
-    tx: mpsc::Sender<&'static str>,
-) -> Option<notify::RecommendedWatcher> {
-    let path = proxy.config_path().to_path_buf();
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or_else(|| std::path::PathBuf::from("."), |d| d.to_path_buf());
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
+/// The watcher, on the config file's directory and on the directory its symlinks resolve to
+/// (so an edit in place behind a symlink is seen as well as a swap of the link).
+struct Watched {
+    watcher: notify::RecommendedWatcher,
+    target_dir: Option<PathBuf>,
+}
+
+impl Watched {
+    fn start(proxy: &Proxy, tx: mpsc::Sender<&'static str>) -> Option<Watched> {
+        let dir = parent(proxy.config_path());
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
                 let _ = tx.try_send("file change");
             }
-        }
-    });
-    match watcher {
-        Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-                None
+                tracing::warn!(error = %e, "cannot start the file watcher; reload with SIGHUP");
+                return None;
             }
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the file watcher; reload with SIGHUP");
-            None
+        };
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+            return None;
+        }
+        let mut w = Watched {
+            watcher,
+            target_dir: None,
+        };
+        w.follow_target(proxy);
+        Some(w)
+    }
+
+    /// Watches the directory the config file currently resolves to, if it differs.
+    fn follow_target(&mut self, proxy: &Proxy) {
+        let path = proxy.config_path();
+        let target = std::fs::canonicalize(path).ok().map(|p| parent(&p));
+        let own = std::fs::canonicalize(parent(path)).ok();
+        let wanted = target.filter(|t| Some(t) != own.as_ref());
+        if wanted == self.target_dir {
+            return;
+        }
+        if let Some(old) = self.target_dir.take() {
+            let _ = self.watcher.unwatch(&old);
+        }
+        if let Some(dir) = wanted {
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.target_dir = Some(dir),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's target directory")
+                }
+            }
         }
     }
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }

@@ -84,9 +84,17 @@ impl ProxyError {
         }
     }
 
-    /// Whether the connection must close after the answer (its framing cannot be trusted).
+    /// Whether the connection must close after the answer: after a malformed request or an
+    /// unread body, what follows on the connection cannot be trusted.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::Framing(_) | Self::BodyTooLarge(_))
+        matches!(
+            self,
+            Self::Framing(_)
+                | Self::BodyTooLarge(_)
+                | Self::Path(_)
+                | Self::BadRequest(_)
+                | Self::UriTooLong(_)
+        )
     }
 
     /// What the client is told: the status's reason, never internal details.
@@ -136,10 +144,10 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let ProxyError::MethodNotAllowed(allow) = err {
-            if let Ok(v) = HeaderValue::from_str(allow) {
-                h.insert(header::ALLOW, v);
-            }
+        if let ProxyError::MethodNotAllowed(allow) = err
+            && let Ok(v) = HeaderValue::from_str(allow)
+        {
+            h.insert(header::ALLOW, v);
         }
         res
     };

@@ -61,14 +61,14 @@ impl RouteTable {
                 },
             }
         }
-        t.suffix_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.suffix_hosts.sort_by_key(|h| std::cmp::Reverse(h.0.len()));
         for hr in t
             .exact_hosts
             .values_mut()
             .chain(t.suffix_hosts.iter_mut().map(|(_, h)| h))
             .chain(t.any_host.as_mut())
         {
-            hr.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            hr.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         }
         t
     }

@@ -1,0 +1,210 @@
+//! Live reload and graceful shutdown: valid changes apply without dropping requests, invalid
+//! ones leave the old configuration serving, SIGTERM drains what is in flight.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use http::StatusCode;
+
+fn two_routes(up: &str, second: &str) -> String {
+    config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{up}\"]\n\n\
+         [[routes]]\nname = \"old\"\nprefix = \"/old\"\nupstream = \"app\"\npublic = true\n\n{second}"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_reload_under_load_drops_nothing() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&two_routes(&up.url(), "")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, bad, url) = (stop.clone(), ok.clone(), bad.clone(), h.url("/old/x"));
+        workers.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::get(&url)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request");
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => bad.lock().expect("lock").push(r.status().to_string()),
+                    Err(e) => bad.lock().expect("lock").push(e.to_string()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..10 {
+        let second = format!(
+            "[[routes]]\nname = \"new{i}\"\nprefix = \"/new{i}\"\nupstream = \"app\"\npublic = true\n"
+        );
+        std::fs::write(h.config_path(), two_routes(&up.url(), &second)).expect("write");
+        h.proxy.reload().expect("valid reload");
+        assert_eq!(
+            get(&h.url(&format!("/new{i}"))).await.status,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert!(
+        bad.lock().expect("lock").is_empty(),
+        "requests failed during reload: {:?}",
+        bad.lock().expect("lock")
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "too little load: {}",
+        ok.load(Ordering::Relaxed)
+    );
+    // The last config no longer has /new0.
+    assert_eq!(get(&h.url("/new0")).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_old_config_serving() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&two_routes(&up.url(), "")).await;
+    let version = h.proxy.version();
+    std::fs::write(h.config_path(), two_routes(&up.url(), "[[routes]]\nname = \"broken\"\nprefix = \"/new\"\nupstream = \"missing\"\npublic = true\n")).expect("write");
+    let err = h.proxy.reload().expect_err("must refuse");
+    let text = err.to_string();
+    assert!(text.contains("drawbridge.toml:22:12"), "{text}");
+    assert!(text.contains("routes[1].upstream"), "{text}");
+    assert_eq!(h.proxy.version(), version);
+    assert_eq!(get(&h.url("/old")).await.status, StatusCode::OK);
+    assert_eq!(get(&h.url("/new")).await.status, StatusCode::NOT_FOUND);
+
+    std::fs::write(
+        h.config_path(),
+        two_routes(&up.url(), "").replace("127.0.0.1:0", "127.0.0.1:1"),
+    )
+    .expect("write");
+    assert!(matches!(
+        h.proxy.reload(),
+        Err(drawbridge_proxy::ReloadError::ListenersChanged)
+    ));
+    assert_eq!(get(&h.url("/old")).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn requests_in_flight_finish_on_their_snapshot() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&two_routes(&up.url(), "")).await;
+    let slow = tokio::spawn(get_owned(h.url("/old/__upstream/sleep/500")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The new config removes the route the slow request is on.
+    std::fs::write(
+        h.config_path(),
+        two_routes(&up.url(), "").replace("prefix = \"/old\"", "prefix = \"/other\""),
+    )
+    .expect("write");
+    h.proxy.reload().expect("valid");
+    assert_eq!(slow.await.expect("join").status, StatusCode::OK);
+    assert_eq!(get(&h.url("/old")).await.status, StatusCode::NOT_FOUND);
+}
+
+async fn get_owned(url: String) -> Reply {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn the_binary_reloads_on_file_change_and_sighup_and_drains_on_sigterm() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Kubernetes-style: the config is a symlink into a data directory that is swapped.
+    let data1 = dir.path().join("data-1");
+    std::fs::create_dir(&data1).expect("mkdir");
+    let cfg = |second: &str| two_routes(&up.url(), second).replace("watch = false", "watch = true");
+    std::fs::write(data1.join("drawbridge.toml"), cfg("")).expect("write");
+    std::os::unix::fs::symlink("data-1", dir.path().join("..data")).expect("symlink");
+    std::os::unix::fs::symlink("..data/drawbridge.toml", dir.path().join("drawbridge.toml"))
+        .expect("symlink");
+    let bin = Binary::serve(&dir.path().join("drawbridge.toml"));
+    assert_eq!(get(&bin.url("/old")).await.status, StatusCode::OK);
+
+    // Swap the data directory atomically, as the kubelet does.
+    let data2 = dir.path().join("data-2");
+    std::fs::create_dir(&data2).expect("mkdir");
+    std::fs::write(data2.join("drawbridge.toml"), cfg("[[routes]]\nname = \"watched\"\nprefix = \"/watched\"\nupstream = \"app\"\npublic = true\n")).expect("write");
+    std::os::unix::fs::symlink("data-2", dir.path().join("..data_tmp")).expect("symlink");
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap");
+    let url = bin.url("/watched");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { get(&url).await.status == StatusCode::OK }
+        })
+        .await,
+        "file change not applied:\n{}",
+        bin.log()
+    );
+
+    // An invalid file is refused; the old routes keep serving.
+    std::fs::write(data2.join("drawbridge.toml"), "[[routes]\n").expect("write");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bin.log().contains("reload refused")
+        })
+        .await,
+        "{}",
+        bin.log()
+    );
+    assert!(bin.log().contains("drawbridge.toml:1:"), "{}", bin.log());
+    assert_eq!(get(&bin.url("/watched")).await.status, StatusCode::OK);
+
+    // SIGHUP reloads too.
+    std::fs::write(
+        data2.join("drawbridge.toml"),
+        cfg("[[routes]]\nname = \"hup\"\nprefix = \"/hup\"\nupstream = \"app\"\npublic = true\n"),
+    )
+    .expect("write");
+    bin.signal("HUP");
+    let url = bin.url("/hup");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { get(&url).await.status == StatusCode::OK }
+        })
+        .await,
+        "{}",
+        bin.log()
+    );
+
+    // SIGTERM: the slow request in flight completes, then the process exits cleanly.
+    let slow = tokio::spawn(get_owned(bin.url("/old/__upstream/sleep/800")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bin.signal("TERM");
+    assert_eq!(slow.await.expect("join").status, StatusCode::OK);
+    let mut bin = bin;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = bin.child.wait().expect("wait");
+        (s, bin)
+    })
+    .await
+    .expect("join");
+    assert!(
+        status.0.success(),
+        "exit status {:?}\n{}",
+        status.0,
+        status.1.log()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(status.1.addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

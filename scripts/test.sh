@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite, runnable on a fresh Debian machine with the Rust toolchain:
+# installs what the tests need, then runs format, lint, tests and the example checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- system packages the tests use ---------------------------------------------------------
+need=()
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo build"
+cargo build --workspace --locked --bins
+
+echo "==> drawbridge check on every example"
+for f in examples/*.toml; do
+  ./target/debug/drawbridge check --config "$f"
+done
+
+echo "==> cargo test"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
+# Print one closing line that sums every test binary's results.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1); if ($i ~ /^ignored/) s += $(i-1) } }
+     END { printf "\n%d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
