@@ -5,6 +5,8 @@
 #![warn(missing_docs)]
 
 pub mod certs;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod upstream;
 
 pub use upstream::{Received, RecordingUpstream};

@@ -1,0 +1,165 @@
+//! TLS termination: SNI picks the certificate, ALPN offers h2 and http/1.1, old protocol
+//! versions are refused, and the upstream learns the request came over HTTPS.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::certs::TestCa;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Tls {
+    ca: TestCa,
+    h: Harness,
+    up: RecordingUpstream,
+    _certs: tempfile::TempDir,
+}
+
+async fn setup(min_version: &str) -> Tls {
+    let ca = TestCa::new("test ca");
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["a.test", "b.test"] {
+        let leaf = ca.leaf(&[name]);
+        drawbridge_testkit::write_file(dir.path(), &format!("{name}.crt"), &leaf.cert_pem);
+        drawbridge_testkit::write_file(dir.path(), &format!("{name}.key"), &leaf.key_pem);
+    }
+    let d = dir.path().display();
+    let cfg = config(&upstream_and_route("app", &up.url())).replace(
+        "address = \"127.0.0.1:0\"",
+        &format!(
+            "address = \"127.0.0.1:0\"\n[listeners.tls]\nmin_version = \"{min_version}\"\n\
+             [[listeners.tls.certificates]]\ncert = \"{d}/a.test.crt\"\nkey = \"{d}/a.test.key\"\nserver_names = [\"a.test\"]\n\
+             [[listeners.tls.certificates]]\ncert = \"{d}/b.test.crt\"\nkey = \"{d}/b.test.key\"\nserver_names = [\"b.test\"]\n"
+        ),
+    );
+    let h = Harness::start(&cfg).await;
+    Tls {
+        ca,
+        h,
+        up,
+        _certs: dir,
+    }
+}
+
+fn client_config(
+    ca: &TestCa,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca pem"))
+        .expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+async fn connect(
+    t: &Tls,
+    sni: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(t.h.addr).await?;
+    TlsConnector::from(client_config(&t.ca, alpn, versions))
+        .connect(ServerName::try_from(sni.to_string()).expect("name"), tcp)
+        .await
+}
+
+#[tokio::test]
+async fn sni_selects_the_certificate_and_alpn_the_protocol() {
+    let t = setup("1.2").await;
+    for sni in ["a.test", "b.test"] {
+        // The client verifies the certificate against `sni`: a wrong pick fails the handshake.
+        let s = connect(&t, sni, &[b"h2", b"http/1.1"], &[&rustls::version::TLS13])
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(s),
+        )
+        .await
+        .expect("h2");
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://{sni}/x"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let res = send.send_request(req).await.expect("response");
+        assert_eq!(res.status(), 200);
+        let _ = res.into_body().collect().await;
+        let got = t.up.last().expect("forwarded");
+        assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(got.header("x-forwarded-host"), Some(sni));
+    }
+    // HTTP/1.1 over TLS 1.2.
+    let s = connect(&t, "a.test", &[b"http/1.1"], &[&rustls::version::TLS12])
+        .await
+        .expect("tls 1.2");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let req = http::Request::get("/y")
+        .header("host", "a.test")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        send.send_request(req).await.expect("response").status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn tls_13_only_listeners_refuse_tls_12() {
+    let t = setup("1.3").await;
+    assert!(
+        connect(&t, "a.test", &[b"http/1.1"], &[&rustls::version::TLS12])
+            .await
+            .is_err()
+    );
+    assert!(
+        connect(&t, "a.test", &[b"http/1.1"], &[&rustls::version::TLS13])
+            .await
+            .is_ok()
+    );
+    assert_eq!(t.up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
+    let ca = TestCa::new("test ca");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = ca.leaf(&["a.test"]);
+    let b = ca.leaf(&["b.test"]);
+    drawbridge_testkit::write_file(dir.path(), "a.crt", &a.cert_pem);
+    drawbridge_testkit::write_file(dir.path(), "b.key", &b.key_pem);
+    let cfg = config(&upstream_and_route("app", "http://127.0.0.1:9")).replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\n[listeners.tls]\n[[listeners.tls.certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n",
+    );
+    let path = drawbridge_testkit::write_file(dir.path(), "drawbridge.toml", &cfg);
+    let err = drawbridge_proxy::compile(&path, None)
+        .err()
+        .expect("mismatch refused")
+        .to_string();
+    assert!(err.contains("drawbridge.toml:9:1"), "{err}");
+    assert!(err.contains("listeners[0].tls.certificates[0]"), "{err}");
+    assert!(err.contains("does not belong"), "{err}");
+}

@@ -1,0 +1,127 @@
+//! WebSockets: an upgrade passes only once the request was admitted, then frames flow both
+//! ways until either side closes.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// A WebSocket echo server that records the path and headers of each handshake.
+async fn ws_upstream() -> (String, Arc<Mutex<Vec<(String, http::HeaderMap)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let cb = |req: &Request, res: Response| {
+                    rec.lock()
+                        .expect("lock")
+                        .push((req.uri().path().to_string(), req.headers().clone()));
+                    Ok(res)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) => {
+                            let _ = ws.send(Message::Text(format!("echo:{t}").into())).await;
+                        }
+                        Message::Binary(b) => {
+                            let _ = ws.send(Message::Binary(b)).await;
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn websocket_frames_flow_both_ways_after_admission() {
+    let (url, seen) = ws_upstream().await;
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\npublic = true\n"
+    )))
+    .await;
+    let req = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{}/ws/chat", h.addr))
+        .header("host", h.addr.to_string())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(())
+        .expect("request");
+    let (mut ws, res) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through drawbridge");
+    assert_eq!(res.status(), 101);
+    for i in 0..20 {
+        ws.send(Message::Text(format!("m{i}").into()))
+            .await
+            .expect("send");
+        let reply = ws.next().await.expect("frame").expect("ok");
+        assert_eq!(reply, Message::Text(format!("echo:m{i}").into()));
+    }
+    let big = vec![7u8; 256 * 1024];
+    ws.send(Message::Binary(big.clone().into()))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::Binary(big.into())
+    );
+    ws.close(None).await.expect("close");
+
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, "/ws/chat");
+    assert_eq!(
+        seen[0]
+            .1
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+        Some("127.0.0.1")
+    );
+}
+
+#[tokio::test]
+async fn upgrades_without_a_route_are_refused_before_the_upstream() {
+    let (url, seen) = ws_upstream().await;
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\npublic = true\n"
+    )))
+    .await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/admin", h.addr))
+        .await
+        .expect_err("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 404),
+        other => panic!("unexpected: {other}"),
+    }
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/..%2fadmin", h.addr))
+        .await
+        .expect_err("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => assert_eq!(res.status(), 400),
+        other => panic!("unexpected: {other}"),
+    }
+    assert!(seen.lock().expect("lock").is_empty());
+}
