@@ -22,6 +22,8 @@ async fn ws_upstream() -> (String, Arc<Mutex<Vec<(String, http::HeaderMap)>>>) {
         while let Ok((stream, _)) = listener.accept().await {
             let rec = rec.clone();
             tokio::spawn(async move {
+                // The callback's error type is tungstenite's; this one never errs.
+                #[allow(clippy::result_large_err)]
                 let cb = |req: &Request, res: Response| {
                     rec.lock()
                         .expect("lock")
