@@ -44,7 +44,10 @@ pub async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    // Retries go to another endpoint: with one endpoint there is nothing to gain (hyper
+    // already resends a request whose pooled connection closed before it was written).
     let retryable = pool.retries > 0
+        && pool.endpoints.len() > 1
         && is_idempotent(&method)
         && http_body::Body::is_end_stream(&body)
         && upgrade.is_none();

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use drawbridge_config::Admission;
 use drawbridge_telemetry::{AccessEvent, AccessLog};
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::body::{Record, RequestBody, ResponseBody};
@@ -37,6 +37,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// `peer` as text, made once per connection for the access log.
+    pub peer_label: Arc<str>,
+    /// The peer's IP as a header value, made once per connection.
+    pub peer_ip: HeaderValue,
 }
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
@@ -89,9 +93,9 @@ pub async fn handle(
         request_id,
         listener: listener.name.clone(),
         route: None,
-        client: conn.peer.to_string(),
+        client: conn.peer_label.clone(),
         forwarded_for: None,
-        method: req.method().as_str().to_string(),
+        method: method_name(req.method()),
         path: String::new(),
         protocol: protocol_name(req.version()),
         status: 0,
@@ -191,15 +195,16 @@ async fn run(
     let forwarded_for = match (&seen.forwarded_for, trusted) {
         (Some(chain), true) => {
             event.forwarded_for = Some(chain.clone());
-            format!("{chain}, {}", conn.peer.ip())
+            HeaderValue::from_str(&format!("{chain}, {}", conn.peer.ip()))
+                .map_err(|_| ProxyError::BadRequest("invalid X-Forwarded-For"))?
         }
-        _ => conn.peer.ip().to_string(),
+        _ => conn.peer_ip.clone(),
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     set_forwarding(
         &mut headers,
-        &forwarded_for,
+        forwarded_for,
         conn.tls,
         original_host.as_ref().or(parts
             .uri
@@ -227,7 +232,7 @@ async fn run(
         upgrade,
     };
     let (res, in_flight) = forward::forward(&route.upstream, out).await?;
-    event.upstream = Some(in_flight.endpoint().label.to_string());
+    event.upstream = Some(in_flight.endpoint().label.clone());
     Ok((res, in_flight))
 }
 
@@ -289,25 +294,28 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
     Ok(host)
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn set_forwarding(
     h: &mut HeaderMap,
-    forwarded_for: &str,
+    forwarded_for: HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
     request_id: &str,
 ) {
-    if let Ok(v) = HeaderValue::from_str(forwarded_for) {
-        h.insert("x-forwarded-for", v);
-    }
+    h.insert(X_FORWARDED_FOR, forwarded_for);
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(host) = host {
-        h.insert("x-forwarded-host", host.clone());
+        h.insert(X_FORWARDED_HOST, host.clone());
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v);
+        h.insert(X_REQUEST_ID, v);
     }
 }
 
@@ -352,4 +360,22 @@ fn protocol_name(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP",
     }
+}
+
+/// The method's name, borrowed for the standard methods.
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    use http::Method;
+    let known = match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return std::borrow::Cow::Owned(m.as_str().to_string()),
+    };
+    std::borrow::Cow::Borrowed(known)
 }

@@ -182,7 +182,7 @@ fn encode_segment(seg: &str, out: &mut String) {
 }
 
 /// Headers a client may never set: identity and forwarding headers, compared after folding
-/// case and `_` to `-`.
+/// `_` to `-` (header names arrive lower-case).
 const SPOOFABLE: &[&str] = &[
     "forwarded",
     "x-real-ip",
@@ -222,98 +222,106 @@ pub struct ClientHeaders {
 }
 
 /// Removes hop-by-hop headers, headers named in `Connection`, and every identity or
-/// forwarding header, in any spelling.
+/// forwarding header, in any spelling. One pass over the headers; nothing is allocated
+/// unless something must go.
 pub fn strip_request_headers(headers: &mut HeaderMap) -> ClientHeaders {
-    let mut seen = ClientHeaders {
-        te_trailers: headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
+    let mut seen = ClientHeaders::default();
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection_upgrade = false;
+    let mut upgrade_websocket = false;
+    let mut xff: Vec<&str> = Vec::new();
+    let mut xff_invalid = false;
+    for (name, value) in headers.iter() {
+        let n = name.as_str();
+        if n == "x-forwarded-for" {
+            match value.to_str() {
+                Ok(v) => xff.push(v.trim()),
+                Err(_) => xff_invalid = true,
+            }
+        } else if n == "connection" {
+            connection_upgrade |= connection_tokens(value, &mut doomed);
+        } else if n == "te" {
+            seen.te_trailers |= value.to_str().is_ok_and(|s| {
                 s.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-        }),
-        ..Default::default()
-    };
-    let connection_upgrade = remove_connection_listed(headers);
-    seen.websocket = connection_upgrade
-        && headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-
-    let xff: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
-    if !xff.is_empty() {
-        let joined: Vec<&str> = xff
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .collect();
-        if joined.len() == xff.len() {
-            seen.forwarded_for = Some(joined.join(", "));
+            });
+        } else if n == "upgrade" {
+            upgrade_websocket |= value
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        } else if !HOP_BY_HOP.contains(&n) && !is_spoofable(n) {
+            continue;
+        }
+        if doomed.last() != Some(name) {
+            doomed.push(name.clone());
         }
     }
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_spoofable(n.as_str()))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
+    if !xff.is_empty() && !xff_invalid {
+        seen.forwarded_for = Some(xff.join(", "));
+    }
+    seen.websocket = connection_upgrade && upgrade_websocket;
+    for name in doomed {
+        headers.remove(&name);
     }
     seen
 }
 
-/// Removes the headers a `Connection` header names; returns whether it named `upgrade`.
-fn remove_connection_listed(headers: &mut HeaderMap) -> bool {
-    let mut listed: Vec<HeaderName> = Vec::new();
+/// Adds the header names a `Connection` value lists to `doomed`; returns whether it listed
+/// `upgrade`.
+fn connection_tokens(value: &HeaderValue, doomed: &mut Vec<HeaderName>) -> bool {
+    let Ok(s) = value.to_str() else { return false };
     let mut upgrade = false;
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(s) = v.to_str() else { continue };
-        for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if token.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                // Framing and routing headers are not the client's to remove.
-                if name != header::HOST
-                    && name != header::CONTENT_LENGTH
-                    && name != header::TRANSFER_ENCODING
-                {
-                    listed.push(name);
-                }
+    for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if token.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            // Framing and routing headers are not the client's to remove.
+            if name != header::HOST
+                && name != header::CONTENT_LENGTH
+                && name != header::TRANSFER_ENCODING
+            {
+                doomed.push(name);
             }
         }
-    }
-    for name in listed {
-        headers.remove(name);
     }
     upgrade
 }
 
 fn is_spoofable(name: &str) -> bool {
-    // Header names from hyper are lower-case already; fold `_` to `-`.
-    let folded;
-    let name = if name.contains('_') {
-        folded = name.replace('_', "-");
-        folded.as_str()
-    } else {
-        name
-    };
-    SPOOFABLE.contains(&name) || SPOOFABLE_PREFIXES.iter().any(|p| name.starts_with(p))
+    SPOOFABLE.iter().any(|s| eq_folded(name, s))
+        || SPOOFABLE_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && eq_folded(&name[..p.len()], p))
+}
+
+/// `a == b` where `_` in `a` stands for `-` (`b` is written with `-`).
+fn eq_folded(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| x == y || (x == b'_' && y == b'-'))
 }
 
 /// Removes hop-by-hop headers from an upstream response (and the headers its `Connection`
 /// names). `keep_upgrade` keeps `Upgrade`/`Connection` for a `101 Switching Protocols`.
 pub fn strip_response_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    remove_connection_listed(headers);
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (*name == "upgrade" || *name == "connection") {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let n = name.as_str();
+        if keep_upgrade && (n == "upgrade" || n == "connection") {
             continue;
         }
-        headers.remove(*name);
+        if n == "connection" {
+            connection_tokens(value, &mut doomed);
+        } else if !HOP_BY_HOP.contains(&n) {
+            continue;
+        }
+        if doomed.last() != Some(name) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(&name);
     }
 }
 
@@ -401,7 +409,8 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let seen = strip_request_headers(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(left, ["accept", "host"]);
         assert_eq!(seen.forwarded_for.as_deref(), Some("1.2.3.4"));
         assert!(seen.te_trailers);

@@ -110,6 +110,9 @@ async fn serve_connection(
         listener: index,
         peer,
         tls: tls.is_some(),
+        peer_label: peer.to_string().into(),
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
     });
     let service = {
         let shared = shared.clone();

@@ -38,12 +38,12 @@ pub struct AccessEvent {
     /// Route name, when one matched.
     pub route: Option<Arc<str>>,
     /// Client address (`ip:port` of the peer).
-    pub client: String,
+    pub client: Arc<str>,
     /// The forwarded-for client, when a trusted proxy named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded_for: Option<String>,
     /// HTTP method.
-    pub method: String,
+    pub method: std::borrow::Cow<'static, str>,
     /// Normalised path (no query: queries can carry secrets).
     pub path: String,
     /// HTTP version the client spoke.
@@ -56,7 +56,7 @@ pub struct AccessEvent {
     /// Response body bytes sent to the client.
     pub bytes_sent: u64,
     /// Upstream endpoint that served the request.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// Milliseconds from request arrival to the end of the response.
     pub duration_ms: f64,
     /// The phase that refused the request.

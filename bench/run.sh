@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Load benchmark: the direct path, nginx and Drawbridge in one run, on this machine.
+#
+#   bench/run.sh                 # full run: 10 s per measurement, 3 repeats
+#   DURATION=3 REPEATS=1 bench/run.sh   # a quick look
+#
+# Layout (2 cores): the load generator runs alone on CPU 0; the upstream and the proxy under
+# test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
+# proxy uses upstream keep-alive; both proxies log nothing, so the proxying itself is compared.
+# Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
+# Latency without saturation: hey at a fixed 2,000 requests/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-10}
+REPEATS=${REPEATS:-3}
+RATE=${RATE:-2000}
+LOADGEN_CPU=${LOADGEN_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+command -v hey >/dev/null || need+=(hey)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -p drawbridge --quiet
+WORK=$(mktemp -d)
+OUT="$ROOT/bench/results"
+mkdir -p "$OUT" "$WORK/logs"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+cat > "$WORK/upstream.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/upstream.pid;
+error_log $WORK/logs/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
+}
+CONF
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 256; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+cat > "$WORK/drawbridge.toml" <<CONF
+[server]
+access_log = "off"
+watch = false
+
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:$DB_PORT"
+
+[[upstreams]]
+name = "upstream"
+endpoints = ["http://127.0.0.1:$UP_PORT"]
+protocol = "http1"
+max_idle_connections = 512
+
+[[routes]]
+name = "plain"
+prefix = "/"
+upstream = "upstream"
+public = true
+CONF
+
+taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/upstream.err" -c "$WORK/upstream.conf" & pids+=($!)
+taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/nginx.err" -c "$WORK/nginx.conf" & pids+=($!)
+DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" serve --config "$WORK/drawbridge.toml" 2>"$WORK/logs/drawbridge.err" & pids+=($!)
+for port in $UP_PORT $NGINX_PORT $DB_PORT; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "server on $port did not start"; cat "$WORK"/logs/*; exit 1; }
+done
+
+declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
+TARGETS=(direct nginx drawbridge)
+RAW="$WORK/raw.tsv"
+: > "$RAW"
+
+for t in "${TARGETS[@]}"; do
+  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d2s "${URL[$t]}" >/dev/null   # warm-up: pools, caches
+done
+# Repeats go round the targets, so a noisy moment on a shared machine hurts all of them alike.
+for r in $(seq "$REPEATS"); do
+  for c in 32 256; do
+    for t in "${TARGETS[@]}"; do
+      taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${URL[$t]}" > "$WORK/wrk.txt"
+      python3 - "$t" "$c" "$WORK/wrk.txt" >> "$RAW" <<'PY'
+import re, sys
+target, conns, path = sys.argv[1], sys.argv[2], sys.argv[3]
+text = open(path).read()
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"throughput\t{target}\t{conns}\t{rps:.0f}\t{lat['50']:.3f}\t{lat['99']:.3f}\t{errors.group(1) if errors else 0}")
+PY
+    done
+  done
+done
+for t in "${TARGETS[@]}"; do
+  taskset -c "$LOADGEN_CPU" hey -z "${DURATION}s" -c 20 -q $((RATE / 20)) "${URL[$t]}" > "$WORK/hey.txt"
+  python3 - "$t" "$WORK/hey.txt" >> "$RAW" <<'PY'
+import re, sys
+target, path = sys.argv[1], sys.argv[2]
+text = open(path).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+lat = {p: float(v) * 1000 for p, v in re.findall(r"(50|99)%+ in ([\d.]+) secs", text)}
+codes = re.search(r"\[200\]\s+(\d+) responses", text)
+print(f"rate\t{target}\t-\t{rps:.0f}\t{lat['50']:.3f}\t{lat['99']:.3f}\t{'0' if codes else 'all'}")
+PY
+done
+
+python3 - "$RAW" "$DURATION" "$REPEATS" "$RATE" > "$OUT/latest.md" <<'PY'
+import statistics, sys, platform, subprocess
+raw, duration, repeats, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+rows = [l.rstrip("\n").split("\t") for l in open(raw) if l.strip()]
+def median_run(kind, target, conns):
+    runs = [r for r in rows if r[0] == kind and r[1] == target and r[2] == conns]
+    runs.sort(key=lambda r: float(r[3]))
+    return runs[len(runs) // 2]
+targets = ["direct", "nginx", "drawbridge"]
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
+      f"{duration} s per measurement, median of {repeats}; fixed rate {rate} requests/s.\n")
+for conns in ["32", "256"]:
+    print(f"### Throughput, {conns} keep-alive connections (wrk)\n")
+    print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs direct | vs nginx |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base = {t: median_run("throughput", t, conns) for t in targets}
+    for t in targets:
+        r = base[t]
+        print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
+              f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} |")
+    print()
+print(f"### Latency at a fixed {rate} requests/s (hey)\n")
+print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
+print("|---|---:|---:|---:|---:|")
+rate_rows = {r[1]: r for r in rows if r[0] == "rate"}
+for t in targets:
+    r = rate_rows[t]
+    print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {float(r[5]) / float(rate_rows['nginx'][5]):.2f} |")
+PY
+cat "$OUT/latest.md"
