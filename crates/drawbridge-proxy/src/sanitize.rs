@@ -425,4 +425,76 @@ mod tests {
         assert!(strip_request_headers(&mut h).websocket);
         assert!(h.is_empty());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Request targets built from the characters that matter: separators, dots,
+        /// percent signs, hex digits, `;`, backslashes and a few letters.
+        fn target() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("/"),
+                    Just("."),
+                    Just(".."),
+                    Just("%"),
+                    Just("%2e"),
+                    Just("%2F"),
+                    Just("%25"),
+                    Just("%5c"),
+                    Just("%00"),
+                    Just(";"),
+                    Just("\\"),
+                    Just("a"),
+                    Just("b"),
+                    Just("2"),
+                    Just("e"),
+                    Just("f"),
+                    Just("%20"),
+                    Just("%c3%a9"),
+                    Just("%ff"),
+                    Just("~"),
+                ],
+                0..16,
+            )
+            .prop_map(|parts| format!("/{}", parts.concat()))
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_paths_are_normal_and_stable(raw in target()) {
+                if let Ok(p) = normalize_path(&raw) {
+                    prop_assert!(p.decoded.starts_with('/'));
+                    let inner = p.decoded.trim_end_matches('/');
+                    prop_assert!(inner.is_empty() || inner[1..].split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{:?}", p);
+                    prop_assert!(!p.encoded.to_ascii_lowercase().contains("%2e") && !p.encoded.to_ascii_lowercase().contains("%2f"));
+                    let again = normalize_path(&p.encoded);
+                    prop_assert_eq!(again.as_ref(), Ok(&p));
+                }
+            }
+
+            #[test]
+            fn no_spoofable_header_survives(names in proptest::collection::vec(
+                prop_oneof![
+                    Just("x-forwarded-for"), Just("x_forwarded_for"), Just("x-forwarded-anything"),
+                    Just("x_drawbridge_user"), Just("x-drawbridge-groups"), Just("forwarded"),
+                    Just("x-real-ip"), Just("x_real_ip"), Just("connection"), Just("te"),
+                    Just("transfer-encoding"), Just("upgrade"), Just("keep-alive"), Just("accept"),
+                    Just("x-app"), Just("authorization"),
+                ], 0..12)) {
+                let mut h = HeaderMap::new();
+                for n in &names {
+                    h.append(HeaderName::from_static(n), HeaderValue::from_static("v"));
+                }
+                strip_request_headers(&mut h);
+                for name in h.keys() {
+                    prop_assert!(["accept", "x-app", "authorization"].contains(&name.as_str()), "{} survived", name);
+                }
+                for keep in ["accept", "x-app", "authorization"] {
+                    prop_assert_eq!(h.contains_key(keep), names.contains(&keep));
+                }
+            }
+        }
+    }
 }
