@@ -53,6 +53,31 @@ impl RecordingUpstream {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(addr, None).await
+    }
+
+    /// Starts on 127.0.0.1 serving HTTPS with `leaf` (ALPN `h2` and `http/1.1`).
+    pub async fn start_tls(leaf: &crate::certs::Leaf) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("leaf certificate");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
+            .expect("leaf key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let addr = "127.0.0.1:0".parse().expect("literal address");
+        Self::serve(addr, Some(acceptor)).await
+    }
+
+    async fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("binding upstream {addr}: {e}"));
@@ -65,11 +90,22 @@ impl RecordingUpstream {
                     continue;
                 };
                 let rec = rec.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(rec.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let io = TokioIo::new(stream);
+                            let _ = builder.serve_connection_with_upgrades(io, service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let io = TokioIo::new(s);
+                                let _ = builder.serve_connection_with_upgrades(io, service).await;
+                            }
+                        }
+                    }
                 });
             }
         });

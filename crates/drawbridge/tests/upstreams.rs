@@ -1,0 +1,168 @@
+//! Upstream behaviour: HTTPS with a private CA, load balancing, connection limits and idle
+//! timeouts.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::certs::TestCa;
+use http::{StatusCode, Version};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let ca = TestCa::new("upstream ca");
+    let up = RecordingUpstream::start_tls(&ca.leaf(&["upstream.test"])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    drawbridge_testkit::write_file(dir.path(), "ca.pem", &ca.cert_pem);
+    let other = TestCa::new("someone else");
+    drawbridge_testkit::write_file(dir.path(), "other.pem", &other.cert_pem);
+    let d = dir.path().display();
+    let port = up.addr().port();
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"h1\"\nendpoints = [\"https://127.0.0.1:{port}\"]\nca_file = \"{d}/ca.pem\"\ntls_server_name = \"upstream.test\"\nprotocol = \"http1\"\n\n\
+         [[upstreams]]\nname = \"alpn\"\nendpoints = [\"https://127.0.0.1:{port}\"]\nca_file = \"{d}/ca.pem\"\ntls_server_name = \"upstream.test\"\n\n\
+         [[upstreams]]\nname = \"untrusted\"\nendpoints = [\"https://127.0.0.1:{port}\"]\nca_file = \"{d}/other.pem\"\ntls_server_name = \"upstream.test\"\n\n\
+         [[upstreams]]\nname = \"wrong-name\"\nendpoints = [\"https://127.0.0.1:{port}\"]\nca_file = \"{d}/ca.pem\"\ntls_server_name = \"other.test\"\n\n\
+         [[routes]]\nname = \"h1\"\nprefix = \"/h1\"\nupstream = \"h1\"\npublic = true\n\
+         [[routes]]\nname = \"alpn\"\nprefix = \"/alpn\"\nupstream = \"alpn\"\npublic = true\n\
+         [[routes]]\nname = \"untrusted\"\nprefix = \"/untrusted\"\nupstream = \"untrusted\"\npublic = true\n\
+         [[routes]]\nname = \"wrong-name\"\nprefix = \"/wrong-name\"\nupstream = \"wrong-name\"\npublic = true\n"
+    )))
+    .await;
+    assert_eq!(get(&h.url("/h1")).await.status, StatusCode::OK);
+    assert_eq!(up.last().expect("forwarded").version, Version::HTTP_11);
+    assert_eq!(get(&h.url("/alpn")).await.status, StatusCode::OK);
+    assert_eq!(
+        up.last().expect("forwarded").version,
+        Version::HTTP_2,
+        "ALPN should pick h2"
+    );
+    let seen = up.count();
+    assert_eq!(
+        get(&h.url("/untrusted")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        get(&h.url("/wrong-name")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        up.count(),
+        seen,
+        "a request reached an upstream whose certificate failed"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_and_least_requests_avoids_busy_endpoints() {
+    let a = RecordingUpstream::start().await;
+    let b = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"rr\"\nendpoints = [\"{a}\", \"{b}\"]\n\n\
+         [[upstreams]]\nname = \"lr\"\nendpoints = [\"{a}\", \"{b}\"]\nbalance = \"least_requests\"\n\n\
+         [[routes]]\nname = \"rr\"\nprefix = \"/rr\"\nupstream = \"rr\"\npublic = true\n\
+         [[routes]]\nname = \"lr\"\nprefix = \"/lr\"\nstrip_prefix = true\nupstream = \"lr\"\npublic = true\n",
+        a = a.url(),
+        b = b.url()
+    )))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(&h.url("/rr")).await.status, StatusCode::OK);
+    }
+    assert_eq!((a.count(), b.count()), (5, 5));
+
+    // Three slow requests occupy endpoints; least_requests sends the next ones to whichever
+    // endpoint has fewer in flight, so the quick requests all land on the less busy one.
+    a.clear();
+    b.clear();
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(get_owned(h.url("/lr/__upstream/sleep/600"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (busy_a, busy_b) = (a.count(), b.count());
+    assert_eq!(busy_a + busy_b, 3);
+    for _ in 0..4 {
+        assert_eq!(get(&h.url("/lr/quick")).await.status, StatusCode::OK);
+    }
+    let quick_a = a.received().iter().filter(|r| r.target == "/quick").count();
+    let quick_b = b.received().iter().filter(|r| r.target == "/quick").count();
+    if busy_a > busy_b {
+        assert_eq!((quick_a, quick_b), (0, 4));
+    } else {
+        assert_eq!((quick_a, quick_b), (4, 0));
+    }
+    for s in slow {
+        assert_eq!(s.await.expect("join").status, StatusCode::OK);
+    }
+}
+
+async fn get_owned(url: String) -> Reply {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn connection_cap_and_idle_timeout() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&upstream_and_route("app", &up.url())).replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\n[listeners.limits]\nmax_connections = 2\nidle_timeout = \"400ms\"",
+    );
+    let h = Harness::start(&cfg).await;
+    let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let mut second = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    for s in [&mut first, &mut second] {
+        s.write_all(request).await.expect("write");
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    // A third connection is accepted by the kernel but not served while two are open.
+    let mut third = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    third.write_all(request).await.expect("write");
+    let mut buf = [0u8; 1024];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served past the cap"
+    );
+    // Idle connections are closed after idle_timeout, which frees the slots.
+    let n = tokio::time::timeout(Duration::from_secs(2), first.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert_eq!(n, 0, "idle connection not closed");
+    let n = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("served once a slot freed")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn streaming_bodies_pass_in_both_directions() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&upstream_and_route("app", &up.url()))).await;
+    let body = Bytes::from(vec![b'z'; 3 * 1024 * 1024]);
+    let req = http::Request::post(h.url("/upload"))
+        .body(Full::new(body.clone()))
+        .expect("request");
+    let r = send(&h2_client(), req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.last().expect("forwarded").body, body);
+    let r = get(&h.url("/__upstream/bytes/5000000")).await;
+    assert_eq!(r.body.len(), 5_000_000);
+}
