@@ -9,6 +9,7 @@ use bytes::Bytes;
 use drawbridge_telemetry::{AccessEvent, AccessLog};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 
 use crate::upstream::InFlight;
 
@@ -94,6 +95,8 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: Kind,
     record: Option<Box<Record>>,
+    /// The upstream connection, returned to its pool only if the body is read to its end.
+    reuse: Option<http1::SendRequest<RequestBody>>,
 }
 
 enum Kind {
@@ -114,11 +117,12 @@ pub struct Record {
 }
 
 impl ResponseBody {
-    /// An upstream's body, streamed through.
-    pub fn upstream(body: Incoming) -> Self {
+    /// An upstream's body, streamed through; `reuse` goes back to the pool at its end.
+    pub fn upstream(body: Incoming, reuse: Option<http1::SendRequest<RequestBody>>) -> Self {
         Self {
             kind: Kind::Upstream(body),
             record: None,
+            reuse,
         }
     }
 
@@ -128,6 +132,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
             record: None,
+            reuse: None,
         }
     }
 
@@ -136,6 +141,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(None),
             record: None,
+            reuse: None,
         }
     }
 
@@ -151,7 +157,10 @@ impl ResponseBody {
         }
     }
 
-    fn finish(&mut self) {
+    /// Writes the access event; `complete` when the body was read to its end, the only case
+    /// where the upstream connection can serve another request.
+    fn finish(&mut self, complete: bool) {
+        let reuse = self.reuse.take();
         if let Some(r) = self.record.take() {
             let Record {
                 log,
@@ -159,6 +168,9 @@ impl ResponseBody {
                 start,
                 in_flight,
             } = *r;
+            if let (true, Some(sender), Some(f)) = (complete, reuse, in_flight.as_ref()) {
+                f.give_back(sender);
+            }
             drop(in_flight);
             event.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
             log.record(event);
@@ -168,7 +180,7 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(false);
     }
 }
 
@@ -192,17 +204,17 @@ impl Body for ResponseBody {
                     this.count(n);
                 }
                 if this.is_end_stream() {
-                    this.finish();
+                    this.finish(true);
                 }
             }
-            Poll::Ready(None) => this.finish(),
+            Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(e))) => {
                 if let Some(r) = this.record.as_mut() {
                     r.event
                         .reason
                         .get_or_insert_with(|| format!("upstream body: {e}"));
                 }
-                this.finish();
+                this.finish(false);
             }
             Poll::Pending => {}
         }

@@ -3,15 +3,19 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{BodyError, RequestBody};
 use crate::rescue::ProxyError;
 use crate::sanitize;
+use crate::transport::Sender;
 use crate::upstream::{InFlight, PickError, UpstreamPool};
 
 /// A request ready to leave: everything but the endpoint.
@@ -19,7 +23,9 @@ pub struct Outgoing {
     /// Method.
     pub method: Method,
     /// Canonical path and the client's query.
-    pub path_and_query: String,
+    pub path_and_query: PathAndQuery,
+    /// The host the client asked for (`Host` or `:authority`), passed on to the upstream.
+    pub host: Option<HeaderValue>,
     /// Headers after sanitize and mutate.
     pub headers: HeaderMap,
     /// Body.
@@ -28,14 +34,26 @@ pub struct Outgoing {
     pub upgrade: Option<OnUpgrade>,
 }
 
-/// Sends `out` to `pool`, returning the upstream's response and the endpoint's in-flight guard.
-pub async fn forward(
-    pool: &Arc<UpstreamPool>,
-    out: Outgoing,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+/// What came back from the upstream.
+pub struct Forwarded {
+    /// The response, hop-by-hop headers removed.
+    pub response: Response<Incoming>,
+    /// Counts the request against its endpoint until the response ends.
+    pub in_flight: InFlight,
+    /// The HTTP/1.1 connection, to return to the pool once the body was read to its end.
+    pub reuse: Option<http1::SendRequest<RequestBody>>,
+}
+
+/// A pooled connection idle this long may have been closed by the upstream: a request that
+/// is safe to repeat is kept so that it can go again on a new connection.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// Sends `out` to `pool`.
+pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarded, ProxyError> {
     let Outgoing {
         method,
         path_and_query,
+        host,
         mut headers,
         body,
         upgrade,
@@ -44,87 +62,246 @@ pub async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    // Retries go to another endpoint: with one endpoint there is nothing to gain (hyper
-    // already resends a request whose pooled connection closed before it was written).
-    let retryable = pool.retries > 0
-        && pool.endpoints.len() > 1
-        && is_idempotent(&method)
-        && http_body::Body::is_end_stream(&body)
-        && upgrade.is_none();
-    let attempts = if retryable { 1 + pool.retries } else { 1 };
-    let version = if upgrade.is_some() {
-        Version::HTTP_11
+    // Safe to send twice: idempotent (RFC 9110 §9.2.2) and nothing to stream.
+    let repeatable =
+        is_idempotent(&method) && http_body::Body::is_end_stream(&body) && upgrade.is_none();
+    // Retries go to another endpoint, so only with more than one.
+    let attempts = if repeatable && pool.endpoints.len() > 1 {
+        1 + pool.retries
     } else {
-        pool.version
+        1
     };
     let mut body = Some(body);
     let mut last_endpoint = None;
     let mut last_err = None;
     for attempt in 0..attempts {
-        let in_flight = pool.pick(last_endpoint).map_err(|e| match e {
-            PickError::NoHealthy => ProxyError::NoHealthyEndpoint,
-            PickError::AtCapacity => ProxyError::UpstreamAtCapacity,
-        });
-        let in_flight = match (in_flight, last_err.take()) {
+        let in_flight = match (pool.pick(last_endpoint), last_err.take()) {
             (Ok(f), _) => f,
             // Keep the failure that made us retry; it says more than "no endpoint left".
             (Err(_), Some(prev)) => return Err(prev),
-            (Err(e), None) => return Err(e),
+            (Err(PickError::NoHealthy), None) => return Err(ProxyError::NoHealthyEndpoint),
+            (Err(PickError::AtCapacity), None) => return Err(ProxyError::UpstreamAtCapacity),
         };
         last_endpoint = Some(in_flight.index());
-        let ep = in_flight.endpoint();
-        let uri = Uri::builder()
-            .scheme(ep.scheme.clone())
-            .authority(ep.authority.clone())
-            .path_and_query(path_and_query.as_str())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("unrepresentable request target"))?;
         let last = attempt + 1 == attempts;
-        let mut req = Request::new(if last {
-            body.take().unwrap_or_else(RequestBody::empty)
-        } else {
-            RequestBody::empty()
-        });
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        *req.headers_mut() = if last {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
+        let exchange = Exchange {
+            method: &method,
+            path_and_query: &path_and_query,
+            host: host.as_ref(),
+            headers: if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            },
+            body: if last {
+                body.take().unwrap_or_else(RequestBody::empty)
+            } else {
+                RequestBody::empty()
+            },
+            repeatable,
+            http1_only: upgrade.is_some(),
         };
-
-        let sent = tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await;
-        let err = match sent {
-            Ok(Ok(mut res)) => {
+        let outcome =
+            tokio::time::timeout(pool.request_timeout, exchange.run(pool, &in_flight)).await;
+        let err = match outcome {
+            Ok(Ok((mut response, reuse))) => {
                 in_flight.succeeded();
                 if let Some(client) = upgrade {
-                    return relay_upgrade(res, client, in_flight);
+                    return relay_upgrade(response, client, in_flight);
                 }
-                sanitize::strip_response_headers(res.headers_mut(), false);
-                return Ok((res, in_flight));
+                sanitize::strip_response_headers(response.headers_mut(), false);
+                return Ok(Forwarded {
+                    response,
+                    in_flight,
+                    reuse,
+                });
             }
-            Ok(Err(e)) => {
-                if let Some(body_err) = find_body_error(&e) {
-                    return Err(match body_err {
-                        BodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
-                        BodyError::Client(_) => {
-                            ProxyError::BadRequest("request body could not be read")
-                        }
-                    });
-                }
+            Ok(Err(Failure::Client(e))) => return Err(e),
+            Ok(Err(Failure::Upstream(e))) => {
                 in_flight.failed();
-                ProxyError::UpstreamFailed(describe(&e))
+                e
             }
             Err(_) => {
                 in_flight.failed();
                 ProxyError::UpstreamTimeout(pool.request_timeout)
             }
         };
-        tracing::debug!(upstream = %pool.name, endpoint = %ep.label, attempt, error = %err, "upstream attempt failed");
+        tracing::debug!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, attempt, error = %err, "upstream attempt failed");
         last_err = Some(err);
     }
     Err(last_err.unwrap_or(ProxyError::NoHealthyEndpoint))
+}
+
+/// Why an exchange failed: the client's fault (its body) or the upstream's.
+enum Failure {
+    Client(ProxyError),
+    Upstream(ProxyError),
+}
+
+/// One request to one endpoint.
+struct Exchange<'a> {
+    method: &'a Method,
+    path_and_query: &'a PathAndQuery,
+    host: Option<&'a HeaderValue>,
+    headers: HeaderMap,
+    body: RequestBody,
+    repeatable: bool,
+    http1_only: bool,
+}
+
+type Exchanged = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+
+/// Where a request goes and as what, to build it for whichever connection takes it.
+struct Target<'a> {
+    method: &'a Method,
+    path_and_query: &'a PathAndQuery,
+    host: Option<&'a HeaderValue>,
+}
+
+impl Exchange<'_> {
+    async fn run(self, pool: &UpstreamPool, in_flight: &InFlight) -> Result<Exchanged, Failure> {
+        let Exchange {
+            method,
+            path_and_query,
+            host,
+            headers,
+            body,
+            repeatable,
+            http1_only,
+        } = self;
+        let target = Target {
+            method,
+            path_and_query,
+            host,
+        };
+        let ep = in_flight.endpoint();
+        let transport = &pool.transport;
+        let connect_failed = |m: String| Failure::Upstream(ProxyError::UpstreamFailed(m));
+        let checkout = transport
+            .checkout(&ep.endpoint, &ep.conns, http1_only)
+            .await
+            .map_err(connect_failed)?;
+        let mut sender = checkout.sender;
+        let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
+        let req = target.build(&sender, ep, headers, body)?;
+        let (sender, result) = match sender.send(req).await {
+            Ok(res) => (sender, Ok(res)),
+            Err(mut e) => {
+                // Never written (the connection closed first), or written to a connection the
+                // upstream closed while it sat idle: a new connection gets it, once.
+                let unsent = e.take_message();
+                let stale = kept.filter(|_| unsent.is_none() && is_stale(e.error()));
+                if unsent.is_none() && stale.is_none() {
+                    (sender, Err(e.into_error()))
+                } else {
+                    let mut fresh = transport
+                        .connect(&ep.endpoint, &ep.conns, http1_only)
+                        .await
+                        .map_err(connect_failed)?;
+                    let req = match (unsent, stale) {
+                        (Some(req), _) => {
+                            let (parts, body) = req.into_parts();
+                            target.build(&fresh, ep, parts.headers, body)?
+                        }
+                        (None, Some(headers)) => {
+                            target.build(&fresh, ep, headers, RequestBody::empty())?
+                        }
+                        (None, None) => unreachable_exchange()?,
+                    };
+                    let r = fresh.send(req).await.map_err(|e| e.into_error());
+                    (fresh, r)
+                }
+            }
+        };
+        match (result, sender) {
+            (Ok(res), Sender::Http1(s)) if !http1_only => Ok((res, Some(s))),
+            (Ok(res), _) => Ok((res, None)),
+            (Err(e), _) => Err(classify(&e)),
+        }
+    }
+}
+
+impl Target<'_> {
+    /// The request as `sender` takes it: origin-form with `Host` for HTTP/1.1, absolute with
+    /// the client's authority (and no `Host`) for HTTP/2.
+    fn build(
+        &self,
+        sender: &Sender,
+        ep: &crate::upstream::EndpointState,
+        mut headers: HeaderMap,
+        body: RequestBody,
+    ) -> Result<Request<RequestBody>, Failure> {
+        let bad_target =
+            || Failure::Client(ProxyError::BadRequest("unrepresentable request target"));
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        if sender.is_http2() {
+            let authority = self
+                .host
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.authority.clone());
+            headers.remove(header::HOST);
+            *req.uri_mut() = Uri::builder()
+                .scheme(ep.scheme.clone())
+                .authority(authority)
+                .path_and_query(self.path_and_query.clone())
+                .build()
+                .map_err(|_| bad_target())?;
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            if !headers.contains_key(header::HOST) {
+                let host = self
+                    .host
+                    .cloned()
+                    .or_else(|| HeaderValue::from_str(ep.authority.as_str()).ok())
+                    .ok_or_else(bad_target)?;
+                headers.insert(header::HOST, host);
+            }
+            *req.uri_mut() = Uri::from(self.path_and_query.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// The retry branch is entered only with a request to send; this keeps it total.
+fn unreachable_exchange() -> Result<Request<RequestBody>, Failure> {
+    Err(Failure::Upstream(ProxyError::UpstreamFailed(
+        "no request to resend".into(),
+    )))
+}
+
+/// A failure that means the connection was gone before the upstream read the request.
+fn is_stale(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn classify(e: &hyper::Error) -> Failure {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(b) = err.downcast_ref::<BodyError>() {
+            return Failure::Client(match b {
+                BodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
+                BodyError::Client(_) => ProxyError::BadRequest("request body could not be read"),
+            });
+        }
+        cur = err.source();
+    }
+    Failure::Upstream(ProxyError::UpstreamFailed(describe(e)))
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 §9.2.2).
@@ -135,25 +312,9 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-fn find_body_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(b) = err.downcast_ref::<BodyError>() {
-            return Some(b);
-        }
-        cur = err.source();
-    }
-    None
-}
-
 /// The error and its causes on one line, for the access log.
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut s = if e.is_connect() {
-        "connect: ".to_string()
-    } else {
-        String::new()
-    };
-    s.push_str(&e.to_string());
+fn describe(e: &hyper::Error) -> String {
+    let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {
         s.push_str(": ");
@@ -164,17 +325,21 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 fn relay_upgrade(
-    mut res: Response<Incoming>,
+    mut response: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
-    if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+) -> Result<Forwarded, ProxyError> {
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined the upgrade; its answer goes back as an ordinary response.
-        sanitize::strip_response_headers(res.headers_mut(), false);
-        return Ok((res, in_flight));
+        sanitize::strip_response_headers(response.headers_mut(), false);
+        return Ok(Forwarded {
+            response,
+            in_flight,
+            reuse: None,
+        });
     }
-    let upstream = hyper::upgrade::on(&mut res);
-    sanitize::strip_response_headers(res.headers_mut(), true);
+    let upstream = hyper::upgrade::on(&mut response);
+    sanitize::strip_response_headers(response.headers_mut(), true);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -189,5 +354,9 @@ fn relay_upgrade(
             tracing::debug!(error = %e, "websocket relay ended");
         }
     });
-    Ok((res, in_flight))
+    Ok(Forwarded {
+        response,
+        in_flight,
+        reuse: None,
+    })
 }

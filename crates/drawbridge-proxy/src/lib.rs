@@ -14,6 +14,7 @@ pub mod sanitize;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 use std::net::SocketAddr;

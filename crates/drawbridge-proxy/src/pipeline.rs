@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::body::{Record, RequestBody, ResponseBody};
-use crate::forward::{self, Outgoing};
+use crate::forward::{self, Forwarded, Outgoing};
 use crate::rescue::{self, ProxyError};
 use crate::route::Match;
 use crate::sanitize::{self, NormalPath};
@@ -66,7 +66,14 @@ impl RequestIds {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        id
     }
 }
 
@@ -108,7 +115,14 @@ pub async fn handle(
     };
     let outcome = run(&snapshot, listener, &conn, req, &mut event).await;
     let (res, in_flight) = match outcome {
-        Ok((res, in_flight)) => (res.map(ResponseBody::upstream), Some(in_flight)),
+        Ok(Forwarded {
+            response,
+            in_flight,
+            reuse,
+        }) => (
+            response.map(|b| ResponseBody::upstream(b, reuse)),
+            Some(in_flight),
+        ),
         Err(err) => {
             event.phase = Some(err.phase());
             event.reason = Some(err.to_string());
@@ -136,7 +150,7 @@ async fn run(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     event: &mut AccessEvent,
-) -> Result<(Response<Incoming>, crate::upstream::InFlight), ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     // --- 2 parse: the limits hyper does not enforce itself --------------------------------
     let limits = &listener.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -202,21 +216,27 @@ async fn run(
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
+    let host = original_host.or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     set_forwarding(
         &mut headers,
         forwarded_for,
         conn.tls,
-        original_host.as_ref().or(parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .as_ref()),
+        host.as_ref(),
         &event.request_id,
     );
-    if seen.te_trailers && route.upstream.version == http::Version::HTTP_2 {
+    if seen.te_trailers {
+        // gRPC over HTTP/2 needs it; it is the one `TE` value HTTP/2 allows.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let path_and_query = upstream_target(&route, &path, parts.uri.query());
+    let path_and_query = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(
+        upstream_target(&route, &path, parts.uri.query()),
+    ))
+    .map_err(|_| ProxyError::BadRequest("unrepresentable request target"))?;
 
     // --- 10 forward ---------------------------------------------------------------------
     let body = if upgrade.is_some() {
@@ -227,13 +247,14 @@ async fn run(
     let out = Outgoing {
         method: parts.method,
         path_and_query,
+        host,
         headers,
         body,
         upgrade,
     };
-    let (res, in_flight) = forward::forward(&route.upstream, out).await?;
-    event.upstream = Some(in_flight.endpoint().label.clone());
-    Ok((res, in_flight))
+    let forwarded = forward::forward(&route.upstream, out).await?;
+    event.upstream = Some(forwarded.in_flight.endpoint().label.clone());
+    Ok(forwarded)
 }
 
 /// Refuses framing that two parsers could read differently.
@@ -378,4 +399,24 @@ fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
         _ => return std::borrow::Cow::Owned(m.as_str().to_string()),
     };
     std::borrow::Cow::Borrowed(known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_unique() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(a[..16], b[..16], "one process prefix");
+        assert_eq!(&a[16..], "0000000000000000");
+        assert_eq!(&b[16..], "0000000000000001");
+    }
 }

@@ -4,18 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drawbridge_config::{Balance, Upstream, UpstreamProtocol};
-use http::Version;
+use drawbridge_config::{Balance, Endpoint, Upstream};
 use http::uri::{Authority, Scheme};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::RequestBody;
-
-/// The client type shared by every upstream.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+use crate::transport::{Connections, Transport};
 
 /// A compiled upstream: its endpoints with their health, and a connection pool.
 pub struct UpstreamPool {
@@ -25,10 +18,8 @@ pub struct UpstreamPool {
     pub fingerprint: String,
     /// Endpoints in config order.
     pub endpoints: Vec<EndpointState>,
-    /// Requests go out with this HTTP version.
-    pub version: Version,
-    /// The pooled client.
-    pub client: UpstreamClient,
+    /// How connections are made and pooled.
+    pub transport: Transport,
     /// Response-head deadline.
     pub request_timeout: Duration,
     /// Extra attempts for idempotent, bodiless requests.
@@ -48,6 +39,10 @@ pub struct EndpointState {
     pub authority: Authority,
     /// `scheme://host:port`, for logs.
     pub label: Arc<str>,
+    /// Where to connect.
+    pub endpoint: Endpoint,
+    /// Its pooled connections.
+    pub conns: Connections,
     in_flight: AtomicUsize,
     failures: AtomicU32,
     /// Milliseconds since [`epoch`] until which the endpoint gets no requests.
@@ -102,6 +97,13 @@ impl InFlight {
         }
     }
 
+    /// Returns an HTTP/1.1 connection whose exchange completed to the endpoint's pool.
+    pub fn give_back(&self, sender: hyper::client::conn::http1::SendRequest<RequestBody>) {
+        self.pool
+            .transport
+            .give_back(&self.endpoint().conns, sender);
+    }
+
     /// Records a success: the failure streak ends.
     pub fn succeeded(&self) {
         let ep = self.endpoint();
@@ -122,74 +124,47 @@ impl Drop for InFlight {
 impl UpstreamPool {
     /// Builds the pool for `cfg`.
     pub fn new(cfg: &Upstream) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-
-        let mut roots = rustls::RootCertStore::empty();
-        match &cfg.ca {
-            Some(certs) => {
-                for c in certs {
-                    roots
-                        .add(c.clone())
-                        .map_err(|e| format!("CA certificate rejected: {e}"))?;
+        let tls = if cfg.endpoints.iter().any(|e| e.tls) {
+            let mut roots = rustls::RootCertStore::empty();
+            match &cfg.ca {
+                Some(certs) => {
+                    for c in certs {
+                        roots
+                            .add(c.clone())
+                            .map_err(|e| format!("CA certificate rejected: {e}"))?;
+                    }
+                }
+                None => {
+                    for c in rustls_native_certs::load_native_certs().certs {
+                        let _ = roots.add(c);
+                    }
                 }
             }
-            None if cfg.endpoints.iter().any(|e| e.tls) => {
-                let native = rustls_native_certs::load_native_certs();
-                for c in native.certs {
-                    let _ = roots.add(c);
-                }
-            }
-            None => {}
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let builder = match &cfg.tls_server_name {
-            Some(name) => {
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(
-                    rustls_pki_types::ServerName::try_from(name.clone())
-                        .map_err(|e| format!("`{name}`: {e}"))?,
-                ))
-            }
-            None => builder,
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        } else {
+            None
         };
-        let (connector, http2_only, version) = match cfg.protocol {
-            UpstreamProtocol::Http1 => (
-                builder.enable_http1().wrap_connector(http),
-                false,
-                Version::HTTP_11,
+        let server_name = match &cfg.tls_server_name {
+            Some(name) => Some(
+                rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| format!("`{name}`: {e}"))?,
             ),
-            UpstreamProtocol::Http2 => (
-                builder.enable_http2().wrap_connector(http),
-                true,
-                Version::HTTP_2,
-            ),
-            UpstreamProtocol::Auto => (
-                builder.enable_all_versions().wrap_connector(http),
-                false,
-                Version::HTTP_11,
-            ),
+            None => None,
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_max_idle_per_host(cfg.max_idle_connections)
-            .http2_only(http2_only)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_keep_alive_while_idle(true)
-            .build(connector);
+        let transport = Transport::new(
+            cfg.protocol,
+            tls,
+            server_name,
+            cfg.connect_timeout,
+            cfg.idle_timeout,
+            cfg.max_idle_connections,
+        );
 
         let endpoints = cfg
             .endpoints
@@ -203,6 +178,8 @@ impl UpstreamPool {
                     scheme: if e.tls { Scheme::HTTPS } else { Scheme::HTTP },
                     authority,
                     label: e.url().into(),
+                    endpoint: e.clone(),
+                    conns: Connections::default(),
                     in_flight: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
@@ -213,8 +190,7 @@ impl UpstreamPool {
             name: cfg.name.as_str().into(),
             fingerprint: fingerprint(cfg),
             endpoints,
-            version,
-            client,
+            transport,
             request_timeout: cfg.request_timeout,
             retries: cfg.retries,
             balance: cfg.balance,

@@ -29,6 +29,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// The address the request came from: equal for requests on one connection.
+    pub peer: SocketAddr,
 }
 
 impl Received {
@@ -86,13 +88,13 @@ impl RecordingUpstream {
         let rec = received.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
                 let rec = rec.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(rec.clone(), req));
+                    let service = service_fn(move |req| handle(rec.clone(), peer, req));
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
@@ -157,6 +159,7 @@ impl Drop for RecordingUpstream {
 
 async fn handle(
     rec: Arc<Mutex<Vec<Received>>>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
@@ -176,6 +179,7 @@ async fn handle(
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
+        peer,
     };
     if let Ok(mut v) = rec.lock() {
         v.push(got);

@@ -166,3 +166,38 @@ async fn streaming_bodies_pass_in_both_directions() {
     let r = get(&h.url("/__upstream/bytes/5000000")).await;
     assert_eq!(r.body.len(), 5_000_000);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_only_after_complete_exchanges() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&upstream_and_route("app", &up.url()))).await;
+    for _ in 0..5 {
+        assert_eq!(get(&h.url("/x")).await.status, StatusCode::OK);
+    }
+    let peers: Vec<_> = up.received().iter().map(|r| r.peer).collect();
+    assert!(
+        peers.windows(2).all(|w| w[0] == w[1]),
+        "sequential requests used new connections: {peers:?}"
+    );
+
+    // A client that goes away mid-body leaves the upstream connection unfinished: it must
+    // not carry the next request.
+    up.clear();
+    let mut s = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /__upstream/bytes/4000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let _ = s.read(&mut buf).await.expect("read");
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(&h.url("/after")).await.status, StatusCode::OK);
+    let got = up.received();
+    assert_eq!(got.len(), 2);
+    assert_ne!(
+        got[0].peer, got[1].peer,
+        "an unfinished connection was reused"
+    );
+}
