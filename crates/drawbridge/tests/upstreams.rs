@@ -201,3 +201,29 @@ async fn upstream_connections_are_reused_only_after_complete_exchanges() {
         "an unfinished connection was reused"
     );
 }
+
+#[tokio::test]
+async fn http2_stream_cap_holds_excess_streams_back() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&upstream_and_route("app", &up.url())).replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\n[listeners.limits]\nmax_concurrent_streams = 2",
+    );
+    let h = Harness::start(&cfg).await;
+    let client = h2_client();
+    // Warm the connection so the client has seen the server's SETTINGS.
+    send(&client, http::Request::get(h.url("/warm")).body(Full::new(Bytes::new())).expect("request")).await;
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            let url = h.url("/__upstream/sleep/300");
+            tokio::spawn(async move { send(&client, http::Request::get(url).body(Full::new(Bytes::new())).expect("request")).await.status })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("join"), StatusCode::OK);
+    }
+    // Four 300 ms calls, two at a time: at least two rounds.
+    assert!(started.elapsed() >= Duration::from_millis(580), "streams ran beyond the cap: {:?}", started.elapsed());
+}
