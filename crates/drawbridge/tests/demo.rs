@@ -18,23 +18,42 @@ async fn demo_serves_forwards_and_refuses() {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(rest) = line.strip_prefix("Drawbridge demo: listening on http://") {
-                let addr = rest.split([',', ' ']).next().unwrap_or_default().to_string();
+                let addr = rest
+                    .split([',', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let _ = tx.send(addr);
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("demo announced its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("demo announced its address");
     let ok = get(&format!("http://{addr}/hello/world")).await;
     assert_eq!(ok.status, 200);
     let echo: serde_json::Value = serde_json::from_str(&ok.body).expect("echo json");
     assert_eq!(echo["target"], "/hello/world");
     assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
-    let stripped: serde_json::Value = serde_json::from_str(&get(&format!("http://{addr}/api/v1/items?page=2")).await.body).expect("json");
+    let stripped: serde_json::Value = serde_json::from_str(
+        &get(&format!("http://{addr}/api/v1/items?page=2"))
+            .await
+            .body,
+    )
+    .expect("json");
     assert_eq!(stripped["target"], "/v1/items?page=2");
     assert_eq!(get(&format!("http://{addr}/admin")).await.status, 404);
-    let reply = raw(addr.parse().expect("addr"), b"GET /hello/..%2fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(2)).await;
+    let reply = raw(
+        addr.parse().expect("addr"),
+        b"GET /hello/..%2fadmin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(status_of(&reply), 400);
     let _ = child.kill();
     let _ = child.wait();

@@ -212,18 +212,37 @@ async fn http2_stream_cap_holds_excess_streams_back() {
     let h = Harness::start(&cfg).await;
     let client = h2_client();
     // Warm the connection so the client has seen the server's SETTINGS.
-    send(&client, http::Request::get(h.url("/warm")).body(Full::new(Bytes::new())).expect("request")).await;
+    send(
+        &client,
+        http::Request::get(h.url("/warm"))
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
     let started = std::time::Instant::now();
     let calls: Vec<_> = (0..4)
         .map(|_| {
             let client = client.clone();
             let url = h.url("/__upstream/sleep/300");
-            tokio::spawn(async move { send(&client, http::Request::get(url).body(Full::new(Bytes::new())).expect("request")).await.status })
+            tokio::spawn(async move {
+                send(
+                    &client,
+                    http::Request::get(url)
+                        .body(Full::new(Bytes::new()))
+                        .expect("request"),
+                )
+                .await
+                .status
+            })
         })
         .collect();
     for c in calls {
         assert_eq!(c.await.expect("join"), StatusCode::OK);
     }
     // Four 300 ms calls, two at a time: at least two rounds.
-    assert!(started.elapsed() >= Duration::from_millis(580), "streams ran beyond the cap: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(580),
+        "streams ran beyond the cap: {:?}",
+        started.elapsed()
+    );
 }
