@@ -194,10 +194,10 @@ impl Exchange<'_> {
                 if unsent.is_none() && stale.is_none() {
                     (sender, Err(e.into_error()))
                 } else {
-                    let mut fresh = transport
-                        .connect(&ep.endpoint, &ep.conns, http1_only)
-                        .await
-                        .map_err(connect_failed)?;
+                    let mut fresh =
+                        Box::pin(transport.connect(&ep.endpoint, &ep.conns, http1_only))
+                            .await
+                            .map_err(connect_failed)?;
                     let req = match (unsent, stale) {
                         (Some(req), _) => {
                             let (parts, body) = req.into_parts();

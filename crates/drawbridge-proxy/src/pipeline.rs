@@ -159,9 +159,16 @@ async fn run(
     }
 
     // --- 3 sanitize ---------------------------------------------------------------------
-    // A refused path is logged as received (bounded), for whoever investigates it.
-    event.path = req.uri().path().chars().take(512).collect();
-    let path = sanitize::normalize_path(req.uri().path())?;
+    let path = match sanitize::normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            // A refused path is logged as received (bounded), for whoever investigates it.
+            let raw = req.uri().path();
+            let cut = raw.char_indices().nth(512).map_or(raw.len(), |(i, _)| i);
+            event.path = raw[..cut].to_string();
+            return Err(e.into());
+        }
+    };
     event.path.clone_from(&path.decoded);
     check_framing(req.headers())?;
     let host = request_host(&req)?;

@@ -147,7 +147,9 @@ impl Transport {
                 });
             }
         }
-        let sender = self.connect(ep, conns, http1).await?;
+        // Boxed: the connect path is rare, and its state would otherwise enlarge (and make
+        // every move of) each request's future.
+        let sender = Box::pin(self.connect(ep, conns, http1)).await?;
         Ok(Checkout {
             sender,
             idle_for: Duration::ZERO,
