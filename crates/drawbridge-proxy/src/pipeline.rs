@@ -223,12 +223,19 @@ async fn run(
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let host = original_host.or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The authority the route was chosen by is the one the upstream is told: an absolute-form
+    // target or `:authority` wins over a `Host` header that says otherwise.
+    let host = match parts.uri.authority() {
+        Some(a) => {
+            let v = HeaderValue::from_str(a.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            if headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, v.clone());
+            }
+            Some(v)
+        }
+        None => original_host,
+    };
     set_forwarding(
         &mut headers,
         forwarded_for,

@@ -510,3 +510,59 @@ async fn access_log_has_one_line_per_request_without_secrets() {
             .contains("encoded separator")
     );
 }
+
+#[tokio::test]
+async fn the_upstream_is_told_the_authority_the_route_was_chosen_by() {
+    let up = RecordingUpstream::start().await;
+    let other = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n[[upstreams]]\nname = \"other\"\nendpoints = [\"{}\"]\n\n\
+         [[routes]]\nname = \"public\"\nhost = \"public.test\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\n\
+         [[routes]]\nname = \"internal\"\nhost = \"internal.test\"\nprefix = \"/\"\nupstream = \"other\"\npublic = true\n",
+        up.url(),
+        other.url()
+    )))
+    .await;
+    // Absolute-form target naming one host, `Host` naming another: the target decides the
+    // route (RFC 9112 §3.2.2), and the upstream must hear the same host.
+    let req =
+        "GET http://public.test/x HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n";
+    let reply = raw(h.addr, req.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert_eq!(other.count(), 0);
+    let got = up.last().expect("forwarded");
+    assert_eq!(got.header("host"), Some("public.test"));
+    assert_eq!(got.header("x-forwarded-host"), Some("public.test"));
+    assert_eq!(got.target, "/x");
+}
+
+#[tokio::test]
+async fn http2_requests_get_the_same_refusals() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&upstream_and_route("app", &up.url()))).await;
+    for path in [
+        "/public/..%2fadmin",
+        "/admin%00",
+        "/admin;x",
+        "/%252e%252e/x",
+    ] {
+        let req = Request::get(h.url(path))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(
+            send(&h2_client(), req).await.status,
+            StatusCode::BAD_REQUEST,
+            "{path}"
+        );
+    }
+    let req = Request::get(h.url("/ok"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(send(&h2_client(), req).await.status, StatusCode::OK);
+    assert_eq!(up.count(), 1);
+    assert_eq!(
+        up.last().expect("forwarded").header("x-forwarded-for"),
+        Some("127.0.0.1")
+    );
+}
