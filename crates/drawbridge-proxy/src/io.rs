@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -16,17 +18,31 @@ pub struct IdleIo<T> {
     idle: Duration,
     last: Instant,
     deadline: Pin<Box<Sleep>>,
+    mid_request: Arc<AtomicBool>,
+}
+
+/// Whether the client sent bytes since Drawbridge last wrote to it: true while a request
+/// head is arriving, false on a connection idle between requests.
+#[derive(Clone, Default)]
+pub struct MidRequest(Arc<AtomicBool>);
+
+impl MidRequest {
+    /// True when bytes arrived after the last response bytes went out.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl<T> IdleIo<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, idle: Duration) -> Self {
+    /// Wraps `inner`; `mid_request` follows whether a request is arriving.
+    pub fn new(inner: T, idle: Duration, mid_request: &MidRequest) -> Self {
         let now = Instant::now();
         Self {
             inner,
             idle,
             last: now,
             deadline: Box::pin(tokio::time::sleep_until(now + idle)),
+            mid_request: mid_request.0.clone(),
         }
     }
 
@@ -52,6 +68,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.touch();
+                    this.mid_request.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(r)
             }
@@ -79,6 +96,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         let r = ready!(Pin::new(&mut self.inner).poll_write(cx, data));
         if matches!(r, Ok(n) if n > 0) {
             self.touch();
+            self.mid_request.store(false, Ordering::Relaxed);
         }
         Poll::Ready(r)
     }
@@ -91,6 +109,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
         if matches!(r, Ok(n) if n > 0) {
             self.touch();
+            self.mid_request.store(false, Ordering::Relaxed);
         }
         Poll::Ready(r)
     }

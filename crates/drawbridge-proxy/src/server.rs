@@ -12,7 +12,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::io::IdleIo;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::io::{IdleIo, MidRequest};
 use crate::pipeline::{ConnInfo, Shared};
 
 /// Binds a listener socket.
@@ -124,15 +127,23 @@ async fn serve_connection(
             }
         })
     };
-    let io = IdleIo::new(stream, limits.idle_timeout);
+    let mid_request = MidRequest::default();
     match tls {
         None => {
+            // A second handle on the socket, to answer 408 after hyper gave up on a request
+            // head that did not arrive in time (hyper closes without a word).
+            let spare = stream.as_fd().try_clone_to_owned().ok();
+            let io = IdleIo::new(stream, limits.idle_timeout, &mid_request);
             let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(e) = graceful.watch(c.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                if is_header_timeout(&*e) && mid_request.get() {
+                    request_timeout(&shared, index, peer, limits.header_read_timeout, spare);
+                }
             }
         }
         Some(cfg) => {
+            let io = IdleIo::new(stream, limits.idle_timeout, &mid_request);
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let tls_stream =
                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
@@ -154,4 +165,56 @@ async fn serve_connection(
             }
         }
     }
+}
+
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Answers `408 Request Timeout` on a plaintext connection whose request head did not arrive
+/// in time, and records it. The write is one non-blocking attempt: a client too slow to take
+/// it gets the close alone.
+fn request_timeout(
+    shared: &Shared,
+    index: usize,
+    peer: SocketAddr,
+    limit: Duration,
+    spare: Option<OwnedFd>,
+) {
+    if let Some(fd) = spare {
+        let mut sock = std::net::TcpStream::from(fd);
+        let _ = sock.write_all(
+            b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        );
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+    let listener = shared.snapshot.load().listeners[index].name.clone();
+    shared.log.record(drawbridge_telemetry::AccessEvent {
+        time: std::time::SystemTime::now(),
+        request_id: shared.ids.next(),
+        listener,
+        route: None,
+        client: peer.to_string().into(),
+        forwarded_for: None,
+        method: "".into(),
+        path: String::new(),
+        protocol: "HTTP/1.1",
+        status: 408,
+        grpc_status: None,
+        bytes_sent: 0,
+        upstream: None,
+        duration_ms: limit.as_secs_f64() * 1000.0,
+        phase: Some(drawbridge_telemetry::Phase::Parse),
+        reason: Some(format!("request head not received within {limit:?}")),
+    });
 }

@@ -335,7 +335,7 @@ async fn size_limits() {
 }
 
 #[tokio::test]
-async fn header_read_timeout_closes_slow_clients() {
+async fn header_read_timeout_answers_408_to_slow_request_heads() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
     let cfg = config(&rest).replace(
@@ -343,11 +343,17 @@ async fn header_read_timeout_closes_slow_clients() {
         "address = \"127.0.0.1:0\"\n[listeners.limits]\nheader_read_timeout = \"300ms\"",
     );
     let h = Harness::start(&cfg).await;
+    // A head that never completes (slowloris): 408, then the connection closes.
     let started = std::time::Instant::now();
     let (reply, closed) = raw_closed(h.addr, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert!(closed, "slow client still connected: {reply}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(up.count(), 0);
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    // A connection idle after a complete exchange is closed without an unsolicited answer.
+    let (reply, closed) = raw_closed(h.addr, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(closed, "idle keep-alive connection still open");
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert_eq!(up.count(), 1);
 }
 
 #[tokio::test]
