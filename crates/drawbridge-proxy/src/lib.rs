@@ -69,7 +69,8 @@ pub struct Proxy {
     config_path: PathBuf,
     addrs: Vec<(String, SocketAddr)>,
     stop: watch::Sender<bool>,
-    graceful: Arc<GracefulShutdown>,
+    /// Taken by `shutdown`; the accept loops hold clones until they stop.
+    graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -130,7 +131,7 @@ impl Proxy {
             config_path: config_path.to_path_buf(),
             addrs,
             stop,
-            graceful,
+            graceful: std::sync::Mutex::new(Some(graceful)),
             tasks: Mutex::new(tasks),
         }))
     }
@@ -181,18 +182,24 @@ impl Proxy {
             let _ = t.await;
         }
         let timeout = self.shared.snapshot.load().server.shutdown_timeout;
-        let graceful = Arc::clone(&self.graceful);
-        // `GracefulShutdown::shutdown` takes the value; the accept loops are done with it.
-        match Arc::try_unwrap(graceful) {
-            Ok(g) => {
-                if tokio::time::timeout(timeout, g.shutdown()).await.is_err() {
+        let taken = self
+            .graceful
+            .lock()
+            .map(|mut g| g.take())
+            .unwrap_or_else(|p| p.into_inner().take());
+        // The accept loops have stopped and dropped their handles; connections hold watchers.
+        match taken.map(Arc::try_unwrap) {
+            Some(Ok(g)) => {
+                let drained = tokio::time::timeout(timeout, g.shutdown()).await;
+                if drained.is_err() {
                     tracing::warn!(
                         ?timeout,
                         "shutdown timeout reached with requests still in flight"
                     );
                 }
             }
-            Err(_) => tracing::warn!("connections still registered; not waiting for them"),
+            Some(Err(_)) => tracing::error!("shutdown handle still shared; not draining"),
+            None => {}
         }
     }
 }

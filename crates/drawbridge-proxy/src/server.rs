@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -67,9 +67,10 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let graceful = graceful.clone();
+        // The task holds a watcher, not the shutdown handle, so shutdown can take it back.
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            serve_connection(shared, index, stream, peer, &graceful).await;
+            serve_connection(shared, index, stream, peer, watcher).await;
             drop(permit);
         });
     }
@@ -80,7 +81,7 @@ async fn serve_connection(
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
-    graceful: &GracefulShutdown,
+    graceful: Watcher,
 ) {
     let snapshot = shared.snapshot.load_full();
     let entry = &snapshot.listeners[index];

@@ -14,7 +14,7 @@ use http::StatusCode;
 fn two_routes(up: &str, second: &str) -> String {
     config(&format!(
         "[[upstreams]]\nname = \"app\"\nendpoints = [\"{up}\"]\n\n\
-         [[routes]]\nname = \"old\"\nprefix = \"/old\"\nupstream = \"app\"\npublic = true\n\n{second}"
+         [[routes]]\nname = \"old\"\nprefix = \"/old\"\nstrip_prefix = true\nupstream = \"app\"\npublic = true\n\n{second}"
     ))
 }
 
@@ -83,7 +83,7 @@ async fn invalid_reload_keeps_the_old_config_serving() {
     std::fs::write(h.config_path(), two_routes(&up.url(), "[[routes]]\nname = \"broken\"\nprefix = \"/new\"\nupstream = \"missing\"\npublic = true\n")).expect("write");
     let err = h.proxy.reload().expect_err("must refuse");
     let text = err.to_string();
-    assert!(text.contains("drawbridge.toml:22:12"), "{text}");
+    assert!(text.contains("drawbridge.toml:23:12"), "{text}");
     assert!(text.contains("routes[1].upstream"), "{text}");
     assert_eq!(h.proxy.version(), version);
     assert_eq!(get(&h.url("/old")).await.status, StatusCode::OK);
@@ -105,6 +105,7 @@ async fn invalid_reload_keeps_the_old_config_serving() {
 async fn requests_in_flight_finish_on_their_snapshot() {
     let up = RecordingUpstream::start().await;
     let h = Harness::start(&two_routes(&up.url(), "")).await;
+    let started = std::time::Instant::now();
     let slow = tokio::spawn(get_owned(h.url("/old/__upstream/sleep/500")));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The new config removes the route the slow request is on.
@@ -115,6 +116,10 @@ async fn requests_in_flight_finish_on_their_snapshot() {
     .expect("write");
     h.proxy.reload().expect("valid");
     assert_eq!(slow.await.expect("join").status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the slow request was not slow"
+    );
     assert_eq!(get(&h.url("/old")).await.status, StatusCode::NOT_FOUND);
 }
 
@@ -186,10 +191,25 @@ async fn the_binary_reloads_on_file_change_and_sighup_and_drains_on_sigterm() {
     );
 
     // SIGTERM: the slow request in flight completes, then the process exits cleanly.
+    let started = std::time::Instant::now();
     let slow = tokio::spawn(get_owned(bin.url("/old/__upstream/sleep/800")));
     tokio::time::sleep(Duration::from_millis(200)).await;
     bin.signal("TERM");
-    assert_eq!(slow.await.expect("join").status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(bin.addr).await.is_err(),
+        "still accepting while draining"
+    );
+    assert_eq!(
+        slow.await.expect("join").status,
+        StatusCode::OK,
+        "{}",
+        bin.log()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "the slow request was not slow"
+    );
     let mut bin = bin;
     let status = tokio::task::spawn_blocking(move || {
         let s = bin.child.wait().expect("wait");
