@@ -1,12 +1,16 @@
-//! Connection I/O with an idle deadline: no bytes moving either way for the listener's
-//! `idle_timeout` closes the connection.
+//! Connection I/O with an idle deadline: a connection with no bytes moving either way for at
+//! least the listener's `idle_timeout` (and at most twice that) is closed.
+//!
+//! The deadline is coarse on purpose: reads and writes only mark the connection active, and
+//! the timer is looked at when it fires, so the request path never reads the clock or
+//! touches the timer wheel.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -16,8 +20,11 @@ use tokio::time::{Instant, Sleep};
 pub struct IdleIo<T> {
     inner: T,
     idle: Duration,
-    last: Instant,
+    /// Bytes moved since the deadline was last armed.
+    active: bool,
     deadline: Pin<Box<Sleep>>,
+    /// The task the deadline will wake; a WebSocket relay polls from another task.
+    armed_for: Option<Waker>,
     mid_request: Arc<AtomicBool>,
 }
 
@@ -36,12 +43,12 @@ impl MidRequest {
 impl<T> IdleIo<T> {
     /// Wraps `inner`; `mid_request` follows whether a request is arriving.
     pub fn new(inner: T, idle: Duration, mid_request: &MidRequest) -> Self {
-        let now = Instant::now();
         Self {
             inner,
             idle,
-            last: now,
-            deadline: Box::pin(tokio::time::sleep_until(now + idle)),
+            active: false,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            armed_for: None,
             mid_request: mid_request.0.clone(),
         }
     }
@@ -51,8 +58,35 @@ impl<T> IdleIo<T> {
         &self.inner
     }
 
-    fn touch(&mut self) {
-        self.last = Instant::now();
+    /// Called when a read would wait: fails once a whole period passed without traffic.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let armed = self
+                .armed_for
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if armed && !self.deadline.is_elapsed() {
+                return Poll::Pending;
+            }
+            match self.deadline.as_mut().poll(cx) {
+                Poll::Pending => {
+                    self.armed_for = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(()) if self.active => {
+                    self.active = false;
+                    self.armed_for = None;
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle",
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -67,22 +101,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    this.touch();
+                    this.active = true;
                     this.mid_request.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => loop {
-                ready!(this.deadline.as_mut().poll(cx));
-                let due = this.last + this.idle;
-                if Instant::now() >= due {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection idle",
-                    )));
-                }
-                this.deadline.as_mut().reset(due);
-            },
+            Poll::Pending => this.poll_idle(cx),
         }
     }
 }
@@ -95,8 +119,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = ready!(Pin::new(&mut self.inner).poll_write(cx, data));
         if matches!(r, Ok(n) if n > 0) {
-            self.touch();
-            self.mid_request.store(false, Ordering::Relaxed);
+            self.wrote();
         }
         Poll::Ready(r)
     }
@@ -108,8 +131,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<io::Result<usize>> {
         let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
         if matches!(r, Ok(n) if n > 0) {
-            self.touch();
-            self.mid_request.store(false, Ordering::Relaxed);
+            self.wrote();
         }
         Poll::Ready(r)
     }
@@ -124,5 +146,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> IdleIo<T> {
+    fn wrote(&mut self) {
+        self.active = true;
+        self.mid_request.store(false, Ordering::Relaxed);
     }
 }

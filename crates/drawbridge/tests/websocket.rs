@@ -127,3 +127,40 @@ async fn upgrades_without_a_route_are_refused_before_the_upstream() {
     }
     assert!(seen.lock().expect("lock").is_empty());
 }
+
+#[tokio::test]
+async fn idle_websockets_are_closed_and_busy_ones_are_not() {
+    let (url, _seen) = ws_upstream().await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\npublic = true\n"
+    ))
+    .replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\n[listeners.limits]\nidle_timeout = \"300ms\"",
+    );
+    let h = Harness::start(&cfg).await;
+
+    // Traffic every 150 ms for well over the idle timeout: the socket stays open.
+    let (mut busy, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr))
+        .await
+        .expect("upgrade");
+    for i in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        busy.send(Message::Text(format!("{i}").into()))
+            .await
+            .expect("send while busy");
+        assert_eq!(
+            busy.next().await.expect("frame").expect("ok"),
+            Message::Text(format!("echo:{i}").into())
+        );
+    }
+
+    // Silence: closed within twice the idle timeout.
+    let (mut quiet, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.addr))
+        .await
+        .expect("upgrade");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(3), quiet.next())
+        .await
+        .expect("closed in time");
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}
