@@ -304,6 +304,10 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     let raw = match (req.uri().authority(), header_host) {
+        // User info in an absolute-form target is never forwarded, nor quietly dropped.
+        (Some(a), _) if a.as_str().contains('@') => {
+            return Err(ProxyError::BadRequest("user info in the request target"));
+        }
         (Some(a), _) => a.host().to_string(),
         (None, Some(h)) => {
             let s = h

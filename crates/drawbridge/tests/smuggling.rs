@@ -84,6 +84,11 @@ const CASES: &[Case] = &[
         served_as: None,
     },
     Case {
+        name: "user info in an absolute-form target",
+        request: b"GET http://admin@x/a HTTP/1.1\r\nHost: x\r\n\r\n",
+        served_as: None,
+    },
+    Case {
         name: "HTTP/1.1 without host",
         request: b"GET /a HTTP/1.1\r\n\r\n",
         served_as: None,
