@@ -9,6 +9,8 @@
 # proxy uses upstream keep-alive; both proxies log nothing, so the proxying itself is compared.
 # Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
 # Latency without saturation: hey at a fixed 2,000 requests/s.
+# CPU µs/request: user + system time of the process serving that path (for the proxies, the
+# proxy alone; for direct, the upstream) over the run, divided by the requests it served.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -100,6 +102,9 @@ for port in $UP_PORT $NGINX_PORT $DB_PORT; do
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "server on $port did not start"; cat "$WORK"/logs/*; exit 1; }
 done
 
+# The processes whose CPU time is charged to each path (nginx: its worker).
+declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)" [drawbridge]="${pids[2]}")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
 TARGETS=(direct nginx drawbridge)
 RAW="$WORK/raw.tsv"
@@ -112,17 +117,21 @@ done
 for r in $(seq "$REPEATS"); do
   for c in 32 256; do
     for t in "${TARGETS[@]}"; do
+      before=$(cpu_ticks "${PID[$t]}")
       taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${URL[$t]}" > "$WORK/wrk.txt"
-      python3 - "$t" "$c" "$WORK/wrk.txt" >> "$RAW" <<'PY'
+      after=$(cpu_ticks "${PID[$t]}")
+      python3 - "$t" "$c" "$WORK/wrk.txt" "$((after - before))" "$(getconf CLK_TCK)" >> "$RAW" <<'PY'
 import re, sys
-target, conns, path = sys.argv[1], sys.argv[2], sys.argv[3]
+target, conns, path, ticks, hz = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 text = open(path).read()
 def ms(v, unit):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(f"throughput\t{target}\t{conns}\t{rps:.0f}\t{lat['50']:.3f}\t{lat['99']:.3f}\t{errors.group(1) if errors else 0}")
+count = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = ticks / hz / max(count, 1) * 1e6
+print(f"throughput\t{target}\t{conns}\t{rps:.0f}\t{lat['50']:.3f}\t{lat['99']:.3f}\t{errors.group(1) if errors else 0}\t{cpu_us:.1f}")
 PY
     done
   done
@@ -154,13 +163,13 @@ print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=Tru
       f"{duration} s per measurement, median of {repeats}; fixed rate {rate} requests/s.\n")
 for conns in ["32", "256"]:
     print(f"### Throughput, {conns} keep-alive connections (wrk)\n")
-    print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs direct | vs nginx |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs direct | vs nginx | CPU µs/request |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = {t: median_run("throughput", t, conns) for t in targets}
     for t in targets:
         r = base[t]
         print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
-              f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} |")
+              f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
     print()
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
