@@ -180,7 +180,10 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        self.finish(false);
+        // hyper never polls a body that is empty from the start (HEAD, 204, 304,
+        // `content-length: 0`); such an exchange is complete all the same.
+        let complete = self.is_end_stream();
+        self.finish(complete);
     }
 }
 

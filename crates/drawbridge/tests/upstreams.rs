@@ -246,3 +246,25 @@ async fn http2_stream_cap_holds_excess_streams_back() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn connections_are_reused_after_responses_without_a_body() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&upstream_and_route("app", &up.url()))).await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&h.url("/__upstream/status/204")).await.status,
+            StatusCode::NO_CONTENT
+        );
+        let head = http::Request::head(h.url("/x"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(send(&h1_client(), head).await.status, StatusCode::OK);
+    }
+    let peers: Vec<_> = up.received().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 6);
+    assert!(
+        peers.windows(2).all(|w| w[0] == w[1]),
+        "empty responses left their connections unused: {peers:?}"
+    );
+}
