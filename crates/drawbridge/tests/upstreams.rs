@@ -81,9 +81,13 @@ async fn round_robin_spreads_and_least_requests_avoids_busy_endpoints() {
     a.clear();
     b.clear();
     let slow: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(get_owned(h.url("/lr/__upstream/sleep/600"))))
+        .map(|_| tokio::spawn(get_owned(h.url("/lr/__upstream/sleep/2000"))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let arrived = eventually(Duration::from_secs(1), || async {
+        a.count() + b.count() == 3
+    })
+    .await;
+    assert!(arrived, "the slow requests did not arrive");
     let (busy_a, busy_b) = (a.count(), b.count());
     assert_eq!(busy_a + busy_b, 3);
     for _ in 0..4 {
