@@ -157,10 +157,7 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_the_upstream() {
 async fn x_forwarded_for_is_kept_only_from_trusted_peers() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
-    let trusted = config(&rest).replace(
-        "watch = false",
-        "watch = false\ntrusted_proxies = [\"127.0.0.0/8\"]",
-    );
+    let trusted = config(&rest).replace(SERVER_END, &server("trusted_proxies = [\"127.0.0.0/8\"]"));
     let h = Harness::start(&trusted).await;
     let req = "GET /x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nConnection: close\r\n\r\n";
     raw(h.addr, req.as_bytes(), Duration::from_secs(2)).await;
@@ -169,10 +166,8 @@ async fn x_forwarded_for_is_kept_only_from_trusted_peers() {
         Some("203.0.113.9, 10.0.0.1, 127.0.0.1")
     );
 
-    let untrusted = config(&rest).replace(
-        "watch = false",
-        "watch = false\ntrusted_proxies = [\"10.0.0.0/8\"]",
-    );
+    let untrusted =
+        config(&rest).replace(SERVER_END, &server("trusted_proxies = [\"10.0.0.0/8\"]"));
     let h2 = Harness::start(&untrusted).await;
     raw(h2.addr, req.as_bytes(), Duration::from_secs(2)).await;
     assert_eq!(
@@ -274,8 +269,10 @@ async fn size_limits() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
     let cfg = config(&rest).replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.limits]\nmax_body_bytes = 1000\nmax_uri_bytes = 200\nmax_headers = 20\nmax_header_bytes = 8192",
+        LISTENER_END,
+        &limits(
+            "max_body_bytes = 1000\nmax_uri_bytes = 200\nmax_headers = 20\nmax_header_bytes = 8192",
+        ),
     );
     let h = Harness::start(&cfg).await;
 
@@ -341,10 +338,7 @@ async fn size_limits() {
 async fn header_read_timeout_answers_408_to_slow_request_heads() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
-    let cfg = config(&rest).replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.limits]\nheader_read_timeout = \"300ms\"",
-    );
+    let cfg = config(&rest).replace(LISTENER_END, &limits("header_read_timeout = \"300ms\""));
     let h = Harness::start(&cfg).await;
     // A head that never completes (slowloris): 408, then the connection closes.
     let started = std::time::Instant::now();

@@ -33,12 +33,12 @@ async fn setup(min_version: &str) -> Tls {
     }
     let d = dir.path().display();
     let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        "address = \"127.0.0.1:0\"",
-        &format!(
-            "address = \"127.0.0.1:0\"\n[listeners.tls]\nmin_version = \"{min_version}\"\n\
+        LISTENER_END,
+        &listener(&format!(
+            "[listeners.tls]\nmin_version = \"{min_version}\"\n\
              [[listeners.tls.certificates]]\ncert = \"{d}/a.test.crt\"\nkey = \"{d}/a.test.key\"\nserver_names = [\"a.test\"]\n\
              [[listeners.tls.certificates]]\ncert = \"{d}/b.test.crt\"\nkey = \"{d}/b.test.key\"\nserver_names = [\"b.test\"]\n"
-        ),
+        )),
     );
     let h = Harness::start(&cfg).await;
     Tls {
@@ -151,8 +151,10 @@ async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
     drawbridge_testkit::write_file(dir.path(), "a.crt", &a.cert_pem);
     drawbridge_testkit::write_file(dir.path(), "b.key", &b.key_pem);
     let cfg = config(&upstream_and_route("app", "http://127.0.0.1:9")).replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.tls]\n[[listeners.tls.certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n",
+        LISTENER_END,
+        &listener(
+            "[listeners.tls]\n[[listeners.tls.certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n",
+        ),
     );
     let path = drawbridge_testkit::write_file(dir.path(), "drawbridge.toml", &cfg);
     let err = drawbridge_proxy::compile(&path, None)

@@ -113,8 +113,8 @@ async fn get_owned(url: String) -> Reply {
 async fn connection_cap_and_idle_timeout() {
     let up = RecordingUpstream::start().await;
     let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.limits]\nmax_connections = 2\nidle_timeout = \"400ms\"",
+        LISTENER_END,
+        &limits("max_connections = 2\nidle_timeout = \"400ms\""),
     );
     let h = Harness::start(&cfg).await;
     let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -209,10 +209,8 @@ async fn upstream_connections_are_reused_only_after_complete_exchanges() {
 #[tokio::test]
 async fn http2_stream_cap_holds_excess_streams_back() {
     let up = RecordingUpstream::start().await;
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.limits]\nmax_concurrent_streams = 2",
-    );
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .replace(LISTENER_END, &limits("max_concurrent_streams = 2"));
     let h = Harness::start(&cfg).await;
     let client = h2_client();
     // Warm the connection so the client has seen the server's SETTINGS.

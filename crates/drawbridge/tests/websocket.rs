@@ -134,10 +134,7 @@ async fn idle_websockets_are_closed_and_busy_ones_are_not() {
     let cfg = config(&format!(
         "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\npublic = true\n"
     ))
-    .replace(
-        "address = \"127.0.0.1:0\"",
-        "address = \"127.0.0.1:0\"\n[listeners.limits]\nidle_timeout = \"300ms\"",
-    );
+    .replace(LISTENER_END, &limits("idle_timeout = \"300ms\""));
     let h = Harness::start(&cfg).await;
 
     // Traffic every 150 ms for well over the idle timeout: the socket stays open.

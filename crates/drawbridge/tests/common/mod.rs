@@ -51,6 +51,26 @@ pub fn config(rest: &str) -> String {
     )
 }
 
+/// The line `config` ends its `[server]` table with, for `.replace(SERVER_END, &server(..))`.
+pub const SERVER_END: &str = "watch = false";
+/// The line `config` ends its listener with, for `.replace(LISTENER_END, &limits(..))`.
+pub const LISTENER_END: &str = "address = \"127.0.0.1:0\"";
+
+/// `config`'s server table with `extra` settings added.
+pub fn server(extra: &str) -> String {
+    format!("{SERVER_END}\n{extra}")
+}
+
+/// `config`'s listener with a `[listeners.limits]` table holding `extra`.
+pub fn limits(extra: &str) -> String {
+    format!("{LISTENER_END}\n[listeners.limits]\n{extra}")
+}
+
+/// `config`'s listener with more TOML after it (a `[listeners.tls]` table).
+pub fn listener(extra: &str) -> String {
+    format!("{LISTENER_END}\n{extra}")
+}
+
 /// An upstream named `name` at `url` and a public catch-all route to it.
 pub fn upstream_and_route(name: &str, url: &str) -> String {
     format!(
