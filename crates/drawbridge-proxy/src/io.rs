@@ -53,11 +53,6 @@ impl<T> IdleIo<T> {
         }
     }
 
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Called when a read would wait: fails once a whole period passed without traffic.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {

@@ -194,6 +194,7 @@ async fn run(
         Admission::Public => {}
     }
 
+    // --- 2 parse, continued: limits that depend on the route, checked once it admitted ---
     let max_body = route.config.max_body_bytes.unwrap_or(limits.max_body_bytes);
     if let Some(len) = declared_length(req.headers())?
         && len > max_body
