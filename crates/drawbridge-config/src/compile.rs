@@ -14,6 +14,8 @@ use crate::diag::Reporter;
 use crate::model::*;
 use crate::raw::*;
 
+mod authn;
+
 /// Methods a route may name.
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -72,14 +74,32 @@ pub(crate) fn compile(
         .enumerate()
         .map(|(i, l)| (l.get_ref().name.get_ref().as_str(), i))
         .collect();
+    let authenticators: Vec<Authenticator> = raw
+        .authenticators
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| cx.authenticator(i, a))
+        .collect();
+    cx.unique(
+        "authenticators",
+        raw.authenticators.iter().map(|a| &a.get_ref().name),
+    );
+    let authenticator_index: HashMap<&str, usize> = raw
+        .authenticators
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    let names = Names {
+        upstreams: &upstream_index,
+        listeners: &listener_index,
+        authenticators: &authenticator_index,
+    };
     let routes: Vec<(usize, Route)> = raw
         .routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| {
-            cx.route(i, r, &upstream_index, &listener_index)
-                .map(|route| (i, route))
-        })
+        .filter_map(|(i, r)| cx.route(i, r, &names).map(|route| (i, route)))
         .collect();
     cx.unique("routes", raw.routes.iter().map(|r| &r.get_ref().name));
     cx.overlaps(&routes, &raw.routes);
@@ -92,7 +112,15 @@ pub(crate) fn compile(
         listeners,
         upstreams,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
+        authenticators,
     })
+}
+
+/// What routes may refer to, by name.
+struct Names<'a> {
+    upstreams: &'a HashMap<&'a str, usize>,
+    listeners: &'a HashMap<&'a str, usize>,
+    authenticators: &'a HashMap<&'a str, usize>,
 }
 
 struct Cx<'a> {
@@ -502,13 +530,8 @@ impl Cx<'_> {
         })
     }
 
-    fn route(
-        &mut self,
-        i: usize,
-        raw: &Spanned<RawRoute>,
-        upstreams: &HashMap<&str, usize>,
-        listeners: &HashMap<&str, usize>,
-    ) -> Option<Route> {
+    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>, names: &Names<'_>) -> Option<Route> {
+        let (upstreams, listeners) = (names.upstreams, names.listeners);
         let at = format!("routes[{i}]");
         let r = raw.get_ref();
         self.name(&format!("{at}.name"), &r.name);
@@ -627,22 +650,7 @@ impl Cx<'_> {
                 "use `prefix` instead of `path`, or remove `strip_prefix`",
             );
         }
-        let admission = match r.public.as_ref() {
-            Some(p) if *p.get_ref() => Some(Admission::Public),
-            Some(p) => {
-                self.r.error_help(p.span().start, format!("{at}.public"), "`public = false` names no way to admit callers", "authenticators arrive in a later release; until then a route must say `public = true`");
-                None
-            }
-            None => {
-                self.r.error_help(
-                    start,
-                    at.clone(),
-                    "the route does not say how callers are admitted",
-                    "add `public = true` to open it to anonymous callers",
-                );
-                None
-            }
-        };
+        let admission = self.admission(&at, start, r, names.authenticators);
         let route_listeners = r.listeners.as_ref().map(|ls| {
             let mut out = Vec::new();
             for (j, l) in ls.get_ref().iter().enumerate() {

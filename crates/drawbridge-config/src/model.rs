@@ -24,6 +24,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Which requests go where, and how they are admitted.
     pub routes: Vec<Route>,
+    /// How callers prove who they are.
+    pub authenticators: Vec<Authenticator>,
 }
 
 /// Process-wide settings (`[server]`).
@@ -255,10 +257,136 @@ pub struct Route {
 }
 
 /// How a route admits callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// Anyone, without credentials (`public = true`).
     Public,
+    /// Callers one of the authenticators admits, tried in order (`authenticate = [...]`).
+    Authenticated {
+        /// Indexes into [`Config::authenticators`].
+        authenticators: Vec<usize>,
+        /// Forward the client's own credentials (`pass_credentials = true`); by default the
+        /// upstream never sees them.
+        pass_credentials: bool,
+    },
+}
+
+/// A way for callers to prove who they are (`[[authenticators]]`).
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    /// Unique name; routes refer to it.
+    pub name: String,
+    /// What it checks.
+    pub kind: AuthenticatorKind,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// The kinds of authenticator.
+#[derive(Debug, Clone)]
+pub enum AuthenticatorKind {
+    /// Bearer JWTs from one issuer (`type = "jwt"`).
+    Jwt(JwtIssuer),
+}
+
+/// One JWT issuer and how its tokens are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIssuer {
+    /// The exact `iss` its tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms (asymmetric only), upper-case JOSE names.
+    pub algorithms: Vec<String>,
+    /// Where its public keys come from.
+    pub jwks: JwksSource,
+    /// How long fetched keys are used before they are fetched again.
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by tokens naming an unknown `kid`.
+    pub jwks_cooldown: Duration,
+    /// How long keys stay in use past `jwks_refresh` while fetching fails; after that every
+    /// token of this issuer is refused.
+    pub jwks_grace: Duration,
+    /// Bound on one fetch: connect, TLS, request and body.
+    pub jwks_timeout: Duration,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Longest accepted lifetime (`exp` minus `iat`, or minus now without `iat`).
+    pub max_lifetime: Duration,
+    /// Required `typ` header (`at+jwt`), compared without case and without `application/`.
+    pub token_type: Option<String>,
+    /// What kind of caller the tokens stand for.
+    pub principal: PrincipalKind,
+    /// Which claims make the principal.
+    pub claims: ClaimMapping,
+    /// Whether verified tokens are cached until they expire.
+    pub cache: bool,
+    /// Most tokens held in the cache.
+    pub cache_size: usize,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWK Set file, read when the configuration is loaded.
+    File {
+        /// The file, resolved against the config's directory.
+        path: PathBuf,
+        /// Its contents.
+        bytes: Vec<u8>,
+    },
+    /// A JWK Set fetched over HTTPS (plain HTTP only to a loopback address).
+    Url(JwksUrl),
+}
+
+/// A checked JWKS address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    /// The address as written.
+    pub url: String,
+    /// `https`.
+    pub tls: bool,
+    /// Host name or IP address, lower-case, IPv6 without brackets.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+    /// Certificates trusted for this address instead of the system's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// The kind of caller a credential stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    /// A person.
+    User,
+    /// A workload.
+    Service,
+    /// The holder of an API key.
+    ApiKey,
+}
+
+impl PrincipalKind {
+    /// The name used in config, identity assertions and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Service => "service",
+            PrincipalKind::ApiKey => "api_key",
+        }
+    }
+}
+
+/// Which claims of a token make the principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    /// The principal's id (`sub` by default).
+    pub id: String,
+    /// Groups or roles: an array of strings, or one space-separated string.
+    pub groups: Option<String>,
+    /// Claims copied as attributes.
+    pub attributes: Vec<String>,
 }
 
 /// The hosts a route serves.

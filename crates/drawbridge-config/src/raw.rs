@@ -16,6 +16,8 @@ pub(crate) struct RawConfig {
     pub upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub authenticators: Vec<Spanned<RawAuthenticator>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,44 @@ pub(crate) struct RawRoute {
     pub upstream: Spanned<String>,
     pub strip_prefix: Option<Spanned<bool>>,
     pub public: Option<Spanned<bool>>,
+    pub authenticate: Option<Spanned<Vec<Spanned<String>>>>,
+    pub pass_credentials: Option<Spanned<bool>>,
     pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body_bytes: Option<Spanned<i64>>,
+}
+
+/// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a
+/// field of another type is reported by name rather than as a failed variant match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuthenticator {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub issuer: Option<Spanned<String>>,
+    pub audiences: Option<Spanned<Vec<Spanned<String>>>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_url: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub jwks_ca_file: Option<Spanned<String>>,
+    pub jwks_refresh: Option<Spanned<String>>,
+    pub jwks_cooldown: Option<Spanned<String>>,
+    pub jwks_grace: Option<Spanned<String>>,
+    pub jwks_timeout: Option<Spanned<String>>,
+    pub leeway: Option<Spanned<String>>,
+    pub max_lifetime: Option<Spanned<String>>,
+    pub token_type: Option<Spanned<String>>,
+    pub principal: Option<Spanned<String>>,
+    pub claims: Option<Spanned<RawClaims>>,
+    pub cache: Option<Spanned<bool>>,
+    pub cache_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClaims {
+    pub id: Option<Spanned<String>>,
+    pub groups: Option<Spanned<String>>,
+    #[serde(default)]
+    pub attributes: Vec<Spanned<String>>,
 }

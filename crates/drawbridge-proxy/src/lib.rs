@@ -63,6 +63,15 @@ pub fn compile(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, Con
     Ok(Snapshot::compile(config, previous)?)
 }
 
+/// Starts fetching what the snapshot's authenticators need from the network (issuers'
+/// keys), so the first requests do not wait for it.
+fn prefetch(snapshot: &Snapshot) {
+    for a in &snapshot.authenticators {
+        let a = Arc::clone(a);
+        tokio::spawn(async move { a.prefetch().await });
+    }
+}
+
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -106,6 +115,7 @@ impl Proxy {
             bound.push((l.name.to_string(), local, listener));
         }
         tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");
+        prefetch(&snapshot);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             log,
@@ -170,6 +180,7 @@ impl Proxy {
             return Err(ReloadError::ListenersChanged);
         }
         let version = next.version.clone();
+        prefetch(&next);
         self.shared.snapshot.store(Arc::new(next));
         Ok(version)
     }

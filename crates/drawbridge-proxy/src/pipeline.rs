@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use drawbridge_config::Admission;
+use drawbridge_identity::Credentials;
 use drawbridge_telemetry::{AccessEvent, AccessLog};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
@@ -102,6 +103,7 @@ pub async fn handle(
         route: None,
         client: conn.peer_label.clone(),
         forwarded_for: None,
+        principal: None,
         method: method_name(req.method()),
         path: String::new(),
         protocol: protocol_name(req.version()),
@@ -189,10 +191,21 @@ async fn run(
     };
     event.route = Some(route.name.clone());
 
-    // --- 5-8 authenticate, verify, authorize, limit ---------------------------------------
-    match route.config.admission {
-        Admission::Public => {}
-    }
+    // --- 5 authenticate ---------------------------------------------------------------
+    let pass_credentials = match &route.config.admission {
+        Admission::Public => true,
+        Admission::Authenticated {
+            pass_credentials, ..
+        } => {
+            let creds = Credentials::from_headers(req.headers())?;
+            let principal =
+                drawbridge_identity::authenticate(&route.authenticators, &creds).await?;
+            event.principal = Some(format!("{}:{}", principal.authenticator, principal.id));
+            *pass_credentials
+        }
+    };
+
+    // --- 6-8 verify, authorize, limit (later releases) -----------------------------------
 
     // --- 2 parse, continued: limits that depend on the route, checked once it admitted ---
     let max_body = route.config.max_body_bytes.unwrap_or(limits.max_body_bytes);
@@ -224,6 +237,10 @@ async fn run(
     };
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
+    if !pass_credentials {
+        // The upstream gets Drawbridge's word for who is calling, never the credential.
+        headers.remove(header::AUTHORIZATION);
+    }
     // The authority the route was chosen by is the one the upstream is told: an absolute-form
     // target or `:authority` wins over a `Host` header that says otherwise.
     let host = match parts.uri.authority() {

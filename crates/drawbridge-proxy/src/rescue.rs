@@ -4,6 +4,8 @@
 use drawbridge_telemetry::Phase;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use drawbridge_identity::AuthError;
+
 use crate::body::ResponseBody;
 use crate::sanitize::PathError;
 
@@ -31,6 +33,9 @@ pub enum ProxyError {
     /// A route takes this path but not this method.
     #[error("method not allowed")]
     MethodNotAllowed(String),
+    /// The caller's credentials are missing, malformed or refused.
+    #[error("authentication: {0}")]
+    Unauthenticated(#[from] drawbridge_identity::AuthError),
     /// Every endpoint is ejected.
     #[error("no healthy endpoint")]
     NoHealthyEndpoint,
@@ -54,6 +59,8 @@ impl ProxyError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthenticated(AuthError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -66,6 +73,7 @@ impl ProxyError {
             Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
             Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8,             // RESOURCE_EXHAUSTED
             Self::NoRoute | Self::MethodNotAllowed(_) => 12,              // UNIMPLEMENTED
+            Self::Unauthenticated(_) => 16,                               // UNAUTHENTICATED
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
         }
@@ -77,6 +85,7 @@ impl ProxyError {
             Self::UriTooLong(_) | Self::BodyTooLarge(_) | Self::BadRequest(_) => Phase::Parse,
             Self::Path(_) | Self::Framing(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
+            Self::Unauthenticated(_) => Phase::Authenticate,
             Self::NoHealthyEndpoint
             | Self::UpstreamAtCapacity
             | Self::UpstreamFailed(_)
@@ -106,6 +115,9 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "request body too large",
             Self::NoRoute => "not found",
             Self::MethodNotAllowed(_) => "method not allowed",
+            Self::Unauthenticated(AuthError::Missing) => "authentication required",
+            Self::Unauthenticated(AuthError::Malformed(_)) => "malformed credentials",
+            Self::Unauthenticated(AuthError::Invalid(_)) => "invalid credentials",
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => "service unavailable",
             Self::UpstreamFailed(_) => "bad gateway",
             Self::UpstreamTimeout(_) => "gateway timeout",
@@ -149,6 +161,9 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
         {
             h.insert(header::ALLOW, v);
         }
+        if let ProxyError::Unauthenticated(e) = err {
+            h.insert(header::WWW_AUTHENTICATE, challenge(e));
+        }
         res
     };
     if err.closes_connection() {
@@ -159,6 +174,20 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
         res.headers_mut().insert("x-request-id", v);
     }
     res
+}
+
+/// The RFC 6750 challenge: which check failed is never said, only whether credentials
+/// were missing, malformed or not accepted.
+fn challenge(e: &AuthError) -> HeaderValue {
+    HeaderValue::from_static(match e {
+        AuthError::Missing => "Bearer realm=\"drawbridge\"",
+        AuthError::Malformed(_) => {
+            "Bearer realm=\"drawbridge\", error=\"invalid_request\", error_description=\"malformed credentials\""
+        }
+        AuthError::Invalid(_) => {
+            "Bearer realm=\"drawbridge\", error=\"invalid_token\", error_description=\"the access token is not valid\""
+        }
+    })
 }
 
 /// Whether a request is a gRPC call (answered with gRPC statuses).

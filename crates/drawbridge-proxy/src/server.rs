@@ -207,6 +207,7 @@ fn request_timeout(
         route: None,
         client: peer.to_string().into(),
         forwarded_for: None,
+        principal: None,
         method: "".into(),
         path: String::new(),
         protocol: "HTTP/1.1",

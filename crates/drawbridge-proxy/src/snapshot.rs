@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drawbridge_config::{Config, Diagnostic, Diagnostics, Limits, Route, Server};
+use drawbridge_config::{Admission, Config, Diagnostic, Diagnostics, Limits, Route, Server};
+use drawbridge_identity::Authenticator;
 
 use crate::route::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -19,6 +20,8 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
     pub upstreams: Vec<Arc<UpstreamPool>>,
+    /// Authenticators by config order.
+    pub authenticators: Vec<Arc<Authenticator>>,
     /// How many routes the configuration declares.
     pub route_count: usize,
 }
@@ -47,6 +50,8 @@ pub struct RouteEntry {
     pub config: Route,
     /// Where admitted requests go.
     pub upstream: Arc<UpstreamPool>,
+    /// Who may admit callers, in the order they are tried; empty for a public route.
+    pub authenticators: Vec<Arc<Authenticator>>,
 }
 
 impl Snapshot {
@@ -74,6 +79,25 @@ impl Snapshot {
                 }),
             }
         }
+        let old_authn: HashMap<&str, &Arc<Authenticator>> = previous
+            .map(|p| p.authenticators.iter().map(|a| (&**a.name(), a)).collect())
+            .unwrap_or_default();
+        let mut authenticators = Vec::new();
+        for a in &config.authenticators {
+            match old_authn.get(a.name.as_str()) {
+                // Unchanged: keep its fetched keys and verified tokens.
+                Some(prev) if prev.built_from(a) => authenticators.push(Arc::clone(prev)),
+                _ => match Authenticator::new(a) {
+                    Ok(built) => authenticators.push(Arc::new(built)),
+                    Err(message) => errors.push(Diagnostic {
+                        location: a.location.clone(),
+                        field: format!("authenticators `{}`", a.name),
+                        message,
+                        help: None,
+                    }),
+                },
+            }
+        }
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -85,6 +109,13 @@ impl Snapshot {
                     name: r.name.as_str().into(),
                     config: r.clone(),
                     upstream: upstreams[r.upstream].clone(),
+                    authenticators: match &r.admission {
+                        Admission::Public => Vec::new(),
+                        Admission::Authenticated {
+                            authenticators: list,
+                            ..
+                        } => list.iter().map(|&i| authenticators[i].clone()).collect(),
+                    },
                 })
             })
             .collect();
@@ -123,6 +154,7 @@ impl Snapshot {
             server: config.server,
             listeners,
             upstreams,
+            authenticators,
         })
     }
 

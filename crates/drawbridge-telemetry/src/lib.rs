@@ -21,6 +21,8 @@ pub enum Phase {
     Sanitize,
     /// No route matched.
     Route,
+    /// Credentials were missing or did not pass.
+    Authenticate,
     /// The upstream failed or no endpoint was available.
     Forward,
 }
@@ -42,6 +44,9 @@ pub struct AccessEvent {
     /// The forwarded-for client, when a trusted proxy named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded_for: Option<String>,
+    /// Who was admitted: `authenticator:principal id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     /// HTTP method.
     pub method: std::borrow::Cow<'static, str>,
     /// Normalised path (no query: queries can carry secrets).
@@ -187,6 +192,7 @@ mod tests {
             route: None,
             client: "127.0.0.1:1".into(),
             forwarded_for: None,
+            principal: None,
             method: "GET".into(),
             path: "/x".into(),
             protocol: "HTTP/1.1",

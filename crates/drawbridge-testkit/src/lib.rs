@@ -7,6 +7,8 @@
 pub mod certs;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+pub mod jwks;
+pub mod jwt;
 pub mod upstream;
 
 pub use upstream::{Received, RecordingUpstream};

@@ -60,23 +60,8 @@ impl RecordingUpstream {
 
     /// Starts on 127.0.0.1 serving HTTPS with `leaf` (ALPN `h2` and `http/1.1`).
     pub async fn start_tls(leaf: &crate::certs::Leaf) -> Self {
-        use rustls_pki_types::pem::PemObject;
-        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("leaf certificate");
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
-            .expect("leaf key");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let addr = "127.0.0.1:0".parse().expect("literal address");
-        Self::serve(addr, Some(acceptor)).await
+        Self::serve(addr, Some(tls_acceptor(leaf))).await
     }
 
     async fn serve(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
@@ -230,4 +215,23 @@ async fn handle(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(text)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// A TLS acceptor presenting `leaf`, with ALPN `h2` and `http/1.1`.
+pub(crate) fn tls_acceptor(leaf: &crate::certs::Leaf) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("leaf certificate");
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("leaf key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }

@@ -1,0 +1,473 @@
+//! `[[authenticators]]` and how routes name them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use toml::Spanned;
+
+use super::{Cx, sorted};
+use crate::model::*;
+use crate::raw::*;
+
+/// Signature algorithms an issuer may allow: asymmetric only, so a public key can never be
+/// used as an HMAC secret, and never `none`.
+const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Most clock skew an issuer may allow.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+impl Cx<'_> {
+    pub(super) fn authenticator(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawAuthenticator>,
+    ) -> Option<Authenticator> {
+        let at = format!("authenticators[{i}]");
+        let a = raw.get_ref();
+        self.name(&format!("{at}.name"), &a.name);
+        let kind = match a.kind.get_ref().as_str() {
+            "jwt" => self.jwt(&at, a).map(AuthenticatorKind::Jwt),
+            other => {
+                self.r.error_help(
+                    a.kind.span().start,
+                    format!("{at}.type"),
+                    format!("unknown authenticator type `{other}`"),
+                    "use `jwt`",
+                );
+                None
+            }
+        };
+        Some(Authenticator {
+            name: a.name.get_ref().clone(),
+            kind: kind?,
+            location: self.r.locate(raw.span().start),
+        })
+    }
+
+    fn jwt(&mut self, at: &str, a: &RawAuthenticator) -> Option<JwtIssuer> {
+        let start = a.name.span().start;
+        let issuer = match &a.issuer {
+            Some(s) if !s.get_ref().trim().is_empty() => Some(s.get_ref().clone()),
+            Some(s) => {
+                self.r
+                    .error(s.span().start, format!("{at}.issuer"), "empty issuer");
+                None
+            }
+            None => {
+                self.r.error_help(
+                    start,
+                    format!("{at}.issuer"),
+                    "a `jwt` authenticator needs the `issuer` its tokens name in `iss`",
+                    "add `issuer = \"https://idp.example.com/\"`, exactly as the tokens carry it",
+                );
+                None
+            }
+        };
+        let audiences = match &a.audiences {
+            Some(list) if !list.get_ref().is_empty() => {
+                Some(list.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+            }
+            Some(list) => {
+                self.r.error_help(
+                    list.span().start,
+                    format!("{at}.audiences"),
+                    "an empty audience list accepts no token",
+                    "list the `aud` values meant for this gateway",
+                );
+                None
+            }
+            None => {
+                self.r.error_help(
+                    start,
+                    format!("{at}.audiences"),
+                    "a `jwt` authenticator needs `audiences`",
+                    "list the `aud` values meant for this gateway: tokens minted for other services must not pass",
+                );
+                None
+            }
+        };
+        let algorithms = self.algorithms(at, a.algorithms.as_ref());
+        let jwks = self.jwks(at, a);
+        let leeway = self.duration_or_zero(
+            &format!("{at}.leeway"),
+            a.leeway.as_ref(),
+            Duration::from_secs(30),
+        );
+        if leeway > MAX_LEEWAY
+            && let Some(l) = &a.leeway
+        {
+            self.r.error_help(
+                l.span().start,
+                format!("{at}.leeway"),
+                format!("a leeway of {leeway:?} is too generous"),
+                "at most 5m; clocks that drift further need fixing",
+            );
+        }
+        let max_lifetime = self.duration(
+            &format!("{at}.max_lifetime"),
+            a.max_lifetime.as_ref(),
+            Duration::from_secs(24 * 3600),
+        );
+        let principal = match a.principal.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("user") => Some(PrincipalKind::User),
+            Some("service") => Some(PrincipalKind::Service),
+            Some(other) => {
+                let span = a.principal.as_ref().map_or(start, |p| p.span().start);
+                self.r.error_help(
+                    span,
+                    format!("{at}.principal"),
+                    format!("unknown principal kind `{other}`"),
+                    "use `user` for people or `service` for workloads",
+                );
+                None
+            }
+        };
+        let raw_claims = a.claims.as_ref().map(Spanned::get_ref);
+        let claims = ClaimMapping {
+            id: raw_claims
+                .and_then(|c| c.id.as_ref())
+                .map_or_else(|| "sub".to_string(), |s| s.get_ref().clone()),
+            groups: raw_claims
+                .and_then(|c| c.groups.as_ref())
+                .map(|s| s.get_ref().clone()),
+            attributes: raw_claims
+                .map(|c| c.attributes.iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default(),
+        };
+        let cache_size = self.int(
+            &format!("{at}.cache_size"),
+            a.cache_size.as_ref(),
+            1,
+            10_000_000,
+            100_000,
+        ) as usize;
+        Some(JwtIssuer {
+            issuer: issuer?,
+            audiences: audiences?,
+            algorithms: algorithms?,
+            jwks: jwks?,
+            jwks_refresh: self.duration(
+                &format!("{at}.jwks_refresh"),
+                a.jwks_refresh.as_ref(),
+                Duration::from_secs(300),
+            ),
+            jwks_cooldown: self.duration(
+                &format!("{at}.jwks_cooldown"),
+                a.jwks_cooldown.as_ref(),
+                Duration::from_secs(30),
+            ),
+            jwks_grace: self.duration_or_zero(
+                &format!("{at}.jwks_grace"),
+                a.jwks_grace.as_ref(),
+                Duration::from_secs(3600),
+            ),
+            jwks_timeout: self.duration(
+                &format!("{at}.jwks_timeout"),
+                a.jwks_timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+            leeway,
+            max_lifetime,
+            token_type: a.token_type.as_ref().map(|t| t.get_ref().clone()),
+            principal: principal?,
+            claims,
+            cache: a.cache.as_ref().is_none_or(|c| *c.get_ref()),
+            cache_size,
+        })
+    }
+
+    fn algorithms(
+        &mut self,
+        at: &str,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    ) -> Option<Vec<String>> {
+        let Some(list) = raw else {
+            return Some(vec!["RS256".into(), "ES256".into()]);
+        };
+        if list.get_ref().is_empty() {
+            self.r.error_help(
+                list.span().start,
+                format!("{at}.algorithms"),
+                "an empty algorithm list accepts no token",
+                format!("use some of {}", ALGORITHMS.join(", ")),
+            );
+            return None;
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut ok = true;
+        for (j, alg) in list.get_ref().iter().enumerate() {
+            let name = alg.get_ref();
+            let field = format!("{at}.algorithms[{j}]");
+            if let Some(known) = ALGORITHMS.iter().find(|a| a.eq_ignore_ascii_case(name)) {
+                if out.iter().any(|o| o == known) {
+                    self.r
+                        .error(alg.span().start, field, format!("`{name}` is listed twice"));
+                } else {
+                    out.push((*known).to_string());
+                }
+                continue;
+            }
+            ok = false;
+            let upper = name.to_ascii_uppercase();
+            let why = if upper == "NONE" {
+                "`none` means no signature: it is never accepted".to_string()
+            } else if upper.starts_with("HS") {
+                format!(
+                    "`{name}` is a shared-secret algorithm; with published keys it lets anyone forge tokens"
+                )
+            } else {
+                format!("unknown or unsupported algorithm `{name}`")
+            };
+            self.r.error_help(
+                alg.span().start,
+                field,
+                why,
+                format!("use some of {}", ALGORITHMS.join(", ")),
+            );
+        }
+        ok.then_some(out)
+    }
+
+    fn jwks(&mut self, at: &str, a: &RawAuthenticator) -> Option<JwksSource> {
+        match (&a.jwks_url, &a.jwks_file) {
+            (Some(_), Some(f)) => {
+                self.r.error_help(
+                    f.span().start,
+                    format!("{at}.jwks_file"),
+                    "an issuer has `jwks_url` or `jwks_file`, not both",
+                    "keep the one its keys come from",
+                );
+                None
+            }
+            (None, None) => {
+                self.r.error_help(
+                    a.name.span().start,
+                    format!("{at}.jwks_url"),
+                    "a `jwt` authenticator needs the issuer's public keys",
+                    "add `jwks_url = \"https://idp.example.com/.well-known/jwks.json\"` or `jwks_file = \"keys.json\"`",
+                );
+                None
+            }
+            (None, Some(f)) => {
+                if let Some(ca) = &a.jwks_ca_file {
+                    self.r.error_help(
+                        ca.span().start,
+                        format!("{at}.jwks_ca_file"),
+                        "set, but the keys come from a file",
+                        "remove it, or fetch the keys with `jwks_url`",
+                    );
+                }
+                let path = self.base.join(f.get_ref());
+                match std::fs::read(&path) {
+                    Ok(bytes) => Some(JwksSource::File { path, bytes }),
+                    Err(e) => {
+                        self.r.error_help(
+                            f.span().start,
+                            format!("{at}.jwks_file"),
+                            format!("cannot read `{}`: {e}", path.display()),
+                            "paths are relative to the config file's directory",
+                        );
+                        None
+                    }
+                }
+            }
+            (Some(u), None) => {
+                let parsed = match parse_url(u.get_ref()) {
+                    Ok(p) => Some(p),
+                    Err(msg) => {
+                        self.r.error_help(
+                            u.span().start,
+                            format!("{at}.jwks_url"),
+                            msg,
+                            "write `https://host[:port]/path`; plain `http://` only to 127.0.0.1, ::1 or localhost",
+                        );
+                        None
+                    }
+                };
+                let ca = a.jwks_ca_file.as_ref().map(|f| {
+                    self.read_pem(&format!("{at}.jwks_ca_file"), f, |bytes| {
+                        CertificateDer::pem_slice_iter(bytes)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| e.to_string())
+                            .and_then(|v| {
+                                if v.is_empty() {
+                                    Err("no certificate in the file".into())
+                                } else {
+                                    Ok(v)
+                                }
+                            })
+                    })
+                });
+                let ca = match ca {
+                    Some(None) => return None,
+                    Some(Some(c)) => Some(c),
+                    None => None,
+                };
+                if ca.is_some()
+                    && parsed.as_ref().is_some_and(|p| !p.tls)
+                    && let Some(f) = &a.jwks_ca_file
+                {
+                    self.r.error_help(
+                        f.span().start,
+                        format!("{at}.jwks_ca_file"),
+                        "set, but `jwks_url` is plain `http://`",
+                        "remove it, or use `https://`",
+                    );
+                }
+                parsed.map(|p| JwksSource::Url(JwksUrl { ca, ..p }))
+            }
+        }
+    }
+
+    /// How a route admits callers: `public = true` or `authenticate = [...]`, never both.
+    pub(super) fn admission(
+        &mut self,
+        at: &str,
+        start: usize,
+        r: &RawRoute,
+        known: &HashMap<&str, usize>,
+    ) -> Option<Admission> {
+        let pass_credentials = r.pass_credentials.as_ref().is_some_and(|p| *p.get_ref());
+        match (r.public.as_ref(), r.authenticate.as_ref()) {
+            (Some(p), Some(_)) if *p.get_ref() => {
+                self.r.error_help(
+                    p.span().start,
+                    format!("{at}.public"),
+                    "a route is `public` or names authenticators, not both",
+                    "remove `public = true` to require credentials, or `authenticate` to open the route",
+                );
+                None
+            }
+            (Some(p), _) if !*p.get_ref() => {
+                self.r.error_help(
+                    p.span().start,
+                    format!("{at}.public"),
+                    "`public = false` names no way to admit callers",
+                    "name the authenticators that admit callers: `authenticate = [\"corp\"]`",
+                );
+                None
+            }
+            (Some(_), None) => {
+                if let Some(p) = &r.pass_credentials {
+                    self.r.error_help(
+                        p.span().start,
+                        format!("{at}.pass_credentials"),
+                        "a public route checks no credentials; whatever the client sends goes through",
+                        "remove `pass_credentials`",
+                    );
+                }
+                Some(Admission::Public)
+            }
+            (_, Some(list)) => {
+                if list.get_ref().is_empty() {
+                    self.r.error_help(
+                        list.span().start,
+                        format!("{at}.authenticate"),
+                        "an empty list admits nobody",
+                        "name at least one authenticator, or write `public = true`",
+                    );
+                    return None;
+                }
+                let mut out = Vec::new();
+                for (j, name) in list.get_ref().iter().enumerate() {
+                    let field = format!("{at}.authenticate[{j}]");
+                    match known.get(name.get_ref().as_str()) {
+                        Some(&idx) if out.contains(&idx) => self.r.error(
+                            name.span().start,
+                            field,
+                            format!("`{}` is listed twice", name.get_ref()),
+                        ),
+                        Some(&idx) => out.push(idx),
+                        None => {
+                            let names: Vec<&str> = known.keys().copied().collect();
+                            self.r.error_help(
+                                name.span().start,
+                                field,
+                                format!("no authenticator is named `{}`", name.get_ref()),
+                                if names.is_empty() {
+                                    "declare it in an `[[authenticators]]` table".to_string()
+                                } else {
+                                    format!("known authenticators: {}", sorted(names))
+                                },
+                            );
+                        }
+                    }
+                }
+                (out.len() == list.get_ref().len()).then_some(Admission::Authenticated {
+                    authenticators: out,
+                    pass_credentials,
+                })
+            }
+            (None, None) => {
+                self.r.error_help(
+                    start,
+                    at.to_string(),
+                    "the route does not say how callers are admitted",
+                    "name authenticators with `authenticate = [\"corp\"]`, or write `public = true` to open it to anonymous callers",
+                );
+                None
+            }
+        }
+    }
+
+    /// Like `duration`, but zero is allowed (a leeway or grace period of none).
+    fn duration_or_zero(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        match raw {
+            Some(r) if matches!(humantime::parse_duration(r.get_ref()), Ok(d) if d.is_zero()) => {
+                Duration::ZERO
+            }
+            _ => self.duration(field, raw, default),
+        }
+    }
+}
+
+/// Parses a JWKS address: `https://host[:port]/path`, or `http://` to a loopback host.
+fn parse_url(s: &str) -> Result<JwksUrl, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("`{s}` must start with `https://`"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') || path.contains('#') || path.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "`{s}` has user info, a fragment or spaces; none belong in a JWKS address"
+        ));
+    }
+    let endpoint = super::parse_endpoint(&format!(
+        "{}://{authority}",
+        if tls { "https" } else { "http" }
+    ))?;
+    let loopback = endpoint.host == "localhost"
+        || endpoint
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !tls && !loopback {
+        return Err(format!(
+            "`{s}` is plain HTTP: keys fetched without TLS can be replaced on the way"
+        ));
+    }
+    Ok(JwksUrl {
+        url: s.to_string(),
+        tls,
+        host: endpoint.host,
+        port: endpoint.port,
+        path: path.to_string(),
+        ca: None,
+    })
+}

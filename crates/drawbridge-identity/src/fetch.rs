@@ -1,0 +1,128 @@
+//! Fetching a JWK Set: Drawbridge's own small HTTPS client, bounded in time and size.
+//!
+//! One GET per fetch, on a fresh connection: fetches are rare (a refresh every few minutes,
+//! at most one per cooldown otherwise), so pooling would buy nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use drawbridge_config::JwksUrl;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+/// Largest JWK Set accepted; real ones are a few kilobytes.
+pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Fetches one address.
+pub(crate) struct Fetcher {
+    url: JwksUrl,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    pub(crate) fn new(url: JwksUrl, timeout: Duration) -> Self {
+        Self { url, timeout }
+    }
+
+    /// The address, for logs.
+    pub(crate) fn url(&self) -> &str {
+        &self.url.url
+    }
+
+    /// The document at the address, or why not.
+    pub(crate) async fn get(&self) -> Result<Bytes, String> {
+        tokio::time::timeout(self.timeout, self.get_unbounded())
+            .await
+            .map_err(|_| format!("timed out after {:?}", self.timeout))?
+    }
+
+    async fn get_unbounded(&self) -> Result<Bytes, String> {
+        let u = &self.url;
+        let tcp = TcpStream::connect((u.host.as_str(), u.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if u.tls {
+            let connector = tokio_rustls::TlsConnector::from(self.tls_config()?);
+            let name = ServerName::try_from(u.host.clone())
+                .map_err(|e| format!("tls: `{}`: {e}", u.host))?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            self.exchange(TokioIo::new(stream)).await
+        } else {
+            self.exchange(TokioIo::new(tcp)).await
+        }
+    }
+
+    async fn exchange<T>(&self, io: T) -> Result<Bytes, String>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+            .await
+            .map_err(|e| format!("http: {e}"))?;
+        let driver = tokio::spawn(conn);
+        let host = if self.url.host.contains(':') {
+            format!("[{}]:{}", self.url.host, self.url.port)
+        } else {
+            format!("{}:{}", self.url.host, self.url.port)
+        };
+        let req = Request::get(self.url.path.as_str())
+            .header(header::HOST, host)
+            .header(header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(header::USER_AGENT, "drawbridge")
+            .body(Empty::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let result = async {
+            let res = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("http: {e}"))?;
+            if res.status() != StatusCode::OK {
+                return Err(format!("status {}", res.status().as_u16()));
+            }
+            let body = Limited::new(res.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            Ok(body.to_bytes())
+        }
+        .await;
+        driver.abort();
+        result
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.url.ca {
+            Some(certs) => {
+                for c in certs {
+                    roots
+                        .add(c.clone())
+                        .map_err(|e| format!("tls: CA certificate rejected: {e}"))?;
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err("tls: no trusted root certificates (set `jwks_ca_file`)".into());
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}

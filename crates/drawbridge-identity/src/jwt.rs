@@ -1,0 +1,282 @@
+//! Bearer JWTs from one issuer, checked as RFC 8725 asks: the algorithm from the issuer's
+//! allow-list, the key by `kid` from the issuer's own JWKS only (a token's `jku`, `x5u`, `x5c`
+//! and embedded `jwk` are never looked at), `iss`, `aud`, `exp` and `nbf` with a bounded
+//! leeway, a maximum lifetime, no `crit` extension it does not implement, and optionally
+//! the `typ`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use drawbridge_config::{ClaimMapping, JwksSource, JwtIssuer, PrincipalKind};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use crate::cache::TokenCache;
+use crate::error::Refusal;
+use crate::jwks::{FetchSettings, KeySource};
+use crate::principal::{AuthMethod, Principal};
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Verifies the tokens of one issuer.
+pub struct JwtAuthenticator {
+    name: Arc<str>,
+    config: JwtIssuer,
+    algorithms: Vec<Algorithm>,
+    validation: Validation,
+    keys: Arc<KeySource>,
+    cache: Option<TokenCache>,
+}
+
+impl JwtAuthenticator {
+    /// Builds the authenticator `name` from its checked configuration.
+    pub fn new(name: &str, config: &JwtIssuer) -> Result<Self, String> {
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| a.parse::<Algorithm>().map_err(|e| format!("`{a}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if algorithms
+            .iter()
+            .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+        {
+            return Err("shared-secret algorithms are never accepted".into());
+        }
+        let keys = match &config.jwks {
+            JwksSource::File { path, bytes } => {
+                KeySource::from_file(bytes).map_err(|e| format!("`{}`: {e}", path.display()))?
+            }
+            JwksSource::Url(url) => KeySource::from_url(
+                url.clone(),
+                FetchSettings {
+                    refresh: config.jwks_refresh,
+                    cooldown: config.jwks_cooldown,
+                    grace: config.jwks_grace,
+                    timeout: config.jwks_timeout,
+                },
+            ),
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.set_issuer(&[config.issuer.as_str()]);
+        validation.set_audience(&config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        Ok(Self {
+            name: name.into(),
+            config: config.clone(),
+            algorithms,
+            validation,
+            keys: Arc::new(keys),
+            cache: config.cache.then(|| TokenCache::new(config.cache_size)),
+        })
+    }
+
+    /// The authenticator's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The `iss` its tokens carry.
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// The configuration it was built from; an unchanged one lets a reload keep it, with
+    /// its fetched keys and verified tokens.
+    pub fn config(&self) -> &JwtIssuer {
+        &self.config
+    }
+
+    /// Its key source.
+    pub fn keys(&self) -> &Arc<KeySource> {
+        &self.keys
+    }
+
+    /// The principal of a token verified earlier and still valid, without any other work.
+    pub fn cached(&self, token: &str) -> Option<Arc<Principal>> {
+        let cache = self.cache.as_ref()?;
+        let p = cache.get(token, crate::unix_now(), self.keys.generation())?;
+        self.keys.usable().ok()?;
+        Some(p)
+    }
+
+    /// Verifies `token` fully and returns its principal.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Refusal> {
+        if let Some(p) = self.cached(token) {
+            return Ok(p);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::TooLong(MAX_TOKEN_BYTES));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self))?;
+        if let Some(crit) = &header.crit {
+            // This gateway implements no JWS extension, so any critical one is unknown.
+            return Err(Refusal::Critical(printable(&crit.join(","))));
+        }
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Refusal::Algorithm(format!("{:?}", header.alg)));
+        }
+        if let Some(required) = &self.config.token_type {
+            let typ = header.typ.as_deref().unwrap_or("");
+            if !same_type(typ, required) {
+                return Err(Refusal::Type(printable(typ)));
+            }
+        }
+        let kid = header.kid.as_deref();
+        let generation = self.keys.generation();
+        let keys = self.keys.keys_for(kid).await?;
+        let key = keys.find(kid, header.alg)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            .map_err(|e| refusal(&e, self))?;
+        let claims = data.claims;
+        let now = crate::unix_now();
+        let leeway = self.config.leeway.as_secs();
+        let exp = number(&claims, "exp").ok_or_else(|| Refusal::Claim("exp".into()))?;
+        let iat = match claims.get("iat") {
+            None => None,
+            Some(_) => Some(number(&claims, "iat").ok_or_else(|| Refusal::Claim("iat".into()))?),
+        };
+        if iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(Refusal::NotYetValid);
+        }
+        let max = self.config.max_lifetime.as_secs();
+        let lifetime = exp.saturating_sub(iat.unwrap_or(now).min(now));
+        if lifetime > max {
+            return Err(Refusal::Lifetime(max));
+        }
+        let principal = Arc::new(self.principal(&claims, exp, iat)?);
+        if let Some(cache) = &self.cache {
+            let nbf = number(&claims, "nbf").unwrap_or(0);
+            cache.insert(
+                token,
+                principal.clone(),
+                (nbf.saturating_sub(leeway), exp.saturating_add(leeway)),
+                generation.max(self.keys.generation()),
+                now,
+            );
+        }
+        Ok(principal)
+    }
+
+    fn principal(
+        &self,
+        claims: &Map<String, Value>,
+        exp: u64,
+        iat: Option<u64>,
+    ) -> Result<Principal, Refusal> {
+        let ClaimMapping {
+            id,
+            groups,
+            attributes,
+        } = &self.config.claims;
+        let principal_id = match claims.get(id) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
+            _ => return Err(Refusal::Claim(id.clone())),
+        };
+        let groups = match groups.as_ref().map(|g| (g, claims.get(g))) {
+            None | Some((_, None)) => Vec::new(),
+            Some((_, Some(Value::String(s)))) => s.split_whitespace().map(String::from).collect(),
+            Some((name, Some(Value::Array(items)))) => items
+                .iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Refusal::Claim(name.clone()))?,
+            Some((name, Some(_))) => return Err(Refusal::Claim(name.clone())),
+        };
+        let attributes = attributes
+            .iter()
+            .filter_map(|a| claims.get(a).map(|v| (a.clone(), v.clone())))
+            .collect();
+        let kind = self.config.principal;
+        debug_assert!(kind != PrincipalKind::ApiKey);
+        Ok(Principal {
+            id: principal_id,
+            kind,
+            authenticator: self.name.clone(),
+            issuer: Some(self.config.issuer.clone()),
+            groups,
+            attributes,
+            methods: vec![AuthMethod::Jwt],
+            authenticated_at: number(claims, "auth_time").or(iat),
+            expires_at: Some(exp),
+        })
+    }
+}
+
+/// The `iss` a token claims, read without verifying anything: only to choose which issuer's
+/// rules verify it.
+pub fn peek_issuer(token: &str) -> Result<String, Refusal> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Refusal::TooLong(MAX_TOKEN_BYTES));
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::Malformed("not three dot-separated parts".into()));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| Refusal::Malformed("payload is not base64url".into()))?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let iss: Iss = serde_json::from_slice(&bytes)
+        .map_err(|_| Refusal::Malformed("payload is not a JSON object".into()))?;
+    iss.iss.ok_or_else(|| Refusal::Claim("iss".into()))
+}
+
+fn refusal(e: &jsonwebtoken::errors::Error, a: &JwtAuthenticator) -> Refusal {
+    match e.kind() {
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidAlgorithmName => Refusal::Malformed(e.to_string()),
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidAudience => Refusal::Audience,
+        ErrorKind::InvalidIssuer => Refusal::Issuer(format!("not `{}`", a.issuer())),
+        ErrorKind::MissingRequiredClaim(c) => Refusal::Claim(c.clone()),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            Refusal::Algorithm("(mismatch)".into())
+        }
+        _ => Refusal::Signature,
+    }
+}
+
+/// A numeric date claim as whole seconds; fractions are cut, negatives refused.
+fn number(claims: &Map<String, Value>, name: &str) -> Option<u64> {
+    let v = claims.get(name)?;
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.is_finite())
+            .map(|f| f as u64)
+    })
+}
+
+/// `typ` values compare without case and without the `application/` prefix (RFC 7515 §4.1.9).
+fn same_type(got: &str, want: &str) -> bool {
+    let strip = |s: &str| {
+        let l = s.to_ascii_lowercase();
+        l.strip_prefix("application/")
+            .map(String::from)
+            .unwrap_or(l)
+    };
+    strip(got) == strip(want)
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

@@ -1,0 +1,45 @@
+//! The authenticated caller.
+
+use std::sync::Arc;
+
+use drawbridge_config::PrincipalKind;
+use serde_json::{Map, Value};
+
+/// A caller whose credentials were verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// Its id within its issuer (a JWT's `sub` by default).
+    pub id: String,
+    /// Person, workload or API key.
+    pub kind: PrincipalKind,
+    /// The authenticator that admitted it.
+    pub authenticator: Arc<str>,
+    /// Who vouched for it: a token's `iss`.
+    pub issuer: Option<String>,
+    /// Groups or roles its credentials carry.
+    pub groups: Vec<String>,
+    /// Attributes copied from its credentials (tenant, email, scope...).
+    pub attributes: Map<String, Value>,
+    /// How it proved who it is.
+    pub methods: Vec<AuthMethod>,
+    /// When it authenticated (a token's `auth_time`, else `iat`), Unix seconds.
+    pub authenticated_at: Option<u64>,
+    /// When its credential stops being valid, Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A bearer JWT.
+    Jwt,
+}
+
+impl AuthMethod {
+    /// The name used in identity assertions and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+        }
+    }
+}

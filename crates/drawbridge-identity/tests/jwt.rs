@@ -1,0 +1,412 @@
+//! Every check of a bearer JWT, each shown refusing the token it exists for, with real keys.
+
+use std::time::Duration;
+
+use drawbridge_config::{ClaimMapping, JwksSource, JwtIssuer, PrincipalKind};
+use drawbridge_identity::{JwtAuthenticator, Refusal, peek_issuer};
+use drawbridge_testkit::jwt::{KeyType, SigningKey, encode_part, jwks, now, sign_hs256};
+use serde_json::{Value, json};
+
+const ISS: &str = "https://idp.test/";
+
+struct Keys {
+    rsa: SigningKey,
+    ec: SigningKey,
+    ed: SigningKey,
+}
+
+fn keys() -> Keys {
+    Keys {
+        rsa: SigningKey::generate(KeyType::Rsa, "rsa-1"),
+        ec: SigningKey::generate(KeyType::P256, "ec-1"),
+        ed: SigningKey::generate(KeyType::Ed25519, "ed-1"),
+    }
+}
+
+fn config(jwks_doc: &str) -> JwtIssuer {
+    JwtIssuer {
+        issuer: ISS.into(),
+        audiences: vec!["drawbridge".into()],
+        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        jwks: JwksSource::File {
+            path: "jwks.json".into(),
+            bytes: jwks_doc.as_bytes().to_vec(),
+        },
+        jwks_refresh: Duration::from_secs(300),
+        jwks_cooldown: Duration::from_secs(30),
+        jwks_grace: Duration::from_secs(3600),
+        jwks_timeout: Duration::from_secs(5),
+        leeway: Duration::from_secs(30),
+        max_lifetime: Duration::from_secs(3600),
+        token_type: None,
+        principal: PrincipalKind::User,
+        claims: ClaimMapping {
+            id: "sub".into(),
+            groups: Some("groups".into()),
+            attributes: vec!["tenant".into()],
+        },
+        cache: true,
+        cache_size: 1000,
+    }
+}
+
+fn authenticator(k: &Keys) -> JwtAuthenticator {
+    JwtAuthenticator::new("corp", &config(&jwks(&[&k.rsa, &k.ec, &k.ed]))).unwrap()
+}
+
+fn claims() -> Value {
+    let n = now();
+    json!({
+        "iss": ISS, "aud": "drawbridge", "sub": "alice",
+        "iat": n, "exp": n + 300,
+        "groups": ["eng", "oncall"], "tenant": "acme", "email": "alice@example.com",
+    })
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+async fn refused(a: &JwtAuthenticator, token: &str) -> Refusal {
+    match a.verify(token).await {
+        Ok(p) => panic!("token admitted as {p:?}"),
+        Err(r) => r,
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_every_key_type_are_admitted_with_their_claims() {
+    let k = keys();
+    let a = authenticator(&k);
+    for key in [&k.rsa, &k.ec, &k.ed] {
+        let p = a.verify(&key.sign(&claims())).await.unwrap();
+        assert_eq!(p.id, "alice");
+        assert_eq!(p.kind, PrincipalKind::User);
+        assert_eq!(&*p.authenticator, "corp");
+        assert_eq!(p.issuer.as_deref(), Some(ISS));
+        assert_eq!(p.groups, ["eng", "oncall"]);
+        assert_eq!(p.attributes.get("tenant"), Some(&json!("acme")));
+        assert!(!p.attributes.contains_key("email"), "only mapped claims");
+    }
+}
+
+#[tokio::test]
+async fn groups_may_be_a_space_separated_string() {
+    let k = keys();
+    let a = authenticator(&k);
+    let p = a
+        .verify(&k.ec.sign(&with(claims(), "groups", json!("read write"))))
+        .await
+        .unwrap();
+    assert_eq!(p.groups, ["read", "write"]);
+}
+
+#[tokio::test]
+async fn time_claims_are_enforced_with_the_leeway() {
+    let k = keys();
+    let a = authenticator(&k);
+    let n = now();
+    let expired = with(claims(), "exp", json!(n - 120));
+    assert_eq!(refused(&a, &k.rsa.sign(&expired)).await, Refusal::Expired);
+    // Within the 30 s leeway: still valid.
+    let just = with(claims(), "exp", json!(n - 10));
+    a.verify(&k.rsa.sign(&just)).await.unwrap();
+    let early = with(claims(), "nbf", json!(n + 600));
+    assert_eq!(refused(&a, &k.rsa.sign(&early)).await, Refusal::NotYetValid);
+    let future_iat = with(claims(), "iat", json!(n + 600));
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&future_iat)).await,
+        Refusal::NotYetValid
+    );
+    let no_exp = {
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("exp");
+        c
+    };
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&no_exp)).await,
+        Refusal::Claim("exp".into())
+    );
+}
+
+#[tokio::test]
+async fn lifetime_beyond_the_maximum_is_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    let n = now();
+    let long = with(claims(), "exp", json!(n + 7200));
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&long)).await,
+        Refusal::Lifetime(3600)
+    );
+    // Without `iat`, the lifetime is counted from now.
+    let mut no_iat = long.clone();
+    no_iat.as_object_mut().unwrap().remove("iat");
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&no_iat)).await,
+        Refusal::Lifetime(3600)
+    );
+    // An old `iat` with a near `exp` is still a long-lived token.
+    let old = with(
+        with(claims(), "iat", json!(n - 86_400)),
+        "exp",
+        json!(n + 60),
+    );
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&old)).await,
+        Refusal::Lifetime(3600)
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_and_audience_are_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    let iss = with(claims(), "iss", json!("https://evil.test/"));
+    assert!(matches!(
+        refused(&a, &k.rsa.sign(&iss)).await,
+        Refusal::Issuer(_)
+    ));
+    let aud = with(claims(), "aud", json!("another-service"));
+    assert_eq!(refused(&a, &k.rsa.sign(&aud)).await, Refusal::Audience);
+    let auds = with(claims(), "aud", json!(["x", "drawbridge"]));
+    a.verify(&k.rsa.sign(&auds)).await.unwrap();
+    let mut no_aud = claims();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&no_aud)).await,
+        Refusal::Claim("aud".into())
+    );
+}
+
+#[tokio::test]
+async fn alg_none_and_stripped_signatures_are_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    let none = format!(
+        "{}.{}.",
+        encode_part(&json!({"alg": "none", "typ": "JWT"})),
+        encode_part(&claims())
+    );
+    assert!(matches!(refused(&a, &none).await, Refusal::Malformed(_)));
+    let good = k.rsa.sign(&claims());
+    let stripped = format!("{}.", good.rsplit_once('.').unwrap().0);
+    assert!(matches!(
+        refused(&a, &stripped).await,
+        Refusal::Signature | Refusal::Malformed(_)
+    ));
+    let two_parts = good.rsplit_once('.').unwrap().0.to_string();
+    assert!(matches!(
+        refused(&a, &two_parts).await,
+        Refusal::Malformed(_)
+    ));
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    for secret in [k.rsa.public_raw.clone(), k.rsa.jwk.to_string().into_bytes()] {
+        let t = sign_hs256(
+            &secret,
+            &json!({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}),
+            &claims(),
+        );
+        assert_eq!(refused(&a, &t).await, Refusal::Algorithm("HS256".into()));
+    }
+}
+
+#[tokio::test]
+async fn a_key_is_used_only_for_its_own_algorithm() {
+    let k = keys();
+    let a = authenticator(&k);
+    // RS256 naming the EC key: the RSA signature is checked against nothing.
+    let t = k
+        .rsa
+        .sign_with_header(&json!({"alg": "RS256", "kid": "ec-1"}), &claims());
+    assert!(matches!(refused(&a, &t).await, Refusal::KeyMismatch(..)));
+    // ES256 naming the Ed25519 key.
+    let t =
+        k.ec.sign_with_header(&json!({"alg": "ES256", "kid": "ed-1"}), &claims());
+    assert!(matches!(refused(&a, &t).await, Refusal::KeyMismatch(..)));
+}
+
+#[tokio::test]
+async fn tampered_payloads_do_not_verify() {
+    let k = keys();
+    let a = authenticator(&k);
+    for key in [&k.rsa, &k.ec, &k.ed] {
+        let good = key.sign(&claims());
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged = encode_part(&with(claims(), "sub", json!("admin")));
+        parts[1] = &forged;
+        assert_eq!(refused(&a, &parts.join(".")).await, Refusal::Signature);
+    }
+}
+
+#[tokio::test]
+async fn unknown_and_hostile_kids_find_no_key() {
+    let k = keys();
+    let a = authenticator(&k);
+    for kid in [
+        "rsa-2",
+        "../../../../etc/passwd",
+        "' OR '1'='1' --",
+        "rsa-1\u{0}",
+        "",
+    ] {
+        let t = k
+            .rsa
+            .sign_with_header(&json!({"alg": "RS256", "kid": kid}), &claims());
+        assert!(
+            matches!(refused(&a, &t).await, Refusal::UnknownKey(_)),
+            "kid {kid:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_named_by_the_token_itself_are_never_used() {
+    let k = keys();
+    let a = authenticator(&k);
+    let attacker = SigningKey::generate(KeyType::Rsa, "rsa-1");
+    let headers = [
+        json!({"alg": "RS256", "kid": "rsa-1", "jwk": attacker.jwk}),
+        json!({"alg": "RS256", "kid": "rsa-1", "jku": "https://evil.test/jwks.json"}),
+        json!({"alg": "RS256", "kid": "rsa-1", "x5u": "https://evil.test/cert.pem"}),
+        json!({"alg": "RS256", "jwk": attacker.jwk}),
+    ];
+    for h in headers {
+        let t = attacker.sign_with_header(&h, &claims());
+        // Verified against the issuer's own `rsa-1` (or its only RSA key), so it fails.
+        assert_eq!(refused(&a, &t).await, Refusal::Signature, "header {h}");
+    }
+}
+
+#[tokio::test]
+async fn critical_extensions_are_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    let t = k.rsa.sign_with_header(
+        &json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"], "exp": 1}),
+        &claims(),
+    );
+    assert!(matches!(refused(&a, &t).await, Refusal::Critical(_)));
+}
+
+#[tokio::test]
+async fn encryption_keys_never_verify() {
+    let k = keys();
+    let mut enc = SigningKey::generate(KeyType::Rsa, "enc-1");
+    enc.jwk["use"] = json!("enc");
+    let mut ops = SigningKey::generate(KeyType::P256, "ops-1");
+    ops.jwk.as_object_mut().unwrap().remove("use");
+    ops.jwk["key_ops"] = json!(["encrypt"]);
+    let a = JwtAuthenticator::new("corp", &config(&jwks(&[&k.rsa, &enc, &ops]))).unwrap();
+    assert!(matches!(
+        refused(&a, &enc.sign(&claims())).await,
+        Refusal::UnknownKey(_)
+    ));
+    assert!(matches!(
+        refused(&a, &ops.sign(&claims())).await,
+        Refusal::UnknownKey(_)
+    ));
+    // A set of only encryption keys is refused when the configuration loads.
+    assert!(JwtAuthenticator::new("corp", &config(&jwks(&[&enc]))).is_err());
+}
+
+#[tokio::test]
+async fn algorithms_outside_the_allow_list_are_refused() {
+    let k = keys();
+    let mut cfg = config(&jwks(&[&k.rsa, &k.ec]));
+    cfg.algorithms = vec!["ES256".into()];
+    let a = JwtAuthenticator::new("corp", &cfg).unwrap();
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&claims())).await,
+        Refusal::Algorithm("RS256".into())
+    );
+    a.verify(&k.ec.sign(&claims())).await.unwrap();
+    cfg.algorithms = vec!["HS256".into()];
+    assert!(JwtAuthenticator::new("corp", &cfg).is_err());
+}
+
+#[tokio::test]
+async fn a_required_type_is_checked() {
+    let k = keys();
+    let mut cfg = config(&jwks(&[&k.rsa]));
+    cfg.token_type = Some("at+jwt".into());
+    let a = JwtAuthenticator::new("corp", &cfg).unwrap();
+    assert!(matches!(
+        refused(&a, &k.rsa.sign(&claims())).await,
+        Refusal::Type(_)
+    ));
+    for typ in ["at+jwt", "application/at+JWT"] {
+        let t = k.rsa.sign_with_header(
+            &json!({"alg": "RS256", "kid": "rsa-1", "typ": typ}),
+            &claims(),
+        );
+        a.verify(&t).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_principal_id_claim_is_required() {
+    let k = keys();
+    let a = authenticator(&k);
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("sub");
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&c)).await,
+        Refusal::Claim("sub".into())
+    );
+    let c = with(claims(), "sub", json!(42));
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&c)).await,
+        Refusal::Claim("sub".into())
+    );
+    let c = with(claims(), "groups", json!([1, 2]));
+    assert_eq!(
+        refused(&a, &k.rsa.sign(&c)).await,
+        Refusal::Claim("groups".into())
+    );
+}
+
+#[tokio::test]
+async fn verified_tokens_are_cached_until_they_expire() {
+    let k = keys();
+    let a = authenticator(&k);
+    let t = k.ec.sign(&claims());
+    assert!(a.cached(&t).is_none());
+    let first = a.verify(&t).await.unwrap();
+    let again = a.cached(&t).expect("cached after one verification");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    // Another token, even of the same caller, is verified on its own.
+    let other = k.ec.sign(&with(claims(), "jti", json!("2")));
+    assert!(a.cached(&other).is_none());
+    // A refused token is never cached.
+    let bad = k.ec.sign(&with(claims(), "aud", json!("x")));
+    let _ = a.verify(&bad).await;
+    assert!(a.cached(&bad).is_none());
+    // Without the cache, nothing is kept.
+    let mut cfg = config(&jwks(&[&k.ec]));
+    cfg.cache = false;
+    let uncached = JwtAuthenticator::new("corp", &cfg).unwrap();
+    uncached.verify(&t).await.unwrap();
+    assert!(uncached.cached(&t).is_none());
+}
+
+#[test]
+fn the_issuer_is_read_without_trusting_it() {
+    let k = keys();
+    let t = k.rsa.sign(&claims());
+    assert_eq!(peek_issuer(&t).unwrap(), ISS);
+    assert!(peek_issuer("a.b").is_err());
+    assert!(peek_issuer("a.!!!.c").is_err());
+    let no_iss = format!(
+        "{}.{}.x",
+        encode_part(&json!({"alg": "RS256"})),
+        encode_part(&json!({"sub": "x"}))
+    );
+    assert_eq!(peek_issuer(&no_iss), Err(Refusal::Claim("iss".into())));
+}
