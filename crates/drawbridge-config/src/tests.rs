@@ -189,3 +189,190 @@ fn prefix_matching_is_on_segment_boundaries() {
     assert!(!p.matches("/apix"));
     assert!(PathMatch::Prefix("/".into()).matches("/anything"));
 }
+
+const JWT: &str = r#"
+[[authenticators]]
+name = "corp"
+type = "jwt"
+issuer = "https://idp.example.com/"
+audiences = ["drawbridge"]
+jwks_url = "https://idp.example.com/.well-known/jwks.json"
+"#;
+
+fn route(admission: &str) -> String {
+    format!("\n[[routes]]\nname = \"api\"\nprefix = \"/\"\nupstream = \"app\"\n{admission}\n")
+}
+
+#[test]
+fn a_jwt_authenticator_compiles_with_safe_defaults() {
+    let cfg = check(&format!(
+        "{BASE}{JWT}{}",
+        route("authenticate = [\"corp\"]")
+    ))
+    .expect("valid");
+    let AuthenticatorKind::Jwt(j) = &cfg.authenticators[0].kind;
+    assert_eq!(j.algorithms, ["RS256", "ES256"]);
+    assert_eq!(j.claims.id, "sub");
+    assert!(j.cache);
+    assert_eq!(j.leeway, std::time::Duration::from_secs(30));
+    let JwksSource::Url(u) = &j.jwks else {
+        panic!("url source")
+    };
+    assert_eq!(
+        (u.tls, u.host.as_str(), u.port),
+        (true, "idp.example.com", 443)
+    );
+    assert_eq!(u.path, "/.well-known/jwks.json");
+    assert_eq!(
+        cfg.routes[0].admission,
+        Admission::Authenticated {
+            authenticators: vec![0],
+            pass_credentials: false
+        }
+    );
+}
+
+#[test]
+fn shared_secret_and_none_algorithms_are_refused_by_name() {
+    let src = format!(
+        "{BASE}{}{}",
+        JWT.replace(
+            "audiences",
+            "algorithms = [\"RS256\", \"HS256\", \"none\"]\naudiences"
+        ),
+        route("authenticate = [\"corp\"]")
+    );
+    let e = errors(&src);
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "authenticators[0].algorithms[1]",
+            "authenticators[0].algorithms[2]"
+        ]
+    );
+    assert!(e[0].message.contains("shared-secret"), "{}", e[0]);
+    assert!(e[1].message.contains("never accepted"), "{}", e[1]);
+    assert_eq!(e[0].location.line, 14, "{}", e[0]);
+}
+
+#[test]
+fn jwks_must_be_fetched_over_tls_except_from_loopback() {
+    for (url, ok) in [
+        ("http://idp.example.com/jwks.json", false),
+        ("http://10.0.0.1/jwks.json", false),
+        ("ftp://idp.example.com/jwks.json", false),
+        ("https://user@idp.example.com/jwks.json", false),
+        ("http://127.0.0.1:8080/jwks.json", true),
+        ("http://localhost/jwks.json", true),
+        ("https://[::1]:8443/k", true),
+    ] {
+        let src = format!(
+            "{BASE}{}{}",
+            JWT.replace("https://idp.example.com/.well-known/jwks.json", url),
+            route("authenticate = [\"corp\"]")
+        );
+        match check(&src) {
+            Ok(_) => assert!(ok, "{url} accepted"),
+            Err(d) => {
+                assert!(!ok, "{url} refused: {d}");
+                assert_eq!(d.0[0].field, "authenticators[0].jwks_url");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_jwt_authenticator_needs_issuer_audiences_and_keys() {
+    let src = format!(
+        "{BASE}\n[[authenticators]]\nname = \"corp\"\ntype = \"jwt\"\n{}",
+        route("authenticate = [\"corp\"]")
+    );
+    let e = errors(&src);
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "authenticators[0].issuer",
+            "authenticators[0].audiences",
+            "authenticators[0].jwks_url"
+        ]
+    );
+}
+
+#[test]
+fn leeway_is_bounded_and_unknown_types_are_named() {
+    let src = format!(
+        "{BASE}{}{}",
+        JWT.replace("audiences", "leeway = \"1h\"\naudiences"),
+        route("authenticate = [\"corp\"]")
+    );
+    let e = errors(&src);
+    assert_eq!(e[0].field, "authenticators[0].leeway");
+    let src = format!(
+        "{BASE}{}{}",
+        JWT.replace("type = \"jwt\"", "type = \"saml\""),
+        route("public = true")
+    );
+    let e = errors(&src);
+    assert_eq!(e[0].field, "authenticators[0].type");
+    assert!(e[0].message.contains("`saml`"));
+}
+
+#[test]
+fn routes_name_known_authenticators_and_one_admission() {
+    let cases = [
+        (
+            "authenticate = [\"nope\"]",
+            "routes[0].authenticate[0]",
+            "no authenticator is named `nope`",
+        ),
+        (
+            "authenticate = []",
+            "routes[0].authenticate",
+            "admits nobody",
+        ),
+        (
+            "authenticate = [\"corp\", \"corp\"]",
+            "routes[0].authenticate[1]",
+            "listed twice",
+        ),
+        (
+            "public = true\nauthenticate = [\"corp\"]",
+            "routes[0].public",
+            "not both",
+        ),
+        (
+            "public = true\npass_credentials = true",
+            "routes[0].pass_credentials",
+            "public route",
+        ),
+        ("public = false", "routes[0].public", "names no way"),
+        ("", "routes[0]", "does not say how callers are admitted"),
+    ];
+    for (admission, field, message) in cases {
+        let e = errors(&format!("{BASE}{JWT}{}", route(admission)));
+        assert_eq!(e.len(), 1, "{admission}: {e:?}");
+        assert_eq!(e[0].field, field, "{admission}");
+        assert!(e[0].message.contains(message), "{admission}: {}", e[0]);
+    }
+}
+
+#[test]
+fn a_missing_jwks_file_names_the_path() {
+    let src = format!(
+        "{BASE}{}{}",
+        JWT.replace(
+            "jwks_url = \"https://idp.example.com/.well-known/jwks.json\"",
+            "jwks_file = \"no-such-jwks.json\""
+        ),
+        route("authenticate = [\"corp\"]")
+    );
+    let e = errors(&src);
+    assert_eq!(e[0].field, "authenticators[0].jwks_file");
+    assert!(
+        e[0].message.contains("/etc/drawbridge/no-such-jwks.json"),
+        "{}",
+        e[0]
+    );
+}

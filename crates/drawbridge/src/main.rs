@@ -83,11 +83,12 @@ fn check(config: &std::path::Path) -> ExitCode {
     match drawbridge_proxy::compile(config, None) {
         Ok(s) => {
             println!(
-                "ok: {} is valid ({} listeners, {} upstreams, {} routes; version {})",
+                "ok: {} is valid ({} listeners, {} upstreams, {} routes, {} authenticators; version {})",
                 config.display(),
                 s.listeners.len(),
                 s.upstreams.len(),
                 s.route_count,
+                s.authenticators.len(),
                 s.version
             );
             ExitCode::SUCCESS
