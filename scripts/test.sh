@@ -7,12 +7,18 @@ cd "$(dirname "$0")/.."
 # --- system packages the tests use ---------------------------------------------------------
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# --- npm packages: independent verifiers the tests check Drawbridge's output with ---------
+echo "==> npm ci (crates/drawbridge/tests/js)"
+(cd crates/drawbridge/tests/js && npm ci --no-audit --no-fund --silent)
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

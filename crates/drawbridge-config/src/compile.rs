@@ -104,6 +104,8 @@ pub(crate) fn compile(
     cx.unique("routes", raw.routes.iter().map(|r| &r.get_ref().name));
     cx.overlaps(&routes, &raw.routes);
 
+    let identity = cx.identity(raw.identity.as_ref());
+
     cx.r.finish()?;
     Ok(Config {
         source: file.to_path_buf(),
@@ -113,6 +115,7 @@ pub(crate) fn compile(
         upstreams,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
         authenticators,
+        identity,
     })
 }
 
@@ -673,6 +676,18 @@ impl Cx<'_> {
             }
             out
         });
+        let identity_headers = r.identity_headers.as_ref().is_some_and(|v| *v.get_ref());
+        if identity_headers
+            && r.authenticate.is_none()
+            && let Some(v) = &r.identity_headers
+        {
+            self.r.error_help(
+                v.span().start,
+                format!("{at}.identity_headers"),
+                "a public route has no caller to describe",
+                "remove `identity_headers`, or name authenticators with `authenticate`",
+            );
+        }
         let max_body_bytes = r
             .max_body_bytes
             .as_ref()
@@ -687,6 +702,7 @@ impl Cx<'_> {
             admission: admission?,
             listeners: route_listeners,
             max_body_bytes,
+            identity_headers,
             location: self.r.locate(start),
         })
     }

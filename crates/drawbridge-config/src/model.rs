@@ -26,6 +26,49 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// How callers prove who they are.
     pub authenticators: Vec<Authenticator>,
+    /// The identity assertion Drawbridge signs for upstreams.
+    pub identity: IdentityAssertion,
+}
+
+/// The signed identity Drawbridge hands upstreams on authenticated routes (`[identity]`).
+#[derive(Debug, Clone)]
+pub struct IdentityAssertion {
+    /// `iss` of the assertions.
+    pub issuer: String,
+    /// Signature algorithm.
+    pub algorithm: AssertionAlgorithm,
+    /// The signing key's file and its PKCS#8 DER; a key is generated at start when `None`.
+    pub key: Option<(PathBuf, Vec<u8>)>,
+    /// How long an assertion is valid.
+    pub lifetime: Duration,
+    /// The request header that carries it, lower-case.
+    pub header: String,
+    /// Sign one assertion per request (with the request id in it) instead of reusing one
+    /// per caller and upstream for up to half its lifetime.
+    pub per_request: bool,
+    /// Where the `[identity]` table is (the file's start when there is none).
+    pub location: Location,
+}
+
+impl PartialEq for IdentityAssertion {
+    /// Same settings, wherever in the file they were written.
+    fn eq(&self, o: &Self) -> bool {
+        self.issuer == o.issuer
+            && self.algorithm == o.algorithm
+            && self.key == o.key
+            && self.lifetime == o.lifetime
+            && self.header == o.header
+            && self.per_request == o.per_request
+    }
+}
+
+/// Algorithms Drawbridge signs assertions with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlgorithm {
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// Ed25519.
+    EdDsa,
 }
 
 /// Process-wide settings (`[server]`).
@@ -252,6 +295,9 @@ pub struct Route {
     pub listeners: Option<Vec<usize>>,
     /// Overrides the listener's body limit.
     pub max_body_bytes: Option<u64>,
+    /// Also send the principal as plain `X-Drawbridge-User` and `X-Drawbridge-Groups`
+    /// headers, for upstreams that cannot verify a JWT.
+    pub identity_headers: bool,
     /// Where the route was declared.
     pub location: Location,
 }

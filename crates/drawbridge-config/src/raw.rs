@@ -18,6 +18,18 @@ pub(crate) struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub authenticators: Vec<Spanned<RawAuthenticator>>,
+    pub identity: Option<Spanned<RawIdentity>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    pub issuer: Option<Spanned<String>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub lifetime: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub per_request: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +121,7 @@ pub(crate) struct RawRoute {
     pub public: Option<Spanned<bool>>,
     pub authenticate: Option<Spanned<Vec<Spanned<String>>>>,
     pub pass_credentials: Option<Spanned<bool>>,
+    pub identity_headers: Option<Spanned<bool>>,
     pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body_bytes: Option<Spanned<i64>>,
 }

@@ -376,3 +376,27 @@ fn a_missing_jwks_file_names_the_path() {
         e[0]
     );
 }
+
+#[test]
+fn identity_settings_default_and_are_checked() {
+    let cfg = check(&format!("{BASE}{}", route("public = true"))).expect("valid");
+    assert_eq!(cfg.identity.issuer, "drawbridge");
+    assert_eq!(cfg.identity.algorithm, AssertionAlgorithm::Es256);
+    assert_eq!(cfg.identity.header, "x-drawbridge-identity");
+    assert_eq!(cfg.identity.lifetime, std::time::Duration::from_secs(60));
+    assert!(cfg.identity.key.is_none() && !cfg.identity.per_request);
+    let e = errors(&format!(
+        "{BASE}\n[identity]\nalgorithm = \"HS256\"\nheader = \"Host\"\nkey_file = \"missing.pem\"\n{}",
+        route("public = true")
+    ));
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["identity.algorithm", "identity.key_file", "identity.header"]
+    );
+    let e = errors(&format!(
+        "{BASE}{}",
+        route("public = true\nidentity_headers = true")
+    ));
+    assert_eq!(e[0].field, "routes[0].identity_headers");
+}

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod assertion;
 mod authn;
 mod cache;
 mod error;
@@ -15,6 +16,7 @@ mod jwks;
 mod jwt;
 mod principal;
 
+pub use assertion::{AssertionCache, Minter};
 pub use authn::{Authenticator, Credentials, authenticate};
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};

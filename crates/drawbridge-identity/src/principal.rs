@@ -5,6 +5,8 @@ use std::sync::Arc;
 use drawbridge_config::PrincipalKind;
 use serde_json::{Map, Value};
 
+use crate::assertion::AssertionCache;
+
 /// A caller whose credentials were verified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
@@ -26,6 +28,26 @@ pub struct Principal {
     pub authenticated_at: Option<u64>,
     /// When its credential stops being valid, Unix seconds.
     pub expires_at: Option<u64>,
+    /// Identity assertions already minted for it, by upstream.
+    pub assertions: AssertionCache,
+}
+
+impl Principal {
+    /// A principal used only to check, at start, that a signing key works.
+    pub(crate) fn anonymous_probe() -> Principal {
+        Principal {
+            id: "probe".into(),
+            kind: PrincipalKind::Service,
+            authenticator: "probe".into(),
+            issuer: None,
+            groups: Vec::new(),
+            attributes: Map::new(),
+            methods: Vec::new(),
+            authenticated_at: None,
+            expires_at: None,
+            assertions: AssertionCache::default(),
+        }
+    }
 }
 
 /// How a principal proved who it is.

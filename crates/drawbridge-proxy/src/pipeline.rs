@@ -117,14 +117,15 @@ pub async fn handle(
     };
     let outcome = run(&snapshot, listener, &conn, req, &mut event).await;
     let (res, in_flight) = match outcome {
-        Ok(Forwarded {
+        Ok(Outcome::Forwarded(Forwarded {
             response,
             in_flight,
             reuse,
-        }) => (
+        })) => (
             response.map(|b| ResponseBody::upstream(b, reuse)),
             Some(in_flight),
         ),
+        Ok(Outcome::Local(response)) => (response, None),
         Err(err) => {
             event.phase = Some(err.phase());
             event.reason = Some(err.to_string());
@@ -152,7 +153,7 @@ async fn run(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     event: &mut AccessEvent,
-) -> Result<Forwarded, ProxyError> {
+) -> Result<Outcome, ProxyError> {
     // --- 2 parse: the limits hyper does not enforce itself --------------------------------
     let limits = &listener.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -178,6 +179,11 @@ async fn run(
     let seen = sanitize::strip_request_headers(req.headers_mut());
     req.headers_mut().remove(header::EXPECT);
 
+    // Drawbridge's own paths, on every listener, before any route.
+    if drawbridge_config::prefix_matches(drawbridge_config::RESERVED_PREFIX, &path.decoded) {
+        return reserved(snapshot, &path.decoded, req.method()).map(Outcome::Local);
+    }
+
     // --- 4 route ------------------------------------------------------------------------
     let route = match listener
         .routes
@@ -192,8 +198,8 @@ async fn run(
     event.route = Some(route.name.clone());
 
     // --- 5 authenticate ---------------------------------------------------------------
-    let pass_credentials = match &route.config.admission {
-        Admission::Public => true,
+    let (pass_credentials, principal) = match &route.config.admission {
+        Admission::Public => (true, None),
         Admission::Authenticated {
             pass_credentials, ..
         } => {
@@ -201,7 +207,7 @@ async fn run(
             let principal =
                 drawbridge_identity::authenticate(&route.authenticators, &creds).await?;
             event.principal = Some(format!("{}:{}", principal.authenticator, principal.id));
-            *pass_credentials
+            (*pass_credentials, Some(principal))
         }
     };
 
@@ -240,6 +246,12 @@ async fn run(
     if !pass_credentials {
         // The upstream gets Drawbridge's word for who is calling, never the credential.
         headers.remove(header::AUTHORIZATION);
+    }
+    // Only Drawbridge speaks in the identity header (the `x-drawbridge-` ones went in
+    // sanitize; a configured name may be outside that namespace).
+    headers.remove(&snapshot.identity_header);
+    if let Some(p) = &principal {
+        set_identity(snapshot, &route, p, &event.request_id, &mut headers)?;
     }
     // The authority the route was chosen by is the one the upstream is told: an absolute-form
     // target or `:authority` wins over a `Host` header that says otherwise.
@@ -286,7 +298,82 @@ async fn run(
     };
     let forwarded = forward::forward(&route.upstream, out).await?;
     event.upstream = Some(forwarded.in_flight.endpoint().label.clone());
-    Ok(forwarded)
+    Ok(Outcome::Forwarded(forwarded))
+}
+
+/// How a request that passed the pipeline ends.
+enum Outcome {
+    /// An upstream answered.
+    Forwarded(Forwarded),
+    /// Drawbridge answered itself (its own paths).
+    Local(Response<ResponseBody>),
+}
+
+/// Answers `/.drawbridge/...`: the identity assertion's public keys; nothing else yet.
+fn reserved(
+    snapshot: &Snapshot,
+    path: &str,
+    method: &http::Method,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if path != "/.drawbridge/jwks.json" {
+        return Err(ProxyError::NoRoute);
+    }
+    if method != http::Method::GET && method != http::Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed("GET, HEAD".into()));
+    }
+    let mut res = Response::new(ResponseBody::full(snapshot.minter.jwks().clone()));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(res)
+}
+
+const X_DRAWBRIDGE_USER: HeaderName = HeaderName::from_static("x-drawbridge-user");
+const X_DRAWBRIDGE_GROUPS: HeaderName = HeaderName::from_static("x-drawbridge-groups");
+
+/// Adds the signed identity assertion and, where the route asks, the plain identity headers.
+fn set_identity(
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    p: &drawbridge_identity::Principal,
+    request_id: &str,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    let assertion = snapshot
+        .minter
+        .assertion(p, &route.upstream.name, request_id)
+        .map_err(ProxyError::Internal)?;
+    let assertion = if snapshot.identity_header == header::AUTHORIZATION {
+        let mut v = Vec::with_capacity(assertion.len() + 7);
+        v.extend_from_slice(b"Bearer ");
+        v.extend_from_slice(assertion.as_bytes());
+        HeaderValue::from_bytes(&v).map_err(|e| ProxyError::Internal(e.to_string()))?
+    } else {
+        assertion
+    };
+    headers.insert(snapshot.identity_header.clone(), assertion);
+    if route.config.identity_headers {
+        // Values that cannot travel as a header are left out rather than mangled.
+        if let Ok(v) = HeaderValue::from_str(&p.id) {
+            headers.insert(X_DRAWBRIDGE_USER, v);
+        }
+        let groups: Vec<&str> = p
+            .groups
+            .iter()
+            .map(String::as_str)
+            .filter(|g| !g.contains(',') && !g.is_empty())
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&groups.join(",")) {
+            headers.insert(X_DRAWBRIDGE_GROUPS, v);
+        }
+    }
+    Ok(())
 }
 
 /// Refuses framing that two parsers could read differently.

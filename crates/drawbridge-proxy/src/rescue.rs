@@ -45,6 +45,10 @@ pub enum ProxyError {
     /// The upstream could not be reached, reset the connection or answered malformed.
     #[error("upstream failed: {0}")]
     UpstreamFailed(String),
+    /// Drawbridge itself failed (signing an assertion): the request is refused, never sent
+    /// without the identity it should carry.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The upstream did not answer in time.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
@@ -63,6 +67,7 @@ impl ProxyError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -76,6 +81,7 @@ impl ProxyError {
             Self::Unauthenticated(_) => 16,                               // UNAUTHENTICATED
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
+            Self::Internal(_) => 13,       // INTERNAL
         }
     }
 
@@ -90,6 +96,7 @@ impl ProxyError {
             | Self::UpstreamAtCapacity
             | Self::UpstreamFailed(_)
             | Self::UpstreamTimeout(_) => Phase::Forward,
+            Self::Internal(_) => Phase::Mutate,
         }
     }
 
@@ -121,6 +128,7 @@ impl ProxyError {
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => "service unavailable",
             Self::UpstreamFailed(_) => "bad gateway",
             Self::UpstreamTimeout(_) => "gateway timeout",
+            Self::Internal(_) => "internal error",
         }
     }
 }

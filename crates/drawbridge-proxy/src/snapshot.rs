@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use drawbridge_config::{Admission, Config, Diagnostic, Diagnostics, Limits, Route, Server};
-use drawbridge_identity::Authenticator;
+use drawbridge_identity::{Authenticator, Minter};
 
 use crate::route::RouteTable;
 use crate::upstream::UpstreamPool;
@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// Authenticators by config order.
     pub authenticators: Vec<Arc<Authenticator>>,
+    /// Signs the identity assertions upstreams receive.
+    pub minter: Arc<Minter>,
+    /// The header the assertion travels in.
+    pub identity_header: http::HeaderName,
     /// How many routes the configuration declares.
     pub route_count: usize,
 }
@@ -98,6 +102,38 @@ impl Snapshot {
                 },
             }
         }
+        let minter = match previous.map(|p| &p.minter) {
+            // Unchanged settings keep the key, so assertions already handed out still verify.
+            Some(m) if *m.config() == config.identity => Some(Arc::clone(m)),
+            _ => match Minter::new(&config.identity) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(message) => {
+                    errors.push(Diagnostic {
+                        location: config.identity.location.clone(),
+                        field: "identity".into(),
+                        message,
+                        help: None,
+                    });
+                    None
+                }
+            },
+        };
+        let identity_header = match http::HeaderName::from_bytes(config.identity.header.as_bytes())
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                errors.push(Diagnostic {
+                    location: config.identity.location.clone(),
+                    field: "identity.header".into(),
+                    message: e.to_string(),
+                    help: None,
+                });
+                None
+            }
+        };
+        let (Some(minter), Some(identity_header)) = (minter, identity_header) else {
+            return Err(Diagnostics(errors));
+        };
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -155,6 +191,8 @@ impl Snapshot {
             listeners,
             upstreams,
             authenticators,
+            minter,
+            identity_header,
         })
     }
 

@@ -23,6 +23,8 @@ pub enum Phase {
     Route,
     /// Credentials were missing or did not pass.
     Authenticate,
+    /// Preparing the request for the upstream (signing its identity) failed.
+    Mutate,
     /// The upstream failed or no endpoint was available.
     Forward,
 }

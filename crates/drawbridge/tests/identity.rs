@@ -535,3 +535,185 @@ async fn keys_are_fetched_over_https_with_a_configured_ca() {
     );
     assert_eq!(up.count(), 1);
 }
+
+/// Verifies `token` with jose (Node.js), against the JWK Set at `jwks_url`; the payload, or
+/// why not.
+async fn verify_with_jose(
+    jwks_url: &str,
+    iss: &str,
+    aud: &str,
+    token: &str,
+) -> Result<Value, String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/jose").exists(),
+        "jose is not installed: run `npm ci` in {dir} (scripts/test.sh does)"
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{dir}/verify-jwt.mjs"))
+        .args([jwks_url, iss, aud, token])
+        .output()
+        .await
+        .expect("node runs");
+    if out.status.success() {
+        let line: Value = serde_json::from_slice(&out.stdout).expect("json");
+        Ok(line["payload"].clone())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_upstream_gets_an_identity_it_can_verify_with_any_jwt_library() {
+    let up = RecordingUpstream::start().await;
+    let key = SigningKey::generate(KeyType::Rsa, "k1");
+    let (_d, source) = jwks_file(&jwks(&[&key]));
+    let h = Harness::start(&jwt_config(&up, &source, "")).await;
+    let token = key.sign(&claims());
+    assert_eq!(bearer(&h.url("/a"), &token).await.status, StatusCode::OK);
+    assert_eq!(bearer(&h.url("/b"), &token).await.status, StatusCode::OK);
+    let seen = up.received();
+    let assertion = seen[0]
+        .header("x-drawbridge-identity")
+        .expect("identity assertion")
+        .to_string();
+    // One caller, one upstream: the assertion is reused while it is fresh.
+    assert_eq!(
+        seen[1].header("x-drawbridge-identity"),
+        Some(assertion.as_str())
+    );
+
+    let jwks_url = h.url("/.drawbridge/jwks.json");
+    let r = get(&jwks_url).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/jwk-set+json")
+    );
+    let doc: Value = serde_json::from_str(&r.body).expect("jwks json");
+    assert_eq!(doc["keys"][0]["kty"], "EC");
+    assert!(
+        doc["keys"][0].get("d").is_none(),
+        "no private part published"
+    );
+
+    let payload = verify_with_jose(&jwks_url, "drawbridge", "app", &assertion)
+        .await
+        .expect("the assertion verifies");
+    assert_eq!(payload["sub"], "alice");
+    assert_eq!(payload["kind"], "user");
+    assert_eq!(payload["authn"], "corp");
+    assert_eq!(payload["idp"], ISS);
+    assert_eq!(payload["groups"], json!(["eng"]));
+    assert_eq!(payload["attrs"], json!({"tenant": "acme"}));
+    assert_eq!(payload["amr"], json!(["jwt"]));
+    let (iat, exp) = (
+        payload["iat"].as_i64().unwrap(),
+        payload["exp"].as_i64().unwrap(),
+    );
+    assert_eq!(exp - iat, 60, "60 s lifetime by default");
+    assert!((iat - now()).abs() <= 5);
+    // Bound to its upstream: another audience refuses it.
+    let err = verify_with_jose(&jwks_url, "drawbridge", "billing", &assertion)
+        .await
+        .expect_err("wrong audience");
+    assert!(err.contains("aud"), "{err}");
+    // And a tampered one does not verify.
+    let mut parts: Vec<String> = assertion.split('.').map(String::from).collect();
+    parts[1] =
+        encode_part(&json!({"iss": "drawbridge", "aud": "app", "sub": "admin", "exp": now() + 60}));
+    assert!(
+        verify_with_jose(&jwks_url, "drawbridge", "app", &parts.join("."))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn per_request_eddsa_assertions_carry_the_request_id() {
+    let up = RecordingUpstream::start().await;
+    let key = SigningKey::generate(KeyType::P256, "k1");
+    let (_d, source) = jwks_file(&jwks(&[&key]));
+    let cfg = jwt_config(&up, &source, "").replace(
+        SERVER_END,
+        &format!("{SERVER_END}\n\n[identity]\nissuer = \"https://gw.test\"\nalgorithm = \"EdDSA\"\nlifetime = \"30s\"\nper_request = true"),
+    );
+    let h = Harness::start(&cfg).await;
+    let token = key.sign(&claims());
+    for _ in 0..2 {
+        assert_eq!(bearer(&h.url("/"), &token).await.status, StatusCode::OK);
+    }
+    let seen = up.received();
+    let a: Vec<&str> = seen
+        .iter()
+        .map(|r| r.header("x-drawbridge-identity").expect("assertion"))
+        .collect();
+    assert_ne!(a[0], a[1], "one assertion per request");
+    for (r, assertion) in seen.iter().zip(&a) {
+        let payload = verify_with_jose(
+            &h.url("/.drawbridge/jwks.json"),
+            "https://gw.test",
+            "app",
+            assertion,
+        )
+        .await
+        .expect("verifies");
+        assert_eq!(payload["rid"].as_str(), r.header("x-request-id"));
+        assert_eq!(
+            payload["exp"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
+            30
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_sent_identity_headers_never_reach_the_upstream() {
+    let up = RecordingUpstream::start().await;
+    let key = SigningKey::generate(KeyType::Rsa, "k1");
+    let (_d, source) = jwks_file(&jwks(&[&key]));
+    let cfg = jwt_config(&up, &source, "identity_headers = true").replace(
+        SERVER_END,
+        &format!("{SERVER_END}\n\n[identity]\nheader = \"X-Identity\""),
+    ) + "\n[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"app\"\npublic = true\n";
+    let h = Harness::start(&cfg).await;
+    let token = key.sign(&with(claims(), "groups", json!(["eng", "a,b", "ops"])));
+    let auth = format!("Bearer {token}");
+    let forged = [
+        ("x-identity", "forged"),
+        ("x-drawbridge-identity", "forged"),
+        ("x-drawbridge-user", "admin"),
+        ("X_Drawbridge_User", "admin"),
+        ("x-drawbridge-groups", "admins"),
+    ];
+    let mut with_auth: Vec<(&str, &str)> = forged.to_vec();
+    with_auth.push(("authorization", &auth));
+    assert_eq!(
+        get_with(&h.url("/api"), &with_auth).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&h.url("/open"), &forged).await.status,
+        StatusCode::OK
+    );
+    let seen = up.received();
+    let authed = &seen[0];
+    assert_ne!(authed.header("x-identity"), Some("forged"));
+    assert!(
+        authed
+            .header("x-identity")
+            .is_some_and(|v| v.split('.').count() == 3)
+    );
+    assert_eq!(authed.header("x-drawbridge-identity"), None);
+    assert_eq!(authed.header("x-drawbridge-user"), Some("alice"));
+    assert_eq!(authed.header("x_drawbridge_user"), None);
+    // A group that would read as two is left out.
+    assert_eq!(authed.header("x-drawbridge-groups"), Some("eng,ops"));
+    let public = &seen[1];
+    for (name, _) in forged {
+        assert_eq!(
+            public.header(&name.to_ascii_lowercase()),
+            None,
+            "{name} on a public route"
+        );
+    }
+}

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
 use super::{Cx, sorted};
@@ -320,6 +320,81 @@ impl Cx<'_> {
                 }
                 parsed.map(|p| JwksSource::Url(JwksUrl { ca, ..p }))
             }
+        }
+    }
+
+    pub(super) fn identity(&mut self, raw: Option<&Spanned<RawIdentity>>) -> IdentityAssertion {
+        let default = RawIdentity::default();
+        let i = raw.map_or(&default, Spanned::get_ref);
+        let algorithm = match i.algorithm.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("ES256") => AssertionAlgorithm::Es256,
+            Some("EdDSA") => AssertionAlgorithm::EdDsa,
+            Some(other) => {
+                let span = i.algorithm.as_ref().map_or(0, |a| a.span().start);
+                self.r.error_help(
+                    span,
+                    "identity.algorithm",
+                    format!("Drawbridge does not sign with `{other}`"),
+                    "use `ES256` or `EdDSA`",
+                );
+                AssertionAlgorithm::Es256
+            }
+        };
+        let key = i.key_file.as_ref().and_then(|f| {
+            self.read_pem("identity.key_file", f, |bytes| {
+                match PrivateKeyDer::from_pem_slice(bytes).map_err(|e| e.to_string())? {
+                    PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+                    _ => Err("the key must be PKCS#8 (`BEGIN PRIVATE KEY`); convert it with `openssl pkcs8 -topk8 -nocrypt`".into()),
+                }
+            })
+            .map(|k| (self.base.join(f.get_ref()), k))
+        });
+        let header = match &i.header {
+            None => "x-drawbridge-identity".to_string(),
+            Some(h) => {
+                let lower = h.get_ref().to_ascii_lowercase();
+                let valid = !lower.is_empty()
+                    && lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                let reserved = matches!(
+                    lower.as_str(),
+                    "host"
+                        | "connection"
+                        | "content-length"
+                        | "transfer-encoding"
+                        | "te"
+                        | "upgrade"
+                        | "cookie"
+                        | "x-forwarded-for"
+                        | "x-request-id"
+                );
+                if !valid || reserved {
+                    self.r.error_help(
+                        h.span().start,
+                        "identity.header",
+                        format!("`{}` cannot carry the identity assertion", h.get_ref()),
+                        "use a header name of its own, such as `X-Drawbridge-Identity` or `Authorization`",
+                    );
+                }
+                lower
+            }
+        };
+        IdentityAssertion {
+            issuer: i
+                .issuer
+                .as_ref()
+                .map_or_else(|| "drawbridge".to_string(), |s| s.get_ref().clone()),
+            algorithm,
+            key,
+            lifetime: self.duration(
+                "identity.lifetime",
+                i.lifetime.as_ref(),
+                Duration::from_secs(60),
+            ),
+            header,
+            per_request: i.per_request.unwrap_or(false),
+            location: self.r.locate(raw.map_or(0, |r| r.span().start)),
         }
     }
 
