@@ -34,6 +34,7 @@ pub(crate) fn compile(
     let mut cx = Cx {
         r: Reporter::new(file, source),
         base,
+        files: Vec::new(),
     };
 
     let server = cx.server(&raw.server);
@@ -107,9 +108,19 @@ pub(crate) fn compile(
     let identity = cx.identity(raw.identity.as_ref());
 
     cx.r.finish()?;
+    let version = if cx.files.is_empty() {
+        version
+    } else {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        version.hash(&mut h);
+        cx.files.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
     Ok(Config {
         source: file.to_path_buf(),
         version,
+        files: cx.files.into_iter().map(|(p, _)| p).collect(),
         server,
         listeners,
         upstreams,
@@ -129,6 +140,9 @@ struct Names<'a> {
 struct Cx<'a> {
     r: Reporter<'a>,
     base: PathBuf,
+    /// Files besides the config that make it up (key sets, keys files), with their
+    /// contents' hash: part of the version, and watched for reload.
+    files: Vec<(PathBuf, u64)>,
 }
 
 impl Cx<'_> {

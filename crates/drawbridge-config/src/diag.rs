@@ -123,6 +123,11 @@ impl<'a> Reporter<'a> {
         });
     }
 
+    /// Takes in problems found in another file (a keys file the config names).
+    pub(crate) fn absorb(&mut self, other: Diagnostics) {
+        self.found.extend(other.0);
+    }
+
     pub(crate) fn finish(self) -> Result<(), Diagnostics> {
         if self.found.is_empty() {
             Ok(())

@@ -50,7 +50,12 @@ pub fn parse(path: &Path, source: &str) -> Result<Config, Diagnostics> {
     compile::compile(path, source, raw, version)
 }
 
-fn deserialize(path: &Path, source: &str) -> Result<raw::RawConfig, Diagnostics> {
+/// Reads `source` (from `path`) as `T`, reporting a syntax error or the first field that
+/// does not fit with its file, line and field path.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    source: &str,
+) -> Result<T, Diagnostics> {
     let fail = |span: Option<std::ops::Range<usize>>, field: String, message: String| {
         let mut r = diag::Reporter::new(path, source);
         r.error(span.map_or(0, |s| s.start), field, message);

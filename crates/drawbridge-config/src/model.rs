@@ -14,8 +14,12 @@ use crate::Location;
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,
-    /// A hash of the file's bytes, shown as the config version.
+    /// A hash of the file's bytes and of the files it names (key sets, keys files), shown as
+    /// the config version.
     pub version: String,
+    /// Files the configuration reads besides itself (JWK Sets, API keys): a reload follows
+    /// their changes too.
+    pub files: Vec<PathBuf>,
     /// Process-wide settings.
     pub server: Server,
     /// Where Drawbridge accepts connections.
@@ -332,7 +336,50 @@ pub struct Authenticator {
 #[derive(Debug, Clone)]
 pub enum AuthenticatorKind {
     /// Bearer JWTs from one issuer (`type = "jwt"`).
-    Jwt(JwtIssuer),
+    Jwt(Box<JwtIssuer>),
+    /// API keys from a keys file (`type = "api_key"`).
+    ApiKey(ApiKeys),
+}
+
+/// API keys: who holds which key, stored as an HMAC of the key under a server secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeys {
+    /// Where clients put the key.
+    pub header: ApiKeyHeader,
+    /// The HMAC key the stored hashes were made with.
+    pub secret: Vec<u8>,
+    /// The keys file, for messages.
+    pub keys_file: PathBuf,
+    /// The keys.
+    pub keys: Vec<ApiKeyEntry>,
+}
+
+/// Where an API key travels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyHeader {
+    /// `Authorization: ApiKey <key>`.
+    Authorization,
+    /// A header of its own (`X-Api-Key: <key>`), lower-case.
+    Named(String),
+}
+
+/// One API key as the keys file holds it: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyEntry {
+    /// The key's public id (the part after `dbk_`).
+    pub id: String,
+    /// What the key is for, shown in logs.
+    pub name: String,
+    /// The principal's id; `name` by default.
+    pub principal: String,
+    /// HMAC-SHA256 of the whole key under the server secret.
+    pub hash: [u8; 32],
+    /// When the key stops working, Unix seconds.
+    pub expires: Option<u64>,
+    /// Groups of the principal.
+    pub groups: Vec<String>,
+    /// Attributes of the principal.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// One JWT issuer and how its tokens are checked.

@@ -151,6 +151,31 @@ pub(crate) struct RawAuthenticator {
     pub claims: Option<Spanned<RawClaims>>,
     pub cache: Option<Spanned<bool>>,
     pub cache_size: Option<Spanned<i64>>,
+    pub keys_file: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+}
+
+/// An API keys file: `[[keys]]` entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKeysFile {
+    #[serde(default)]
+    pub keys: Vec<Spanned<RawApiKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApiKey {
+    pub id: Spanned<String>,
+    pub name: Spanned<String>,
+    pub principal: Option<Spanned<String>>,
+    pub hash: Spanned<String>,
+    pub expires: Option<Spanned<String>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

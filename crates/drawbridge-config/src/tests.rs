@@ -210,7 +210,9 @@ fn a_jwt_authenticator_compiles_with_safe_defaults() {
         route("authenticate = [\"corp\"]")
     ))
     .expect("valid");
-    let AuthenticatorKind::Jwt(j) = &cfg.authenticators[0].kind;
+    let AuthenticatorKind::Jwt(j) = &cfg.authenticators[0].kind else {
+        panic!("a jwt authenticator")
+    };
     assert_eq!(j.algorithms, ["RS256", "ES256"]);
     assert_eq!(j.claims.id, "sub");
     assert!(j.cache);
@@ -399,4 +401,53 @@ fn identity_settings_default_and_are_checked() {
         route("public = true\nidentity_headers = true")
     ));
     assert_eq!(e[0].field, "routes[0].identity_headers");
+}
+
+#[test]
+fn api_key_files_are_checked_against_their_own_lines() {
+    let dir = std::env::temp_dir().join(format!("drawbridge-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("s.secret"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(
+        dir.join("keys.toml"),
+        "[[keys]]\nid = \"00112233445566zz\"\nname = \"a\"\nhash = \"00\"\n\n[[keys]]\nid = \"0011223344556677\"\nname = \"b\"\nhash = \"nothex\"\n",
+    )
+    .unwrap();
+    let src = format!(
+        "{BASE}\n[[authenticators]]\nname = \"scripts\"\ntype = \"api_key\"\nkeys_file = \"keys.toml\"\nsecret_file = \"s.secret\"\nissuer = \"x\"\n{}",
+        route("authenticate = [\"scripts\"]")
+    );
+    let e = parse(&dir.join("drawbridge.toml"), &src).expect_err("invalid");
+    let found: Vec<(String, usize, &str)> =
+        e.0.iter()
+            .map(|d| {
+                (
+                    d.location
+                        .file
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    d.location.line,
+                    d.field.as_str(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "drawbridge.toml".to_string(),
+                15,
+                "authenticators[0].issuer"
+            ),
+            ("keys.toml".to_string(), 2, "keys[0].id"),
+            ("keys.toml".to_string(), 9, "keys[1].hash"),
+        ]
+    );
+    std::fs::write(dir.join("s.secret"), "short").unwrap();
+    let src = src.replace("issuer = \"x\"\n", "");
+    let e = parse(&dir.join("drawbridge.toml"), &src).expect_err("invalid");
+    assert_eq!(e.0[0].field, "authenticators[0].secret_file");
+    let _ = std::fs::remove_dir_all(&dir);
 }

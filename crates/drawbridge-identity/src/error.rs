@@ -61,6 +61,9 @@ pub enum Refusal {
     /// A required claim is missing or has the wrong type.
     #[error("token: claim `{0}` missing or invalid")]
     Claim(String),
+    /// An API key that is malformed, unknown, wrong or expired.
+    #[error("api key: {0}")]
+    ApiKey(&'static str),
     /// `exp` lies further from `iat` (or now) than the issuer allows.
     #[error("token: lifetime exceeds the maximum of {0}s")]
     Lifetime(u64),

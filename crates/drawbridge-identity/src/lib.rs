@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apikey;
 mod assertion;
 mod authn;
 mod cache;
@@ -16,8 +17,9 @@ mod jwks;
 mod jwt;
 mod principal;
 
+pub use apikey::ApiKeyAuthenticator;
 pub use assertion::{AssertionCache, Minter};
-pub use authn::{Authenticator, Credentials, authenticate};
+pub use authn::{Authenticator, Credentials, Scheme, authenticate};
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};

@@ -55,6 +55,8 @@ impl Principal {
 pub enum AuthMethod {
     /// A bearer JWT.
     Jwt,
+    /// An API key.
+    ApiKey,
 }
 
 impl AuthMethod {
@@ -62,6 +64,7 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "api_key",
         }
     }
 }

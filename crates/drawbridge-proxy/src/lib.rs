@@ -161,6 +161,11 @@ impl Proxy {
         self.shared.snapshot.load().version.clone()
     }
 
+    /// The files besides the config file that the configuration in force reads.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.shared.snapshot.load().files.clone()
+    }
+
     /// The config file this proxy was started with.
     pub fn config_path(&self) -> &Path {
         &self.config_path

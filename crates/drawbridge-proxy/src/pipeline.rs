@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Record, RequestBody, ResponseBody};
 use crate::forward::{self, Forwarded, Outgoing};
-use crate::rescue::{self, ProxyError};
+use crate::rescue::{self, ProxyError, Schemes};
 use crate::route::Match;
 use crate::sanitize::{self, NormalPath};
 use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
@@ -203,9 +203,11 @@ async fn run(
         Admission::Authenticated {
             pass_credentials, ..
         } => {
-            let creds = Credentials::from_headers(req.headers())?;
-            let principal =
-                drawbridge_identity::authenticate(&route.authenticators, &creds).await?;
+            let refused = |e| ProxyError::Unauthenticated(e, Schemes::of(&route.authenticators));
+            let creds = Credentials::from_headers(req.headers()).map_err(refused)?;
+            let principal = drawbridge_identity::authenticate(&route.authenticators, &creds)
+                .await
+                .map_err(refused)?;
             event.principal = Some(format!("{}:{}", principal.authenticator, principal.id));
             (*pass_credentials, Some(principal))
         }
@@ -246,6 +248,11 @@ async fn run(
     if !pass_credentials {
         // The upstream gets Drawbridge's word for who is calling, never the credential.
         headers.remove(header::AUTHORIZATION);
+        for a in &route.authenticators {
+            if let Some(h) = a.credential_header() {
+                headers.remove(h);
+            }
+        }
     }
     // Only Drawbridge speaks in the identity header (the `x-drawbridge-` ones went in
     // sanitize; a configured name may be outside that namespace).

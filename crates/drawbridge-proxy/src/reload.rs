@@ -33,6 +33,11 @@ pub async fn run(proxy: Arc<Proxy>, watch: bool) {
             }
         });
     }
+    if watched.is_some() {
+        // A change made between loading the config and installing the watcher would go
+        // unnoticed until the next one: look once now.
+        let _ = tx.try_send("watch started");
+    }
     drop(tx);
     while let Some(cause) = rx.recv().await {
         // Editors and ConfigMap swaps write in several steps: let them settle.
@@ -57,6 +62,8 @@ pub async fn run(proxy: Arc<Proxy>, watch: bool) {
 struct Watched {
     watcher: notify::RecommendedWatcher,
     target_dir: Option<PathBuf>,
+    /// Directories of the other files the configuration reads (JWK Sets, API keys).
+    file_dirs: std::collections::HashSet<PathBuf>,
 }
 
 impl Watched {
@@ -83,13 +90,28 @@ impl Watched {
         let mut w = Watched {
             watcher,
             target_dir: None,
+            file_dirs: Default::default(),
         };
         w.follow_target(proxy);
         Some(w)
     }
 
-    /// Watches the directory the config file currently resolves to, if it differs.
+    /// Watches the directory the config file currently resolves to, if it differs, and the
+    /// directories of the files it names.
     fn follow_target(&mut self, proxy: &Proxy) {
+        let config_dir = parent(proxy.config_path());
+        for dir in proxy.files().iter().map(|f| parent(f)) {
+            if dir != config_dir && !self.file_dirs.contains(&dir) {
+                match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        self.file_dirs.insert(dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a directory the config reads from; reload with SIGHUP")
+                    }
+                }
+            }
+        }
         let path = proxy.config_path();
         let target = std::fs::canonicalize(path).ok().map(|p| parent(&p));
         let own = std::fs::canonicalize(parent(path)).ok();

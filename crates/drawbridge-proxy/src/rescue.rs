@@ -35,7 +35,7 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     /// The caller's credentials are missing, malformed or refused.
     #[error("authentication: {0}")]
-    Unauthenticated(#[from] drawbridge_identity::AuthError),
+    Unauthenticated(drawbridge_identity::AuthError, Schemes),
     /// Every endpoint is ejected.
     #[error("no healthy endpoint")]
     NoHealthyEndpoint,
@@ -63,8 +63,8 @@ impl ProxyError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unauthenticated(AuthError::Malformed(_)) => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(AuthError::Malformed(_), _) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -78,7 +78,7 @@ impl ProxyError {
             Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
             Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8,             // RESOURCE_EXHAUSTED
             Self::NoRoute | Self::MethodNotAllowed(_) => 12,              // UNIMPLEMENTED
-            Self::Unauthenticated(_) => 16,                               // UNAUTHENTICATED
+            Self::Unauthenticated(..) => 16,                              // UNAUTHENTICATED
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,       // INTERNAL
@@ -91,7 +91,7 @@ impl ProxyError {
             Self::UriTooLong(_) | Self::BodyTooLarge(_) | Self::BadRequest(_) => Phase::Parse,
             Self::Path(_) | Self::Framing(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
-            Self::Unauthenticated(_) => Phase::Authenticate,
+            Self::Unauthenticated(..) => Phase::Authenticate,
             Self::NoHealthyEndpoint
             | Self::UpstreamAtCapacity
             | Self::UpstreamFailed(_)
@@ -122,9 +122,9 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "request body too large",
             Self::NoRoute => "not found",
             Self::MethodNotAllowed(_) => "method not allowed",
-            Self::Unauthenticated(AuthError::Missing) => "authentication required",
-            Self::Unauthenticated(AuthError::Malformed(_)) => "malformed credentials",
-            Self::Unauthenticated(AuthError::Invalid(_)) => "invalid credentials",
+            Self::Unauthenticated(AuthError::Missing, _) => "authentication required",
+            Self::Unauthenticated(AuthError::Malformed(_), _) => "malformed credentials",
+            Self::Unauthenticated(AuthError::Invalid(_), _) => "invalid credentials",
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => "service unavailable",
             Self::UpstreamFailed(_) => "bad gateway",
             Self::UpstreamTimeout(_) => "gateway timeout",
@@ -169,8 +169,10 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
         {
             h.insert(header::ALLOW, v);
         }
-        if let ProxyError::Unauthenticated(e) = err {
-            h.insert(header::WWW_AUTHENTICATE, challenge(e));
+        if let ProxyError::Unauthenticated(e, schemes) = err {
+            for c in challenges(e, *schemes) {
+                h.append(header::WWW_AUTHENTICATE, c);
+            }
         }
         res
     };
@@ -184,18 +186,51 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
     res
 }
 
-/// The RFC 6750 challenge: which check failed is never said, only whether credentials
-/// were missing, malformed or not accepted.
-fn challenge(e: &AuthError) -> HeaderValue {
-    HeaderValue::from_static(match e {
-        AuthError::Missing => "Bearer realm=\"drawbridge\"",
+/// The schemes a refused request is challenged with: those of the route's authenticators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Schemes {
+    /// Bearer tokens (RFC 6750).
+    pub bearer: bool,
+    /// API keys.
+    pub api_key: bool,
+}
+
+impl Schemes {
+    /// The schemes of `authenticators`.
+    pub fn of(authenticators: &[std::sync::Arc<drawbridge_identity::Authenticator>]) -> Self {
+        let mut s = Schemes::default();
+        for a in authenticators {
+            match a.scheme() {
+                drawbridge_identity::Scheme::Bearer => s.bearer = true,
+                drawbridge_identity::Scheme::ApiKey => s.api_key = true,
+            }
+        }
+        s
+    }
+}
+
+/// One challenge per scheme the route accepts (RFC 9110 §11.6.1). Which check failed is
+/// never said, only whether credentials were missing, malformed or not accepted.
+fn challenges(e: &AuthError, schemes: Schemes) -> Vec<HeaderValue> {
+    let detail = match e {
+        AuthError::Missing => "",
         AuthError::Malformed(_) => {
-            "Bearer realm=\"drawbridge\", error=\"invalid_request\", error_description=\"malformed credentials\""
+            ", error=\"invalid_request\", error_description=\"malformed credentials\""
         }
         AuthError::Invalid(_) => {
-            "Bearer realm=\"drawbridge\", error=\"invalid_token\", error_description=\"the access token is not valid\""
+            ", error=\"invalid_token\", error_description=\"the credentials are not valid\""
         }
-    })
+    };
+    let mut out = Vec::new();
+    if schemes.bearer {
+        out.push(format!("Bearer realm=\"drawbridge\"{detail}"));
+    }
+    if schemes.api_key {
+        out.push(format!("ApiKey realm=\"drawbridge\"{detail}"));
+    }
+    out.into_iter()
+        .filter_map(|c| HeaderValue::from_str(&c).ok())
+        .collect()
 }
 
 /// Whether a request is a gRPC call (answered with gRPC statuses).

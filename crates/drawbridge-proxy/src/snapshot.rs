@@ -12,8 +12,10 @@ use crate::upstream::UpstreamPool;
 
 /// A compiled configuration.
 pub struct Snapshot {
-    /// Hash of the config file, shown in logs.
+    /// Hash of the config file and the files it names, shown in logs.
     pub version: String,
+    /// The files besides the config file it was compiled from.
+    pub files: Vec<std::path::PathBuf>,
     /// Process-wide settings.
     pub server: Server,
     /// Listeners in config order.
@@ -187,6 +189,7 @@ impl Snapshot {
         Ok(Snapshot {
             route_count: config.routes.len(),
             version: config.version,
+            files: config.files,
             server: config.server,
             listeners,
             upstreams,

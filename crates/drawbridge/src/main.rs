@@ -1,6 +1,7 @@
 //! `drawbridge`: the identity-aware access proxy. A thin CLI over the library crates.
 #![forbid(unsafe_code)]
 
+mod apikey;
 mod demo;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request; glibc's malloc
@@ -35,6 +36,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Make API keys and the server secret they are hashed with.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Run a self-contained demo: Drawbridge in front of a built-in sample upstream.
     Demo {
         /// Where the demo proxy listens.
@@ -43,11 +49,59 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Print a new key once, and the entry (its HMAC, never the key) for the keys file.
+    New {
+        /// What the key is for; also the principal's id unless `--principal` says otherwise.
+        #[arg(long)]
+        name: String,
+        /// The server secret the authenticator hashes keys with (its `secret_file`).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The principal's id.
+        #[arg(long)]
+        principal: Option<String>,
+        /// A group of the principal; repeat for several.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+        /// An attribute of the principal, NAME=VALUE; repeat for several.
+        #[arg(long = "attribute")]
+        attributes: Vec<String>,
+    },
+    /// Print a new random server secret, for an authenticator's `secret_file`.
+    Secret,
+}
+
 fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Apikey {
+            command: ApikeyCommand::Secret,
+        } => apikey::secret(),
+        Command::Apikey {
+            command:
+                ApikeyCommand::New {
+                    name,
+                    secret_file,
+                    principal,
+                    groups,
+                    expires,
+                    attributes,
+                },
+        } => apikey::new(apikey::NewArgs {
+            name: &name,
+            secret_file: &secret_file,
+            principal: principal.as_deref(),
+            groups: &groups,
+            expires: expires.as_deref(),
+            attributes: &attributes,
+        }),
         Command::Serve { config } => runtime().block_on(serve(config)),
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
     }

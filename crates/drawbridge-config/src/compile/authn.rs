@@ -30,13 +30,21 @@ impl Cx<'_> {
         let a = raw.get_ref();
         self.name(&format!("{at}.name"), &a.name);
         let kind = match a.kind.get_ref().as_str() {
-            "jwt" => self.jwt(&at, a).map(AuthenticatorKind::Jwt),
+            "jwt" => {
+                self.only_for(&at, a, "jwt");
+                self.jwt(&at, a)
+                    .map(|j| AuthenticatorKind::Jwt(Box::new(j)))
+            }
+            "api_key" => {
+                self.only_for(&at, a, "api_key");
+                self.api_keys(&at, a).map(AuthenticatorKind::ApiKey)
+            }
             other => {
                 self.r.error_help(
                     a.kind.span().start,
                     format!("{at}.type"),
                     format!("unknown authenticator type `{other}`"),
-                    "use `jwt`",
+                    "use `jwt` or `api_key`",
                 );
                 None
             }
@@ -180,6 +188,304 @@ impl Cx<'_> {
         })
     }
 
+    /// Notes a file the configuration is made of (never a secret: only its hash is kept).
+    fn read_file(&mut self, path: &std::path::Path, bytes: &[u8]) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        self.files.push((path.to_path_buf(), h.finish()));
+    }
+
+    /// Reports fields set that belong to another authenticator type.
+    fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
+        let fields: [(&str, &str, Option<usize>); 20] = [
+            ("jwt", "issuer", a.issuer.as_ref().map(|s| s.span().start)),
+            (
+                "jwt",
+                "audiences",
+                a.audiences.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "algorithms",
+                a.algorithms.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_url",
+                a.jwks_url.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_file",
+                a.jwks_file.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_ca_file",
+                a.jwks_ca_file.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_refresh",
+                a.jwks_refresh.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_cooldown",
+                a.jwks_cooldown.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_grace",
+                a.jwks_grace.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "jwks_timeout",
+                a.jwks_timeout.as_ref().map(|s| s.span().start),
+            ),
+            ("jwt", "leeway", a.leeway.as_ref().map(|s| s.span().start)),
+            (
+                "jwt",
+                "max_lifetime",
+                a.max_lifetime.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "token_type",
+                a.token_type.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "jwt",
+                "principal",
+                a.principal.as_ref().map(|s| s.span().start),
+            ),
+            ("jwt", "claims", a.claims.as_ref().map(|s| s.span().start)),
+            ("jwt", "cache", a.cache.as_ref().map(|s| s.span().start)),
+            (
+                "jwt",
+                "cache_size",
+                a.cache_size.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "api_key",
+                "keys_file",
+                a.keys_file.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "api_key",
+                "secret_file",
+                a.secret_file.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "api_key",
+                "header",
+                a.header.as_ref().map(|s| s.span().start),
+            ),
+        ];
+        for (owner, field, at_offset) in fields {
+            if let Some(offset) = at_offset
+                && owner != kind
+            {
+                self.r.error_help(
+                    offset,
+                    format!("{at}.{field}"),
+                    format!("`{field}` belongs to `type = \"{owner}\"` authenticators"),
+                    "remove it, or declare a separate authenticator of that type",
+                );
+            }
+        }
+    }
+
+    fn api_keys(&mut self, at: &str, a: &RawAuthenticator) -> Option<ApiKeys> {
+        let start = a.name.span().start;
+        let header = match &a.header {
+            None => Some(ApiKeyHeader::Authorization),
+            Some(h) => {
+                let lower = h.get_ref().to_ascii_lowercase();
+                let valid = !lower.is_empty()
+                    && lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if lower == "authorization" {
+                    Some(ApiKeyHeader::Authorization)
+                } else if !valid || lower == "cookie" || lower == "host" {
+                    self.r.error_help(
+                        h.span().start,
+                        format!("{at}.header"),
+                        format!("`{}` cannot carry API keys", h.get_ref()),
+                        "use `Authorization` (scheme `ApiKey`) or a header of its own such as `X-Api-Key`",
+                    );
+                    None
+                } else {
+                    Some(ApiKeyHeader::Named(lower))
+                }
+            }
+        };
+        let secret = match &a.secret_file {
+            None => {
+                self.r.error_help(
+                    start,
+                    format!("{at}.secret_file"),
+                    "an `api_key` authenticator needs the server secret its keys are hashed with",
+                    "create one with `drawbridge apikey secret > apikeys.secret` and set `secret_file = \"apikeys.secret\"`",
+                );
+                None
+            }
+            Some(f) => {
+                let path = self.base.join(f.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if text.trim().len() >= 32 => Some(text.trim().as_bytes().to_vec()),
+                    Ok(_) => {
+                        self.r.error_help(
+                            f.span().start,
+                            format!("{at}.secret_file"),
+                            format!("`{}` holds fewer than 32 characters", path.display()),
+                            "create a secret with `drawbridge apikey secret`",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.r.error_help(
+                            f.span().start,
+                            format!("{at}.secret_file"),
+                            format!("cannot read `{}`: {e}", path.display()),
+                            "paths are relative to the config file's directory",
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let (keys_file, keys) = match &a.keys_file {
+            None => {
+                self.r.error_help(
+                    start,
+                    format!("{at}.keys_file"),
+                    "an `api_key` authenticator needs a `keys_file`",
+                    "make keys with `drawbridge apikey new` and list them in a keys file",
+                );
+                return None;
+            }
+            Some(f) => {
+                let path = self.base.join(f.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        self.read_file(&path, text.as_bytes());
+                        let keys = self.keys_file(&path, &text);
+                        (path, keys)
+                    }
+                    Err(e) => {
+                        self.r.error_help(
+                            f.span().start,
+                            format!("{at}.keys_file"),
+                            format!("cannot read `{}`: {e}", path.display()),
+                            "paths are relative to the config file's directory",
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(ApiKeys {
+            header: header?,
+            secret: secret?,
+            keys_file,
+            keys: keys?,
+        })
+    }
+
+    /// Checks a keys file; its problems are reported against its own lines.
+    fn keys_file(&mut self, path: &std::path::Path, text: &str) -> Option<Vec<ApiKeyEntry>> {
+        let raw: RawKeysFile = match crate::deserialize(path, text) {
+            Ok(r) => r,
+            Err(d) => {
+                self.r.absorb(d);
+                return None;
+            }
+        };
+        let mut r = crate::diag::Reporter::new(path, text);
+        let mut out = Vec::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        for (i, k) in raw.keys.iter().enumerate() {
+            let e = k.get_ref();
+            let at = format!("keys[{i}]");
+            let id = e.id.get_ref();
+            if id.len() != 16
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                r.error_help(
+                    e.id.span().start,
+                    format!("{at}.id"),
+                    format!("`{id}` is not a key id"),
+                    "copy the entry `drawbridge apikey new` printed",
+                );
+                continue;
+            }
+            if let Some(first) = ids.insert(id.clone(), i) {
+                r.error(
+                    e.id.span().start,
+                    format!("{at}.id"),
+                    format!("id `{id}` is already used by keys[{first}]"),
+                );
+            }
+            let hash = e.hash.get_ref();
+            let Some(hash) = decode_hex32(hash) else {
+                r.error_help(
+                    e.hash.span().start,
+                    format!("{at}.hash"),
+                    "not an HMAC-SHA256 (64 hex digits)",
+                    "copy the entry `drawbridge apikey new` printed",
+                );
+                continue;
+            };
+            let expires = match &e.expires {
+                None => None,
+                Some(x) => match humantime::parse_rfc3339_weak(x.get_ref()) {
+                    Ok(t) => Some(
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                    ),
+                    Err(err) => {
+                        r.error_help(
+                            x.span().start,
+                            format!("{at}.expires"),
+                            format!("`{}` is not a time: {err}", x.get_ref()),
+                            "write an RFC 3339 time such as `2027-01-31T00:00:00Z`",
+                        );
+                        continue;
+                    }
+                },
+            };
+            out.push(ApiKeyEntry {
+                id: id.clone(),
+                name: e.name.get_ref().clone(),
+                principal: e
+                    .principal
+                    .as_ref()
+                    .map_or_else(|| e.name.get_ref().clone(), |p| p.get_ref().clone()),
+                hash,
+                expires,
+                groups: e.groups.iter().map(|g| g.get_ref().clone()).collect(),
+                attributes: e
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                    .collect(),
+            });
+        }
+        match r.finish() {
+            Ok(()) => Some(out),
+            Err(d) => {
+                self.r.absorb(d);
+                None
+            }
+        }
+    }
+
     fn algorithms(
         &mut self,
         at: &str,
@@ -263,7 +569,10 @@ impl Cx<'_> {
                 }
                 let path = self.base.join(f.get_ref());
                 match std::fs::read(&path) {
-                    Ok(bytes) => Some(JwksSource::File { path, bytes }),
+                    Ok(bytes) => {
+                        self.read_file(&path, &bytes);
+                        Some(JwksSource::File { path, bytes })
+                    }
                     Err(e) => {
                         self.r.error_help(
                             f.span().start,
@@ -545,4 +854,15 @@ fn parse_url(s: &str) -> Result<JwksUrl, String> {
         path: path.to_string(),
         ca: None,
     })
+}
+
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
