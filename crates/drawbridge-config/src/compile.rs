@@ -103,6 +103,7 @@ pub(crate) fn compile(
         .filter_map(|(i, r)| cx.route(i, r, &names).map(|route| (i, route)))
         .collect();
     cx.unique("routes", raw.routes.iter().map(|r| &r.get_ref().name));
+    cx.mtls_routes(&routes, &raw, &listeners);
     cx.overlaps(&routes, &raw.routes);
 
     let identity = cx.identity(raw.identity.as_ref());
@@ -305,9 +306,11 @@ impl Cx<'_> {
                 });
             }
         }
+        let client_auth = self.client_auth(at, t);
         Some(Tls {
             certificates,
             min_version,
+            client_auth,
         })
     }
 
@@ -719,6 +722,37 @@ impl Cx<'_> {
             identity_headers,
             location: self.r.locate(start),
         })
+    }
+
+    /// A route that admits by client certificate must be served where one can be presented.
+    fn mtls_routes(&mut self, routes: &[(usize, Route)], raw: &RawConfig, listeners: &[Listener]) {
+        for (i, r) in routes {
+            let Admission::Authenticated { authenticators, .. } = &r.admission else {
+                continue;
+            };
+            let mtls = authenticators.iter().any(|&a| {
+                raw.authenticators
+                    .get(a)
+                    .is_some_and(|a| a.get_ref().kind.get_ref() == "mtls")
+            });
+            let served_with_certs = listeners.iter().enumerate().any(|(li, l)| {
+                r.listeners.as_ref().is_none_or(|ls| ls.contains(&li))
+                    && l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())
+            });
+            if mtls && !served_with_certs {
+                let span = raw.routes[*i]
+                    .get_ref()
+                    .authenticate
+                    .as_ref()
+                    .map_or(raw.routes[*i].span().start, |a| a.span().start);
+                self.r.error_help(
+                    span,
+                    format!("routes[{i}].authenticate"),
+                    "an `mtls` authenticator, but no listener of this route asks for client certificates",
+                    "set `client_ca_file` in the `[listeners.tls]` of a listener that serves the route",
+                );
+            }
+        }
     }
 
     fn route_path(&mut self, field: &str, p: &Spanned<String>) -> Option<String> {

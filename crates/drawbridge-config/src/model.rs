@@ -125,6 +125,17 @@ pub struct Tls {
     pub certificates: Vec<Certificate>,
     /// Lowest protocol version accepted.
     pub min_version: TlsVersion,
+    /// Client certificates: asked for, and checked against these CAs.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// How a listener asks for client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// CAs a client certificate must chain to.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Refuse the handshake without one (`require`), or let the route decide (`request`).
+    pub required: bool,
 }
 
 /// Lowest accepted TLS version.
@@ -339,6 +350,16 @@ pub enum AuthenticatorKind {
     Jwt(Box<JwtIssuer>),
     /// API keys from a keys file (`type = "api_key"`).
     ApiKey(ApiKeys),
+    /// Client certificates verified by the listener (`type = "mtls"`).
+    Mtls(MtlsIdentity),
+}
+
+/// Workload identity from a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsIdentity {
+    /// The trust domain: a SPIFFE id must be `spiffe://<trust_domain>/...`, a DNS name must
+    /// be `<trust_domain>` or end in `.<trust_domain>`.
+    pub trust_domain: String,
 }
 
 /// API keys: who holds which key, stored as an HMAC of the key under a server secret.

@@ -58,6 +58,8 @@ pub(crate) struct RawListener {
 pub(crate) struct RawTls {
     pub certificates: Vec<Spanned<RawCertificate>>,
     pub min_version: Option<Spanned<String>>,
+    pub client_ca_file: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,7 @@ pub(crate) struct RawAuthenticator {
     pub claims: Option<Spanned<RawClaims>>,
     pub cache: Option<Spanned<bool>>,
     pub cache_size: Option<Spanned<i64>>,
+    pub trust_domain: Option<Spanned<String>>,
     pub keys_file: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,

@@ -451,3 +451,31 @@ fn api_key_files_are_checked_against_their_own_lines() {
     assert_eq!(e.0[0].field, "authenticators[0].secret_file");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
+    let mtls = "\n[[authenticators]]\nname = \"mesh\"\ntype = \"mtls\"\ntrust_domain = \"prod.example.com\"\n";
+    let e = errors(&format!(
+        "{BASE}{mtls}{}",
+        route("authenticate = [\"mesh\"]")
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "routes[0].authenticate");
+    assert!(e[0].message.contains("client certificates"), "{}", e[0]);
+    let e = errors(&format!(
+        "{BASE}{}{}",
+        mtls.replace("prod.example.com", "spiffe://prod/x"),
+        route("public = true")
+    ));
+    assert_eq!(e[0].field, "authenticators[0].trust_domain");
+    let e = errors(&format!(
+        "{BASE}{}{}",
+        mtls.replace("trust_domain = \"prod.example.com\"", "issuer = \"x\""),
+        route("public = true")
+    ));
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["authenticators[0].issuer", "authenticators[0].trust_domain"]
+    );
+}

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, header};
 use crate::apikey::{self, ApiKeyAuthenticator};
 use crate::error::{AuthError, Refusal};
 use crate::jwt::{JwtAuthenticator, peek_issuer};
+use crate::mtls::{ClientCert, MtlsAuthenticator};
 use crate::principal::Principal;
 
 /// One configured authenticator, ready to check credentials.
@@ -19,6 +20,8 @@ pub enum Authenticator {
     Jwt(JwtAuthenticator),
     /// API keys of one keys file.
     ApiKey(ApiKeyAuthenticator),
+    /// Client certificates in one trust domain.
+    Mtls(MtlsAuthenticator),
 }
 
 impl Authenticator {
@@ -29,6 +32,7 @@ impl Authenticator {
             AuthenticatorKind::ApiKey(k) => {
                 ApiKeyAuthenticator::new(&config.name, k).map(Self::ApiKey)
             }
+            AuthenticatorKind::Mtls(m) => Ok(Self::Mtls(MtlsAuthenticator::new(&config.name, m))),
         }
     }
 
@@ -37,6 +41,7 @@ impl Authenticator {
         match self {
             Self::Jwt(j) => j.name(),
             Self::ApiKey(k) => k.name(),
+            Self::Mtls(m) => m.name(),
         }
     }
 
@@ -47,6 +52,7 @@ impl Authenticator {
             && match (self, &config.kind) {
                 (Self::Jwt(j), AuthenticatorKind::Jwt(c)) => j.config() == &**c,
                 (Self::ApiKey(k), AuthenticatorKind::ApiKey(c)) => k.config() == c,
+                (Self::Mtls(m), AuthenticatorKind::Mtls(c)) => m.config() == c,
                 _ => false,
             }
     }
@@ -58,11 +64,13 @@ impl Authenticator {
         }
     }
 
-    /// The challenge scheme a refusal names for it (`WWW-Authenticate`).
-    pub fn scheme(&self) -> Scheme {
+    /// The challenge scheme a refusal names for it (`WWW-Authenticate`); none for client
+    /// certificates, which are asked for by the TLS handshake, not by HTTP.
+    pub fn scheme(&self) -> Option<Scheme> {
         match self {
-            Self::Jwt(_) => Scheme::Bearer,
-            Self::ApiKey(_) => Scheme::ApiKey,
+            Self::Jwt(_) => Some(Scheme::Bearer),
+            Self::ApiKey(_) => Some(Scheme::ApiKey),
+            Self::Mtls(_) => None,
         }
     }
 
@@ -70,7 +78,7 @@ impl Authenticator {
     /// the request is forwarded.
     pub fn credential_header(&self) -> Option<&HeaderName> {
         match self {
-            Self::Jwt(_) => None,
+            Self::Jwt(_) | Self::Mtls(_) => None,
             Self::ApiKey(k) => k.header(),
         }
     }
@@ -94,6 +102,8 @@ pub struct Credentials<'a> {
     pub bearer: Option<&'a str>,
     /// The key of an `Authorization: ApiKey` header.
     pub api_key: Option<&'a str>,
+    /// The client certificate the connection presented, verified by the listener.
+    pub client_cert: Option<&'a ClientCert>,
 }
 
 impl<'a> Credentials<'a> {
@@ -105,6 +115,7 @@ impl<'a> Credentials<'a> {
             headers,
             bearer: None,
             api_key: None,
+            client_cert: None,
         };
         let mut auth = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = auth.next() else {
@@ -134,6 +145,14 @@ impl<'a> Credentials<'a> {
         }
         creds.bearer = Some(token);
         Ok(creds)
+    }
+}
+
+impl<'a> Credentials<'a> {
+    /// Adds the connection's verified client certificate.
+    pub fn with_client_cert(mut self, cert: Option<&'a ClientCert>) -> Self {
+        self.client_cert = cert;
+        self
     }
 }
 
@@ -175,6 +194,7 @@ pub async fn authenticate(
             Authenticator::ApiKey(k) => k
                 .read(creds.headers, creds.api_key)?
                 .map(|key| k.verify(key)),
+            Authenticator::Mtls(m) => creds.client_cert.map(|c| m.verify(c)),
         };
         match outcome {
             Some(Ok(p)) => return Ok(p),

@@ -61,6 +61,9 @@ pub enum Refusal {
     /// A required claim is missing or has the wrong type.
     #[error("token: claim `{0}` missing or invalid")]
     Claim(String),
+    /// A client certificate whose names are outside the trust domain, or that expired.
+    #[error("client certificate: {0}")]
+    Certificate(String),
     /// An API key that is malformed, unknown, wrong or expired.
     #[error("api key: {0}")]
     ApiKey(&'static str),

@@ -15,6 +15,7 @@ mod error;
 mod fetch;
 mod jwks;
 mod jwt;
+mod mtls;
 mod principal;
 
 pub use apikey::ApiKeyAuthenticator;
@@ -23,6 +24,7 @@ pub use authn::{Authenticator, Credentials, Scheme, authenticate};
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
+pub use mtls::{ClientCert, MtlsAuthenticator};
 pub use principal::{AuthMethod, Principal};
 
 /// Seconds since the Unix epoch, the unit of JWT time claims.

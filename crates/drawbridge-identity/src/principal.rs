@@ -57,6 +57,8 @@ pub enum AuthMethod {
     Jwt,
     /// An API key.
     ApiKey,
+    /// A client certificate (mutual TLS).
+    Mtls,
 }
 
 impl AuthMethod {
@@ -65,6 +67,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Jwt => "jwt",
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }

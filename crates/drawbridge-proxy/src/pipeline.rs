@@ -42,6 +42,8 @@ pub struct ConnInfo {
     pub peer_label: Arc<str>,
     /// The peer's IP as a header value, made once per connection.
     pub peer_ip: HeaderValue,
+    /// The client certificate the TLS handshake verified, read once per connection.
+    pub client_cert: Option<drawbridge_identity::ClientCert>,
 }
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
@@ -204,7 +206,9 @@ async fn run(
             pass_credentials, ..
         } => {
             let refused = |e| ProxyError::Unauthenticated(e, Schemes::of(&route.authenticators));
-            let creds = Credentials::from_headers(req.headers()).map_err(refused)?;
+            let creds = Credentials::from_headers(req.headers())
+                .map_err(refused)?
+                .with_client_cert(conn.client_cert.as_ref());
             let principal = drawbridge_identity::authenticate(&route.authenticators, &creds)
                 .await
                 .map_err(refused)?;

@@ -201,8 +201,9 @@ impl Schemes {
         let mut s = Schemes::default();
         for a in authenticators {
             match a.scheme() {
-                drawbridge_identity::Scheme::Bearer => s.bearer = true,
-                drawbridge_identity::Scheme::ApiKey => s.api_key = true,
+                Some(drawbridge_identity::Scheme::Bearer) => s.bearer = true,
+                Some(drawbridge_identity::Scheme::ApiKey) => s.api_key = true,
+                None => {}
             }
         }
         s

@@ -110,15 +110,19 @@ async fn serve_connection(
     let tls = entry.tls.clone();
     drop(snapshot);
 
-    let conn = Arc::new(ConnInfo {
-        listener: index,
-        peer,
-        tls: tls.is_some(),
-        peer_label: peer.to_string().into(),
-        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
-    });
-    let service = {
+    let is_tls = tls.is_some();
+    let info = |client_cert| {
+        Arc::new(ConnInfo {
+            listener: index,
+            peer,
+            tls: is_tls,
+            peer_label: peer.to_string().into(),
+            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            client_cert,
+        })
+    };
+    let service = |conn: Arc<ConnInfo>| {
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
@@ -135,7 +139,7 @@ async fn serve_connection(
             // head that did not arrive in time (hyper closes without a word).
             let spare = stream.as_fd().try_clone_to_owned().ok();
             let io = IdleIo::new(stream, limits.idle_timeout, &mid_request);
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None)));
             if let Err(e) = graceful.watch(c.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 if is_header_timeout(&*e) && mid_request.get() {
@@ -158,9 +162,24 @@ async fn serve_connection(
                         return;
                     }
                 };
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = tls_stream.get_ref().1;
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            // The handshake verified the chain; its names are read once, here.
+            let client_cert = match session.peer_certificates().and_then(|c| c.first()) {
+                None => None,
+                Some(leaf) => match drawbridge_identity::ClientCert::from_der(leaf) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "unreadable client certificate");
+                        return;
+                    }
+                },
+            };
             let builder = if h2 { builder.http2_only() } else { builder };
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+            let c = builder.serve_connection_with_upgrades(
+                TokioIo::new(tls_stream),
+                service(info(client_cert)),
+            );
             if let Err(e) = graceful.watch(c.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -47,26 +47,61 @@ pub fn server_config(tls: &Tls, http2: bool) -> Result<Arc<rustls::ServerConfig>
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let location = || {
+        tls.certificates
+            .first()
+            .map(|c| c.location.clone())
+            .unwrap_or_else(dummy_location)
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| Diagnostic {
-            location: tls
-                .certificates
-                .first()
-                .map(|c| c.location.clone())
-                .unwrap_or_else(dummy_location),
+            location: location(),
             field: "tls".into(),
             message: e.to_string(),
             help: None,
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        })?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = client_verifier(ca, provider).map_err(|message| Diagnostic {
+                location: location(),
+                field: "tls.client_ca_file".into(),
+                message,
+                help: None,
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(Arc::new(cfg))
+}
+
+/// Checks client certificates against the listener's CAs, their validity period included;
+/// with `request`, a client may present none and the routes decide.
+fn client_verifier(
+    ca: &drawbridge_config::ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &ca.roots {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("CA certificate rejected: {e}"))?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if ca.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| e.to_string())
 }
 
 fn dummy_location() -> drawbridge_config::Location {

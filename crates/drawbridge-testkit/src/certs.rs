@@ -1,6 +1,9 @@
 //! Throwaway certificates: a CA and leaf certificates it signs, as PEM.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 
 /// A certificate authority for tests.
 pub struct TestCa {
@@ -29,6 +32,36 @@ impl TestCa {
         Self {
             cert_pem: cert.pem(),
             issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate naming `sans`: `spiffe://...` and other URIs as URI SANs, the
+    /// rest as DNS SANs; `expired` makes one whose validity ended in 2020.
+    pub fn client(&self, sans: &[&str], expired: bool) -> Leaf {
+        let key = KeyPair::generate().expect("key generation");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test client");
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| {
+                if s.contains("://") {
+                    SanType::URI((*s).try_into().expect("uri"))
+                } else {
+                    SanType::DnsName((*s).try_into().expect("dns name"))
+                }
+            })
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 

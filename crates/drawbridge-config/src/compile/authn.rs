@@ -39,12 +39,16 @@ impl Cx<'_> {
                 self.only_for(&at, a, "api_key");
                 self.api_keys(&at, a).map(AuthenticatorKind::ApiKey)
             }
+            "mtls" => {
+                self.only_for(&at, a, "mtls");
+                self.mtls(&at, a).map(AuthenticatorKind::Mtls)
+            }
             other => {
                 self.r.error_help(
                     a.kind.span().start,
                     format!("{at}.type"),
                     format!("unknown authenticator type `{other}`"),
-                    "use `jwt` or `api_key`",
+                    "use `jwt`, `api_key` or `mtls`",
                 );
                 None
             }
@@ -198,7 +202,12 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 20] = [
+        let fields: [(&str, &str, Option<usize>); 21] = [
+            (
+                "mtls",
+                "trust_domain",
+                a.trust_domain.as_ref().map(|s| s.span().start),
+            ),
             ("jwt", "issuer", a.issuer.as_ref().map(|s| s.span().start)),
             (
                 "jwt",
@@ -296,6 +305,79 @@ impl Cx<'_> {
                 );
             }
         }
+    }
+
+    fn mtls(&mut self, at: &str, a: &RawAuthenticator) -> Option<MtlsIdentity> {
+        let Some(td) = &a.trust_domain else {
+            self.r.error_help(
+                a.name.span().start,
+                format!("{at}.trust_domain"),
+                "an `mtls` authenticator needs the `trust_domain` its callers belong to",
+                "add `trust_domain = \"prod.example.com\"`: SPIFFE ids `spiffe://prod.example.com/...` and DNS names under it",
+            );
+            return None;
+        };
+        let lower = td.get_ref().to_ascii_lowercase();
+        let valid = !lower.is_empty()
+            && lower.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            self.r.error_help(
+                td.span().start,
+                format!("{at}.trust_domain"),
+                format!("`{}` is not a trust domain", td.get_ref()),
+                "write a domain name, without `spiffe://` or a path",
+            );
+            return None;
+        }
+        Some(MtlsIdentity {
+            trust_domain: lower,
+        })
+    }
+
+    /// `client_ca_file` and `client_auth` of a listener's TLS.
+    pub(super) fn client_auth(&mut self, at: &str, t: &RawTls) -> Option<ClientAuth> {
+        let required = match t.client_auth.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("request") => false,
+            Some("require") => true,
+            Some(other) => {
+                let span = t.client_auth.as_ref().map_or(0, |v| v.span().start);
+                self.r.error_help(
+                    span,
+                    format!("{at}.client_auth"),
+                    format!("unknown client_auth `{other}`"),
+                    "use `request` (routes decide) or `require` (no certificate, no connection)",
+                );
+                false
+            }
+        };
+        let Some(f) = &t.client_ca_file else {
+            if let Some(v) = &t.client_auth {
+                self.r.error_help(
+                    v.span().start,
+                    format!("{at}.client_auth"),
+                    "client certificates need a CA to be checked against",
+                    "add `client_ca_file`",
+                );
+            }
+            return None;
+        };
+        let roots = self.read_pem(&format!("{at}.client_ca_file"), f, |bytes| {
+            CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    if v.is_empty() {
+                        Err("no certificate in the file".into())
+                    } else {
+                        Ok(v)
+                    }
+                })
+        })?;
+        Some(ClientAuth { roots, required })
     }
 
     fn api_keys(&mut self, at: &str, a: &RawAuthenticator) -> Option<ApiKeys> {

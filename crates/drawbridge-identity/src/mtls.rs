@@ -1,0 +1,170 @@
+//! Workload identity from client certificates. The listener's TLS verifies the chain to its
+//! configured CA (and the validity period) during the handshake; here the verified leaf's
+//! names become a principal: its SPIFFE id (`spiffe://trust-domain/path` URI SAN) or else a
+//! DNS name, accepted only inside the authenticator's trust domain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use drawbridge_config::{MtlsIdentity, PrincipalKind};
+use serde_json::{Map, Value};
+
+use crate::error::Refusal;
+use crate::principal::{AuthMethod, Principal};
+
+/// What a verified client certificate says, read once per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// URI SANs.
+    pub uris: Vec<String>,
+    /// DNS SANs, lower-case.
+    pub dns: Vec<String>,
+    /// End of validity, Unix seconds.
+    pub not_after: u64,
+    /// SHA-256 of the certificate, which identifies it.
+    pub fingerprint: [u8; 32],
+}
+
+impl ClientCert {
+    /// Reads the names of a certificate (DER) that the TLS layer already verified.
+    pub fn from_der(der: &[u8]) -> Result<ClientCert, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("client certificate: {e}"))?;
+        let mut uris = Vec::new();
+        let mut dns = Vec::new();
+        if let Some(san) = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("client certificate names: {e}"))?
+        {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::URI(u) => uris.push((*u).to_string()),
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        dns.push(d.to_ascii_lowercase())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        Ok(ClientCert {
+            uris,
+            dns,
+            not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+            fingerprint,
+        })
+    }
+}
+
+/// Admits callers by the client certificate their connection presented.
+pub struct MtlsAuthenticator {
+    name: Arc<str>,
+    config: MtlsIdentity,
+    /// Principals by certificate, so a workload's many requests share one (and its minted
+    /// identity assertions).
+    seen: Mutex<HashMap<[u8; 32], Arc<Principal>>>,
+}
+
+/// Most certificates remembered.
+const MAX_SEEN: usize = 10_000;
+
+impl MtlsAuthenticator {
+    /// Builds the authenticator `name`.
+    pub fn new(name: &str, config: &MtlsIdentity) -> Self {
+        Self {
+            name: name.into(),
+            config: config.clone(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The authenticator's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &MtlsIdentity {
+        &self.config
+    }
+
+    /// The principal of a verified client certificate.
+    pub fn verify(&self, cert: &ClientCert) -> Result<Arc<Principal>, Refusal> {
+        let now = crate::unix_now();
+        if now >= cert.not_after {
+            // Verified at the handshake, expired since, on a long-lived connection.
+            return Err(Refusal::Certificate("expired".into()));
+        }
+        if let Some(p) = lock(&self.seen).get(&cert.fingerprint) {
+            return Ok(p.clone());
+        }
+        let id = self.identity(cert)?;
+        let mut attributes = Map::new();
+        attributes.insert(
+            "trust_domain".into(),
+            Value::String(self.config.trust_domain.clone()),
+        );
+        let p = Arc::new(Principal {
+            id,
+            kind: PrincipalKind::Service,
+            authenticator: self.name.clone(),
+            issuer: None,
+            groups: Vec::new(),
+            attributes,
+            methods: vec![AuthMethod::Mtls],
+            authenticated_at: None,
+            expires_at: Some(cert.not_after),
+            assertions: Default::default(),
+        });
+        let mut seen = lock(&self.seen);
+        if seen.len() >= MAX_SEEN {
+            seen.clear();
+        }
+        seen.insert(cert.fingerprint, p.clone());
+        Ok(p)
+    }
+
+    /// The SPIFFE id in the trust domain, else a DNS name in it.
+    fn identity(&self, cert: &ClientCert) -> Result<String, Refusal> {
+        let td = &self.config.trust_domain;
+        let spiffe: Vec<&String> = cert
+            .uris
+            .iter()
+            .filter(|u| {
+                u.get(..9)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"))
+            })
+            .collect();
+        match spiffe.as_slice() {
+            [] => {}
+            [one] => {
+                // spiffe://<trust domain>/<path>: the domain compared exactly, a path required.
+                let rest = &one[9..];
+                let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+                if domain.eq_ignore_ascii_case(td) && !path.is_empty() {
+                    return Ok(format!("spiffe://{}/{path}", domain.to_ascii_lowercase()));
+                }
+                return Err(Refusal::Certificate(format!(
+                    "SPIFFE id outside trust domain `{td}`"
+                )));
+            }
+            _ => {
+                // A SPIFFE SVID carries exactly one URI SAN.
+                return Err(Refusal::Certificate("more than one SPIFFE id".into()));
+            }
+        }
+        let suffix = format!(".{td}");
+        cert.dns
+            .iter()
+            .find(|d| *d == td || d.ends_with(&suffix))
+            .cloned()
+            .ok_or_else(|| Refusal::Certificate(format!("no name in trust domain `{td}`")))
+    }
+}
+
+/// Entries are inserted whole, so a poisoned map still holds consistent entries.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

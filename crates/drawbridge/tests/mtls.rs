@@ -1,0 +1,227 @@
+//! Service identity by client certificate: a TLS listener checks certificates against its
+//! CA, and an `mtls` authenticator admits SPIFFE ids or DNS names in its trust domain.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::certs::{Leaf, TestCa};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+struct Setup {
+    server_ca: TestCa,
+    client_ca: TestCa,
+    up: RecordingUpstream,
+    h: Harness,
+    _dir: tempfile::TempDir,
+}
+
+/// A TLS listener asking (`client_auth`) for certificates from `client_ca`, a route `/svc`
+/// admitting trust domain `prod.test` by certificate, and a public route `/open`.
+async fn setup(client_auth: &str) -> Setup {
+    let server_ca = TestCa::new("server ca");
+    let client_ca = TestCa::new("client ca");
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = server_ca.leaf(&["gw.test"]);
+    let d = dir.path();
+    drawbridge_testkit::write_file(d, "gw.crt", &leaf.cert_pem);
+    drawbridge_testkit::write_file(d, "gw.key", &leaf.key_pem);
+    drawbridge_testkit::write_file(d, "clients.pem", &client_ca.cert_pem);
+    let d = d.display();
+    let cfg = config(&format!(
+        r#"[[authenticators]]
+name = "mesh"
+type = "mtls"
+trust_domain = "prod.test"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{}"]
+
+[[routes]]
+name = "svc"
+prefix = "/svc"
+upstream = "app"
+authenticate = ["mesh"]
+
+[[routes]]
+name = "open"
+prefix = "/open"
+upstream = "app"
+public = true
+"#,
+        up.url()
+    ))
+    .replace(
+        LISTENER_END,
+        &listener(&format!(
+            "[listeners.tls]\nclient_ca_file = \"{d}/clients.pem\"\nclient_auth = \"{client_auth}\"\n\
+             [[listeners.tls.certificates]]\ncert = \"{d}/gw.crt\"\nkey = \"{d}/gw.key\"\n"
+        )),
+    );
+    let h = Harness::start(&cfg).await;
+    Setup {
+        server_ca,
+        client_ca,
+        up,
+        h,
+        _dir: dir,
+    }
+}
+
+/// GET `path` over TLS, presenting `cert` when given; the status, or the connection error.
+async fn get_tls(s: &Setup, path: &str, cert: Option<&Leaf>) -> Result<StatusCode, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(s.server_ca.cert_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let mut cfg = match cert {
+        None => builder.with_no_client_auth(),
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("chain"),
+                PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key"),
+            )
+            .expect("client auth"),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(s.h.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("gw.test").expect("name"), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "gw.test")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn a_spiffe_id_in_the_trust_domain_is_admitted() {
+    let s = setup("request").await;
+    let cert = s
+        .client_ca
+        .client(&["spiffe://prod.test/ns/billing/sa/api"], false);
+    assert_eq!(
+        get_tls(&s, "/svc/charge", Some(&cert)).await,
+        Ok(StatusCode::OK)
+    );
+    let got = s.up.last().expect("forwarded");
+    let assertion = got
+        .header("x-drawbridge-identity")
+        .expect("identity assertion");
+    let payload: serde_json::Value = serde_json::from_slice(&base64_url_decode(
+        assertion.split('.').nth(1).expect("payload"),
+    ))
+    .expect("json");
+    assert_eq!(payload["sub"], "spiffe://prod.test/ns/billing/sa/api");
+    assert_eq!(payload["kind"], "service");
+    assert_eq!(payload["amr"], serde_json::json!(["mtls"]));
+
+    // A DNS name under the trust domain serves when there is no SPIFFE id.
+    let dns = s.client_ca.client(&["billing.prod.test"], false);
+    assert_eq!(get_tls(&s, "/svc/x", Some(&dns)).await, Ok(StatusCode::OK));
+    assert_eq!(s.up.count(), 2);
+}
+
+#[tokio::test]
+async fn certificates_that_do_not_qualify_are_refused_before_the_upstream() {
+    let s = setup("request").await;
+    let outsider = TestCa::new("someone else");
+    // No certificate: the public route works, the service route does not.
+    assert_eq!(get_tls(&s, "/open", None).await, Ok(StatusCode::OK));
+    assert_eq!(
+        get_tls(&s, "/svc", None).await,
+        Ok(StatusCode::UNAUTHORIZED)
+    );
+    for (what, cert) in [
+        (
+            "wrong trust domain",
+            s.client_ca
+                .client(&["spiffe://staging.test/ns/billing/sa/api"], false),
+        ),
+        (
+            "a look-alike domain",
+            s.client_ca.client(&["spiffe://prod.test.evil/x"], false),
+        ),
+        (
+            "DNS name outside",
+            s.client_ca.client(&["billing.prod.test.evil"], false),
+        ),
+        (
+            "SPIFFE id without a path",
+            s.client_ca.client(&["spiffe://prod.test"], false),
+        ),
+        (
+            "two SPIFFE ids",
+            s.client_ca
+                .client(&["spiffe://prod.test/a", "spiffe://prod.test/b"], false),
+        ),
+    ] {
+        assert_eq!(
+            get_tls(&s, "/svc", Some(&cert)).await,
+            Ok(StatusCode::UNAUTHORIZED),
+            "{what}"
+        );
+    }
+    // Refused by the handshake itself: another CA, an expired certificate.
+    for (what, cert) in [
+        (
+            "another CA",
+            outsider.client(&["spiffe://prod.test/x"], false),
+        ),
+        (
+            "expired",
+            s.client_ca.client(&["spiffe://prod.test/x"], true),
+        ),
+    ] {
+        assert!(get_tls(&s, "/svc", Some(&cert)).await.is_err(), "{what}");
+    }
+    assert_eq!(s.up.count(), 1, "only the public request arrived");
+}
+
+#[tokio::test]
+async fn a_listener_can_require_a_certificate_for_every_connection() {
+    let s = setup("require").await;
+    assert!(
+        get_tls(&s, "/open", None).await.is_err(),
+        "no certificate, no connection"
+    );
+    let cert = s.client_ca.client(&["spiffe://prod.test/a"], false);
+    assert_eq!(get_tls(&s, "/open", Some(&cert)).await, Ok(StatusCode::OK));
+    assert_eq!(get_tls(&s, "/svc", Some(&cert)).await, Ok(StatusCode::OK));
+}
+
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
+}
