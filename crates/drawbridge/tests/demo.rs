@@ -17,11 +17,17 @@ async fn demo_serves_forwards_and_refuses() {
         .expect("spawn demo");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let (creds_tx, creds_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
+            for name in ["TOKEN", "EXPIRED", "KEY"] {
+                if let Some(v) = line.trim().strip_prefix(&format!("{name}='")) {
+                    let _ = creds_tx.send((name, v.trim_end_matches('\'').to_string()));
+                }
+            }
             if let Some(rest) = line.strip_prefix("Drawbridge demo: listening on http://") {
                 let addr = rest
                     .split([',', ' '])
@@ -55,6 +61,42 @@ async fn demo_serves_forwards_and_refuses() {
     )
     .await;
     assert_eq!(status_of(&reply), 400);
+
+    // The printed credentials work as the printed commands say.
+    let creds: std::collections::HashMap<&str, String> = (0..3)
+        .map(|_| {
+            creds_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("credentials printed")
+        })
+        .collect();
+    let with = |h: &'static str, v: String| {
+        let url = format!("http://{addr}");
+        async move {
+            let req = http::Request::get(format!(
+                "{url}{}",
+                if h == "x-api-key" {
+                    "/jobs/nightly"
+                } else {
+                    "/orders/42"
+                }
+            ))
+            .header(h, v)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+            send(&h1_client(), req).await
+        }
+    };
+    let ok = with("authorization", format!("Bearer {}", creds["TOKEN"])).await;
+    assert_eq!(ok.status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&ok.body).expect("echo json");
+    assert_eq!(echo["headers"]["x-drawbridge-user"], "alice");
+    assert!(echo["headers"]["x-drawbridge-identity"].is_string());
+    assert!(echo["headers"].get("authorization").is_none());
+    assert_eq!(get(&format!("http://{addr}/orders/42")).await.status, 401);
+    let expired = with("authorization", format!("Bearer {}", creds["EXPIRED"])).await;
+    assert_eq!(expired.status, 401);
+    assert_eq!(with("x-api-key", creds["KEY"].clone()).await.status, 200);
     let _ = child.kill();
     let _ = child.wait();
 }
