@@ -25,6 +25,8 @@ need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
 command -v hey >/dev/null || need+=(hey)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -33,6 +35,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -p drawbridge --quiet
+(cd crates/drawbridge/tests/js && npm ci --no-audit --no-fund --silent)
 WORK=$(mktemp -d)
 OUT="$ROOT/bench/results"
 mkdir -p "$OUT" "$WORK/logs"
@@ -72,6 +75,16 @@ http {
   }
 }
 CONF
+# An issuer for the JWT routes: RS256 and ES256 keys, their JWK Set, a token for each.
+ISS="https://bench.invalid/"
+declare -A TOKEN
+while read -r alg token; do TOKEN[$alg]=$token; done < <(node crates/drawbridge/tests/js/mint-jwt.mjs "$WORK/jwks.json" "$ISS" bench)
+jwt_authenticator() {  # name, algorithm, cache
+  printf '[[authenticators]]\nname = "%s"\ntype = "jwt"\nissuer = "%s"\naudiences = ["bench"]\nalgorithms = ["%s"]\njwks_file = "%s"\ncache = %s\nclaims = { groups = "groups", attributes = ["tenant"] }\n\n' "$1" "$ISS" "$2" "$WORK/jwks.json" "$3"
+}
+jwt_route() {  # name, authenticator
+  printf '[[routes]]\nname = "%s"\nprefix = "/%s"\nupstream = "upstream"\nauthenticate = ["%s"]\n\n' "$1" "$1" "$2"
+}
 cat > "$WORK/drawbridge.toml" <<CONF
 [server]
 access_log = "off"
@@ -92,6 +105,15 @@ name = "plain"
 prefix = "/"
 upstream = "upstream"
 public = true
+
+$(jwt_authenticator rs256 RS256 true)
+$(jwt_authenticator rs256-nocache RS256 false)
+$(jwt_authenticator es256 ES256 true)
+$(jwt_authenticator es256-nocache ES256 false)
+$(jwt_route jwt-rs256 rs256)
+$(jwt_route jwt-rs256-nocache rs256-nocache)
+$(jwt_route jwt-es256 es256)
+$(jwt_route jwt-es256-nocache es256-nocache)
 CONF
 
 taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/upstream.err" -c "$WORK/upstream.conf" & pids+=($!)
@@ -106,19 +128,36 @@ done
 declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)" [drawbridge]="${pids[2]}")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
-TARGETS=(direct nginx drawbridge)
+# JWT routes: the same proxy process, a bearer token on every request.
+declare -A AUTH=()
+for v in rs256 rs256-nocache es256 es256-nocache; do
+  t="drawbridge-jwt-$v"
+  URL[$t]="http://127.0.0.1:$DB_PORT/jwt-$v"
+  PID[$t]="${PID[drawbridge]}"
+  alg=${v%%-*}
+  AUTH[$t]="Authorization: Bearer ${TOKEN[${alg^^}]}"
+done
+TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache)
+# Refuse to measure a JWT route that does not admit its token.
+for t in "${!AUTH[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "${AUTH[$t]}" "${URL[$t]}")
+  [ "$code" = 200 ] || { echo "$t answered $code, not 200"; cat "$WORK"/logs/*; exit 1; }
+done
+hdr() { if [ -n "${AUTH[$1]:-}" ]; then printf '%s\n' -H "${AUTH[$1]}"; fi; }
 RAW="$WORK/raw.tsv"
 : > "$RAW"
 
 for t in "${TARGETS[@]}"; do
-  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d2s "${URL[$t]}" >/dev/null   # warm-up: pools, caches
+  mapfile -t H < <(hdr "$t")
+  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d2s "${H[@]}" "${URL[$t]}" >/dev/null   # warm-up: pools, caches
 done
 # Repeats go round the targets, so a noisy moment on a shared machine hurts all of them alike.
 for r in $(seq "$REPEATS"); do
   for c in 32 256; do
     for t in "${TARGETS[@]}"; do
       before=$(cpu_ticks "${PID[$t]}")
-      taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${URL[$t]}" > "$WORK/wrk.txt"
+      mapfile -t H < <(hdr "$t")
+      taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d"${DURATION}s" --latency "${H[@]}" "${URL[$t]}" > "$WORK/wrk.txt"
       after=$(cpu_ticks "${PID[$t]}")
       python3 - "$t" "$c" "$WORK/wrk.txt" "$((after - before))" "$(getconf CLK_TCK)" >> "$RAW" <<'PY'
 import re, sys
@@ -137,7 +176,8 @@ PY
   done
 done
 for t in "${TARGETS[@]}"; do
-  taskset -c "$LOADGEN_CPU" hey -z "${DURATION}s" -c 20 -q $((RATE / 20)) "${URL[$t]}" > "$WORK/hey.txt"
+  mapfile -t H < <(hdr "$t")
+  taskset -c "$LOADGEN_CPU" hey -z "${DURATION}s" -c 20 -q $((RATE / 20)) "${H[@]}" "${URL[$t]}" > "$WORK/hey.txt"
   python3 - "$t" "$WORK/hey.txt" >> "$RAW" <<'PY'
 import re, sys
 target, path = sys.argv[1], sys.argv[2]
@@ -158,6 +198,8 @@ def median_run(kind, target, conns):
     runs.sort(key=lambda r: float(r[3]))
     return runs[len(runs) // 2]
 targets = ["direct", "nginx", "drawbridge"]
+jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache"]
+       if any(r[1] == t for r in rows)]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
       f"{duration} s per measurement, median of {repeats}; fixed rate {rate} requests/s.\n")
@@ -171,11 +213,20 @@ for conns in ["32", "256"]:
         print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
               f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
     print()
+    if jwt:
+        print(f"JWT routes, {conns} connections (the same proxy; a bearer token on every request):\n")
+        print("| route | requests/s | p50 ms | p99 ms | non-2xx | vs public route | vs nginx | CPU µs/request |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for t in jwt:
+            r = median_run("throughput", t, conns)
+            print(f"| {t.removeprefix('drawbridge-')} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
+                  f"{float(r[3]) / float(base['drawbridge'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
+        print()
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
 print("|---|---:|---:|---:|---:|")
 rate_rows = {r[1]: r for r in rows if r[0] == "rate"}
-for t in targets:
+for t in targets + jwt:
     r = rate_rows[t]
     print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {float(r[5]) / float(rate_rows['nginx'][5]):.2f} |")
 PY

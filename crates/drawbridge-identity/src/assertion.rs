@@ -30,7 +30,13 @@ pub struct Minter {
     header: Header,
     key: EncodingKey,
     jwks: Bytes,
+    /// Assertions by what they say, for principals built anew for each request (a token
+    /// cache that is off, a key checked each time).
+    by_content: Mutex<std::collections::HashMap<String, Cached>>,
 }
+
+/// Most assertions kept by content.
+const MAX_BY_CONTENT: usize = 10_000;
 
 impl Minter {
     /// A minter for `config`, with its key (generated now when the config names none).
@@ -92,6 +98,7 @@ impl Minter {
             header,
             key,
             jwks: Bytes::from(json!({"keys": [jwk]}).to_string()),
+            by_content: Mutex::new(Default::default()),
         };
         // A key that cannot sign is found now, not on the first request.
         minter.sign(&Principal::anonymous_probe(), "probe", None)?;
@@ -123,8 +130,36 @@ impl Minter {
         if let Some(v) = principal.assertions.get(audience, now) {
             return Ok(v);
         }
-        let v = self.sign(principal, audience, None)?;
-        let refresh_after = now + self.config.lifetime.as_secs() / 2;
+        // The same caller may come back as a new principal (its credential checked again):
+        // an assertion saying exactly the same things serves it too.
+        let key = content_key(principal, audience);
+        let known = lock(&self.by_content)
+            .get(&key)
+            .filter(|c| now < c.refresh_after)
+            .map(|c| (c.value.clone(), c.refresh_after));
+        let (v, refresh_after) = match known {
+            Some(found) => found,
+            None => {
+                let v = self.sign(principal, audience, None)?;
+                let refresh_after = now + self.config.lifetime.as_secs() / 2;
+                let mut map = lock(&self.by_content);
+                if map.len() >= MAX_BY_CONTENT {
+                    map.retain(|_, c| now < c.refresh_after);
+                    if map.len() >= MAX_BY_CONTENT {
+                        map.clear();
+                    }
+                }
+                map.insert(
+                    key,
+                    Cached {
+                        audience: audience.into(),
+                        value: v.clone(),
+                        refresh_after,
+                    },
+                );
+                (v, refresh_after)
+            }
+        };
         principal
             .assertions
             .put(audience, v.clone(), refresh_after, now);
@@ -161,6 +196,23 @@ impl Minter {
             .map_err(|e| format!("signing the identity assertion: {e}"))?;
         HeaderValue::from_str(&token).map_err(|e| e.to_string())
     }
+}
+
+/// Everything an assertion minted for `p` and `audience` would say but its times and `jti`.
+fn content_key(p: &Principal, audience: &str) -> String {
+    let methods: Vec<&str> = p.methods.iter().map(|m| m.as_str()).collect();
+    json!([
+        audience,
+        &*p.authenticator,
+        p.id,
+        p.kind.as_str(),
+        p.issuer,
+        p.groups,
+        p.attributes,
+        methods,
+        p.authenticated_at
+    ])
+    .to_string()
 }
 
 /// What an assertion says. Field names are short and documented in docs/configuration.md.

@@ -24,8 +24,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub struct JwtAuthenticator {
     name: Arc<str>,
     config: JwtIssuer,
-    algorithms: Vec<Algorithm>,
-    validation: Validation,
+    /// The allowed algorithms, each with its ready-made claim validation.
+    algorithms: Vec<(Algorithm, Validation)>,
     keys: Arc<KeySource>,
     cache: Option<TokenCache>,
 }
@@ -38,6 +38,9 @@ impl JwtAuthenticator {
             .iter()
             .map(|a| a.parse::<Algorithm>().map_err(|e| format!("`{a}`: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        if algorithms.is_empty() {
+            return Err("no algorithm is allowed".into());
+        }
         if algorithms
             .iter()
             .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
@@ -58,19 +61,25 @@ impl JwtAuthenticator {
                 },
             ),
         };
-        let mut validation = Validation::new(algorithms[0]);
-        validation.set_issuer(&[config.issuer.as_str()]);
-        validation.set_audience(&config.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
+        let algorithms = algorithms
+            .into_iter()
+            .map(|alg| {
+                // Exactly the token's algorithm, so a key is never tried with another.
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[config.issuer.as_str()]);
+                v.set_audience(&config.audiences);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                v.leeway = config.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = true;
+                (alg, v)
+            })
+            .collect();
         Ok(Self {
             name: name.into(),
             config: config.clone(),
             algorithms,
-            validation,
             keys: Arc::new(keys),
             cache: config.cache.then(|| TokenCache::new(config.cache_size)),
         })
@@ -118,9 +127,9 @@ impl JwtAuthenticator {
             // This gateway implements no JWS extension, so any critical one is unknown.
             return Err(Refusal::Critical(printable(&crit.join(","))));
         }
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.algorithms.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Refusal::Algorithm(format!("{:?}", header.alg)));
-        }
+        };
         if let Some(required) = &self.config.token_type {
             let typ = header.typ.as_deref().unwrap_or("");
             if !same_type(typ, required) {
@@ -131,9 +140,7 @@ impl JwtAuthenticator {
         let generation = self.keys.generation();
         let keys = self.keys.keys_for(kid).await?;
         let key = keys.find(kid, header.alg)?;
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![header.alg];
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| refusal(&e, self))?;
         let claims = data.claims;
         let now = crate::unix_now();

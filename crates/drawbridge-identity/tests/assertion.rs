@@ -1,0 +1,66 @@
+//! Identity assertions: reused for the same caller and upstream, never across differences.
+
+use std::time::Duration;
+
+use drawbridge_config::{AssertionAlgorithm, IdentityAssertion, Location, PrincipalKind};
+use drawbridge_identity::{AuthMethod, Minter, Principal};
+
+fn minter(per_request: bool) -> Minter {
+    Minter::new(&IdentityAssertion {
+        issuer: "drawbridge".into(),
+        algorithm: AssertionAlgorithm::EdDsa,
+        key: None,
+        lifetime: Duration::from_secs(60),
+        header: "x-drawbridge-identity".into(),
+        per_request,
+        location: Location {
+            file: "test.toml".into(),
+            line: 1,
+            column: 1,
+        },
+    })
+    .expect("minter")
+}
+
+fn principal(groups: &[&str]) -> Principal {
+    Principal {
+        id: "alice".into(),
+        kind: PrincipalKind::User,
+        authenticator: "corp".into(),
+        issuer: Some("https://idp.test/".into()),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        attributes: Default::default(),
+        methods: vec![AuthMethod::Jwt],
+        authenticated_at: Some(1),
+        expires_at: None,
+        assertions: Default::default(),
+    }
+}
+
+#[test]
+fn the_same_caller_gets_the_same_assertion_even_as_a_new_principal() {
+    let m = minter(false);
+    let a = m.assertion(&principal(&["eng"]), "orders", "r1").unwrap();
+    // Another principal value saying the same (a credential verified again).
+    let b = m.assertion(&principal(&["eng"]), "orders", "r2").unwrap();
+    assert_eq!(a, b);
+    // Anything different is another assertion: upstream, groups.
+    assert_ne!(
+        a,
+        m.assertion(&principal(&["eng"]), "billing", "r3").unwrap()
+    );
+    assert_ne!(
+        a,
+        m.assertion(&principal(&["eng", "admin"]), "orders", "r4")
+            .unwrap()
+    );
+}
+
+#[test]
+fn per_request_assertions_are_never_reused() {
+    let m = minter(true);
+    let p = principal(&["eng"]);
+    let a = m.assertion(&p, "orders", "r1").unwrap();
+    let b = m.assertion(&p, "orders", "r2").unwrap();
+    assert_ne!(a, b);
+}
