@@ -345,6 +345,23 @@ impl Cx<'_> {
         }
     }
 
+    /// A PEM file of one or more certificates (CAs to trust).
+    fn read_certs(
+        &mut self,
+        field: &str,
+        path: &Spanned<String>,
+    ) -> Option<Vec<CertificateDer<'static>>> {
+        self.read_pem(field, path, |bytes| {
+            let certs = CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            if certs.is_empty() {
+                return Err("no certificate in the file".into());
+            }
+            Ok(certs)
+        })
+    }
+
     fn limits(&mut self, at: &str, raw: &RawLimits) -> Limits {
         let d = Limits::default();
         Limits {
@@ -463,20 +480,10 @@ impl Cx<'_> {
                 Balance::RoundRobin
             }
         };
-        let ca = u.ca_file.as_ref().and_then(|f| {
-            self.read_pem(&format!("{at}.ca_file"), f, |bytes| {
-                CertificateDer::pem_slice_iter(bytes)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        if v.is_empty() {
-                            Err("no certificate in the file".into())
-                        } else {
-                            Ok(v)
-                        }
-                    })
-            })
-        });
+        let ca = u
+            .ca_file
+            .as_ref()
+            .and_then(|f| self.read_certs(&format!("{at}.ca_file"), f));
         let any_tls = endpoints.iter().any(|e| e.tls);
         if !any_tls {
             for (field, v) in [

@@ -5,11 +5,9 @@ mod common;
 
 use std::path::Path;
 
-use bytes::Bytes;
 use common::*;
 use drawbridge_testkit::RecordingUpstream;
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 
 /// Runs the real binary's `apikey` subcommand; its stdout.
 fn drawbridge(args: &[&str]) -> String {
@@ -88,18 +86,6 @@ identity_headers = true
         keys_file,
         _dir: dir,
     }
-}
-
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(
-        &h1_client(),
-        req.body(Full::new(Bytes::new())).expect("request"),
-    )
-    .await
 }
 
 #[tokio::test]

@@ -68,18 +68,6 @@ fn with(mut v: Value, key: &str, value: Value) -> Value {
     v
 }
 
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(
-        &h1_client(),
-        req.body(Full::new(Bytes::new())).expect("request"),
-    )
-    .await
-}
-
 async fn bearer(url: &str, token: &str) -> Reply {
     get_with(url, &[("authorization", &format!("Bearer {token}"))]).await
 }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use toml::Spanned;
 
 use super::{Cx, sorted};
@@ -203,95 +203,27 @@ impl Cx<'_> {
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
         let fields: [(&str, &str, Option<usize>); 21] = [
-            (
-                "mtls",
-                "trust_domain",
-                a.trust_domain.as_ref().map(|s| s.span().start),
-            ),
-            ("jwt", "issuer", a.issuer.as_ref().map(|s| s.span().start)),
-            (
-                "jwt",
-                "audiences",
-                a.audiences.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "algorithms",
-                a.algorithms.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_url",
-                a.jwks_url.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_file",
-                a.jwks_file.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_ca_file",
-                a.jwks_ca_file.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_refresh",
-                a.jwks_refresh.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_cooldown",
-                a.jwks_cooldown.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_grace",
-                a.jwks_grace.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "jwks_timeout",
-                a.jwks_timeout.as_ref().map(|s| s.span().start),
-            ),
-            ("jwt", "leeway", a.leeway.as_ref().map(|s| s.span().start)),
-            (
-                "jwt",
-                "max_lifetime",
-                a.max_lifetime.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "token_type",
-                a.token_type.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "jwt",
-                "principal",
-                a.principal.as_ref().map(|s| s.span().start),
-            ),
-            ("jwt", "claims", a.claims.as_ref().map(|s| s.span().start)),
-            ("jwt", "cache", a.cache.as_ref().map(|s| s.span().start)),
-            (
-                "jwt",
-                "cache_size",
-                a.cache_size.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "api_key",
-                "keys_file",
-                a.keys_file.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "api_key",
-                "secret_file",
-                a.secret_file.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "api_key",
-                "header",
-                a.header.as_ref().map(|s| s.span().start),
-            ),
+            ("mtls", "trust_domain", start(&a.trust_domain)),
+            ("jwt", "issuer", start(&a.issuer)),
+            ("jwt", "audiences", start(&a.audiences)),
+            ("jwt", "algorithms", start(&a.algorithms)),
+            ("jwt", "jwks_url", start(&a.jwks_url)),
+            ("jwt", "jwks_file", start(&a.jwks_file)),
+            ("jwt", "jwks_ca_file", start(&a.jwks_ca_file)),
+            ("jwt", "jwks_refresh", start(&a.jwks_refresh)),
+            ("jwt", "jwks_cooldown", start(&a.jwks_cooldown)),
+            ("jwt", "jwks_grace", start(&a.jwks_grace)),
+            ("jwt", "jwks_timeout", start(&a.jwks_timeout)),
+            ("jwt", "leeway", start(&a.leeway)),
+            ("jwt", "max_lifetime", start(&a.max_lifetime)),
+            ("jwt", "token_type", start(&a.token_type)),
+            ("jwt", "principal", start(&a.principal)),
+            ("jwt", "claims", start(&a.claims)),
+            ("jwt", "cache", start(&a.cache)),
+            ("jwt", "cache_size", start(&a.cache_size)),
+            ("api_key", "keys_file", start(&a.keys_file)),
+            ("api_key", "secret_file", start(&a.secret_file)),
+            ("api_key", "header", start(&a.header)),
         ];
         for (owner, field, at_offset) in fields {
             if let Some(offset) = at_offset
@@ -365,18 +297,7 @@ impl Cx<'_> {
             }
             return None;
         };
-        let roots = self.read_pem(&format!("{at}.client_ca_file"), f, |bytes| {
-            CertificateDer::pem_slice_iter(bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    if v.is_empty() {
-                        Err("no certificate in the file".into())
-                    } else {
-                        Ok(v)
-                    }
-                })
-        })?;
+        let roots = self.read_certs(&format!("{at}.client_ca_file"), f)?;
         Some(ClientAuth { roots, required })
     }
 
@@ -679,20 +600,10 @@ impl Cx<'_> {
                         None
                     }
                 };
-                let ca = a.jwks_ca_file.as_ref().map(|f| {
-                    self.read_pem(&format!("{at}.jwks_ca_file"), f, |bytes| {
-                        CertificateDer::pem_slice_iter(bytes)
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| e.to_string())
-                            .and_then(|v| {
-                                if v.is_empty() {
-                                    Err("no certificate in the file".into())
-                                } else {
-                                    Ok(v)
-                                }
-                            })
-                    })
-                });
+                let ca = a
+                    .jwks_ca_file
+                    .as_ref()
+                    .map(|f| self.read_certs(&format!("{at}.jwks_ca_file"), f));
                 let ca = match ca {
                     Some(None) => return None,
                     Some(Some(c)) => Some(c),
@@ -894,6 +805,11 @@ impl Cx<'_> {
             _ => self.duration(field, raw, default),
         }
     }
+}
+
+/// Where an optional field was written.
+fn start<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+    v.as_ref().map(|s| s.span().start)
 }
 
 /// Parses a JWKS address: `https://host[:port]/path`, or `http://` to a loopback host.

@@ -118,6 +118,19 @@ pub async fn get(url: &str) -> Reply {
     send(&h1_client(), req).await
 }
 
+/// GET `url` with `headers` (a name may repeat).
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(
+        &h1_client(),
+        req.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
+}
+
 /// Writes `request` on a fresh connection and reads until the server closes it or goes
 /// quiet for `wait`.
 pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
