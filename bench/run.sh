@@ -7,6 +7,8 @@
 # Layout (2 cores): the load generator runs alone on CPU 0; the upstream and the proxy under
 # test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
 # proxy uses upstream keep-alive; both proxies log nothing, so the proxying itself is compared.
+# The same Drawbridge also serves JWT routes (RS256 and ES256, verified-token cache on and
+# off), measured like the public route and reported against it.
 # Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
 # Latency without saturation: hey at a fixed 2,000 requests/s.
 # CPU µs/request: user + system time of the process serving that path (for the proxies, the
