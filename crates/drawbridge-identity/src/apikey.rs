@@ -154,14 +154,6 @@ fn key_id(key: &str) -> Option<&str> {
     ok.then_some(id)
 }
 
-/// The key in an `Authorization: ApiKey <key>` header, if that is what it holds.
-pub(crate) fn from_authorization(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("apikey")
-        .then(|| rest.trim_matches(' '))
-}
-
 /// A new key and its keys-file entry, for `drawbridge apikey new`.
 pub struct NewKey {
     /// The key, shown once.

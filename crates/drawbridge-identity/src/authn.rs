@@ -6,7 +6,7 @@ use std::sync::Arc;
 use drawbridge_config::{Authenticator as AuthenticatorConfig, AuthenticatorKind};
 use http::{HeaderMap, HeaderName, header};
 
-use crate::apikey::{self, ApiKeyAuthenticator};
+use crate::apikey::ApiKeyAuthenticator;
 use crate::error::{AuthError, Refusal};
 use crate::jwt::{JwtAuthenticator, peek_issuer};
 use crate::mtls::{ClientCert, MtlsAuthenticator};
@@ -124,25 +124,32 @@ impl<'a> Credentials<'a> {
         if auth.next().is_some() {
             return Err(AuthError::Malformed("more than one Authorization header"));
         }
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::Malformed("Authorization header is not ASCII"))?;
-        if let Some(key) = apikey::from_authorization(value) {
-            if key.is_empty() {
-                return Err(AuthError::Malformed("ApiKey credentials are empty"));
-            }
+        // Bytes, not `to_str`: a token is checked byte by byte below anyway, and this runs
+        // on every request of an authenticated route.
+        let bytes = value.as_bytes();
+        let (scheme, rest) = match bytes.iter().position(|&b| b == b' ') {
+            Some(i) => (&bytes[..i], &bytes[i + 1..]),
+            None => (bytes, &[][..]),
+        };
+        let rest = trim_spaces(rest);
+        if scheme.eq_ignore_ascii_case(b"apikey") {
+            let key = std::str::from_utf8(rest)
+                .ok()
+                .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or(AuthError::Malformed("ApiKey credentials are not a key"))?;
             creds.api_key = Some(key);
             return Ok(creds);
         }
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
             // Another scheme: not a credential this gateway reads.
             return Ok(creds);
         }
-        let token = rest.trim_matches(' ');
-        if token.is_empty() || !token.bytes().all(is_token68) {
+        if rest.is_empty() || !all_token68(rest) {
             return Err(AuthError::Malformed("Bearer credentials are not a token"));
         }
+        // token68 is ASCII, so this cannot fail; refusing is the safe answer if it did.
+        let token = std::str::from_utf8(rest)
+            .map_err(|_| AuthError::Malformed("Bearer credentials are not a token"))?;
         creds.bearer = Some(token);
         Ok(creds)
     }
@@ -156,9 +163,33 @@ impl<'a> Credentials<'a> {
     }
 }
 
-/// RFC 9110 §11.2 `token68` characters (the trailing `=` padding included).
-fn is_token68(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+/// `b` without leading and trailing spaces.
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' '] = b {
+        b = rest;
+    }
+    b
+}
+
+/// Whether every byte is an RFC 9110 §11.2 `token68` character (the trailing `=` padding
+/// included). Branch-free per byte, so the compiler vectorises it: every byte of every bearer
+/// token goes through here.
+fn all_token68(s: &[u8]) -> bool {
+    s.iter().fold(true, |ok, &b| {
+        let alpha = (b | 0x20).wrapping_sub(b'a') < 26;
+        let digit = b.wrapping_sub(b'0') < 10;
+        let sym = (b == b'-')
+            | (b == b'.')
+            | (b == b'_')
+            | (b == b'~')
+            | (b == b'+')
+            | (b == b'/')
+            | (b == b'=');
+        ok & (alpha | digit | sym)
+    })
 }
 
 /// Tries `authenticators` in order against `creds`; the first that admits the caller
@@ -211,5 +242,51 @@ pub async fn authenticate(
             iss.chars().take(128).collect(),
         ))),
         _ => Err(AuthError::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(value: &[u8]) -> Result<(Option<String>, Option<String>), AuthError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            http::HeaderValue::from_bytes(value).expect("header value"),
+        );
+        let c = Credentials::from_headers(&h)?;
+        Ok((c.bearer.map(String::from), c.api_key.map(String::from)))
+    }
+
+    #[test]
+    fn authorization_schemes_are_read_exactly() {
+        let bearer = |t: &str| Ok((Some(t.to_string()), None));
+        assert_eq!(read(b"Bearer abc.def-_~+/="), bearer("abc.def-_~+/="));
+        assert_eq!(read(b"bearer  abc  "), bearer("abc"));
+        assert_eq!(read(b"BEARER abc"), bearer("abc"));
+        assert_eq!(read(b"ApiKey dbk_x"), Ok((None, Some("dbk_x".into()))));
+        assert_eq!(read(b"Basic dXNlcjpwYXNz"), Ok((None, None)));
+        // Every byte value: exactly the token68 set passes.
+        for b in 0u8..=255 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+            assert_eq!(all_token68(&[b'a', b, b'z']), expected, "byte {b:#04x}");
+        }
+        for bad in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer a b",
+            b"Bearer a,b",
+            b"Bearer t\xc3\xb6k",
+            b"Bearer \"abc\"",
+            b"ApiKey ",
+            b"ApiKey a\xc3\xb6",
+        ] {
+            assert!(
+                matches!(read(bad), Err(AuthError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

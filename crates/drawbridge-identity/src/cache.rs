@@ -10,8 +10,12 @@ use crate::principal::Principal;
 /// Lock shards, chosen by the token's last byte (part of its signature).
 const SHARDS: usize = 16;
 
+/// Only verified tokens are ever inserted (an attacker cannot choose keys), so a fast
+/// hasher with a per-process seed serves; a token is hashed on every request.
+type Map = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
 pub(crate) struct TokenCache {
-    shards: Vec<Mutex<HashMap<Box<str>, Entry>>>,
+    shards: Vec<Mutex<Map>>,
     per_shard: usize,
 }
 
@@ -27,7 +31,7 @@ struct Entry {
 impl TokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
@@ -68,7 +72,7 @@ impl TokenCache {
         );
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
+    fn shard(&self, token: &str) -> &Mutex<Map> {
         let b = token.as_bytes().last().copied().unwrap_or(0) as usize;
         &self.shards[b % SHARDS]
     }
