@@ -107,6 +107,24 @@ pub(crate) fn compile(
     cx.overlaps(&routes, &raw.routes);
 
     let identity = cx.identity(raw.identity.as_ref());
+    if identity.header == "authorization" {
+        // The assertion would replace the very credential such a route promises to pass.
+        for (i, r) in &routes {
+            if let Admission::Authenticated {
+                pass_credentials: true,
+                ..
+            } = r.admission
+                && let Some(p) = &raw.routes[*i].get_ref().pass_credentials
+            {
+                cx.r.error_help(
+                    p.span().start,
+                    format!("routes[{i}].pass_credentials"),
+                    "the identity assertion travels in `Authorization`, which this route would pass through",
+                    "carry the assertion in a header of its own (`[identity] header`), or stop passing credentials",
+                );
+            }
+        }
+    }
 
     cx.r.finish()?;
     let version = if cx.files.is_empty() {

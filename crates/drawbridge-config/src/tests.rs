@@ -479,3 +479,19 @@ fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
         ["authenticators[0].issuer", "authenticators[0].trust_domain"]
     );
 }
+
+#[test]
+fn an_assertion_in_authorization_cannot_share_it_with_passed_credentials() {
+    let src = format!(
+        "{BASE}{JWT}\n[identity]\nheader = \"Authorization\"\n{}",
+        route("authenticate = [\"corp\"]\npass_credentials = true")
+    );
+    let e = errors(&src);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "routes[0].pass_credentials");
+    check(&format!(
+        "{BASE}{JWT}\n[identity]\nheader = \"Authorization\"\n{}",
+        route("authenticate = [\"corp\"]")
+    ))
+    .expect("valid without pass_credentials");
+}
