@@ -32,7 +32,19 @@ pub struct Minter {
     jwks: Bytes,
     /// Assertions by what they say, for principals built anew for each request (a token
     /// cache that is off, a key checked each time).
-    by_content: Mutex<std::collections::HashMap<String, Cached>>,
+    /// Keyed by authenticator, id and audience; the rest of what the assertion says is
+    /// compared on a hit.
+    by_content: Mutex<std::collections::HashMap<ContentKey, ByContent>>,
+}
+
+/// Authenticator, principal id, audience.
+type ContentKey = (Arc<str>, String, Arc<str>);
+
+/// An assertion kept by content, with the principal it was minted for.
+struct ByContent {
+    principal: Principal,
+    value: HeaderValue,
+    refresh_after: u64,
 }
 
 /// Most assertions kept by content.
@@ -132,10 +144,14 @@ impl Minter {
         }
         // The same caller may come back as a new principal (its credential checked again):
         // an assertion saying exactly the same things serves it too.
-        let key = content_key(principal, audience);
+        let key: ContentKey = (
+            principal.authenticator.clone(),
+            principal.id.clone(),
+            audience.into(),
+        );
         let known = lock(&self.by_content)
             .get(&key)
-            .filter(|c| now < c.refresh_after)
+            .filter(|c| now < c.refresh_after && same_claims(&c.principal, principal))
             .map(|c| (c.value.clone(), c.refresh_after));
         let (v, refresh_after) = match known {
             Some(found) => found,
@@ -151,8 +167,8 @@ impl Minter {
                 }
                 map.insert(
                     key,
-                    Cached {
-                        audience: audience.into(),
+                    ByContent {
+                        principal: principal.clone(),
                         value: v.clone(),
                         refresh_after,
                     },
@@ -198,21 +214,15 @@ impl Minter {
     }
 }
 
-/// Everything an assertion minted for `p` and `audience` would say but its times and `jti`.
-fn content_key(p: &Principal, audience: &str) -> String {
-    let methods: Vec<&str> = p.methods.iter().map(|m| m.as_str()).collect();
-    json!([
-        audience,
-        &*p.authenticator,
-        p.id,
-        p.kind.as_str(),
-        p.issuer,
-        p.groups,
-        p.attributes,
-        methods,
-        p.authenticated_at
-    ])
-    .to_string()
+/// Whether assertions for `a` and `b` say the same (all but times and `jti`; the
+/// authenticator and id are the map's key).
+fn same_claims(a: &Principal, b: &Principal) -> bool {
+    a.kind == b.kind
+        && a.issuer == b.issuer
+        && a.groups == b.groups
+        && a.attributes == b.attributes
+        && a.methods == b.methods
+        && a.authenticated_at == b.authenticated_at
 }
 
 /// What an assertion says. Field names are short and documented in docs/configuration.md.

@@ -210,10 +210,19 @@ pub async fn authenticate(
         }
     }
     let mut refusal = None;
-    // A token's (unverified) issuer picks the rules that verify it; read once.
+    // With several issuers, a token's (unverified) `iss` picks the rules that verify it,
+    // read once; with one, verification checks `iss` itself.
+    let issuers = authenticators
+        .iter()
+        .filter(|a| matches!(&***a, Authenticator::Jwt(_)))
+        .count();
     let mut issuer: Option<Result<String, Refusal>> = None;
     for a in authenticators {
         let outcome = match &**a {
+            Authenticator::Jwt(j) if issuers == 1 => match creds.bearer {
+                Some(token) => Some(j.verify(token).await),
+                None => continue,
+            },
             Authenticator::Jwt(j) => {
                 let Some(token) = creds.bearer else { continue };
                 match issuer.get_or_insert_with(|| peek_issuer(token)) {
