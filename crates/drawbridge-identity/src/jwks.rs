@@ -6,7 +6,6 @@
 //! is parsed, so no later check can be talked into using them.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -198,8 +197,6 @@ fn printable(s: &str) -> String {
 pub struct KeySource {
     origin: Origin,
     current: ArcSwapOption<Loaded>,
-    /// Changes whenever the keys do, so cached verifications made with old keys lapse.
-    generation: AtomicU64,
     /// When a fetch last started (successful or not).
     last_attempt: Mutex<Option<Instant>>,
     /// One fetch at a time.
@@ -218,6 +215,9 @@ enum Origin {
 
 struct Loaded {
     keys: Arc<KeySet>,
+    /// Changes whenever the keys do, so verifications cached under older keys lapse. Kept
+    /// with the keys it numbers: a verification and its cache entry name the same set.
+    generation: u64,
     fetched_at: Instant,
     digest: u64,
 }
@@ -242,10 +242,10 @@ impl KeySource {
             origin: Origin::File,
             current: ArcSwapOption::from_pointee(Loaded {
                 keys: Arc::new(keys),
+                generation: 1,
                 fetched_at: Instant::now(),
                 digest: digest(bytes),
             }),
-            generation: AtomicU64::new(1),
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -261,7 +261,6 @@ impl KeySource {
                 grace: settings.grace,
             },
             current: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
@@ -269,7 +268,7 @@ impl KeySource {
 
     /// Changes whenever the keys change.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.current.load().as_ref().map_or(0, |l| l.generation)
     }
 
     /// Fetches the keys now if they come from an address and none were had yet.
@@ -304,15 +303,12 @@ impl KeySource {
     pub(crate) async fn keys_for(
         self: &Arc<Self>,
         kid: Option<&str>,
-    ) -> Result<Arc<KeySet>, Refusal> {
-        let Origin::Url {
-            refresh, cooldown, ..
-        } = &self.origin
-        else {
+    ) -> Result<(Arc<KeySet>, u64), Refusal> {
+        let Origin::Url { cooldown, .. } = &self.origin else {
             let loaded = self.current.load();
             return loaded
                 .as_ref()
-                .map(|l| l.keys.clone())
+                .map(|l| (l.keys.clone(), l.generation))
                 .ok_or_else(|| Refusal::KeysUnavailable("no keys".into()));
         };
         if self.usable().is_err() {
@@ -323,14 +319,9 @@ impl KeySource {
         let current = self.current.load_full();
         match (&current, self.usable()) {
             (Some(l), Ok(())) => {
-                if l.fetched_at.elapsed() > *refresh && self.cooled_down(*cooldown) {
-                    self.refresh_in_background();
-                }
-                if l.keys.has(kid) {
-                    return Ok(l.keys.clone());
-                }
-                if !self.cooled_down(*cooldown) {
-                    return Ok(l.keys.clone());
+                self.refresh_if_due();
+                if l.keys.has(kid) || !self.cooled_down(*cooldown) {
+                    return Ok((l.keys.clone(), l.generation));
                 }
             }
             (_, Err(why)) if !self.cooled_down(*cooldown) => return Err(why),
@@ -341,8 +332,39 @@ impl KeySource {
         self.current
             .load()
             .as_ref()
-            .map(|l| l.keys.clone())
+            .map(|l| (l.keys.clone(), l.generation))
             .ok_or_else(|| Refusal::KeysUnavailable("no keys".into()))
+    }
+
+    /// Starts a background fetch when the keys are older than the refresh interval. Called
+    /// on every use, cached verifications included: otherwise a busy cache would never look
+    /// at the issuer again, and a key it withdrew would keep admitting tokens.
+    pub(crate) fn refresh_if_due(self: &Arc<Self>) {
+        let Origin::Url {
+            refresh, cooldown, ..
+        } = &self.origin
+        else {
+            return;
+        };
+        let due = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.fetched_at.elapsed() > *refresh);
+        if due && self.claim_attempt(*cooldown) {
+            self.refresh_in_background();
+        }
+    }
+
+    /// Takes the right to start a fetch now, at most once per cooldown, so that many
+    /// requests noticing stale keys at once (or a failing issuer) start one fetch, not many.
+    fn claim_attempt(&self, cooldown: Duration) -> bool {
+        let mut last = lock(&self.last_attempt);
+        if last.is_some_and(|t| t.elapsed() < cooldown) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     fn cooled_down(&self, cooldown: Duration) -> bool {
@@ -376,11 +398,13 @@ impl KeySource {
             .and_then(|bytes| KeySet::parse(&bytes).map(|(k, _)| (k, digest(&bytes))));
         match result {
             Ok((keys, digest)) => {
-                let changed = self
-                    .current
-                    .load()
-                    .as_ref()
-                    .is_none_or(|l| l.digest != digest);
+                let previous = self.current.load();
+                let changed = previous.as_ref().is_none_or(|l| l.digest != digest);
+                let generation = match previous.as_ref() {
+                    Some(l) if !changed => l.generation,
+                    Some(l) => l.generation + 1,
+                    None => 1,
+                };
                 tracing::debug!(
                     url = fetcher.url(),
                     keys = keys.len(),
@@ -389,12 +413,10 @@ impl KeySource {
                 );
                 self.current.store(Some(Arc::new(Loaded {
                     keys: Arc::new(keys),
+                    generation,
                     fetched_at: Instant::now(),
                     digest,
                 })));
-                if changed {
-                    self.generation.fetch_add(1, Ordering::AcqRel);
-                }
                 Ok(())
             }
             Err(e) => {

@@ -111,6 +111,7 @@ impl JwtAuthenticator {
         let cache = self.cache.as_ref()?;
         let p = cache.get(token, crate::unix_now(), self.keys.generation())?;
         self.keys.usable().ok()?;
+        self.keys.refresh_if_due();
         Some(p)
     }
 
@@ -137,8 +138,9 @@ impl JwtAuthenticator {
             }
         }
         let kid = header.kid.as_deref();
-        let generation = self.keys.generation();
-        let keys = self.keys.keys_for(kid).await?;
+        // The generation of exactly the set that verifies, so a set replaced meanwhile (a key
+        // withdrawn) never has this verification cached under its successor.
+        let (keys, generation) = self.keys.keys_for(kid).await?;
         let key = keys.find(kid, header.alg)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| refusal(&e, self))?;
@@ -165,7 +167,7 @@ impl JwtAuthenticator {
                 token,
                 principal.clone(),
                 (nbf.saturating_sub(leeway), exp.saturating_add(leeway)),
-                generation.max(self.keys.generation()),
+                generation,
                 now,
             );
         }

@@ -705,3 +705,34 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_key_withdrawn_from_the_jwks_stops_its_cached_tokens() {
+    let up = RecordingUpstream::start().await;
+    let old = SigningKey::generate(KeyType::Rsa, "old");
+    let new = SigningKey::generate(KeyType::Rsa, "new");
+    let server = JwksServer::start(&jwks(&[&old, &new])).await;
+    let source = fetched(
+        &server.url(),
+        "jwks_refresh = \"1s\"\njwks_cooldown = \"200ms\"",
+    );
+    let h = Harness::start(&jwt_config(&up, &source, "")).await;
+    let token = old.sign(&claims());
+    // Verified, then served from the token cache.
+    for _ in 0..2 {
+        assert_eq!(bearer(&h.url("/"), &token).await.status, StatusCode::OK);
+    }
+    // The issuer withdraws the key (say it leaked).
+    server.set(&jwks(&[&new]));
+    let refused = eventually(Duration::from_secs(10), || {
+        let url = h.url("/");
+        let token = token.clone();
+        async move { bearer(&url, &token).await.status == StatusCode::UNAUTHORIZED }
+    })
+    .await;
+    assert!(refused, "a token of a withdrawn key kept being admitted");
+    assert_eq!(
+        bearer(&h.url("/"), &new.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+}
