@@ -305,13 +305,6 @@ impl std::fmt::Debug for AssertionCache {
     }
 }
 
-impl PartialEq for AssertionCache {
-    /// Cached assertions are not part of who a principal is.
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
 /// Entries are replaced whole, so a poisoned lock still holds consistent entries.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

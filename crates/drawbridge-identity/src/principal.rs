@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::assertion::AssertionCache;
 
 /// A caller whose credentials were verified.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Principal {
     /// Its id within its issuer (a JWT's `sub` by default).
     pub id: String,

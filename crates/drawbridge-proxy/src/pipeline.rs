@@ -181,12 +181,11 @@ async fn run(
     let seen = sanitize::strip_request_headers(req.headers_mut());
     req.headers_mut().remove(header::EXPECT);
 
-    // Drawbridge's own paths, on every listener, before any route.
+    // --- 4 route ------------------------------------------------------------------------
+    // Drawbridge's own paths come first, on every listener; no route can shadow them.
     if drawbridge_config::prefix_matches(drawbridge_config::RESERVED_PREFIX, &path.decoded) {
         return reserved(snapshot, &path.decoded, req.method()).map(Outcome::Local);
     }
-
-    // --- 4 route ------------------------------------------------------------------------
     let route = match listener
         .routes
         .lookup(&host, &path.decoded, req.method().as_str())
