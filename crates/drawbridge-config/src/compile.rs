@@ -15,11 +15,24 @@ use crate::model::*;
 use crate::raw::*;
 
 mod authn;
+mod policy;
 
 /// Methods a route may name.
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
 ];
+
+/// Whether a path segment is a whole `{name}` parameter.
+fn is_param_segment(seg: &str) -> bool {
+    seg.strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .is_some_and(|name| {
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
 
 /// The path prefix Drawbridge keeps for itself on every listener.
 pub const RESERVED_PREFIX: &str = "/.drawbridge";
@@ -91,10 +104,12 @@ pub(crate) fn compile(
         .enumerate()
         .map(|(i, a)| (a.get_ref().name.get_ref().as_str(), i))
         .collect();
+    let policy = cx.policy(raw.policy.as_ref());
     let names = Names {
         upstreams: &upstream_index,
         listeners: &listener_index,
         authenticators: &authenticator_index,
+        policy: policy.is_some(),
     };
     let routes: Vec<(usize, Route)> = raw
         .routes
@@ -107,6 +122,7 @@ pub(crate) fn compile(
     cx.overlaps(&routes, &raw.routes);
 
     let identity = cx.identity(raw.identity.as_ref());
+    cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
     if identity.header == "authorization" {
         // The assertion would replace the very credential such a route promises to pass.
         for (i, r) in &routes {
@@ -126,6 +142,7 @@ pub(crate) fn compile(
         }
     }
 
+    let warnings = cx.r.take_warnings();
     cx.r.finish()?;
     let version = if cx.files.is_empty() {
         version
@@ -146,6 +163,8 @@ pub(crate) fn compile(
         routes: routes.into_iter().map(|(_, r)| r).collect(),
         authenticators,
         identity,
+        policy,
+        warnings,
     })
 }
 
@@ -154,6 +173,8 @@ struct Names<'a> {
     upstreams: &'a HashMap<&'a str, usize>,
     listeners: &'a HashMap<&'a str, usize>,
     authenticators: &'a HashMap<&'a str, usize>,
+    /// Whether `[policy]` is present.
+    policy: bool,
 }
 
 struct Cx<'a> {
@@ -194,7 +215,20 @@ impl Cx<'_> {
                 }
             })
             .collect();
-        let access_log = match raw.access_log.as_ref() {
+        let access_log = self.log_target("server.access_log", raw.access_log.as_ref());
+        let audit_log = self.log_target("server.audit_log", raw.audit_log.as_ref());
+        Server {
+            shutdown_timeout,
+            trusted_proxies,
+            access_log,
+            audit_log,
+            watch: raw.watch.unwrap_or(true),
+        }
+    }
+
+    /// `stdout`, `stderr`, `off` or a file path (relative to the config's directory).
+    fn log_target(&mut self, field: &str, raw: Option<&Spanned<String>>) -> AccessLogTarget {
+        match raw {
             None => AccessLogTarget::Stdout,
             Some(s) => match s.get_ref().as_str() {
                 "stdout" => AccessLogTarget::Stdout,
@@ -203,20 +237,14 @@ impl Cx<'_> {
                 "" => {
                     self.r.error_help(
                         s.span().start,
-                        "server.access_log",
-                        "empty access log target",
+                        field,
+                        "empty log target",
                         "use `stdout`, `stderr`, `off` or a file path",
                     );
                     AccessLogTarget::Off
                 }
                 path => AccessLogTarget::File(self.base.join(path)),
             },
-        };
-        Server {
-            shutdown_timeout,
-            trusted_proxies,
-            access_log,
-            watch: raw.watch.unwrap_or(true),
         }
     }
 
@@ -696,6 +724,14 @@ impl Cx<'_> {
             );
         }
         let admission = self.admission(&at, start, r, names.authenticators);
+        let (authorize, params, context) = self.route_policy(
+            &at,
+            start,
+            r,
+            path.as_ref(),
+            admission.as_ref(),
+            names.policy,
+        );
         let route_listeners = r.listeners.as_ref().map(|ls| {
             let mut out = Vec::new();
             for (j, l) in ls.get_ref().iter().enumerate() {
@@ -745,6 +781,9 @@ impl Cx<'_> {
             listeners: route_listeners,
             max_body_bytes,
             identity_headers,
+            authorize,
+            params,
+            context,
             location: self.r.locate(start),
         })
     }
@@ -795,6 +834,13 @@ impl Cx<'_> {
             Some("must be normalised: no empty, `.` or `..` segments")
         } else if s.chars().any(char::is_control) {
             Some("must not hold control characters")
+        } else if s
+            .split('/')
+            .any(|seg| (seg.contains('{') || seg.contains('}')) && !is_param_segment(seg))
+        {
+            Some(
+                "has a `{` or `}` that is not a whole `{name}` segment (a name is letters, digits and `_`)",
+            )
         } else {
             None
         };
@@ -810,7 +856,7 @@ impl Cx<'_> {
     fn overlaps(&mut self, routes: &[(usize, Route)], raw: &[Spanned<RawRoute>]) {
         for (a_pos, (ai, a)) in routes.iter().enumerate() {
             for (bi, b) in routes.iter().skip(a_pos + 1) {
-                if a.host != b.host || a.path != b.path {
+                if a.host != b.host || a.path.shape() != b.path.shape() {
                     continue;
                 }
                 let listeners_meet = match (&a.listeners, &b.listeners) {

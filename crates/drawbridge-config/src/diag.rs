@@ -47,6 +47,17 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The diagnostic as a warning line (`warning: file:line:col: ...`).
+    pub fn as_warning(&self) -> String {
+        let text = self.to_string();
+        match text.strip_prefix("error: ") {
+            Some(rest) => format!("warning: {rest}"),
+            None => text,
+        }
+    }
+}
+
 /// Every problem found in one configuration; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
@@ -65,11 +76,18 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+impl From<Diagnostic> for Diagnostics {
+    fn from(d: Diagnostic) -> Self {
+        Diagnostics(vec![d])
+    }
+}
+
 /// Turns byte offsets of one source into lines and columns, and collects diagnostics.
 pub(crate) struct Reporter<'a> {
     file: &'a Path,
     line_starts: Vec<usize>,
     found: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Reporter<'a> {
@@ -81,6 +99,7 @@ impl<'a> Reporter<'a> {
             file,
             line_starts,
             found: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -111,6 +130,28 @@ impl<'a> Reporter<'a> {
         help: impl Into<String>,
     ) {
         self.push(offset, field.into(), message.into(), Some(help.into()));
+    }
+
+    /// Notes something the operator should know that does not make the file wrong.
+    pub(crate) fn warn(
+        &mut self,
+        offset: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let location = self.locate(offset);
+        self.warnings.push(Diagnostic {
+            location,
+            field: field.into(),
+            message: message.into(),
+            help: Some(help.into()),
+        });
+    }
+
+    /// The warnings noted so far.
+    pub(crate) fn take_warnings(&mut self) -> Vec<Diagnostic> {
+        std::mem::take(&mut self.warnings)
     }
 
     fn push(&mut self, offset: usize, field: String, message: String, help: Option<String>) {

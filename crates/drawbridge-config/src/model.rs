@@ -32,6 +32,60 @@ pub struct Config {
     pub authenticators: Vec<Authenticator>,
     /// The identity assertion Drawbridge signs for upstreams.
     pub identity: IdentityAssertion,
+    /// The Cedar policies that authorize requests, when `[policy]` is present.
+    pub policy: Option<PolicyConfig>,
+    /// What `check` should tell the operator without refusing the file.
+    pub warnings: Vec<crate::Diagnostic>,
+}
+
+/// `[policy]`: where the Cedar policies are and what the schema holds beyond its fixed part.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Policies that decide, in the order their files were named.
+    pub enforce: Vec<PolicyFile>,
+    /// Policies evaluated beside them whose verdict is only recorded (shadow mode).
+    pub shadow: Vec<PolicyFile>,
+    /// Test-case files `drawbridge test` runs.
+    pub tests: Vec<PathBuf>,
+    /// Principal attributes the policies may read, with their types.
+    pub attributes: Vec<(String, ValueType)>,
+    /// Where the `[policy]` table is.
+    pub location: Location,
+}
+
+/// One `.cedar` file, read when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFile {
+    /// The file, resolved against the config's directory.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// The Cedar type of a value Drawbridge hands policies (principal attributes, typed query
+/// parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    /// `String`.
+    String,
+    /// `Long`: a signed 64-bit integer.
+    Long,
+    /// `Bool`.
+    Bool,
+    /// `Set<String>`: a JSON array of strings, or one space-separated string (OAuth `scope`).
+    StringSet,
+}
+
+impl ValueType {
+    /// The name written in the config and in the Cedar schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::String => "String",
+            ValueType::Long => "Long",
+            ValueType::Bool => "Bool",
+            ValueType::StringSet => "Set<String>",
+        }
+    }
 }
 
 /// The signed identity Drawbridge hands upstreams on authenticated routes (`[identity]`).
@@ -84,6 +138,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Where access-log lines go.
     pub access_log: AccessLogTarget,
+    /// Where audit events (one per authorization decision) go.
+    pub audit_log: AccessLogTarget,
     /// Reload when the config file changes.
     pub watch: bool,
 }
@@ -313,8 +369,25 @@ pub struct Route {
     /// Also send the principal as plain `X-Drawbridge-User` and `X-Drawbridge-Groups`
     /// headers, for upstreams that cannot verify a JWT.
     pub identity_headers: bool,
+    /// Whether the policies decide who may use the route. False only for public routes and
+    /// for routes that say `authorize = false`.
+    pub authorize: bool,
+    /// Names of the path parameters its pattern captures (`/orders/{order_id}`), in order.
+    pub params: Vec<String>,
+    /// What of the request its policies see beside the path (`[routes.context]`).
+    pub context: RouteContext,
     /// Where the route was declared.
     pub location: Location,
+}
+
+/// The parts of a request a route hands its policies as `context.query` and
+/// `context.headers`. Nothing else of the query or headers reaches a policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteContext {
+    /// Query parameters by name, with the type they are read as.
+    pub query: Vec<(String, ValueType)>,
+    /// Request headers by lower-case name; never credentials.
+    pub headers: Vec<String>,
 }
 
 /// How a route admits callers.
@@ -527,10 +600,80 @@ pub enum PathMatch {
 impl PathMatch {
     /// Whether `path` (normalised) falls under this match.
     pub fn matches(&self, path: &str) -> bool {
+        if self.is_pattern() {
+            return self.capture(path).is_some();
+        }
         match self {
             PathMatch::Exact(p) => p == path,
             PathMatch::Prefix(p) => prefix_matches(p, path),
         }
+    }
+
+    /// The path or prefix as written (patterns keep their `{name}` segments).
+    pub fn text(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+
+    /// Whether it holds `{name}` segments.
+    pub fn is_pattern(&self) -> bool {
+        self.text().contains("/{")
+    }
+
+    /// The values of the pattern's parameters in `path`, in order, when `path` matches. A
+    /// parameter takes one whole, non-empty segment of the decoded path.
+    pub fn capture<'p>(&self, path: &'p str) -> Option<Vec<&'p str>> {
+        let (pattern, exact) = match self {
+            PathMatch::Exact(p) => (p.as_str(), true),
+            PathMatch::Prefix(p) if p == "/" => return Some(Vec::new()),
+            PathMatch::Prefix(p) => (p.as_str(), false),
+        };
+        let mut want = pattern.split('/').skip(1);
+        let mut have = path.strip_prefix('/')?.split('/');
+        let mut values = Vec::new();
+        for w in want.by_ref() {
+            let h = have.next()?;
+            if w.starts_with('{') {
+                if h.is_empty() {
+                    return None;
+                }
+                values.push(h);
+            } else if w != h {
+                return None;
+            }
+        }
+        if exact && have.next().is_some() {
+            return None;
+        }
+        Some(values)
+    }
+
+    /// The pattern with its parameter names erased: two routes of the same shape match the
+    /// same paths.
+    pub fn shape(&self) -> (bool, String) {
+        let text = self
+            .text()
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        (matches!(self, PathMatch::Exact(_)), text)
+    }
+
+    /// Orders matches that could take the same path, most specific first: more segments,
+    /// then a literal segment before a parameter at the first place they differ.
+    pub fn specificity(&self) -> (std::cmp::Reverse<usize>, Vec<bool>) {
+        let segs: Vec<bool> = if self.text() == "/" {
+            Vec::new()
+        } else {
+            self.text()
+                .split('/')
+                .skip(1)
+                .map(|seg| seg.starts_with('{'))
+                .collect()
+        };
+        (std::cmp::Reverse(segs.len()), segs)
     }
 }
 

@@ -19,6 +19,25 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub authenticators: Vec<Spanned<RawAuthenticator>>,
     pub identity: Option<Spanned<RawIdentity>>,
+    pub policy: Option<Spanned<RawPolicy>>,
+}
+
+/// `[policy]`: the Cedar policies that authorize requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub files: Spanned<Vec<Spanned<String>>>,
+    pub shadow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tests: Option<Spanned<Vec<Spanned<String>>>>,
+    pub attributes: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+}
+
+/// `[routes.context]`: what of the request a route's policies see beside the path.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteContext {
+    pub query: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub headers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +58,7 @@ pub(crate) struct RawServer {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
+    pub audit_log: Option<Spanned<String>>,
     pub watch: Option<bool>,
 }
 
@@ -126,6 +146,8 @@ pub(crate) struct RawRoute {
     pub identity_headers: Option<Spanned<bool>>,
     pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body_bytes: Option<Spanned<i64>>,
+    pub authorize: Option<Spanned<bool>>,
+    pub context: Option<Spanned<RawRouteContext>>,
 }
 
 /// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a

@@ -207,7 +207,7 @@ fn route(admission: &str) -> String {
 fn a_jwt_authenticator_compiles_with_safe_defaults() {
     let cfg = check(&format!(
         "{BASE}{JWT}{}",
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     ))
     .expect("valid");
     let AuthenticatorKind::Jwt(j) = &cfg.authenticators[0].kind else {
@@ -242,7 +242,7 @@ fn shared_secret_and_none_algorithms_are_refused_by_name() {
             "audiences",
             "algorithms = [\"RS256\", \"HS256\", \"none\"]\naudiences"
         ),
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     );
     let e = errors(&src);
     let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
@@ -272,7 +272,7 @@ fn jwks_must_be_fetched_over_tls_except_from_loopback() {
         let src = format!(
             "{BASE}{}{}",
             JWT.replace("https://idp.example.com/.well-known/jwks.json", url),
-            route("authenticate = [\"corp\"]")
+            route("authenticate = [\"corp\"]\nauthorize = false")
         );
         match check(&src) {
             Ok(_) => assert!(ok, "{url} accepted"),
@@ -288,7 +288,7 @@ fn jwks_must_be_fetched_over_tls_except_from_loopback() {
 fn a_jwt_authenticator_needs_issuer_audiences_and_keys() {
     let src = format!(
         "{BASE}\n[[authenticators]]\nname = \"corp\"\ntype = \"jwt\"\n{}",
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     );
     let e = errors(&src);
     let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
@@ -307,7 +307,7 @@ fn leeway_is_bounded_and_unknown_types_are_named() {
     let src = format!(
         "{BASE}{}{}",
         JWT.replace("audiences", "leeway = \"1h\"\naudiences"),
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     );
     let e = errors(&src);
     assert_eq!(e[0].field, "authenticators[0].leeway");
@@ -368,7 +368,7 @@ fn a_missing_jwks_file_names_the_path() {
             "jwks_url = \"https://idp.example.com/.well-known/jwks.json\"",
             "jwks_file = \"no-such-jwks.json\""
         ),
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     );
     let e = errors(&src);
     assert_eq!(e[0].field, "authenticators[0].jwks_file");
@@ -415,7 +415,7 @@ fn api_key_files_are_checked_against_their_own_lines() {
     .unwrap();
     let src = format!(
         "{BASE}\n[[authenticators]]\nname = \"scripts\"\ntype = \"api_key\"\nkeys_file = \"keys.toml\"\nsecret_file = \"s.secret\"\nissuer = \"x\"\n{}",
-        route("authenticate = [\"scripts\"]")
+        route("authenticate = [\"scripts\"]\nauthorize = false")
     );
     let e = parse(&dir.join("drawbridge.toml"), &src).expect_err("invalid");
     let found: Vec<(String, usize, &str)> =
@@ -457,7 +457,7 @@ fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
     let mtls = "\n[[authenticators]]\nname = \"mesh\"\ntype = \"mtls\"\ntrust_domain = \"prod.example.com\"\n";
     let e = errors(&format!(
         "{BASE}{mtls}{}",
-        route("authenticate = [\"mesh\"]")
+        route("authenticate = [\"mesh\"]\nauthorize = false")
     ));
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].field, "routes[0].authenticate");
@@ -484,14 +484,14 @@ fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
 fn an_assertion_in_authorization_cannot_share_it_with_passed_credentials() {
     let src = format!(
         "{BASE}{JWT}\n[identity]\nheader = \"Authorization\"\n{}",
-        route("authenticate = [\"corp\"]\npass_credentials = true")
+        route("authenticate = [\"corp\"]\nauthorize = false\npass_credentials = true")
     );
     let e = errors(&src);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0].field, "routes[0].pass_credentials");
     check(&format!(
         "{BASE}{JWT}\n[identity]\nheader = \"Authorization\"\n{}",
-        route("authenticate = [\"corp\"]")
+        route("authenticate = [\"corp\"]\nauthorize = false")
     ))
     .expect("valid without pass_credentials");
 }

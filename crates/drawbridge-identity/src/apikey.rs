@@ -135,6 +135,7 @@ fn entry(authenticator: &Arc<str>, k: &ApiKeyEntry) -> Entry {
             authenticated_at: None,
             expires_at: k.expires,
             assertions: Default::default(),
+            derived: Default::default(),
         }),
     }
 }

@@ -216,6 +216,7 @@ impl JwtAuthenticator {
             authenticated_at: number(claims, "auth_time").or(iat),
             expires_at: Some(exp),
             assertions: Default::default(),
+            derived: Default::default(),
         })
     }
 }

@@ -25,7 +25,7 @@ pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
 pub use mtls::{ClientCert, MtlsAuthenticator};
-pub use principal::{AuthMethod, Principal};
+pub use principal::{AuthMethod, Derived, Principal};
 
 /// Seconds since the Unix epoch, the unit of JWT time claims.
 pub fn unix_now() -> u64 {

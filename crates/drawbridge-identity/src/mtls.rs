@@ -117,6 +117,7 @@ impl MtlsAuthenticator {
             authenticated_at: None,
             expires_at: Some(cert.not_after),
             assertions: Default::default(),
+            derived: Default::default(),
         });
         let mut seen = lock(&self.seen);
         if seen.len() >= MAX_SEEN {

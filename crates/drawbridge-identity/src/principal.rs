@@ -30,6 +30,8 @@ pub struct Principal {
     pub expires_at: Option<u64>,
     /// Identity assertions already minted for it, by upstream.
     pub assertions: AssertionCache,
+    /// What other layers derived from it once and keep with it (the policy layer's entity).
+    pub derived: Derived,
 }
 
 impl Principal {
@@ -46,6 +48,7 @@ impl Principal {
             authenticated_at: None,
             expires_at: None,
             assertions: AssertionCache::default(),
+            derived: Derived::default(),
         }
     }
 }
@@ -69,5 +72,43 @@ impl AuthMethod {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Mtls => "mtls",
         }
+    }
+}
+
+// === impl Derived ===
+
+/// One value another layer computes from a principal and keeps with it, so that a caller
+/// whose credential is cached costs no rebuild. Tagged with a key (a hash of the settings it
+/// was built under): a value built under other settings is not reused.
+#[derive(Default)]
+pub struct Derived(arc_swap::ArcSwapOption<(u64, Arc<dyn std::any::Any + Send + Sync>)>);
+
+impl Derived {
+    /// The value built under `key`, if there is one of type `T`.
+    pub fn get<T: std::any::Any + Send + Sync>(&self, key: u64) -> Option<Arc<T>> {
+        let slot = self.0.load();
+        let (k, v) = slot.as_deref()?;
+        if *k != key {
+            return None;
+        }
+        v.clone().downcast::<T>().ok()
+    }
+
+    /// Keeps `value`, built under `key`, in place of whatever was there.
+    pub fn set<T: std::any::Any + Send + Sync>(&self, key: u64, value: Arc<T>) {
+        self.0.store(Some(Arc::new((key, value))));
+    }
+}
+
+impl Clone for Derived {
+    /// A copy of a principal starts without derived values: they describe the original.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
     }
 }

@@ -34,6 +34,7 @@ fn principal(groups: &[&str]) -> Principal {
         authenticated_at: Some(1),
         expires_at: None,
         assertions: Default::default(),
+        derived: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authz;
 pub mod body;
 pub mod forward;
 pub mod io;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use drawbridge_config::{AccessLogTarget, ConfigError};
-use drawbridge_telemetry::{AccessLog, Sink};
+use drawbridge_telemetry::{AccessLog, AuditLog, JsonLog, Sink};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{Mutex, watch};
 
@@ -72,6 +73,27 @@ fn prefetch(snapshot: &Snapshot) {
     }
 }
 
+/// Starts the writer of a JSON-lines log (`what` names it in errors).
+fn open_log<T: serde::Serialize + Send + 'static>(
+    target: &AccessLogTarget,
+    what: &str,
+) -> Result<JsonLog<T>, StartError> {
+    match target {
+        AccessLogTarget::Stdout => JsonLog::start(Sink::Stdout),
+        AccessLogTarget::Stderr => JsonLog::start(Sink::Stderr),
+        AccessLogTarget::Off => Ok(JsonLog::off()),
+        AccessLogTarget::File(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .and_then(|f| JsonLog::start(Sink::Writer(Box::new(f)))),
+    }
+    .map_err(|source| StartError::Io {
+        what: format!("opening the {what}"),
+        source,
+    })
+}
+
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -87,20 +109,8 @@ impl Proxy {
     /// Loads `config_path`, binds every listener and starts serving.
     pub async fn start(config_path: &Path) -> Result<Arc<Proxy>, StartError> {
         let snapshot = compile(config_path, None)?;
-        let log = match &snapshot.server.access_log {
-            AccessLogTarget::Stdout => AccessLog::start(Sink::Stdout),
-            AccessLogTarget::Stderr => AccessLog::start(Sink::Stderr),
-            AccessLogTarget::Off => Ok(AccessLog::off()),
-            AccessLogTarget::File(p) => std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .and_then(|f| AccessLog::start(Sink::Writer(Box::new(f)))),
-        }
-        .map_err(|source| StartError::Io {
-            what: "opening the access log".into(),
-            source,
-        })?;
+        let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
+        let audit: AuditLog = open_log(&snapshot.server.audit_log, "audit log")?;
 
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
@@ -119,6 +129,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             log,
+            audit,
+            shadow_disagreements: Default::default(),
             ids: RequestIds::new(),
         });
         let (stop, stop_rx) = watch::channel(false);

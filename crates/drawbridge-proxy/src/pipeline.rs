@@ -1,6 +1,7 @@
 //! The HTTP request pipeline, phase by phase in the order of ARCHITECTURE.md §1:
-//! accept and parse happen in [`crate::server`]; here follow sanitize, route, (authenticate,
-//! verify, authorize and limit arrive with later releases), mutate, forward and record.
+//! accept and parse happen in [`crate::server`]; here follow sanitize, route, authenticate,
+//! authorize ([`crate::authz`]), mutate, forward and record (verify and limit arrive with
+//! later releases).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Access log.
     pub log: AccessLog,
+    /// Audit trail: one event per authorization decision.
+    pub audit: drawbridge_telemetry::AuditLog,
+    /// Decisions where the shadow policies disagreed with the enforced ones.
+    pub shadow_disagreements: std::sync::atomic::AtomicU64,
     /// Request id source.
     pub ids: RequestIds,
 }
@@ -117,7 +122,7 @@ pub async fn handle(
         phase: None,
         reason: None,
     };
-    let outcome = run(&snapshot, listener, &conn, req, &mut event).await;
+    let outcome = run(&shared, &snapshot, listener, &conn, req, &mut event).await;
     let (res, in_flight) = match outcome {
         Ok(Outcome::Forwarded(Forwarded {
             response,
@@ -150,6 +155,7 @@ pub async fn handle(
 }
 
 async fn run(
+    shared: &Shared,
     snapshot: &Snapshot,
     listener: &ListenerEntry,
     conn: &ConnInfo,
@@ -216,7 +222,31 @@ async fn run(
         }
     };
 
-    // --- 6-8 verify, authorize, limit (later releases) -----------------------------------
+    // --- 6 verify (MFA, a later release) --------------------------------------------------
+
+    // --- 7 authorize --------------------------------------------------------------------
+    if route.config.authorize {
+        let Some(p) = &principal else {
+            // An authorized route always authenticates (config check); never pass unasked.
+            return Err(ProxyError::Forbidden("no principal to authorize".into()));
+        };
+        let ask = crate::authz::Ask {
+            request_id: &event.request_id,
+            time: event.time,
+            method: req.method(),
+            websocket: seen.websocket,
+            grpc: rescue::is_grpc(req.headers()),
+            host: &host,
+            path: &path.decoded,
+            query: req.uri().query(),
+            headers: req.headers(),
+            client: client_ip(snapshot, conn, seen.forwarded_for.as_deref()),
+            client_label: &conn.peer_label,
+        };
+        crate::authz::authorize(snapshot, &route, p, &ask, shared)?;
+    }
+
+    // --- 8 limit (a later release) -------------------------------------------------------
 
     // --- 2 parse, continued: limits that depend on the route, checked once it admitted ---
     let max_body = route.config.max_body_bytes.unwrap_or(limits.max_body_bytes);
@@ -492,6 +522,19 @@ fn upstream_target(route: &RouteEntry, path: &NormalPath, query: Option<&str>) -
         target.push_str(q);
     }
     target
+}
+
+/// The client's address for policies: the peer, or the nearest address a trusted proxy
+/// put in `X-Forwarded-For`.
+fn client_ip(snapshot: &Snapshot, conn: &ConnInfo, forwarded_for: Option<&str>) -> IpAddr {
+    let peer = conn.peer.ip();
+    if !is_trusted(&snapshot.server.trusted_proxies, peer) {
+        return peer;
+    }
+    forwarded_for
+        .and_then(|chain| chain.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer)
 }
 
 fn is_trusted(nets: &[ipnet::IpNet], ip: IpAddr) -> bool {

@@ -36,6 +36,13 @@ pub enum ProxyError {
     /// The caller's credentials are missing, malformed or refused.
     #[error("authentication: {0}")]
     Unauthenticated(drawbridge_identity::AuthError, Schemes),
+    /// The policies did not allow the request (the reason is for the audit trail and the
+    /// access log, never for the client).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The parts of the request the route's policies read cannot be read one way only.
+    #[error("bad request: {0}")]
+    PolicyInput(#[from] drawbridge_policy::BadRequest),
     /// Every endpoint is ejected.
     #[error("no healthy endpoint")]
     NoHealthyEndpoint,
@@ -58,7 +65,10 @@ impl ProxyError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => StatusCode::BAD_REQUEST,
+            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) | Self::PolicyInput(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
@@ -79,6 +89,8 @@ impl ProxyError {
             Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8,             // RESOURCE_EXHAUSTED
             Self::NoRoute | Self::MethodNotAllowed(_) => 12,              // UNIMPLEMENTED
             Self::Unauthenticated(..) => 16,                              // UNAUTHENTICATED
+            Self::Forbidden(_) => 7,                                      // PERMISSION_DENIED
+            Self::PolicyInput(_) => 3,                                    // INVALID_ARGUMENT
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,       // INTERNAL
@@ -92,6 +104,7 @@ impl ProxyError {
             Self::Path(_) | Self::Framing(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
             Self::Unauthenticated(..) => Phase::Authenticate,
+            Self::Forbidden(_) | Self::PolicyInput(_) => Phase::Authorize,
             Self::NoHealthyEndpoint
             | Self::UpstreamAtCapacity
             | Self::UpstreamFailed(_)
@@ -113,9 +126,13 @@ impl ProxyError {
         )
     }
 
-    /// What the client is told: the status's reason, never internal details.
-    fn public_message(&self) -> &'static str {
-        match self {
+    /// What the client is told: the status's reason, never internal details (nor which
+    /// policy refused it).
+    fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        if let Self::PolicyInput(e) = self {
+            return e.to_string().into();
+        }
+        let m: &'static str = match self {
             Self::Path(_) => "ambiguous or malformed path",
             Self::BadRequest(m) | Self::Framing(m) => m,
             Self::UriTooLong(_) => "request target too long",
@@ -129,7 +146,10 @@ impl ProxyError {
             Self::UpstreamFailed(_) => "bad gateway",
             Self::UpstreamTimeout(_) => "gateway timeout",
             Self::Internal(_) => "internal error",
-        }
+            Self::Forbidden(_) => "forbidden",
+            Self::PolicyInput(_) => "bad request",
+        };
+        m.into()
     }
 }
 
@@ -144,10 +164,9 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from(err.grpc_status()));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static(err.public_message()),
-        );
+        if let Ok(v) = HeaderValue::from_str(&err.public_message()) {
+            h.insert("grpc-message", v);
+        }
         res
     } else {
         let status = err.status();

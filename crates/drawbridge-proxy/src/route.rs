@@ -29,8 +29,50 @@ pub enum Match<'a> {
 #[derive(Default)]
 struct HostRoutes {
     exact: HashMap<String, Vec<Arc<RouteEntry>>>,
-    /// Longest prefix first.
-    prefixes: Vec<(String, Vec<Arc<RouteEntry>>)>,
+    /// Exact paths with `{name}` segments, most specific first.
+    exact_patterns: Vec<(PathMatch, Vec<Arc<RouteEntry>>)>,
+    /// Prefixes, literal or with `{name}` segments, most specific (longest) first.
+    prefixes: Vec<(PathMatch, Vec<Arc<RouteEntry>>)>,
+}
+
+impl HostRoutes {
+    fn add(&mut self, r: &Arc<RouteEntry>) {
+        let path = &r.config.path;
+        let list = match path {
+            PathMatch::Exact(p) if !path.is_pattern() => {
+                self.exact.entry(p.clone()).or_default().push(r.clone());
+                return;
+            }
+            PathMatch::Exact(_) => &mut self.exact_patterns,
+            PathMatch::Prefix(_) => &mut self.prefixes,
+        };
+        match list.iter_mut().find(|(k, _)| k.shape() == path.shape()) {
+            Some((_, v)) => v.push(r.clone()),
+            None => list.push((path.clone(), vec![r.clone()])),
+        }
+    }
+
+    fn sort(&mut self) {
+        self.exact_patterns.sort_by_key(|(p, _)| p.specificity());
+        self.prefixes.sort_by_key(|(p, _)| p.specificity());
+    }
+
+    /// The routes of the most specific path that takes `path`.
+    fn candidates(&self, path: &str) -> Option<&Vec<Arc<RouteEntry>>> {
+        if let Some(v) = self.exact.get(path) {
+            return Some(v);
+        }
+        self.exact_patterns
+            .iter()
+            .chain(&self.prefixes)
+            .find(|(p, _)| match p {
+                PathMatch::Prefix(literal) if !p.is_pattern() => {
+                    drawbridge_config::prefix_matches(literal, path)
+                }
+                _ => p.capture(path).is_some(),
+            })
+            .map(|(_, v)| v)
+    }
 }
 
 impl RouteTable {
@@ -53,13 +95,7 @@ impl RouteTable {
                     }
                 }
             };
-            match &r.config.path {
-                PathMatch::Exact(p) => bucket.exact.entry(p.clone()).or_default().push(r.clone()),
-                PathMatch::Prefix(p) => match bucket.prefixes.iter_mut().find(|(k, _)| k == p) {
-                    Some((_, v)) => v.push(r.clone()),
-                    None => bucket.prefixes.push((p.clone(), vec![r.clone()])),
-                },
-            }
+            bucket.add(&r);
         }
         t.suffix_hosts.sort_by_key(|h| std::cmp::Reverse(h.0.len()));
         for hr in t
@@ -68,7 +104,7 @@ impl RouteTable {
             .chain(t.suffix_hosts.iter_mut().map(|(_, h)| h))
             .chain(t.any_host.as_mut())
         {
-            hr.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+            hr.sort();
         }
         t
     }
@@ -77,8 +113,9 @@ impl RouteTable {
     ///
     /// The most specific host pattern that has routes is chosen (exact, then the longest
     /// `*.suffix`, then routes without host), then the most specific path within it (exact,
-    /// then the longest prefix), then the method. There is no fallback to a less specific
-    /// host or path: the most specific route owns its subtree.
+    /// then an exact pattern, then the longest prefix; a literal segment beats a `{name}` one),
+    /// then the method. There is no fallback to a less specific host or path: the most
+    /// specific route owns its subtree.
     pub fn lookup(&self, host: &str, path: &str, method: &str) -> Match<'_> {
         let hosts = self
             .exact_hosts
@@ -93,14 +130,7 @@ impl RouteTable {
         let Some(hosts) = hosts else {
             return Match::NotFound;
         };
-        let candidates = hosts.exact.get(path).or_else(|| {
-            hosts
-                .prefixes
-                .iter()
-                .find(|(p, _)| drawbridge_config::prefix_matches(p, path))
-                .map(|(_, v)| v)
-        });
-        let Some(candidates) = candidates else {
+        let Some(candidates) = hosts.candidates(path) else {
             return Match::NotFound;
         };
         for r in candidates {

@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub identity_header: http::HeaderName,
     /// How many routes the configuration declares.
     pub route_count: usize,
+    /// The compiled policies, when the configuration has a `[policy]`.
+    pub policies: Option<Arc<drawbridge_policy::Policies>>,
+    /// What `check` reports without refusing the configuration.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// A listener's compiled settings.
@@ -50,6 +54,8 @@ pub struct ListenerEntry {
 
 /// A route with its upstream resolved.
 pub struct RouteEntry {
+    /// Its index in the configuration (how the policies know it).
+    pub index: usize,
     /// Name, shared with access-log events.
     pub name: Arc<str>,
     /// The checked config.
@@ -133,6 +139,13 @@ impl Snapshot {
                 None
             }
         };
+        let policies = match drawbridge_policy::compile(&config) {
+            Ok(p) => p.map(Arc::new),
+            Err(d) => {
+                errors.extend(d.0);
+                None
+            }
+        };
         let (Some(minter), Some(identity_header)) = (minter, identity_header) else {
             return Err(Diagnostics(errors));
         };
@@ -142,8 +155,10 @@ impl Snapshot {
         let routes: Vec<Arc<RouteEntry>> = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(index, r)| {
                 Arc::new(RouteEntry {
+                    index,
                     name: r.name.as_str().into(),
                     config: r.clone(),
                     upstream: upstreams[r.upstream].clone(),
@@ -186,8 +201,14 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
+        let mut warnings = config.warnings.clone();
+        if let Some(p) = &policies {
+            warnings.extend(p.warnings.iter().cloned());
+        }
         Ok(Snapshot {
             route_count: config.routes.len(),
+            policies,
+            warnings,
             version: config.version,
             files: config.files,
             server: config.server,

@@ -1,5 +1,6 @@
-//! Drawbridge's records: the access log (one JSON line per request), written off the
-//! request path through a bounded queue that counts what it had to drop.
+//! Drawbridge's records: the access log (one JSON line per request) and the audit trail (one
+//! JSON line per authorization decision), each written off the request path through a bounded
+//! queue that counts what it had to drop.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -23,6 +24,8 @@ pub enum Phase {
     Route,
     /// Credentials were missing or did not pass.
     Authenticate,
+    /// The policies did not allow the request, or could not read it.
+    Authorize,
     /// Preparing the request for the upstream (signing its identity) failed.
     Mutate,
     /// The upstream failed or no endpoint was available.
@@ -74,6 +77,70 @@ pub struct AccessEvent {
     pub reason: Option<String>,
 }
 
+/// One authorization decision (`"log": "audit"`). Says who asked to do what to which route,
+/// what was decided and by which policies; never a credential.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// When the request arrived, RFC 3339 in UTC.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Always `audit`, to tell these lines from access-log lines in a shared stream.
+    pub log: &'static str,
+    /// The request id (also in the access log and sent upstream as `X-Request-Id`).
+    pub request_id: String,
+    /// The configuration version (a hash of the config and its policy files).
+    pub version: Arc<str>,
+    /// Who asked.
+    pub principal: AuditPrincipal,
+    /// The Cedar action (`GET`, `connect`, `grpc`...).
+    pub action: &'static str,
+    /// The route (the Cedar resource).
+    pub resource: Arc<str>,
+    /// The upstream the route leads to.
+    pub upstream: Arc<str>,
+    /// Normalised path (no query).
+    pub path: String,
+    /// Client address.
+    pub client: Arc<str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The policies that decided (permits when allowed, forbids when forbidden).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate, or why no evaluation was possible.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The shadow policies' verdict, when a shadow set is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<AuditShadow>,
+}
+
+/// The caller in an audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPrincipal {
+    /// Its id.
+    pub id: String,
+    /// `user`, `service` or `api_key`.
+    pub kind: &'static str,
+    /// The authenticator that admitted it.
+    pub authenticator: Arc<str>,
+    /// Its groups.
+    pub groups: Vec<String>,
+}
+
+/// The shadow policies' verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditShadow {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The shadow policies that decided.
+    pub policies: Vec<String>,
+    /// Shadow policies that failed to evaluate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Whether it differs from the enforced decision.
+    pub disagrees: bool,
+}
+
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_rfc3339_micros(*t).to_string())
 }
@@ -90,17 +157,31 @@ pub enum Sink {
     Off,
 }
 
-/// The access log's sending side: cheap to clone, never blocks.
-#[derive(Clone)]
-pub struct AccessLog {
-    tx: Option<SyncSender<AccessEvent>>,
+/// A JSON-lines log's sending side: cheap to clone, never blocks.
+pub struct JsonLog<T> {
+    tx: Option<SyncSender<T>>,
     dropped: Arc<AtomicU64>,
 }
+
+impl<T> Clone for JsonLog<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+/// The access log: one line per request.
+pub type AccessLog = JsonLog<AccessEvent>;
+
+/// The audit trail: one line per authorization decision.
+pub type AuditLog = JsonLog<AuditEvent>;
 
 /// Queue length between the request path and the writer thread.
 pub const QUEUE: usize = 16 * 1024;
 
-impl AccessLog {
+impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
         let dropped = Arc::new(AtomicU64::new(0));
@@ -112,7 +193,13 @@ impl AccessLog {
         };
         let (tx, rx) = sync_channel(QUEUE);
         std::thread::Builder::new()
-            .name("access-log".into())
+            .name(format!(
+                "{}-log",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("json")
+            ))
             .spawn(move || write_loop(rx, writer))?;
         Ok(Self {
             tx: Some(tx),
@@ -129,7 +216,7 @@ impl AccessLog {
     }
 
     /// Queues one event; a full queue drops it and counts the drop.
-    pub fn record(&self, event: AccessEvent) {
+    pub fn record(&self, event: T) {
         if let Some(tx) = &self.tx {
             match tx.try_send(event) {
                 Ok(()) => {}
@@ -146,7 +233,7 @@ impl AccessLog {
     }
 }
 
-fn write_loop(rx: Receiver<AccessEvent>, writer: Box<dyn Write + Send>) {
+fn write_loop<T: Serialize>(rx: Receiver<T>, writer: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -157,7 +244,7 @@ fn write_loop(rx: Receiver<AccessEvent>, writer: Box<dyn Write + Send>) {
             next = rx.try_recv().ok();
         }
         if let Err(e) = out.flush() {
-            tracing::warn!(error = %e, "access log write failed");
+            tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
         }
     }
     let _ = out.flush();

@@ -114,9 +114,13 @@ methods = ["GET", "POST"]
 upstream = "sample"
 public = true
 
+[policy]
+files = ["demo.cedar"]
+attributes = {{ tenant = "String" }}
+
 [[routes]]
 name = "orders"
-prefix = "/orders"
+prefix = "/tenants/{{tenant}}/orders"
 upstream = "sample"
 authenticate = ["demo-idp"]
 identity_headers = true
@@ -129,6 +133,13 @@ authenticate = ["demo-keys"]
 "#,
         upstream = upstream.url()
     );
+    if let Err(e) = std::fs::write(dir.join("demo.cedar"), DEMO_POLICIES) {
+        eprintln!(
+            "error: cannot write {}: {e}",
+            dir.join("demo.cedar").display()
+        );
+        return ExitCode::FAILURE;
+    }
     let path = dir.join("drawbridge.toml");
     if let Err(e) = std::fs::write(&path, config) {
         eprintln!("error: cannot write {}: {e}", path.display());
@@ -162,7 +173,7 @@ Drawbridge demo: listening on http://{addr}, in front of a sample upstream at {u
   # spoofed forwarding and identity headers are removed before forwarding
   curl -i -H 'X-Forwarded-For: 6.6.6.6' -H 'X-Drawbridge-User: admin' http://{addr}/hello
 
-Authenticated routes. A demo identity provider signed these (its public keys are in
+Authenticated and authorized routes. A demo identity provider signed these (its public keys are in
 {dir}/jwks.json), and an API key was made as `drawbridge apikey new` would:
 
   TOKEN='{token}'
@@ -171,18 +182,24 @@ Authenticated routes. A demo identity provider signed these (its public keys are
 
   # admitted: the upstream gets no token, but X-Drawbridge-Identity, a JWT signed by
   # Drawbridge (sub alice, groups, tenant), and X-Drawbridge-User / -Groups
-  curl -i -H "Authorization: Bearer $TOKEN" http://{addr}/orders/42
+  curl -i -H "Authorization: Bearer $TOKEN" http://{addr}/tenants/acme/orders/42
 
   # the claims the upstream received (the assertion's payload)
-  curl -s -H "Authorization: Bearer $TOKEN" http://{addr}/orders/42 \
+  curl -s -H "Authorization: Bearer $TOKEN" http://{addr}/tenants/acme/orders/42 \
     | python3 -c 'import sys,json,base64; a=json.load(sys.stdin)["headers"]["x-drawbridge-identity"].split(".")[1]; print(base64.urlsafe_b64decode(a+"==").decode())'
 
   # the key upstreams verify that assertion with
   curl -s http://{addr}/.drawbridge/jwks.json
 
+  # another tenant's orders, or a write: 403 by policy ({dir}/demo.cedar); the upstream
+  # is never contacted, and the audit trail (JSON lines with "log":"audit") says which
+  # policy decided
+  curl -i -H "Authorization: Bearer $TOKEN" http://{addr}/tenants/globex/orders/42
+  curl -i -X DELETE -H "Authorization: Bearer $TOKEN" http://{addr}/tenants/acme/orders/42
+
   # no token, or an expired one: 401, the upstream is never contacted
-  curl -i http://{addr}/orders/42
-  curl -i -H "Authorization: Bearer $EXPIRED" http://{addr}/orders/42
+  curl -i http://{addr}/tenants/acme/orders/42
+  curl -i -H "Authorization: Bearer $EXPIRED" http://{addr}/tenants/acme/orders/42
 
   # an API key on its own route
   curl -i -H "X-Api-Key: $KEY" http://{addr}/jobs/nightly
@@ -201,3 +218,20 @@ Stop with Ctrl-C.
     let _ = std::fs::remove_dir_all(&dir);
     ExitCode::SUCCESS
 }
+
+/// The demo's policies: tenants read their own orders; the batch key reads jobs.
+const DEMO_POLICIES: &str = r#"// The demo's policies (Cedar). Edit this file: Drawbridge reloads it.
+
+// A user reads the orders of their own tenant, and only those.
+@id("orders-own-tenant")
+permit (principal is User, action in Action::"read", resource == Route::"orders")
+when {
+  principal has tenant &&
+  context.params has tenant &&
+  context.params.tenant == principal.tenant
+};
+
+// Keys of the batch group read jobs.
+@id("jobs-batch")
+permit (principal in Group::"batch", action in Action::"read", resource == Route::"jobs");
+"#;

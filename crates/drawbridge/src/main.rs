@@ -136,8 +136,18 @@ fn init_tracing() {
 fn check(config: &std::path::Path) -> ExitCode {
     match drawbridge_proxy::compile(config, None) {
         Ok(s) => {
+            for w in &s.warnings {
+                eprintln!("{}", w.as_warning());
+            }
+            let policies = s
+                .policies
+                .as_ref()
+                .map_or(String::new(), |p| match p.counts {
+                    (n, 0) => format!(", {n} policies"),
+                    (n, shadow) => format!(", {n} policies + {shadow} in shadow"),
+                });
             println!(
-                "ok: {} is valid ({} listeners, {} upstreams, {} routes, {} authenticators; version {})",
+                "ok: {} is valid ({} listeners, {} upstreams, {} routes, {} authenticators{policies}; version {})",
                 config.display(),
                 s.listeners.len(),
                 s.upstreams.len(),

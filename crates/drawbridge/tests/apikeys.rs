@@ -73,6 +73,7 @@ name = "api"
 prefix = "/"
 upstream = "app"
 authenticate = ["scripts"]
+authorize = false
 identity_headers = true
 "#,
         keys_file.display(),
@@ -245,7 +246,7 @@ async fn a_keys_file_outside_the_config_directory_is_watched() {
         "[[authenticators]]\nname = \"scripts\"\ntype = \"api_key\"\nheader = \"X-Api-Key\"\nkeys_file = \"{}\"\nsecret_file = \"{}\"\n\n{}",
         keys_file.display(),
         secret.display(),
-        upstream_and_route("app", &up.url()).replace("public = true", "authenticate = [\"scripts\"]")
+        upstream_and_route("app", &up.url()).replace("public = true", "authenticate = [\"scripts\"]\nauthorize = false")
     ))
     .replace("watch = false", "watch = true");
     std::fs::write(&path, cfg).expect("write config");

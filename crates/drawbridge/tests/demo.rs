@@ -78,7 +78,7 @@ async fn demo_serves_forwards_and_refuses() {
                 if h == "x-api-key" {
                     "/jobs/nightly"
                 } else {
-                    "/orders/42"
+                    "/tenants/acme/orders/42"
                 }
             ))
             .header(h, v)
@@ -93,7 +93,18 @@ async fn demo_serves_forwards_and_refuses() {
     assert_eq!(echo["headers"]["x-drawbridge-user"], "alice");
     assert!(echo["headers"]["x-drawbridge-identity"].is_string());
     assert!(echo["headers"].get("authorization").is_none());
-    assert_eq!(get(&format!("http://{addr}/orders/42")).await.status, 401);
+    assert_eq!(
+        get(&format!("http://{addr}/tenants/acme/orders/42"))
+            .await
+            .status,
+        401
+    );
+    // Another tenant's orders: authenticated, then refused by policy.
+    let req = http::Request::get(format!("http://{addr}/tenants/globex/orders/42"))
+        .header("authorization", format!("Bearer {}", creds["TOKEN"]))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(send(&h1_client(), req).await.status, 403);
     let expired = with("authorization", format!("Bearer {}", creds["EXPIRED"])).await;
     assert_eq!(expired.status, 401);
     assert_eq!(with("x-api-key", creds["KEY"].clone()).await.status, 200);

@@ -40,6 +40,7 @@ name = "api"
 prefix = "/"
 upstream = "app"
 authenticate = ["corp"]
+authorize = false
 {route_extra}
 "#,
         up.url()

@@ -52,6 +52,7 @@ name = "svc"
 prefix = "/svc"
 upstream = "app"
 authenticate = ["mesh"]
+authorize = false
 
 [[routes]]
 name = "open"

@@ -193,7 +193,7 @@ impl Cx<'_> {
     }
 
     /// Notes a file the configuration is made of (never a secret: only its hash is kept).
-    fn read_file(&mut self, path: &std::path::Path, bytes: &[u8]) {
+    pub(super) fn read_file(&mut self, path: &std::path::Path, bytes: &[u8]) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);

@@ -1,0 +1,530 @@
+//! Policy files -> [`Policies`]: parse, name, check against the schema (strictly), then slice
+//! per route, action and principal type. Every problem names the file and line.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, ResourceConstraint, Schema, ValidationMode, Validator,
+};
+use drawbridge_config::{Config, Diagnostic, Diagnostics, Location, PolicyFile, PrincipalKind};
+use miette::Diagnostic as _;
+
+use crate::decide::reads_of;
+use crate::{Action, ActionEntry, Policies, RoutePolicies, Slice, Slices, Types};
+
+/// Compiles the policies of `config`; `None` when it has no `[policy]`.
+pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
+    let Some(pc) = &config.policy else {
+        return Ok(None);
+    };
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let schema_text = crate::schema::text(config);
+    query_types_agree(config, &mut errors);
+    let schema = match Schema::from_cedarschema_str(&schema_text) {
+        Ok((s, _)) => s,
+        Err(e) => {
+            // The schema is Drawbridge's own; a failure here is a name the config let through.
+            errors.push(Diagnostic {
+                location: pc.location.clone(),
+                field: "policy".into(),
+                message: format!("the policy schema cannot be built: {e}"),
+                help: e.help().map(|h| h.to_string()),
+            });
+            return Err(Diagnostics(errors));
+        }
+    };
+    let validator = Validator::new(schema.clone());
+    let mut ids = HashMap::new();
+    let enforce = load(
+        &pc.enforce,
+        "policy.files",
+        &validator,
+        &mut ids,
+        &mut errors,
+        &mut warnings,
+    );
+    let shadow = (!pc.shadow.is_empty()).then(|| {
+        load(
+            &pc.shadow,
+            "policy.shadow",
+            &validator,
+            &mut ids,
+            &mut errors,
+            &mut warnings,
+        )
+    });
+    known_entities(config, &enforce, &mut errors);
+    if let Some(s) = &shadow {
+        known_entities(config, s, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+
+    let t = |s: &str| EntityTypeName::from_str(s).map_err(|e| internal(pc, e.to_string()));
+    let types = Types {
+        user: t("User")?,
+        service: t("Service")?,
+        api_key: t("ApiKey")?,
+        group: t("Group")?,
+    };
+    let route_type = t("Route")?;
+    let upstream_type = t("Upstream")?;
+    let action_type = t("Action")?;
+    let action_entities = schema
+        .action_entities()
+        .map_err(|e| internal(pc, e.to_string()))?;
+    let mut actions = Vec::new();
+    for a in Action::ALL {
+        let uid = EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.id()));
+        let entity = action_entities
+            .get(&uid)
+            .ok_or_else(|| internal(pc, format!("the schema has no action `{}`", a.id())))?;
+        actions.push(ActionEntry {
+            uid,
+            entity: Arc::new(entity.as_ref().clone()),
+        });
+    }
+    let actions: [ActionEntry; Action::COUNT] = actions
+        .try_into()
+        .map_err(|_| internal(pc, "action table".into()))?;
+
+    let group_of = |a: Action| {
+        a.group()
+            .map(|g| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(g)))
+    };
+    let mut routes = Vec::new();
+    let mut used: HashSet<PolicyId> = HashSet::new();
+    for r in &config.routes {
+        if !r.authorize {
+            routes.push(None);
+            continue;
+        }
+        let uid = EntityUid::from_type_name_and_id(route_type.clone(), EntityId::new(&r.name));
+        let upstream = EntityUid::from_type_name_and_id(
+            upstream_type.clone(),
+            EntityId::new(&config.upstreams[r.upstream].name),
+        );
+        let entity = Entity::new_no_attrs(uid.clone(), [upstream.clone()].into());
+        let mut slice = |set: &PolicySet| -> Result<Slices, Diagnostics> {
+            let mut out = Vec::with_capacity(Action::COUNT * 3);
+            for a in Action::ALL {
+                let action_uid = &actions[a.index()].uid;
+                let group = group_of(a);
+                for kind in [
+                    PrincipalKind::User,
+                    PrincipalKind::Service,
+                    PrincipalKind::ApiKey,
+                ] {
+                    let ptype = types.principal(kind);
+                    let mut sliced = PolicySet::new();
+                    for p in set.policies() {
+                        if resource_fits(p, &uid, &upstream, &route_type)
+                            && action_fits(p, action_uid, group.as_ref())
+                            && principal_fits(p, ptype, &types)
+                        {
+                            used.insert(p.id().clone());
+                            sliced
+                                .add(p.clone())
+                                .map_err(|e| Diagnostics(vec![internal(pc, e.to_string())]))?;
+                        }
+                    }
+                    let reads = reads_of(&sliced);
+                    out.push(Slice { set: sliced, reads });
+                }
+            }
+            Ok(Slices(out))
+        };
+        let enforce_slices = slice(&enforce)?;
+        let shadow_slices = match &shadow {
+            Some(s) => Some(slice(s)?),
+            None => None,
+        };
+        let headers = r
+            .context
+            .headers
+            .iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map(|n| (smol_str::SmolStr::new(h), n))
+                    .map_err(|e| internal(pc, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        routes.push(Some(RoutePolicies {
+            uid,
+            entity: Arc::new(entity.as_ref().clone()),
+            params: r.params.iter().map(smol_str::SmolStr::new).collect(),
+            query: r
+                .context
+                .query
+                .iter()
+                .map(|(n, t)| (smol_str::SmolStr::new(n), *t))
+                .collect(),
+            headers,
+            enforce: enforce_slices,
+            shadow: shadow_slices,
+        }));
+    }
+    for p in enforce
+        .policies()
+        .chain(shadow.iter().flat_map(|s| s.policies()))
+    {
+        if !used.contains(p.id()) {
+            let (file, line) = ids.get(p.id()).cloned().unwrap_or_default();
+            warnings.push(Diagnostic {
+                location: Location {
+                    file: file.into(),
+                    line,
+                    column: 1,
+                },
+                field: format!("policy `{}`", p.id()),
+                message: "the policy applies to no route that policies decide for".into(),
+                help: Some(
+                    "check its `resource` and `action` scope against the routes, and that those routes authenticate callers"
+                        .into(),
+                ),
+            });
+        }
+    }
+
+    let mut key = std::collections::hash_map::DefaultHasher::new();
+    pc.attributes.hash(&mut key);
+    Ok(Some(Policies {
+        schema_text,
+        counts: (
+            enforce.num_of_policies(),
+            shadow.as_ref().map_or(0, PolicySet::num_of_policies),
+        ),
+        warnings,
+        key: key.finish(),
+        types,
+        attributes: pc
+            .attributes
+            .iter()
+            .map(|(n, t)| (smol_str::SmolStr::new(n), *t))
+            .collect(),
+        actions,
+        routes,
+    }))
+}
+
+fn internal(pc: &drawbridge_config::PolicyConfig, message: String) -> Diagnostic {
+    Diagnostic {
+        location: pc.location.clone(),
+        field: "policy".into(),
+        message,
+        help: None,
+    }
+}
+
+/// Parses and checks the files of one set. Each policy is named by its `@id("...")`
+/// annotation, else by `file:line`; ids are unique across both sets.
+fn load(
+    files: &[PolicyFile],
+    field: &str,
+    validator: &Validator,
+    ids: &mut HashMap<PolicyId, (String, usize)>,
+    errors: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) -> PolicySet {
+    let mut set = PolicySet::new();
+    for f in files {
+        let lines = Lines::new(&f.text);
+        let parsed = match PolicySet::from_str(&f.text) {
+            Ok(p) => p,
+            Err(e) => {
+                for (offset, message, help) in flatten(&e) {
+                    errors.push(diag(&f.path, &lines, offset, field.into(), message, help));
+                }
+                continue;
+            }
+        };
+        if let Some(t) = parsed.templates().next() {
+            errors.push(diag(
+                &f.path,
+                &lines,
+                locate_text(&f.text, &t.to_cedar(), 0).unwrap_or(0),
+                field.into(),
+                "policy templates are not supported".into(),
+                Some("write static policies (no `?principal` or `?resource` slots)".into()),
+            ));
+            continue;
+        }
+        // Cedar names a file's policies policy0, policy1... in the order written.
+        let mut policies: Vec<&Policy> = parsed.policies().collect();
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let name = f.path.file_name().map_or_else(
+            || f.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut from = 0;
+        let mut file_set = PolicySet::new();
+        for p in policies {
+            let offset = p
+                .to_cedar()
+                .and_then(|text| locate_text(&f.text, &text, from))
+                .unwrap_or(from);
+            from = offset + 1;
+            let line = lines.line(offset);
+            let id = match p.annotation("id") {
+                Some(id) => id.to_string(),
+                None => format!("{name}:{line}"),
+            };
+            let pid = PolicyId::new(&id);
+            if let Some((other_file, other_line)) = ids.get(&pid) {
+                errors.push(diag(
+                    &f.path,
+                    &lines,
+                    offset,
+                    field.into(),
+                    format!("policy id `{id}` is already used at {other_file}:{other_line}"),
+                    Some("give each policy its own `@id(\"...\")`".into()),
+                ));
+                continue;
+            }
+            ids.insert(pid.clone(), (f.path.display().to_string(), line));
+            if let Err(e) = file_set.add(p.new_id(pid)) {
+                errors.push(diag(
+                    &f.path,
+                    &lines,
+                    offset,
+                    field.into(),
+                    e.to_string(),
+                    None,
+                ));
+            }
+        }
+        let result = validator.validate(&file_set, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let offset = e
+                .labels()
+                .and_then(|mut l| l.next())
+                .map_or(0, |l| l.offset());
+            errors.push(diag(
+                &f.path,
+                &lines,
+                offset,
+                format!("policy `{}`", e.policy_id()),
+                e.to_string(),
+                e.help().map(|h| h.to_string()),
+            ));
+        }
+        for w in result.validation_warnings() {
+            let offset = w
+                .labels()
+                .and_then(|mut l| l.next())
+                .map_or(0, |l| l.offset());
+            let d = diag(
+                &f.path,
+                &lines,
+                offset,
+                format!("policy `{}`", w.policy_id()),
+                w.to_string(),
+                w.help().map(|h| h.to_string()),
+            );
+            // A condition that is always false hides a mistake (a `forbid` that never
+            // fires); text that reads one way and runs another hides worse.
+            let grave = matches!(
+                w,
+                cedar_policy::ValidationWarning::ImpossiblePolicy(_)
+                    | cedar_policy::ValidationWarning::BidiCharsInString(_)
+                    | cedar_policy::ValidationWarning::BidiCharsInIdentifier(_)
+            );
+            if grave {
+                let mut d = d;
+                if d.help.is_none()
+                    && matches!(w, cedar_policy::ValidationWarning::ImpossiblePolicy(_))
+                {
+                    d.help = Some(IMPOSSIBLE_HELP.into());
+                }
+                errors.push(d);
+            } else {
+                warnings.push(d);
+            }
+        }
+        for p in file_set.policies() {
+            if let Err(e) = set.add(p.clone()) {
+                errors.push(diag(&f.path, &lines, 0, field.into(), e.to_string(), None));
+            }
+        }
+    }
+    set
+}
+
+const IMPOSSIBLE_HELP: &str = "a `has` test of something the schema does not declare is always false: declare principal attributes in `[policy] attributes`, path parameters in the route's path (`{name}`), query parameters and headers in `[routes.context]`";
+
+/// Every route and upstream a policy names must exist: a policy about a route that is not
+/// there protects nothing (a typo in a `forbid` would silently do nothing).
+fn known_entities(config: &Config, set: &PolicySet, errors: &mut Vec<Diagnostic>) {
+    let routes: HashSet<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    let upstreams: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    for p in set.policies() {
+        let mut named: Vec<EntityUid> = p.entity_literals();
+        match p.resource_constraint() {
+            ResourceConstraint::In(u)
+            | ResourceConstraint::Eq(u)
+            | ResourceConstraint::IsIn(_, u) => named.push(u),
+            _ => {}
+        }
+        for uid in named {
+            let ty = uid.type_name().to_string();
+            let id = uid.id().unescaped().to_string();
+            let (known, what) = match ty.as_str() {
+                "Route" => (routes.contains(id.as_str()), "route"),
+                "Upstream" => (upstreams.contains(id.as_str()), "upstream"),
+                _ => continue,
+            };
+            if !known {
+                errors.push(Diagnostic {
+                    location: config.policy.as_ref().map_or_else(
+                        || config.routes[0].location.clone(),
+                        |pc| pc.location.clone(),
+                    ),
+                    field: format!("policy `{}`", p.id()),
+                    message: format!("no {what} is named `{id}`"),
+                    help: Some(format!("the {what}s are named in the config file")),
+                });
+            }
+        }
+    }
+}
+
+/// A query parameter read as two types by two routes cannot have one type in the schema.
+fn query_types_agree(config: &Config, errors: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<&str, (drawbridge_config::ValueType, &str)> = HashMap::new();
+    for r in config.routes.iter().filter(|r| r.authorize) {
+        for (q, t) in &r.context.query {
+            match seen.get(q.as_str()) {
+                Some((t0, other)) if t0 != t => errors.push(Diagnostic {
+                    location: r.location.clone(),
+                    field: format!("routes `{}`.context.query.{q}", r.name),
+                    message: format!(
+                        "`{q}` is read as {} here and as {} by route `{other}`",
+                        t.as_str(),
+                        t0.as_str()
+                    ),
+                    help: Some("a query parameter has one type in the policy schema".into()),
+                }),
+                Some(_) => {}
+                None => {
+                    seen.insert(q, (*t, &r.name));
+                }
+            }
+        }
+    }
+}
+
+fn resource_fits(
+    p: &Policy,
+    route: &EntityUid,
+    upstream: &EntityUid,
+    route_type: &EntityTypeName,
+) -> bool {
+    match p.resource_constraint() {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Eq(u) => u == *route,
+        ResourceConstraint::In(u) => u == *route || u == *upstream,
+        ResourceConstraint::Is(t) => t == *route_type,
+        ResourceConstraint::IsIn(t, u) => t == *route_type && (u == *route || u == *upstream),
+    }
+}
+
+fn action_fits(p: &Policy, action: &EntityUid, group: Option<&EntityUid>) -> bool {
+    match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => a == *action,
+        ActionConstraint::In(list) => list.iter().any(|a| a == action || Some(a) == group),
+    }
+}
+
+fn principal_fits(p: &Policy, ptype: &EntityTypeName, types: &Types) -> bool {
+    let principal_types = [&types.user, &types.service, &types.api_key];
+    match p.principal_constraint() {
+        PrincipalConstraint::Any => true,
+        PrincipalConstraint::Eq(u) | PrincipalConstraint::In(u) => {
+            // Only a principal of that very type is, or is in, a principal entity; anything
+            // may be in a group.
+            !principal_types.contains(&u.type_name()) || u.type_name() == ptype
+        }
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => t == *ptype,
+    }
+}
+
+/// Where `needle` (a policy's own text) starts in `text`, at or after `from`.
+fn locate_text(text: &str, needle: &str, from: usize) -> Option<usize> {
+    text.get(from..)?.find(needle).map(|i| i + from)
+}
+
+/// Offsets, messages and help of a parse error and its companions.
+fn flatten(e: &cedar_policy::ParseErrors) -> Vec<(usize, String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut one = |d: &dyn miette::Diagnostic| {
+        let offset = d
+            .labels()
+            .and_then(|mut l| l.next())
+            .map_or(0, |l| l.offset());
+        out.push((offset, d.to_string(), d.help().map(|h| h.to_string())));
+    };
+    one(e);
+    if let Some(related) = e.related() {
+        for r in related {
+            one(r);
+        }
+    }
+    out
+}
+
+fn diag(
+    file: &Path,
+    lines: &Lines,
+    offset: usize,
+    field: String,
+    message: String,
+    help: Option<String>,
+) -> Diagnostic {
+    let (line, column) = lines.locate(offset);
+    Diagnostic {
+        location: Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        },
+        field,
+        message,
+        help,
+    }
+}
+
+/// Byte offsets to lines and columns.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        Lines(
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        )
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.locate(offset).0
+    }
+
+    fn locate(&self, offset: usize) -> (usize, usize) {
+        let line = self.0.partition_point(|&s| s <= offset).max(1);
+        (line, offset - self.0[line - 1] + 1)
+    }
+}

@@ -1,0 +1,270 @@
+//! The request's context, built from typed values, holding only what the policies read.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy::RestrictedExpression;
+use cedar_policy_core::ast::{self, Value};
+use drawbridge_config::ValueType;
+use smol_str::SmolStr;
+
+use crate::decide::{BadRequest, RequestView};
+use crate::{Principal, RoutePolicies};
+
+/// Which top-level context attributes a set of policies reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reads(u16);
+
+impl Reads {
+    const FIELDS: [&'static str; 11] = [
+        "path", "host", "method", "params", "query", "headers", "ip", "time", "authn", "grpc",
+        // Anything else: the policy uses `context` whole.
+        "*",
+    ];
+    pub(crate) const ALL: Reads = Reads(u16::MAX);
+
+    fn bit(name: &str) -> u16 {
+        let i = Self::FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(Self::FIELDS.len() - 1);
+        1 << i
+    }
+
+    pub(crate) fn has(self, name: &str) -> bool {
+        self.0 & Self::bit(name) != 0
+    }
+
+    pub(crate) fn union(self, o: Reads) -> Reads {
+        Reads(self.0 | o.0)
+    }
+
+    /// What the policy (as Cedar's JSON form) reads of `context`.
+    pub(crate) fn of_policy(est: &serde_json::Value) -> Reads {
+        let mut r = Reads::default();
+        walk(est, &mut r);
+        r
+    }
+}
+
+fn walk(v: &serde_json::Value, r: &mut Reads) {
+    use serde_json::Value as J;
+    match v {
+        J::Object(o) => {
+            for op in [".", "has"] {
+                if let Some(J::Object(inner)) = o.get(op)
+                    && inner.get("left") == Some(&serde_json::json!({"Var": "context"}))
+                {
+                    match inner.get("attr").and_then(J::as_str) {
+                        Some(attr) => r.0 |= Reads::bit(attr),
+                        None => *r = Reads::ALL,
+                    }
+                    return;
+                }
+            }
+            if o.get("Var").and_then(J::as_str) == Some("context") {
+                // `context` used whole (compared, passed to a function): give it all.
+                *r = Reads::ALL;
+                return;
+            }
+            for x in o.values() {
+                walk(x, r);
+            }
+        }
+        J::Array(a) => a.iter().for_each(|x| walk(x, r)),
+        _ => {}
+    }
+}
+
+/// Builds the context `reads` asks for.
+pub(crate) fn build(
+    reads: Reads,
+    route: &RoutePolicies,
+    principal: &Principal,
+    req: &RequestView<'_>,
+    grpc: bool,
+) -> Result<ast::Context, BadRequest> {
+    let mut m: BTreeMap<SmolStr, Value> = BTreeMap::new();
+    let text = |s: &str| Value::from(SmolStr::new(s));
+    if reads.has("path") {
+        m.insert("path".into(), text(req.path));
+    }
+    if reads.has("host") {
+        m.insert("host".into(), text(req.host));
+    }
+    if reads.has("method") {
+        m.insert("method".into(), text(req.method));
+    }
+    if reads.has("params") {
+        let pairs = route
+            .params
+            .iter()
+            .zip(req.params.iter())
+            .map(|(k, v)| (k.clone(), text(v)));
+        m.insert("params".into(), Value::record(pairs, None));
+    }
+    // Query and headers are checked whenever the route selects them, read or not: a request
+    // that would mean different things to the policy and to the upstream never passes.
+    let query = query(route, req.query)?;
+    if reads.has("query") {
+        m.insert("query".into(), Value::record(query, None));
+    }
+    let headers = headers(route, req.headers)?;
+    if reads.has("headers") {
+        m.insert("headers".into(), Value::record(headers, None));
+    }
+    if reads.has("ip") {
+        m.insert("ip".into(), ip_value(req.ip));
+    }
+    if reads.has("time") {
+        m.insert("time".into(), time_value(req.now));
+    }
+    if reads.has("authn") {
+        let methods = Value::set(principal.methods.iter().map(|a| text(a.as_str())), None);
+        let mut authn = vec![(SmolStr::new_static("methods"), methods)];
+        if let Some(at) = principal.authenticated_at {
+            let now = req
+                .now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let age = i64::try_from(now.saturating_sub(at)).unwrap_or(i64::MAX);
+            authn.push((SmolStr::new_static("age"), Value::from(age)));
+        }
+        m.insert("authn".into(), Value::record(authn, None));
+    }
+    if grpc && reads.has("grpc") {
+        let (service, method) = req.grpc.unwrap_or(("", ""));
+        m.insert(
+            "grpc".into(),
+            Value::record(
+                [
+                    (SmolStr::new_static("service"), text(service)),
+                    (SmolStr::new_static("method"), text(method)),
+                ],
+                None,
+            ),
+        );
+    }
+    Ok(ast::Context::Value(Arc::new(m)))
+}
+
+/// The route's selected query parameters, decoded and typed. A selected name that appears
+/// twice, is not UTF-8 or does not parse as its type refuses the request.
+fn query(route: &RoutePolicies, raw: Option<&str>) -> Result<Vec<(SmolStr, Value)>, BadRequest> {
+    let mut out: Vec<(SmolStr, Value)> = Vec::new();
+    let (Some(raw), false) = (raw, route.query.is_empty()) else {
+        return Ok(out);
+    };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name).ok_or(BadRequest::QueryEncoding)?;
+        let Some((key, ty)) = route.query.iter().find(|(k, _)| k.as_str() == name) else {
+            continue;
+        };
+        if out.iter().any(|(k, _)| k == key) {
+            return Err(BadRequest::RepeatedQuery(key.to_string()));
+        }
+        let value = decode(value).ok_or(BadRequest::QueryEncoding)?;
+        let v = match ty {
+            ValueType::Long => value
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| BadRequest::QueryType(key.to_string(), "Long"))?,
+            ValueType::Bool => match value.as_str() {
+                "true" => Value::from(true),
+                "false" => Value::from(false),
+                _ => return Err(BadRequest::QueryType(key.to_string(), "Bool")),
+            },
+            ValueType::String | ValueType::StringSet => Value::from(SmolStr::new(&value)),
+        };
+        out.push((key.clone(), v));
+    }
+    Ok(out)
+}
+
+/// Form decoding (`+` is a space), refusing what is not UTF-8.
+fn decode(s: &str) -> Option<String> {
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+fn headers(
+    route: &RoutePolicies,
+    map: &http::HeaderMap,
+) -> Result<Vec<(SmolStr, Value)>, BadRequest> {
+    let mut out = Vec::new();
+    for (key, name) in &route.headers {
+        let mut values = map.get_all(name).iter();
+        let Some(v) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(BadRequest::RepeatedHeader(key.to_string()));
+        }
+        let v = v
+            .to_str()
+            .map_err(|_| BadRequest::HeaderNotText(key.to_string()))?;
+        out.push((key.clone(), Value::from(SmolStr::new(v))));
+    }
+    Ok(out)
+}
+
+thread_local! {
+    /// The last client address and second seen on this thread: the extension values are
+    /// costly to make and a connection's requests repeat them.
+    static LAST_IP: RefCell<Option<(IpAddr, Value)>> = const { RefCell::new(None) };
+    static LAST_TIME: RefCell<Option<(u64, Value)>> = const { RefCell::new(None) };
+}
+
+fn ip_value(ip: IpAddr) -> Value {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    LAST_IP.with_borrow_mut(|last| {
+        if let Some((seen, v)) = last.as_ref()
+            && *seen == ip
+        {
+            return v.clone();
+        }
+        let v = extension_value(RestrictedExpression::new_ip(ip.to_string()));
+        *last = Some((ip, v.clone()));
+        v
+    })
+}
+
+fn time_value(now: SystemTime) -> Value {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST_TIME.with_borrow_mut(|last| {
+        if let Some((seen, v)) = last.as_ref()
+            && *seen == secs
+        {
+            return v.clone();
+        }
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let v = extension_value(RestrictedExpression::new_datetime(
+            humantime::format_rfc3339_seconds(at).to_string(),
+        ));
+        *last = Some((secs, v.clone()));
+        v
+    })
+}
+
+/// Evaluates an extension constructor (`ip("...")`, `datetime("...")`) to its value. The
+/// inputs are made here from typed values, so evaluation cannot fail; if it ever did, the
+/// value would be an empty record, which no policy comparing it as an address or a time can
+/// accept (it is a type error, and errors deny).
+fn extension_value(e: RestrictedExpression) -> Value {
+    let ctx = cedar_policy::Context::from_pairs([("v".to_string(), e)]);
+    if let Ok(ctx) = ctx
+        && let ast::Context::Value(m) = ctx.as_ref()
+        && let Some(v) = m.get("v")
+    {
+        return v.clone();
+    }
+    Value::empty_record(None)
+}

@@ -1,0 +1,287 @@
+//! One decision: principal, action, route and context in; allow or deny, with the policies
+//! that decided, out.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cedar_policy::{Authorizer, Entity, EntityId, EntityUid, RestrictedExpression};
+use cedar_policy_core::ast;
+use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
+use drawbridge_config::ValueType;
+
+use crate::context::{self, Reads};
+use crate::{Action, Policies, Principal, Slice};
+
+/// What the policy layer needs to know of a request. Built by the protocol layer.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// What the request does.
+    pub action: Action,
+    /// The HTTP method as received (`context.method`).
+    pub method: &'a str,
+    /// The host the route was chosen by, lower-case without port.
+    pub host: &'a str,
+    /// The normalised, decoded path.
+    pub path: &'a str,
+    /// Values of the route's path parameters, in the order its pattern names them.
+    pub params: &'a [&'a str],
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The request headers (only the route's selected ones are read).
+    pub headers: &'a http::HeaderMap,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The time of the request.
+    pub now: SystemTime,
+    /// A gRPC call's service and method.
+    pub grpc: Option<(&'a str, &'a str)>,
+}
+
+/// The outcome of one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict of the policies that decide.
+    pub enforced: Verdict,
+    /// The verdict of the shadow policies, when some are loaded: recorded, never applied.
+    pub shadow: Option<Verdict>,
+}
+
+impl Decision {
+    /// Whether the request may proceed.
+    pub fn allowed(&self) -> bool {
+        self.enforced.allow
+    }
+
+    /// Whether a shadow set is loaded and decided otherwise.
+    pub fn disagrees(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|s| s.allow != self.enforced.allow)
+    }
+}
+
+/// One policy set's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed: some `permit` applied, no `forbid` did, and no policy failed to evaluate.
+    pub allow: bool,
+    /// The policies that decided: the applying `permit`s when allowed, the applying `forbid`s
+    /// when forbidden; empty when nothing applied (denied by default).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate, with why. Any error denies.
+    pub errors: Vec<String>,
+}
+
+/// A request whose parts the policies read cannot be read one way only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// A query parameter the route hands its policies appears more than once.
+    #[error("query parameter `{0}` appears more than once")]
+    RepeatedQuery(String),
+    /// A query parameter does not parse as the type the route reads it as.
+    #[error("query parameter `{0}` is not a {1}")]
+    QueryType(String, &'static str),
+    /// The query is not UTF-8 after decoding.
+    #[error("query is not valid UTF-8 after percent-decoding")]
+    QueryEncoding,
+    /// A header the route hands its policies appears more than once.
+    #[error("header `{0}` appears more than once")]
+    RepeatedHeader(String),
+    /// A header the route hands its policies is not visible ASCII.
+    #[error("header `{0}` is not text")]
+    HeaderNotText(String),
+}
+
+/// Why no decision could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// The request is malformed where the policies look (a precise 400).
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    /// The route is not one the policies decide for (a bug in the caller: denies).
+    #[error("route {0} is not authorized by policy")]
+    NotAuthorized(usize),
+    /// Cedar refused the request or entities Drawbridge built (denies).
+    #[error("cannot evaluate: {0}")]
+    Internal(String),
+}
+
+/// The principal's entity, kept with the principal.
+struct PrincipalEntity {
+    uid: EntityUid,
+    entity: Arc<ast::Entity>,
+}
+
+impl Policies {
+    /// Decides `req` by `principal` on the route at `route` (its index in the config).
+    pub fn decide(
+        &self,
+        route: usize,
+        principal: &Principal,
+        req: &RequestView<'_>,
+    ) -> Result<Decision, DecideError> {
+        let rp = self
+            .routes
+            .get(route)
+            .and_then(Option::as_ref)
+            .ok_or(DecideError::NotAuthorized(route))?;
+        let enforce = rp.enforce.get(req.action, principal.kind);
+        let shadow = rp
+            .shadow
+            .as_ref()
+            .map(|s| s.get(req.action, principal.kind));
+        let reads = shadow.map_or(enforce.reads, |s| enforce.reads.union(s.reads));
+        let grpc = req.action == Action::Grpc;
+        // Built even when nothing is evaluated: the selected query and headers are checked.
+        let ctx = context::build(reads, rp, principal, req, grpc)?;
+        if enforce.set.is_empty() && shadow.is_none_or(|s| s.set.is_empty()) {
+            let none = Verdict {
+                allow: false,
+                policies: Vec::new(),
+                errors: Vec::new(),
+            };
+            return Ok(Decision {
+                shadow: shadow.map(|_| none.clone()),
+                enforced: none,
+            });
+        }
+        let pe = self.principal_entity(principal)?;
+        let action = &self.actions[req.action.index()];
+        let entities = CoreEntities::new()
+            .add_entities(
+                [pe.entity.clone(), rp.entity.clone(), action.entity.clone()],
+                None::<&NoEntitiesSchema>,
+                // The principal's ancestors are its groups, which have none; a route's its
+                // upstream; an action's its group: each list is already closed.
+                TCComputation::AssumeAlreadyComputed,
+                Extensions::none(),
+            )
+            .map_err(|e| DecideError::Internal(e.to_string()))?;
+        let entities = cedar_policy::Entities::from(entities);
+        let request = cedar_policy::Request::new(
+            pe.uid.clone(),
+            action.uid.clone(),
+            rp.uid.clone(),
+            cedar_policy::Context::from(ctx),
+            None,
+        )
+        .map_err(|e| DecideError::Internal(e.to_string()))?;
+        let enforced = evaluate(&request, enforce, &entities);
+        let shadow = shadow.map(|s| evaluate(&request, s, &entities));
+        Ok(Decision { enforced, shadow })
+    }
+
+    fn principal_entity(&self, p: &Principal) -> Result<Arc<PrincipalEntity>, DecideError> {
+        if let Some(e) = p.derived.get::<PrincipalEntity>(self.key) {
+            return Ok(e);
+        }
+        let built = Arc::new(self.build_principal(p)?);
+        p.derived.set(self.key, built.clone());
+        Ok(built)
+    }
+
+    fn build_principal(&self, p: &Principal) -> Result<PrincipalEntity, DecideError> {
+        let uid = EntityUid::from_type_name_and_id(
+            self.types.principal(p.kind).clone(),
+            EntityId::new(&p.id),
+        );
+        let parents: HashSet<EntityUid> = p
+            .groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g)))
+            .collect();
+        let mut attrs: HashMap<String, RestrictedExpression> = HashMap::new();
+        attrs.insert("id".into(), RestrictedExpression::new_string(p.id.clone()));
+        attrs.insert(
+            "authenticator".into(),
+            RestrictedExpression::new_string(p.authenticator.to_string()),
+        );
+        if let Some(iss) = &p.issuer {
+            attrs.insert(
+                "issuer".into(),
+                RestrictedExpression::new_string(iss.clone()),
+            );
+        }
+        for (name, ty) in &self.attributes {
+            if let Some(v) = p.attributes.get(name.as_str()).and_then(|v| typed(v, *ty)) {
+                attrs.insert(name.to_string(), v);
+            }
+        }
+        let entity = Entity::new(uid.clone(), attrs, parents)
+            .map_err(|e| DecideError::Internal(e.to_string()))?;
+        Ok(PrincipalEntity {
+            uid,
+            entity: Arc::new(entity.as_ref().clone()),
+        })
+    }
+}
+
+/// A credential's attribute as the schema types it; left out when it does not fit (a policy
+/// must then test `principal has name`, and a missing attribute never permits).
+fn typed(v: &serde_json::Value, ty: ValueType) -> Option<RestrictedExpression> {
+    use serde_json::Value as J;
+    Some(match (ty, v) {
+        (ValueType::String, J::String(s)) => RestrictedExpression::new_string(s.clone()),
+        (ValueType::Long, J::Number(n)) => RestrictedExpression::new_long(n.as_i64()?),
+        (ValueType::Long, J::String(s)) => RestrictedExpression::new_long(s.parse().ok()?),
+        (ValueType::Bool, J::Bool(b)) => RestrictedExpression::new_bool(*b),
+        (ValueType::StringSet, J::Array(a)) => RestrictedExpression::new_set(
+            a.iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(|s| RestrictedExpression::new_string(s.into()))
+                })
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        (ValueType::StringSet, J::String(s)) => RestrictedExpression::new_set(
+            s.split_ascii_whitespace()
+                .map(|x| RestrictedExpression::new_string(x.into())),
+        ),
+        _ => return None,
+    })
+}
+
+thread_local! {
+    static AUTHORIZER: Authorizer = Authorizer::new();
+}
+
+fn evaluate(
+    request: &cedar_policy::Request,
+    slice: &Slice,
+    entities: &cedar_policy::Entities,
+) -> Verdict {
+    if slice.set.is_empty() {
+        return Verdict {
+            allow: false,
+            policies: Vec::new(),
+            errors: Vec::new(),
+        };
+    }
+    let response = AUTHORIZER.with(|a| a.is_authorized(request, &slice.set, entities));
+    let d = response.diagnostics();
+    let mut policies: Vec<String> = d.reason().map(|id| id.to_string()).collect();
+    policies.sort_unstable();
+    let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+    // Cedar skips a policy that fails to evaluate; a skipped `forbid` must not let a request
+    // through, so any error denies.
+    let allow = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+    if !allow && response.decision() == cedar_policy::Decision::Allow {
+        // The permits did not decide: the errors did.
+        policies.clear();
+    }
+    Verdict {
+        allow,
+        policies,
+        errors,
+    }
+}
+
+/// Reads of the policies in a set.
+pub(crate) fn reads_of(set: &cedar_policy::PolicySet) -> Reads {
+    set.policies().fold(Reads::default(), |r, p| {
+        r.union(p.to_json().map_or(Reads::ALL, |j| Reads::of_policy(&j)))
+    })
+}

@@ -1,0 +1,660 @@
+//! The policy layer on its own: decisions for the issue's example policies, fail-closed
+//! evaluation, sliced sets deciding exactly as the whole set, and diagnostics that name the
+//! file and line.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use drawbridge_config::PrincipalKind;
+use drawbridge_identity::{AuthMethod, Principal};
+use drawbridge_policy::{Action, BadRequest, DecideError, Policies, RequestView};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+const CONFIG: &str = r#"
+[server]
+access_log = "off"
+
+[[listeners]]
+name = "main"
+address = "127.0.0.1:0"
+
+[[authenticators]]
+name = "corp"
+type = "jwt"
+issuer = "https://idp.test/"
+audiences = ["drawbridge"]
+jwks_file = "jwks.json"
+claims = { groups = "groups", attributes = ["tenant"] }
+
+[[authenticators]]
+name = "workloads"
+type = "jwt"
+issuer = "https://workloads.test/"
+audiences = ["drawbridge"]
+jwks_file = "jwks.json"
+principal = "service"
+
+[policy]
+files = ["policies"]
+attributes = { tenant = "String", level = "Long", scope = "Set<String>" }
+
+[[upstreams]]
+name = "shop"
+endpoints = ["http://127.0.0.1:9"]
+
+[[upstreams]]
+name = "ledger"
+endpoints = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "tenant-orders"
+prefix = "/tenants/{tenant}/orders"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "refunds"
+path = "/refunds"
+upstream = "shop"
+authenticate = ["corp"]
+[routes.context]
+query = { amount = "Long" }
+headers = ["x-region"]
+
+[[routes]]
+name = "ledger"
+prefix = "/ledger"
+upstream = "ledger"
+authenticate = ["workloads", "corp"]
+
+[[routes]]
+name = "reports"
+prefix = "/reports"
+upstream = "shop"
+authenticate = ["corp"]
+"#;
+
+const SHOP: &str = r#"
+@id("tenant-read")
+permit (principal, action in Action::"read", resource == Route::"tenant-orders")
+when {
+  principal has tenant && context.params has tenant &&
+  context.params.tenant == principal.tenant
+};
+
+@id("refunds-billing")
+permit (principal in Group::"billing", action == Action::"POST", resource == Route::"refunds")
+when { context.query has amount && context.query.amount < 1000 };
+
+// Arithmetic that overflows for any amount above zero: an evaluation error.
+@id("refunds-overflow")
+forbid (principal, action, resource == Route::"refunds")
+when { context.query has amount && context.query.amount + 9223372036854775807 < 0 };
+
+@id("reports-read")
+permit (principal is User, action in Action::"read", resource == Route::"reports");
+
+@id("reports-write")
+permit (principal in Group::"editors", action in Action::"write", resource == Route::"reports");
+
+@id("reports-no-delete")
+forbid (principal, action == Action::"DELETE", resource == Route::"reports")
+unless { principal in Group::"admins" };
+"#;
+
+const SERVICES: &str = r#"
+@id("billing-reads-ledger")
+permit (
+  principal == Service::"spiffe://prod/billing",
+  action == Action::"GET",
+  resource in Upstream::"ledger"
+);
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    policies: Policies,
+}
+
+fn fixture(config: &str, files: &[(&str, &str)]) -> Result<Fixture, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).expect("jwks");
+    std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, config).expect("config");
+    let config = drawbridge_config::load(&path).map_err(|e| e.to_string())?;
+    let policies = drawbridge_policy::compile(&config)
+        .map_err(|e| e.to_string())?
+        .ok_or("no [policy]")?;
+    Ok(Fixture {
+        _dir: dir,
+        policies,
+    })
+}
+
+fn shop() -> Fixture {
+    fixture(
+        CONFIG,
+        &[
+            ("policies/shop.cedar", SHOP),
+            ("policies/services.cedar", SERVICES),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn user(id: &str, groups: &[&str], attrs: Value) -> Principal {
+    principal(PrincipalKind::User, "corp", id, groups, attrs)
+}
+
+fn principal(
+    kind: PrincipalKind,
+    authn: &str,
+    id: &str,
+    groups: &[&str],
+    attrs: Value,
+) -> Principal {
+    let attributes: Map<String, Value> = match attrs {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    Principal {
+        id: id.into(),
+        kind,
+        authenticator: authn.into(),
+        issuer: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        attributes,
+        methods: vec![AuthMethod::Jwt],
+        authenticated_at: None,
+        expires_at: None,
+        assertions: Default::default(),
+        derived: Default::default(),
+    }
+}
+
+/// Route indexes in `CONFIG`.
+const TENANT_ORDERS: usize = 0;
+const REFUNDS: usize = 1;
+const LEDGER: usize = 2;
+const REPORTS: usize = 3;
+
+struct Req<'a> {
+    action: Action,
+    path: &'a str,
+    params: Vec<&'a str>,
+    query: Option<&'a str>,
+    headers: http::HeaderMap,
+}
+
+fn req<'a>(action: Action, path: &'a str) -> Req<'a> {
+    Req {
+        action,
+        path,
+        params: Vec::new(),
+        query: None,
+        headers: http::HeaderMap::new(),
+    }
+}
+
+fn decide(
+    f: &Fixture,
+    route: usize,
+    p: &Principal,
+    r: &Req<'_>,
+) -> Result<(bool, Vec<String>), DecideError> {
+    let view = RequestView {
+        action: r.action,
+        method: r.action.id(),
+        host: "api.test",
+        path: r.path,
+        params: &r.params,
+        query: r.query,
+        headers: &r.headers,
+        ip: IpAddr::from([10, 0, 0, 1]),
+        now: SystemTime::now(),
+        grpc: None,
+    };
+    f.policies
+        .decide(route, p, &view)
+        .map(|d| (d.allowed(), d.enforced.policies))
+}
+
+#[test]
+fn tenants_read_their_own_orders_only() {
+    let f = shop();
+    let alice = user("alice", &[], json!({"tenant": "acme"}));
+    let mut r = req(Action::Get, "/tenants/acme/orders");
+    r.params = vec!["acme"];
+    assert_eq!(
+        decide(&f, TENANT_ORDERS, &alice, &r).expect("decide"),
+        (true, vec!["tenant-read".to_string()])
+    );
+    r.params = vec!["globex"];
+    assert_eq!(
+        decide(&f, TENANT_ORDERS, &alice, &r).expect("decide"),
+        (false, vec![])
+    );
+    // Writes have no permit.
+    let mut w = req(Action::Post, "/tenants/acme/orders");
+    w.params = vec!["acme"];
+    assert!(!decide(&f, TENANT_ORDERS, &alice, &w).expect("decide").0);
+    // No tenant attribute (or one of another type) never matches.
+    let nobody = user("bob", &[], json!({"tenant": 7}));
+    r.params = vec!["acme"];
+    assert!(!decide(&f, TENANT_ORDERS, &nobody, &r).expect("decide").0);
+}
+
+#[test]
+fn refunds_need_the_group_and_an_amount_under_the_limit() {
+    let f = shop();
+    let bob = user("bob", &["billing"], json!({}));
+    let carol = user("carol", &["sales"], json!({}));
+    let mut r = req(Action::Post, "/refunds");
+    r.query = Some("amount=0&note=x");
+    assert_eq!(
+        decide(&f, REFUNDS, &bob, &r).expect("decide"),
+        (true, vec!["refunds-billing".to_string()])
+    );
+    assert!(!decide(&f, REFUNDS, &carol, &r).expect("decide").0);
+    r.query = Some("amount=5000");
+    assert!(!decide(&f, REFUNDS, &bob, &r).expect("decide").0);
+    r.query = None;
+    assert!(
+        !decide(&f, REFUNDS, &bob, &r).expect("decide").0,
+        "no amount"
+    );
+}
+
+#[test]
+fn an_evaluation_error_denies_even_when_a_permit_applies() {
+    let f = shop();
+    let bob = user("bob", &["billing"], json!({}));
+    let mut r = req(Action::Post, "/refunds");
+    // amount=1: the permit applies and the forbid overflows. Cedar alone would allow.
+    r.query = Some("amount=1");
+    let view = RequestView {
+        action: r.action,
+        method: "POST",
+        host: "api.test",
+        path: r.path,
+        params: &[],
+        query: r.query,
+        headers: &r.headers,
+        ip: IpAddr::from([10, 0, 0, 1]),
+        now: SystemTime::now(),
+        grpc: None,
+    };
+    let d = f.policies.decide(REFUNDS, &bob, &view).expect("decide");
+    assert!(!d.allowed());
+    assert!(d.enforced.policies.is_empty(), "{d:?}");
+    assert_eq!(d.enforced.errors.len(), 1, "{d:?}");
+    assert!(d.enforced.errors[0].contains("refunds-overflow"), "{d:?}");
+}
+
+#[test]
+fn ambiguous_or_mistyped_inputs_are_bad_requests() {
+    let f = shop();
+    let bob = user("bob", &["billing"], json!({}));
+    let cases: &[(&str, BadRequest)] = &[
+        (
+            "amount=1&amount=99999",
+            BadRequest::RepeatedQuery("amount".into()),
+        ),
+        // The same name, spelled with an escape.
+        (
+            "am%6Funt=99999&amount=1",
+            BadRequest::RepeatedQuery("amount".into()),
+        ),
+        (
+            "amount=12abc",
+            BadRequest::QueryType("amount".into(), "Long"),
+        ),
+        ("amount=%FF", BadRequest::QueryEncoding),
+    ];
+    for (query, want) in cases {
+        let mut r = req(Action::Post, "/refunds");
+        r.query = Some(query);
+        assert_eq!(
+            decide(&f, REFUNDS, &bob, &r),
+            Err(DecideError::BadRequest(want.clone())),
+            "{query}"
+        );
+    }
+    let mut r = req(Action::Post, "/refunds");
+    r.query = Some("amount=1");
+    r.headers.append("x-region", "eu".parse().expect("value"));
+    r.headers.append("x-region", "us".parse().expect("value"));
+    assert_eq!(
+        decide(&f, REFUNDS, &bob, &r),
+        Err(DecideError::BadRequest(BadRequest::RepeatedHeader(
+            "x-region".into()
+        )))
+    );
+}
+
+#[test]
+fn services_talk_only_to_whom_they_may() {
+    let f = shop();
+    let billing = principal(
+        PrincipalKind::Service,
+        "workloads",
+        "spiffe://prod/billing",
+        &[],
+        json!({}),
+    );
+    let other = principal(
+        PrincipalKind::Service,
+        "workloads",
+        "spiffe://prod/web",
+        &[],
+        json!({}),
+    );
+    // A user whose id looks like the service's is not the service.
+    let impostor = user("spiffe://prod/billing", &[], json!({}));
+    let get = req(Action::Get, "/ledger/entries");
+    assert_eq!(
+        decide(&f, LEDGER, &billing, &get).expect("decide"),
+        (true, vec!["billing-reads-ledger".to_string()])
+    );
+    assert!(
+        !decide(&f, LEDGER, &billing, &req(Action::Post, "/ledger/entries"))
+            .expect("decide")
+            .0
+    );
+    assert!(!decide(&f, LEDGER, &other, &get).expect("decide").0);
+    assert!(!decide(&f, LEDGER, &impostor, &get).expect("decide").0);
+}
+
+#[test]
+fn forbid_overrides_permit() {
+    let f = shop();
+    let dave = user("dave", &["editors"], json!({}));
+    let root = user("root", &["editors", "admins"], json!({}));
+    let erin = user("erin", &[], json!({}));
+    assert!(
+        decide(&f, REPORTS, &dave, &req(Action::Post, "/reports"))
+            .expect("decide")
+            .0
+    );
+    assert_eq!(
+        decide(&f, REPORTS, &dave, &req(Action::Delete, "/reports/1")).expect("decide"),
+        (false, vec!["reports-no-delete".to_string()])
+    );
+    assert!(
+        decide(&f, REPORTS, &root, &req(Action::Delete, "/reports/1"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        decide(&f, REPORTS, &erin, &req(Action::Get, "/reports"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        decide(&f, REPORTS, &erin, &req(Action::Head, "/reports"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        !decide(&f, REPORTS, &erin, &req(Action::Put, "/reports"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        !decide(&f, REPORTS, &erin, &req(Action::WebSocket, "/reports"))
+            .expect("decide")
+            .0
+    );
+}
+
+#[test]
+fn a_principal_entity_is_built_once_per_credential() {
+    let f = shop();
+    let dave = Arc::new(user("dave", &["editors"], json!({})));
+    assert!(
+        decide(&f, REPORTS, &dave, &req(Action::Post, "/reports"))
+            .expect("decide")
+            .0
+    );
+    // The second decision uses the entity kept with the principal.
+    assert!(
+        decide(&f, REPORTS, &dave, &req(Action::Put, "/reports"))
+            .expect("decide")
+            .0
+    );
+    // A copy (another credential) never inherits it.
+    let mut copy = (*dave).clone();
+    copy.groups.clear();
+    assert!(
+        !decide(&f, REPORTS, &copy, &req(Action::Put, "/reports"))
+            .expect("decide")
+            .0
+    );
+}
+
+// === Slicing decides as the whole set does ===
+
+const ROUTES: &[(&str, &str)] = &[
+    ("tenant-orders", "shop"),
+    ("refunds", "shop"),
+    ("ledger", "ledger"),
+    ("reports", "shop"),
+];
+
+/// The reference: the whole policy set, entities built the plain way.
+fn reference(
+    set: &cedar_policy::PolicySet,
+    schema: &cedar_policy::Schema,
+    route: usize,
+    p: &Principal,
+    action: Action,
+    tenant: &str,
+    amount: i64,
+) -> bool {
+    use cedar_policy::*;
+    let ptype = match p.kind {
+        PrincipalKind::User => "User",
+        PrincipalKind::Service => "Service",
+        PrincipalKind::ApiKey => "ApiKey",
+    };
+    let uid = |t: &str, id: &str| {
+        EntityUid::from_type_name_and_id(
+            EntityTypeName::from_str(t).expect("type"),
+            EntityId::new(id),
+        )
+    };
+    let puid = uid(ptype, &p.id);
+    let groups: HashSet<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
+    let mut attrs = HashMap::new();
+    attrs.insert(
+        "id".to_string(),
+        RestrictedExpression::new_string(p.id.clone()),
+    );
+    attrs.insert(
+        "authenticator".to_string(),
+        RestrictedExpression::new_string(p.authenticator.to_string()),
+    );
+    if let Some(Value::String(t)) = p.attributes.get("tenant") {
+        attrs.insert(
+            "tenant".to_string(),
+            RestrictedExpression::new_string(t.clone()),
+        );
+    }
+    let (rname, uname) = ROUTES[route];
+    let entities = Entities::from_entities(
+        [
+            Entity::new(puid.clone(), attrs, groups).expect("principal"),
+            Entity::new_no_attrs(uid("Route", rname), [uid("Upstream", uname)].into()),
+        ],
+        Some(schema),
+    )
+    .expect("entities");
+    let ctx = Context::from_json_value(
+        json!({
+            "path": "/", "host": "api.test", "method": action.id(),
+            "params": if route == TENANT_ORDERS { json!({"tenant": tenant}) } else { json!({}) },
+            "query": if route == REFUNDS { json!({"amount": amount}) } else { json!({}) },
+            "headers": {},
+            "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}},
+            "time": {"__extn": {"fn": "datetime", "arg": "2026-01-01T00:00:00Z"}},
+            "authn": {"methods": ["jwt"]},
+        }),
+        None,
+    )
+    .expect("context");
+    let request = Request::new(
+        puid,
+        uid("Action", action.id()),
+        uid("Route", rname),
+        ctx,
+        None,
+    )
+    .expect("request");
+    let r = Authorizer::new().is_authorized(&request, set, &entities);
+    r.decision() == Decision::Allow && r.diagnostics().errors().next().is_none()
+}
+
+/// Built once: the proptest cases share it.
+fn whole_set() -> &'static (cedar_policy::PolicySet, cedar_policy::Schema, Fixture) {
+    static SET: std::sync::OnceLock<(cedar_policy::PolicySet, cedar_policy::Schema, Fixture)> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(build_whole_set)
+}
+
+fn build_whole_set() -> (cedar_policy::PolicySet, cedar_policy::Schema, Fixture) {
+    let f = shop();
+    let schema = cedar_policy::Schema::from_cedarschema_str(&f.policies.schema_text)
+        .expect("schema")
+        .0;
+    let mut set = cedar_policy::PolicySet::new();
+    for (i, text) in [SHOP, SERVICES].iter().enumerate() {
+        let parsed = cedar_policy::PolicySet::from_str(text).expect("parse");
+        for p in parsed.policies() {
+            set.add(p.new_id(cedar_policy::PolicyId::new(format!("{i}-{}", p.id()))))
+                .expect("add");
+        }
+    }
+    (set, schema, f)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn sliced_sets_decide_as_the_whole_set(
+        route in 0..ROUTES.len(),
+        kind in prop::sample::select(vec![PrincipalKind::User, PrincipalKind::Service, PrincipalKind::ApiKey]),
+        id in prop::sample::select(vec!["alice", "spiffe://prod/billing", "x"]),
+        groups in prop::collection::vec(prop::sample::select(vec!["billing", "editors", "admins", "other"]), 0..4),
+        tenant in prop::sample::select(vec!["acme", "globex"]),
+        own in prop::sample::select(vec!["acme", "globex"]),
+        amount in prop::sample::select(vec![0i64, 999, 1000, 5000]),
+        action in prop::sample::select(Action::ALL.to_vec()),
+    ) {
+        let (set, schema, f) = whole_set();
+        let p = principal(kind, "corp", id, &groups, json!({"tenant": own}));
+        let want = reference(set, schema, route, &p, action, tenant, amount);
+        let query = format!("amount={amount}");
+        let mut r = req(action, "/");
+        if route == TENANT_ORDERS {
+            r.params = vec![tenant];
+        }
+        if route == REFUNDS {
+            r.query = Some(&query);
+        }
+        let got = decide(f, route, &p, &r).expect("decide").0;
+        prop_assert_eq!(got, want);
+    }
+}
+
+// === Diagnostics ===
+
+fn error_of(policy: &str) -> String {
+    match fixture(CONFIG, &[("policies/shop.cedar", policy)]) {
+        Ok(_) => panic!("accepted:\n{policy}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn type_errors_name_the_file_line_and_policy() {
+    let e = error_of(
+        "// comment\n\n@id(\"typo\")\npermit (principal, action, resource == Route::\"reports\")\nwhen { principal.tenat == \"acme\" };\n",
+    );
+    assert!(e.contains("policies/shop.cedar:5:"), "{e}");
+    assert!(e.contains("policy `typo`"), "{e}");
+    assert!(e.contains("tenat"), "{e}");
+}
+
+#[test]
+fn policies_are_named_by_file_and_line_without_an_id() {
+    let e = error_of(
+        "permit (principal, action, resource == Route::\"reports\");\n\npermit (principal, action, resource == Route::\"reports\")\nwhen { context.nope };\n",
+    );
+    assert!(e.contains("policy `shop.cedar:3`"), "{e}");
+    assert!(e.contains("shop.cedar:4:"), "{e}");
+}
+
+#[test]
+fn parse_errors_point_at_the_line() {
+    let e = error_of(
+        "permit (principal, action, resource == Route::\"reports\");\npermit (principal action);\n",
+    );
+    assert!(e.contains("policies/shop.cedar:2:"), "{e}");
+}
+
+#[test]
+fn unknown_routes_and_upstreams_are_errors() {
+    let e = error_of("permit (principal, action, resource == Route::\"reprots\");\n");
+    assert!(e.contains("no route is named `reprots`"), "{e}");
+    let e = error_of("permit (principal, action, resource in Upstream::\"legder\");\n");
+    assert!(e.contains("no upstream is named `legder`"), "{e}");
+    let e =
+        error_of("permit (principal, action, resource) when { resource == Route::\"nope\" };\n");
+    assert!(e.contains("no route is named `nope`"), "{e}");
+}
+
+#[test]
+fn policies_that_can_never_apply_are_errors() {
+    // `tenant` is not a declared context attribute of the route: always false.
+    let e = error_of(
+        "forbid (principal, action, resource == Route::\"reports\") when { context has tenant };\n",
+    );
+    assert!(e.contains("impossible"), "{e}");
+    assert!(e.contains("[policy] attributes"), "help is given: {e}");
+}
+
+#[test]
+fn templates_and_duplicate_ids_are_errors() {
+    let e = error_of("permit (principal == ?principal, action, resource);\n");
+    assert!(e.contains("templates are not supported"), "{e}");
+    let e = error_of(
+        "@id(\"a\")\npermit (principal, action, resource == Route::\"reports\");\n@id(\"a\")\npermit (principal, action, resource == Route::\"refunds\");\n",
+    );
+    assert!(e.contains("policy id `a` is already used"), "{e}");
+}
+
+#[test]
+fn a_policy_for_no_authorized_route_is_a_warning() {
+    let config = CONFIG.replace(
+        "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]",
+        "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]\nauthorize = false",
+    );
+    let f = fixture(
+        &config,
+        &[(
+            "policies/shop.cedar",
+            "@id(\"r\")\npermit (principal, action, resource == Route::\"reports\");\n",
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(f.policies.warnings.len(), 1, "{:?}", f.policies.warnings);
+    assert!(f.policies.warnings[0].message.contains("no route"));
+}
