@@ -183,7 +183,19 @@ impl Proxy {
         &self.config_path
     }
 
-    /// Access-log events dropped because the log could not keep up.
+    /// Decisions the shadow policies would have made otherwise, since start.
+    pub fn shadow_disagreements(&self) -> u64 {
+        self.shared
+            .shadow_disagreements
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Audit events dropped because the audit queue was full.
+    pub fn audit_dropped(&self) -> u64 {
+        self.shared.audit.dropped()
+    }
+
+    /// Access-log events dropped because the queue was full.
     pub fn access_log_dropped(&self) -> u64 {
         self.shared.log.dropped()
     }

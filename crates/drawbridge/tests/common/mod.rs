@@ -25,7 +25,19 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(config: &str) -> Harness {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Starts with `files` (name, contents) written beside the config first.
+    pub async fn start_with(config: &str, files: &[(&str, &str)]) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, contents) in files {
+            let p = dir.path().join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&p, contents).expect("write file");
+        }
         let path = dir.path().join("drawbridge.toml");
         std::fs::write(&path, config).expect("write config");
         let proxy = Proxy::start(&path)

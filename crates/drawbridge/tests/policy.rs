@@ -1,0 +1,574 @@
+//! Authorization through the real server: Cedar policies decide per route, method, parameter
+//! and caller; every refusal is shown never to reach the upstream, and every decision to be
+//! in the audit trail.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+const CORP: &str = "https://idp.test/";
+const WORKLOADS: &str = "https://workloads.test/";
+
+const SHOP: &str = r#"
+@id("tenant-read")
+permit (principal, action in Action::"read", resource == Route::"tenant-orders")
+when {
+  principal has tenant && context.params has tenant &&
+  context.params.tenant == principal.tenant
+};
+
+@id("refunds-billing")
+permit (principal in Group::"billing", action == Action::"POST", resource == Route::"refunds")
+when { context.query has amount && context.query.amount < 1000 };
+
+@id("reports-read")
+permit (principal is User, action in Action::"read", resource == Route::"reports");
+
+@id("reports-write")
+permit (principal in Group::"editors", action in Action::"write", resource == Route::"reports");
+
+@id("reports-no-delete")
+forbid (principal, action == Action::"DELETE", resource == Route::"reports")
+unless { principal in Group::"admins" };
+
+@id("admin-only")
+permit (principal in Group::"admins", action, resource == Route::"admin");
+
+@id("grpc-catalog-reads")
+permit (principal is User, action == Action::"grpc", resource == Route::"catalog")
+when { context.grpc.method like "Get*" };
+
+@id("live-editors")
+permit (principal in Group::"editors", action == Action::"connect", resource == Route::"live");
+"#;
+
+const SERVICES: &str = r#"
+@id("billing-reads-ledger")
+permit (
+  principal == Service::"spiffe://prod/billing",
+  action == Action::"GET",
+  resource in Upstream::"ledger"
+);
+"#;
+
+struct Setup {
+    h: Harness,
+    shop: RecordingUpstream,
+    ledger: RecordingUpstream,
+    corp: SigningKey,
+    workloads: SigningKey,
+}
+
+fn policy_config(
+    shop: &RecordingUpstream,
+    ledger: &RecordingUpstream,
+    policy_extra: &str,
+) -> String {
+    config(&format!(
+        r#"[[authenticators]]
+name = "corp"
+type = "jwt"
+issuer = "{CORP}"
+audiences = ["drawbridge"]
+algorithms = ["ES256"]
+jwks_file = "corp.json"
+claims = {{ groups = "groups", attributes = ["tenant"] }}
+
+[[authenticators]]
+name = "workloads"
+type = "jwt"
+issuer = "{WORKLOADS}"
+audiences = ["drawbridge"]
+algorithms = ["ES256"]
+jwks_file = "workloads.json"
+principal = "service"
+
+[policy]
+files = ["policies"]
+attributes = {{ tenant = "String" }}
+{policy_extra}
+
+[[upstreams]]
+name = "shop"
+endpoints = ["{shop}"]
+
+[[upstreams]]
+name = "ledger"
+endpoints = ["{ledger}"]
+
+[[routes]]
+name = "tenant-orders"
+prefix = "/tenants/{{tenant}}/orders"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "refunds"
+path = "/refunds"
+upstream = "shop"
+authenticate = ["corp"]
+[routes.context]
+query = {{ amount = "Long" }}
+
+[[routes]]
+name = "reports"
+prefix = "/reports"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "admin"
+prefix = "/admin"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "catalog"
+prefix = "/shop.Catalog"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "live"
+path = "/live"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "ledger"
+prefix = "/ledger"
+upstream = "ledger"
+authenticate = ["workloads", "corp"]
+"#,
+        shop = shop.url(),
+        ledger = ledger.url(),
+    ))
+    .replace(
+        "watch = false",
+        "watch = false\naudit_log = \"audit.jsonl\"",
+    )
+}
+
+async fn setup_with(policy_extra: &str, extra_files: &[(&str, &str)]) -> Setup {
+    let shop = RecordingUpstream::start().await;
+    let ledger = RecordingUpstream::start().await;
+    let corp = SigningKey::generate(KeyType::P256, "c1");
+    let workloads = SigningKey::generate(KeyType::P256, "w1");
+    let corp_jwks = jwks(&[&corp]);
+    let workloads_jwks = jwks(&[&workloads]);
+    let mut files = vec![
+        ("corp.json", corp_jwks.as_str()),
+        ("workloads.json", workloads_jwks.as_str()),
+        ("policies/shop.cedar", SHOP),
+        ("policies/services.cedar", SERVICES),
+    ];
+    files.extend_from_slice(extra_files);
+    let h = Harness::start_with(&policy_config(&shop, &ledger, policy_extra), &files).await;
+    Setup {
+        h,
+        shop,
+        ledger,
+        corp,
+        workloads,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with("", &[]).await
+}
+
+impl Setup {
+    fn user(&self, sub: &str, groups: &[&str], tenant: &str) -> String {
+        let n = now();
+        self.corp.sign(&json!({
+            "iss": CORP, "aud": "drawbridge", "sub": sub, "iat": n, "exp": n + 600,
+            "groups": groups, "tenant": tenant,
+        }))
+    }
+
+    fn service(&self, sub: &str) -> String {
+        let n = now();
+        self.workloads.sign(&json!({
+            "iss": WORKLOADS, "aud": "drawbridge", "sub": sub, "iat": n, "exp": n + 600,
+        }))
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(self.h.url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        send(&h1_client(), req).await
+    }
+
+    /// Sends `method path` with `token`; asserts the status and whether `up` was reached.
+    async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        status: u16,
+        up: &RecordingUpstream,
+    ) {
+        let before = up.count();
+        let r = self.call(method, path, token).await;
+        assert_eq!(r.status.as_u16(), status, "{method} {path}: {}", r.body);
+        let reached = up.count() > before;
+        assert_eq!(
+            reached,
+            status == 200,
+            "{method} {path}: upstream reached = {reached}"
+        );
+        if status == 403 {
+            assert!(
+                !r.body.contains("reports-") && !r.body.contains("admin-only"),
+                "no policy ids to the client: {}",
+                r.body
+            );
+        }
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.h.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The audit event of the last request the upstream or the client saw for `path`.
+    async fn audit_for(&self, path: &str, method: &str) -> Value {
+        let mut found = None;
+        eventually(Duration::from_secs(5), || {
+            let events = self.audit();
+            found = events
+                .into_iter()
+                .rev()
+                .find(|e| e["path"] == path && e["action"] == method);
+            std::future::ready(found.is_some())
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no audit event for {method} {path}: {:?}", self.audit()))
+    }
+}
+
+#[tokio::test]
+async fn tenants_reach_their_own_orders_only() {
+    let s = setup().await;
+    let alice = s.user("alice", &[], "acme");
+    s.expect("GET", "/tenants/acme/orders/42", &alice, 200, &s.shop)
+        .await;
+    assert_eq!(
+        s.shop.last().expect("seen").target,
+        "/tenants/acme/orders/42"
+    );
+    s.expect("GET", "/tenants/globex/orders/42", &alice, 403, &s.shop)
+        .await;
+    s.expect("HEAD", "/tenants/acme/orders", &alice, 200, &s.shop)
+        .await;
+    // Reads only.
+    s.expect("POST", "/tenants/acme/orders", &alice, 403, &s.shop)
+        .await;
+    // The tenant segment is compared decoded: an escaped spelling is the same tenant.
+    s.expect("GET", "/tenants/%61cme/orders", &alice, 200, &s.shop)
+        .await;
+    // ...and an empty one matches no route at all.
+    s.expect("GET", "/tenants//orders", &alice, 404, &s.shop)
+        .await;
+
+    let allowed = s.audit_for("/tenants/acme/orders/42", "GET").await;
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["policies"], json!(["tenant-read"]));
+    assert_eq!(allowed["resource"], "tenant-orders");
+    assert_eq!(allowed["upstream"], "shop");
+    assert_eq!(allowed["principal"]["id"], "alice");
+    assert_eq!(allowed["principal"]["kind"], "user");
+    assert_eq!(allowed["version"], s.h.proxy.version());
+    let denied = s.audit_for("/tenants/globex/orders/42", "GET").await;
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["policies"], json!([]));
+    assert!(
+        !denied.to_string().contains(&alice),
+        "no token in the audit trail"
+    );
+}
+
+#[tokio::test]
+async fn refunds_need_billing_and_an_amount_under_the_limit() {
+    let s = setup().await;
+    let bob = s.user("bob", &["billing"], "acme");
+    let carol = s.user("carol", &["sales"], "acme");
+    s.expect("POST", "/refunds?amount=500", &bob, 200, &s.shop)
+        .await;
+    assert_eq!(s.shop.last().expect("seen").target, "/refunds?amount=500");
+    s.expect("POST", "/refunds?amount=5000", &bob, 403, &s.shop)
+        .await;
+    s.expect("POST", "/refunds", &bob, 403, &s.shop).await;
+    s.expect("POST", "/refunds?amount=500", &carol, 403, &s.shop)
+        .await;
+    // Parameter pollution: the policy and the upstream must read the same amount.
+    s.expect(
+        "POST",
+        "/refunds?amount=500&amount=50000",
+        &bob,
+        400,
+        &s.shop,
+    )
+    .await;
+    s.expect(
+        "POST",
+        "/refunds?am%6Funt=50000&amount=500",
+        &bob,
+        400,
+        &s.shop,
+    )
+    .await;
+    s.expect("POST", "/refunds?amount=5e3", &bob, 400, &s.shop)
+        .await;
+    let r = s.call("POST", "/refunds?amount=1&amount=2", &bob).await;
+    assert!(
+        r.body
+            .contains("query parameter `amount` appears more than once"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn services_talk_only_to_whom_they_may() {
+    let s = setup().await;
+    let billing = s.service("spiffe://prod/billing");
+    let web = s.service("spiffe://prod/web");
+    s.expect("GET", "/ledger/entries", &billing, 200, &s.ledger)
+        .await;
+    s.expect("POST", "/ledger/entries", &billing, 403, &s.ledger)
+        .await;
+    s.expect("GET", "/ledger/entries", &web, 403, &s.ledger)
+        .await;
+    // A person whose id reads like the service's is a User, not the Service.
+    let impostor = s.user("spiffe://prod/billing", &["admins"], "acme");
+    s.expect("GET", "/ledger/entries", &impostor, 403, &s.ledger)
+        .await;
+    // The billing service is nobody on the shop's routes.
+    s.expect("GET", "/reports", &billing, 401, &s.shop).await;
+}
+
+#[tokio::test]
+async fn groups_decide_writes_and_forbid_overrides_permit() {
+    let s = setup().await;
+    let erin = s.user("erin", &[], "acme");
+    let dave = s.user("dave", &["editors"], "acme");
+    let root = s.user("root", &["editors", "admins"], "acme");
+    s.expect("GET", "/reports/q3", &erin, 200, &s.shop).await;
+    s.expect("PUT", "/reports/q3", &erin, 403, &s.shop).await;
+    s.expect("PUT", "/reports/q3", &dave, 200, &s.shop).await;
+    s.expect("DELETE", "/reports/q3", &dave, 403, &s.shop).await;
+    s.expect("DELETE", "/reports/q3", &root, 200, &s.shop).await;
+    let forbidden = s.audit_for("/reports/q3", "DELETE").await;
+    // The last DELETE was root's (allowed); find dave's.
+    let events = s.audit();
+    let dave_delete = events
+        .iter()
+        .find(|e| e["action"] == "DELETE" && e["principal"]["id"] == "dave")
+        .expect("dave's delete audited");
+    assert_eq!(dave_delete["decision"], "deny");
+    assert_eq!(dave_delete["policies"], json!(["reports-no-delete"]));
+    assert_eq!(
+        forbidden["principal"]["groups"],
+        json!(["editors", "admins"])
+    );
+}
+
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_route_with_a_weaker_policy() {
+    let s = setup().await;
+    let erin = s.user("erin", &[], "acme"); // may read /reports, not /admin
+    let root = s.user("root", &["admins"], "acme");
+    s.expect("GET", "/admin/users", &erin, 403, &s.shop).await;
+    // Dot segments resolve before routing: this is /admin, decided by /admin's policy.
+    s.expect("GET", "/reports/../admin/users", &erin, 403, &s.shop)
+        .await;
+    s.expect("GET", "/reports/./../admin/users", &erin, 403, &s.shop)
+        .await;
+    s.expect("GET", "//admin/users", &erin, 403, &s.shop).await;
+    // Encoded separators and dots are refused outright.
+    for path in [
+        "/reports/..%2Fadmin/users",
+        "/reports/%2e%2e/admin/users",
+        "/reports/%2E%2E%2Fadmin",
+        "/reports%2F..%2Fadmin",
+        "/reports/..%5Cadmin",
+        "/admin%00/users",
+    ] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {erin}\r\nConnection: close\r\n\r\n"
+        );
+        let before = s.shop.count();
+        let answer = raw(s.h.addr, req.as_bytes(), Duration::from_secs(2)).await;
+        assert_eq!(status_of(&answer), 400, "{path}: {answer}");
+        assert_eq!(s.shop.count(), before, "{path} reached the upstream");
+    }
+    // The admin is admitted, and the upstream gets the one normalised path.
+    s.expect("GET", "/reports/../admin/users", &root, 200, &s.shop)
+        .await;
+    assert_eq!(s.shop.last().expect("seen").target, "/admin/users");
+}
+
+#[tokio::test]
+async fn grpc_and_websocket_calls_are_authorized_as_their_own_actions() {
+    let s = setup().await;
+    let erin = s.user("erin", &[], "acme");
+    let grpc = |method: &'static str| {
+        let url = s.h.url(&format!("/shop.Catalog/{method}"));
+        let token = erin.clone();
+        async move {
+            let req = Request::post(url)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+                .expect("request");
+            send(&h2_client(), req).await
+        }
+    };
+    let denied = grpc("DeleteItem").await;
+    assert_eq!(denied.status, StatusCode::OK);
+    assert_eq!(
+        denied
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("7"),
+        "PERMISSION_DENIED"
+    );
+    assert_eq!(s.shop.count(), 0);
+    let audit = s.audit_for("/shop.Catalog/DeleteItem", "grpc").await;
+    assert_eq!(audit["decision"], "deny");
+    let allowed = grpc("GetItem").await;
+    assert!(allowed.headers.get("grpc-status").is_none_or(|v| v != "7"));
+    assert_eq!(s.shop.count(), 1, "GetItem reached the upstream");
+
+    // WebSocket: `connect`, refused before the upgrade for a non-editor.
+    let ws = |token: String| {
+        format!(
+            "GET /live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let answer = raw(
+        s.h.addr,
+        ws(erin.clone()).as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    assert_eq!(s.shop.count(), 1);
+    let audit = s.audit_for("/live", "connect").await;
+    assert_eq!(audit["decision"], "deny");
+}
+
+#[tokio::test]
+async fn shadow_policies_are_recorded_and_never_applied() {
+    // The shadow set would let nobody read reports, and would let anyone delete them.
+    let shadow = r#"
+@id("next-reports-delete")
+permit (principal, action == Action::"DELETE", resource == Route::"reports");
+"#;
+    let s = setup_with("shadow = [\"next.cedar\"]", &[("next.cedar", shadow)]).await;
+    let erin = s.user("erin", &[], "acme");
+    s.expect("GET", "/reports/q3", &erin, 200, &s.shop).await;
+    s.expect("DELETE", "/reports/q3", &erin, 403, &s.shop).await;
+    let read = s.audit_for("/reports/q3", "GET").await;
+    assert_eq!(read["decision"], "allow");
+    assert_eq!(read["shadow"]["decision"], "deny");
+    assert_eq!(read["shadow"]["disagrees"], true);
+    let delete = s.audit_for("/reports/q3", "DELETE").await;
+    assert_eq!(delete["decision"], "deny");
+    assert_eq!(delete["policies"], json!(["reports-no-delete"]));
+    // The shadow permit is overridden by nothing in the shadow set: it would allow.
+    assert_eq!(delete["shadow"]["decision"], "allow");
+    assert_eq!(delete["shadow"]["policies"], json!(["next-reports-delete"]));
+    assert_eq!(s.h.proxy.shadow_disagreements(), 2);
+    // A request both sets deny is no disagreement.
+    s.expect("PUT", "/reports/q3", &erin, 403, &s.shop).await;
+    let put = s.audit_for("/reports/q3", "PUT").await;
+    assert_eq!(put["shadow"]["disagrees"], false);
+    assert_eq!(s.h.proxy.shadow_disagreements(), 2);
+}
+
+#[tokio::test]
+async fn a_policy_that_fails_validation_leaves_the_old_set_enforcing_under_load() {
+    let s = setup().await;
+    let erin = s.user("erin", &[], "acme");
+    let version = s.h.proxy.version();
+    // Load: readers that must stay admitted and writers that must stay refused, throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let url = s.h.url(if i % 2 == 0 {
+            "/reports/q3"
+        } else {
+            "/admin/x"
+        });
+        let want = if i % 2 == 0 { 200 } else { 403 };
+        let token = erin.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = h1_client();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = Request::get(&url)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let r = send(&client, req).await;
+                assert_eq!(r.status.as_u16(), want, "{url} during reload");
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A policy with a type error (an attribute the schema does not have) that would open
+    // /admin to everyone if it were loaded as text.
+    std::fs::write(
+        s.h.dir.path().join("policies/shop.cedar"),
+        format!(
+            "{SHOP}\n@id(\"oops\")\npermit (principal, action, resource == Route::\"admin\") when {{ principal.role == \"admin\" || true }};\n"
+        ),
+    )
+    .expect("write");
+    let err = s.h.proxy.reload().expect_err("invalid policy refused");
+    let text = err.to_string();
+    assert!(text.contains("shop.cedar:"), "{text}");
+    assert!(text.contains("role"), "{text}");
+    assert_eq!(s.h.proxy.version(), version, "old snapshot serving");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A valid change is taken: admins only becomes admins and editors.
+    std::fs::write(
+        s.h.dir.path().join("policies/shop.cedar"),
+        format!("{SHOP}\n@id(\"admin-editors\")\npermit (principal in Group::\"editors\", action, resource == Route::\"admin\");\n"),
+    )
+    .expect("write");
+    s.h.proxy.reload().expect("valid policy taken");
+    assert_ne!(s.h.proxy.version(), version);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("load task");
+    }
+    assert!(total > 20, "load ran: {total} requests");
+    let dave = s.user("dave", &["editors"], "acme");
+    s.expect("GET", "/admin/x", &dave, 200, &s.shop).await;
+    s.expect("GET", "/admin/x", &erin, 403, &s.shop).await;
+}
