@@ -98,6 +98,22 @@ impl ApiKeyAuthenticator {
         Ok(Some(key))
     }
 
+    /// The principal of the key named `name` in the keys file (see [`crate::Simulated`]).
+    pub(crate) fn simulate(&self, name: &str) -> Result<Principal, String> {
+        let k = self
+            .config
+            .keys
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "no key is named `{name}` in `{}`",
+                    self.config.keys_file.display()
+                )
+            })?;
+        Ok((*entry(&self.name, k).principal).clone())
+    }
+
     /// The principal holding `key`.
     pub fn verify(&self, key: &str) -> Result<Arc<Principal>, Refusal> {
         let id = key_id(key).ok_or(Refusal::ApiKey("not a Drawbridge API key"))?;

@@ -24,7 +24,37 @@ pub enum Authenticator {
     Mtls(MtlsAuthenticator),
 }
 
+/// A caller described by a policy test case instead of presented credentials: what a token
+/// would claim, which key it would hold, which certificate identity it would present.
+#[derive(Debug, Clone, Copy)]
+pub enum Simulated<'a> {
+    /// The claims of a token the JWT authenticator verified.
+    Claims(&'a serde_json::Map<String, serde_json::Value>),
+    /// The name of a key in the API-key authenticator's keys file.
+    Key(&'a str),
+    /// The SPIFFE id or DNS name of a client certificate.
+    Id(&'a str),
+}
+
 impl Authenticator {
+    /// The principal this authenticator would admit for `caller`, through the same claim
+    /// mapping, keys file and trust-domain rules as real credentials (signatures and expiry
+    /// aside). For `drawbridge test`; never on the request path.
+    pub fn simulate(&self, caller: Simulated<'_>) -> Result<Principal, String> {
+        match (self, caller) {
+            (Authenticator::Jwt(j), Simulated::Claims(c)) => j.simulate(c),
+            (Authenticator::ApiKey(k), Simulated::Key(name)) => k.simulate(name),
+            (Authenticator::Mtls(m), Simulated::Id(id)) => m.simulate(id),
+            (Authenticator::Jwt(_), _) => Err("a `jwt` authenticator takes `claims`".into()),
+            (Authenticator::ApiKey(_), _) => {
+                Err("an `api_key` authenticator takes `key` (a key's name)".into())
+            }
+            (Authenticator::Mtls(_), _) => {
+                Err("an `mtls` authenticator takes `id` (a SPIFFE id or DNS name)".into())
+            }
+        }
+    }
+
     /// Builds an authenticator from its checked configuration.
     pub fn new(config: &AuthenticatorConfig) -> Result<Self, String> {
         match &config.kind {

@@ -20,7 +20,7 @@ mod principal;
 
 pub use apikey::ApiKeyAuthenticator;
 pub use assertion::{AssertionCache, Minter};
-pub use authn::{Authenticator, Credentials, Scheme, authenticate};
+pub use authn::{Authenticator, Credentials, Scheme, Simulated, authenticate};
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};

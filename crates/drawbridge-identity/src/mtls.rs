@@ -90,6 +90,50 @@ impl MtlsAuthenticator {
         &self.config
     }
 
+    /// The principal of a certificate naming `id` (see [`crate::Simulated`]).
+    pub(crate) fn simulate(&self, id: &str) -> Result<Principal, String> {
+        let spiffe = id
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("spiffe://"));
+        let cert = ClientCert {
+            uris: if spiffe {
+                vec![id.to_string()]
+            } else {
+                Vec::new()
+            },
+            dns: if spiffe {
+                Vec::new()
+            } else {
+                vec![id.to_ascii_lowercase()]
+            },
+            not_after: u64::MAX,
+            fingerprint: [0; 32],
+        };
+        let id = self.identity(&cert).map_err(|e| e.to_string())?;
+        Ok(Principal {
+            id,
+            kind: PrincipalKind::Service,
+            authenticator: self.name.clone(),
+            issuer: None,
+            groups: Vec::new(),
+            attributes: self.attributes(),
+            methods: vec![AuthMethod::Mtls],
+            authenticated_at: None,
+            expires_at: None,
+            assertions: Default::default(),
+            derived: Default::default(),
+        })
+    }
+
+    fn attributes(&self) -> Map<String, Value> {
+        let mut attributes = Map::new();
+        attributes.insert(
+            "trust_domain".into(),
+            Value::String(self.config.trust_domain.clone()),
+        );
+        attributes
+    }
+
     /// The principal of a verified client certificate.
     pub fn verify(&self, cert: &ClientCert) -> Result<Arc<Principal>, Refusal> {
         let now = crate::unix_now();
@@ -101,18 +145,13 @@ impl MtlsAuthenticator {
             return Ok(p.clone());
         }
         let id = self.identity(cert)?;
-        let mut attributes = Map::new();
-        attributes.insert(
-            "trust_domain".into(),
-            Value::String(self.config.trust_domain.clone()),
-        );
         let p = Arc::new(Principal {
             id,
             kind: PrincipalKind::Service,
             authenticator: self.name.clone(),
             issuer: None,
             groups: Vec::new(),
-            attributes,
+            attributes: self.attributes(),
             methods: vec![AuthMethod::Mtls],
             authenticated_at: None,
             expires_at: Some(cert.not_after),

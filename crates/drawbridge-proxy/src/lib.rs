@@ -8,6 +8,7 @@ pub mod body;
 pub mod forward;
 pub mod io;
 pub mod pipeline;
+pub mod probe;
 pub mod reload;
 pub mod rescue;
 pub mod route;

@@ -3,6 +3,7 @@
 
 mod apikey;
 mod demo;
+mod policytest;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request; glibc's malloc
 /// spent a fifth of the instructions per request in the benchmark.
@@ -32,6 +33,19 @@ enum Command {
     },
     /// Check a configuration exactly as `serve` would load it; exit 1 with diagnostics.
     Check {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the policy test cases the configuration's `[policy] tests` files hold; exit 1 on
+    /// any failure.
+    Test {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the Cedar schema the configuration's policies are checked against.
+    Schema {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
@@ -81,6 +95,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Test { config } => policytest::run(&config),
+        Command::Schema { config } => schema(&config),
         Command::Apikey {
             command: ApikeyCommand::Secret,
         } => apikey::secret(),
@@ -155,6 +171,19 @@ fn check(config: &std::path::Path) -> ExitCode {
                 s.authenticators.len(),
                 s.version
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schema(config: &std::path::Path) -> ExitCode {
+    match drawbridge_config::load(config) {
+        Ok(c) => {
+            print!("{}", drawbridge_policy::schema::text(&c));
             ExitCode::SUCCESS
         }
         Err(e) => {

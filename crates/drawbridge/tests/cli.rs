@@ -68,3 +68,153 @@ fn check_on_a_missing_file_fails_clearly() {
         "{stderr}"
     );
 }
+
+fn drawbridge(args: &[&str], config: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run drawbridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn examples() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+#[test]
+fn the_examples_policy_tests_pass() {
+    let (ok, stdout, stderr) = drawbridge(&["test"], &examples().join("policy.toml"));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// A copy of the policy example, with `edit` applied to its test file.
+fn example_copy(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(from, to).expect("copy");
+    };
+    let ex = examples();
+    for f in [
+        "policy.toml",
+        "keys/ci-jwks.json",
+        "policies/shop/orders.cedar",
+        "policies/shop/reports.cedar",
+        "policies/shop/services.cedar",
+        "policies/shop-next.cedar",
+    ] {
+        copy(&ex.join(f), &dir.path().join(f));
+    }
+    let tests = std::fs::read_to_string(ex.join("policies/shop-tests.toml")).expect("read");
+    std::fs::write(dir.path().join("policies/shop-tests.toml"), edit(tests)).expect("write");
+    dir
+}
+
+#[test]
+fn a_failing_policy_test_exits_non_zero_and_says_which_and_why() {
+    let dir = example_copy(|t| {
+        t.replacen(
+            "path = \"/tenants/globex/orders/42\"\nexpect = \"deny\"",
+            "path = \"/tenants/globex/orders/42\"\nexpect = \"allow\"",
+            1,
+        )
+    });
+    let (ok, stdout, _) = drawbridge(&["test"], &dir.path().join("policy.toml"));
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("FAIL  ") && stdout.contains("...and not another tenant's"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("expected allow, got deny on route `tenant-orders`: no policy permits it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 failed"), "{stdout}");
+
+    // The wrong deciding policy is a failure too.
+    let dir = example_copy(|t| {
+        t.replacen(
+            "policies = [\"tenant-read\"]",
+            "policies = [\"reports-read\"]",
+            1,
+        )
+    });
+    let (ok, stdout, _) = drawbridge(&["test"], &dir.path().join("policy.toml"));
+    assert!(!ok);
+    assert!(
+        stdout.contains("expected policies [reports-read], decided by [tenant-read]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_policy_errors_with_file_and_line() {
+    let dir = example_copy(|t| t);
+    std::fs::write(
+        dir.path().join("policies/shop/broken.cedar"),
+        "// a typo in an attribute\n@id(\"typo\")\npermit (principal, action, resource == Route::\"reports\")\nwhen { principal.tennant == \"acme\" };\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) = drawbridge(&["check"], &dir.path().join("policy.toml"));
+    assert!(!ok);
+    let file = dir.path().join("policies/shop/broken.cedar");
+    assert!(
+        stderr.contains(&format!("error: {}:4:", file.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`policy `typo``"), "{stderr}");
+    assert!(stderr.contains("tennant"), "{stderr}");
+    // And `test` refuses to run against policies that do not compile.
+    let (ok, _, stderr) = drawbridge(&["test"], &dir.path().join("policy.toml"));
+    assert!(!ok);
+    assert!(stderr.contains("tennant"), "{stderr}");
+}
+
+#[test]
+fn check_warns_about_routes_no_policy_decides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::copy(
+        examples().join("keys/ci-jwks.json"),
+        dir.path().join("keys.json"),
+    )
+    .expect("copy");
+    let base = "[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:8080\"\n\n[[authenticators]]\nname = \"corp\"\ntype = \"jwt\"\nissuer = \"https://idp.test/\"\naudiences = [\"x\"]\njwks_file = \"keys.json\"\n\n[[upstreams]]\nname = \"app\"\nendpoints = [\"http://127.0.0.1:9000\"]\n\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\n";
+    // No policy at all: an error, not a route open to every authenticated caller.
+    std::fs::write(&path, base).expect("write");
+    let (ok, _, stderr) = drawbridge(&["check"], &path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no policy can decide who may use this route"),
+        "{stderr}"
+    );
+    // Saying so explicitly is allowed, and warned about.
+    std::fs::write(&path, format!("{base}authorize = false\n")).expect("write");
+    let (ok, stdout, stderr) = drawbridge(&["check"], &path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("`routes[0].authorize`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn schema_prints_the_generated_schema() {
+    let (ok, stdout, stderr) = drawbridge(&["schema"], &examples().join("policy.toml"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("entity User in [Group]"), "{stdout}");
+    assert!(stdout.contains("tenant?: String"), "{stdout}");
+    assert!(stdout.contains("amount?: Long"), "{stdout}");
+    assert!(stdout.contains("\"x-region\"?: String"), "{stdout}");
+    // It parses as a Cedar schema.
+    cedar_policy::Schema::from_cedarschema_str(&stdout).expect("valid schema");
+}

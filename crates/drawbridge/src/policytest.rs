@@ -1,0 +1,287 @@
+//! `drawbridge test`: declarative cases (a request in, a decision out) run against the
+//! configuration and its policies, exactly as `serve` would decide them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use drawbridge_identity::Simulated;
+use drawbridge_proxy::probe::{Outcome, Probe, ProbeKind};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A test file: `[[cases]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    cases: Vec<Spanned<Case>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default = "get")]
+    method: String,
+    #[serde(default)]
+    host: String,
+    /// Path and query, as sent.
+    path: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    client_ip: Option<std::net::IpAddr>,
+    /// RFC 3339.
+    time: Option<String>,
+    #[serde(default)]
+    kind: Kind,
+    listener: Option<String>,
+    principal: Option<Caller>,
+    expect: Expect,
+    /// The ids of the policies that must decide, when given.
+    policies: Option<Vec<String>>,
+    /// What the shadow policies must say, when given.
+    shadow: Option<Expect>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    #[default]
+    Http,
+    Grpc,
+    Websocket,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Caller {
+    authenticator: String,
+    claims: Option<serde_json::Map<String, serde_json::Value>>,
+    key: Option<String>,
+    id: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Expect {
+    Allow,
+    Deny,
+    Unchecked,
+    BadRequest,
+    Unauthenticated,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// Runs every test file the configuration names; exit 1 on any failure.
+pub fn run(config: &Path) -> ExitCode {
+    let snapshot = match drawbridge_proxy::compile(config, None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files: Vec<PathBuf> = drawbridge_config::load(config)
+        .ok()
+        .and_then(|c| c.policy.map(|p| p.tests))
+        .unwrap_or_default();
+    if files.is_empty() {
+        eprintln!(
+            "error: {}: no test files: list them in `[policy] tests = [\"policy-tests.toml\"]`",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for f in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let parsed: File = match toml::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                let line = e.span().map_or(0, |s| line_of(&text, s.start));
+                eprintln!("error: {}:{line}: {}", f.display(), e.message().trim());
+                return ExitCode::FAILURE;
+            }
+        };
+        for case in &parsed.cases {
+            let line = line_of(&text, case.span().start);
+            let c = case.get_ref();
+            match check(&snapshot, c) {
+                Ok(()) => {
+                    passed += 1;
+                    println!("ok    {}:{line}  {}", f.display(), c.name);
+                }
+                Err(why) => {
+                    failed += 1;
+                    println!("FAIL  {}:{line}  {}\n      {why}", f.display(), c.name);
+                }
+            }
+        }
+    }
+    println!(
+        "\n{} cases: {passed} passed, {failed} failed (config version {})",
+        passed + failed,
+        snapshot.version
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs one case; `Err` says how it failed.
+fn check(snapshot: &drawbridge_proxy::snapshot::Snapshot, c: &Case) -> Result<(), String> {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &c.headers {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("`{k}` is not a header name"))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| format!("header `{k}` has a value that cannot be sent"))?;
+        headers.append(name, value);
+    }
+    let time = match &c.time {
+        None => SystemTime::now(),
+        Some(t) => humantime::parse_rfc3339(t).map_err(|e| format!("`time`: {e}"))?,
+    };
+    let caller = match &c.principal {
+        None => None,
+        Some(p) => {
+            let sim = match (&p.claims, &p.key, &p.id) {
+                (Some(claims), None, None) => Simulated::Claims(claims),
+                (None, Some(key), None) => Simulated::Key(key),
+                (None, None, Some(id)) => Simulated::Id(id),
+                _ => {
+                    return Err(
+                        "`principal` takes exactly one of `claims` (jwt), `key` (api_key) or `id` (mtls)"
+                            .into(),
+                    );
+                }
+            };
+            Some((p.authenticator.as_str(), sim))
+        }
+    };
+    let method = c.method.to_ascii_uppercase();
+    let probe = Probe {
+        listener: c.listener.as_deref(),
+        method: &method,
+        host: &c.host,
+        target: &c.path,
+        headers: &headers,
+        client: c
+            .client_ip
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        time,
+        kind: match c.kind {
+            Kind::Http => ProbeKind::Http,
+            Kind::Grpc => ProbeKind::Grpc,
+            Kind::Websocket => ProbeKind::WebSocket,
+        },
+        caller,
+    };
+    let outcome = snapshot.probe(&probe);
+    let (got, verdicts) = match &outcome {
+        Outcome::Allowed(v) => (Expect::Allow, Some(v)),
+        Outcome::Denied(v) => (Expect::Deny, Some(v)),
+        Outcome::Unchecked => (Expect::Unchecked, None),
+        Outcome::BadRequest(_) => (Expect::BadRequest, None),
+        Outcome::Unauthenticated(_) => (Expect::Unauthenticated, None),
+        Outcome::NotFound => (Expect::NotFound, None),
+        Outcome::MethodNotAllowed => (Expect::MethodNotAllowed, None),
+    };
+    if got != c.expect {
+        return Err(format!(
+            "expected {}, got {}",
+            word(c.expect),
+            describe(&outcome)
+        ));
+    }
+    if let Some(want) = &c.policies {
+        let have = verdicts
+            .map(|v| v.enforced.policies.clone())
+            .unwrap_or_default();
+        let mut want = want.clone();
+        want.sort();
+        if have != want {
+            return Err(format!(
+                "expected policies [{}], decided by [{}]",
+                want.join(", "),
+                have.join(", ")
+            ));
+        }
+    }
+    if let Some(want) = c.shadow {
+        let have = verdicts.and_then(|v| v.shadow.as_ref());
+        match have {
+            None => return Err("expected a shadow verdict; no shadow policies are loaded".into()),
+            Some(s)
+                if (want == Expect::Allow) != s.allow
+                    || !matches!(want, Expect::Allow | Expect::Deny) =>
+            {
+                return Err(format!(
+                    "expected shadow {}, shadow says {}",
+                    word(want),
+                    if s.allow { "allow" } else { "deny" }
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn word(e: Expect) -> &'static str {
+    match e {
+        Expect::Allow => "allow",
+        Expect::Deny => "deny",
+        Expect::Unchecked => "unchecked",
+        Expect::BadRequest => "bad_request",
+        Expect::Unauthenticated => "unauthenticated",
+        Expect::NotFound => "not_found",
+        Expect::MethodNotAllowed => "method_not_allowed",
+    }
+}
+
+fn describe(o: &Outcome) -> String {
+    match o {
+        Outcome::Allowed(v) => format!(
+            "allow on route `{}` by [{}]",
+            v.route,
+            v.enforced.policies.join(", ")
+        ),
+        Outcome::Denied(v) if !v.enforced.errors.is_empty() => format!(
+            "deny on route `{}`: {}",
+            v.route,
+            v.enforced.errors.join("; ")
+        ),
+        Outcome::Denied(v) if v.enforced.policies.is_empty() => {
+            format!("deny on route `{}`: no policy permits it", v.route)
+        }
+        Outcome::Denied(v) => format!(
+            "deny on route `{}`, forbidden by [{}]",
+            v.route,
+            v.enforced.policies.join(", ")
+        ),
+        Outcome::Unchecked => "unchecked (a public route, or `authorize = false`)".into(),
+        Outcome::BadRequest(why) => format!("bad_request ({why})"),
+        Outcome::Unauthenticated(why) => format!("unauthenticated ({why})"),
+        Outcome::NotFound => "not_found (no route)".into(),
+        Outcome::MethodNotAllowed => "method_not_allowed".into(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
