@@ -8,7 +8,9 @@
 # test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
 # proxy uses upstream keep-alive; both proxies log nothing, so the proxying itself is compared.
 # The same Drawbridge also serves JWT routes (RS256 and ES256, verified-token cache on and
-# off), measured like the public route and reported against it.
+# off), measured like the public route and reported against it, and the cached JWT routes
+# again with authorization: 100 Cedar policies over 50 routes, the caller in 20 groups.
+#   ONLY="drawbridge-jwt-rs256 drawbridge-jwt-rs256-authz" bench/run.sh   # some paths only
 # Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
 # Latency without saturation: hey at a fixed 2,000 requests/s.
 # CPU µs/request: user + system time of the process serving that path (for the proxies, the
@@ -84,12 +86,28 @@ while read -r alg token; do TOKEN[$alg]=$token; done < <(node crates/drawbridge/
 jwt_authenticator() {  # name, algorithm, cache
   printf '[[authenticators]]\nname = "%s"\ntype = "jwt"\nissuer = "%s"\naudiences = ["bench"]\nalgorithms = ["%s"]\njwks_file = "%s"\ncache = %s\nclaims = { groups = "groups", attributes = ["tenant"] }\n\n' "$1" "$ISS" "$2" "$WORK/jwks.json" "$3"
 }
-jwt_route() {  # name, authenticator
-  printf '[[routes]]\nname = "%s"\nprefix = "/%s"\nupstream = "upstream"\nauthenticate = ["%s"]\n\n' "$1" "$1" "$2"
+jwt_route() {  # name, authenticator, authorize (true: by the policies)
+  printf '[[routes]]\nname = "%s"\nprefix = "/%s"\nupstream = "upstream"\nauthenticate = ["%s"]\nauthorize = %s\n\n' "$1" "$1" "$2" "$3"
+}
+# The policies: two per route over 50 routes (49 the benchmark never calls), 100 in all.
+# The measured routes admit the caller by group and tenant, as a real read policy would.
+{
+  for r in $(seq 0 48); do
+    printf 'permit (principal in Group::"g%d", action in Action::"read", resource == Route::"other-%d")\nwhen { principal has tenant && principal.tenant == "t%d" };\n' "$((r * 20))" "$r" "$r"
+    printf 'permit (principal in Group::"g%d", action in Action::"write", resource == Route::"other-%d");\n' "$((r * 20 + 7))" "$r"
+  done
+  printf 'permit (principal in Group::"bench", action in Action::"read", resource in Upstream::"upstream")\nwhen { principal has tenant && principal.tenant == "load" };\n'
+  printf 'permit (principal in Group::"writers", action in Action::"write", resource in Upstream::"upstream");\n'
+} > "$WORK/policies.cedar"
+other_routes() {
+  for r in $(seq 0 48); do
+    printf '[[routes]]\nname = "other-%d"\nprefix = "/other-%d"\nupstream = "upstream"\nauthenticate = ["rs256"]\n\n' "$r" "$r"
+  done
 }
 cat > "$WORK/drawbridge.toml" <<CONF
 [server]
 access_log = "off"
+audit_log = "${AUDIT_LOG:-off}"
 watch = false
 
 [[listeners]]
@@ -108,14 +126,21 @@ prefix = "/"
 upstream = "upstream"
 public = true
 
+[policy]
+files = ["$WORK/policies.cedar"]
+attributes = { tenant = "String" }
+
 $(jwt_authenticator rs256 RS256 true)
 $(jwt_authenticator rs256-nocache RS256 false)
 $(jwt_authenticator es256 ES256 true)
 $(jwt_authenticator es256-nocache ES256 false)
-$(jwt_route jwt-rs256 rs256)
-$(jwt_route jwt-rs256-nocache rs256-nocache)
-$(jwt_route jwt-es256 es256)
-$(jwt_route jwt-es256-nocache es256-nocache)
+$(jwt_route jwt-rs256 rs256 false)
+$(jwt_route jwt-rs256-nocache rs256-nocache false)
+$(jwt_route jwt-es256 es256 false)
+$(jwt_route jwt-es256-nocache es256-nocache false)
+$(jwt_route jwt-rs256-authz rs256 true)
+$(jwt_route jwt-es256-authz es256 true)
+$(other_routes)
 CONF
 
 taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/upstream.err" -c "$WORK/upstream.conf" & pids+=($!)
@@ -132,16 +157,18 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
 # JWT routes: the same proxy process, a bearer token on every request.
 declare -A AUTH=()
-for v in rs256 rs256-nocache es256 es256-nocache; do
+for v in rs256 rs256-nocache es256 es256-nocache rs256-authz es256-authz; do
   t="drawbridge-jwt-$v"
   URL[$t]="http://127.0.0.1:$DB_PORT/jwt-$v"
   PID[$t]="${PID[drawbridge]}"
   alg=${v%%-*}
   AUTH[$t]="Authorization: Bearer ${TOKEN[${alg^^}]}"
 done
-TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache)
+TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz)
+if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx drawbridge $ONLY"; fi
 # Refuse to measure a JWT route that does not admit its token.
-for t in "${!AUTH[@]}"; do
+for t in "${TARGETS[@]}"; do
+  [ -n "${AUTH[$t]:-}" ] || continue
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${AUTH[$t]}" "${URL[$t]}")
   [ "$code" = 200 ] || { echo "$t answered $code, not 200"; cat "$WORK"/logs/*; exit 1; }
 done
@@ -200,7 +227,8 @@ def median_run(kind, target, conns):
     runs.sort(key=lambda r: float(r[3]))
     return runs[len(runs) // 2]
 targets = ["direct", "nginx", "drawbridge"]
-jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache"]
+jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache",
+                   "drawbridge-jwt-rs256-authz", "drawbridge-jwt-es256-authz"]
        if any(r[1] == t for r in rows)]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
@@ -224,6 +252,16 @@ for conns in ["32", "256"]:
             print(f"| {t.removeprefix('drawbridge-')} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
                   f"{float(r[3]) / float(base['drawbridge'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
         print()
+        pairs = [(t, t.removesuffix("-authz")) for t in jwt if t.endswith("-authz") and t.removesuffix("-authz") in jwt]
+        if pairs:
+            print(f"Authorization's cost, {conns} connections (the same JWT route with and without its policies):\n")
+            print("| route | requests/s vs without | CPU µs/request added | CPU vs without |")
+            print("|---|---:|---:|---:|")
+            for a, b in pairs:
+                ra, rb = median_run("throughput", a, conns), median_run("throughput", b, conns)
+                print(f"| {a.removeprefix('drawbridge-')} | {float(ra[3]) / float(rb[3]):.2f} | "
+                      f"{float(ra[7]) - float(rb[7]):+.1f} | {float(ra[7]) / float(rb[7]):.2f} |")
+            print()
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
 print("|---|---:|---:|---:|---:|")

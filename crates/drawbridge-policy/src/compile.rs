@@ -99,6 +99,12 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
         a.group()
             .map(|g| EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(g)))
     };
+    // What each policy reads of the context, worked out once (it re-parses the policy).
+    let reads: HashMap<PolicyId, crate::context::Reads> = enforce
+        .policies()
+        .chain(shadow.iter().flat_map(|s| s.policies()))
+        .map(|p| (p.id().clone(), reads_of(p)))
+        .collect();
     let mut routes = Vec::new();
     let mut used: HashSet<PolicyId> = HashSet::new();
     for r in &config.routes {
@@ -124,19 +130,28 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
                 ] {
                     let ptype = types.principal(kind);
                     let mut sliced = PolicySet::new();
+                    let mut slice_reads = crate::context::Reads::default();
                     for p in set.policies() {
                         if resource_fits(p, &uid, &upstream, &route_type)
                             && action_fits(p, action_uid, group.as_ref())
                             && principal_fits(p, ptype, &types)
                         {
                             used.insert(p.id().clone());
+                            slice_reads = slice_reads.union(
+                                reads
+                                    .get(p.id())
+                                    .copied()
+                                    .unwrap_or(crate::context::Reads::ALL),
+                            );
                             sliced
                                 .add(p.clone())
                                 .map_err(|e| Diagnostics(vec![internal(pc, e.to_string())]))?;
                         }
                     }
-                    let reads = reads_of(&sliced);
-                    out.push(Slice { set: sliced, reads });
+                    out.push(Slice {
+                        set: sliced,
+                        reads: slice_reads,
+                    });
                 }
             }
             Ok(Slices(out))
@@ -203,6 +218,10 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
         ),
         warnings,
         key: key.finish(),
+        generation: {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        },
         types,
         attributes: pc
             .attributes

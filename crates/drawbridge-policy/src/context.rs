@@ -79,14 +79,14 @@ fn walk(v: &serde_json::Value, r: &mut Reads) {
     }
 }
 
-/// Builds the context `reads` asks for.
+/// Builds the context `reads` asks for (the values of a Cedar `Context::Value`).
 pub(crate) fn build(
     reads: Reads,
     route: &RoutePolicies,
     principal: &Principal,
     req: &RequestView<'_>,
     grpc: bool,
-) -> Result<ast::Context, BadRequest> {
+) -> Result<Arc<BTreeMap<SmolStr, Value>>, BadRequest> {
     let mut m: BTreeMap<SmolStr, Value> = BTreeMap::new();
     let text = |s: &str| Value::from(SmolStr::new(s));
     if reads.has("path") {
@@ -148,7 +148,7 @@ pub(crate) fn build(
             ),
         );
     }
-    Ok(ast::Context::Value(Arc::new(m)))
+    Ok(Arc::new(m))
 }
 
 /// The route's selected query parameters, decoded and typed. A selected name that appears

@@ -1,7 +1,7 @@
 //! One decision: principal, action, route and context in; allow or deny, with the policies
 //! that decided, out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,6 +11,7 @@ use cedar_policy_core::ast;
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use drawbridge_config::ValueType;
+use smol_str::SmolStr;
 
 use crate::context::{self, Reads};
 use crate::{Action, Policies, Principal, Slice};
@@ -109,10 +110,79 @@ pub enum DecideError {
     Internal(String),
 }
 
-/// The principal's entity, kept with the principal.
+/// The principal's entity, kept with the principal, and the decisions made for it.
 struct PrincipalEntity {
     uid: EntityUid,
     entity: Arc<ast::Entity>,
+    memo: Memo,
+}
+
+/// Decisions already made for one principal. A decision is a pure function of the policies,
+/// the principal's entity (fixed for the credential), the route and action entities (fixed
+/// for the policies) and the context values the policies read; the same inputs give the
+/// same decision, so a repeat asks no evaluation. Entries of older policies never match
+/// (the generation differs) and age out.
+#[derive(Default)]
+struct Memo(arc_swap::ArcSwap<Vec<MemoEntry>>);
+
+struct MemoEntry {
+    generation: u64,
+    route: usize,
+    action: Action,
+    context: Arc<BTreeMap<SmolStr, ast::Value>>,
+    decision: Arc<Decision>,
+}
+
+/// Most decisions remembered per principal.
+const MEMO_SIZE: usize = 32;
+
+impl Memo {
+    fn find(
+        &self,
+        generation: u64,
+        route: usize,
+        action: Action,
+        context: &BTreeMap<SmolStr, ast::Value>,
+    ) -> Option<Arc<Decision>> {
+        self.0
+            .load()
+            .iter()
+            .find(|e| {
+                e.generation == generation
+                    && e.route == route
+                    && e.action == action
+                    && *e.context == *context
+            })
+            .map(|e| e.decision.clone())
+    }
+
+    fn insert(&self, entry: MemoEntry) {
+        let entry = Arc::new(entry);
+        self.0.rcu(|old| {
+            let mut next: Vec<MemoEntry> = Vec::with_capacity(MEMO_SIZE);
+            // Newest first; the oldest falls off.
+            next.push(MemoEntry {
+                generation: entry.generation,
+                route: entry.route,
+                action: entry.action,
+                context: entry.context.clone(),
+                decision: entry.decision.clone(),
+            });
+            for e in old.iter().filter(|e| e.generation == entry.generation) {
+                if next.len() == MEMO_SIZE {
+                    break;
+                }
+                next.push(MemoEntry {
+                    generation: e.generation,
+                    route: e.route,
+                    action: e.action,
+                    context: e.context.clone(),
+                    decision: e.decision.clone(),
+                });
+            }
+            next
+        });
+    }
 }
 
 impl Policies {
@@ -122,7 +192,7 @@ impl Policies {
         route: usize,
         principal: &Principal,
         req: &RequestView<'_>,
-    ) -> Result<Decision, DecideError> {
+    ) -> Result<Arc<Decision>, DecideError> {
         let rp = self
             .routes
             .get(route)
@@ -143,12 +213,15 @@ impl Policies {
                 policies: Vec::new(),
                 errors: Vec::new(),
             };
-            return Ok(Decision {
+            return Ok(Arc::new(Decision {
                 shadow: shadow.map(|_| none.clone()),
                 enforced: none,
-            });
+            }));
         }
         let pe = self.principal_entity(principal)?;
+        if let Some(d) = pe.memo.find(self.generation, route, req.action, &ctx) {
+            return Ok(d);
+        }
         let action = &self.actions[req.action.index()];
         let entities = CoreEntities::new()
             .add_entities(
@@ -165,13 +238,21 @@ impl Policies {
             pe.uid.clone(),
             action.uid.clone(),
             rp.uid.clone(),
-            cedar_policy::Context::from(ctx),
+            cedar_policy::Context::from(ast::Context::Value(ctx.clone())),
             None,
         )
         .map_err(|e| DecideError::Internal(e.to_string()))?;
         let enforced = evaluate(&request, enforce, &entities);
         let shadow = shadow.map(|s| evaluate(&request, s, &entities));
-        Ok(Decision { enforced, shadow })
+        let decision = Arc::new(Decision { enforced, shadow });
+        pe.memo.insert(MemoEntry {
+            generation: self.generation,
+            route,
+            action: req.action,
+            context: ctx,
+            decision: decision.clone(),
+        });
+        Ok(decision)
     }
 
     fn principal_entity(&self, p: &Principal) -> Result<Arc<PrincipalEntity>, DecideError> {
@@ -215,6 +296,7 @@ impl Policies {
         Ok(PrincipalEntity {
             uid,
             entity: Arc::new(entity.as_ref().clone()),
+            memo: Memo::default(),
         })
     }
 }
@@ -279,9 +361,7 @@ fn evaluate(
     }
 }
 
-/// Reads of the policies in a set.
-pub(crate) fn reads_of(set: &cedar_policy::PolicySet) -> Reads {
-    set.policies().fold(Reads::default(), |r, p| {
-        r.union(p.to_json().map_or(Reads::ALL, |j| Reads::of_policy(&j)))
-    })
+/// What a policy reads of the context.
+pub(crate) fn reads_of(p: &cedar_policy::Policy) -> Reads {
+    p.to_json().map_or(Reads::ALL, |j| Reads::of_policy(&j))
 }

@@ -43,6 +43,9 @@ pub struct Policies {
     pub warnings: Vec<drawbridge_config::Diagnostic>,
     /// Tags principal entities built under these settings.
     key: u64,
+    /// Tells these policies from every other compiled set in the process (for remembered
+    /// decisions).
+    generation: u64,
     types: Types,
     attributes: Vec<(smol_str::SmolStr, ValueType)>,
     actions: [ActionEntry; Action::COUNT],

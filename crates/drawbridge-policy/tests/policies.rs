@@ -224,7 +224,7 @@ fn decide(
     };
     f.policies
         .decide(route, p, &view)
-        .map(|d| (d.allowed(), d.enforced.policies))
+        .map(|d| (d.allowed(), d.enforced.policies.clone()))
 }
 
 #[test]

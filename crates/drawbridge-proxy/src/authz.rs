@@ -152,6 +152,9 @@ fn record(
     audit: &AuditLog,
     d: &Decision,
 ) {
+    if !audit.enabled() {
+        return;
+    }
     let word = |allow: bool| if allow { "allow" } else { "deny" };
     audit.record(AuditEvent {
         time: ask.time,

@@ -150,8 +150,8 @@ impl Snapshot {
             Ok(d) => {
                 let v = Verdicts {
                     route: route.name.to_string(),
-                    enforced: d.enforced,
-                    shadow: d.shadow,
+                    enforced: d.enforced.clone(),
+                    shadow: d.shadow.clone(),
                 };
                 if v.enforced.allow {
                     Outcome::Allowed(v)

@@ -227,6 +227,12 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         }
     }
 
+    /// Whether events go anywhere (`off` drops them unwritten): lets a caller skip building
+    /// them.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

@@ -509,6 +509,9 @@ permit (principal, action == Action::"DELETE", resource == Route::"reports");
 async fn a_policy_that_fails_validation_leaves_the_old_set_enforcing_under_load() {
     let s = setup().await;
     let erin = s.user("erin", &[], "acme");
+    let dave = s.user("dave", &["editors"], "acme");
+    // Decided (and remembered with dave's cached credential) under the old policies.
+    s.expect("GET", "/admin/x", &dave, 403, &s.shop).await;
     let version = s.h.proxy.version();
     // Load: readers that must stay admitted and writers that must stay refused, throughout.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -568,7 +571,7 @@ async fn a_policy_that_fails_validation_leaves_the_old_set_enforcing_under_load(
         total += t.await.expect("load task");
     }
     assert!(total > 20, "load ran: {total} requests");
-    let dave = s.user("dave", &["editors"], "acme");
+    // The same credential, decided anew under the new policies.
     s.expect("GET", "/admin/x", &dave, 200, &s.shop).await;
     s.expect("GET", "/admin/x", &erin, 403, &s.shop).await;
 }
