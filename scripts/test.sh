@@ -34,6 +34,11 @@ for f in examples/*.toml; do
   ./target/debug/drawbridge check --config "$f"
 done
 
+echo "==> drawbridge test on the examples that ship policy tests"
+for f in $(grep -l '^tests = ' examples/*.toml); do
+  ./target/debug/drawbridge test --config "$f"
+done
+
 echo "==> cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 # Print one closing line that sums every test binary's results.

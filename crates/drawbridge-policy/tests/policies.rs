@@ -658,3 +658,18 @@ fn a_policy_for_no_authorized_route_is_a_warning() {
     assert_eq!(f.policies.warnings.len(), 1, "{:?}", f.policies.warnings);
     assert!(f.policies.warnings[0].message.contains("no route"));
 }
+
+#[test]
+fn unknown_entity_types_and_actions_are_errors() {
+    let e = error_of("permit (principal is Admin, action, resource == Route::\"reports\");\n");
+    assert!(e.contains("Admin"), "{e}");
+    let e = error_of(
+        "permit (principal, action == Action::\"PURGE\", resource == Route::\"reports\");\n",
+    );
+    assert!(e.contains("PURGE"), "{e}");
+    let e = error_of(
+        "permit (principal, action, resource == Route::\"reports\") when { context.query.amount > 1 };\n",
+    );
+    // `amount` is a query parameter of another route only, and optional: read without `has`.
+    assert!(e.contains("amount"), "{e}");
+}

@@ -160,7 +160,7 @@ fn record(
         time: ask.time,
         log: "audit",
         request_id: ask.request_id.to_string(),
-        version: snapshot.version.as_str().into(),
+        version: snapshot.version_label.clone(),
         principal: AuditPrincipal {
             id: principal.id.clone(),
             kind: match principal.kind {

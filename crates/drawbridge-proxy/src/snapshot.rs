@@ -14,6 +14,8 @@ use crate::upstream::UpstreamPool;
 pub struct Snapshot {
     /// Hash of the config file and the files it names, shown in logs.
     pub version: String,
+    /// The same, shared by the audit events of this snapshot.
+    pub version_label: Arc<str>,
     /// The files besides the config file it was compiled from.
     pub files: Vec<std::path::PathBuf>,
     /// Process-wide settings.
@@ -206,6 +208,7 @@ impl Snapshot {
             warnings.extend(p.warnings.iter().cloned());
         }
         Ok(Snapshot {
+            version_label: config.version.as_str().into(),
             route_count: config.routes.len(),
             policies,
             warnings,

@@ -239,19 +239,36 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     }
 }
 
+/// How often the writer collects queued events. It never sleeps on the queue itself: a
+/// sleeping reader must be woken by the sender, and that wake-up (a futex call and a context
+/// switch on the core serving the request) cost more than writing the event. Polling keeps
+/// the request path to an enqueue; events reach the sink within this interval.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn write_loop<T: Serialize>(rx: Receiver<T>, writer: Box<dyn Write + Send>) {
+    use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(event) = next {
-            if serde_json::to_writer(&mut out, &event).is_ok() {
-                let _ = out.write_all(b"\n");
+    loop {
+        let mut wrote = false;
+        let closed = loop {
+            match rx.try_recv() {
+                Ok(event) => {
+                    if serde_json::to_writer(&mut out, &event).is_ok() {
+                        let _ = out.write_all(b"\n");
+                    }
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
             }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
+        };
+        if wrote && let Err(e) = out.flush() {
             tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
         }
+        if closed {
+            break;
+        }
+        std::thread::sleep(POLL_EVERY);
     }
     let _ = out.flush();
 }
