@@ -242,5 +242,12 @@ impl Proxy {
             Some(Err(_)) => tracing::error!("shutdown handle still shared; not draining"),
             None => {}
         }
+        // The last requests' records reach their sinks before the process ends.
+        let (log, audit) = (self.shared.log.clone(), self.shared.audit.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            audit.flush(std::time::Duration::from_secs(2));
+            log.flush(std::time::Duration::from_secs(2));
+        })
+        .await;
     }
 }

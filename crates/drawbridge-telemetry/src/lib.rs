@@ -161,6 +161,8 @@ pub enum Sink {
 pub struct JsonLog<T> {
     tx: Option<SyncSender<T>>,
     dropped: Arc<AtomicU64>,
+    /// Flushes asked for and flushes done: `flush` waits until the writer catches up.
+    flushes: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl<T> Clone for JsonLog<T> {
@@ -168,6 +170,7 @@ impl<T> Clone for JsonLog<T> {
         Self {
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
+            flushes: self.flushes.clone(),
         }
     }
 }
@@ -185,8 +188,15 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
         let dropped = Arc::new(AtomicU64::new(0));
+        let flushes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let writer: Box<dyn Write + Send> = match sink {
-            Sink::Off => return Ok(Self { tx: None, dropped }),
+            Sink::Off => {
+                return Ok(Self {
+                    tx: None,
+                    dropped,
+                    flushes,
+                });
+            }
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
             Sink::Writer(w) => w,
@@ -200,10 +210,14 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
                     .next()
                     .unwrap_or("json")
             ))
-            .spawn(move || write_loop(rx, writer))?;
+            .spawn({
+                let flushes = flushes.clone();
+                move || write_loop(rx, writer, &flushes)
+            })?;
         Ok(Self {
             tx: Some(tx),
             dropped,
+            flushes,
         })
     }
 
@@ -212,6 +226,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         Self {
             tx: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            flushes: Default::default(),
         }
     }
 
@@ -233,6 +248,24 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         self.tx.is_some()
     }
 
+    /// Waits (up to `timeout`) until every event queued before the call is written and
+    /// flushed: at shutdown, so the last decisions are not lost with the process.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        if self.tx.is_none() {
+            return true;
+        }
+        let (asked, done) = &*self.flushes;
+        let ticket = asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let deadline = std::time::Instant::now() + timeout;
+        while done.load(Ordering::SeqCst) < ticket {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
+    }
+
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -245,10 +278,16 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
 /// the request path to an enqueue; events reach the sink within this interval.
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn write_loop<T: Serialize>(rx: Receiver<T>, writer: Box<dyn Write + Send>) {
+fn write_loop<T: Serialize>(
+    rx: Receiver<T>,
+    writer: Box<dyn Write + Send>,
+    flushes: &(AtomicU64, AtomicU64),
+) {
     use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
     loop {
+        // Read before draining: everything queued before this ask is drained below.
+        let asked = flushes.0.load(Ordering::SeqCst);
         let mut wrote = false;
         let closed = loop {
             match rx.try_recv() {
@@ -265,10 +304,15 @@ fn write_loop<T: Serialize>(rx: Receiver<T>, writer: Box<dyn Write + Send>) {
         if wrote && let Err(e) = out.flush() {
             tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
         }
+        flushes.1.store(asked, Ordering::SeqCst);
         if closed {
             break;
         }
-        std::thread::sleep(POLL_EVERY);
+        // Sleep in short steps while a flush is waited for, else the whole interval.
+        let until = std::time::Instant::now() + POLL_EVERY;
+        while std::time::Instant::now() < until && flushes.0.load(Ordering::SeqCst) == asked {
+            std::thread::sleep(std::time::Duration::from_millis(2).min(POLL_EVERY));
+        }
     }
     let _ = out.flush();
 }
@@ -291,6 +335,43 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn flush_waits_until_every_queued_event_is_written() {
+        let buf = Shared::default();
+        let log: AuditLog = JsonLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
+        for i in 0..500 {
+            log.record(AuditEvent {
+                time: SystemTime::UNIX_EPOCH,
+                log: "audit",
+                request_id: format!("r{i}"),
+                version: "v".into(),
+                principal: AuditPrincipal {
+                    id: "alice".into(),
+                    kind: "user",
+                    authenticator: "corp".into(),
+                    groups: vec!["staff".into()],
+                },
+                action: "GET",
+                resource: "orders".into(),
+                upstream: "shop".into(),
+                path: "/orders".into(),
+                client: "127.0.0.1:1".into(),
+                decision: "deny",
+                policies: Vec::new(),
+                errors: Vec::new(),
+                shadow: None,
+            });
+        }
+        assert!(log.flush(std::time::Duration::from_secs(5)));
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 500);
+        let last: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("line")).expect("json");
+        assert_eq!(last["request_id"], "r499");
+        assert_eq!(last["log"], "audit");
+        assert!(last.get("shadow").is_none() && last.get("errors").is_none());
     }
 
     #[test]

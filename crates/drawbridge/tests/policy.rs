@@ -575,3 +575,21 @@ async fn a_policy_that_fails_validation_leaves_the_old_set_enforcing_under_load(
     s.expect("GET", "/admin/x", &dave, 200, &s.shop).await;
     s.expect("GET", "/admin/x", &erin, 403, &s.shop).await;
 }
+
+#[tokio::test]
+async fn the_last_decisions_are_written_before_shutdown_returns() {
+    let s = setup().await;
+    let erin = s.user("erin", &[], "acme");
+    for i in 0..50 {
+        s.expect("GET", &format!("/reports/last-{i}"), &erin, 200, &s.shop)
+            .await;
+    }
+    s.h.proxy.shutdown().await;
+    // No waiting: shutdown flushed the audit trail.
+    let events = s.audit();
+    assert!(
+        events.iter().any(|e| e["path"] == "/reports/last-49"),
+        "{} events, the last missing",
+        events.len()
+    );
+}
