@@ -110,28 +110,29 @@ impl MtlsAuthenticator {
             fingerprint: [0; 32],
         };
         let id = self.identity(&cert).map_err(|e| e.to_string())?;
-        Ok(Principal {
-            id,
-            kind: PrincipalKind::Service,
-            authenticator: self.name.clone(),
-            issuer: None,
-            groups: Vec::new(),
-            attributes: self.attributes(),
-            methods: vec![AuthMethod::Mtls],
-            authenticated_at: None,
-            expires_at: None,
-            assertions: Default::default(),
-            derived: Default::default(),
-        })
+        Ok(self.principal(id, None))
     }
 
-    fn attributes(&self) -> Map<String, Value> {
+    /// The principal a certificate naming `id` stands for.
+    fn principal(&self, id: String, expires_at: Option<u64>) -> Principal {
         let mut attributes = Map::new();
         attributes.insert(
             "trust_domain".into(),
             Value::String(self.config.trust_domain.clone()),
         );
-        attributes
+        Principal {
+            id,
+            kind: PrincipalKind::Service,
+            authenticator: self.name.clone(),
+            issuer: None,
+            groups: Vec::new(),
+            attributes,
+            methods: vec![AuthMethod::Mtls],
+            authenticated_at: None,
+            expires_at,
+            assertions: Default::default(),
+            derived: Default::default(),
+        }
     }
 
     /// The principal of a verified client certificate.
@@ -145,19 +146,7 @@ impl MtlsAuthenticator {
             return Ok(p.clone());
         }
         let id = self.identity(cert)?;
-        let p = Arc::new(Principal {
-            id,
-            kind: PrincipalKind::Service,
-            authenticator: self.name.clone(),
-            issuer: None,
-            groups: Vec::new(),
-            attributes: self.attributes(),
-            methods: vec![AuthMethod::Mtls],
-            authenticated_at: None,
-            expires_at: Some(cert.not_after),
-            assertions: Default::default(),
-            derived: Default::default(),
-        });
+        let p = Arc::new(self.principal(id, Some(cert.not_after)));
         let mut seen = lock(&self.seen);
         if seen.len() >= MAX_SEEN {
             seen.clear();

@@ -326,11 +326,17 @@ fn load(
             }
         }
         let result = validator.validate(&file_set, ValidationMode::Strict);
+        // Cedar checks a policy once per request type it applies to (principal type x
+        // action) and reports the same mistake for each; one report per place is enough.
+        let mut reported: HashSet<(PolicyId, usize)> = HashSet::new();
         for e in result.validation_errors() {
             let offset = e
                 .labels()
                 .and_then(|mut l| l.next())
                 .map_or(0, |l| l.offset());
+            if !reported.insert((e.policy_id().clone(), offset)) {
+                continue;
+            }
             errors.push(diag(
                 &f.path,
                 &lines,

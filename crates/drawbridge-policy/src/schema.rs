@@ -48,6 +48,11 @@ pub fn text(config: &Config) -> String {
     record(&mut s, "Query", &query);
     record(&mut s, "Headers", &headers);
     s.push_str(CONTEXTS);
+    let _ = write!(s, "type Http = {{\n{HTTP_FIELDS}}};\n");
+    let _ = write!(
+        s,
+        "type Grpc = {{\n{HTTP_FIELDS}  grpc: {{ service: String, method: String }},\n}};\n\n"
+    );
     let methods = |group: &str| -> String {
         Action::ALL
             .iter()
@@ -95,31 +100,20 @@ type Authn = {
   // Seconds since it authenticated, when its credential says.
   age?: Long,
 };
-type Http = {
-  path: String,
-  host: String,
-  method: String,
-  params: Params,
-  query: Query,
-  headers: Headers,
-  ip: ipaddr,
-  time: datetime,
-  authn: Authn,
-};
-type Grpc = {
-  path: String,
-  host: String,
-  method: String,
-  params: Params,
-  query: Query,
-  headers: Headers,
-  ip: ipaddr,
-  time: datetime,
-  authn: Authn,
-  grpc: { service: String, method: String },
-};
-
 ";
+
+/// The context of every action; gRPC calls add their service and method.
+const HTTP_FIELDS: &str = concat!(
+    "  path: String,\n",
+    "  host: String,\n",
+    "  method: String,\n",
+    "  params: Params,\n",
+    "  query: Query,\n",
+    "  headers: Headers,\n",
+    "  ip: ipaddr,\n",
+    "  time: datetime,\n",
+    "  authn: Authn,\n",
+);
 
 fn record(s: &mut String, name: &str, fields: &BTreeMap<String, ValueType>) {
     let _ = writeln!(s, "type {name} = {{");

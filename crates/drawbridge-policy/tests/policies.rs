@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use drawbridge_config::PrincipalKind;
 use drawbridge_identity::{AuthMethod, Principal};
 use drawbridge_policy::{Action, BadRequest, DecideError, Policies, RequestView};
+use drawbridge_testkit::policies::{SERVICES, SHOP};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -78,42 +79,14 @@ upstream = "shop"
 authenticate = ["corp"]
 "#;
 
-const SHOP: &str = r#"
-@id("tenant-read")
-permit (principal, action in Action::"read", resource == Route::"tenant-orders")
-when {
-  principal has tenant && context.params has tenant &&
-  context.params.tenant == principal.tenant
-};
-
-@id("refunds-billing")
-permit (principal in Group::"billing", action == Action::"POST", resource == Route::"refunds")
-when { context.query has amount && context.query.amount < 1000 };
-
-// Arithmetic that overflows for any amount above zero: an evaluation error.
-@id("refunds-overflow")
-forbid (principal, action, resource == Route::"refunds")
-when { context.query has amount && context.query.amount + 9223372036854775807 < 0 };
-
-@id("reports-read")
-permit (principal is User, action in Action::"read", resource == Route::"reports");
-
-@id("reports-write")
-permit (principal in Group::"editors", action in Action::"write", resource == Route::"reports");
-
-@id("reports-no-delete")
-forbid (principal, action == Action::"DELETE", resource == Route::"reports")
-unless { principal in Group::"admins" };
-"#;
-
-const SERVICES: &str = r#"
-@id("billing-reads-ledger")
-permit (
-  principal == Service::"spiffe://prod/billing",
-  action == Action::"GET",
-  resource in Upstream::"ledger"
-);
-"#;
+/// The shared example policies, and a `forbid` whose arithmetic overflows for any amount
+/// above zero: an evaluation error.
+fn shop_policies() -> String {
+    format!(
+        "{SHOP}\n@id(\"refunds-overflow\")\nforbid (principal, action, resource == Route::\"refunds\")\n\
+         when {{ context.query has amount && context.query.amount + 9223372036854775807 < 0 }};\n"
+    )
+}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -143,7 +116,7 @@ fn shop() -> Fixture {
     fixture(
         CONFIG,
         &[
-            ("policies/shop.cedar", SHOP),
+            ("policies/shop.cedar", &shop_policies()),
             ("policies/services.cedar", SERVICES),
         ],
     )
@@ -293,7 +266,7 @@ fn an_evaluation_error_denies_even_when_a_permit_applies() {
         grpc: None,
     };
     let d = f.policies.decide(REFUNDS, &bob, &view).expect("decide");
-    assert!(!d.allowed());
+    assert!(!d.allowed(), "{d:?}");
     assert!(d.enforced.policies.is_empty(), "{d:?}");
     assert_eq!(d.enforced.errors.len(), 1, "{d:?}");
     assert!(d.enforced.errors[0].contains("refunds-overflow"), "{d:?}");
@@ -535,7 +508,7 @@ fn build_whole_set() -> (cedar_policy::PolicySet, cedar_policy::Schema, Fixture)
         .expect("schema")
         .0;
     let mut set = cedar_policy::PolicySet::new();
-    for (i, text) in [SHOP, SERVICES].iter().enumerate() {
+    for (i, text) in [shop_policies().as_str(), SERVICES].iter().enumerate() {
         let parsed = cedar_policy::PolicySet::from_str(text).expect("parse");
         for p in parsed.policies() {
             set.add(p.new_id(cedar_policy::PolicyId::new(format!("{i}-{}", p.id()))))

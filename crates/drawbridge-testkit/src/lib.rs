@@ -9,6 +9,7 @@ pub mod certs;
 pub mod grpc;
 pub mod jwks;
 pub mod jwt;
+pub mod policies;
 pub mod upstream;
 
 pub use upstream::{Received, RecordingUpstream};

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
+use drawbridge_testkit::policies::{SERVICES, SHOP};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -17,28 +18,8 @@ use serde_json::{Value, json};
 const CORP: &str = "https://idp.test/";
 const WORKLOADS: &str = "https://workloads.test/";
 
-const SHOP: &str = r#"
-@id("tenant-read")
-permit (principal, action in Action::"read", resource == Route::"tenant-orders")
-when {
-  principal has tenant && context.params has tenant &&
-  context.params.tenant == principal.tenant
-};
-
-@id("refunds-billing")
-permit (principal in Group::"billing", action == Action::"POST", resource == Route::"refunds")
-when { context.query has amount && context.query.amount < 1000 };
-
-@id("reports-read")
-permit (principal is User, action in Action::"read", resource == Route::"reports");
-
-@id("reports-write")
-permit (principal in Group::"editors", action in Action::"write", resource == Route::"reports");
-
-@id("reports-no-delete")
-forbid (principal, action == Action::"DELETE", resource == Route::"reports")
-unless { principal in Group::"admins" };
-
+/// The shared example policies, and those for the admin, gRPC and WebSocket routes.
+const EXTRA: &str = r#"
 @id("admin-only")
 permit (principal in Group::"admins", action, resource == Route::"admin");
 
@@ -48,15 +29,6 @@ when { context.grpc.method like "Get*" };
 
 @id("live-editors")
 permit (principal in Group::"editors", action == Action::"connect", resource == Route::"live");
-"#;
-
-const SERVICES: &str = r#"
-@id("billing-reads-ledger")
-permit (
-  principal == Service::"spiffe://prod/billing",
-  action == Action::"GET",
-  resource in Upstream::"ledger"
-);
 "#;
 
 struct Setup {
@@ -168,6 +140,7 @@ async fn setup_with(policy_extra: &str, extra_files: &[(&str, &str)]) -> Setup {
         ("corp.json", corp_jwks.as_str()),
         ("workloads.json", workloads_jwks.as_str()),
         ("policies/shop.cedar", SHOP),
+        ("policies/extra.cedar", EXTRA),
         ("policies/services.cedar", SERVICES),
     ];
     files.extend_from_slice(extra_files);

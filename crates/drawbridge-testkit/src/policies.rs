@@ -1,0 +1,38 @@
+//! Cedar policies the policy tests share: the examples of the authorization issue (tenant
+//! isolation, a parameter limit, group writes with an overriding `forbid`, service to
+//! service), for a config with routes `tenant-orders` (`/tenants/{tenant}/orders`),
+//! `refunds` (query `amount` as a Long), `reports` and `ledger` (upstream `ledger`).
+
+/// Tenant isolation, the refund limit and the reports rules.
+pub const SHOP: &str = r#"
+@id("tenant-read")
+permit (principal, action in Action::"read", resource == Route::"tenant-orders")
+when {
+  principal has tenant && context.params has tenant &&
+  context.params.tenant == principal.tenant
+};
+
+@id("refunds-billing")
+permit (principal in Group::"billing", action == Action::"POST", resource == Route::"refunds")
+when { context.query has amount && context.query.amount < 1000 };
+
+@id("reports-read")
+permit (principal is User, action in Action::"read", resource == Route::"reports");
+
+@id("reports-write")
+permit (principal in Group::"editors", action in Action::"write", resource == Route::"reports");
+
+@id("reports-no-delete")
+forbid (principal, action == Action::"DELETE", resource == Route::"reports")
+unless { principal in Group::"admins" };
+"#;
+
+/// Who may talk to whom: the billing service reads the ledger.
+pub const SERVICES: &str = r#"
+@id("billing-reads-ledger")
+permit (
+  principal == Service::"spiffe://prod/billing",
+  action == Action::"GET",
+  resource in Upstream::"ledger"
+);
+"#;
