@@ -117,9 +117,25 @@ fn bench(c: &mut Criterion) {
     assert!(policies.decide(7, &p, &view).expect("decide").allowed());
 
     let mut g = c.benchmark_group("authorize");
-    // A caller whose credential is cached: its entity is built once and kept.
-    g.bench_function("decision, cached principal", |b| {
+    // A caller whose credential is cached, asking what it asked before: the remembered
+    // decision.
+    g.bench_function("decision, cached principal, repeat request", |b| {
         b.iter(|| black_box(policies.decide(7, black_box(&p), black_box(&view))))
+    });
+    // The same caller, each request with a path parameter it has not used lately (64 values
+    // round a memory of 32): its entity is kept, the policies are evaluated.
+    let tenants: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+    let mut i = 0usize;
+    g.bench_function("decision, cached principal, new context", |b| {
+        b.iter(|| {
+            i = (i + 1) % tenants.len();
+            let params = [tenants[i].as_str()];
+            let v = RequestView {
+                params: &params,
+                ..view
+            };
+            black_box(policies.decide(7, black_box(&p), black_box(&v)))
+        })
     });
     // A caller seen for the first time (or the token cache off): the entity is built too.
     g.bench_function("decision, new principal", |b| {

@@ -79,26 +79,40 @@ fn walk(v: &serde_json::Value, r: &mut Reads) {
     }
 }
 
-/// Builds the context `reads` asks for (the values of a Cedar `Context::Value`).
+/// A built context: the values of a Cedar `Context::Value`, and a fingerprint of them (equal
+/// contexts have equal fingerprints; a remembered decision is looked up by fingerprint first,
+/// then compared whole).
+pub(crate) struct Built {
+    pub(crate) values: Arc<BTreeMap<SmolStr, Value>>,
+    pub(crate) fingerprint: u64,
+}
+
+/// Builds the context `reads` asks for.
 pub(crate) fn build(
     reads: Reads,
     route: &RoutePolicies,
     principal: &Principal,
     req: &RequestView<'_>,
     grpc: bool,
-) -> Result<Arc<BTreeMap<SmolStr, Value>>, BadRequest> {
+) -> Result<Built, BadRequest> {
+    use std::hash::{BuildHasher, Hash, Hasher};
     let mut m: BTreeMap<SmolStr, Value> = BTreeMap::new();
+    let mut h = FINGERPRINT.build_hasher();
     let text = |s: &str| Value::from(SmolStr::new(s));
     if reads.has("path") {
+        (0u8, req.path).hash(&mut h);
         m.insert("path".into(), text(req.path));
     }
     if reads.has("host") {
+        (1u8, req.host).hash(&mut h);
         m.insert("host".into(), text(req.host));
     }
     if reads.has("method") {
+        (2u8, req.method).hash(&mut h);
         m.insert("method".into(), text(req.method));
     }
     if reads.has("params") {
+        (3u8, req.params).hash(&mut h);
         let pairs = route
             .params
             .iter()
@@ -110,19 +124,34 @@ pub(crate) fn build(
     // that would mean different things to the policy and to the upstream never passes.
     let query = query(route, req.query)?;
     if reads.has("query") {
+        4u8.hash(&mut h);
+        for (k, v) in &query {
+            (k, hash_literal(v)).hash(&mut h);
+        }
         m.insert("query".into(), Value::record(query, None));
     }
     let headers = headers(route, req.headers)?;
     if reads.has("headers") {
+        5u8.hash(&mut h);
+        for (k, v) in &headers {
+            (k, hash_literal(v)).hash(&mut h);
+        }
         m.insert("headers".into(), Value::record(headers, None));
     }
     if reads.has("ip") {
+        (6u8, req.ip).hash(&mut h);
         m.insert("ip".into(), ip_value(req.ip));
     }
     if reads.has("time") {
+        let secs = req
+            .now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (7u8, secs).hash(&mut h);
         m.insert("time".into(), time_value(req.now));
     }
     if reads.has("authn") {
+        8u8.hash(&mut h);
         let methods = Value::set(principal.methods.iter().map(|a| text(a.as_str())), None);
         let mut authn = vec![(SmolStr::new_static("methods"), methods)];
         if let Some(at) = principal.authenticated_at {
@@ -131,12 +160,14 @@ pub(crate) fn build(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let age = i64::try_from(now.saturating_sub(at)).unwrap_or(i64::MAX);
+            age.hash(&mut h);
             authn.push((SmolStr::new_static("age"), Value::from(age)));
         }
         m.insert("authn".into(), Value::record(authn, None));
     }
     if grpc && reads.has("grpc") {
         let (service, method) = req.grpc.unwrap_or(("", ""));
+        (9u8, service, method).hash(&mut h);
         m.insert(
             "grpc".into(),
             Value::record(
@@ -148,7 +179,23 @@ pub(crate) fn build(
             ),
         );
     }
-    Ok(Arc::new(m))
+    Ok(Built {
+        values: Arc::new(m),
+        fingerprint: h.finish(),
+    })
+}
+
+/// The fingerprint's hasher, the same for the whole process.
+static FINGERPRINT: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x6472_6177);
+
+/// A literal's hash (query and header values are literals); other values hash alike, which
+/// only makes the fingerprint coarser, never wrong.
+fn hash_literal(v: &Value) -> u64 {
+    use std::hash::BuildHasher;
+    match &v.value {
+        cedar_policy_core::ast::ValueKind::Lit(l) => FINGERPRINT.hash_one(l),
+        _ => 0,
+    }
 }
 
 /// The route's selected query parameters, decoded and typed. A selected name that appears

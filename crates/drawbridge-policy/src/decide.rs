@@ -123,10 +123,11 @@ struct PrincipalEntity {
 /// same decision, so a repeat asks no evaluation. Entries of older policies never match
 /// (the generation differs) and age out.
 #[derive(Default)]
-struct Memo(arc_swap::ArcSwap<Vec<MemoEntry>>);
+struct Memo(std::sync::Mutex<std::collections::VecDeque<MemoEntry>>);
 
 struct MemoEntry {
     generation: u64,
+    fingerprint: u64,
     route: usize,
     action: Action,
     context: Arc<BTreeMap<SmolStr, ast::Value>>,
@@ -137,51 +138,39 @@ struct MemoEntry {
 const MEMO_SIZE: usize = 32;
 
 impl Memo {
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<MemoEntry>> {
+        // A panic while holding the lock cannot leave the list inconsistent (it is only
+        // pushed to and truncated), so a poisoned lock is used as it is.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn find(
         &self,
         generation: u64,
         route: usize,
         action: Action,
-        context: &BTreeMap<SmolStr, ast::Value>,
+        context: &crate::context::Built,
     ) -> Option<Arc<Decision>> {
-        self.0
-            .load()
+        self.entries()
             .iter()
             .find(|e| {
-                e.generation == generation
+                e.fingerprint == context.fingerprint
+                    && e.generation == generation
                     && e.route == route
                     && e.action == action
-                    && *e.context == *context
+                    && *e.context == *context.values
             })
             .map(|e| e.decision.clone())
     }
 
     fn insert(&self, entry: MemoEntry) {
-        let entry = Arc::new(entry);
-        self.0.rcu(|old| {
-            let mut next: Vec<MemoEntry> = Vec::with_capacity(MEMO_SIZE);
-            // Newest first; the oldest falls off.
-            next.push(MemoEntry {
-                generation: entry.generation,
-                route: entry.route,
-                action: entry.action,
-                context: entry.context.clone(),
-                decision: entry.decision.clone(),
-            });
-            for e in old.iter().filter(|e| e.generation == entry.generation) {
-                if next.len() == MEMO_SIZE {
-                    break;
-                }
-                next.push(MemoEntry {
-                    generation: e.generation,
-                    route: e.route,
-                    action: e.action,
-                    context: e.context.clone(),
-                    decision: e.decision.clone(),
-                });
-            }
-            next
-        });
+        let mut entries = self.entries();
+        // Entries of older policies can never match again.
+        entries.retain(|e| e.generation == entry.generation);
+        entries.truncate(MEMO_SIZE - 1);
+        entries.push_front(entry);
     }
 }
 
@@ -238,7 +227,7 @@ impl Policies {
             pe.uid.clone(),
             action.uid.clone(),
             rp.uid.clone(),
-            cedar_policy::Context::from(ast::Context::Value(ctx.clone())),
+            cedar_policy::Context::from(ast::Context::Value(ctx.values.clone())),
             None,
         )
         .map_err(|e| DecideError::Internal(e.to_string()))?;
@@ -247,9 +236,10 @@ impl Policies {
         let decision = Arc::new(Decision { enforced, shadow });
         pe.memo.insert(MemoEntry {
             generation: self.generation,
+            fingerprint: ctx.fingerprint,
             route,
             action: req.action,
-            context: ctx,
+            context: ctx.values,
             decision: decision.clone(),
         });
         Ok(decision)

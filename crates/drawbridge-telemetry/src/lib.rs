@@ -285,6 +285,7 @@ fn write_loop<T: Serialize>(
 ) {
     use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+    let mut line: Vec<u8> = Vec::with_capacity(1024);
     loop {
         // Read before draining: everything queued before this ask is drained below.
         let asked = flushes.0.load(Ordering::SeqCst);
@@ -292,9 +293,14 @@ fn write_loop<T: Serialize>(
         let closed = loop {
             match rx.try_recv() {
                 Ok(event) => {
-                    if serde_json::to_writer(&mut out, &event).is_ok() {
-                        let _ = out.write_all(b"\n");
+                    // Into a reused buffer first: serde_json writes many small pieces, and
+                    // each through `BufWriter` costs a call; one `write_all` per line.
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &event).is_ok() {
+                        line.push(b'\n');
+                        let _ = out.write_all(&line);
                     }
+                    drop(event);
                     wrote = true;
                 }
                 Err(TryRecvError::Empty) => break false,
