@@ -11,11 +11,11 @@ use std::time::SystemTime;
 use drawbridge_config::PrincipalKind;
 use drawbridge_identity::{AuthMethod, Principal};
 use drawbridge_policy::{Action, BadRequest, DecideError, Policies, RequestView};
-use drawbridge_testkit::policies::{SERVICES, SHOP};
+use drawbridge_testkit::policies::{SERVICES, SHOP, routes};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-const CONFIG: &str = r#"
+const HEAD: &str = r#"
 [server]
 access_log = "off"
 
@@ -43,41 +43,15 @@ principal = "service"
 files = ["policies"]
 attributes = { tenant = "String", level = "Long", scope = "Set<String>" }
 
-[[upstreams]]
-name = "shop"
-endpoints = ["http://127.0.0.1:9"]
-
-[[upstreams]]
-name = "ledger"
-endpoints = ["http://127.0.0.1:9"]
-
-[[routes]]
-name = "tenant-orders"
-prefix = "/tenants/{tenant}/orders"
-upstream = "shop"
-authenticate = ["corp"]
-
-[[routes]]
-name = "refunds"
-path = "/refunds"
-upstream = "shop"
-authenticate = ["corp"]
-[routes.context]
-query = { amount = "Long" }
-headers = ["x-region"]
-
-[[routes]]
-name = "ledger"
-prefix = "/ledger"
-upstream = "ledger"
-authenticate = ["workloads", "corp"]
-
-[[routes]]
-name = "reports"
-prefix = "/reports"
-upstream = "shop"
-authenticate = ["corp"]
 "#;
+
+/// Two authenticators, the policies directory, and the shared routes (indexes below).
+fn config() -> String {
+    format!(
+        "{HEAD}{}",
+        routes("http://127.0.0.1:9", "http://127.0.0.1:9")
+    )
+}
 
 /// The shared example policies, and a `forbid` whose arithmetic overflows for any amount
 /// above zero: an evaluation error.
@@ -114,7 +88,7 @@ fn fixture(config: &str, files: &[(&str, &str)]) -> Result<Fixture, String> {
 
 fn shop() -> Fixture {
     fixture(
-        CONFIG,
+        &config(),
         &[
             ("policies/shop.cedar", &shop_policies()),
             ("policies/services.cedar", SERVICES),
@@ -153,7 +127,7 @@ fn principal(
     }
 }
 
-/// Route indexes in `CONFIG`.
+/// Route indexes in `config()`.
 const TENANT_ORDERS: usize = 0;
 const REFUNDS: usize = 1;
 const LEDGER: usize = 2;
@@ -550,7 +524,7 @@ proptest! {
 // === Diagnostics ===
 
 fn error_of(policy: &str) -> String {
-    match fixture(CONFIG, &[("policies/shop.cedar", policy)]) {
+    match fixture(&config(), &[("policies/shop.cedar", policy)]) {
         Ok(_) => panic!("accepted:\n{policy}"),
         Err(e) => e,
     }
@@ -616,7 +590,7 @@ fn templates_and_duplicate_ids_are_errors() {
 
 #[test]
 fn a_policy_for_no_authorized_route_is_a_warning() {
-    let config = CONFIG.replace(
+    let config = config().replace(
         "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]",
         "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]\nauthorize = false",
     );

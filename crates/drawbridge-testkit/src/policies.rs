@@ -1,7 +1,51 @@
 //! Cedar policies the policy tests share: the examples of the authorization issue (tenant
 //! isolation, a parameter limit, group writes with an overriding `forbid`, service to
-//! service), for a config with routes `tenant-orders` (`/tenants/{tenant}/orders`),
-//! `refunds` (query `amount` as a Long), `reports` and `ledger` (upstream `ledger`).
+//! service), and the upstreams and routes they are written for ([`routes`]).
+
+/// Upstreams `shop` and `ledger` at these addresses, and the routes the policies name, in
+/// this order: `tenant-orders` (`/tenants/{tenant}/orders`), `refunds` (query `amount` as a
+/// Long, header `x-region`), `ledger` (upstream `ledger`; authenticators `workloads`, then
+/// `corp`) and `reports`; every other route authenticates with `corp`.
+pub fn routes(shop: &str, ledger: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "shop"
+endpoints = ["{shop}"]
+
+[[upstreams]]
+name = "ledger"
+endpoints = ["{ledger}"]
+
+[[routes]]
+name = "tenant-orders"
+prefix = "/tenants/{{tenant}}/orders"
+upstream = "shop"
+authenticate = ["corp"]
+
+[[routes]]
+name = "refunds"
+path = "/refunds"
+upstream = "shop"
+authenticate = ["corp"]
+[routes.context]
+query = {{ amount = "Long" }}
+headers = ["x-region"]
+
+[[routes]]
+name = "ledger"
+prefix = "/ledger"
+upstream = "ledger"
+authenticate = ["workloads", "corp"]
+
+[[routes]]
+name = "reports"
+prefix = "/reports"
+upstream = "shop"
+authenticate = ["corp"]
+"#
+    )
+}
 
 /// Tenant isolation, the refund limit and the reports rules.
 pub const SHOP: &str = r#"

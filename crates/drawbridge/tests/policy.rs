@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
-use drawbridge_testkit::policies::{SERVICES, SHOP};
+use drawbridge_testkit::policies::{SERVICES, SHOP, routes};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -68,34 +68,7 @@ files = ["policies"]
 attributes = {{ tenant = "String" }}
 {policy_extra}
 
-[[upstreams]]
-name = "shop"
-endpoints = ["{shop}"]
-
-[[upstreams]]
-name = "ledger"
-endpoints = ["{ledger}"]
-
-[[routes]]
-name = "tenant-orders"
-prefix = "/tenants/{{tenant}}/orders"
-upstream = "shop"
-authenticate = ["corp"]
-
-[[routes]]
-name = "refunds"
-path = "/refunds"
-upstream = "shop"
-authenticate = ["corp"]
-[routes.context]
-query = {{ amount = "Long" }}
-
-[[routes]]
-name = "reports"
-prefix = "/reports"
-upstream = "shop"
-authenticate = ["corp"]
-
+{routes}
 [[routes]]
 name = "admin"
 prefix = "/admin"
@@ -113,15 +86,8 @@ name = "live"
 path = "/live"
 upstream = "shop"
 authenticate = ["corp"]
-
-[[routes]]
-name = "ledger"
-prefix = "/ledger"
-upstream = "ledger"
-authenticate = ["workloads", "corp"]
 "#,
-        shop = shop.url(),
-        ledger = ledger.url(),
+        routes = routes(&shop.url(), &ledger.url()),
     ))
     .replace(
         "watch = false",
