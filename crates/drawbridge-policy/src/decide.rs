@@ -1,12 +1,12 @@
 //! One decision: principal, action, route and context in; allow or deny, with the policies
 //! that decided, out.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cedar_policy::{Authorizer, Entity, EntityId, EntityUid, RestrictedExpression};
+use cedar_policy::{Authorizer, EntityId, EntityUid};
 use cedar_policy_core::ast;
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -259,33 +259,41 @@ impl Policies {
             self.types.principal(p.kind).clone(),
             EntityId::new(&p.id),
         );
-        let parents: HashSet<EntityUid> = p
+        // Built from values directly: the facade's `Entity::new` evaluates each attribute as
+        // an expression and costs several times as much (criterion: 12.6 us a new principal).
+        let parents: HashSet<ast::EntityUID> = p
             .groups
             .iter()
-            .map(|g| EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g)))
+            .map(|g| {
+                EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g))
+                    .as_ref()
+                    .clone()
+            })
             .collect();
-        let mut attrs: HashMap<String, RestrictedExpression> = HashMap::new();
-        attrs.insert("id".into(), RestrictedExpression::new_string(p.id.clone()));
-        attrs.insert(
-            "authenticator".into(),
-            RestrictedExpression::new_string(p.authenticator.to_string()),
-        );
+        let text = |s: &str| ast::PartialValue::Value(ast::Value::from(SmolStr::new(s)));
+        let mut attrs: Vec<(SmolStr, ast::PartialValue)> = vec![
+            (SmolStr::new_static("id"), text(&p.id)),
+            (SmolStr::new_static("authenticator"), text(&p.authenticator)),
+        ];
         if let Some(iss) = &p.issuer {
-            attrs.insert(
-                "issuer".into(),
-                RestrictedExpression::new_string(iss.clone()),
-            );
+            attrs.push((SmolStr::new_static("issuer"), text(iss)));
         }
         for (name, ty) in &self.attributes {
             if let Some(v) = p.attributes.get(name.as_str()).and_then(|v| typed(v, *ty)) {
-                attrs.insert(name.to_string(), v);
+                attrs.push((name.clone(), ast::PartialValue::Value(v)));
             }
         }
-        let entity = Entity::new(uid.clone(), attrs, parents)
-            .map_err(|e| DecideError::Internal(e.to_string()))?;
+        let entity = ast::Entity::new_with_attr_partial_value(
+            uid.as_ref().clone(),
+            attrs,
+            // Groups have no parents: the principal's ancestors are its groups, closed.
+            HashSet::new(),
+            parents,
+            [],
+        );
         Ok(PrincipalEntity {
             uid,
-            entity: Arc::new(entity.as_ref().clone()),
+            entity: Arc::new(entity),
             memo: Memo::default(),
         })
     }
@@ -293,25 +301,23 @@ impl Policies {
 
 /// A credential's attribute as the schema types it; left out when it does not fit (a policy
 /// must then test `principal has name`, and a missing attribute never permits).
-fn typed(v: &serde_json::Value, ty: ValueType) -> Option<RestrictedExpression> {
+fn typed(v: &serde_json::Value, ty: ValueType) -> Option<ast::Value> {
     use serde_json::Value as J;
+    let text = |s: &str| ast::Value::from(SmolStr::new(s));
     Some(match (ty, v) {
-        (ValueType::String, J::String(s)) => RestrictedExpression::new_string(s.clone()),
-        (ValueType::Long, J::Number(n)) => RestrictedExpression::new_long(n.as_i64()?),
-        (ValueType::Long, J::String(s)) => RestrictedExpression::new_long(s.parse().ok()?),
-        (ValueType::Bool, J::Bool(b)) => RestrictedExpression::new_bool(*b),
-        (ValueType::StringSet, J::Array(a)) => RestrictedExpression::new_set(
+        (ValueType::String, J::String(s)) => text(s),
+        (ValueType::Long, J::Number(n)) => ast::Value::from(n.as_i64()?),
+        (ValueType::Long, J::String(s)) => ast::Value::from(s.parse::<i64>().ok()?),
+        (ValueType::Bool, J::Bool(b)) => ast::Value::from(*b),
+        (ValueType::StringSet, J::Array(a)) => ast::Value::set(
             a.iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(|s| RestrictedExpression::new_string(s.into()))
-                })
+                .map(|x| x.as_str().map(text))
                 .collect::<Option<Vec<_>>>()?,
+            None,
         ),
-        (ValueType::StringSet, J::String(s)) => RestrictedExpression::new_set(
-            s.split_ascii_whitespace()
-                .map(|x| RestrictedExpression::new_string(x.into())),
-        ),
+        (ValueType::StringSet, J::String(s)) => {
+            ast::Value::set(s.split_ascii_whitespace().map(text), None)
+        }
         _ => return None,
     })
 }

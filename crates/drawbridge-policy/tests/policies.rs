@@ -620,3 +620,36 @@ fn unknown_entity_types_and_actions_are_errors() {
     // `amount` is a query parameter of another route only, and optional: read without `has`.
     assert!(e.contains("amount"), "{e}");
 }
+
+#[test]
+fn typed_attributes_come_from_the_credential_or_not_at_all() {
+    let f = fixture(
+        &config(),
+        &[(
+            "policies/p.cedar",
+            "@id(\"admins\")\npermit (principal, action, resource == Route::\"reports\")\n\
+             when { principal has scope && principal.scope.contains(\"admin\") && principal has level && principal.level >= 3 };\n",
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let get = req(Action::Get, "/reports");
+    let cases = [
+        (json!({"scope": ["read", "admin"], "level": 3}), true),
+        // An OAuth scope string is a set of its words; a number in a string is a Long.
+        (json!({"scope": "read admin", "level": "5"}), true),
+        (json!({"scope": "read administrator", "level": 5}), false),
+        (json!({"scope": ["admin"], "level": 2}), false),
+        // Values of other types are left out, so `has` is false.
+        (json!({"scope": ["admin", 7], "level": 5}), false),
+        (json!({"scope": ["admin"], "level": true}), false),
+        (json!({"scope": ["admin"]}), false),
+    ];
+    for (attrs, want) in cases {
+        let p = user("u", &[], attrs.clone());
+        assert_eq!(
+            decide(&f, REPORTS, &p, &get).expect("decide").0,
+            want,
+            "{attrs}"
+        );
+    }
+}
