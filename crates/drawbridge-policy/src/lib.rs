@@ -131,11 +131,14 @@ impl Action {
         }
     }
 
-    /// The action group it belongs to, if any.
+    /// The action group it belongs to, if any. A gRPC call is a write: it is a `POST` whose
+    /// content type the client chooses, so a `forbid` on `Action::"write"` must cover it.
     pub fn group(self) -> Option<&'static str> {
         match self {
             Action::Get | Action::Head | Action::Options => Some("read"),
-            Action::Post | Action::Put | Action::Patch | Action::Delete => Some("write"),
+            Action::Post | Action::Put | Action::Patch | Action::Delete | Action::Grpc => {
+                Some("write")
+            }
             _ => None,
         }
     }

@@ -56,7 +56,7 @@ pub fn text(config: &Config) -> String {
     let methods = |group: &str| -> String {
         Action::ALL
             .iter()
-            .filter(|a| a.group() == Some(group))
+            .filter(|a| a.group() == Some(group) && **a != Action::Grpc)
             .map(|a| format!("\"{}\"", a.id()))
             .collect::<Vec<_>>()
             .join(", ")
@@ -81,7 +81,7 @@ pub fn text(config: &Config) -> String {
     );
     let _ = write!(s, "action \"CONNECT\", \"TRACE\" {}", applies("Http"));
     let _ = write!(s, "action \"connect\" {}", applies("Http"));
-    let _ = write!(s, "action \"grpc\" {}", applies("Grpc"));
+    let _ = write!(s, "action \"grpc\" in [write] {}", applies("Grpc"));
     s
 }
 

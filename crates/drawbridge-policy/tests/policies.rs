@@ -653,3 +653,39 @@ fn typed_attributes_come_from_the_credential_or_not_at_all() {
         );
     }
 }
+
+#[test]
+fn a_grpc_call_is_a_write_so_write_forbids_cover_it() {
+    // gRPC is a POST whose content type the client picks: a client must not escape a
+    // `forbid` on writes by calling itself gRPC.
+    let f = fixture(
+        &config(),
+        &[(
+            "policies/p.cedar",
+            "@id(\"all\")\npermit (principal, action, resource == Route::\"reports\");\n\
+             @id(\"no-writes\")\nforbid (principal, action in Action::\"write\", resource == Route::\"reports\");\n",
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let erin = user("erin", &[], json!({}));
+    assert!(
+        decide(&f, REPORTS, &erin, &req(Action::Get, "/reports"))
+            .expect("decide")
+            .0
+    );
+    assert_eq!(
+        decide(
+            &f,
+            REPORTS,
+            &erin,
+            &req(Action::Grpc, "/shop.Reports/Delete")
+        )
+        .expect("decide"),
+        (false, vec!["no-writes".to_string()])
+    );
+    assert!(
+        !decide(&f, REPORTS, &erin, &req(Action::Post, "/reports"))
+            .expect("decide")
+            .0
+    );
+}

@@ -74,6 +74,14 @@ fn prefetch(snapshot: &Snapshot) {
     }
 }
 
+/// Logs what `check` would warn about (routes no policy decides for, unused policies), so a
+/// server started or reloaded without `check` says it too.
+fn warn_about(snapshot: &Snapshot) {
+    for w in &snapshot.warnings {
+        tracing::warn!("{}", w.as_warning());
+    }
+}
+
 /// Starts the writer of a JSON-lines log (`what` names it in errors).
 fn open_log<T: serde::Serialize + Send + 'static>(
     target: &AccessLogTarget,
@@ -126,6 +134,7 @@ impl Proxy {
             bound.push((l.name.to_string(), local, listener));
         }
         tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");
+        warn_about(&snapshot);
         prefetch(&snapshot);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -210,6 +219,7 @@ impl Proxy {
             return Err(ReloadError::ListenersChanged);
         }
         let version = next.version.clone();
+        warn_about(&next);
         prefetch(&next);
         self.shared.snapshot.store(Arc::new(next));
         Ok(version)
