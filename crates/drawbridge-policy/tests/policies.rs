@@ -363,7 +363,7 @@ fn forbid_overrides_permit() {
 }
 
 #[test]
-fn a_principal_entity_is_built_once_per_credential() {
+fn what_is_kept_with_a_principal_never_passes_to_a_copy() {
     let f = shop();
     let dave = Arc::new(user("dave", &["editors"], json!({})));
     assert!(
@@ -371,7 +371,7 @@ fn a_principal_entity_is_built_once_per_credential() {
             .expect("decide")
             .0
     );
-    // The second decision uses the entity kept with the principal.
+    // Decided again with the entity (and decisions) kept with the principal.
     assert!(
         decide(&f, REPORTS, &dave, &req(Action::Put, "/reports"))
             .expect("decide")
