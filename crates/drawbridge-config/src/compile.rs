@@ -217,12 +217,61 @@ impl Cx<'_> {
             .collect();
         let access_log = self.log_target("server.access_log", raw.access_log.as_ref());
         let audit_log = self.log_target("server.audit_log", raw.audit_log.as_ref());
+        let strip_headers = raw
+            .strip_headers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| self.header_name(&format!("server.strip_headers[{i}]"), h, true))
+            .collect();
         Server {
             shutdown_timeout,
             trusted_proxies,
             access_log,
             audit_log,
             watch: raw.watch.unwrap_or(true),
+            strip_headers,
+        }
+    }
+
+    /// A header name as a config lists it: lower-cased, letters, digits and `-` only (so it
+    /// has one spelling); `prefix` lets it end in `*`.
+    fn header_name(&mut self, field: &str, raw: &Spanned<String>, prefix: bool) -> Option<String> {
+        let name = raw.get_ref().trim().to_ascii_lowercase();
+        let stem = if prefix {
+            name.strip_suffix('*').unwrap_or(&name)
+        } else {
+            &name
+        };
+        if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            self.r.error_help(
+                raw.span().start,
+                field,
+                format!("`{}` is not a header name Drawbridge can match", raw.get_ref()),
+                if prefix {
+                    "use letters, digits and `-` (`_` and `.` are folded into `-`); end with `*` for a prefix"
+                } else {
+                    "use letters, digits and `-` (`_` and `.` are folded into `-`)"
+                },
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// `refuse` or `strip`.
+    fn query_rule(&mut self, field: &str, raw: Option<&Spanned<String>>) -> QueryRule {
+        match raw.map(|s| (s, s.get_ref().as_str())) {
+            None | Some((_, "refuse")) => QueryRule::Refuse,
+            Some((_, "strip")) => QueryRule::Strip,
+            Some((s, other)) => {
+                self.r.error_help(
+                    s.span().start,
+                    field,
+                    format!("unknown setting `{other}`"),
+                    "use `refuse` (400) or `strip` (removed before forwarding)",
+                );
+                QueryRule::Refuse
+            }
         }
     }
 
@@ -266,12 +315,30 @@ impl Cx<'_> {
         };
         let tls = l.tls.as_ref().map(|t| self.tls(&format!("{at}.tls"), t));
         let limits = self.limits(&format!("{at}.limits"), &l.limits);
+        let nonstandard_header_names = match l.nonstandard_header_names.as_ref() {
+            None => NonstandardHeaderNames::Drop,
+            Some(s) => match s.get_ref().as_str() {
+                "drop" => NonstandardHeaderNames::Drop,
+                "refuse" => NonstandardHeaderNames::Refuse,
+                "forward" => NonstandardHeaderNames::Forward,
+                other => {
+                    self.r.error_help(
+                        s.span().start,
+                        format!("{at}.nonstandard_header_names"),
+                        format!("unknown setting `{other}`"),
+                        "use `drop` (the default), `refuse` (400) or `forward`",
+                    );
+                    NonstandardHeaderNames::Drop
+                }
+            },
+        };
         Some(Listener {
             name: l.name.get_ref().clone(),
             address: address?,
             http2: l.http2.unwrap_or(true),
             tls: tls.flatten(),
             limits,
+            nonstandard_header_names,
             location: self.r.locate(raw.span().start),
         })
     }
@@ -770,7 +837,18 @@ impl Cx<'_> {
             .max_body_bytes
             .as_ref()
             .map(|v| self.int(&format!("{at}.max_body_bytes"), Some(v), 0, i64::MAX, 0) as u64);
+        let pass_headers = self.pass_headers(&at, r);
+        let query_credentials = self.query_rule(
+            &format!("{at}.query_credentials"),
+            r.query_credentials.as_ref(),
+        );
+        let method_override =
+            self.query_rule(&format!("{at}.method_override"), r.method_override.as_ref());
         Some(Route {
+            pass_headers,
+            request_trailers: r.request_trailers.as_ref().is_some_and(|v| *v.get_ref()),
+            query_credentials,
+            method_override,
             name: r.name.get_ref().clone(),
             host: host?,
             path: path?,
@@ -786,6 +864,32 @@ impl Cx<'_> {
             context,
             location: self.r.locate(start),
         })
+    }
+
+    /// `pass_headers`: names only; never the headers Drawbridge itself sets or that frame the
+    /// connection.
+    fn pass_headers(&mut self, at: &str, r: &RawRoute) -> Vec<String> {
+        let Some(list) = r.pass_headers.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (j, h) in list.get_ref().iter().enumerate() {
+            let field = format!("{at}.pass_headers[{j}]");
+            let Some(name) = self.header_name(&field, h, false) else {
+                continue;
+            };
+            if crate::headers::is_drawbridge_set(&name) {
+                self.r.error_help(
+                    h.span().start,
+                    field,
+                    format!("`{name}` is set by Drawbridge and never taken from a client"),
+                    "remove it; the upstream receives Drawbridge's own value",
+                );
+                continue;
+            }
+            out.push(name);
+        }
+        out
     }
 
     /// A route that admits by client certificate must be served where one can be presented.

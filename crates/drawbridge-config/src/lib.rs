@@ -5,7 +5,9 @@
 
 mod compile;
 mod diag;
+pub mod headers;
 mod model;
+pub mod params;
 mod raw;
 
 use std::hash::{Hash, Hasher};

@@ -142,6 +142,9 @@ pub struct Server {
     pub audit_log: AccessLogTarget,
     /// Reload when the config file changes.
     pub watch: bool,
+    /// Request headers removed besides the built-in identity and forwarding headers,
+    /// lower-case; a name ending in `*` is a prefix.
+    pub strip_headers: Vec<String>,
 }
 
 /// Where access-log lines go.
@@ -170,8 +173,33 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Bounds on what a client may send.
     pub limits: Limits,
+    /// What becomes of request headers whose names hold `_` or `.`.
+    pub nonstandard_header_names: NonstandardHeaderNames,
     /// Where the listener was declared.
     pub location: Location,
+}
+
+/// What a listener does with request header names that hold `_` or `.`: servers in the
+/// CGI tradition read `X_Auth_User` and `X.Auth.User` as `X-Auth-User`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonstandardHeaderNames {
+    /// Removed before routing (the default, as nginx does).
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Refuse,
+    /// Forwarded, unless they spell a header Drawbridge removes.
+    Forward,
+}
+
+/// What a route does with a query parameter it does not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueryRule {
+    /// The request is refused with 400 (the default).
+    #[default]
+    Refuse,
+    /// The parameter is removed from what the upstream receives.
+    Strip,
 }
 
 /// TLS settings of a listener.
@@ -376,6 +404,17 @@ pub struct Route {
     pub params: Vec<String>,
     /// What of the request its policies see beside the path (`[routes.context]`).
     pub context: RouteContext,
+    /// Client headers the built-in or configured strip list would remove that this route
+    /// lets through (lower-case).
+    pub pass_headers: Vec<String>,
+    /// Forward the request's trailers (after the header rules); dropped otherwise.
+    pub request_trailers: bool,
+    /// What becomes of credentials in the query string (`access_token`, API-key parameters)
+    /// on an authenticated route.
+    pub query_credentials: QueryRule,
+    /// What becomes of method-override query parameters (`_method`) on a route that
+    /// authenticates or restricts methods.
+    pub method_override: QueryRule,
     /// Where the route was declared.
     pub location: Location,
 }

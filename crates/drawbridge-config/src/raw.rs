@@ -60,6 +60,8 @@ pub(crate) struct RawServer {
     pub access_log: Option<Spanned<String>>,
     pub audit_log: Option<Spanned<String>>,
     pub watch: Option<bool>,
+    #[serde(default)]
+    pub strip_headers: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +73,7 @@ pub(crate) struct RawListener {
     pub tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub nonstandard_header_names: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +151,10 @@ pub(crate) struct RawRoute {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub authorize: Option<Spanned<bool>>,
     pub context: Option<Spanned<RawRouteContext>>,
+    pub pass_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub request_trailers: Option<Spanned<bool>>,
+    pub query_credentials: Option<Spanned<String>>,
+    pub method_override: Option<Spanned<String>>,
 }
 
 /// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a

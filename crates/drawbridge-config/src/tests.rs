@@ -495,3 +495,43 @@ fn an_assertion_in_authorization_cannot_share_it_with_passed_credentials() {
     ))
     .expect("valid without pass_credentials");
 }
+
+#[test]
+fn header_and_query_rules_are_checked() {
+    let src = format!(
+        "[server]\nstrip_headers = [\"x-corp-*\", \"x corp\"]\n{}\nnonstandard_header_names = \"maybe\"\n{}\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\
+         pass_headers = [\"x-auth-request-email\", \"x-forwarded-for\", \"x_drawbridge_user\"]\n\
+         query_credentials = \"allow\"\nmethod_override = \"strip\"\nrequest_trailers = true\n",
+        &BASE[..BASE.find("[[upstreams]]").unwrap_or(0)].trim_end(),
+        &BASE[BASE.find("[[upstreams]]").unwrap_or(0)..],
+    );
+    let e = errors(&src);
+    let fields: Vec<&str> = e.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "server.strip_headers[1]",
+            "listeners[0].nonstandard_header_names",
+            "routes[0].pass_headers[1]",
+            "routes[0].pass_headers[2]",
+            "routes[0].query_credentials",
+        ],
+        "{e:?}"
+    );
+    assert!(e[2].message.contains("set by Drawbridge"), "{}", e[2]);
+
+    let ok = check(&format!(
+        "[server]\nstrip_headers = [\"X-Corp-*\"]\n{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\npass_headers = [\"X-Auth-Request-Email\"]\n"
+    ))
+    .expect("valid");
+    assert_eq!(ok.server.strip_headers, ["x-corp-*"]);
+    assert_eq!(ok.routes[0].pass_headers, ["x-auth-request-email"]);
+    assert_eq!(ok.routes[0].query_credentials, QueryRule::Refuse);
+    assert_eq!(ok.routes[0].method_override, QueryRule::Refuse);
+    assert!(!ok.routes[0].request_trailers);
+    assert_eq!(
+        ok.listeners[0].nonstandard_header_names,
+        NonstandardHeaderNames::Drop
+    );
+}

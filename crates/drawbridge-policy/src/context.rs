@@ -198,17 +198,27 @@ fn hash_literal(v: &Value) -> u64 {
     }
 }
 
-/// The route's selected query parameters, decoded and typed. A selected name that appears
-/// twice, is not UTF-8 or does not parse as its type refuses the request.
+/// The route's selected query parameters, decoded and typed. A parameter is found by every
+/// spelling frameworks read as its name (`Tenant`, `tenant[]`, `%74enant`: see
+/// [`drawbridge_config::params::canonical_param`]), with `&` or `;` between pairs; two
+/// spellings of one selected name, a name with a control character, a value that is not UTF-8
+/// or does not parse as its type refuse the request.
 fn query(route: &RoutePolicies, raw: Option<&str>) -> Result<Vec<(SmolStr, Value)>, BadRequest> {
     let mut out: Vec<(SmolStr, Value)> = Vec::new();
     let (Some(raw), false) = (raw, route.query.is_empty()) else {
         return Ok(out);
     };
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+    for pair in raw.split(['&', ';']).filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name).ok_or(BadRequest::QueryEncoding)?;
-        let Some((key, ty)) = route.query.iter().find(|(k, _)| k.as_str() == name) else {
+        let name = drawbridge_config::params::canonical_param(name).map_err(|e| match e {
+            drawbridge_config::params::ParamNameError::Control => BadRequest::QueryControl,
+            drawbridge_config::params::ParamNameError::Encoding => BadRequest::QueryEncoding,
+        })?;
+        let Some((key, ty)) = route
+            .query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+        else {
             continue;
         };
         if out.iter().any(|(k, _)| k == key) {

@@ -88,6 +88,9 @@ pub enum BadRequest {
     /// The query is not UTF-8 after decoding.
     #[error("query is not valid UTF-8 after percent-decoding")]
     QueryEncoding,
+    /// A query parameter's name holds a control character.
+    #[error("control character in a query parameter name")]
+    QueryControl,
     /// A header the route hands its policies appears more than once.
     #[error("header `{0}` appears more than once")]
     RepeatedHeader(String),

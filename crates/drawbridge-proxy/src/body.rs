@@ -2,6 +2,7 @@
 //! counts what it sends and records the access event when it ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
+use crate::sanitize::{HeaderRules, strip_request_trailers};
 use crate::upstream::InFlight;
 
 /// Errors of a request body on its way upstream.
@@ -29,15 +31,28 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    /// How the client's trailers are filtered; dropped whole when `None`.
+    trailers: Option<Arc<TrailerFilter>>,
+}
+
+/// What of a client's request trailers a route lets through: the header rules apply to them
+/// as to headers, and credentials never travel there.
+pub struct TrailerFilter {
+    /// The snapshot's header rules.
+    pub rules: Arc<HeaderRules>,
+    /// The identity header and the route's credential headers.
+    pub credentials: Vec<http::HeaderName>,
 }
 
 impl RequestBody {
-    /// Streams `inner`, failing once more than `limit` bytes were read.
-    pub fn limited(inner: Incoming, limit: u64) -> Self {
+    /// Streams `inner`, failing once more than `limit` bytes were read; its trailers are
+    /// filtered by `trailers`, or dropped when `None`.
+    pub fn limited(inner: Incoming, limit: u64, trailers: Option<Arc<TrailerFilter>>) -> Self {
         Self {
             inner: Some(inner),
             limit,
             seen: 0,
+            trailers,
         }
     }
 
@@ -47,6 +62,7 @@ impl RequestBody {
             inner: None,
             limit: 0,
             seen: 0,
+            trailers: None,
         }
     }
 }
@@ -71,8 +87,21 @@ impl Body for RequestBody {
                         this.inner = None;
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                // Trailers end the body: filtered, or dropped with the route's leave.
+                this.inner = None;
+                match (frame.into_trailers(), &this.trailers) {
+                    (Ok(mut t), Some(filter)) => {
+                        strip_request_trailers(&mut t, &filter.rules, &filter.credentials);
+                        if t.is_empty() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Ok(Frame::trailers(t))))
+                        }
+                    }
+                    _ => Poll::Ready(None),
+                }
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),

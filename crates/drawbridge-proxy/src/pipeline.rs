@@ -184,7 +184,11 @@ async fn run(
     check_framing(req.headers())?;
     let host = request_host(&req)?;
     let original_host = req.headers().get(header::HOST).cloned();
-    let seen = sanitize::strip_request_headers(req.headers_mut());
+    let mut seen = sanitize::strip_request_headers(
+        req.headers_mut(),
+        &snapshot.header_rules,
+        listener.nonstandard_header_names,
+    )?;
     req.headers_mut().remove(header::EXPECT);
 
     // --- 4 route ------------------------------------------------------------------------
@@ -203,6 +207,11 @@ async fn run(
         Match::NotFound => return Err(ProxyError::NoRoute),
     };
     event.route = Some(route.name.clone());
+    if !seen.held.is_empty() {
+        seen.restore(&route.config.pass_headers, req.headers_mut());
+    }
+    // The rest of sanitize needs the route: what its query may carry.
+    let query = screen_query(&route, req.uri().query())?;
 
     // --- 5 authenticate ---------------------------------------------------------------
     let (pass_credentials, principal) = match &route.config.admission {
@@ -238,7 +247,7 @@ async fn run(
             grpc: rescue::is_grpc(req.headers()),
             host: &host,
             path: &path.decoded,
-            query: req.uri().query(),
+            query: query.as_deref().or(req.uri().query()),
             headers: req.headers(),
             client: client_ip(snapshot, conn, seen.forwarded_for.as_deref()),
             client_label: &conn.peer_label,
@@ -318,7 +327,7 @@ async fn run(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let path_and_query = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(
-        upstream_target(&route, &path, parts.uri.query()),
+        upstream_target(&route, &path, query.as_deref().or(parts.uri.query())),
     ))
     .map_err(|_| ProxyError::BadRequest("unrepresentable request target"))?;
 
@@ -326,7 +335,7 @@ async fn run(
     let body = if upgrade.is_some() {
         RequestBody::empty()
     } else {
-        RequestBody::limited(body, max_body)
+        RequestBody::limited(body, max_body, route.trailers.clone())
     };
     let out = Outgoing {
         method: parts.method,
@@ -339,6 +348,24 @@ async fn run(
     let forwarded = forward::forward(&route.upstream, out).await?;
     event.upstream = Some(forwarded.in_flight.endpoint().label.clone());
     Ok(Outcome::Forwarded(forwarded))
+}
+
+/// Screens the query for what the route does not let through: credentials on authenticated
+/// routes, method overrides where the method matters. `Some` is the query to use instead
+/// (stripped); `None` keeps the client's.
+fn screen_query(route: &RouteEntry, query: Option<&str>) -> Result<Option<String>, ProxyError> {
+    let Some(query) = query else { return Ok(None) };
+    let authenticated = matches!(route.config.admission, Admission::Authenticated { .. });
+    let screen = sanitize::QueryScreen {
+        credentials: authenticated.then_some(route.config.query_credentials),
+        extra_credentials: &route.credential_params,
+        method_override: (authenticated || route.config.methods.is_some())
+            .then_some(route.config.method_override),
+    };
+    if screen.credentials.is_none() && screen.method_override.is_none() {
+        return Ok(None);
+    }
+    Ok(sanitize::screen_query(query, &screen)?)
 }
 
 /// How a request that passed the pipeline ends.

@@ -18,6 +18,12 @@ pub enum ProxyError {
     /// The request is malformed in another way.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A header that cannot be read one way only, or a name the listener refuses.
+    #[error("rejected header: {0}")]
+    Header(#[from] crate::sanitize::HeaderError),
+    /// The query string carries what the route does not let through.
+    #[error("rejected query: {0}")]
+    Query(#[from] crate::sanitize::QueryError),
     /// Framing that could be read two ways (request smuggling).
     #[error("ambiguous framing: {0}")]
     Framing(&'static str),
@@ -65,9 +71,12 @@ impl ProxyError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) | Self::PolicyInput(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Path(_)
+            | Self::BadRequest(_)
+            | Self::Header(_)
+            | Self::Query(_)
+            | Self::Framing(_)
+            | Self::PolicyInput(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,12 +94,13 @@ impl ProxyError {
     /// The gRPC status code for this error.
     pub fn grpc_status(&self) -> u16 {
         match self {
-            Self::Path(_) | Self::BadRequest(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
-            Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8,             // RESOURCE_EXHAUSTED
-            Self::NoRoute | Self::MethodNotAllowed(_) => 12,              // UNIMPLEMENTED
-            Self::Unauthenticated(..) => 16,                              // UNAUTHENTICATED
-            Self::Forbidden(_) => 7,                                      // PERMISSION_DENIED
-            Self::PolicyInput(_) => 3,                                    // INVALID_ARGUMENT
+            Self::Path(_) | Self::BadRequest(_) | Self::Header(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
+            Self::Query(_) => 3,                              // INVALID_ARGUMENT
+            Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8, // RESOURCE_EXHAUSTED
+            Self::NoRoute | Self::MethodNotAllowed(_) => 12,  // UNIMPLEMENTED
+            Self::Unauthenticated(..) => 16,                  // UNAUTHENTICATED
+            Self::Forbidden(_) => 7,                          // PERMISSION_DENIED
+            Self::PolicyInput(_) => 3,                        // INVALID_ARGUMENT
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,       // INTERNAL
@@ -101,7 +111,7 @@ impl ProxyError {
     pub fn phase(&self) -> Phase {
         match self {
             Self::UriTooLong(_) | Self::BodyTooLarge(_) | Self::BadRequest(_) => Phase::Parse,
-            Self::Path(_) | Self::Framing(_) => Phase::Sanitize,
+            Self::Path(_) | Self::Framing(_) | Self::Header(_) | Self::Query(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
             Self::Unauthenticated(..) => Phase::Authenticate,
             Self::Forbidden(_) | Self::PolicyInput(_) => Phase::Authorize,
@@ -134,6 +144,14 @@ impl ProxyError {
         }
         let m: &'static str = match self {
             Self::Path(_) => "ambiguous or malformed path",
+            Self::Header(_) => "malformed or refused header",
+            Self::Query(crate::sanitize::QueryError::Credential(_)) => {
+                "credentials are not accepted in the query string"
+            }
+            Self::Query(crate::sanitize::QueryError::MethodOverride(_)) => {
+                "method overrides are not accepted"
+            }
+            Self::Query(_) => "malformed query",
             Self::BadRequest(m) | Self::Framing(m) => m,
             Self::UriTooLong(_) => "request target too long",
             Self::BodyTooLarge(_) => "request body too large",
@@ -253,10 +271,15 @@ fn challenges(e: &AuthError, schemes: Schemes) -> Vec<HeaderValue> {
         .collect()
 }
 
-/// Whether a request is a gRPC call (answered with gRPC statuses).
+/// Whether a request is a gRPC call (answered with gRPC statuses): its media type is
+/// `application/grpc`, alone or with a `+` suffix, in any case (media types are
+/// case-insensitive; a second `Content-Type` is refused in sanitize).
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b'-' | b';' | b' '))
+    })
 }

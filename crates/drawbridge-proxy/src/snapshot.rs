@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub minter: Arc<Minter>,
     /// The header the assertion travels in.
     pub identity_header: http::HeaderName,
+    /// Which client headers never reach an upstream.
+    pub header_rules: Arc<crate::sanitize::HeaderRules>,
     /// How many routes the configuration declares.
     pub route_count: usize,
     /// The compiled policies, when the configuration has a `[policy]`.
@@ -50,6 +52,8 @@ pub struct ListenerEntry {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Limits applied to its connections.
     pub limits: Limits,
+    /// What becomes of header names with `_` or `.`.
+    pub nonstandard_header_names: drawbridge_config::NonstandardHeaderNames,
     /// Its routes.
     pub routes: RouteTable,
 }
@@ -66,6 +70,11 @@ pub struct RouteEntry {
     pub upstream: Arc<UpstreamPool>,
     /// Who may admit callers, in the order they are tried; empty for a public route.
     pub authenticators: Vec<Arc<Authenticator>>,
+    /// How the client's request trailers are filtered; dropped when `None`.
+    pub trailers: Option<Arc<crate::body::TrailerFilter>>,
+    /// Query parameter names its API-key authenticators' headers would go by, canonical
+    /// with `_` for `-` (`x_api_key`): credentials, never forwarded in the query.
+    pub credential_params: Vec<String>,
 }
 
 impl Snapshot {
@@ -154,23 +163,55 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
+        let header_rules = Arc::new(crate::sanitize::HeaderRules::new(
+            config.server.strip_headers.clone(),
+            authenticators
+                .iter()
+                .filter_map(|a| a.credential_header().cloned())
+                .collect(),
+            config
+                .routes
+                .iter()
+                .flat_map(|r| r.pass_headers.iter().cloned())
+                .collect(),
+        ));
         let routes: Vec<Arc<RouteEntry>> = config
             .routes
             .iter()
             .enumerate()
             .map(|(index, r)| {
+                let authenticators: Vec<Arc<Authenticator>> = match &r.admission {
+                    Admission::Public => Vec::new(),
+                    Admission::Authenticated {
+                        authenticators: list,
+                        ..
+                    } => list.iter().map(|&i| authenticators[i].clone()).collect(),
+                };
+                let trailers = r.request_trailers.then(|| {
+                    let mut credentials = vec![identity_header.clone()];
+                    credentials.extend(
+                        authenticators
+                            .iter()
+                            .filter_map(|a| a.credential_header().cloned()),
+                    );
+                    Arc::new(crate::body::TrailerFilter {
+                        rules: header_rules.clone(),
+                        credentials,
+                    })
+                });
+                let credential_params = authenticators
+                    .iter()
+                    .filter_map(|a| a.credential_header())
+                    .map(|h| h.as_str().replace('-', "_"))
+                    .collect();
                 Arc::new(RouteEntry {
+                    credential_params,
                     index,
                     name: r.name.as_str().into(),
                     config: r.clone(),
                     upstream: upstreams[r.upstream].clone(),
-                    authenticators: match &r.admission {
-                        Admission::Public => Vec::new(),
-                        Admission::Authenticated {
-                            authenticators: list,
-                            ..
-                        } => list.iter().map(|&i| authenticators[i].clone()).collect(),
-                    },
+                    authenticators,
+                    trailers,
                 })
             })
             .collect();
@@ -197,6 +238,7 @@ impl Snapshot {
                 http2: l.http2,
                 tls,
                 limits: l.limits.clone(),
+                nonstandard_header_names: l.nonstandard_header_names,
                 routes: RouteTable::new(mine),
             });
         }
@@ -220,6 +262,7 @@ impl Snapshot {
             authenticators,
             minter,
             identity_header,
+            header_rules,
         })
     }
 

@@ -29,6 +29,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
+    /// The request's trailers, when it had any.
+    pub trailers: Option<HeaderMap>,
     /// The address the request came from: equal for requests on one connection.
     pub peer: SocketAddr,
 }
@@ -148,11 +150,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match body.collect().await {
+        Ok(c) => {
+            let trailers = c.trailers().cloned();
+            (c.to_bytes(), trailers)
+        }
+        Err(_) => (Bytes::new(), None),
+    };
     let target = parts
         .uri
         .path_and_query()
@@ -164,6 +168,7 @@ async fn handle(
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.clone(),
+        trailers,
         peer,
     };
     if let Ok(mut v) = rec.lock() {

@@ -272,6 +272,33 @@ async fn refunds_need_billing_and_an_amount_under_the_limit() {
         &s.shop,
     )
     .await;
+    // Every spelling frameworks read as `amount` is `amount`: two of them are a duplicate,
+    // and one alone is what the policy reads.
+    for q in [
+        "amount[]=500&amount[]=50000",
+        "amount=500&Amount=50000",
+        "AMOUNT=50000&amount=500",
+        "amount=500&amount[x]=50000",
+        "amount=500;amount=50000",
+        "amount=500&%41mount=50000",
+        "amount=500&+amount=50000",
+    ] {
+        s.expect("POST", &format!("/refunds?{q}"), &bob, 400, &s.shop)
+            .await;
+    }
+    s.expect("POST", "/refunds?Amount=50000", &bob, 403, &s.shop)
+        .await;
+    s.expect("POST", "/refunds?amount[]=50000", &bob, 403, &s.shop)
+        .await;
+    // A control character in any parameter name is refused outright.
+    for q in [
+        "amount%00=50000&amount=500",
+        "amount=500&x%0a=1",
+        "amount%09=1",
+    ] {
+        s.expect("POST", &format!("/refunds?{q}"), &bob, 400, &s.shop)
+            .await;
+    }
     s.expect("POST", "/refunds?amount=5e3", &bob, 400, &s.shop)
         .await;
     let r = s.call("POST", "/refunds?amount=1&amount=2", &bob).await;

@@ -161,6 +161,19 @@ impl Cx<'_> {
                     continue;
                 }
             };
+            if query
+                && let Some((other, _)) = out
+                    .iter()
+                    .find(|(o, _): &&(String, ValueType)| o.eq_ignore_ascii_case(name.get_ref()))
+            {
+                self.r.error_help(
+                    name.span().start,
+                    at,
+                    format!("`{}` and `{other}` are one parameter", name.get_ref()),
+                    "query parameter names are matched without case, as many frameworks read them",
+                );
+                continue;
+            }
             out.push((name.get_ref().clone(), t));
         }
         out

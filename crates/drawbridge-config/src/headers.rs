@@ -1,0 +1,204 @@
+//! Which request headers a client may never send upstream: the names that convey identity, a
+//! client address, or another proxy's verdict in common ecosystems (nginx, Envoy, Traefik,
+//! oauth2-proxy, Pomerium, Authelia, Kong, cloud load balancers, web frameworks).
+//!
+//! Names are compared folded: lower-case, with `_` and `.` read as `-`, because CGI-style
+//! servers turn `X_Auth_User`, `X.Auth.User` and `X-Auth-User` into one variable.
+
+use std::borrow::Cow;
+
+/// Header names removed from every request, folded. Sorted, for binary search.
+pub const STRIPPED: &[&str] = &[
+    "client-ip",
+    "forwarded",
+    "front-end-https",
+    "remote-addr",
+    "remote-user",
+    "ssl-client-cert",
+    "true-client-ip",
+    "x-access-token",
+    "x-arr-clientcert",
+    "x-arr-ssl",
+    "x-auth",
+    "x-authorization",
+    "x-email",
+    "x-forwarded",
+    "x-groups",
+    "x-host",
+    "x-http-method",
+    "x-http-method-override",
+    "x-https",
+    "x-id-token",
+    "x-identity",
+    "x-login",
+    "x-method-override",
+    "x-principal",
+    "x-real-ip",
+    "x-request-id",
+    "x-roles",
+    "x-scheme",
+    "x-uid",
+    "x-url-scheme",
+    "x-user",
+    "x-userid",
+    "x-userinfo",
+    "x-username",
+];
+
+/// Prefixes of folded header names removed from every request.
+pub const STRIPPED_PREFIXES: &[&str] = &[
+    "cf-access-",
+    "cf-connecting-ip",
+    "fastly-client-",
+    "remote-",
+    "ssl-client-",
+    "x-amzn-oidc-",
+    "x-arr-",
+    "x-auth-",
+    "x-authenticated-",
+    "x-authz-",
+    "x-cert-",
+    "x-client-cert",
+    "x-client-dn",
+    "x-client-i-",
+    "x-client-ip",
+    "x-client-issuer",
+    "x-client-s-",
+    "x-client-san",
+    "x-client-subject",
+    "x-client-tls",
+    "x-client-verify",
+    "x-cluster-client-",
+    "x-consumer-",
+    "x-credential-",
+    "x-drawbridge-",
+    "x-envoy-",
+    "x-ext-authz",
+    "x-forwarded-",
+    "x-goog-authenticated-",
+    "x-goog-iap-",
+    "x-internal-",
+    "x-invoke-",
+    "x-istio-",
+    "x-jwt-",
+    "x-middleware-",
+    "x-ms-client-principal",
+    "x-oauth-",
+    "x-original-",
+    "x-originating-",
+    "x-pomerium-",
+    "x-proxy-",
+    "x-remote-",
+    "x-rewrite-",
+    "x-spiffe",
+    "x-ssl-",
+    "x-tls-client-",
+    "x-user-",
+    "x-vouch-",
+    "x-webauth-",
+];
+
+/// The headers Drawbridge sets itself on the way upstream, folded: no route may take them
+/// from a client.
+pub fn is_drawbridge_set(folded: &str) -> bool {
+    matches!(
+        folded,
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-client-cert"
+            | "x-request-id"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    ) || folded.starts_with("x-drawbridge-")
+}
+
+/// `name` (lower-case, as HTTP libraries hand it) with `_` and `.` read as `-`.
+pub fn fold(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b == b'_' || b == b'.') {
+        Cow::Owned(name.replace(['_', '.'], "-"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Whether `name` holds a character that some servers fold into `-`.
+pub fn is_nonstandard(name: &str) -> bool {
+    name.bytes().any(|b| b == b'_' || b == b'.')
+}
+
+/// Whether the built-in list removes `folded`.
+pub fn is_stripped(folded: &str) -> bool {
+    STRIPPED.binary_search(&folded).is_ok()
+        || STRIPPED_PREFIXES
+            .iter()
+            .any(|p| folded.len() >= p.len() && folded.starts_with(p))
+}
+
+/// One entry of a configured list: an exact name, or a prefix when it ends in `*`.
+pub fn matches_entry(entry: &str, folded: &str) -> bool {
+    match entry.strip_suffix('*') {
+        Some(prefix) => folded.starts_with(prefix),
+        None => entry == folded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_sorted_folded_and_lower_case() {
+        assert!(STRIPPED.windows(2).all(|w| w[0] < w[1]));
+        for n in STRIPPED.iter().chain(STRIPPED_PREFIXES) {
+            assert_eq!(fold(n), *n);
+            assert_eq!(n.to_ascii_lowercase(), *n);
+        }
+    }
+
+    #[test]
+    fn folds_every_spelling() {
+        for n in [
+            "x-auth-user",
+            "x_auth_user",
+            "x.auth.user",
+            "x_auth-user",
+            "remote_user",
+            "x-forwarded-user",
+            "x_forwarded_email",
+            "x-ssl-client-s-dn",
+            "x-client-cert",
+            "x-client-verify",
+            "ssl_client_verify",
+            "x-envoy-internal",
+            "x-middleware-subrequest",
+            "x-http-method-override",
+            "x-proxy-user",
+            "x-auth-request-preferred-username",
+            "x-user",
+            "x-user-id",
+            "cf-access-jwt-assertion",
+            "x-goog-authenticated-user-email",
+            "x-amzn-oidc-identity",
+        ] {
+            assert!(is_stripped(&fold(n)), "{n}");
+        }
+        for n in [
+            "accept",
+            "authorization",
+            "x-app",
+            "content-type",
+            "x-users-count",
+        ] {
+            assert!(!is_stripped(&fold(n)), "{n}");
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Requests that try to put something in front of an upstream that it may trust: identity
+//! headers in every ecosystem's spelling, request trailers, look-alike paths and query
+//! parameters, credentials and method overrides in the query, two content types. Each is
+//! sent through the real server; what the upstream received is asserted, and nothing at all
+//! where the request is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::json;
+
+const ISS: &str = "https://idp.test/";
+
+struct Setup {
+    h: Harness,
+    up: RecordingUpstream,
+    token: String,
+}
+
+/// A JWT route on `/api`, a public catch-all, and `extra` TOML (more routes, settings).
+async fn setup(listener_extra: &str, api_extra: &str, extra: &str) -> Setup {
+    let up = RecordingUpstream::start().await;
+    let key = SigningKey::generate(KeyType::P256, "k1");
+    let n = now();
+    let token = key.sign(&json!({
+        "iss": ISS, "aud": "drawbridge", "sub": "alice", "iat": n, "exp": n + 300,
+    }));
+    let cfg = config(&format!(
+        r#"[[authenticators]]
+name = "corp"
+type = "jwt"
+issuer = "{ISS}"
+audiences = ["drawbridge"]
+algorithms = ["ES256"]
+jwks_file = "jwks.json"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{url}"]
+protocol = "http2"
+
+[[routes]]
+name = "api"
+prefix = "/api"
+upstream = "app"
+authenticate = ["corp"]
+authorize = false
+{api_extra}
+
+[[routes]]
+name = "public"
+prefix = "/"
+upstream = "app"
+public = true
+
+{extra}
+"#,
+        url = up.url()
+    ))
+    .replace(LISTENER_END, &listener(listener_extra));
+    let h = Harness::start_with(&cfg, &[("jwks.json", &jwks(&[&key]))]).await;
+    Setup { h, up, token }
+}
+
+fn names(headers: &HeaderMap) -> Vec<String> {
+    headers.keys().map(|k| k.as_str().to_string()).collect()
+}
+
+/// Identity and verdict headers of nginx, Envoy, Traefik, oauth2-proxy, Pomerium, Authelia,
+/// cloud load balancers and frameworks, each in the spellings CGI-style servers fold together.
+const SPOOFED: &[&str] = &[
+    "X-Auth-User",
+    "X-Auth-Roles",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+    "X-Auth-Request-Preferred-Username",
+    "X-Auth-Request-Access-Token",
+    "Remote-User",
+    "Remote-Groups",
+    "Remote-Email",
+    "X-Remote-User",
+    "X-User",
+    "X-User-Id",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-SSL-Client-Verify",
+    "X-SSL-Client-S-DN",
+    "X-Client-Cert",
+    "X-Client-Certificate",
+    "X-Client-Verify",
+    "Ssl-Client-Cert",
+    "Ssl-Client-Verify",
+    "X-Envoy-Internal",
+    "X-Envoy-External-Address",
+    "X-Middleware-Subrequest",
+    "X-Proxy-User",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "X-Original-Method",
+    "X-Original-Host",
+    "X-Forwarded-Client-Cert",
+    "Cf-Access-Authenticated-User-Email",
+    "X-Goog-Authenticated-User-Email",
+    "X-Amzn-Oidc-Identity",
+    "X-Ms-Client-Principal-Name",
+    "X-Pomerium-Claim-Email",
+    "X-Webauth-User",
+    "X-Authenticated-Userid",
+    "X-Consumer-Username",
+    "X-Userinfo",
+    "X-Cluster-Client-Ip",
+    "Cf-Connecting-Ip",
+    "True-Client-Ip",
+    "X-Client-Ip",
+];
+
+fn spellings(name: &str) -> [String; 3] {
+    [
+        name.to_string(),
+        name.replace('-', "_"),
+        name.replace('-', "."),
+    ]
+}
+
+#[tokio::test]
+async fn identity_headers_in_every_spelling_never_reach_the_upstream() {
+    let s = setup("", "", "").await;
+    // In batches that stay under the listener's header count limit.
+    for (version, batch) in ["h1", "h2"]
+        .into_iter()
+        .flat_map(|v| SPOOFED.chunks(24).map(move |b| (v, b)))
+    {
+        let mut req = Request::get(s.h.url("/api/x"))
+            .header("authorization", format!("Bearer {}", s.token))
+            .header("x-app", "kept");
+        for name in batch {
+            for spelled in spellings(name) {
+                req = req.header(spelled.as_str(), "root");
+            }
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
+        let client = if version == "h1" {
+            h1_client()
+        } else {
+            h2_client()
+        };
+        s.up.clear();
+        let reply = send(&client, req).await;
+        assert_eq!(reply.status, StatusCode::OK, "{version}: {}", reply.body);
+        let got = s.up.last().expect("forwarded");
+        let seen = names(&got.headers);
+        for name in batch {
+            for spelled in spellings(name) {
+                let lower = spelled.to_ascii_lowercase();
+                // The forwarding headers Drawbridge sets itself are present with its values.
+                if ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+                    .contains(&lower.as_str())
+                {
+                    continue;
+                }
+                assert!(
+                    !seen.contains(&lower),
+                    "{version}: {spelled} reached the upstream: {seen:?}"
+                );
+            }
+        }
+        assert_eq!(got.header("x-app"), Some("kept"), "{version}");
+        assert!(got.header("x-drawbridge-identity").is_some(), "{version}");
+    }
+}
+
+#[tokio::test]
+async fn names_with_underscores_or_dots_are_dropped_or_refused_as_the_listener_says() {
+    // Default: dropped, the request served.
+    let s = setup("", "", "").await;
+    let req = b"GET /public HTTP/1.1\r\nHost: x\r\nX_App_Flag: 1\r\nX.Other: 2\r\nTransfer_Encoding: chunked\r\nX-Kept: 3\r\nConnection: close\r\n\r\n";
+    let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let got = s.up.last().expect("forwarded");
+    let seen = names(&got.headers);
+    assert!(seen.contains(&"x-kept".to_string()));
+    for bad in ["x_app_flag", "x.other", "transfer_encoding"] {
+        assert!(!seen.contains(&bad.to_string()), "{bad}: {seen:?}");
+    }
+
+    // `refuse`: 400 and nothing forwarded.
+    let s = setup("nonstandard_header_names = \"refuse\"", "", "").await;
+    let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert_eq!(s.up.count(), 0);
+
+    // `forward`: ordinary names pass, spellings of stripped names still never do.
+    let s = setup("nonstandard_header_names = \"forward\"", "", "").await;
+    let req = b"GET /public HTTP/1.1\r\nHost: x\r\nX_App_Flag: 1\r\nX_Auth_User: root\r\nx.forwarded.user: root\r\nConnection: close\r\n\r\n";
+    let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let seen = names(&s.up.last().expect("forwarded").headers);
+    assert!(seen.contains(&"x_app_flag".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"x_auth_user".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"x.forwarded.user".to_string()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_strip_list_extends_and_a_route_passes_what_it_names() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n\
+         [[routes]]\nname = \"sso\"\nprefix = \"/sso\"\nupstream = \"app\"\npublic = true\npass_headers = [\"x-auth-request-email\"]\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
+        up.url()
+    ))
+    .replace(SERVER_END, &server("strip_headers = [\"x-tenant-admin\", \"x-corp-*\"]"));
+    let h = Harness::start(&cfg).await;
+    let hdrs = [
+        ("x-auth-request-email", "a@b"),
+        ("x_tenant_admin", "1"),
+        ("x-tenant-admin", "1"),
+        ("x-corp-role", "boss"),
+        ("x-app", "1"),
+    ];
+    assert_eq!(
+        get_with(&h.url("/sso/x"), &hdrs).await.status,
+        StatusCode::OK
+    );
+    let got = up.last().expect("forwarded");
+    assert_eq!(got.header("x-auth-request-email"), Some("a@b"));
+    assert_eq!(
+        names(&got.headers)
+            .iter()
+            .filter(|n| n.contains("tenant") || n.contains("corp"))
+            .count(),
+        0
+    );
+    assert_eq!(
+        get_with(&h.url("/other"), &hdrs).await.status,
+        StatusCode::OK
+    );
+    let got = up.last().expect("forwarded");
+    assert_eq!(
+        got.header("x-auth-request-email"),
+        None,
+        "only the route that names it passes it"
+    );
+    assert_eq!(got.header("x-app"), Some("1"));
+}
+
+type TrailerBody = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+>;
+
+fn with_trailers(trailers: &[(&str, &str)]) -> TrailerBody {
+    let mut t = HeaderMap::new();
+    for (k, v) in trailers {
+        t.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    StreamBody::new(futures_util::stream::iter(vec![
+        Ok(Frame::data(Bytes::from_static(b"payload"))),
+        Ok(Frame::trailers(t)),
+    ]))
+}
+
+async fn post_with_trailers(s: &Setup, path: &str, trailers: &[(&str, &str)]) -> StatusCode {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TrailerBody>();
+    let req = Request::post(s.h.url(path))
+        .header("authorization", format!("Bearer {}", s.token))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(with_trailers(trailers))
+        .expect("request");
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    status
+}
+
+const HOSTILE_TRAILERS: &[(&str, &str)] = &[
+    ("authorization", "Bearer someone-else"),
+    ("x-drawbridge-identity", "forged"),
+    ("x-drawbridge-user", "root"),
+    ("x-forwarded-for", "6.6.6.6"),
+    ("x-request-id", "chosen"),
+    ("x-auth-user", "root"),
+    ("x_auth_user", "root"),
+    ("x-checksum", "abc"),
+];
+
+#[tokio::test]
+async fn request_trailers_are_dropped_unless_the_route_wants_them_and_then_sanitised() {
+    let s = setup("", "", "[[routes]]\nname = \"stream\"\nprefix = \"/stream\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nrequest_trailers = true\n").await;
+    assert_eq!(
+        post_with_trailers(&s, "/api/x", HOSTILE_TRAILERS).await,
+        StatusCode::OK
+    );
+    let got = s.up.last().expect("forwarded");
+    assert_eq!(&got.body[..], b"payload");
+    assert!(
+        got.trailers.is_none(),
+        "dropped by default: {:?}",
+        got.trailers
+    );
+
+    assert_eq!(
+        post_with_trailers(&s, "/stream/x", HOSTILE_TRAILERS).await,
+        StatusCode::OK
+    );
+    let got = s.up.last().expect("forwarded");
+    let t = got.trailers.clone().expect("the route passes trailers");
+    assert_eq!(
+        names(&t),
+        ["x-checksum"],
+        "only the harmless trailer passes"
+    );
+    // The headers are Drawbridge's, whatever the trailers said.
+    assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_ne!(got.header("x-drawbridge-identity"), Some("forged"));
+}
+
+#[tokio::test]
+async fn look_alike_paths_are_refused() {
+    let s = setup("", "", "").await;
+    for path in [
+        "/public/..%EF%BC%8Fapi/users",
+        "/public/%EF%BC%8E%EF%BC%8E/api/users",
+        "/public/%E2%80%A5/api/users",
+        "/public/%E2%80%A4%E2%80%A4/api",
+        "/public/..%EF%BC%BCapi",
+        "/public/%EF%B9%92%EF%B9%92/api",
+        "/public/%EF%BC%85%32%45%EF%BC%85%32%45/api",
+    ] {
+        for client in [h1_client(), h2_client()] {
+            s.up.clear();
+            let req = Request::get(s.h.url(path))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let reply = send(&client, req).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(s.up.count(), 0, "{path} reached the upstream");
+        }
+    }
+    // Non-ASCII that creates no separator is served, as the client spelled it.
+    assert_eq!(
+        get(&s.h.url("/public/caf%C3%A9")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.up.last().map(|r| r.target),
+        Some("/public/caf%C3%A9".into())
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_the_query_are_refused_or_stripped() {
+    let s = setup("", "", "[[routes]]\nname = \"lenient\"\nprefix = \"/lenient\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nquery_credentials = \"strip\"\n").await;
+    let auth = [("authorization", format!("Bearer {}", s.token))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for q in [
+        "access_token=other",
+        "a=1&Access_Token=other",
+        "access_token[]=other",
+        "%61ccess_token=other",
+        "a=1;access_token=other",
+        "ACCESS-TOKEN=other",
+        "api_key=k",
+        "apikey=k",
+        "id_token=t",
+    ] {
+        s.up.clear();
+        let reply = get_with(&s.h.url(&format!("/api/x?{q}")), &auth).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{q}");
+        assert_eq!(s.up.count(), 0, "{q}");
+    }
+    let reply = get_with(&s.h.url("/lenient/x?a=1&access_token=other&b=2"), &auth).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        s.up.last().map(|r| r.target),
+        Some("/lenient/x?a=1&b=2".into())
+    );
+    // Public routes carry no caller's credential: their queries are the upstream's business.
+    assert_eq!(
+        get(&s.h.url("/public/x?access_token=t")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn method_overrides_are_refused_where_the_method_matters() {
+    let s = setup(
+        "",
+        "",
+        "[[routes]]\nname = \"reads\"\nprefix = \"/reads\"\nmethods = [\"GET\"]\nupstream = \"app\"\npublic = true\n\n\
+         [[routes]]\nname = \"forms\"\nprefix = \"/forms\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nmethod_override = \"strip\"\n",
+    )
+    .await;
+    let token = format!("Bearer {}", s.token);
+    for q in [
+        "_method=DELETE",
+        "_METHOD=delete",
+        "_method[]=DELETE",
+        "x-http-method-override=DELETE",
+        "a=1;_method=PUT",
+    ] {
+        for path in ["/api/x", "/reads/x"] {
+            s.up.clear();
+            let reply = get_with(
+                &s.h.url(&format!("{path}?{q}")),
+                &[("authorization", &token)],
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}?{q}");
+            assert_eq!(s.up.count(), 0, "{path}?{q}");
+        }
+    }
+    let reply = get_with(
+        &s.h.url("/forms/x?_method=DELETE&a=1"),
+        &[("authorization", &token)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(s.up.last().map(|r| r.target), Some("/forms/x?a=1".into()));
+}
+
+#[tokio::test]
+async fn two_content_types_and_padded_values_are_refused() {
+    let s = setup("", "", "").await;
+    let req = format!(
+        "POST /api/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        s.token
+    );
+    let reply = raw(s.h.addr, req.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert_eq!(s.up.count(), 0);
+
+    // HTTP/2 forbids leading and trailing white space in values (RFC 9113 §8.2.1).
+    let req = Request::get(s.h.url("/public/x"))
+        .header("x-app", HeaderValue::from_static(" padded "))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(&h2_client(), req).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.up.count(), 0);
+}
