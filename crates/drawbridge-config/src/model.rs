@@ -609,10 +609,22 @@ impl PrincipalKind {
 pub struct ClaimMapping {
     /// The principal's id (`sub` by default).
     pub id: String,
-    /// Groups or roles: an array of strings, or one space-separated string.
+    /// The claim holding groups or roles.
     pub groups: Option<String>,
+    /// The shape that claim must have; a token whose claim has another is refused.
+    pub groups_format: GroupsFormat,
     /// Claims copied as attributes.
     pub attributes: Vec<String>,
+}
+
+/// The shape of a token's group claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupsFormat {
+    /// A JSON array of strings (`"groups": ["admin", "eng"]`), as group and role claims are.
+    #[default]
+    Array,
+    /// One string of space-separated names, as OAuth `scope` is (`"scope": "read write"`).
+    SpaceSeparated,
 }
 
 /// The hosts a route serves.
@@ -629,7 +641,8 @@ pub enum HostMatch {
 /// The paths a route serves; compared with the normalised, decoded path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathMatch {
-    /// Exactly this path.
+    /// Exactly this path, and the same path with a trailing slash (`/admin` takes `/admin/`),
+    /// unless another route names that form.
     Exact(String),
     /// This path and everything below it, on segment boundaries (`/api` holds `/api` and
     /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` holds every path.
@@ -643,7 +656,7 @@ impl PathMatch {
             return self.capture(path).is_some();
         }
         match self {
-            PathMatch::Exact(p) => p == path,
+            PathMatch::Exact(p) => p == path || (p != "/" && path.strip_suffix('/') == Some(p)),
             PathMatch::Prefix(p) => prefix_matches(p, path),
         }
     }
@@ -682,7 +695,8 @@ impl PathMatch {
                 return None;
             }
         }
-        if exact && have.next().is_some() {
+        // An exact path also takes its trailing-slash form.
+        if exact && !matches!((have.next(), have.next()), (None, _) | (Some(""), None)) {
             return None;
         }
         Some(values)

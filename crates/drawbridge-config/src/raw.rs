@@ -215,6 +215,7 @@ pub(crate) struct RawApiKey {
 pub(crate) struct RawClaims {
     pub id: Option<Spanned<String>>,
     pub groups: Option<Spanned<String>>,
+    pub groups_format: Option<Spanned<String>>,
     #[serde(default)]
     pub attributes: Vec<Spanned<String>>,
 }

@@ -157,7 +157,8 @@ impl Minter {
             Some(found) => found,
             None => {
                 let v = self.sign(principal, audience, None)?;
-                let refresh_after = now + self.config.lifetime.as_secs() / 2;
+                let refresh_after =
+                    (now + self.config.lifetime.as_secs() / 2).min(self.expiry(principal, now));
                 let mut map = lock(&self.by_content);
                 if map.len() >= MAX_BY_CONTENT {
                     map.retain(|_, c| now < c.refresh_after);
@@ -182,6 +183,14 @@ impl Minter {
         Ok(v)
     }
 
+    /// When an assertion minted `now` for `p` expires: after the configured lifetime, and
+    /// never after the credential it stands for (a token's `exp`, an API key's expiry, a
+    /// certificate's `notAfter`).
+    fn expiry(&self, p: &Principal, now: u64) -> u64 {
+        let exp = now + self.config.lifetime.as_secs();
+        p.expires_at.map_or(exp, |credential| exp.min(credential))
+    }
+
     fn sign(
         &self,
         p: &Principal,
@@ -197,7 +206,7 @@ impl Minter {
             sub: &p.id,
             iat: now,
             nbf: now,
-            exp: now + self.config.lifetime.as_secs(),
+            exp: self.expiry(p, now),
             jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
             kind: p.kind.as_str(),
             authn: &p.authenticator,
@@ -223,6 +232,7 @@ fn same_claims(a: &Principal, b: &Principal) -> bool {
         && a.attributes == b.attributes
         && a.methods == b.methods
         && a.authenticated_at == b.authenticated_at
+        && a.expires_at == b.expires_at
 }
 
 /// What an assertion says. Field names are short and documented in docs/configuration.md.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use drawbridge_config::{ClaimMapping, JwksSource, JwtIssuer, PrincipalKind};
+use drawbridge_config::{ClaimMapping, GroupsFormat, JwksSource, JwtIssuer, PrincipalKind};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
@@ -124,6 +124,9 @@ impl JwtAuthenticator {
             return Err(Refusal::TooLong(MAX_TOKEN_BYTES));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self))?;
+        // RFC 7519 §4 and RFC 8725 §3.1: a member named twice anywhere in the header or the
+        // claims is refused, so no reader takes another value than the one checked here.
+        refuse_duplicate_members(token)?;
         if let Some(crit) = &header.crit {
             // This gateway implements no JWS extension, so any critical one is unknown.
             return Err(Refusal::Critical(printable(&crit.join(","))));
@@ -137,6 +140,15 @@ impl JwtAuthenticator {
                 return Err(Refusal::Type(printable(typ)));
             }
         }
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(is_not_an_access_token_type)
+        {
+            return Err(Refusal::Type(printable(
+                header.typ.as_deref().unwrap_or(""),
+            )));
+        }
         let kid = header.kid.as_deref();
         // The generation of exactly the set that verifies, so a set replaced meanwhile (a key
         // withdrawn) never has this verification cached under its successor.
@@ -145,6 +157,9 @@ impl JwtAuthenticator {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| refusal(&e, self))?;
         let claims = data.claims;
+        if let Some(kind) = not_an_access_token(&claims) {
+            return Err(Refusal::Claim(kind.into()));
+        }
         let now = crate::unix_now();
         let leeway = self.config.leeway.as_secs();
         let exp = number(&claims, "exp").ok_or_else(|| Refusal::Claim("exp".into()))?;
@@ -191,21 +206,28 @@ impl JwtAuthenticator {
         let ClaimMapping {
             id,
             groups,
+            groups_format,
             attributes,
         } = &self.config.claims;
         let principal_id = match claims.get(id) {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
             _ => return Err(Refusal::Claim(id.clone())),
         };
-        let groups = match groups.as_ref().map(|g| (g, claims.get(g))) {
-            None | Some((_, None)) => Vec::new(),
-            Some((_, Some(Value::String(s)))) => s.split_whitespace().map(String::from).collect(),
-            Some((name, Some(Value::Array(items)))) => items
+        // The claim has the shape the mapping declares, or the token is refused: a role
+        // string `"admin user"` is never split into two groups unless the mapping says so.
+        let groups = match (groups.as_ref().map(|g| (g, claims.get(g))), groups_format) {
+            (None | Some((_, None)), _) => Vec::new(),
+            (Some((_, Some(Value::String(s)))), GroupsFormat::SpaceSeparated) => s
+                .split(' ')
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect(),
+            (Some((name, Some(Value::Array(items)))), GroupsFormat::Array) => items
                 .iter()
-                .map(|v| v.as_str().map(String::from))
+                .map(|v| v.as_str().filter(|s| !s.is_empty()).map(String::from))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| Refusal::Claim(name.clone()))?,
-            Some((name, Some(_))) => return Err(Refusal::Claim(name.clone())),
+            (Some((name, Some(_))), _) => return Err(Refusal::Claim(name.clone())),
         };
         let attributes = attributes
             .iter()
@@ -227,6 +249,122 @@ impl JwtAuthenticator {
             derived: Default::default(),
         })
     }
+}
+
+/// Refuses a token whose header or claims name a member twice, at any depth.
+fn refuse_duplicate_members(token: &str) -> Result<(), Refusal> {
+    let mut parts = token.split('.');
+    for (part, what) in [(parts.next(), "header"), (parts.next(), "claims")] {
+        let bytes = part
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .ok_or_else(|| Refusal::Malformed(format!("{what} is not base64url")))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde::de::DeserializeSeed::deserialize(UniqueMembers, &mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| Refusal::Malformed(format!("{what}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Walks a JSON value and fails on an object that names a member twice.
+#[derive(Clone, Copy)]
+struct UniqueMembers;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueMembers {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueMembers {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON without duplicate member names")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "member `{}` appears twice",
+                    printable(&key)
+                )));
+            }
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// Header `typ` values of tokens that are not access tokens: ID tokens, refresh and logout
+/// tokens, security events, DPoP proofs.
+fn is_not_an_access_token_type(typ: &str) -> bool {
+    let t = typ.to_ascii_lowercase();
+    let t = t.strip_prefix("application/").unwrap_or(&t);
+    matches!(
+        t,
+        "id_token"
+            | "id+jwt"
+            | "idtoken"
+            | "refresh"
+            | "refresh+jwt"
+            | "logout+jwt"
+            | "secevent+jwt"
+            | "dpop+jwt"
+            | "jwt-bearer+jwt"
+    )
+}
+
+/// What a token says it is, when that is not an access token: Cognito's `token_use`
+/// (`id`, `refresh`), Keycloak's `typ` claim (`ID`, `Refresh`, `Offline`, `Logout`), or the
+/// hashes only an OpenID Connect ID token carries (`at_hash`, `c_hash`).
+fn not_an_access_token(claims: &Map<String, Value>) -> Option<&'static str> {
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .map(|v| v.as_str().map(str::to_ascii_lowercase))
+    };
+    if let Some(used) = text("token_use")
+        && used.as_deref() != Some("access")
+    {
+        return Some("token_use");
+    }
+    if let Some(typ) = text("typ")
+        && !matches!(typ.as_deref(), Some("bearer" | "at+jwt" | "jwt"))
+    {
+        return Some("typ");
+    }
+    if claims.contains_key("at_hash") || claims.contains_key("c_hash") {
+        return Some("at_hash");
+    }
+    None
 }
 
 /// The `iss` a token claims, read without verifying anything: only to choose which issuer's

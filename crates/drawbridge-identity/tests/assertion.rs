@@ -65,3 +65,40 @@ fn per_request_assertions_are_never_reused() {
     let b = m.assertion(&p, "orders", "r2").unwrap();
     assert_ne!(a, b);
 }
+
+/// The `exp` claim of an assertion (its payload read without verification: the tests of
+/// the signature are elsewhere).
+fn exp_of(v: &http::HeaderValue) -> u64 {
+    use base64::Engine;
+    let token = v.to_str().expect("ascii");
+    let payload = token.split('.').nth(1).expect("three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    claims["exp"].as_u64().expect("exp")
+}
+
+#[test]
+fn an_assertion_never_outlives_the_credential() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for per_request in [false, true] {
+        let m = minter(per_request);
+        // The credential expires in 10 s; the assertion's lifetime is 60 s.
+        let mut p = principal(&["eng"]);
+        p.expires_at = Some(now + 10);
+        let short = m.assertion(&p, "orders", "r1").unwrap();
+        assert_eq!(exp_of(&short), now + 10, "per_request {per_request}");
+        // Without an expiry, the configured lifetime.
+        let open = m.assertion(&principal(&["eng"]), "orders", "r2").unwrap();
+        assert!(exp_of(&open) >= now + 60, "per_request {per_request}");
+        // A caller whose credential expires sooner never reuses a longer-lived assertion.
+        let mut sooner = principal(&["eng"]);
+        sooner.expires_at = Some(now + 5);
+        let a = m.assertion(&sooner, "orders", "r3").unwrap();
+        assert_eq!(exp_of(&a), now + 5, "per_request {per_request}");
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drawbridge_config::{ClaimMapping, JwksSource, JwtIssuer, PrincipalKind};
+use drawbridge_config::{ClaimMapping, GroupsFormat, JwksSource, JwtIssuer, PrincipalKind};
 use drawbridge_identity::{JwtAuthenticator, Refusal, peek_issuer};
 use drawbridge_testkit::jwt::{KeyType, SigningKey, encode_part, jwks, now, sign_hs256};
 use serde_json::{Value, json};
@@ -43,6 +43,7 @@ fn config(jwks_doc: &str) -> JwtIssuer {
         claims: ClaimMapping {
             id: "sub".into(),
             groups: Some("groups".into()),
+            groups_format: GroupsFormat::Array,
             attributes: vec!["tenant".into()],
         },
         cache: true,
@@ -92,14 +93,116 @@ async fn tokens_of_every_key_type_are_admitted_with_their_claims() {
 }
 
 #[tokio::test]
-async fn groups_may_be_a_space_separated_string() {
+async fn groups_have_the_shape_the_mapping_declares() {
     let k = keys();
+    // An array claim: a string of roles is never split into groups.
     let a = authenticator(&k);
+    for bad in [
+        json!("admin user"),
+        json!("admin"),
+        json!([1]),
+        json!([""]),
+        json!({"a": 1}),
+    ] {
+        assert_eq!(
+            refused(&a, &k.ec.sign(&with(claims(), "groups", bad.clone()))).await,
+            Refusal::Claim("groups".into()),
+            "{bad}"
+        );
+    }
+    // A space-separated claim (OAuth `scope`), when the mapping says so.
+    let mut cfg = config(&jwks(&[&k.ec]));
+    cfg.claims.groups = Some("scope".into());
+    cfg.claims.groups_format = GroupsFormat::SpaceSeparated;
+    let a = JwtAuthenticator::new("corp", &cfg).unwrap();
     let p = a
-        .verify(&k.ec.sign(&with(claims(), "groups", json!("read write"))))
+        .verify(&k.ec.sign(&with(claims(), "scope", json!("read write"))))
         .await
         .unwrap();
     assert_eq!(p.groups, ["read", "write"]);
+    assert_eq!(
+        refused(&a, &k.ec.sign(&with(claims(), "scope", json!(["read"])))).await,
+        Refusal::Claim("scope".into())
+    );
+}
+
+#[tokio::test]
+async fn a_member_named_twice_anywhere_is_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    let n = now();
+    let base = format!(
+        r#""iss":"{ISS}","aud":"drawbridge","sub":"alice","iat":{n},"exp":{}"#,
+        n + 300
+    );
+    let header = k.ec.header_text();
+    // Sanity: the same text without a duplicate is admitted.
+    let fine =
+        k.ec.sign_text(&header, &format!(r#"{{{base},"groups":["eng"]}}"#));
+    assert_eq!(a.verify(&fine).await.unwrap().groups, ["eng"]);
+    for claims in [
+        format!(r#"{{{base},"groups":["eng"],"groups":["admin"]}}"#),
+        format!(r#"{{{base},"sub":"root"}}"#),
+        format!(r#"{{{base},"groups":["eng"],"tenant":{{"id":"a","id":"b"}}}}"#),
+        format!(r#"{{{base},"groups":["eng"],"x":[{{"k":1,"k":2}}]}}"#),
+        format!(r#"{{{base},"groups":["eng"],"groups":["admin"]}}"#),
+    ] {
+        let t = k.ec.sign_text(&header, &claims);
+        assert!(
+            matches!(refused(&a, &t).await, Refusal::Malformed(_)),
+            "{claims}"
+        );
+    }
+    let dup_header = header.replacen('{', r#"{"typ":"at+jwt","#, 1);
+    let t =
+        k.ec.sign_text(&dup_header, &format!(r#"{{{base},"groups":["eng"]}}"#));
+    assert!(matches!(refused(&a, &t).await, Refusal::Malformed(_)));
+}
+
+#[tokio::test]
+async fn id_refresh_and_other_non_access_tokens_are_refused() {
+    let k = keys();
+    let a = authenticator(&k);
+    for (name, value) in [
+        ("token_use", json!("refresh")),
+        ("token_use", json!("id")),
+        ("typ", json!("Refresh")),
+        ("typ", json!("ID")),
+        ("typ", json!("Offline")),
+        ("at_hash", json!("abc")),
+        ("c_hash", json!("abc")),
+    ] {
+        let t = k.ec.sign(&with(claims(), name, value.clone()));
+        assert!(
+            matches!(refused(&a, &t).await, Refusal::Claim(_)),
+            "{name}: {value}"
+        );
+    }
+    for typ in [
+        "id_token",
+        "application/id+jwt",
+        "refresh+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+    ] {
+        let t = k.ec.sign_with_header(
+            &json!({"alg": "ES256", "kid": "ec-1", "typ": typ}),
+            &claims(),
+        );
+        assert!(matches!(refused(&a, &t).await, Refusal::Type(_)), "{typ}");
+    }
+    // Access tokens say so, or say nothing.
+    for (name, value) in [("token_use", json!("access")), ("typ", json!("Bearer"))] {
+        a.verify(&k.ec.sign(&with(claims(), name, value)))
+            .await
+            .unwrap();
+    }
+    let t = k.ec.sign_with_header(
+        &json!({"alg": "ES256", "kid": "ec-1", "typ": "at+jwt"}),
+        &claims(),
+    );
+    a.verify(&t).await.unwrap();
 }
 
 #[tokio::test]
@@ -409,4 +512,45 @@ fn the_issuer_is_read_without_trusting_it() {
         encode_part(&json!({"sub": "x"}))
     );
     assert_eq!(peek_issuer(&no_iss), Err(Refusal::Claim("iss".into())));
+}
+
+#[tokio::test]
+async fn a_token_without_kid_needs_exactly_one_fitting_key() {
+    let k = keys();
+    let second = SigningKey::generate(KeyType::P256, "ec-2");
+    // Two P-256 keys: a token without `kid` could be checked against either, so neither.
+    let a = JwtAuthenticator::new("corp", &config(&jwks(&[&k.ec, &second, &k.rsa]))).unwrap();
+    for key in [&k.ec, &second] {
+        let t = key.sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims());
+        assert_eq!(
+            refused(&a, &t).await,
+            Refusal::UnknownKey("(no kid)".into())
+        );
+    }
+    // One fitting key: it answers (and only for its own signature).
+    let one = JwtAuthenticator::new("corp", &config(&jwks(&[&k.ec, &k.rsa]))).unwrap();
+    let t =
+        k.ec.sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims());
+    one.verify(&t).await.unwrap();
+    let t = second.sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims());
+    assert_eq!(refused(&one, &t).await, Refusal::Signature);
+}
+
+#[tokio::test]
+async fn a_token_is_refused_once_its_exp_has_passed_cached_or_not() {
+    let k = keys();
+    for cache in [true, false] {
+        let mut cfg = config(&jwks(&[&k.ec]));
+        cfg.leeway = Duration::ZERO;
+        cfg.cache = cache;
+        let a = JwtAuthenticator::new("corp", &cfg).unwrap();
+        let n = now();
+        let t =
+            k.ec.sign(&with(with(claims(), "iat", json!(n)), "exp", json!(n + 1)));
+        a.verify(&t).await.unwrap();
+        assert_eq!(a.cached(&t).is_some(), cache);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(a.cached(&t).is_none(), "cache {cache}: served past exp");
+        assert_eq!(refused(&a, &t).await, Refusal::Expired, "cache {cache}");
+    }
 }

@@ -689,3 +689,48 @@ fn a_grpc_call_is_a_write_so_write_forbids_cover_it() {
             .0
     );
 }
+
+#[test]
+fn a_remembered_decision_is_never_taken_for_another_route() {
+    // Two routes whose policies read nothing of the request: one caller, one action, one
+    // (empty) context; only the route differs.
+    let cfg = format!(
+        "{HEAD}\n[[upstreams]]\nname = \"app\"\nendpoints = [\"http://127.0.0.1:9\"]\n\n\
+         [[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\n\n\
+         [[routes]]\nname = \"closed\"\nprefix = \"/closed\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\n"
+    );
+    let f = fixture(
+        &cfg,
+        &[(
+            "policies/p.cedar",
+            "permit (principal in Group::\"editors\", action, resource == Route::\"open\");\n\
+             permit (principal in Group::\"admins\", action, resource == Route::\"closed\");\n",
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dave = user("dave", &["editors"], json!({}));
+    for _ in 0..2 {
+        assert!(
+            decide(&f, 0, &dave, &req(Action::Get, "/open"))
+                .expect("decide")
+                .0
+        );
+        assert!(
+            !decide(&f, 1, &dave, &req(Action::Get, "/closed"))
+                .expect("decide")
+                .0
+        );
+    }
+    // The other order: the denial remembered first.
+    let erin = user("erin", &["editors"], json!({}));
+    assert!(
+        !decide(&f, 1, &erin, &req(Action::Get, "/closed"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        decide(&f, 0, &erin, &req(Action::Get, "/open"))
+            .expect("decide")
+            .0
+    );
+}

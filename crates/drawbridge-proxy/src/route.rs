@@ -62,6 +62,13 @@ impl HostRoutes {
         if let Some(v) = self.exact.get(path) {
             return Some(v);
         }
+        // An exact path owns its trailing-slash form (`/admin/`, `/admin/.`), which many
+        // frameworks serve with the same handler, unless a route names that form itself.
+        if let Some(bare) = path.strip_suffix('/').filter(|b| !b.is_empty())
+            && let Some(v) = self.exact.get(bare)
+        {
+            return Some(v);
+        }
         self.exact_patterns
             .iter()
             .chain(&self.prefixes)

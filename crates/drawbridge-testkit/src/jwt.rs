@@ -84,10 +84,22 @@ impl SigningKey {
     /// A token with exactly `header` and `claims`, signed with this key's algorithm
     /// whatever the header says.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
-        let message = format!("{}.{}", encode_part(header), encode_part(claims));
+        self.sign_text(&header.to_string(), &claims.to_string())
+    }
+
+    /// A token whose header and claims are exactly these JSON texts (which may say what a
+    /// `Value` cannot, such as a member named twice).
+    pub fn sign_text(&self, header: &str, claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let message = format!("{}.{}", b64(header), b64(claims));
         let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.alg)
             .expect("signing");
         format!("{message}.{sig}")
+    }
+
+    /// The header `sign` writes, as JSON text.
+    pub fn header_text(&self) -> String {
+        json!({"alg": alg_name(self.alg), "kid": self.kid, "typ": "JWT"}).to_string()
     }
 }
 

@@ -140,9 +140,17 @@ async fn wrong_unknown_expired_and_malformed_keys_are_refused() {
         let k = keys.lock().unwrap();
         (k[0].clone(), k[1].clone())
     };
-    // The same id with another secret part: the HMAC does not match.
-    let (id_part, _) = good.rsplit_once('_').expect("key shape");
+    // The same id with another secret part: the HMAC does not match. The key is
+    // `dbk_` + 16 hex digits + `_` + 43 base64url characters (which may hold `_` themselves),
+    // so the id part is cut at its fixed length.
+    let id_part = &good[..4 + 16];
+    assert!(
+        id_part.starts_with("dbk_") && good.as_bytes()[20] == b'_',
+        "{good}"
+    );
     let forged = format!("{id_part}_{}", "A".repeat(43));
+    assert_eq!(forged.len(), good.len());
+    assert_ne!(forged, good);
     // A key made under another server secret.
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other_secret = other_dir.path().join("s");

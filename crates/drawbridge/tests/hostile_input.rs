@@ -460,3 +460,36 @@ async fn two_content_types_and_padded_values_are_refused() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(s.up.count(), 0);
 }
+
+#[tokio::test]
+async fn an_exact_path_owns_its_trailing_slash_forms() {
+    let s = setup(
+        "",
+        "",
+        "[[routes]]\nname = \"admin\"\npath = \"/admin\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\n\n\
+         [[routes]]\nname = \"orders\"\npath = \"/orders/{id}\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\n",
+    )
+    .await;
+    for path in [
+        "/admin",
+        "/admin/",
+        "/admin/.",
+        "/admin//",
+        "/x/../admin/",
+        "/orders/1",
+        "/orders/1/",
+        "/orders/1/.",
+    ] {
+        s.up.clear();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = raw(s.h.addr, req.as_bytes(), Duration::from_secs(2)).await;
+        assert_eq!(
+            status_of(&reply),
+            401,
+            "{path} fell to a less protected route: {reply}"
+        );
+        assert_eq!(s.up.count(), 0, "{path}");
+    }
+    // Below the exact path is not the exact path.
+    assert_eq!(get(&s.h.url("/admin/x")).await.status, StatusCode::OK);
+}

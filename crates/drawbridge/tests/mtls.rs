@@ -177,6 +177,14 @@ async fn certificates_that_do_not_qualify_are_refused_before_the_upstream() {
             s.client_ca.client(&["billing.prod.test.evil"], false),
         ),
         (
+            "DNS look-alike without the dot",
+            s.client_ca.client(&["billing.evilprod.test"], false),
+        ),
+        (
+            "DNS look-alike of the domain itself",
+            s.client_ca.client(&["evilprod.test"], false),
+        ),
+        (
             "SPIFFE id without a path",
             s.client_ca.client(&["spiffe://prod.test"], false),
         ),
