@@ -516,6 +516,16 @@ impl Cx<'_> {
                 raw.idle_timeout.as_ref(),
                 d.idle_timeout,
             ),
+            body_idle_timeout: self.duration(
+                &format!("{at}.body_idle_timeout"),
+                raw.body_idle_timeout.as_ref(),
+                d.body_idle_timeout,
+            ),
+            max_connection_age: self.duration(
+                &format!("{at}.max_connection_age"),
+                raw.max_connection_age.as_ref(),
+                d.max_connection_age,
+            ),
             max_connections: self.int(
                 &format!("{at}.max_connections"),
                 raw.max_connections.as_ref(),

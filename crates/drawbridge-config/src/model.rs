@@ -257,8 +257,15 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Time allowed to receive a request head.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed.
+    /// A connection with no bytes moving for this long is closed (HTTP/1.1); an HTTP/2
+    /// connection with no stream open or opened for this long is closed.
     pub idle_timeout: Duration,
+    /// A request body from which no bytes arrive for this long is abandoned: `408`, and the
+    /// upstream's connection is released.
+    pub body_idle_timeout: Duration,
+    /// A connection older than this is closed gracefully: HTTP/2 `GOAWAY`, HTTP/1.1
+    /// `Connection: close` after the request in flight.
+    pub max_connection_age: Duration,
     /// Most open connections on the listener.
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection.
@@ -274,6 +281,8 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            body_idle_timeout: Duration::from_secs(30),
+            max_connection_age: Duration::from_secs(3600),
             max_connections: 10_000,
             max_concurrent_streams: 128,
         }

@@ -103,6 +103,8 @@ pub(crate) struct RawLimits {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub body_idle_timeout: Option<Spanned<String>>,
+    pub max_connection_age: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
 }

@@ -1,9 +1,12 @@
 //! Bodies on both sides: the request body with its size bound, and the response body that
 //! counts what it sends and records the access event when it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,6 +14,7 @@ use drawbridge_telemetry::{AccessEvent, AccessLog};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 use crate::sanitize::{HeaderRules, strip_request_trailers};
 use crate::upstream::InFlight;
@@ -24,6 +28,9 @@ pub enum BodyError {
     /// Reading from the client failed.
     #[error("reading the request body: {0}")]
     Client(#[from] hyper::Error),
+    /// The client sent no body bytes for the listener's `body_idle_timeout`.
+    #[error("no request body bytes for {0:?}")]
+    Stalled(Duration),
 }
 
 /// A client's request body, streamed upstream, cut off past its limit.
@@ -33,6 +40,13 @@ pub struct RequestBody {
     seen: u64,
     /// How the client's trailers are filtered; dropped whole when `None`.
     trailers: Option<Arc<TrailerFilter>>,
+    /// How long the client may send nothing.
+    idle: Duration,
+    /// Armed the first time the client keeps the body waiting, reset by each frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the whole body was read; shared with forward, which tells a slow client
+    /// from a slow upstream by it.
+    done: Option<Arc<AtomicBool>>,
 }
 
 /// What of a client's request trailers a route lets through: the header rules apply to them
@@ -47,12 +61,22 @@ pub struct TrailerFilter {
 impl RequestBody {
     /// Streams `inner`, failing once more than `limit` bytes were read; its trailers are
     /// filtered by `trailers`, or dropped when `None`.
-    pub fn limited(inner: Incoming, limit: u64, trailers: Option<Arc<TrailerFilter>>) -> Self {
+    /// A client that sends nothing for `idle` is given up on ([`BodyError::Stalled`]).
+    pub fn limited(
+        inner: Incoming,
+        limit: u64,
+        trailers: Option<Arc<TrailerFilter>>,
+        idle: Duration,
+    ) -> Self {
+        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         Self {
             inner: Some(inner),
             limit,
             seen: 0,
             trailers,
+            idle,
+            timer: None,
+            done,
         }
     }
 
@@ -63,6 +87,23 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             trailers: None,
+            idle: Duration::ZERO,
+            timer: None,
+            done: None,
+        }
+    }
+
+    /// Whether the whole body has been read, for a body still to be read; `None` when there
+    /// was nothing to read.
+    pub fn progress(&self) -> Option<Arc<AtomicBool>> {
+        self.done.clone()
+    }
+
+    fn finished(&mut self) {
+        self.inner = None;
+        self.timer = None;
+        if let Some(d) = &self.done {
+            d.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -81,16 +122,22 @@ impl Body for RequestBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(TokioInstant::now() + this.idle);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         this.inner = None;
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
+                    if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                        this.finished();
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 // Trailers end the body: filtered, or dropped with the route's leave.
-                this.inner = None;
+                this.finished();
                 match (frame.into_trailers(), &this.trailers) {
                     (Ok(mut t), Some(filter)) => {
                         strip_request_trailers(&mut t, &filter.rules, &filter.credentials);
@@ -104,8 +151,22 @@ impl Body for RequestBody {
                 }
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.inner = None;
+                    this.timer = None;
+                    return Poll::Ready(Some(Err(BodyError::Stalled(idle))));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -143,6 +204,8 @@ pub struct Record {
     pub start: Instant,
     /// Keeps the endpoint's in-flight count until the response ends.
     pub in_flight: Option<InFlight>,
+    /// Keeps the request open on its connection until the response ends.
+    pub stream: crate::io::StreamGuard,
 }
 
 impl ResponseBody {
@@ -196,7 +259,9 @@ impl ResponseBody {
                 mut event,
                 start,
                 in_flight,
+                stream,
             } = *r;
+            drop(stream);
             if let (true, Some(sender), Some(f)) = (complete, reuse, in_flight.as_ref()) {
                 f.give_back(sender);
             }

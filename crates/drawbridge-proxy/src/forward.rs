@@ -3,6 +3,7 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
@@ -71,6 +72,9 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
     } else {
         1
     };
+    // Whether the client finished sending its body: a deadline missed before it did is the
+    // client's doing, never counted against the upstream.
+    let body_done = body.progress();
     let mut body = Some(body);
     let mut last_endpoint = None;
     let mut last_err = None;
@@ -120,6 +124,13 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
             Ok(Err(Failure::Upstream(e))) => {
                 in_flight.failed();
                 e
+            }
+            Err(_)
+                if body_done
+                    .as_ref()
+                    .is_some_and(|d| !d.load(Ordering::Relaxed)) =>
+            {
+                return Err(ProxyError::BodyTimeout(pool.request_timeout));
             }
             Err(_) => {
                 in_flight.failed();
@@ -297,6 +308,7 @@ fn classify(e: &hyper::Error) -> Failure {
             return Failure::Client(match b {
                 BodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
                 BodyError::Client(_) => ProxyError::BadRequest("request body could not be read"),
+                BodyError::Stalled(d) => ProxyError::BodyTimeout(*d),
             });
         }
         cur = err.source();

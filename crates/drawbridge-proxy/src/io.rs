@@ -1,5 +1,8 @@
-//! Connection I/O with an idle deadline: a connection with no bytes moving either way for at
-//! least the listener's `idle_timeout` (and at most twice that) is closed.
+//! Connection I/O with deadlines: a connection that brings no request within the listener's
+//! `header_read_timeout` is closed, and so is one idle for at least `idle_timeout` (and at
+//! most twice that). Idle means no bytes moving for HTTP/1.1 (and upgraded tunnels), and no
+//! stream open or opened for HTTP/2, where keep-alive PINGs and SETTINGS move bytes without
+//! doing anything.
 //!
 //! The deadline is coarse on purpose: reads and writes only mark the connection active, and
 //! the timer is looked at when it fires, so the request path never reads the clock or
@@ -9,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -26,7 +29,56 @@ pub struct IdleIo<T> {
     /// The task the deadline will wake; a WebSocket relay polls from another task.
     armed_for: Option<Waker>,
     mid_request: Arc<AtomicBool>,
+    /// The requests the connection carried, counted by the pipeline.
+    streams: Arc<Streams>,
+    /// The connection speaks HTTP/2: only streams count as activity.
+    h2: bool,
+    /// Whether the first bytes (of a plaintext connection) were looked at for the HTTP/2
+    /// preface.
+    sniffed: bool,
+    /// Whether any bytes were read since the clock for the first request started.
+    read_any: bool,
+    /// `Streams::started` when the deadline was last armed.
+    last_started: u64,
+    /// Waiting for the first request: how long it may take, and until when.
+    first_request: Option<(Duration, Instant)>,
+    /// When the current idle window ends.
+    idle_at: Instant,
 }
+
+/// The requests of one connection, as the pipeline sees them: how many started, how many are
+/// still open (their response not yet finished).
+#[derive(Debug, Default)]
+pub struct Streams {
+    started: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// One open request of a connection; closes it when dropped.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Streams>);
+
+impl Streams {
+    /// Counts a request that started; it stays open until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> StreamGuard {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How much longer than the header read timeout an arriving HTTP/1.1 head may take before
+/// the connection is closed here, when hyper has not answered it with 408 first.
+const HEAD_GRACE: Duration = Duration::from_secs(1);
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// Whether the client sent bytes since Drawbridge last wrote to it: true while a request
 /// head is arriving, false on a connection idle between requests.
@@ -41,15 +93,53 @@ impl MidRequest {
 }
 
 impl<T> IdleIo<T> {
-    /// Wraps `inner`; `mid_request` follows whether a request is arriving.
-    pub fn new(inner: T, idle: Duration, mid_request: &MidRequest) -> Self {
+    /// Wraps `inner`; `mid_request` follows whether a request is arriving, `streams` the
+    /// requests the pipeline counts. The first request must start within `first_request`.
+    pub fn new(
+        inner: T,
+        idle: Duration,
+        first_request: Duration,
+        mid_request: &MidRequest,
+        streams: Arc<Streams>,
+    ) -> Self {
+        let now = Instant::now();
         Self {
             inner,
             idle,
             active: false,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep(idle.min(first_request))),
             armed_for: None,
             mid_request: mid_request.0.clone(),
+            streams,
+            h2: false,
+            sniffed: false,
+            read_any: false,
+            last_started: 0,
+            first_request: Some((first_request, now + first_request)),
+            idle_at: now + idle,
+        }
+    }
+
+    /// Arms the deadline for the earlier of the idle window's end and the first request's.
+    fn rearm(&mut self) {
+        let at = match self.first_request {
+            Some((_, by)) if !self.h2 && self.read_any => (by + HEAD_GRACE).min(self.idle_at),
+            Some((_, by)) => by.min(self.idle_at),
+            None => self.idle_at,
+        };
+        self.armed_for = None;
+        self.deadline.as_mut().reset(at);
+    }
+
+    /// After a TLS handshake: the first request's clock starts again, and ALPN has told
+    /// whether the connection speaks HTTP/2.
+    pub fn handshake_done(&mut self, h2: bool) {
+        self.h2 = h2;
+        self.sniffed = true;
+        self.read_any = false;
+        if let Some((limit, _)) = self.first_request {
+            self.first_request = Some((limit, Instant::now() + limit));
+            self.rearm();
         }
     }
 
@@ -68,17 +158,45 @@ impl<T> IdleIo<T> {
                     self.armed_for = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                Poll::Ready(()) if self.active => {
-                    self.active = false;
-                    self.armed_for = None;
-                    let next = Instant::now() + self.idle;
-                    self.deadline.as_mut().reset(next);
-                }
                 Poll::Ready(()) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection idle",
-                    )));
+                    let now = Instant::now();
+                    let started = self.streams.started.load(Ordering::Relaxed);
+                    if let Some((_, by)) = self.first_request {
+                        // No request yet: nothing at all, or an HTTP/2 connection without a
+                        // stream, is closed. An HTTP/1.1 head that is arriving is hyper's to
+                        // time (it answers 408), and closed here a moment later if it did not.
+                        let by = if !self.h2 && self.read_any {
+                            by + HEAD_GRACE
+                        } else {
+                            by
+                        };
+                        if started > 0 {
+                            self.first_request = None;
+                        } else if now >= by {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no request within the header read timeout",
+                            )));
+                        }
+                    }
+                    if now >= self.idle_at {
+                        let busy = if self.h2 {
+                            self.streams.open.load(Ordering::Relaxed) > 0
+                                || started != self.last_started
+                        } else {
+                            self.active
+                        };
+                        if !busy {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "connection idle",
+                            )));
+                        }
+                        self.active = false;
+                        self.last_started = started;
+                        self.idle_at = now + self.idle;
+                    }
+                    self.rearm();
                 }
             }
         }
@@ -96,7 +214,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
+                    if !this.sniffed {
+                        this.sniffed = true;
+                        let got = &buf.filled()[before..];
+                        let n = got.len().min(H2_PREFACE.len());
+                        this.h2 = n > 0 && got[..n] == H2_PREFACE[..n];
+                    }
                     this.active = true;
+                    this.read_any = true;
                     this.mid_request.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(r)

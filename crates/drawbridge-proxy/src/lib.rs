@@ -26,8 +26,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use drawbridge_config::{AccessLogTarget, ConfigError};
 use drawbridge_telemetry::{AccessLog, AuditLog, JsonLog, Sink};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::pipeline::{RequestIds, Shared};
 use crate::snapshot::Snapshot;
@@ -109,8 +108,10 @@ pub struct Proxy {
     config_path: PathBuf,
     addrs: Vec<(String, SocketAddr)>,
     stop: watch::Sender<bool>,
-    /// Taken by `shutdown`; the accept loops hold clones until they stop.
-    graceful: std::sync::Mutex<Option<Arc<GracefulShutdown>>>,
+    /// Every connection holds a clone of the sender until it ends; shutdown drops this one
+    /// and waits for the receiver to see them all gone.
+    drain: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    drained: Mutex<mpsc::Receiver<()>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -144,7 +145,7 @@ impl Proxy {
             ids: RequestIds::new(),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
+        let (drain, drained) = mpsc::channel(1);
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
         for (i, (name, local, listener)) in bound.into_iter().enumerate() {
@@ -154,7 +155,7 @@ impl Proxy {
                 shared.clone(),
                 i,
                 listener,
-                graceful.clone(),
+                drain.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -163,7 +164,8 @@ impl Proxy {
             config_path: config_path.to_path_buf(),
             addrs,
             stop,
-            graceful: std::sync::Mutex::new(Some(graceful)),
+            drain: std::sync::Mutex::new(Some(drain)),
+            drained: Mutex::new(drained),
             tasks: Mutex::new(tasks),
         }))
     }
@@ -233,24 +235,22 @@ impl Proxy {
             let _ = t.await;
         }
         let timeout = self.shared.snapshot.load().server.shutdown_timeout;
-        let taken = self
-            .graceful
+        // The accept loops have stopped and dropped their senders; connections, told by
+        // `stop`, finish what is in flight and drop theirs.
+        let own = self
+            .drain
             .lock()
-            .map(|mut g| g.take())
+            .map(|mut d| d.take())
             .unwrap_or_else(|p| p.into_inner().take());
-        // The accept loops have stopped and dropped their handles; connections hold watchers.
-        match taken.map(Arc::try_unwrap) {
-            Some(Ok(g)) => {
-                let drained = tokio::time::timeout(timeout, g.shutdown()).await;
-                if drained.is_err() {
-                    tracing::warn!(
-                        ?timeout,
-                        "shutdown timeout reached with requests still in flight"
-                    );
-                }
+        if own.is_some() {
+            drop(own);
+            let mut drained = self.drained.lock().await;
+            if tokio::time::timeout(timeout, drained.recv()).await.is_err() {
+                tracing::warn!(
+                    ?timeout,
+                    "shutdown timeout reached with requests still in flight"
+                );
             }
-            Some(Err(_)) => tracing::error!("shutdown handle still shared; not draining"),
-            None => {}
         }
         // The last requests' records reach their sinks before the process ends.
         let (log, audit) = (self.shared.log.clone(), self.shared.audit.clone());

@@ -49,6 +49,8 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The client certificate the TLS handshake verified, read once per connection.
     pub client_cert: Option<drawbridge_identity::ClientCert>,
+    /// The connection's requests, for its idle deadline.
+    pub streams: Arc<crate::io::Streams>,
 }
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
@@ -98,6 +100,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    let stream = conn.streams.open();
     let time = SystemTime::now();
     let snapshot = shared.snapshot.load_full();
     let listener = &snapshot.listeners[conn.listener];
@@ -150,6 +153,7 @@ pub async fn handle(
             event,
             start,
             in_flight,
+            stream,
         })
     })
 }
@@ -335,7 +339,12 @@ async fn run(
     let body = if upgrade.is_some() {
         RequestBody::empty()
     } else {
-        RequestBody::limited(body, max_body, route.trailers.clone())
+        RequestBody::limited(
+            body,
+            max_body,
+            route.trailers.clone(),
+            limits.body_idle_timeout,
+        )
     };
     let out = Outgoing {
         method: parts.method,

@@ -33,6 +33,10 @@ pub enum ProxyError {
     /// The body is larger than the route allows.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The client stopped sending its body (or sent it too slowly for the upstream's
+    /// deadline): its fault, never the upstream's.
+    #[error("request body not received in time ({0:?})")]
+    BodyTimeout(std::time::Duration),
     /// No route takes this host and path.
     #[error("no route")]
     NoRoute,
@@ -80,6 +84,7 @@ impl ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated(AuthError::Malformed(_), _) => StatusCode::BAD_REQUEST,
@@ -102,15 +107,18 @@ impl ProxyError {
             Self::Forbidden(_) => 7,                          // PERMISSION_DENIED
             Self::PolicyInput(_) => 3,                        // INVALID_ARGUMENT
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
-            Self::UpstreamTimeout(_) => 4, // DEADLINE_EXCEEDED
-            Self::Internal(_) => 13,       // INTERNAL
+            Self::UpstreamTimeout(_) | Self::BodyTimeout(_) => 4, // DEADLINE_EXCEEDED
+            Self::Internal(_) => 13,                              // INTERNAL
         }
     }
 
     /// The pipeline phase the error belongs to.
     pub fn phase(&self) -> Phase {
         match self {
-            Self::UriTooLong(_) | Self::BodyTooLarge(_) | Self::BadRequest(_) => Phase::Parse,
+            Self::UriTooLong(_)
+            | Self::BodyTooLarge(_)
+            | Self::BodyTimeout(_)
+            | Self::BadRequest(_) => Phase::Parse,
             Self::Path(_) | Self::Framing(_) | Self::Header(_) | Self::Query(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
             Self::Unauthenticated(..) => Phase::Authenticate,
@@ -130,6 +138,7 @@ impl ProxyError {
             self,
             Self::Framing(_)
                 | Self::BodyTooLarge(_)
+                | Self::BodyTimeout(_)
                 | Self::Path(_)
                 | Self::BadRequest(_)
                 | Self::UriTooLong(_)
@@ -155,6 +164,7 @@ impl ProxyError {
             Self::BadRequest(m) | Self::Framing(m) => m,
             Self::UriTooLong(_) => "request target too long",
             Self::BodyTooLarge(_) => "request body too large",
+            Self::BodyTimeout(_) => "request body not received in time",
             Self::NoRoute => "not found",
             Self::MethodNotAllowed(_) => "method not allowed",
             Self::Unauthenticated(AuthError::Missing, _) => "authentication required",

@@ -8,14 +8,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::io::{IdleIo, MidRequest};
+use crate::io::{IdleIo, MidRequest, Streams};
 use crate::pipeline::{ConnInfo, Shared};
 
 /// Binds a listener socket.
@@ -36,12 +35,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections on `listener` until `stop` turns true, serving each through the
-/// pipeline; connections are registered with `graceful` so shutdown can drain them.
+/// pipeline. Each connection holds a clone of `drain` until it ends, so shutdown can wait
+/// for them; when `stop` turns true they finish gracefully.
 pub async fn accept_loop(
     shared: Arc<Shared>,
     index: usize,
     listener: TcpListener,
-    graceful: Arc<GracefulShutdown>,
+    drain: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) {
     let max_connections = shared.snapshot.load().listeners[index]
@@ -67,11 +67,12 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        // The task holds a watcher, not the shutdown handle, so shutdown can take it back.
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(shared, index, stream, peer, watcher).await;
+            serve_connection(shared, index, stream, peer, stop).await;
             drop(permit);
+            drop(drain);
         });
     }
 }
@@ -81,7 +82,7 @@ async fn serve_connection(
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
-    graceful: Watcher,
+    stop: watch::Receiver<bool>,
 ) {
     let snapshot = shared.snapshot.load_full();
     let entry = &snapshot.listeners[index];
@@ -111,8 +112,10 @@ async fn serve_connection(
     drop(snapshot);
 
     let is_tls = tls.is_some();
+    let streams = Arc::new(Streams::default());
     let info = |client_cert| {
         Arc::new(ConnInfo {
+            streams: streams.clone(),
             listener: index,
             peer,
             tls: is_tls,
@@ -138,9 +141,19 @@ async fn serve_connection(
             // A second handle on the socket, to answer 408 after hyper gave up on a request
             // head that did not arrive in time (hyper closes without a word).
             let spare = stream.as_fd().try_clone_to_owned().ok();
-            let io = IdleIo::new(stream, limits.idle_timeout, &mid_request);
+            let io = IdleIo::new(
+                stream,
+                limits.idle_timeout,
+                limits.header_read_timeout,
+                &mid_request,
+                streams.clone(),
+            );
             let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None)));
-            if let Err(e) = graceful.watch(c.into_owned()).await {
+            if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
+                c.graceful_shutdown()
+            })
+            .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 if is_header_timeout(&*e) && mid_request.get() {
                     request_timeout(&shared, index, peer, limits.header_read_timeout, spare);
@@ -148,7 +161,13 @@ async fn serve_connection(
             }
         }
         Some(cfg) => {
-            let io = IdleIo::new(stream, limits.idle_timeout, &mid_request);
+            let io = IdleIo::new(
+                stream,
+                limits.idle_timeout,
+                limits.header_read_timeout,
+                &mid_request,
+                streams.clone(),
+            );
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let tls_stream =
                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
@@ -162,8 +181,11 @@ async fn serve_connection(
                         return;
                     }
                 };
+            let mut tls_stream = tls_stream;
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            // The first request's clock starts when the handshake is done.
+            tls_stream.get_mut().0.handshake_done(h2);
             let session = tls_stream.get_ref().1;
-            let h2 = session.alpn_protocol() == Some(b"h2");
             // The handshake verified the chain; its names are read once, here.
             let client_cert = match session.peer_certificates().and_then(|c| c.first()) {
                 None => None,
@@ -180,8 +202,48 @@ async fn serve_connection(
                 TokioIo::new(tls_stream),
                 service(info(client_cert)),
             );
-            if let Err(e) = graceful.watch(c.into_owned()).await {
+            if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
+                c.graceful_shutdown()
+            })
+            .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Serves `conn` until it ends. It is asked to finish gracefully (HTTP/2 `GOAWAY`, HTTP/1.1
+/// `Connection: close` after the request in flight) when the proxy stops or the connection
+/// reaches `max_age`.
+async fn drive<C, R>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    max_age: Duration,
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+) -> R
+where
+    C: std::future::Future<Output = R>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let aged = tokio::time::sleep(max_age);
+    let mut aged = std::pin::pin!(aged);
+    let mut closing = *stop.borrow();
+    if closing {
+        shutdown(conn.as_mut());
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = aged.as_mut(), if !closing => {
+                closing = true;
+                shutdown(conn.as_mut());
+            }
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    closing = true;
+                    shutdown(conn.as_mut());
+                }
             }
         }
     }

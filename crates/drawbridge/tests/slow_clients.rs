@@ -1,0 +1,256 @@
+//! Slow, stalled and idle clients through the real server: a client's stall is answered 408
+//! and never counted against the upstream, idle and silent connections are closed on time,
+//! and connections do not outlive their maximum age.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use drawbridge_testkit::RecordingUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One upstream that a single failure ejects for a minute, a catch-all public route, and
+/// `limits` on the listener.
+async fn fragile(limits_toml: &str, request_timeout: &str) -> (RecordingUpstream, Harness) {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\nrequest_timeout = \"{request_timeout}\"\n\
+         [upstreams.health]\nmax_failures = 1\nejection = \"1m\"\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
+        up.url()
+    ))
+    .replace(LISTENER_END, &limits(limits_toml));
+    (up, Harness::start(&cfg).await)
+}
+
+/// Sends a request head declaring `declared` body bytes and `sent` of them, then waits for
+/// the answer.
+async fn stalled_body(h: &Harness, declared: usize, sent: &[u8]) -> String {
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(sent).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_408_and_never_ejects_the_upstream() {
+    let (up, h) = fragile("body_idle_timeout = \"300ms\"", "30s").await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let reply = stalled_body(&h, 100, b"x").await;
+        assert_eq!(status_of(&reply), 408, "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered at the body timeout"
+        );
+    }
+    // One failure would have ejected the only endpoint: it is still in service.
+    up.clear();
+    let r = get(&h.url("/after")).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    assert_eq!(up.last().map(|r| r.target), Some("/after".into()));
+}
+
+#[tokio::test]
+async fn a_trickling_body_past_the_deadline_is_the_clients_fault() {
+    // Bytes keep coming (so the body never idles), but not all of them before the
+    // upstream's deadline: 408, and the upstream is not blamed.
+    let (up, h) = fragile("body_idle_timeout = \"2s\"", "400ms").await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..20 {
+        let _ = s.write_all(b"x").await;
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                reply.extend_from_slice(&buf[..n]);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert_eq!(status_of(&reply), 408, "{reply}");
+    let r = get(&h.url("/after")).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.body);
+    assert!(up.count() >= 1);
+}
+
+/// A TLS listener for `a.test` with `limits_toml`, in front of a recording upstream.
+async fn tls_listener(
+    limits_toml: &str,
+) -> (
+    drawbridge_testkit::certs::TestCa,
+    Harness,
+    tempfile::TempDir,
+    RecordingUpstream,
+) {
+    let ca = drawbridge_testkit::certs::TestCa::new("test ca");
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = ca.leaf(&["a.test"]);
+    drawbridge_testkit::write_file(dir.path(), "a.crt", &leaf.cert_pem);
+    drawbridge_testkit::write_file(dir.path(), "a.key", &leaf.key_pem);
+    let d = dir.path().display();
+    let cfg = config(&upstream_and_route("app", &up.url())).replace(
+        LISTENER_END,
+        &format!(
+            "{LISTENER_END}\n[listeners.limits]\n{limits_toml}\n[listeners.tls]\n\
+             [[listeners.tls.certificates]]\ncert = \"{d}/a.crt\"\nkey = \"{d}/a.key\"\n"
+        ),
+    );
+    let h = Harness::start(&cfg).await;
+    (ca, h, dir, up)
+}
+
+async fn tls_connect(
+    ca: &drawbridge_testkit::certs::TestCa,
+    h: &Harness,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(h.addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("a.test").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake")
+}
+
+/// How long until the server closes `s` (reads return 0 or fail), at most `limit`.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), s.read(&mut buf)).await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_that_bring_no_request_are_closed_at_the_header_timeout() {
+    let limits = "header_read_timeout = \"500ms\"\nidle_timeout = \"1m\"";
+    let (ca, h, _d, up) = tls_listener(limits).await;
+    // Handshake done, then silence: over HTTP/1.1 and HTTP/2 alike.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut s = tls_connect(&ca, &h, alpn).await;
+        let after = closed_after(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            after.is_some_and(|d| d < Duration::from_secs(3)),
+            "{}: {after:?}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    // Many at once, each closed.
+    let mut many = Vec::new();
+    for _ in 0..50 {
+        many.push(tls_connect(&ca, &h, b"h2").await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in &mut many {
+        assert!(closed_after(s, Duration::from_millis(100)).await.is_some());
+    }
+    assert_eq!(up.count(), 0);
+
+    // Plaintext: a connection that sends nothing.
+    let (_up, h) = fragile(limits, "30s").await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    let after = closed_after(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        after.is_some_and(|d| d < Duration::from_secs(3)),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn http2_connections_idle_but_for_pings_are_closed() {
+    // The client pings every 100 ms and answers the server's pings: bytes keep moving, but
+    // no stream is open, so the connection is idle.
+    let (_up, h) = fragile("idle_timeout = \"500ms\"", "30s").await;
+    let tcp = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake::<_, http_body_util::Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/x", h.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.status(), http::StatusCode::OK);
+    drop(res);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an HTTP/2 connection kept open by pings alone"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn connections_are_closed_gracefully_at_their_maximum_age() {
+    let (up, h) = fragile(
+        "max_connection_age = \"500ms\"\nidle_timeout = \"1m\"",
+        "30s",
+    )
+    .await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive, busy or not, but not past its age.
+    let after = closed_after(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        after.is_some_and(|d| d < Duration::from_secs(2)),
+        "{after:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
