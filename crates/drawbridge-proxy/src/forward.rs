@@ -108,6 +108,15 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
         let outcome =
             tokio::time::timeout(pool.request_timeout, exchange.run(pool, &in_flight)).await;
         let err = match outcome {
+            Ok(Ok((response, _))) if ambiguous_framing(response.headers()) => {
+                // Two readers could take the body two ways: the answer is not forwarded and
+                // the connection, dropped here with its sender, is never reused.
+                in_flight.failed();
+                tracing::warn!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, "upstream response with ambiguous framing");
+                return Err(ProxyError::UpstreamFailed(
+                    "response framing is ambiguous (Transfer-Encoding with Content-Length, or several Content-Length values)".into(),
+                ));
+            }
             Ok(Ok((mut response, reuse))) => {
                 in_flight.succeeded();
                 if let Some(client) = upgrade {
@@ -141,6 +150,35 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
         last_err = Some(err);
     }
     Err(last_err.unwrap_or(ProxyError::NoHealthyEndpoint))
+}
+
+/// Most interim (1xx) responses an upstream may send before its final one.
+const MAX_INTERIM: u32 = 8;
+
+/// Counts the interim responses an HTTP/1.1 upstream sends for one request.
+struct Interim {
+    flooded: Arc<tokio::sync::Notify>,
+    seen: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Interim {
+    fn watch(req: &mut Request<RequestBody>) -> Self {
+        let flooded = Arc::new(tokio::sync::Notify::new());
+        let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (notify, count) = (flooded.clone(), seen.clone());
+        hyper::ext::on_informational(req, move |_| {
+            if count.fetch_add(1, Ordering::Relaxed) + 1 > MAX_INTERIM {
+                notify.notify_one();
+            }
+        });
+        Self { flooded, seen }
+    }
+
+    /// Whether more interim responses came than allowed (a final one may have followed
+    /// them in the same read).
+    fn exceeded(&self) -> bool {
+        self.seen.load(Ordering::Relaxed) > MAX_INTERIM
+    }
 }
 
 /// Why an exchange failed: the client's fault (its body) or the upstream's.
@@ -194,8 +232,22 @@ impl Exchange<'_> {
             .map_err(connect_failed)?;
         let mut sender = checkout.sender;
         let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
-        let req = target.build(&sender, ep, headers, body)?;
-        let (sender, result) = match sender.send(req).await {
+        let mut req = target.build(&sender, ep, headers, body)?;
+        let interim = (!sender.is_http2()).then(|| Interim::watch(&mut req));
+        let flood = || {
+            Failure::Upstream(ProxyError::UpstreamFailed(format!(
+                "more than {MAX_INTERIM} interim (1xx) responses"
+            )))
+        };
+        // On a flood the connection goes with the sender: never reused.
+        let sent = match &interim {
+            None => sender.send(req).await,
+            Some(i) => tokio::select! {
+                r = sender.send(req) => if i.exceeded() { return Err(flood()) } else { r },
+                () = i.flooded.notified() => return Err(flood()),
+            },
+        };
+        let (sender, result) = match sent {
             Ok(res) => (sender, Ok(res)),
             Err(mut e) => {
                 // Never written (the connection closed first), or written to a connection the
@@ -314,6 +366,17 @@ fn classify(e: &hyper::Error) -> Failure {
         cur = err.source();
     }
     Failure::Upstream(ProxyError::UpstreamFailed(describe(e)))
+}
+
+/// An upstream response whose length two parsers could read differently: `Transfer-Encoding`
+/// beside `Content-Length` (RFC 9112 §6.3 calls it a smuggling attempt to be treated as an
+/// error by a proxy), or `Content-Length` values that do not agree.
+fn ambiguous_framing(h: &HeaderMap) -> bool {
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let first = lengths.next();
+    (first.is_some() && h.contains_key(header::TRANSFER_ENCODING))
+        || lengths.any(|v| Some(v) != first)
+        || first.is_some_and(|v| v.as_bytes().contains(&b','))
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 §9.2.2).

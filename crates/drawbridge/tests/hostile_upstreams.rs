@@ -1,0 +1,91 @@
+//! Upstreams are not trusted either: a response whose framing two parsers could read two
+//! ways, or a flood of interim responses, is answered 502 and its connection never reused.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers every request on every connection with `reply`; counts the
+/// connections it accepted.
+async fn canned(reply: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), conns)
+}
+
+#[tokio::test]
+async fn ambiguous_upstream_framing_is_502_and_the_connection_is_dropped() {
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "transfer-encoding with content-length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "two different content-lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+        ),
+        (
+            "a thousand interim responses",
+            {
+                let mut r = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000);
+                r.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                r
+            },
+        ),
+    ];
+    for (name, reply) in cases {
+        let (url, conns) = canned(reply).await;
+        let cfg = config(&format!(
+            "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\nretries = 0\n\n\
+             [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+        ));
+        let h = Harness::start(&cfg).await;
+        for i in 0..2 {
+            let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let reply = raw(h.addr, req, Duration::from_secs(3)).await;
+            assert_eq!(status_of(&reply), 502, "{name} #{i}: {reply}");
+            assert!(
+                !reply.contains("hello") && !reply.ends_with("ok"),
+                "{name}: {reply}"
+            );
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            2,
+            "{name}: a connection was reused"
+        );
+    }
+}
