@@ -110,6 +110,7 @@ pub async fn handle(
         time,
         request_id,
         listener: listener.name.clone(),
+        host: asked_host(&req),
         route: None,
         client: conn.peer_label.clone(),
         forwarded_for: None,
@@ -475,6 +476,30 @@ fn declared_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
             .map(Some)
             .ok_or(ProxyError::Framing("invalid Content-Length")),
     }
+}
+
+/// The host the client asked for, for the access log, whatever later checks make of it:
+/// the target's authority or the first `Host`, without port, lower-case, bounded and made
+/// printable.
+fn asked_host(req: &Request<Incoming>) -> Option<String> {
+    let raw: &[u8] = match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(a), _) => a.host().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+        (None, None) => return None,
+    };
+    let raw = &raw[..raw.len().min(256)];
+    let host = match raw.iter().rposition(|&b| b == b':') {
+        Some(i) if !raw.starts_with(b"[") || raw[..i].ends_with(b"]") => &raw[..i],
+        _ => raw,
+    };
+    Some(
+        host.iter()
+            .map(|&b| match b {
+                0x21..=0x7e => char::from(b.to_ascii_lowercase()),
+                _ => '?',
+            })
+            .collect(),
+    )
 }
 
 /// The request's host, lower-case, without port or trailing dot.

@@ -149,6 +149,7 @@ async fn serve_connection(
                 streams.clone(),
             );
             let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None)));
+            let started = std::time::Instant::now();
             if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
                 c.graceful_shutdown()
             })
@@ -157,6 +158,8 @@ async fn serve_connection(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 if is_header_timeout(&*e) && mid_request.get() {
                     request_timeout(&shared, index, peer, limits.header_read_timeout, spare);
+                } else {
+                    refused_by_parser(&shared, index, peer, &*e, started);
                 }
             }
         }
@@ -174,6 +177,18 @@ async fn serve_connection(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        record_refused(
+                            &shared,
+                            index,
+                            peer,
+                            Refused {
+                                status: 0,
+                                protocol: "TLS",
+                                phase: drawbridge_telemetry::Phase::Accept,
+                                reason: format!("TLS handshake refused: {e}"),
+                                duration: Duration::ZERO,
+                            },
+                        );
                         return;
                     }
                     Err(_) => {
@@ -202,12 +217,14 @@ async fn serve_connection(
                 TokioIo::new(tls_stream),
                 service(info(client_cert)),
             );
+            let started = std::time::Instant::now();
             if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
                 c.graceful_shutdown()
             })
             .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                refused_by_parser(&shared, index, peer, &*e, started);
             }
         }
     }
@@ -280,24 +297,93 @@ fn request_timeout(
         );
         let _ = sock.shutdown(std::net::Shutdown::Both);
     }
+    record_refused(
+        shared,
+        index,
+        peer,
+        Refused {
+            status: 408,
+            protocol: "HTTP/1.1",
+            phase: drawbridge_telemetry::Phase::Parse,
+            reason: format!("request head not received within {limit:?}"),
+            duration: limit,
+        },
+    );
+}
+
+/// Records a request the HTTP parser refused, when `e` says it did.
+fn refused_by_parser(
+    shared: &Shared,
+    index: usize,
+    peer: SocketAddr,
+    e: &(dyn std::error::Error + 'static),
+    started: std::time::Instant,
+) {
+    if let Some(status) = parse_refusal(e) {
+        record_refused(
+            shared,
+            index,
+            peer,
+            Refused {
+                status,
+                protocol: "HTTP/1.1",
+                phase: drawbridge_telemetry::Phase::Parse,
+                reason: format!("refused by the HTTP parser: {e}"),
+                duration: started.elapsed(),
+            },
+        );
+    }
+}
+
+/// A request or connection refused before the pipeline saw it.
+struct Refused {
+    status: u16,
+    protocol: &'static str,
+    phase: drawbridge_telemetry::Phase,
+    reason: String,
+    duration: Duration,
+}
+
+/// Records what the HTTP parser refused (hyper has already answered it: 400, 414 or 431), or
+/// a TLS handshake refused, so that nothing refused goes unlogged.
+fn record_refused(shared: &Shared, index: usize, peer: SocketAddr, r: Refused) {
     let listener = shared.snapshot.load().listeners[index].name.clone();
     shared.log.record(drawbridge_telemetry::AccessEvent {
-        time: std::time::SystemTime::now(),
+        time: std::time::SystemTime::now() - r.duration,
         request_id: shared.ids.next(),
         listener,
+        host: None,
         route: None,
         client: peer.to_string().into(),
         forwarded_for: None,
         principal: None,
         method: "".into(),
         path: String::new(),
-        protocol: "HTTP/1.1",
-        status: 408,
+        protocol: r.protocol,
+        status: r.status,
         grpc_status: None,
         bytes_sent: 0,
         upstream: None,
-        duration_ms: limit.as_secs_f64() * 1000.0,
-        phase: Some(drawbridge_telemetry::Phase::Parse),
-        reason: Some(format!("request head not received within {limit:?}")),
+        duration_ms: r.duration.as_secs_f64() * 1000.0,
+        phase: Some(r.phase),
+        reason: Some(r.reason),
     });
+}
+
+/// The status hyper answered a request it could not parse with, when `e` is such an error.
+fn parse_refusal(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some(431);
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return Some(400);
+            }
+            return None;
+        }
+        cur = err.source();
+    }
+    None
 }

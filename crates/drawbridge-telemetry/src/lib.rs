@@ -16,7 +16,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Reading the request: body too large, malformed framing.
+    /// The connection itself: a TLS handshake refused (a bad client certificate).
+    Accept,
+    /// Reading the request: the HTTP parser refused it, body too large, malformed framing.
     Parse,
     /// Path or header checks (ambiguous path, smuggling-shaped framing).
     Sanitize,
@@ -42,6 +44,9 @@ pub struct AccessEvent {
     pub request_id: String,
     /// Listener name.
     pub listener: Arc<str>,
+    /// The host the client asked for (`Host` or `:authority`, without port), as far as the
+    /// request was read; `null` when it was refused before its headers were.
+    pub host: Option<String>,
     /// Route name, when one matched.
     pub route: Option<Arc<str>>,
     /// Client address (`ip:port` of the peer).
@@ -385,6 +390,7 @@ mod tests {
         let buf = Shared::default();
         let log = AccessLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
         let event = AccessEvent {
+            host: Some("api.example.com".into()),
             time: SystemTime::UNIX_EPOCH,
             request_id: "r1".into(),
             listener: "main".into(),

@@ -493,3 +493,75 @@ async fn an_exact_path_owns_its_trailing_slash_forms() {
     // Below the exact path is not the exact path.
     assert_eq!(get(&s.h.url("/admin/x")).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn every_refused_request_leaves_an_access_record_naming_its_host() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("access.log");
+    let cfg = config(&upstream_and_route("app", &up.url())).replace(
+        "access_log = \"off\"",
+        &format!("access_log = \"{}\"", log.display()),
+    );
+    let h = Harness::start(&cfg).await;
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: big.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    let requests: Vec<(Vec<u8>, u16)> = vec![
+        (
+            b"GET /a b HTTP/1.1\r\nHost: space.test\r\n\r\n".to_vec(),
+            400,
+        ),
+        (big.into_bytes(), 431),
+        (
+            b"GET /x HTTP/1.1\r\nHost: ctl.test\r\nX-A: a\x01b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET /a/..%2fb HTTP/1.1\r\nHost: Path.Test:8080\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET /ok HTTP/1.1\r\nHost: ok.test\r\nConnection: close\r\n\r\n".to_vec(),
+            200,
+        ),
+    ];
+    for (req, status) in &requests {
+        let reply = raw(h.addr, req, Duration::from_secs(2)).await;
+        assert_eq!(status_of(&reply), *status, "{reply}");
+    }
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= requests.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), requests.len(), "{lines:?}");
+    let mut statuses: Vec<u64> = lines.iter().filter_map(|l| l["status"].as_u64()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400, 400, 400, 431]);
+    for l in &lines {
+        assert!(l.get("host").is_some(), "{l}");
+        if l["status"] != 200 {
+            assert!(l["phase"].is_string() && l["reason"].is_string(), "{l}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["host"] == "path.test" && l["phase"] == "sanitize")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["host"] == "ok.test" && l["status"] == 200)
+    );
+    assert_eq!(lines.iter().filter(|l| l["phase"] == "parse").count(), 3);
+}

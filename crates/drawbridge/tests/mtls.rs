@@ -62,6 +62,7 @@ public = true
 "#,
         up.url()
     ))
+    .replace("access_log = \"off\"", "access_log = \"access.log\"")
     .replace(
         LISTENER_END,
         &listener(&format!(
@@ -222,6 +223,28 @@ async fn a_listener_can_require_a_certificate_for_every_connection() {
     assert!(
         get_tls(&s, "/open", None).await.is_err(),
         "no certificate, no connection"
+    );
+    // A refused handshake leaves a connection record.
+    let log = s.h.dir.path().join("access.log");
+    let mut record = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        record = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["phase"] == "accept");
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let record = record.expect("a record of the refused handshake");
+    assert_eq!(record["protocol"], "TLS");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("TLS handshake refused")
     );
     let cert = s.client_ca.client(&["spiffe://prod.test/a"], false);
     assert_eq!(get_tls(&s, "/open", Some(&cert)).await, Ok(StatusCode::OK));
