@@ -854,7 +854,13 @@ impl Cx<'_> {
         );
         let method_override =
             self.query_rule(&format!("{at}.method_override"), r.method_override.as_ref());
+        let max_stream_lifetime = self.duration(
+            &format!("{at}.max_stream_lifetime"),
+            r.max_stream_lifetime.as_ref(),
+            Duration::from_secs(24 * 3600),
+        );
         Some(Route {
+            max_stream_lifetime,
             pass_headers,
             request_trailers: r.request_trailers.as_ref().is_some_and(|v| *v.get_ref()),
             query_credentials,

@@ -424,6 +424,9 @@ pub struct Route {
     /// What becomes of method-override query parameters (`_method`) on a route that
     /// authenticates or restricts methods.
     pub method_override: QueryRule,
+    /// Longest a WebSocket tunnel or a streaming response may stay open; on an authenticated
+    /// route it also ends when the credential that admitted it expires or is revoked.
+    pub max_stream_lifetime: Duration,
     /// Where the route was declared.
     pub location: Location,
 }

@@ -157,6 +157,7 @@ pub(crate) struct RawRoute {
     pub request_trailers: Option<Spanned<bool>>,
     pub query_credentials: Option<Spanned<String>>,
     pub method_override: Option<Spanned<String>>,
+    pub max_stream_lifetime: Option<Spanned<String>>,
 }
 
 /// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a

@@ -161,22 +161,14 @@ fn record(
         log: "audit",
         request_id: ask.request_id.to_string(),
         version: snapshot.version_label.clone(),
-        principal: AuditPrincipal {
-            id: principal.id.clone(),
-            kind: match principal.kind {
-                drawbridge_config::PrincipalKind::User => "user",
-                drawbridge_config::PrincipalKind::Service => "service",
-                drawbridge_config::PrincipalKind::ApiKey => "api_key",
-            },
-            authenticator: principal.authenticator.clone(),
-            groups: principal.groups.clone(),
-        },
+        principal: audit_principal(principal),
         action: action.map_or("(none)", Action::id),
         resource: route.name.clone(),
         upstream: route.upstream.name.clone(),
         path: ask.path.to_string(),
         client: ask.client_label.clone(),
         decision: word(d.enforced.allow),
+        reason: None,
         policies: d.enforced.policies.clone(),
         errors: d.enforced.errors.clone(),
         shadow: d.shadow.as_ref().map(|s| AuditShadow {
@@ -186,6 +178,16 @@ fn record(
             disagrees: s.allow != d.enforced.allow,
         }),
     });
+}
+
+/// The caller as the audit trail names it.
+pub fn audit_principal(principal: &Principal) -> AuditPrincipal {
+    AuditPrincipal {
+        id: principal.id.clone(),
+        kind: principal.kind.as_str(),
+        authenticator: principal.authenticator.clone(),
+        groups: principal.groups.clone(),
+    }
 }
 
 /// A gRPC call's service and method from its path (`/package.Service/Method`).

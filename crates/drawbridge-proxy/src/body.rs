@@ -190,9 +190,25 @@ pub struct ResponseBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(Streaming),
     Full(Option<Bytes>),
 }
+
+/// An upstream's body, and when it must end at the latest.
+struct Streaming {
+    body: Incoming,
+    deadline: Option<crate::tunnel::Deadline>,
+    /// Armed the first time the body waits.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Why Drawbridge cut a response short.
+#[derive(Debug, thiserror::Error)]
+#[error("stream ended: {0}")]
+pub struct StreamEnded(pub &'static str);
+
+/// An error of a response body on its way to the client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An access event waiting for the response to end.
 pub struct Record {
@@ -210,9 +226,19 @@ pub struct Record {
 
 impl ResponseBody {
     /// An upstream's body, streamed through; `reuse` goes back to the pool at its end.
-    pub fn upstream(body: Incoming, reuse: Option<http1::SendRequest<RequestBody>>) -> Self {
+    /// The stream is cut (an HTTP/2 stream reset, an HTTP/1.1 connection closed) at
+    /// `deadline`: the credential that admitted it expired, or its lifetime ran out.
+    pub fn upstream(
+        body: Incoming,
+        reuse: Option<http1::SendRequest<RequestBody>>,
+        deadline: Option<crate::tunnel::Deadline>,
+    ) -> Self {
         Self {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(Streaming {
+                body,
+                deadline,
+                timer: None,
+            }),
             record: None,
             reuse,
         }
@@ -281,18 +307,38 @@ impl Drop for ResponseBody {
     }
 }
 
+impl Streaming {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(BoxError::from))),
+            Poll::Pending => {
+                let Some(d) = self.deadline else {
+                    return Poll::Pending;
+                };
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d.at)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamEnded(d.why))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(s) => s.poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -307,9 +353,13 @@ impl Body for ResponseBody {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(e))) => {
                 if let Some(r) = this.record.as_mut() {
-                    r.event
-                        .reason
-                        .get_or_insert_with(|| format!("upstream body: {e}"));
+                    r.event.reason.get_or_insert_with(|| {
+                        if e.is::<StreamEnded>() {
+                            e.to_string()
+                        } else {
+                            format!("upstream body: {e}")
+                        }
+                    });
                 }
                 this.finish(false);
             }
@@ -321,14 +371,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(s) => s.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(s) => s.body.size_hint(),
         }
     }
 }

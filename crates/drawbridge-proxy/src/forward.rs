@@ -17,6 +17,7 @@ use crate::body::{BodyError, RequestBody};
 use crate::rescue::ProxyError;
 use crate::sanitize;
 use crate::transport::Sender;
+use crate::tunnel::{Deadline, Lease};
 use crate::upstream::{InFlight, PickError, UpstreamPool};
 
 /// A request ready to leave: everything but the endpoint.
@@ -33,6 +34,8 @@ pub struct Outgoing {
     pub body: RequestBody,
     /// The client's side of an admitted WebSocket upgrade.
     pub upgrade: Option<OnUpgrade>,
+    /// How long an upgraded tunnel may live, and what ends it.
+    pub lease: Option<Lease>,
 }
 
 /// What came back from the upstream.
@@ -43,6 +46,8 @@ pub struct Forwarded {
     pub in_flight: InFlight,
     /// The HTTP/1.1 connection, to return to the pool once the body was read to its end.
     pub reuse: Option<http1::SendRequest<RequestBody>>,
+    /// When the response stream must end at the latest.
+    pub deadline: Option<Deadline>,
 }
 
 /// A pooled connection idle this long may have been closed by the upstream: a request that
@@ -58,7 +63,9 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
         mut headers,
         body,
         upgrade,
+        lease,
     } = out;
+    let mut lease = lease;
     if upgrade.is_some() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -120,13 +127,14 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
             Ok(Ok((mut response, reuse))) => {
                 in_flight.succeeded();
                 if let Some(client) = upgrade {
-                    return relay_upgrade(response, client, in_flight);
+                    return relay_upgrade(response, client, in_flight, lease.take());
                 }
                 sanitize::strip_response_headers(response.headers_mut(), false);
                 return Ok(Forwarded {
                     response,
                     in_flight,
                     reuse,
+                    deadline: None,
                 });
             }
             Ok(Err(Failure::Client(e))) => return Err(e),
@@ -403,6 +411,7 @@ fn relay_upgrade(
     mut response: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
+    lease: Option<Lease>,
 ) -> Result<Forwarded, ProxyError> {
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined the upgrade; its answer goes back as an ordinary response.
@@ -411,6 +420,7 @@ fn relay_upgrade(
             response,
             in_flight,
             reuse: None,
+            deadline: None,
         });
     }
     let upstream = hyper::upgrade::on(&mut response);
@@ -425,13 +435,35 @@ fn relay_upgrade(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "websocket relay ended");
+        let Some(mut lease) = lease else {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "websocket relay ended");
+            }
+            return;
+        };
+        let recheck = lease.recheck.take();
+        let deadline = lease.deadline;
+        let revoked = async move {
+            match recheck {
+                Some(r) => r.revoked().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Ended here, both sides are closed (dropped): the client sees the tunnel end.
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "websocket relay ended");
+                }
+            }
+            () = tokio::time::sleep_until(deadline.at) => lease.closed(deadline.why),
+            why = revoked => lease.closed(why),
         }
     });
     Ok(Forwarded {
         response,
         in_flight,
         reuse: None,
+        deadline: None,
     })
 }

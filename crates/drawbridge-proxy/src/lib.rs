@@ -17,6 +17,7 @@ pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -143,6 +144,7 @@ impl Proxy {
             audit,
             shadow_disagreements: Default::default(),
             ids: RequestIds::new(),
+            reloads: watch::channel(0).0,
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
@@ -224,6 +226,8 @@ impl Proxy {
         warn_about(&next);
         prefetch(&next);
         self.shared.snapshot.store(Arc::new(next));
+        // Open tunnels check their credentials against what is now in force.
+        self.shared.reloads.send_modify(|g| *g += 1);
         Ok(version)
     }
 

@@ -33,6 +33,8 @@ pub struct Shared {
     pub shadow_disagreements: std::sync::atomic::AtomicU64,
     /// Request id source.
     pub ids: RequestIds,
+    /// Counts reloads; open tunnels watch it to check their credentials again.
+    pub reloads: tokio::sync::watch::Sender<u64>,
 }
 
 /// What is known of a connection.
@@ -132,8 +134,9 @@ pub async fn handle(
             response,
             in_flight,
             reuse,
+            deadline,
         })) => (
-            response.map(|b| ResponseBody::upstream(b, reuse)),
+            response.map(|b| ResponseBody::upstream(b, reuse, deadline)),
             Some(in_flight),
         ),
         Ok(Outcome::Local(response)) => (response, None),
@@ -160,7 +163,7 @@ pub async fn handle(
 }
 
 async fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     listener: &ListenerEntry,
     conn: &ConnInfo,
@@ -280,6 +283,46 @@ async fn run(
         None
     };
 
+    // A tunnel or a stream lives no longer than the credential that admitted it.
+    let deadline = crate::tunnel::Deadline::of(&route, principal.as_deref());
+    let lease = upgrade.as_ref().map(|_| crate::tunnel::Lease {
+        deadline,
+        recheck: principal.as_ref().map(|p| {
+            crate::tunnel::Recheck::new(
+                shared.clone(),
+                &route,
+                req.headers(),
+                conn.client_cert.as_ref(),
+                p,
+            )
+        }),
+        audit: principal
+            .as_ref()
+            .filter(|_| shared.audit.enabled())
+            .map(|p| {
+                (
+                    shared.audit.clone(),
+                    drawbridge_telemetry::AuditEvent {
+                        time: event.time,
+                        log: "audit",
+                        request_id: event.request_id.clone(),
+                        version: snapshot.version_label.clone(),
+                        principal: crate::authz::audit_principal(p),
+                        action: drawbridge_policy::Action::WebSocket.id(),
+                        resource: route.name.clone(),
+                        upstream: route.upstream.name.clone(),
+                        path: path.decoded.clone(),
+                        client: conn.peer_label.clone(),
+                        decision: "close",
+                        reason: None,
+                        policies: Vec::new(),
+                        errors: Vec::new(),
+                        shadow: None,
+                    },
+                )
+            }),
+    });
+
     // --- 9 mutate -----------------------------------------------------------------------
     let trusted = is_trusted(&snapshot.server.trusted_proxies, conn.peer.ip());
     let forwarded_for = match (&seen.forwarded_for, trusted) {
@@ -354,8 +397,10 @@ async fn run(
         headers,
         body,
         upgrade,
+        lease,
     };
-    let forwarded = forward::forward(&route.upstream, out).await?;
+    let mut forwarded = forward::forward(&route.upstream, out).await?;
+    forwarded.deadline = Some(deadline);
     event.upstream = Some(forwarded.in_flight.endpoint().label.clone());
     Ok(Outcome::Forwarded(forwarded))
 }

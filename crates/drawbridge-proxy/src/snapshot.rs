@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub header_rules: Arc<crate::sanitize::HeaderRules>,
     /// How many routes the configuration declares.
     pub route_count: usize,
+    /// Every route, in config order.
+    pub routes: Vec<Arc<RouteEntry>>,
     /// The compiled policies, when the configuration has a `[policy]`.
     pub policies: Option<Arc<drawbridge_policy::Policies>>,
     /// What `check` reports without refusing the configuration.
@@ -252,6 +254,7 @@ impl Snapshot {
         Ok(Snapshot {
             version_label: config.version.as_str().into(),
             route_count: config.routes.len(),
+            routes,
             policies,
             warnings,
             version: config.version,

@@ -107,8 +107,12 @@ pub struct AuditEvent {
     pub path: String,
     /// Client address.
     pub client: Arc<str>,
-    /// `allow` or `deny`.
+    /// `allow` or `deny`; `close` when an admitted tunnel was ended (its credential expired
+    /// or was revoked, or it reached its maximum lifetime).
     pub decision: &'static str,
+    /// Why a tunnel was closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The policies that decided (permits when allowed, forbids when forbidden).
     pub policies: Vec<String>,
     /// Policies that failed to evaluate, or why no evaluation was possible.
@@ -370,6 +374,7 @@ mod tests {
                 path: "/orders".into(),
                 client: "127.0.0.1:1".into(),
                 decision: "deny",
+                reason: None,
                 policies: Vec::new(),
                 errors: Vec::new(),
                 shadow: None,

@@ -167,3 +167,52 @@ async fn drawbridge_refusals_are_grpc_statuses() {
 fn tonic_prost_codec() -> tonic_prost::ProstCodec<Msg, Msg> {
     tonic_prost::ProstCodec::default()
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_the_credential_that_admitted_it_expires() {
+    use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
+    let up = GrpcUpstream::start().await;
+    let key = SigningKey::generate(KeyType::P256, "k1");
+    let cfg = config(&format!(
+        "[[authenticators]]\nname = \"corp\"\ntype = \"jwt\"\nissuer = \"https://idp.test/\"\n\
+         audiences = [\"drawbridge\"]\nalgorithms = [\"ES256\"]\njwks_file = \"jwks.json\"\nleeway = \"0s\"\n\n\
+         [[upstreams]]\nname = \"echo\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n\n\
+         [[routes]]\nname = \"echo\"\nprefix = \"/echo.Echo\"\nupstream = \"echo\"\nauthenticate = [\"corp\"]\nauthorize = false\n",
+        up.url()
+    ));
+    let h = Harness::start_with(&cfg, &[("jwks.json", &jwks(&[&key]))]).await;
+    let n = now();
+    let token = key.sign(&serde_json::json!({
+        "iss": "https://idp.test/", "aud": "drawbridge", "sub": "alice", "iat": n, "exp": n + 2,
+    }));
+    let channel = Channel::from_shared(h.url(""))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = EchoClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Msg {
+        text: "a".into(),
+        n: 1,
+    })
+    .await
+    .expect("send");
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let mut stream = client.bidi(req).await.expect("bidi").into_inner();
+    assert_eq!(
+        stream.next().await.expect("one").expect("ok").text,
+        "echo:a"
+    );
+    // The client keeps its side open and quiet; the stream must not outlive the token.
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(6), stream.next()).await;
+    let ended = ended.expect("the stream outlived its credential");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    drop(tx);
+}

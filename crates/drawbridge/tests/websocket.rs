@@ -161,3 +161,157 @@ async fn idle_websockets_are_closed_and_busy_ones_are_not() {
         .expect("closed in time");
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
 }
+
+/// A WebSocket route admitting bearer tokens of one issuer (keys from `jwks.json`), another
+/// public one whose streams live at most a second, and the audit trail in `audit.log`.
+async fn expiring_setup(key: &drawbridge_testkit::jwt::SigningKey) -> Harness {
+    let (url, _seen) = ws_upstream().await;
+    let cfg = config(&format!(
+        r#"[[authenticators]]
+name = "corp"
+type = "jwt"
+issuer = "https://idp.test/"
+audiences = ["drawbridge"]
+algorithms = ["ES256"]
+jwks_file = "jwks.json"
+leeway = "0s"
+
+[[upstreams]]
+name = "ws"
+endpoints = ["{url}"]
+
+[[routes]]
+name = "ws"
+prefix = "/ws"
+upstream = "ws"
+authenticate = ["corp"]
+authorize = false
+
+[[routes]]
+name = "brief"
+prefix = "/brief"
+upstream = "ws"
+public = true
+max_stream_lifetime = "1s"
+"#
+    ))
+    .replace(
+        common::SERVER_END,
+        &common::server("audit_log = \"audit.log\""),
+    );
+    Harness::start_with(
+        &cfg,
+        &[("jwks.json", &drawbridge_testkit::jwt::jwks(&[key]))],
+    )
+    .await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_ws(h: &Harness, path: &str, token: Option<&str>) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}{path}", h.addr)
+        .into_client_request()
+        .expect("request");
+    if let Some(t) = token {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    ws.send(Message::Text("hi".into())).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::Text("echo:hi".into())
+    );
+    ws
+}
+
+/// Waits up to `limit` for the tunnel to end; how long it took.
+async fn ends_within(ws: &mut Ws, limit: std::time::Duration) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), ws.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return Some(start.elapsed());
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+fn audit_closings(h: &Harness) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(h.dir.path().join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["decision"] == "close")
+        .collect()
+}
+
+#[tokio::test]
+async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
+    use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
+    let key = SigningKey::generate(KeyType::P256, "k1");
+    let h = expiring_setup(&key).await;
+    let token = |ttl: i64| {
+        let n = now();
+        key.sign(&serde_json::json!({
+            "iss": "https://idp.test/", "aud": "drawbridge", "sub": "alice",
+            "iat": n, "exp": n + ttl,
+        }))
+    };
+
+    // A token good for 2 more seconds: the tunnel it opened ends with it.
+    let mut ws = open_ws(&h, "/ws", Some(&token(2))).await;
+    let ended = ends_within(&mut ws, std::time::Duration::from_secs(6)).await;
+    assert!(
+        ended.is_some_and(|d| d < std::time::Duration::from_secs(4)),
+        "{ended:?}"
+    );
+
+    // A long-lived token whose key is withdrawn by a reload.
+    let mut ws = open_ws(&h, "/ws", Some(&token(300))).await;
+    let other = SigningKey::generate(KeyType::P256, "k2");
+    std::fs::write(h.dir.path().join("jwks.json"), jwks(&[&other])).expect("rewrite");
+    h.proxy.reload().expect("reload");
+    let ended = ends_within(&mut ws, std::time::Duration::from_secs(3)).await;
+    assert!(ended.is_some(), "a revoked credential kept its tunnel");
+
+    // A public tunnel at its route's maximum lifetime.
+    let mut ws = open_ws(&h, "/brief", None).await;
+    let ended = ends_within(&mut ws, std::time::Duration::from_secs(4)).await;
+    assert!(
+        ended.is_some_and(|d| d < std::time::Duration::from_secs(3)),
+        "{ended:?}"
+    );
+
+    // The closings of admitted tunnels are audited, with why.
+    let mut closings = Vec::new();
+    for _ in 0..100 {
+        closings = audit_closings(&h);
+        if closings.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reasons: Vec<&str> = closings
+        .iter()
+        .filter_map(|c| c["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["credential expired", "credential revoked"],
+        "{closings:?}"
+    );
+    assert!(
+        closings
+            .iter()
+            .all(|c| c["principal"]["id"] == "alice" && c["resource"] == "ws")
+    );
+}
