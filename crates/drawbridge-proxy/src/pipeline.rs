@@ -53,6 +53,8 @@ pub struct ConnInfo {
     pub client_cert: Option<drawbridge_identity::ClientCert>,
     /// The connection's requests, for its idle deadline.
     pub streams: Arc<crate::io::Streams>,
+    /// The server name the TLS handshake asked for.
+    pub sni: Option<Box<str>>,
 }
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
@@ -200,6 +202,13 @@ async fn run(
     req.headers_mut().remove(header::EXPECT);
 
     // --- 4 route ------------------------------------------------------------------------
+    // On TLS, the virtual host asked for is the one the handshake was made for (or one the
+    // same certificate serves): never an mTLS-only host reached over a public one's SNI.
+    if let Some(resolver) = &listener.sni
+        && !resolver.same_virtual_host(conn.sni.as_deref(), &host)
+    {
+        return Err(ProxyError::Misdirected);
+    }
     // Drawbridge's own paths come first, on every listener; no route can shadow them.
     if drawbridge_config::prefix_matches(drawbridge_config::RESERVED_PREFIX, &path.decoded) {
         return reserved(snapshot, &path.decoded, req.method()).map(Outcome::Local);

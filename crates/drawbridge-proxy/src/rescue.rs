@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// No route takes this host and path.
     #[error("no route")]
     NoRoute,
+    /// The host asked for is another virtual host than the TLS handshake's server name.
+    #[error("host does not match the TLS server name")]
+    Misdirected,
     /// A route takes this path but not this method.
     #[error("method not allowed")]
     MethodNotAllowed(String),
@@ -86,6 +89,7 @@ impl ProxyError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated(AuthError::Malformed(_), _) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
@@ -103,9 +107,10 @@ impl ProxyError {
             Self::Query(_) => 3,                              // INVALID_ARGUMENT
             Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8, // RESOURCE_EXHAUSTED
             Self::NoRoute | Self::MethodNotAllowed(_) => 12,  // UNIMPLEMENTED
-            Self::Unauthenticated(..) => 16,                  // UNAUTHENTICATED
-            Self::Forbidden(_) => 7,                          // PERMISSION_DENIED
-            Self::PolicyInput(_) => 3,                        // INVALID_ARGUMENT
+            Self::Misdirected => 14, // UNAVAILABLE: retry on a connection for that host
+            Self::Unauthenticated(..) => 16, // UNAUTHENTICATED
+            Self::Forbidden(_) => 7, // PERMISSION_DENIED
+            Self::PolicyInput(_) => 3, // INVALID_ARGUMENT
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) | Self::BodyTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,                              // INTERNAL
@@ -120,7 +125,7 @@ impl ProxyError {
             | Self::BodyTimeout(_)
             | Self::BadRequest(_) => Phase::Parse,
             Self::Path(_) | Self::Framing(_) | Self::Header(_) | Self::Query(_) => Phase::Sanitize,
-            Self::NoRoute | Self::MethodNotAllowed(_) => Phase::Route,
+            Self::NoRoute | Self::MethodNotAllowed(_) | Self::Misdirected => Phase::Route,
             Self::Unauthenticated(..) => Phase::Authenticate,
             Self::Forbidden(_) | Self::PolicyInput(_) => Phase::Authorize,
             Self::NoHealthyEndpoint
@@ -166,6 +171,7 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "request body too large",
             Self::BodyTimeout(_) => "request body not received in time",
             Self::NoRoute => "not found",
+            Self::Misdirected => "misdirected request",
             Self::MethodNotAllowed(_) => "method not allowed",
             Self::Unauthenticated(AuthError::Missing, _) => "authentication required",
             Self::Unauthenticated(AuthError::Malformed(_), _) => "malformed credentials",

@@ -113,8 +113,9 @@ async fn serve_connection(
 
     let is_tls = tls.is_some();
     let streams = Arc::new(Streams::default());
-    let info = |client_cert| {
+    let info = |client_cert, sni: Option<Box<str>>| {
         Arc::new(ConnInfo {
+            sni,
             streams: streams.clone(),
             listener: index,
             peer,
@@ -148,7 +149,8 @@ async fn serve_connection(
                 &mid_request,
                 streams.clone(),
             );
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None)));
+            let c =
+                builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
             let started = std::time::Instant::now();
             if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
                 c.graceful_shutdown()
@@ -201,6 +203,7 @@ async fn serve_connection(
             // The first request's clock starts when the handshake is done.
             tls_stream.get_mut().0.handshake_done(h2);
             let session = tls_stream.get_ref().1;
+            let sni: Option<Box<str>> = session.server_name().map(Into::into);
             // The handshake verified the chain; its names are read once, here.
             let client_cert = match session.peer_certificates().and_then(|c| c.first()) {
                 None => None,
@@ -215,7 +218,7 @@ async fn serve_connection(
             let builder = if h2 { builder.http2_only() } else { builder };
             let c = builder.serve_connection_with_upgrades(
                 TokioIo::new(tls_stream),
-                service(info(client_cert)),
+                service(info(client_cert, sni)),
             );
             let started = std::time::Instant::now();
             if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {

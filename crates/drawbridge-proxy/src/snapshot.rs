@@ -52,6 +52,9 @@ pub struct ListenerEntry {
     pub http2: bool,
     /// TLS, when the listener terminates it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which certificate serves which name, to tell a request for another virtual host than
+    /// its connection's SNI.
+    pub sni: Option<Arc<crate::tls::SniResolver>>,
     /// Limits applied to its connections.
     pub limits: Limits,
     /// What becomes of header names with `_` or `.`.
@@ -219,16 +222,16 @@ impl Snapshot {
             .collect();
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let tls = match &l.tls {
+            let (tls, sni) = match &l.tls {
                 Some(t) => match crate::tls::server_config(t, l.http2) {
-                    Ok(c) => Some(c),
+                    Ok((c, r)) => (Some(c), Some(r)),
                     Err(mut d) => {
                         d.field = format!("listeners[{i}].tls.{}", d.field);
                         errors.push(d);
-                        None
+                        (None, None)
                     }
                 },
-                None => None,
+                None => (None, None),
             };
             let mine = routes
                 .iter()
@@ -239,6 +242,7 @@ impl Snapshot {
                 address: l.address,
                 http2: l.http2,
                 tls,
+                sni,
                 limits: l.limits.clone(),
                 nonstandard_header_names: l.nonstandard_header_names,
                 routes: RouteTable::new(mine),

@@ -13,7 +13,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds a listener's server config; errors point at the certificate's declaration.
-pub fn server_config(tls: &Tls, http2: bool) -> Result<Arc<rustls::ServerConfig>, Diagnostic> {
+pub fn server_config(
+    tls: &Tls,
+    http2: bool,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<SniResolver>), Diagnostic> {
     let provider = provider();
     let mut resolver = SniResolver::default();
     for (i, c) in tls.certificates.iter().enumerate() {
@@ -73,13 +76,14 @@ pub fn server_config(tls: &Tls, http2: bool) -> Result<Arc<rustls::ServerConfig>
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
+    let resolver = Arc::new(resolver);
+    let mut cfg = builder.with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), resolver))
 }
 
 /// Checks client certificates against the listener's CAs, their validity period included;
@@ -114,26 +118,43 @@ fn dummy_location() -> drawbridge_config::Location {
 
 /// Exact names, then `*.suffix` names (one label deep), then the first certificate.
 #[derive(Default, Debug)]
-struct SniResolver {
+pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name() else {
-            return self.default.clone();
+impl SniResolver {
+    /// The certificate that serves `name` (the default one without a name).
+    fn pick(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let Some(name) = name else {
+            return self.default.as_ref();
         };
         let name = name.to_ascii_lowercase();
         if let Some(ck) = self.exact.get(&name) {
-            return Some(ck.clone());
+            return Some(ck);
         }
         if let Some((_, parent)) = name.split_once('.')
             && let Some(ck) = self.wildcard.get(parent)
         {
-            return Some(ck.clone());
+            return Some(ck);
         }
-        self.default.clone()
+        self.default.as_ref()
+    }
+
+    /// Whether a request for `host` may travel on a connection whose handshake named `sni`:
+    /// both are served by the same certificate (the listener's client-certificate settings
+    /// are one for all its names).
+    pub fn same_virtual_host(&self, sni: Option<&str>, host: &str) -> bool {
+        match (self.pick(sni), self.pick(Some(host))) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name()).cloned()
     }
 }

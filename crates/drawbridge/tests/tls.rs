@@ -165,3 +165,47 @@ async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
     assert!(err.contains("listeners[0].tls.certificates[0]"), "{err}");
     assert!(err.contains("does not belong"), "{err}");
 }
+
+#[tokio::test]
+async fn a_host_of_another_certificate_than_the_sni_is_misdirected() {
+    let t = setup("1.2").await;
+    for (sni, host, status) in [
+        ("a.test", "a.test", 200),
+        ("a.test", "A.TEST:443", 200),
+        ("a.test", "b.test", 421),
+        ("b.test", "a.test", 421),
+    ] {
+        t.up.clear();
+        // HTTP/1.1 with a Host header, and HTTP/2 with an :authority.
+        let s = connect(&t, sni, &[b"http/1.1"], &[&rustls::version::TLS13])
+            .await
+            .expect("tls");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .expect("h1");
+        tokio::spawn(conn);
+        let req = http::Request::get("/x")
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let res = send.send_request(req).await.expect("response");
+        assert_eq!(res.status(), status, "h1 sni {sni}, host {host}");
+
+        let s = connect(&t, sni, &[b"h2"], &[&rustls::version::TLS13])
+            .await
+            .expect("tls");
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(s),
+        )
+        .await
+        .expect("h2");
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://{host}/x"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let res = send.send_request(req).await.expect("response");
+        assert_eq!(res.status(), status, "h2 sni {sni}, host {host}");
+        assert_eq!(t.up.count(), if status == 200 { 2 } else { 0 });
+    }
+}
