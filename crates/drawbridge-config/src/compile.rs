@@ -859,7 +859,25 @@ impl Cx<'_> {
             r.max_stream_lifetime.as_ref(),
             Duration::from_secs(24 * 3600),
         );
+        let forward_client_cert = match r.forward_client_cert.as_ref() {
+            None => ForwardClientCert::Off,
+            Some(v) => match v.get_ref().as_str() {
+                "off" => ForwardClientCert::Off,
+                "on" => ForwardClientCert::On,
+                "with_subject" => ForwardClientCert::WithSubject,
+                other => {
+                    self.r.error_help(
+                        v.span().start,
+                        format!("{at}.forward_client_cert"),
+                        format!("unknown setting `{other}`"),
+                        "use `off`, `on` (Hash, URI, DNS) or `with_subject` (and Subject)",
+                    );
+                    ForwardClientCert::Off
+                }
+            },
+        };
         Some(Route {
+            forward_client_cert,
             max_stream_lifetime,
             pass_headers,
             request_trailers: r.request_trailers.as_ref().is_some_and(|v| *v.get_ref()),

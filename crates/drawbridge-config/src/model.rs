@@ -192,6 +192,19 @@ pub enum NonstandardHeaderNames {
     Forward,
 }
 
+/// What a route tells its upstream of the client certificate, in Envoy's
+/// `X-Forwarded-Client-Cert` format (a client's own such header is always removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// Nothing (the default).
+    #[default]
+    Off,
+    /// `Hash`, `URI` and `DNS`.
+    On,
+    /// `Hash`, `Subject`, `URI` and `DNS`.
+    WithSubject,
+}
+
 /// What a route does with a query parameter it does not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueryRule {
@@ -427,6 +440,8 @@ pub struct Route {
     /// Longest a WebSocket tunnel or a streaming response may stay open; on an authenticated
     /// route it also ends when the credential that admitted it expires or is revoked.
     pub max_stream_lifetime: Duration,
+    /// Whether the upstream is told the client certificate in `X-Forwarded-Client-Cert`.
+    pub forward_client_cert: ForwardClientCert,
     /// Where the route was declared.
     pub location: Location,
 }
@@ -484,6 +499,9 @@ pub struct MtlsIdentity {
     /// The trust domain: a SPIFFE id must be `spiffe://<trust_domain>/...`, a DNS name must
     /// be `<trust_domain>` or end in `.<trust_domain>`.
     pub trust_domain: String,
+    /// The CAs that may issue identities in this trust domain; a certificate another CA
+    /// issued (even one the listener trusts) is refused.
+    pub roots: Vec<CertificateDer<'static>>,
 }
 
 /// API keys: who holds which key, stored as an HMAC of the key under a server secret.

@@ -158,6 +158,7 @@ pub(crate) struct RawRoute {
     pub query_credentials: Option<Spanned<String>>,
     pub method_override: Option<Spanned<String>>,
     pub max_stream_lifetime: Option<Spanned<String>>,
+    pub forward_client_cert: Option<Spanned<String>>,
 }
 
 /// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a
@@ -186,6 +187,7 @@ pub(crate) struct RawAuthenticator {
     pub cache: Option<Spanned<bool>>,
     pub cache_size: Option<Spanned<i64>>,
     pub trust_domain: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
     pub keys_file: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,

@@ -454,7 +454,13 @@ fn api_key_files_are_checked_against_their_own_lines() {
 
 #[test]
 fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
-    let mtls = "\n[[authenticators]]\nname = \"mesh\"\ntype = \"mtls\"\ntrust_domain = \"prod.example.com\"\n";
+    let ca = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/certs/clients-ca.crt"
+    );
+    let mtls = format!(
+        "\n[[authenticators]]\nname = \"mesh\"\ntype = \"mtls\"\ntrust_domain = \"prod.example.com\"\nca_file = \"{ca}\"\n"
+    );
     let e = errors(&format!(
         "{BASE}{mtls}{}",
         route("authenticate = [\"mesh\"]\nauthorize = false")
@@ -478,6 +484,13 @@ fn mtls_needs_a_trust_domain_and_a_listener_asking_for_certificates() {
         fields,
         ["authenticators[0].issuer", "authenticators[0].trust_domain"]
     );
+    // Bound to its own CAs: without them, refused.
+    let e = errors(&format!(
+        "{BASE}{}{}",
+        mtls.replace(&format!("ca_file = \"{ca}\"\n"), ""),
+        route("public = true")
+    ));
+    assert_eq!(e[0].field, "authenticators[0].ca_file", "{e:?}");
 }
 
 #[test]

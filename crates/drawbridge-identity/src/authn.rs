@@ -62,7 +62,7 @@ impl Authenticator {
             AuthenticatorKind::ApiKey(k) => {
                 ApiKeyAuthenticator::new(&config.name, k).map(Self::ApiKey)
             }
-            AuthenticatorKind::Mtls(m) => Ok(Self::Mtls(MtlsAuthenticator::new(&config.name, m))),
+            AuthenticatorKind::Mtls(m) => Ok(Self::Mtls(MtlsAuthenticator::new(&config.name, m)?)),
         }
     }
 

@@ -1,10 +1,14 @@
 //! Workload identity from client certificates. The listener's TLS verifies the chain to its
-//! configured CA (and the validity period) during the handshake; here the verified leaf's
-//! names become a principal: its SPIFFE id (`spiffe://trust-domain/path` URI SAN) or else a
-//! DNS name, accepted only inside the authenticator's trust domain.
+//! configured CAs (and the validity period) during the handshake; here the chain is checked
+//! again against the authenticator's own CAs, so only they vouch for its trust domain, and
+//! the leaf's names become a principal: its SPIFFE id (`spiffe://trust-domain/path` URI SAN)
+//! or else a DNS name, accepted only inside the authenticator's trust domain.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::CertificateDer;
 
 use drawbridge_config::{MtlsIdentity, PrincipalKind};
 use serde_json::{Map, Value};
@@ -23,9 +27,25 @@ pub struct ClientCert {
     pub not_after: u64,
     /// SHA-256 of the certificate, which identifies it.
     pub fingerprint: [u8; 32],
+    /// The subject's distinguished name, as RFC 4514 text.
+    pub subject: String,
+    /// The chain the client presented, leaf first, for authenticators that check it
+    /// against their own CAs.
+    pub chain: Vec<CertificateDer<'static>>,
 }
 
 impl ClientCert {
+    /// Reads the chain a client presented (leaf first), which the TLS layer already verified
+    /// against the listener's CAs.
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Result<ClientCert, String> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| "client certificate: empty chain".to_string())?;
+        let mut cert = Self::from_der(leaf)?;
+        cert.chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+        Ok(cert)
+    }
+
     /// Reads the names of a certificate (DER) that the TLS layer already verified.
     pub fn from_der(der: &[u8]) -> Result<ClientCert, String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -54,6 +74,8 @@ impl ClientCert {
             dns,
             not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
             fingerprint,
+            subject: cert.subject().to_string(),
+            chain: vec![CertificateDer::from(der.to_vec())],
         })
     }
 }
@@ -62,6 +84,8 @@ impl ClientCert {
 pub struct MtlsAuthenticator {
     name: Arc<str>,
     config: MtlsIdentity,
+    /// Checks a client's chain against this authenticator's own CAs.
+    verifier: Arc<dyn ClientCertVerifier>,
     /// Principals by certificate, so a workload's many requests share one (and its minted
     /// identity assertions).
     seen: Mutex<HashMap<[u8; 32], Arc<Principal>>>,
@@ -72,12 +96,24 @@ const MAX_SEEN: usize = 10_000;
 
 impl MtlsAuthenticator {
     /// Builds the authenticator `name`.
-    pub fn new(name: &str, config: &MtlsIdentity) -> Self {
-        Self {
+    pub fn new(name: &str, config: &MtlsIdentity) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &config.roots {
+            roots
+                .add(c.clone())
+                .map_err(|e| format!("CA certificate rejected: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+        Ok(Self {
             name: name.into(),
             config: config.clone(),
+            verifier,
             seen: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// The authenticator's name.
@@ -108,6 +144,8 @@ impl MtlsAuthenticator {
             },
             not_after: u64::MAX,
             fingerprint: [0; 32],
+            subject: String::new(),
+            chain: Vec::new(),
         };
         let id = self.identity(&cert).map_err(|e| e.to_string())?;
         Ok(self.principal(id, None))
@@ -145,6 +183,20 @@ impl MtlsAuthenticator {
         if let Some(p) = lock(&self.seen).get(&cert.fingerprint) {
             return Ok(p.clone());
         }
+        // The listener's CAs let the connection in; only this authenticator's CAs vouch for
+        // identities in its trust domain.
+        let (leaf, intermediates) = cert
+            .chain
+            .split_first()
+            .ok_or_else(|| Refusal::Certificate("no chain".into()))?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .map_err(|_| {
+                Refusal::Certificate(format!(
+                    "not issued by a CA of trust domain `{}`",
+                    self.config.trust_domain
+                ))
+            })?;
         let id = self.identity(cert)?;
         let p = Arc::new(self.principal(id, Some(cert.not_after)));
         let mut seen = lock(&self.seen);

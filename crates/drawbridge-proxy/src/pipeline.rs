@@ -379,6 +379,16 @@ async fn run(
         host.as_ref(),
         &event.request_id,
     );
+    if let (Some(cert), true) = (
+        conn.client_cert.as_ref(),
+        route.config.forward_client_cert != drawbridge_config::ForwardClientCert::Off,
+    ) {
+        let with_subject =
+            route.config.forward_client_cert == drawbridge_config::ForwardClientCert::WithSubject;
+        if let Ok(v) = HeaderValue::from_str(&xfcc(cert, with_subject)) {
+            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        }
+    }
     if seen.te_trailers {
         // gRPC over HTTP/2 needs it; it is the one `TE` value HTTP/2 allows.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -591,6 +601,46 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
         host.pop();
     }
     Ok(host)
+}
+
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// The client certificate in Envoy's `X-Forwarded-Client-Cert` format: `Hash` (SHA-256 of
+/// the DER, hex), `Subject` when asked for, each `URI` and `DNS` SAN; values holding `,`,
+/// `;`, `=` or `"` are quoted.
+fn xfcc(cert: &drawbridge_identity::ClientCert, with_subject: bool) -> String {
+    use std::fmt::Write as _;
+    fn value(out: &mut String, v: &str) {
+        if v.contains([',', ';', '=', '"']) {
+            out.push('"');
+            for c in v.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        } else {
+            out.push_str(v);
+        }
+    }
+    let mut out = String::from("Hash=");
+    for b in cert.fingerprint {
+        let _ = write!(out, "{b:02x}");
+    }
+    if with_subject {
+        out.push_str(";Subject=");
+        value(&mut out, &cert.subject);
+    }
+    for u in &cert.uris {
+        out.push_str(";URI=");
+        value(&mut out, u);
+    }
+    for d in &cert.dns {
+        out.push_str(";DNS=");
+        value(&mut out, d);
+    }
+    out
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

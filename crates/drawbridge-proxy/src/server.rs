@@ -205,9 +205,9 @@ async fn serve_connection(
             let session = tls_stream.get_ref().1;
             let sni: Option<Box<str>> = session.server_name().map(Into::into);
             // The handshake verified the chain; its names are read once, here.
-            let client_cert = match session.peer_certificates().and_then(|c| c.first()) {
+            let client_cert = match session.peer_certificates().filter(|c| !c.is_empty()) {
                 None => None,
-                Some(leaf) => match drawbridge_identity::ClientCert::from_der(leaf) {
+                Some(chain) => match drawbridge_identity::ClientCert::from_chain(chain) {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "unreadable client certificate");

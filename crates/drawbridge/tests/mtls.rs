@@ -42,6 +42,7 @@ async fn setup(client_auth: &str) -> Setup {
 name = "mesh"
 type = "mtls"
 trust_domain = "prod.test"
+ca_file = "{d}/clients.pem"
 
 [[upstreams]]
 name = "app"
@@ -53,6 +54,7 @@ prefix = "/svc"
 upstream = "app"
 authenticate = ["mesh"]
 authorize = false
+forward_client_cert = "with_subject"
 
 [[routes]]
 name = "open"
@@ -82,6 +84,30 @@ public = true
 
 /// GET `path` over TLS, presenting `cert` when given; the status, or the connection error.
 async fn get_tls(s: &Setup, path: &str, cert: Option<&Leaf>) -> Result<StatusCode, String> {
+    let mut sender = open_tls(s, cert).await?;
+    send_on(&mut sender, path).await
+}
+
+/// GET `path` on an open connection.
+async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> Result<StatusCode, String> {
+    let req = Request::get(path)
+        .header("host", "gw.test")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    Ok(status)
+}
+
+/// A TLS connection presenting `cert` when given.
+async fn open_tls(
+    s: &Setup,
+    cert: Option<&Leaf>,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(s.server_ca.cert_pem.as_bytes()).expect("ca"))
@@ -111,18 +137,49 @@ async fn get_tls(s: &Setup, path: &str, cert: Option<&Leaf>) -> Result<StatusCod
         .connect(ServerName::try_from("gw.test").expect("name"), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "gw.test")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status();
-    let _ = res.into_body().collect().await;
-    Ok(status)
+    Ok(sender)
+}
+
+#[tokio::test]
+async fn a_trust_domain_is_bound_to_its_own_ca_and_a_removed_ca_stops_open_connections() {
+    let s = setup("request").await;
+    let d = s._dir.path().to_path_buf();
+    // The listener trusts a second CA (another mesh's); the authenticator does not.
+    let other = TestCa::new("other mesh ca");
+    let both = format!("{}{}", s.client_ca.cert_pem, other.cert_pem);
+    drawbridge_testkit::write_file(&d, "both.pem", &both);
+    let cfg = std::fs::read_to_string(s.h.config_path()).expect("config");
+    // The listener's `client_ca_file` comes first in the file, the authenticator's after.
+    let cfg = cfg.replacen("clients.pem", "both.pem", 1);
+    assert!(cfg.contains("both.pem\"\nclient_auth"), "{cfg}");
+    std::fs::write(s.h.config_path(), &cfg).expect("write");
+    s.h.proxy.reload().expect("reload");
+    let forged = other.client(&["spiffe://prod.test/ns/billing/sa/api"], false);
+    assert_eq!(
+        get_tls(&s, "/svc", Some(&forged)).await,
+        Ok(StatusCode::UNAUTHORIZED),
+        "another CA issued an identity in prod.test"
+    );
+    let good = s
+        .client_ca
+        .client(&["spiffe://prod.test/ns/billing/sa/api"], false);
+    assert_eq!(get_tls(&s, "/svc", Some(&good)).await, Ok(StatusCode::OK));
+
+    // A connection authenticated before a reload that removes its CA.
+    let mut open = open_tls(&s, Some(&good)).await.expect("connect");
+    assert_eq!(send_on(&mut open, "/svc").await, Ok(StatusCode::OK));
+    drawbridge_testkit::write_file(&d, "clients.pem", &other.cert_pem);
+    s.h.proxy.reload().expect("reload");
+    assert_eq!(
+        send_on(&mut open, "/svc").await,
+        Ok(StatusCode::UNAUTHORIZED),
+        "an open connection kept an identity its CA no longer vouches for"
+    );
+    assert_eq!(s.up.count(), 2);
 }
 
 #[tokio::test]
@@ -146,6 +203,25 @@ async fn a_spiffe_id_in_the_trust_domain_is_admitted() {
     assert_eq!(payload["sub"], "spiffe://prod.test/ns/billing/sa/api");
     assert_eq!(payload["kind"], "service");
     assert_eq!(payload["amr"], serde_json::json!(["mtls"]));
+    // The certificate in Envoy's format, Drawbridge's own.
+    let xfcc = got.header("x-forwarded-client-cert").expect("xfcc");
+    let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("der");
+    let hash = sha256_hex(&der);
+    assert!(
+        xfcc.starts_with(&format!("Hash={hash};Subject=\"")),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";URI=spiffe://prod.test/ns/billing/sa/api"),
+        "{xfcc}"
+    );
+    assert_eq!(
+        got.headers
+            .get_all("x-forwarded-client-cert")
+            .iter()
+            .count(),
+        1
+    );
 
     // A DNS name under the trust domain serves when there is no SPIFFE id.
     let dns = s.client_ca.client(&["billing.prod.test"], false);
@@ -249,6 +325,23 @@ async fn a_listener_can_require_a_certificate_for_every_connection() {
     let cert = s.client_ca.client(&["spiffe://prod.test/a"], false);
     assert_eq!(get_tls(&s, "/open", Some(&cert)).await, Ok(StatusCode::OK));
     assert_eq!(get_tls(&s, "/svc", Some(&cert)).await, Ok(StatusCode::OK));
+}
+
+/// SHA-256 of `der`, lower-case hex, as any tool computes a certificate's fingerprint
+/// (`openssl x509 -outform der | sha256sum`).
+fn sha256_hex(der: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().expect("stdin").write_all(der)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.split_whitespace().next().expect("digest").to_string()
 }
 
 fn base64_url_decode(s: &str) -> Vec<u8> {

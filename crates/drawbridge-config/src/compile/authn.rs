@@ -219,8 +219,9 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 21] = [
+        let fields: [(&str, &str, Option<usize>); 22] = [
             ("mtls", "trust_domain", start(&a.trust_domain)),
+            ("mtls", "ca_file", start(&a.ca_file)),
             ("jwt", "issuer", start(&a.issuer)),
             ("jwt", "audiences", start(&a.audiences)),
             ("jwt", "algorithms", start(&a.algorithms)),
@@ -282,8 +283,22 @@ impl Cx<'_> {
             );
             return None;
         }
+        let Some(ca) = &a.ca_file else {
+            self.r.error_help(
+                a.name.span().start,
+                format!("{at}.ca_file"),
+                "an `mtls` authenticator needs the CAs that issue identities in its trust domain",
+                "add `ca_file = \"mesh-ca.pem\"`: a certificate from any other CA is refused, even one the listener trusts",
+            );
+            return None;
+        };
+        let roots = self.read_certs(&format!("{at}.ca_file"), ca)?;
+        if let Ok(bytes) = std::fs::read(self.base.join(ca.get_ref())) {
+            self.read_file(&self.base.join(ca.get_ref()), &bytes);
+        }
         Some(MtlsIdentity {
             trust_domain: lower,
+            roots,
         })
     }
 
