@@ -621,6 +621,9 @@ pub enum PrincipalKind {
     Service,
     /// The holder of an API key.
     ApiKey,
+    /// Nobody in particular: the caller of a public route whose policies decide (by client
+    /// address, time, path).
+    Anonymous,
 }
 
 impl PrincipalKind {
@@ -630,6 +633,7 @@ impl PrincipalKind {
             PrincipalKind::User => "user",
             PrincipalKind::Service => "service",
             PrincipalKind::ApiKey => "api_key",
+            PrincipalKind::Anonymous => "anonymous",
         }
     }
 }

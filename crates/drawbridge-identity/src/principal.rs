@@ -35,6 +35,24 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The caller of a public route whose policies decide: nobody in particular, with no
+    /// groups or attributes (`Anonymous::"anonymous"` to the policies).
+    pub fn anonymous() -> Principal {
+        Principal {
+            id: "anonymous".into(),
+            kind: PrincipalKind::Anonymous,
+            authenticator: "anonymous".into(),
+            issuer: None,
+            groups: Vec::new(),
+            attributes: Map::new(),
+            methods: Vec::new(),
+            authenticated_at: None,
+            expires_at: None,
+            assertions: AssertionCache::default(),
+            derived: Derived::default(),
+        }
+    }
+
     /// A principal used only to check, at start, that a signing key works.
     pub(crate) fn anonymous_probe() -> Principal {
         Principal {

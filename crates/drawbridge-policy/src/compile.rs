@@ -11,7 +11,7 @@ use cedar_policy::{
     ActionConstraint, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
     PrincipalConstraint, ResourceConstraint, Schema, ValidationMode, Validator,
 };
-use drawbridge_config::{Config, Diagnostic, Diagnostics, Location, PolicyFile, PrincipalKind};
+use drawbridge_config::{Config, Diagnostic, Diagnostics, Location, PolicyFile};
 use miette::Diagnostic as _;
 
 use crate::decide::reads_of;
@@ -72,6 +72,7 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
         user: t("User")?,
         service: t("Service")?,
         api_key: t("ApiKey")?,
+        anonymous: t("Anonymous")?,
         group: t("Group")?,
     };
     let route_type = t("Route")?;
@@ -119,15 +120,11 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
         );
         let entity = Entity::new_no_attrs(uid.clone(), [upstream.clone()].into());
         let mut slice = |set: &PolicySet| -> Result<Slices, Diagnostics> {
-            let mut out = Vec::with_capacity(Action::COUNT * 3);
+            let mut out = Vec::with_capacity(Action::COUNT * crate::KINDS.len());
             for a in Action::ALL {
                 let action_uid = &actions[a.index()].uid;
                 let group = group_of(a);
-                for kind in [
-                    PrincipalKind::User,
-                    PrincipalKind::Service,
-                    PrincipalKind::ApiKey,
-                ] {
+                for kind in crate::KINDS {
                     let ptype = types.principal(kind);
                     let mut sliced = PolicySet::new();
                     let mut slice_reads = crate::context::Reads::default();

@@ -153,6 +153,7 @@ struct Types {
     user: EntityTypeName,
     service: EntityTypeName,
     api_key: EntityTypeName,
+    anonymous: EntityTypeName,
     group: EntityTypeName,
 }
 
@@ -162,15 +163,25 @@ impl Types {
             drawbridge_config::PrincipalKind::User => &self.user,
             drawbridge_config::PrincipalKind::Service => &self.service,
             drawbridge_config::PrincipalKind::ApiKey => &self.api_key,
+            drawbridge_config::PrincipalKind::Anonymous => &self.anonymous,
         }
     }
 }
+
+/// Every kind of principal, in slice order.
+const KINDS: [drawbridge_config::PrincipalKind; 4] = [
+    drawbridge_config::PrincipalKind::User,
+    drawbridge_config::PrincipalKind::Service,
+    drawbridge_config::PrincipalKind::ApiKey,
+    drawbridge_config::PrincipalKind::Anonymous,
+];
 
 fn kind_index(kind: drawbridge_config::PrincipalKind) -> usize {
     match kind {
         drawbridge_config::PrincipalKind::User => 0,
         drawbridge_config::PrincipalKind::Service => 1,
         drawbridge_config::PrincipalKind::ApiKey => 2,
+        drawbridge_config::PrincipalKind::Anonymous => 3,
     }
 }
 
@@ -198,7 +209,7 @@ struct Slices(Vec<Slice>);
 
 impl Slices {
     fn get(&self, action: Action, kind: drawbridge_config::PrincipalKind) -> &Slice {
-        &self.0[action.index() * 3 + kind_index(kind)]
+        &self.0[action.index() * KINDS.len() + kind_index(kind)]
     }
 }
 

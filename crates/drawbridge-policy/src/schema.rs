@@ -43,6 +43,7 @@ pub fn text(config: &Config) -> String {
     for ty in ["User", "Service", "ApiKey"] {
         let _ = writeln!(s, "entity {ty} in [Group] {{\n{attrs}}};");
     }
+    s.push_str("// The caller of a public route that asks its policies.\nentity Anonymous;\n");
     s.push('\n');
     record(&mut s, "Params", &params);
     record(&mut s, "Query", &query);
@@ -63,7 +64,7 @@ pub fn text(config: &Config) -> String {
     };
     let applies = |context: &str| {
         format!(
-            "appliesTo {{\n  principal: [User, Service, ApiKey],\n  resource: [Route],\n  context: {context}\n}};\n"
+            "appliesTo {{\n  principal: [User, Service, ApiKey, Anonymous],\n  resource: [Route],\n  context: {context}\n}};\n"
         )
     };
     s.push_str("action read, write;\n");

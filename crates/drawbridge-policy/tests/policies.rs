@@ -411,6 +411,7 @@ fn reference(
         PrincipalKind::User => "User",
         PrincipalKind::Service => "Service",
         PrincipalKind::ApiKey => "ApiKey",
+        PrincipalKind::Anonymous => "Anonymous",
     };
     let uid = |t: &str, id: &str| {
         EntityUid::from_type_name_and_id(

@@ -252,9 +252,10 @@ async fn run(
 
     // --- 7 authorize --------------------------------------------------------------------
     if route.config.authorize {
-        let Some(p) = &principal else {
-            // An authorized route always authenticates (config check); never pass unasked.
-            return Err(ProxyError::Forbidden("no principal to authorize".into()));
+        // A public route that asks its policies: they decide about the anonymous caller.
+        let p = match &principal {
+            Some(p) => p,
+            None => &*ANONYMOUS,
         };
         let ask = crate::authz::Ask {
             request_id: &event.request_id,
@@ -441,6 +442,11 @@ fn screen_query(route: &RouteEntry, query: Option<&str>) -> Result<Option<String
     }
     Ok(sanitize::screen_query(query, &screen)?)
 }
+
+/// The caller of every public route that asks its policies; one for the process, so the
+/// policies' entity for it is built once.
+static ANONYMOUS: std::sync::LazyLock<Arc<drawbridge_identity::Principal>> =
+    std::sync::LazyLock::new(|| Arc::new(drawbridge_identity::Principal::anonymous()));
 
 /// How a request that passed the pipeline ends.
 enum Outcome {

@@ -99,25 +99,32 @@ impl Snapshot {
             Match::MethodNotAllowed(_) => return Outcome::MethodNotAllowed,
             Match::NotFound => return Outcome::NotFound,
         };
-        let Admission::Authenticated { .. } = &route.config.admission else {
-            return Outcome::Unchecked;
+        let principal = match &route.config.admission {
+            // A public route is open to all, unless it asks its policies about the anonymous
+            // caller.
+            Admission::Public if !route.config.authorize => return Outcome::Unchecked,
+            Admission::Public => drawbridge_identity::Principal::anonymous(),
+            Admission::Authenticated { .. } => {
+                let Some((name, caller)) = p.caller else {
+                    return Outcome::Unauthenticated("no credentials".into());
+                };
+                let Some(authenticator) = route.authenticators.iter().find(|a| &**a.name() == name)
+                else {
+                    return Outcome::Unauthenticated(format!(
+                        "route `{}` does not accept authenticator `{name}`",
+                        route.name
+                    ));
+                };
+                let principal = match authenticator.simulate(caller) {
+                    Ok(p) => p,
+                    Err(e) => return Outcome::Unauthenticated(e),
+                };
+                if !route.config.authorize {
+                    return Outcome::Unchecked;
+                }
+                principal
+            }
         };
-        let Some((name, caller)) = p.caller else {
-            return Outcome::Unauthenticated("no credentials".into());
-        };
-        let Some(authenticator) = route.authenticators.iter().find(|a| &**a.name() == name) else {
-            return Outcome::Unauthenticated(format!(
-                "route `{}` does not accept authenticator `{name}`",
-                route.name
-            ));
-        };
-        let principal = match authenticator.simulate(caller) {
-            Ok(p) => p,
-            Err(e) => return Outcome::Unauthenticated(e),
-        };
-        if !route.config.authorize {
-            return Outcome::Unchecked;
-        }
         let Some(policies) = &self.policies else {
             return Outcome::Denied(denied(&route.name, "no policies are loaded".into()));
         };

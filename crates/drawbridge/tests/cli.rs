@@ -109,6 +109,7 @@ fn example_copy(edit: impl Fn(String) -> String) -> tempfile::TempDir {
         "policies/shop/orders.cedar",
         "policies/shop/reports.cedar",
         "policies/shop/services.cedar",
+        "policies/shop/hooks.cedar",
         "policies/shop-next.cedar",
     ] {
         copy(&ex.join(f), &dir.path().join(f));

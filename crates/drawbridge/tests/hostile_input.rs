@@ -565,3 +565,65 @@ async fn every_refused_request_leaves_an_access_record_naming_its_host() {
     );
     assert_eq!(lines.iter().filter(|l| l["phase"] == "parse").count(), 3);
 }
+
+#[tokio::test]
+async fn a_public_route_can_be_limited_to_source_networks_by_policy() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n\
+         [[routes]]\nname = \"hooks\"\nprefix = \"/hooks\"\nupstream = \"app\"\npublic = true\nauthorize = true\n\n\
+         [[routes]]\nname = \"partner\"\nprefix = \"/partner\"\nupstream = \"app\"\npublic = true\nauthorize = true\n\n\
+         [[routes]]\nname = \"open\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\n\
+         [policy]\nfiles = [\"p.cedar\"]\n",
+        up.url()
+    ))
+    .replace(SERVER_END, &server("trusted_proxies = [\"127.0.0.2\"]"));
+    let policies = "\
+@id(\"hooks-from-loopback\")\n\
+permit (principal is Anonymous, action == Action::\"POST\", resource == Route::\"hooks\")\n\
+when { context.ip.isInRange(ip(\"127.0.0.0/8\")) };\n\
+@id(\"partner-network\")\n\
+permit (principal is Anonymous, action, resource == Route::\"partner\")\n\
+when { context.ip.isInRange(ip(\"192.0.2.0/24\")) };\n";
+    let h = Harness::start_with(&cfg, &[("p.cedar", policies)]).await;
+    let post = |path: &str| {
+        Request::post(h.url(path))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    // From an allowed network, the allowed action.
+    assert_eq!(
+        send(&h1_client(), post("/hooks/github")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.last().map(|r| r.target), Some("/hooks/github".into()));
+    // Another action, or a network outside the range: 403, nothing forwarded.
+    up.clear();
+    assert_eq!(
+        get(&h.url("/hooks/github")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&h1_client(), post("/partner/x")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // X-Forwarded-For counts only from a trusted proxy (127.0.0.1 is not one).
+    let r = get_with(&h.url("/partner/x"), &[("x-forwarded-for", "192.0.2.7")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(up.count(), 0);
+    // From the trusted proxy, the address it names decides.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let mut s = sock.connect(h.addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /partner/x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 192.0.2.7\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert_eq!(up.count(), 1);
+    // A public route without `authorize` stays open to all.
+    assert_eq!(get(&h.url("/anything")).await.status, StatusCode::OK);
+}

@@ -219,16 +219,20 @@ impl Cx<'_> {
         };
         let public = matches!(admission, Admission::Public);
         let authorize = match (&r.authorize, public) {
-            (Some(a), true) => {
-                self.r.error_help(
-                    a.span().start,
-                    format!("{at}.authorize"),
-                    "a public route has no caller for policies to decide about",
-                    "remove `authorize`, or name authenticators with `authenticate`",
-                );
-                false
+            // A public route is open to all unless it asks its policies, which then decide
+            // about the `Anonymous` caller (its address, the time, the path).
+            (Some(a), true) if *a.get_ref() => {
+                if !has_policy {
+                    self.r.error_help(
+                        a.span().start,
+                        format!("{at}.authorize"),
+                        "no policy can decide who may use this route: there is no `[policy]`",
+                        "add a `[policy]` table with policies for the route, or remove `authorize`",
+                    );
+                }
+                true
             }
-            (None, true) => false,
+            (_, true) => false,
             (Some(a), false) if !*a.get_ref() => {
                 self.r.warn(
                     a.span().start,
