@@ -105,6 +105,45 @@ pub(crate) fn compile(
         .map(|(i, a)| (a.get_ref().name.get_ref().as_str(), i))
         .collect();
     let policy = cx.policy(raw.policy.as_ref());
+    if let Some(names) = raw
+        .policy
+        .as_ref()
+        .and_then(|p| p.get_ref().plain_names.as_ref())
+    {
+        let mut seen = HashSet::new();
+        for (i, n) in names.get_ref().iter().enumerate() {
+            if !authenticator_index.contains_key(n.get_ref().as_str()) {
+                cx.r.error_help(
+                    n.span().start,
+                    format!("policy.plain_names[{i}]"),
+                    format!("no authenticator is named `{}`", n.get_ref()),
+                    "list authenticators whose callers policies name without their authenticator",
+                );
+            } else if !seen.insert(n.get_ref().as_str()) {
+                cx.r.error(
+                    n.span().start,
+                    format!("policy.plain_names[{i}]"),
+                    format!("`{}` is listed twice", n.get_ref()),
+                );
+            }
+        }
+        if names.get_ref().len() > 1 {
+            let listed: Vec<&str> = names
+                .get_ref()
+                .iter()
+                .map(|n| n.get_ref().as_str())
+                .collect();
+            cx.r.warn(
+                names.span().start,
+                "policy.plain_names",
+                format!(
+                    "{} are declared equivalent: a plain `User::\"alice\"` or `Group::\"admins\"` is whoever any of them names so",
+                    sorted(listed)
+                ),
+                "list one authenticator, unless the issuers' names really are one namespace",
+            );
+        }
+    }
     let names = Names {
         upstreams: &upstream_index,
         listeners: &listener_index,

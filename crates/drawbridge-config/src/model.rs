@@ -49,6 +49,10 @@ pub struct PolicyConfig {
     pub tests: Vec<PathBuf>,
     /// Principal attributes the policies may read, with their types.
     pub attributes: Vec<(String, ValueType)>,
+    /// Authenticators whose principals and groups policies name without the authenticator
+    /// (`User::\"alice\"` for `User::\"corp/alice\"`); several listed are declared
+    /// equivalent: the same names mean the same callers.
+    pub plain_names: Vec<String>,
     /// Where the `[policy]` table is.
     pub location: Location,
 }

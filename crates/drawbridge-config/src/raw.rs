@@ -30,6 +30,7 @@ pub(crate) struct RawPolicy {
     pub shadow: Option<Spanned<Vec<Spanned<String>>>>,
     pub tests: Option<Spanned<Vec<Spanned<String>>>>,
     pub attributes: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub plain_names: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[routes.context]`: what of the request a route's policies see beside the path.

@@ -59,9 +59,9 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
             &mut warnings,
         )
     });
-    known_entities(config, &enforce, &mut errors);
+    known_entities(config, &enforce, &mut errors, &mut warnings);
     if let Some(s) = &shadow {
-        known_entities(config, s, &mut errors);
+        known_entities(config, s, &mut errors, &mut warnings);
     }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
@@ -207,6 +207,7 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
 
     let mut key = std::collections::hash_map::DefaultHasher::new();
     pc.attributes.hash(&mut key);
+    pc.plain_names.hash(&mut key);
     Ok(Some(Policies {
         schema_text,
         counts: (
@@ -220,6 +221,7 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         },
         types,
+        plain_names: pc.plain_names.iter().map(|n| n.as_str().into()).collect(),
         attributes: pc
             .attributes
             .iter()
@@ -389,9 +391,20 @@ const IMPOSSIBLE_HELP: &str = "a `has` test of something the schema does not dec
 
 /// Every route and upstream a policy names must exist: a policy about a route that is not
 /// there protects nothing (a typo in a `forbid` would silently do nothing).
-fn known_entities(config: &Config, set: &PolicySet, errors: &mut Vec<Diagnostic>) {
+fn known_entities(
+    config: &Config,
+    set: &PolicySet,
+    errors: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) {
     let routes: HashSet<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
     let upstreams: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let location = || {
+        config.policy.as_ref().map_or_else(
+            || config.routes[0].location.clone(),
+            |pc| pc.location.clone(),
+        )
+    };
     for p in set.policies() {
         let mut named: Vec<EntityUid> = p.entity_literals();
         match p.resource_constraint() {
@@ -400,20 +413,39 @@ fn known_entities(config: &Config, set: &PolicySet, errors: &mut Vec<Diagnostic>
             | ResourceConstraint::IsIn(_, u) => named.push(u),
             _ => {}
         }
+        match p.principal_constraint() {
+            PrincipalConstraint::In(u)
+            | PrincipalConstraint::Eq(u)
+            | PrincipalConstraint::IsIn(_, u) => named.push(u),
+            _ => {}
+        }
         for uid in named {
             let ty = uid.type_name().to_string();
             let id = uid.id().unescaped().to_string();
             let (known, what) = match ty.as_str() {
                 "Route" => (routes.contains(id.as_str()), "route"),
                 "Upstream" => (upstreams.contains(id.as_str()), "upstream"),
+                "User" | "Service" | "ApiKey" | "Group" => {
+                    if let Some((message, help, fatal)) = caller_name(config, &ty, &id) {
+                        let d = Diagnostic {
+                            location: location(),
+                            field: format!("policy `{}`", p.id()),
+                            message,
+                            help: Some(help),
+                        };
+                        if fatal {
+                            errors.push(d);
+                        } else {
+                            warnings.push(d);
+                        }
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             if !known {
                 errors.push(Diagnostic {
-                    location: config.policy.as_ref().map_or_else(
-                        || config.routes[0].location.clone(),
-                        |pc| pc.location.clone(),
-                    ),
+                    location: location(),
                     field: format!("policy `{}`", p.id()),
                     message: format!("no {what} is named `{id}`"),
                     help: Some(format!("the {what}s are named in the config file")),
@@ -421,6 +453,68 @@ fn known_entities(config: &Config, set: &PolicySet, errors: &mut Vec<Diagnostic>
             }
         }
     }
+}
+
+/// What is wrong with a policy naming the caller or group `ty::"id"`: (message, help,
+/// whether it is an error). Callers are named `<authenticator>/<id>`, so that two
+/// authenticators' `alice` or `admins` are never one; the authenticators in
+/// `[policy] plain_names` name theirs plainly, and several there share those names.
+fn caller_name(config: &Config, ty: &str, id: &str) -> Option<(String, String, bool)> {
+    let plain: &[String] = config
+        .policy
+        .as_ref()
+        .map_or(&[], |pc| pc.plain_names.as_slice());
+    let literal = format!("{ty}::\"{id}\"");
+    let Some((authn, rest)) = id.split_once('/') else {
+        return match plain {
+            [] => Some((
+                format!("`{literal}` names no authenticator's caller"),
+                format!(
+                    "callers are named with their authenticator: `{ty}::\"<authenticator>/{id}\"`; or list the authenticator in `[policy] plain_names`"
+                ),
+                true,
+            )),
+            [_] => None,
+            several => Some((
+                format!(
+                    "`{literal}` can be produced by more than one authenticator: {}",
+                    several.join(", ")
+                ),
+                "they are declared equivalent in `[policy] plain_names`; name the authenticator (`<authenticator>/...`) to mean one".into(),
+                false,
+            )),
+        };
+    };
+    let Some(a) = config.authenticators.iter().find(|a| a.name == authn) else {
+        return Some((
+            format!("`{literal}`: no authenticator is named `{authn}`"),
+            "callers are named `<authenticator>/<id>`, with an authenticator of the config".into(),
+            true,
+        ));
+    };
+    if plain.iter().any(|p| p == authn) {
+        return Some((
+            format!("`{literal}`: `{authn}` names its callers plainly (`[policy] plain_names`)"),
+            format!("write `{ty}::\"{rest}\"`"),
+            true,
+        ));
+    }
+    use drawbridge_config::{AuthenticatorKind as K, PrincipalKind as P};
+    let produces = match (&a.kind, ty) {
+        (K::Jwt(j), "User") => j.principal == P::User,
+        (K::Jwt(j), "Service") => j.principal == P::Service,
+        (K::Jwt(j), "Group") => j.claims.groups.is_some(),
+        (K::ApiKey(_), "ApiKey" | "Group") => true,
+        (K::Mtls(_), "Service") => true,
+        _ => false,
+    };
+    (!produces).then(|| {
+        (
+            format!("`{literal}`: authenticator `{authn}` never produces a `{ty}`"),
+            "JWT issuers produce users (or services with `principal = \"service\"`) and groups from `claims.groups`; API keys produce `ApiKey`s and groups; client certificates produce services".into(),
+            true,
+        )
+    })
 }
 
 /// A query parameter read as two types by two routes cannot have one type in the schema.

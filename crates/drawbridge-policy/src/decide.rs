@@ -257,10 +257,23 @@ impl Policies {
         Ok(built)
     }
 
+    /// A name of `p`'s (its id, a group) as policies write it: `<authenticator>/<name>`, so
+    /// that no two authenticators' callers or groups are one; plain for the authenticators
+    /// in `[policy] plain_names`, and for the anonymous caller.
+    fn qualified<'a>(&self, p: &Principal, name: &'a str) -> std::borrow::Cow<'a, str> {
+        if p.kind == drawbridge_config::PrincipalKind::Anonymous
+            || self.plain_names.iter().any(|n| **n == *p.authenticator)
+        {
+            std::borrow::Cow::Borrowed(name)
+        } else {
+            std::borrow::Cow::Owned(format!("{}/{name}", p.authenticator))
+        }
+    }
+
     fn build_principal(&self, p: &Principal) -> Result<PrincipalEntity, DecideError> {
         let uid = EntityUid::from_type_name_and_id(
             self.types.principal(p.kind).clone(),
-            EntityId::new(&p.id),
+            EntityId::new(self.qualified(p, &p.id)),
         );
         // Built from values directly: the facade's `Entity::new` evaluates each attribute as
         // an expression and costs several times as much (criterion: 12.6 us a new principal).
@@ -268,9 +281,12 @@ impl Policies {
             .groups
             .iter()
             .map(|g| {
-                EntityUid::from_type_name_and_id(self.types.group.clone(), EntityId::new(g))
-                    .as_ref()
-                    .clone()
+                EntityUid::from_type_name_and_id(
+                    self.types.group.clone(),
+                    EntityId::new(self.qualified(p, g)),
+                )
+                .as_ref()
+                .clone()
             })
             .collect();
         let text = |s: &str| ast::PartialValue::Value(ast::Value::from(SmolStr::new(s)));

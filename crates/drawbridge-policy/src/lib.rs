@@ -48,6 +48,8 @@ pub struct Policies {
     generation: u64,
     types: Types,
     attributes: Vec<(smol_str::SmolStr, ValueType)>,
+    /// Authenticators whose callers and groups policies name plainly.
+    plain_names: Vec<std::sync::Arc<str>>,
     actions: [ActionEntry; Action::COUNT],
     /// By route index in the configuration; `None` for routes that are not authorized.
     routes: Vec<Option<RoutePolicies>>,

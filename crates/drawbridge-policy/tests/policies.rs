@@ -42,6 +42,7 @@ principal = "service"
 [policy]
 files = ["policies"]
 attributes = { tenant = "String", level = "Long", scope = "Set<String>" }
+plain_names = ["corp"]
 
 "#;
 
@@ -419,8 +420,16 @@ fn reference(
             EntityId::new(id),
         )
     };
-    let puid = uid(ptype, &p.id);
-    let groups: HashSet<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
+    // Named as the config says: corp's plainly, every other authenticator's qualified.
+    let name = |n: &str| {
+        if &*p.authenticator == "corp" {
+            n.to_string()
+        } else {
+            format!("{}/{n}", p.authenticator)
+        }
+    };
+    let puid = uid(ptype, &name(&p.id));
+    let groups: HashSet<EntityUid> = p.groups.iter().map(|g| uid("Group", &name(g))).collect();
     let mut attrs = HashMap::new();
     attrs.insert(
         "id".to_string(),
@@ -734,4 +743,122 @@ fn a_remembered_decision_is_never_taken_for_another_route() {
             .expect("decide")
             .0
     );
+}
+
+// === Callers of different authenticators never share a name ===
+
+/// The shop config with a partner issuer admitted beside corp on every route.
+fn two_issuers(plain: &str) -> String {
+    config()
+        .replace("plain_names = [\"corp\"]", plain)
+        .replace("authenticate = [\"corp\"]", "authenticate = [\"corp\", \"partner\"]")
+        .replace(
+            "[policy]",
+            "[[authenticators]]\nname = \"partner\"\ntype = \"jwt\"\nissuer = \"https://partner.test/\"\n\
+             audiences = [\"drawbridge\"]\njwks_file = \"jwks.json\"\nclaims = { groups = \"groups\" }\n\n[policy]",
+        )
+}
+
+#[test]
+fn a_partners_alice_or_admins_is_not_corps() {
+    let f = fixture(
+        &two_issuers("plain_names = [\"corp\"]"),
+        &[(
+            "policies/p.cedar",
+            "@id(\"corp-alice\")\npermit (principal == User::\"alice\", action, resource == Route::\"reports\");\n\
+             @id(\"corp-admins\")\npermit (principal in Group::\"admins\", action, resource == Route::\"tenant-orders\");\n\
+             @id(\"partner-editors\")\npermit (principal in Group::\"partner/editors\", action, resource == Route::\"reports\");\n",
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let corp_alice = user("alice", &["admins"], json!({}));
+    let partner_alice = principal(
+        PrincipalKind::User,
+        "partner",
+        "alice",
+        &["admins"],
+        json!({}),
+    );
+    let get = |path| req(Action::Get, path);
+    assert!(
+        decide(&f, REPORTS, &corp_alice, &get("/reports"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        !decide(&f, REPORTS, &partner_alice, &get("/reports"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        !decide(&f, TENANT_ORDERS, &partner_alice, &get("/tenants/a/orders"))
+            .expect("decide")
+            .0
+    );
+    assert!(
+        decide(&f, TENANT_ORDERS, &corp_alice, &get("/tenants/a/orders"))
+            .expect("decide")
+            .0
+    );
+    // The partner's own group, named with its authenticator.
+    let partner_editor = principal(
+        PrincipalKind::User,
+        "partner",
+        "bob",
+        &["editors"],
+        json!({}),
+    );
+    assert!(
+        decide(&f, REPORTS, &partner_editor, &get("/reports"))
+            .expect("decide")
+            .0
+    );
+    let corp_editor = user("bob", &["editors"], json!({}));
+    assert!(
+        !decide(&f, REPORTS, &corp_editor, &get("/reports"))
+            .expect("decide")
+            .0
+    );
+}
+
+#[test]
+fn check_flags_names_that_no_or_several_authenticators_produce() {
+    let policy = "@id(\"x\")\npermit (principal in Group::\"admins\", action, resource == Route::\"tenant-orders\");\n";
+    // No plain authenticator: the plain name belongs to nobody.
+    let e = fixture(&two_issuers(""), &[("policies/p.cedar", policy)])
+        .err()
+        .expect("refused");
+    assert!(e.contains("names no authenticator's caller"), "{e}");
+    // Two declared equivalent: a warning names them.
+    let f = fixture(
+        &two_issuers("plain_names = [\"corp\", \"partner\"]"),
+        &[("policies/p.cedar", policy)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        f.policies.warnings.iter().any(|w| w
+            .message
+            .contains("more than one authenticator: corp, partner")),
+        "{:?}",
+        f.policies.warnings
+    );
+    for (bad, says) in [
+        (
+            "Group::\"nobody/admins\"",
+            "no authenticator is named `nobody`",
+        ),
+        ("Group::\"corp/admins\"", "names its callers plainly"),
+        ("User::\"workloads/x\"", "never produces a `User`"),
+    ] {
+        let text = format!(
+            "@id(\"x\")\npermit (principal in {bad}, action, resource == Route::\"tenant-orders\");\n"
+        );
+        let e = fixture(
+            &two_issuers("plain_names = [\"corp\"]"),
+            &[("policies/p.cedar", &text)],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
 }

@@ -75,7 +75,7 @@ unless { principal in Group::"admins" };
 pub const SERVICES: &str = r#"
 @id("billing-reads-ledger")
 permit (
-  principal == Service::"spiffe://prod/billing",
+  principal == Service::"workloads/spiffe://prod/billing",
   action == Action::"GET",
   resource in Upstream::"ledger"
 );

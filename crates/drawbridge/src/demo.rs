@@ -117,6 +117,7 @@ public = true
 [policy]
 files = ["demo.cedar"]
 attributes = {{ tenant = "String" }}
+plain_names = ["demo-idp"]
 
 [[routes]]
 name = "orders"
@@ -233,5 +234,5 @@ when {
 
 // Keys of the batch group read jobs.
 @id("jobs-batch")
-permit (principal in Group::"batch", action in Action::"read", resource == Route::"jobs");
+permit (principal in Group::"demo-keys/batch", action in Action::"read", resource == Route::"jobs");
 "#;

@@ -66,6 +66,7 @@ principal = "service"
 [policy]
 files = ["policies"]
 attributes = {{ tenant = "String" }}
+plain_names = ["corp"]
 {policy_extra}
 
 {routes}

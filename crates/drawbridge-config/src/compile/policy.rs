@@ -57,11 +57,17 @@ impl Cx<'_> {
             .as_ref()
             .map(|a| self.typed_names("policy.attributes", a.get_ref(), false))
             .unwrap_or_default();
+        let plain_names = p
+            .plain_names
+            .as_ref()
+            .map(|l| l.get_ref().iter().map(|n| n.get_ref().clone()).collect())
+            .unwrap_or_default();
         Some(PolicyConfig {
             enforce,
             shadow,
             tests,
             attributes,
+            plain_names,
             location: self.r.locate(raw.span().start),
         })
     }
