@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::Instant;
@@ -31,6 +31,9 @@ pub enum BodyError {
     /// The client sent no body bytes for the listener's `body_idle_timeout`.
     #[error("no request body bytes for {0:?}")]
     Stalled(Duration),
+    /// Reading the client's body failed (seen from the upstream side, without the cause).
+    #[error("the request body could not be read")]
+    Malformed,
 }
 
 /// A client's request body, streamed upstream, cut off past its limit.
@@ -44,9 +47,45 @@ pub struct RequestBody {
     idle: Duration,
     /// Armed the first time the client keeps the body waiting, reset by each frame.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Set once the whole body was read; shared with forward, which tells a slow client
-    /// from a slow upstream by it.
-    done: Option<Arc<AtomicBool>>,
+    /// How reading the body went; shared with forward, which tells a slow or failing client
+    /// from a failing upstream by it.
+    progress: Option<Arc<BodyProgress>>,
+}
+
+/// How far a request body got: still arriving, read whole, or failed on the client's side
+/// (whatever error the upstream connection then reports).
+#[derive(Debug, Default)]
+pub struct BodyProgress(AtomicU8);
+
+impl BodyProgress {
+    const ARRIVING: u8 = 0;
+    const DONE: u8 = 1;
+    const TOO_LARGE: u8 = 2;
+    const STALLED: u8 = 3;
+    const CLIENT: u8 = 4;
+
+    /// Whether the whole body was read.
+    pub fn done(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::DONE
+    }
+
+    /// The client's failure, when the body failed on its side: too large, stalled, or the
+    /// client went away or sent it malformed.
+    pub fn client_fault(&self, limit: u64, idle: Duration) -> Option<BodyError> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::TOO_LARGE => Some(BodyError::TooLarge(limit)),
+            Self::STALLED => Some(BodyError::Stalled(idle)),
+            Self::CLIENT => Some(BodyError::Malformed),
+            _ => None,
+        }
+    }
+
+    fn set(&self, state: u8) {
+        // The first outcome stays.
+        let _ =
+            self.0
+                .compare_exchange(Self::ARRIVING, state, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 /// What of a client's request trailers a route lets through: the header rules apply to them
@@ -68,7 +107,7 @@ impl RequestBody {
         trailers: Option<Arc<TrailerFilter>>,
         idle: Duration,
     ) -> Self {
-        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let progress = (!inner.is_end_stream()).then(Arc::default);
         Self {
             inner: Some(inner),
             limit,
@@ -76,7 +115,7 @@ impl RequestBody {
             trailers,
             idle,
             timer: None,
-            done,
+            progress,
         }
     }
 
@@ -89,21 +128,30 @@ impl RequestBody {
             trailers: None,
             idle: Duration::ZERO,
             timer: None,
-            done: None,
+            progress: None,
         }
     }
 
-    /// Whether the whole body has been read, for a body still to be read; `None` when there
-    /// was nothing to read.
-    pub fn progress(&self) -> Option<Arc<AtomicBool>> {
-        self.done.clone()
+    /// How reading the body goes, for a body still to be read; `None` when there was
+    /// nothing to read.
+    pub fn progress(&self) -> Option<Arc<BodyProgress>> {
+        self.progress.clone()
+    }
+
+    /// The limit and idle time, to name a client fault recorded in [`BodyProgress`].
+    pub fn bounds(&self) -> (u64, Duration) {
+        (self.limit, self.idle)
     }
 
     fn finished(&mut self) {
         self.inner = None;
         self.timer = None;
-        if let Some(d) = &self.done {
-            d.store(true, Ordering::Relaxed);
+        self.record(BodyProgress::DONE);
+    }
+
+    fn record(&self, state: u8) {
+        if let Some(p) = &self.progress {
+            p.set(state);
         }
     }
 }
@@ -129,6 +177,7 @@ impl Body for RequestBody {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
                         this.inner = None;
+                        this.record(BodyProgress::TOO_LARGE);
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
                     if this.inner.as_ref().is_some_and(Body::is_end_stream) {
@@ -150,7 +199,10 @@ impl Body for RequestBody {
                     _ => Poll::Ready(None),
                 }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.record(BodyProgress::CLIENT);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
                 this.finished();
                 Poll::Ready(None)
@@ -163,6 +215,7 @@ impl Body for RequestBody {
                 if timer.as_mut().poll(cx).is_ready() {
                     this.inner = None;
                     this.timer = None;
+                    this.record(BodyProgress::STALLED);
                     return Poll::Ready(Some(Err(BodyError::Stalled(idle))));
                 }
                 Poll::Pending

@@ -81,7 +81,16 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
     };
     // Whether the client finished sending its body: a deadline missed before it did is the
     // client's doing, never counted against the upstream.
-    let body_done = body.progress();
+    let body_progress = body.progress();
+    let (body_limit, body_idle) = body.bounds();
+    // An exchange that failed because the client's body did is the client's failure, however
+    // the upstream connection reports it (HTTP/2 surfaces a reset without the cause).
+    let client_fault = || {
+        body_progress
+            .as_ref()
+            .and_then(|p| p.client_fault(body_limit, body_idle))
+            .map(|e| body_failure(&e))
+    };
     let mut body = Some(body);
     let mut last_endpoint = None;
     let mut last_err = None;
@@ -138,16 +147,15 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
                 });
             }
             Ok(Err(Failure::Client(e))) => return Err(e),
-            Ok(Err(Failure::Upstream(e))) => {
-                in_flight.failed();
-                e
-            }
-            Err(_)
-                if body_done
-                    .as_ref()
-                    .is_some_and(|d| !d.load(Ordering::Relaxed)) =>
-            {
-                return Err(ProxyError::BodyTimeout(pool.request_timeout));
+            Ok(Err(Failure::Upstream(e))) => match client_fault() {
+                Some(client) => return Err(client),
+                None => {
+                    in_flight.failed();
+                    e
+                }
+            },
+            Err(_) if body_progress.as_ref().is_some_and(|p| !p.done()) => {
+                return Err(client_fault().unwrap_or(ProxyError::BodyTimeout(pool.request_timeout)));
             }
             Err(_) => {
                 in_flight.failed();
@@ -365,11 +373,7 @@ fn classify(e: &hyper::Error) -> Failure {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(b) = err.downcast_ref::<BodyError>() {
-            return Failure::Client(match b {
-                BodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
-                BodyError::Client(_) => ProxyError::BadRequest("request body could not be read"),
-                BodyError::Stalled(d) => ProxyError::BodyTimeout(*d),
-            });
+            return Failure::Client(body_failure(b));
         }
         cur = err.source();
     }
@@ -385,6 +389,17 @@ fn ambiguous_framing(h: &HeaderMap) -> bool {
     (first.is_some() && h.contains_key(header::TRANSFER_ENCODING))
         || lengths.any(|v| Some(v) != first)
         || first.is_some_and(|v| v.as_bytes().contains(&b','))
+}
+
+/// What the client is told when its body failed.
+fn body_failure(e: &BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge(n) => ProxyError::BodyTooLarge(*n),
+        BodyError::Client(_) | BodyError::Malformed => {
+            ProxyError::BadRequest("request body could not be read")
+        }
+        BodyError::Stalled(d) => ProxyError::BodyTimeout(*d),
+    }
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 §9.2.2).

@@ -13,7 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -159,47 +159,62 @@ impl<T> IdleIo<T> {
                     return Poll::Pending;
                 }
                 Poll::Ready(()) => {
-                    let now = Instant::now();
-                    let started = self.streams.started.load(Ordering::Relaxed);
-                    if let Some((_, by)) = self.first_request {
-                        // No request yet: nothing at all, or an HTTP/2 connection without a
-                        // stream, is closed. An HTTP/1.1 head that is arriving is hyper's to
-                        // time (it answers 408), and closed here a moment later if it did not.
-                        let by = if !self.h2 && self.read_any {
-                            by + HEAD_GRACE
-                        } else {
-                            by
-                        };
-                        if started > 0 {
-                            self.first_request = None;
-                        } else if now >= by {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "no request within the header read timeout",
-                            )));
-                        }
+                    if let Some(e) = self.deadline_reached() {
+                        return Poll::Ready(Err(e));
                     }
-                    if now >= self.idle_at {
-                        let busy = if self.h2 {
-                            self.streams.open.load(Ordering::Relaxed) > 0
-                                || started != self.last_started
-                        } else {
-                            self.active
-                        };
-                        if !busy {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "connection idle",
-                            )));
-                        }
-                        self.active = false;
-                        self.last_started = started;
-                        self.idle_at = now + self.idle;
-                    }
-                    self.rearm();
                 }
             }
         }
+    }
+
+    /// The deadline fired: closes the connection (the error) or arms the next one.
+    fn deadline_reached(&mut self) -> Option<io::Error> {
+        let now = Instant::now();
+        let started = self.streams.started.load(Ordering::Relaxed);
+        if let Some((_, by)) = self.first_request {
+            // No request yet: nothing at all, or an HTTP/2 connection without a stream, is
+            // closed. An HTTP/1.1 head that is arriving is hyper's to time (it answers 408),
+            // and closed here a moment later if it did not.
+            let by = if !self.h2 && self.read_any {
+                by + HEAD_GRACE
+            } else {
+                by
+            };
+            if started > 0 {
+                self.first_request = None;
+            } else if now >= by {
+                return Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                ));
+            }
+        }
+        if now >= self.idle_at {
+            let busy = if self.h2 {
+                self.streams.open.load(Ordering::Relaxed) > 0 || started != self.last_started
+            } else {
+                self.active
+            };
+            if !busy {
+                return Some(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
+            }
+            self.active = false;
+            self.last_started = started;
+            self.idle_at = now + self.idle;
+        }
+        self.rearm();
+        None
+    }
+
+    /// Between reads that never wait (a client flooding frames): the deadline is looked at
+    /// when it has fired, which costs one flag read otherwise.
+    fn check_in_passing(&mut self) -> io::Result<()> {
+        if self.deadline.is_elapsed()
+            && let Some(e) = self.deadline_reached()
+        {
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -223,6 +238,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                     this.active = true;
                     this.read_any = true;
                     this.mid_request.store(true, Ordering::Relaxed);
+                    this.check_in_passing()?;
                 }
                 Poll::Ready(r)
             }
@@ -237,7 +253,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = ready!(Pin::new(&mut self.inner).poll_write(cx, data));
+        let r = match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(r) => r,
+            // A client that does not read what it asked for (PING ACKs, a response) holds
+            // the connection; the deadline still applies.
+            Poll::Pending => return self.poll_idle(cx).map(|r| r.map(|()| 0)),
+        };
         if matches!(r, Ok(n) if n > 0) {
             self.wrote();
         }
@@ -249,7 +270,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        let r = match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return self.poll_idle(cx).map(|r| r.map(|()| 0)),
+        };
         if matches!(r, Ok(n) if n > 0) {
             self.wrote();
         }

@@ -627,3 +627,33 @@ when { context.ip.isInRange(ip(\"192.0.2.0/24\")) };\n";
     // A public route without `authorize` stays open to all.
     assert_eq!(get(&h.url("/anything")).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn chunk_extensions_are_bounded_and_never_forwarded() {
+    let s = setup("", "", "").await;
+    let post = |ext: &str| {
+        format!(
+            "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             7;{ext}\r\npayload\r\n0\r\n\r\n"
+        )
+    };
+    // A short extension is read past; the upstream gets the body, not the extension.
+    let reply = raw(
+        s.h.addr,
+        post("name=value").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let got = s.up.last().expect("forwarded");
+    assert_eq!(&got.body[..], b"payload");
+    // A flood of extension bytes is refused; no complete request reaches the upstream.
+    s.up.clear();
+    let big = format!("x={}", "a".repeat(20 * 1024));
+    let reply = raw(s.h.addr, post(&big).as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert!(
+        s.up.received().iter().all(|r| r.body.is_empty()),
+        "the body got through"
+    );
+}

@@ -14,9 +14,18 @@ use tokio::net::TcpStream;
 /// One upstream that a single failure ejects for a minute, a catch-all public route, and
 /// `limits` on the listener.
 async fn fragile(limits_toml: &str, request_timeout: &str) -> (RecordingUpstream, Harness) {
+    fragile_over("http1", limits_toml, request_timeout).await
+}
+
+/// The same, speaking `protocol` to the upstream.
+async fn fragile_over(
+    protocol: &str,
+    limits_toml: &str,
+    request_timeout: &str,
+) -> (RecordingUpstream, Harness) {
     let up = RecordingUpstream::start().await;
     let cfg = config(&format!(
-        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\nrequest_timeout = \"{request_timeout}\"\n\
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\nprotocol = \"{protocol}\"\nrequest_timeout = \"{request_timeout}\"\n\
          [upstreams.health]\nmax_failures = 1\nejection = \"1m\"\n\n\
          [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
         up.url()
@@ -50,7 +59,13 @@ async fn stalled_body(h: &Harness, declared: usize, sent: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_stalled_body_is_408_and_never_ejects_the_upstream() {
-    let (up, h) = fragile("body_idle_timeout = \"300ms\"", "30s").await;
+    for protocol in ["http1", "http2"] {
+        stalled_bodies_over(protocol).await;
+    }
+}
+
+async fn stalled_bodies_over(protocol: &str) {
+    let (up, h) = fragile_over(protocol, "body_idle_timeout = \"300ms\"", "30s").await;
     for _ in 0..5 {
         let started = Instant::now();
         let reply = stalled_body(&h, 100, b"x").await;
@@ -253,4 +268,34 @@ async fn connections_are_closed_gracefully_at_their_maximum_age() {
         "{after:?}"
     );
     assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn an_http2_client_flooding_pings_without_reading_is_cut_off() {
+    let (up, h) = fragile("header_read_timeout = \"1s\"\nidle_timeout = \"1m\"", "30s").await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    // The connection preface and an empty SETTINGS frame, then PING frames (type 6, eight
+    // bytes of payload) as fast as they go, never reading an ACK.
+    let mut start = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    start.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    s.write_all(&start).await.expect("preface");
+    let ping: Vec<u8> = [0u8, 0, 8, 6, 0, 0, 0, 0, 0]
+        .into_iter()
+        .chain([7u8; 8])
+        .collect();
+    let flood: Vec<u8> = ping.repeat(512);
+    let started = Instant::now();
+    let cut = loop {
+        if started.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.write_all(&flood)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break Some(started.elapsed()),
+            // Writes blocked: the server stopped reading; it must close soon.
+            Err(_) => {}
+        }
+    };
+    assert!(cut.is_some_and(|d| d < Duration::from_secs(5)), "{cut:?}");
+    assert_eq!(up.count(), 0);
 }
