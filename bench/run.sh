@@ -129,6 +129,7 @@ public = true
 [policy]
 files = ["$WORK/policies.cedar"]
 attributes = { tenant = "String" }
+plain_names = ["rs256", "es256"]   # one bench IdP behind two algorithms: the same groups
 
 $(jwt_authenticator rs256 RS256 true)
 $(jwt_authenticator rs256-nocache RS256 false)

@@ -113,7 +113,7 @@ impl Minter {
             by_content: Mutex::new(Default::default()),
         };
         // A key that cannot sign is found now, not on the first request.
-        minter.sign(&Principal::anonymous_probe(), "probe", None)?;
+        minter.sign(&Principal::anonymous(), "probe", None)?;
         Ok(minter)
     }
 

@@ -52,23 +52,6 @@ impl Principal {
             derived: Derived::default(),
         }
     }
-
-    /// A principal used only to check, at start, that a signing key works.
-    pub(crate) fn anonymous_probe() -> Principal {
-        Principal {
-            id: "probe".into(),
-            kind: PrincipalKind::Service,
-            authenticator: "probe".into(),
-            issuer: None,
-            groups: Vec::new(),
-            attributes: Map::new(),
-            methods: Vec::new(),
-            authenticated_at: None,
-            expires_at: None,
-            assertions: AssertionCache::default(),
-            derived: Derived::default(),
-        }
-    }
 }
 
 /// How a principal proved who it is.

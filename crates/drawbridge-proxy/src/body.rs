@@ -39,6 +39,8 @@ pub enum BodyError {
 /// A client's request body, streamed upstream, cut off past its limit.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// A body read whole before it left (a screened form).
+    buffered: Option<Bytes>,
     limit: u64,
     seen: u64,
     /// How the client's trailers are filtered; dropped whole when `None`.
@@ -110,6 +112,7 @@ impl RequestBody {
         let progress = (!inner.is_end_stream()).then(Arc::default);
         Self {
             inner: Some(inner),
+            buffered: None,
             limit,
             seen: 0,
             trailers,
@@ -119,10 +122,19 @@ impl RequestBody {
         }
     }
 
+    /// A body already read whole.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            buffered: (!bytes.is_empty()).then_some(bytes),
+            ..Self::empty()
+        }
+    }
+
     /// No body.
     pub fn empty() -> Self {
         Self {
             inner: None,
+            buffered: None,
             limit: 0,
             seen: 0,
             trailers: None,
@@ -166,7 +178,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -224,13 +236,15 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match (&self.inner, &self.buffered) {
+            (Some(inner), _) => inner.size_hint(),
+            (None, Some(b)) => SizeHint::with_exact(b.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -402,6 +402,15 @@ async fn run(
     // --- 10 forward ---------------------------------------------------------------------
     let body = if upgrade.is_some() {
         RequestBody::empty()
+    } else if let Some(screen) = parameter_screen(&route).filter(|_| is_form(&headers)) {
+        screened_form(
+            body,
+            &screen,
+            max_body,
+            limits.body_idle_timeout,
+            &mut headers,
+        )
+        .await?
     } else {
         RequestBody::limited(
             body,
@@ -429,7 +438,14 @@ async fn run(
 /// routes, method overrides where the method matters. `Some` is the query to use instead
 /// (stripped); `None` keeps the client's.
 fn screen_query(route: &RouteEntry, query: Option<&str>) -> Result<Option<String>, ProxyError> {
-    let Some(query) = query else { return Ok(None) };
+    match (query, parameter_screen(route)) {
+        (Some(query), Some(screen)) => Ok(sanitize::screen_query(query, &screen)?),
+        _ => Ok(None),
+    }
+}
+
+/// What a route screens request parameters (query, form fields) for; `None` when nothing.
+fn parameter_screen(route: &RouteEntry) -> Option<sanitize::QueryScreen<'_>> {
     let authenticated = matches!(route.config.admission, Admission::Authenticated { .. });
     let screen = sanitize::QueryScreen {
         credentials: authenticated.then_some(route.config.query_credentials),
@@ -437,10 +453,58 @@ fn screen_query(route: &RouteEntry, query: Option<&str>) -> Result<Option<String
         method_override: (authenticated || route.config.methods.is_some())
             .then_some(route.config.method_override),
     };
-    if screen.credentials.is_none() && screen.method_override.is_none() {
-        return Ok(None);
+    (screen.credentials.is_some() || screen.method_override.is_some()).then_some(screen)
+}
+
+/// Largest form body read whole to screen its fields.
+const MAX_SCREENED_FORM: u64 = 1 << 20;
+
+/// A URL-encoded form body on a route that screens parameters: frameworks read `_method`
+/// and `access_token` in form fields as in the query (Rails, Laravel, RFC 6750 §2.2), so the
+/// body is read whole (bounded), screened the same way, and forwarded as read or stripped.
+async fn screened_form(
+    body: Incoming,
+    screen: &sanitize::QueryScreen<'_>,
+    limit: u64,
+    idle: std::time::Duration,
+    headers: &mut HeaderMap,
+) -> Result<RequestBody, ProxyError> {
+    use http_body_util::BodyExt;
+    let limit = limit.min(MAX_SCREENED_FORM);
+    let read = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let collected = tokio::time::timeout(idle, read.collect())
+        .await
+        .map_err(|_| ProxyError::BodyTimeout(idle))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ProxyError::BodyTooLarge(limit)
+            } else {
+                ProxyError::BadRequest("request body could not be read")
+            }
+        })?;
+    let bytes = collected.to_bytes();
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ProxyError::BadRequest("form body is not UTF-8"))?;
+    match sanitize::screen_query(text, screen)? {
+        None => Ok(RequestBody::full(bytes)),
+        Some(kept) => {
+            headers.remove(header::TRANSFER_ENCODING);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(kept.len()));
+            Ok(RequestBody::full(bytes::Bytes::from(kept)))
+        }
     }
-    Ok(sanitize::screen_query(query, &screen)?)
+}
+
+/// Whether the body is a URL-encoded form (`application/x-www-form-urlencoded`, any case,
+/// with or without parameters).
+fn is_form(headers: &HeaderMap) -> bool {
+    const FORM: &[u8] = b"application/x-www-form-urlencoded";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= FORM.len()
+            && v[..FORM.len()].eq_ignore_ascii_case(FORM)
+            && matches!(v.get(FORM.len()), None | Some(b';' | b' '))
+    })
 }
 
 /// The caller of every public route that asks its policies; one for the process, so the

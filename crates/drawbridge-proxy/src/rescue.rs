@@ -160,7 +160,7 @@ impl ProxyError {
             Self::Path(_) => "ambiguous or malformed path",
             Self::Header(_) => "malformed or refused header",
             Self::Query(crate::sanitize::QueryError::Credential(_)) => {
-                "credentials are not accepted in the query string"
+                "credentials are not accepted as request parameters"
             }
             Self::Query(crate::sanitize::QueryError::MethodOverride(_)) => {
                 "method overrides are not accepted"

@@ -450,11 +450,11 @@ pub enum QueryError {
     /// A parameter name that cannot be read one way only.
     #[error(transparent)]
     Name(#[from] drawbridge_config::params::ParamNameError),
-    /// A credential in the query string of an authenticated route.
-    #[error("credential in the query string (`{0}`); send it in a header")]
+    /// A credential in the query string or a form body of an authenticated route.
+    #[error("credential as a request parameter (`{0}`); send it in a header")]
     Credential(String),
-    /// A method override in the query string.
-    #[error("method override in the query string (`{0}`)")]
+    /// A method override in the query string or a form body.
+    #[error("method override as a request parameter (`{0}`)")]
     MethodOverride(String),
 }
 

@@ -137,18 +137,21 @@ async fn serve_connection(
         })
     };
     let mid_request = MidRequest::default();
+    // A second handle on a plaintext socket, to answer 408 after hyper gave up on a request
+    // head that did not arrive in time (hyper closes without a word).
+    let spare = tls
+        .is_none()
+        .then(|| stream.as_fd().try_clone_to_owned().ok())
+        .flatten();
+    let io = IdleIo::new(
+        stream,
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        &mid_request,
+        streams.clone(),
+    );
     match tls {
         None => {
-            // A second handle on the socket, to answer 408 after hyper gave up on a request
-            // head that did not arrive in time (hyper closes without a word).
-            let spare = stream.as_fd().try_clone_to_owned().ok();
-            let io = IdleIo::new(
-                stream,
-                limits.idle_timeout,
-                limits.header_read_timeout,
-                &mid_request,
-                streams.clone(),
-            );
             let c =
                 builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
             let started = std::time::Instant::now();
@@ -166,13 +169,6 @@ async fn serve_connection(
             }
         }
         Some(cfg) => {
-            let io = IdleIo::new(
-                stream,
-                limits.idle_timeout,
-                limits.header_read_timeout,
-                &mid_request,
-                streams.clone(),
-            );
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             let tls_stream =
                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {

@@ -531,18 +531,7 @@ async fn every_refused_request_leaves_an_access_record_naming_its_host() {
         let reply = raw(h.addr, req, Duration::from_secs(2)).await;
         assert_eq!(status_of(&reply), *status, "{reply}");
     }
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        lines = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        if lines.len() >= requests.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let lines = json_lines(&log, requests.len(), |_| true).await;
     assert_eq!(lines.len(), requests.len(), "{lines:?}");
     let mut statuses: Vec<u64> = lines.iter().filter_map(|l| l["status"].as_u64()).collect();
     statuses.sort_unstable();
@@ -656,4 +645,84 @@ async fn chunk_extensions_are_bounded_and_never_forwarded() {
         s.up.received().iter().all(|r| r.body.is_empty()),
         "the body got through"
     );
+}
+
+#[tokio::test]
+async fn form_fields_that_override_the_method_or_carry_a_credential_are_screened() {
+    let s = setup(
+        "",
+        "",
+        "[[routes]]\nname = \"forms\"\nprefix = \"/forms\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nmethod_override = \"strip\"\nquery_credentials = \"strip\"\n",
+    )
+    .await;
+    let post = |path: &str, content_type: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.token,
+            body.len()
+        )
+    };
+    for (content_type, body) in [
+        ("application/x-www-form-urlencoded", "a=1&_method=DELETE"),
+        (
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "_METHOD=delete&a=1",
+        ),
+        ("Application/X-WWW-Form-Urlencoded", "a=1;_method[]=PUT"),
+        (
+            "application/x-www-form-urlencoded",
+            "access_token=someone-else",
+        ),
+        ("application/x-www-form-urlencoded", "a%00=1"),
+    ] {
+        s.up.clear();
+        let reply = raw(
+            s.h.addr,
+            post("/api/x", content_type, body).as_bytes(),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_eq!(status_of(&reply), 400, "{content_type}: {body}: {reply}");
+        assert_eq!(s.up.count(), 0, "{body}");
+    }
+    // Ordinary forms pass untouched; other content types are the upstream's business.
+    let reply = raw(
+        s.h.addr,
+        post(
+            "/api/x",
+            "application/x-www-form-urlencoded",
+            "a=1&method=card",
+        )
+        .as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert_eq!(
+        &s.up.last().expect("forwarded").body[..],
+        b"a=1&method=card"
+    );
+    let reply = raw(
+        s.h.addr,
+        post("/api/x", "application/json", "{\"_method\":\"x\"}").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    // A route that strips: the fields are gone, the length follows.
+    let reply = raw(
+        s.h.addr,
+        post(
+            "/forms/x",
+            "application/x-www-form-urlencoded",
+            "a=1&_method=DELETE&access_token=t&b=2",
+        )
+        .as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let got = s.up.last().expect("forwarded");
+    assert_eq!(&got.body[..], b"a=1&b=2");
+    assert_eq!(got.method, http::Method::POST);
 }

@@ -302,18 +302,10 @@ async fn a_listener_can_require_a_certificate_for_every_connection() {
     );
     // A refused handshake leaves a connection record.
     let log = s.h.dir.path().join("access.log");
-    let mut record = None;
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        record = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["phase"] == "accept");
-        if record.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let record = json_lines(&log, 1, |l| l["phase"] == "accept")
+        .await
+        .into_iter()
+        .next();
     let record = record.expect("a record of the refused handshake");
     assert_eq!(record["protocol"], "TLS");
     assert!(

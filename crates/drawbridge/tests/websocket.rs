@@ -245,15 +245,6 @@ async fn ends_within(ws: &mut Ws, limit: std::time::Duration) -> Option<std::tim
     }
 }
 
-fn audit_closings(h: &Harness) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(h.dir.path().join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["decision"] == "close")
-        .collect()
-}
-
 #[tokio::test]
 async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
     use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
@@ -292,14 +283,10 @@ async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
     );
 
     // The closings of admitted tunnels are audited, with why.
-    let mut closings = Vec::new();
-    for _ in 0..100 {
-        closings = audit_closings(&h);
-        if closings.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let closings = json_lines(&h.dir.path().join("audit.log"), 2, |l| {
+        l["decision"] == "close"
+    })
+    .await;
     let reasons: Vec<&str> = closings
         .iter()
         .filter_map(|c| c["reason"].as_str())

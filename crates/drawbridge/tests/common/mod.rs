@@ -277,3 +277,26 @@ where
     }
     false
 }
+
+/// The JSON lines of a log file, waiting up to two seconds for at least `at_least` of those
+/// `keep` selects (the writer is asynchronous).
+pub async fn json_lines(
+    path: &std::path::Path,
+    at_least: usize,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| keep(l))
+            .collect();
+        if lines.len() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lines
+}
