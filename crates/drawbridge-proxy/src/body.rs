@@ -265,8 +265,11 @@ enum Kind {
 struct Streaming {
     body: Incoming,
     deadline: Option<crate::tunnel::Deadline>,
-    /// Armed the first time the body waits.
+    /// Armed when a stream (a body of unknown length) first waits, and when a body of known
+    /// length waits a second time: most responses wait once, for their only frame, and never
+    /// need a timer.
     timer: Option<Pin<Box<Sleep>>>,
+    waited: bool,
 }
 
 /// Why Drawbridge cut a response short.
@@ -305,6 +308,7 @@ impl ResponseBody {
                 body,
                 deadline,
                 timer: None,
+                waited: false,
             }),
             record: None,
             reuse,
@@ -382,6 +386,10 @@ impl Streaming {
                 let Some(d) = self.deadline else {
                     return Poll::Pending;
                 };
+                let sized = self.body.size_hint().exact().is_some();
+                if sized && !std::mem::replace(&mut self.waited, true) {
+                    return Poll::Pending;
+                }
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(d.at)));

@@ -171,23 +171,20 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
 /// Most interim (1xx) responses an upstream may send before its final one.
 const MAX_INTERIM: u32 = 8;
 
-/// Counts the interim responses an HTTP/1.1 upstream sends for one request.
+/// Counts the interim responses an HTTP/1.1 upstream sends for one request (hyper reads
+/// past them; a flood of them is bounded in time by the request timeout).
 struct Interim {
-    flooded: Arc<tokio::sync::Notify>,
     seen: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Interim {
     fn watch(req: &mut Request<RequestBody>) -> Self {
-        let flooded = Arc::new(tokio::sync::Notify::new());
         let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let (notify, count) = (flooded.clone(), seen.clone());
+        let count = seen.clone();
         hyper::ext::on_informational(req, move |_| {
-            if count.fetch_add(1, Ordering::Relaxed) + 1 > MAX_INTERIM {
-                notify.notify_one();
-            }
+            count.fetch_add(1, Ordering::Relaxed);
         });
-        Self { flooded, seen }
+        Self { seen }
     }
 
     /// Whether more interim responses came than allowed (a final one may have followed
@@ -255,14 +252,11 @@ impl Exchange<'_> {
                 "more than {MAX_INTERIM} interim (1xx) responses"
             )))
         };
-        // On a flood the connection goes with the sender: never reused.
-        let sent = match &interim {
-            None => sender.send(req).await,
-            Some(i) => tokio::select! {
-                r = sender.send(req) => if i.exceeded() { return Err(flood()) } else { r },
-                () = i.flooded.notified() => return Err(flood()),
-            },
-        };
+        let sent = sender.send(req).await;
+        if interim.as_ref().is_some_and(Interim::exceeded) {
+            // The connection goes with the sender: never reused.
+            return Err(flood());
+        }
         let (sender, result) = match sent {
             Ok(res) => (sender, Ok(res)),
             Err(mut e) => {

@@ -114,7 +114,7 @@ pub async fn handle(
         time,
         request_id,
         listener: listener.name.clone(),
-        host: asked_host(&req),
+        host: None,
         route: None,
         client: conn.peer_label.clone(),
         forwarded_for: None,
@@ -130,7 +130,7 @@ pub async fn handle(
         phase: None,
         reason: None,
     };
-    let outcome = run(&shared, &snapshot, listener, &conn, req, &mut event).await;
+    let outcome = run(&shared, &snapshot, listener, &conn, req, &mut event, start).await;
     let (res, in_flight) = match outcome {
         Ok(Outcome::Forwarded(Forwarded {
             response,
@@ -171,15 +171,26 @@ async fn run(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     event: &mut AccessEvent,
+    arrived: Instant,
 ) -> Result<Outcome, ProxyError> {
     // --- 2 parse: the limits hyper does not enforce itself --------------------------------
     let limits = &listener.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
+        event.host = asked_host(&req);
         return Err(ProxyError::UriTooLong(limits.max_uri_bytes));
     }
 
     // --- 3 sanitize ---------------------------------------------------------------------
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(e) => {
+            // The record names what the client asked for, even unusable.
+            event.host = asked_host(&req);
+            return Err(e);
+        }
+    };
+    event.host = Some(host.clone());
     let path = match sanitize::normalize_path(req.uri().path()) {
         Ok(p) => p,
         Err(e) => {
@@ -192,7 +203,6 @@ async fn run(
     };
     event.path.clone_from(&path.decoded);
     check_framing(req.headers())?;
-    let host = request_host(&req)?;
     let original_host = req.headers().get(header::HOST).cloned();
     let mut seen = sanitize::strip_request_headers(
         req.headers_mut(),
@@ -294,7 +304,7 @@ async fn run(
     };
 
     // A tunnel or a stream lives no longer than the credential that admitted it.
-    let deadline = crate::tunnel::Deadline::of(&route, principal.as_deref());
+    let deadline = crate::tunnel::Deadline::of(&route, principal.as_deref(), arrived, event.time);
     let lease = upgrade.as_ref().map(|_| crate::tunnel::Lease {
         deadline,
         recheck: principal.as_ref().map(|p| {

@@ -257,18 +257,26 @@ impl HeaderRules {
     /// Whether a client's header called `name` (lower-case) is removed.
     pub fn strips(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
+        // Most names (`accept`, `authorization`, `host`, `user-agent`...) start with a letter
+        // no built-in name does: then only the configured names can remove them.
+        let first = n.as_bytes().first().copied().unwrap_or(0);
+        if !matches!(
+            first,
+            b'c' | b'f' | b'k' | b'p' | b'r' | b's' | b't' | b'u' | b'x'
+        ) && self.extra.is_empty()
+        {
+            return false;
+        }
         if HOP_BY_HOP.contains(&n) {
             return true;
         }
-        if self.exempt.contains(name) {
-            return false;
-        }
         let folded = drawbridge_config::headers::fold(n);
-        drawbridge_config::headers::is_stripped(&folded)
+        let stripped = drawbridge_config::headers::is_stripped(&folded)
             || self
                 .extra
                 .iter()
-                .any(|e| drawbridge_config::headers::matches_entry(e, &folded))
+                .any(|e| drawbridge_config::headers::matches_entry(e, &folded));
+        stripped && !self.exempt.contains(name)
     }
 }
 

@@ -23,9 +23,16 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// The earlier of the principal's credential expiry and the route's maximum lifetime.
-    pub fn of(route: &RouteEntry, principal: Option<&Principal>) -> Deadline {
-        let now = Instant::now();
+    /// The earlier of the principal's credential expiry and the route's maximum lifetime,
+    /// for a request that arrived at `arrived` (`arrived_at` by the wall clock): no clock is
+    /// read here.
+    pub fn of(
+        route: &RouteEntry,
+        principal: Option<&Principal>,
+        arrived: std::time::Instant,
+        arrived_at: SystemTime,
+    ) -> Deadline {
+        let now = Instant::from_std(arrived);
         let lifetime = Deadline {
             at: now + route.config.max_stream_lifetime,
             why: "maximum stream lifetime reached",
@@ -33,7 +40,7 @@ impl Deadline {
         let Some(expires) = principal.and_then(|p| p.expires_at) else {
             return lifetime;
         };
-        let unix_now = SystemTime::now()
+        let unix_now = arrived_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let left = Duration::from_secs(expires.saturating_sub(unix_now));
