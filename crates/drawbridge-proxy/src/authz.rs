@@ -180,6 +180,14 @@ fn record(
     });
 }
 
+/// The caller of every public route that asks its policies; one for the process, so the
+/// policies' entity for it is built once.
+pub fn anonymous() -> &'static std::sync::Arc<Principal> {
+    static ANONYMOUS: std::sync::LazyLock<std::sync::Arc<Principal>> =
+        std::sync::LazyLock::new(|| std::sync::Arc::new(Principal::anonymous()));
+    &ANONYMOUS
+}
+
 /// The caller as the audit trail names it.
 pub fn audit_principal(principal: &Principal) -> AuditPrincipal {
     AuditPrincipal {

@@ -265,9 +265,9 @@ enum Kind {
 struct Streaming {
     body: Incoming,
     deadline: Option<crate::tunnel::Deadline>,
-    /// Armed when a stream (a body of unknown length) first waits, and when a body of known
-    /// length waits a second time: most responses wait once, for their only frame, and never
-    /// need a timer.
+    /// Armed when a stream (a body of unknown length) or a response bound to an expiring
+    /// credential first waits, and when any other body waits a second time: most public
+    /// responses wait once, for their only frame, and never need a timer.
     timer: Option<Pin<Box<Sleep>>>,
     waited: bool,
 }
@@ -387,7 +387,7 @@ impl Streaming {
                     return Poll::Pending;
                 };
                 let sized = self.body.size_hint().exact().is_some();
-                if sized && !std::mem::replace(&mut self.waited, true) {
+                if sized && !d.credential && !std::mem::replace(&mut self.waited, true) {
                     return Poll::Pending;
                 }
                 let timer = self

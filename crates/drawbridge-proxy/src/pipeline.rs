@@ -261,12 +261,12 @@ async fn run(
     // --- 6 verify (MFA, a later release) --------------------------------------------------
 
     // --- 7 authorize --------------------------------------------------------------------
+    let client = client_ip(snapshot, conn, seen.forwarded_for.as_deref());
     if route.config.authorize {
         // A public route that asks its policies: they decide about the anonymous caller.
-        let p = match &principal {
-            Some(p) => p,
-            None => &*ANONYMOUS,
-        };
+        let p = principal
+            .as_ref()
+            .unwrap_or_else(|| crate::authz::anonymous());
         let ask = crate::authz::Ask {
             request_id: &event.request_id,
             time: event.time,
@@ -277,7 +277,7 @@ async fn run(
             path: &path.decoded,
             query: query.as_deref().or(req.uri().query()),
             headers: req.headers(),
-            client: client_ip(snapshot, conn, seen.forwarded_for.as_deref()),
+            client,
             client_label: &conn.peer_label,
         };
         crate::authz::authorize(snapshot, &route, p, &ask, shared)?;
@@ -305,42 +305,23 @@ async fn run(
 
     // A tunnel or a stream lives no longer than the credential that admitted it.
     let deadline = crate::tunnel::Deadline::of(&route, principal.as_deref(), arrived, event.time);
-    let lease = upgrade.as_ref().map(|_| crate::tunnel::Lease {
-        deadline,
-        recheck: principal.as_ref().map(|p| {
-            crate::tunnel::Recheck::new(
-                shared.clone(),
-                &route,
-                req.headers(),
-                conn.client_cert.as_ref(),
-                p,
-            )
-        }),
-        audit: principal
-            .as_ref()
-            .filter(|_| shared.audit.enabled())
-            .map(|p| {
-                (
-                    shared.audit.clone(),
-                    drawbridge_telemetry::AuditEvent {
-                        time: event.time,
-                        log: "audit",
-                        request_id: event.request_id.clone(),
-                        version: snapshot.version_label.clone(),
-                        principal: crate::authz::audit_principal(p),
-                        action: drawbridge_policy::Action::WebSocket.id(),
-                        resource: route.name.clone(),
-                        upstream: route.upstream.name.clone(),
-                        path: path.decoded.clone(),
-                        client: conn.peer_label.clone(),
-                        decision: "close",
-                        reason: None,
-                        policies: Vec::new(),
-                        errors: Vec::new(),
-                        shadow: None,
-                    },
-                )
-            }),
+    let lease = upgrade.as_ref().map(|_| {
+        crate::tunnel::Lease::new(
+            deadline,
+            crate::tunnel::Admitted {
+                shared: shared.clone(),
+                snapshot,
+                route: &route,
+                principal: principal.as_ref(),
+                request_id: &event.request_id,
+                host: &host,
+                path: &path.decoded,
+                query: query.as_deref().or(req.uri().query()),
+                headers: req.headers(),
+                client,
+                conn,
+            },
+        )
     });
 
     // --- 9 mutate -----------------------------------------------------------------------
@@ -508,19 +489,9 @@ async fn screened_form(
 /// Whether the body is a URL-encoded form (`application/x-www-form-urlencoded`, any case,
 /// with or without parameters).
 fn is_form(headers: &HeaderMap) -> bool {
-    const FORM: &[u8] = b"application/x-www-form-urlencoded";
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= FORM.len()
-            && v[..FORM.len()].eq_ignore_ascii_case(FORM)
-            && matches!(v.get(FORM.len()), None | Some(b';' | b' '))
-    })
+    sanitize::media_type(headers)
+        .is_some_and(|m| m.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
 }
-
-/// The caller of every public route that asks its policies; one for the process, so the
-/// policies' entity for it is built once.
-static ANONYMOUS: std::sync::LazyLock<Arc<drawbridge_identity::Principal>> =
-    std::sync::LazyLock::new(|| Arc::new(drawbridge_identity::Principal::anonymous()));
 
 /// How a request that passed the pipeline ends.
 enum Outcome {

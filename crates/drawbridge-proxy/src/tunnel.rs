@@ -1,16 +1,20 @@
 //! Leases for long-lived exchanges: a WebSocket tunnel or a streaming response lives no
-//! longer than the credential that admitted it (its expiry, or a reload that revokes it) and
-//! the route's `max_stream_lifetime`. A tunnel that is ended is audited.
+//! longer than the credential that admitted it (its expiry) and the route's
+//! `max_stream_lifetime`; a tunnel also no longer than a reload that revokes the credential or
+//! makes the policies refuse it. A tunnel that is ended is audited.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::net::IpAddr;
+
+use drawbridge_config::Admission;
 use drawbridge_identity::{ClientCert, Credentials, Principal};
 use drawbridge_telemetry::{AuditEvent, AuditLog};
-use http::{HeaderMap, HeaderName, header};
+use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::pipeline::Shared;
+use crate::pipeline::{ConnInfo, Shared};
 use crate::snapshot::{RouteEntry, Snapshot};
 
 /// When an exchange must end, and why.
@@ -20,6 +24,9 @@ pub struct Deadline {
     pub at: Instant,
     /// Why it ends then.
     pub why: &'static str,
+    /// It is bound to a credential that expires: no response may outlive it, even one that
+    /// waits only once.
+    pub credential: bool,
 }
 
 impl Deadline {
@@ -36,6 +43,7 @@ impl Deadline {
         let lifetime = Deadline {
             at: now + route.config.max_stream_lifetime,
             why: "maximum stream lifetime reached",
+            credential: false,
         };
         let Some(expires) = principal.and_then(|p| p.expires_at) else {
             return lifetime;
@@ -48,6 +56,7 @@ impl Deadline {
             Deadline {
                 at: now + left,
                 why: "credential expired",
+                credential: true,
             }
         } else {
             lifetime
@@ -56,18 +65,86 @@ impl Deadline {
 }
 
 /// What a WebSocket tunnel needs to end itself: its deadline, how to tell whether a reload
-/// revoked its credential, and what to audit when it ends.
+/// revoked its credential or its permission, and what to audit when it ends.
 pub struct Lease {
     /// When it ends at the latest.
     pub deadline: Deadline,
-    /// The credential that admitted it, checked again after each reload; `None` on a public
-    /// route.
+    /// The admitted request, decided again after each reload.
     pub recheck: Option<Recheck>,
     /// The audit event written when the tunnel is ended (its decision and time filled then).
     pub audit: Option<(AuditLog, AuditEvent)>,
 }
 
+/// The request a tunnel was admitted as, seen from the pipeline.
+pub struct Admitted<'a> {
+    /// What every connection shares (the configuration in force, reloads, the audit trail).
+    pub shared: Arc<Shared>,
+    /// The configuration that admitted it.
+    pub snapshot: &'a Snapshot,
+    /// Its route.
+    pub route: &'a RouteEntry,
+    /// Its caller; `None` on a public route.
+    pub principal: Option<&'a Arc<Principal>>,
+    /// Its request id.
+    pub request_id: &'a str,
+    /// The host it was routed by.
+    pub host: &'a str,
+    /// Its normalised path.
+    pub path: &'a str,
+    /// Its query as forwarded.
+    pub query: Option<&'a str>,
+    /// Its headers after sanitize, credentials still in them.
+    pub headers: &'a HeaderMap,
+    /// The client's address as policies see it.
+    pub client: IpAddr,
+    /// The connection.
+    pub conn: &'a ConnInfo,
+}
+
 impl Lease {
+    /// The lease of a tunnel admitted as `a`, ending at `deadline` at the latest.
+    pub fn new(deadline: Deadline, a: Admitted<'_>) -> Lease {
+        let audit = a.shared.audit.enabled().then(|| {
+            let p = a.principal.unwrap_or_else(|| crate::authz::anonymous());
+            let event = AuditEvent {
+                time: SystemTime::now(),
+                log: "audit",
+                request_id: a.request_id.to_string(),
+                version: a.snapshot.version_label.clone(),
+                principal: crate::authz::audit_principal(p),
+                action: drawbridge_policy::Action::WebSocket.id(),
+                resource: a.route.name.clone(),
+                upstream: a.route.upstream.name.clone(),
+                path: a.path.to_string(),
+                client: a.conn.peer_label.clone(),
+                decision: "close",
+                reason: None,
+                policies: Vec::new(),
+                errors: Vec::new(),
+                shadow: None,
+            };
+            (a.shared.audit.clone(), event)
+        });
+        let recheck = Recheck {
+            route: a.route.name.clone(),
+            request_id: a.request_id.to_string(),
+            host: a.host.to_string(),
+            path: a.path.to_string(),
+            query: a.query.map(str::to_string),
+            headers: a.headers.clone(),
+            client: a.client,
+            client_label: a.conn.peer_label.clone(),
+            client_cert: a.conn.client_cert.clone(),
+            principal: a.principal.map(|p| (p.authenticator.clone(), p.id.clone())),
+            shared: a.shared,
+        };
+        Lease {
+            deadline,
+            recheck: Some(recheck),
+            audit,
+        }
+    }
+
     /// Records that the tunnel was ended, and why.
     pub fn closed(self, why: &str) {
         tracing::info!(reason = why, "tunnel closed");
@@ -80,50 +157,26 @@ impl Lease {
     }
 }
 
-/// A credential kept to be checked again when the configuration changes.
+/// An admitted tunnel's request, kept to be decided again when the configuration changes:
+/// its caller authenticated again with the credential it presented, and the route's policies
+/// asked again.
 pub struct Recheck {
     shared: Arc<Shared>,
     route: Arc<str>,
-    /// Only the headers credentials travel in.
-    credentials: HeaderMap,
+    request_id: String,
+    host: String,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    client: IpAddr,
+    client_label: Arc<str>,
     client_cert: Option<ClientCert>,
-    authenticator: Arc<str>,
-    id: String,
+    /// The authenticator and id that admitted the caller; `None` on a public route.
+    principal: Option<(Arc<str>, String)>,
 }
 
 impl Recheck {
-    /// Keeps what `principal` was admitted with on `route`.
-    pub fn new(
-        shared: Arc<Shared>,
-        route: &RouteEntry,
-        headers: &HeaderMap,
-        client_cert: Option<&ClientCert>,
-        principal: &Principal,
-    ) -> Self {
-        let mut credentials = HeaderMap::new();
-        let names = std::iter::once(&header::AUTHORIZATION).chain(
-            route
-                .authenticators
-                .iter()
-                .filter_map(|a| a.credential_header()),
-        );
-        for name in names {
-            for v in headers.get_all(name) {
-                credentials.append(HeaderName::clone(name), v.clone());
-            }
-        }
-        Self {
-            shared,
-            route: route.name.clone(),
-            credentials,
-            client_cert: client_cert.cloned(),
-            authenticator: principal.authenticator.clone(),
-            id: principal.id.clone(),
-        }
-    }
-
-    /// Waits for a reload after which the credential no longer admits the same caller to the
-    /// same route; says why.
+    /// Waits for a reload after which the request would no longer be admitted; says why.
     pub async fn revoked(self) -> &'static str {
         let mut reloads = self.shared.reloads.subscribe();
         loop {
@@ -141,13 +194,43 @@ impl Recheck {
         let Some(route) = snapshot.routes.iter().find(|r| r.name == self.route) else {
             return Some("route removed by a reload");
         };
-        let Ok(creds) = Credentials::from_headers(&self.credentials) else {
-            return Some("credential revoked");
+        let principal = match (&route.config.admission, &self.principal) {
+            (Admission::Public, _) => None,
+            // A route that now asks for credentials the tunnel never presented.
+            (Admission::Authenticated { .. }, None) => return Some("credential revoked"),
+            (Admission::Authenticated { .. }, Some((authenticator, id))) => {
+                let Ok(creds) = Credentials::from_headers(&self.headers) else {
+                    return Some("credential revoked");
+                };
+                let creds = creds.with_client_cert(self.client_cert.as_ref());
+                match drawbridge_identity::authenticate(&route.authenticators, &creds).await {
+                    Ok(p) if p.authenticator == *authenticator && p.id == *id => Some(p),
+                    _ => return Some("credential revoked"),
+                }
+            }
         };
-        let creds = creds.with_client_cert(self.client_cert.as_ref());
-        match drawbridge_identity::authenticate(&route.authenticators, &creds).await {
-            Ok(p) if p.authenticator == self.authenticator && p.id == self.id => None,
-            _ => Some("credential revoked"),
+        if route.config.authorize {
+            let p = principal
+                .as_ref()
+                .unwrap_or_else(|| crate::authz::anonymous());
+            let ask = crate::authz::Ask {
+                request_id: &self.request_id,
+                time: SystemTime::now(),
+                method: &http::Method::GET,
+                websocket: true,
+                grpc: false,
+                host: &self.host,
+                path: &self.path,
+                query: self.query.as_deref(),
+                headers: &self.headers,
+                client: self.client,
+                client_label: &self.client_label,
+            };
+            // Decided and audited as at admission; any refusal ends the tunnel.
+            if crate::authz::authorize(snapshot, route, p, &ask, &self.shared).is_err() {
+                return Some("no longer allowed by the policies");
+            }
         }
+        None
     }
 }

@@ -282,8 +282,8 @@ async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
         "{ended:?}"
     );
 
-    // The closings of admitted tunnels are audited, with why.
-    let closings = json_lines(&h.dir.path().join("audit.log"), 2, |l| {
+    // The closings are audited, with why.
+    let closings = json_lines(&h.dir.path().join("audit.log"), 3, |l| {
         l["decision"] == "close"
     })
     .await;
@@ -293,12 +293,57 @@ async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
         .collect();
     assert_eq!(
         reasons,
-        ["credential expired", "credential revoked"],
+        [
+            "credential expired",
+            "credential revoked",
+            "maximum stream lifetime reached"
+        ],
         "{closings:?}"
     );
     assert!(
-        closings
+        closings[..2]
             .iter()
             .all(|c| c["principal"]["id"] == "alice" && c["resource"] == "ws")
     );
+    assert_eq!(closings[2]["principal"]["kind"], "anonymous");
+}
+
+#[tokio::test]
+async fn a_tunnel_ends_when_a_reload_makes_the_policies_refuse_it() {
+    let (url, _seen) = ws_upstream().await;
+    let allow = |range: &str| {
+        format!(
+            "permit (principal is Anonymous, action == Action::\"connect\", resource == Route::\"live\")\n\
+             when {{ context.ip.isInRange(ip(\"{range}\")) }};\n"
+        )
+    };
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n\
+         [[routes]]\nname = \"live\"\nprefix = \"/live\"\nupstream = \"ws\"\npublic = true\nauthorize = true\n\n\
+         [policy]\nfiles = [\"p.cedar\"]\n"
+    ))
+    .replace(common::SERVER_END, &common::server("audit_log = \"audit.log\""));
+    let h = Harness::start_with(&cfg, &[("p.cedar", &allow("127.0.0.0/8"))]).await;
+    let mut ws = open_ws(&h, "/live", None).await;
+    // A reload that changes nothing for it leaves it open.
+    h.proxy.reload().expect("reload");
+    ws.send(Message::Text("still".into())).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::Text("echo:still".into())
+    );
+    // Policies that no longer allow its address close it.
+    std::fs::write(h.dir.path().join("p.cedar"), allow("10.0.0.0/8")).expect("rewrite");
+    h.proxy.reload().expect("reload");
+    let ended = ends_within(&mut ws, std::time::Duration::from_secs(3)).await;
+    assert!(
+        ended.is_some(),
+        "the tunnel outlived the policy that admitted it"
+    );
+    let closings = json_lines(&h.dir.path().join("audit.log"), 1, |l| {
+        l["decision"] == "close"
+    })
+    .await;
+    assert_eq!(closings.len(), 1, "{closings:?}");
+    assert_eq!(closings[0]["reason"], "no longer allowed by the policies");
 }
