@@ -297,21 +297,26 @@ impl Cx<'_> {
         Some(name)
     }
 
-    /// `refuse` or `strip`.
-    fn query_rule(&mut self, field: &str, raw: Option<&Spanned<String>>) -> QueryRule {
-        match raw.map(|s| (s, s.get_ref().as_str())) {
-            None | Some((_, "refuse")) => QueryRule::Refuse,
-            Some((_, "strip")) => QueryRule::Strip,
-            Some((s, other)) => {
-                self.r.error_help(
-                    s.span().start,
-                    field,
-                    format!("unknown setting `{other}`"),
-                    "use `refuse` (400) or `strip` (removed before forwarding)",
-                );
-                QueryRule::Refuse
-            }
+    /// One of a few named settings; the first is the default. An unknown name is reported
+    /// with the ones there are.
+    pub(crate) fn choice<T: Copy>(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<String>>,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(raw) = raw else { return options[0].1 };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == raw.get_ref()) {
+            return *v;
         }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+        self.r.error_help(
+            raw.span().start,
+            field,
+            format!("unknown setting `{}`", raw.get_ref()),
+            format!("use {}", names.join(", ")),
+        );
+        options[0].1
     }
 
     /// `stdout`, `stderr`, `off` or a file path (relative to the config's directory).
@@ -354,23 +359,15 @@ impl Cx<'_> {
         };
         let tls = l.tls.as_ref().map(|t| self.tls(&format!("{at}.tls"), t));
         let limits = self.limits(&format!("{at}.limits"), &l.limits);
-        let nonstandard_header_names = match l.nonstandard_header_names.as_ref() {
-            None => NonstandardHeaderNames::Drop,
-            Some(s) => match s.get_ref().as_str() {
-                "drop" => NonstandardHeaderNames::Drop,
-                "refuse" => NonstandardHeaderNames::Refuse,
-                "forward" => NonstandardHeaderNames::Forward,
-                other => {
-                    self.r.error_help(
-                        s.span().start,
-                        format!("{at}.nonstandard_header_names"),
-                        format!("unknown setting `{other}`"),
-                        "use `drop` (the default), `refuse` (400) or `forward`",
-                    );
-                    NonstandardHeaderNames::Drop
-                }
-            },
-        };
+        let nonstandard_header_names = self.choice(
+            &format!("{at}.nonstandard_header_names"),
+            l.nonstandard_header_names.as_ref(),
+            &[
+                ("drop", NonstandardHeaderNames::Drop),
+                ("refuse", NonstandardHeaderNames::Refuse),
+                ("forward", NonstandardHeaderNames::Forward),
+            ],
+        );
         Some(Listener {
             name: l.name.get_ref().clone(),
             address: address?,
@@ -629,19 +626,14 @@ impl Cx<'_> {
                 UpstreamProtocol::Auto
             }
         };
-        let balance = match u.balance.as_ref().map(|p| p.get_ref().as_str()) {
-            None | Some("round_robin") => Balance::RoundRobin,
-            Some("least_requests") => Balance::LeastRequests,
-            Some(other) => {
-                self.r.error_help(
-                    u.balance.as_ref().map_or(0, |p| p.span().start),
-                    format!("{at}.balance"),
-                    format!("unknown balancing `{other}`"),
-                    "use `round_robin` or `least_requests`",
-                );
-                Balance::RoundRobin
-            }
-        };
+        let balance = self.choice(
+            &format!("{at}.balance"),
+            u.balance.as_ref(),
+            &[
+                ("round_robin", Balance::RoundRobin),
+                ("least_requests", Balance::LeastRequests),
+            ],
+        );
         let ca = u
             .ca_file
             .as_ref()
@@ -887,34 +879,31 @@ impl Cx<'_> {
             .as_ref()
             .map(|v| self.int(&format!("{at}.max_body_bytes"), Some(v), 0, i64::MAX, 0) as u64);
         let pass_headers = self.pass_headers(&at, r);
-        let query_credentials = self.query_rule(
+        let rules = [("refuse", QueryRule::Refuse), ("strip", QueryRule::Strip)];
+        let query_credentials = self.choice(
             &format!("{at}.query_credentials"),
             r.query_credentials.as_ref(),
+            &rules,
         );
-        let method_override =
-            self.query_rule(&format!("{at}.method_override"), r.method_override.as_ref());
+        let method_override = self.choice(
+            &format!("{at}.method_override"),
+            r.method_override.as_ref(),
+            &rules,
+        );
         let max_stream_lifetime = self.duration(
             &format!("{at}.max_stream_lifetime"),
             r.max_stream_lifetime.as_ref(),
             Duration::from_secs(24 * 3600),
         );
-        let forward_client_cert = match r.forward_client_cert.as_ref() {
-            None => ForwardClientCert::Off,
-            Some(v) => match v.get_ref().as_str() {
-                "off" => ForwardClientCert::Off,
-                "on" => ForwardClientCert::On,
-                "with_subject" => ForwardClientCert::WithSubject,
-                other => {
-                    self.r.error_help(
-                        v.span().start,
-                        format!("{at}.forward_client_cert"),
-                        format!("unknown setting `{other}`"),
-                        "use `off`, `on` (Hash, URI, DNS) or `with_subject` (and Subject)",
-                    );
-                    ForwardClientCert::Off
-                }
-            },
-        };
+        let forward_client_cert = self.choice(
+            &format!("{at}.forward_client_cert"),
+            r.forward_client_cert.as_ref(),
+            &[
+                ("off", ForwardClientCert::Off),
+                ("on", ForwardClientCert::On),
+                ("with_subject", ForwardClientCert::WithSubject),
+            ],
+        );
         Some(Route {
             forward_client_cert,
             max_stream_lifetime,

@@ -292,10 +292,9 @@ fn challenges(e: &AuthError, schemes: Schemes) -> Vec<HeaderValue> {
 /// case-insensitive; a second `Content-Type` is refused in sanitize).
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.len() >= GRPC.len()
-            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-            && matches!(v.get(GRPC.len()), None | Some(b'+' | b'-' | b';' | b' '))
+    crate::sanitize::media_type(headers).is_some_and(|m| {
+        m.len() >= GRPC.len()
+            && m[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(m.get(GRPC.len()), None | Some(b'+' | b'-'))
     })
 }

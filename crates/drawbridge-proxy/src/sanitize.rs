@@ -431,6 +431,17 @@ pub fn strip_request_trailers(
     }
 }
 
+/// The media type of the request's `Content-Type` (`type/subtype`, parameters and white
+/// space left out), as sent: compare it without case.
+pub fn media_type(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    let end = v
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(v.len());
+    Some(&v[..end])
+}
+
 /// Query parameters that carry a credential (RFC 6750 §2.3 `access_token`, API keys, OIDC
 /// tokens), as canonical names with `-` read as `_`.
 const CREDENTIAL_PARAMS: &[&str] = &[

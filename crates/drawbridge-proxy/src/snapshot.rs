@@ -32,8 +32,6 @@ pub struct Snapshot {
     pub identity_header: http::HeaderName,
     /// Which client headers never reach an upstream.
     pub header_rules: Arc<crate::sanitize::HeaderRules>,
-    /// How many routes the configuration declares.
-    pub route_count: usize,
     /// Every route, in config order.
     pub routes: Vec<Arc<RouteEntry>>,
     /// The compiled policies, when the configuration has a `[policy]`.
@@ -257,7 +255,6 @@ impl Snapshot {
         }
         Ok(Snapshot {
             version_label: config.version.as_str().into(),
-            route_count: config.routes.len(),
             routes,
             policies,
             warnings,

@@ -167,7 +167,7 @@ fn check(config: &std::path::Path) -> ExitCode {
                 config.display(),
                 s.listeners.len(),
                 s.upstreams.len(),
-                s.route_count,
+                s.routes.len(),
                 s.authenticators.len(),
                 s.version
             );

@@ -11,6 +11,15 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// A channel to the harness's listener.
+async fn channel(h: &Harness) -> Channel {
+    Channel::from_shared(h.url(""))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
 async fn setup() -> (GrpcUpstream, Harness, EchoClient<Channel>) {
     let up = GrpcUpstream::start().await;
     let h = Harness::start(&config(&format!(
@@ -19,12 +28,8 @@ async fn setup() -> (GrpcUpstream, Harness, EchoClient<Channel>) {
         up.url()
     )))
     .await;
-    let channel = Channel::from_shared(h.url(""))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    (up, h, EchoClient::new(channel))
+    let client = EchoClient::new(channel(&h).await);
+    (up, h, client)
 }
 
 #[tokio::test]
@@ -136,12 +141,7 @@ async fn server_client_and_bidirectional_streams() {
 async fn drawbridge_refusals_are_grpc_statuses() {
     let (up, h, _client) = setup().await;
     // A method outside the route: Drawbridge answers UNIMPLEMENTED itself.
-    let channel = Channel::from_shared(h.url(""))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(channel(&h).await);
     grpc.ready().await.expect("ready");
     let path = http::uri::PathAndQuery::from_static("/other.Service/Call");
     let codec = tonic_prost_codec();
@@ -154,12 +154,7 @@ async fn drawbridge_refusals_are_grpc_statuses() {
 
     // The upstream gone: UNAVAILABLE.
     drop(up);
-    let channel = Channel::from_shared(h.url(""))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = EchoClient::new(channel);
+    let mut client = EchoClient::new(channel(&h).await);
     let err = client.unary(Msg::default()).await.expect_err("unavailable");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
@@ -185,12 +180,7 @@ async fn a_stream_ends_when_the_credential_that_admitted_it_expires() {
     let token = key.sign(&serde_json::json!({
         "iss": "https://idp.test/", "aud": "drawbridge", "sub": "alice", "iat": n, "exp": n + 2,
     }));
-    let channel = Channel::from_shared(h.url(""))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = EchoClient::new(channel);
+    let mut client = EchoClient::new(channel(&h).await);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(Msg {
         text: "a".into(),

@@ -81,6 +81,24 @@ async fn connect(
         .await
 }
 
+/// GET `uri` over HTTP/2 on the TLS connection `s`.
+async fn h2_get(
+    s: tokio_rustls::client::TlsStream<TcpStream>,
+    uri: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(s),
+    )
+    .await
+    .expect("h2");
+    tokio::spawn(conn);
+    let req = http::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send.send_request(req).await.expect("response")
+}
+
 #[tokio::test]
 async fn sni_selects_the_certificate_and_alpn_the_protocol() {
     let t = setup("1.2").await;
@@ -90,17 +108,7 @@ async fn sni_selects_the_certificate_and_alpn_the_protocol() {
             .await
             .unwrap_or_else(|e| panic!("{sni}: {e}"));
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(s),
-        )
-        .await
-        .expect("h2");
-        tokio::spawn(conn);
-        let req = http::Request::get(format!("https://{sni}/x"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let res = send.send_request(req).await.expect("response");
+        let res = h2_get(s, &format!("https://{sni}/x")).await;
         assert_eq!(res.status(), 200);
         let _ = res.into_body().collect().await;
         let got = t.up.last().expect("forwarded");
@@ -194,17 +202,7 @@ async fn a_host_of_another_certificate_than_the_sni_is_misdirected() {
         let s = connect(&t, sni, &[b"h2"], &[&rustls::version::TLS13])
             .await
             .expect("tls");
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(s),
-        )
-        .await
-        .expect("h2");
-        tokio::spawn(conn);
-        let req = http::Request::get(format!("https://{host}/x"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let res = send.send_request(req).await.expect("response");
+        let res = h2_get(s, &format!("https://{host}/x")).await;
         assert_eq!(res.status(), status, "h2 sni {sni}, host {host}");
         assert_eq!(t.up.count(), if status == 200 { 2 } else { 0 });
     }

@@ -139,22 +139,14 @@ impl Cx<'_> {
             }
         };
         let raw_claims = a.claims.as_ref().map(Spanned::get_ref);
-        let groups_format = match raw_claims.and_then(|c| c.groups_format.as_ref()) {
-            None => GroupsFormat::Array,
-            Some(f) => match f.get_ref().as_str() {
-                "array" => GroupsFormat::Array,
-                "space_separated" => GroupsFormat::SpaceSeparated,
-                other => {
-                    self.r.error_help(
-                        f.span().start,
-                        format!("{at}.claims.groups_format"),
-                        format!("unknown format `{other}`"),
-                        "use `array` (a JSON array of strings) or `space_separated` (one string, as OAuth `scope`)",
-                    );
-                    GroupsFormat::Array
-                }
-            },
-        };
+        let groups_format = self.choice(
+            &format!("{at}.claims.groups_format"),
+            raw_claims.and_then(|c| c.groups_format.as_ref()),
+            &[
+                ("array", GroupsFormat::Array),
+                ("space_separated", GroupsFormat::SpaceSeparated),
+            ],
+        );
         let claims = ClaimMapping {
             groups_format,
             id: raw_claims
