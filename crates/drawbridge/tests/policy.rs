@@ -188,17 +188,21 @@ impl Setup {
 
     /// The audit event of the last request the upstream or the client saw for `path`.
     async fn audit_for(&self, path: &str, method: &str) -> Value {
+        self.audit_where(|e| e["path"] == path && e["action"] == method)
+            .await
+    }
+
+    /// The last audit event that `matches`, waiting for the writer to catch up:
+    /// events are written off the request path, so an earlier one may be on
+    /// disk before a later one.
+    async fn audit_where(&self, matches: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;
         eventually(Duration::from_secs(5), || {
-            let events = self.audit();
-            found = events
-                .into_iter()
-                .rev()
-                .find(|e| e["path"] == path && e["action"] == method);
+            found = self.audit().into_iter().rev().find(|e| matches(e));
             std::future::ready(found.is_some())
         })
         .await;
-        found.unwrap_or_else(|| panic!("no audit event for {method} {path}: {:?}", self.audit()))
+        found.unwrap_or_else(|| panic!("no matching audit event: {:?}", self.audit()))
     }
 }
 
@@ -341,17 +345,16 @@ async fn groups_decide_writes_and_forbid_overrides_permit() {
     s.expect("PUT", "/reports/q3", &dave, 200, &s.shop).await;
     s.expect("DELETE", "/reports/q3", &dave, 403, &s.shop).await;
     s.expect("DELETE", "/reports/q3", &root, 200, &s.shop).await;
-    let forbidden = s.audit_for("/reports/q3", "DELETE").await;
-    // The last DELETE was root's (allowed); find dave's.
-    let events = s.audit();
-    let dave_delete = events
-        .iter()
-        .find(|e| e["action"] == "DELETE" && e["principal"]["id"] == "dave")
-        .expect("dave's delete audited");
+    let deletes_by = |who: &'static str| {
+        move |e: &Value| e["action"] == "DELETE" && e["principal"]["id"] == who
+    };
+    let dave_delete = s.audit_where(deletes_by("dave")).await;
     assert_eq!(dave_delete["decision"], "deny");
     assert_eq!(dave_delete["policies"], json!(["reports-no-delete"]));
+    let root_delete = s.audit_where(deletes_by("root")).await;
+    assert_eq!(root_delete["decision"], "allow");
     assert_eq!(
-        forbidden["principal"]["groups"],
+        root_delete["principal"]["groups"],
         json!(["editors", "admins"])
     );
 }
