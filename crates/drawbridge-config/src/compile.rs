@@ -832,7 +832,7 @@ impl Cx<'_> {
             );
         }
         let admission = self.admission(&at, start, r, names.authenticators);
-        let (authorize, params, context) = self.route_policy(
+        let (authorization, params, context) = self.route_policy(
             &at,
             start,
             r,
@@ -917,11 +917,10 @@ impl Cx<'_> {
             methods,
             upstream: upstream?,
             strip_prefix,
-            admission: admission?,
+            admission: admission?.with(authorization),
             listeners: route_listeners,
             max_body_bytes,
             identity_headers,
-            authorize,
             params,
             context,
             location: self.r.locate(start),

@@ -150,6 +150,27 @@ pub fn is_stripped(folded: &str) -> bool {
             .any(|p| p.as_bytes()[0] == first && folded.starts_with(p))
 }
 
+/// Why a client header can never be handed to policies (`[routes.context] headers`), if it
+/// cannot. Policies see the headers as sanitize leaves them: a name sanitize removes would
+/// only ever be absent there, and a credential is never for a policy to read.
+pub fn hidden_from_policies(name: &str) -> Option<&'static str> {
+    let folded = fold(name);
+    if matches!(
+        &*folded,
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) {
+        Some("carries a credential; the caller is `principal`")
+    } else if is_nonstandard(name) {
+        Some("is a spelling servers fold into another name; such names never reach a policy")
+    } else if is_drawbridge_set(&folded) {
+        Some("is set by Drawbridge or frames the connection; the client address is `context.ip`")
+    } else if is_stripped(&folded) {
+        Some("is an identity, address or verdict header Drawbridge removes from every client")
+    } else {
+        None
+    }
+}
+
 /// One entry of a configured list: an exact name, or a prefix when it ends in `*`.
 pub fn matches_entry(entry: &str, folded: &str) -> bool {
     match entry.strip_suffix('*') {

@@ -423,9 +423,6 @@ pub struct Route {
     /// Also send the principal as plain `X-Drawbridge-User` and `X-Drawbridge-Groups`
     /// headers, for upstreams that cannot verify a JWT.
     pub identity_headers: bool,
-    /// Whether the policies decide who may use the route. False only for public routes and
-    /// for routes that say `authorize = false`.
-    pub authorize: bool,
     /// Names of the path parameters its pattern captures (`/orders/{order_id}`), in order.
     pub params: Vec<String>,
     /// What of the request its policies see beside the path (`[routes.context]`).
@@ -460,11 +457,15 @@ pub struct RouteContext {
     pub headers: Vec<String>,
 }
 
-/// How a route admits callers.
+/// How a route admits callers: who may come in, and whether its policies decide about them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Anyone, without credentials (`public = true`).
-    Public,
+    /// Anyone, without credentials (`public = true`); with `authorize = true` the policies
+    /// decide about the anonymous caller (its address, the time, the path).
+    Public {
+        /// Whether the route's policies decide.
+        authorization: Authorization,
+    },
     /// Callers one of the authenticators admits, tried in order (`authenticate = [...]`).
     Authenticated {
         /// Indexes into [`Config::authenticators`].
@@ -472,7 +473,50 @@ pub enum Admission {
         /// Forward the client's own credentials (`pass_credentials = true`); by default the
         /// upstream never sees them.
         pass_credentials: bool,
+        /// Whether the route's policies decide (`authorize = false` admits every
+        /// authenticated caller).
+        authorization: Authorization,
     },
+}
+
+/// Whether a route's policies are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// The route's Cedar policies decide every request.
+    Policies,
+    /// Nobody is asked: everyone the route admits reaches the upstream.
+    Unchecked,
+}
+
+impl Admission {
+    /// Whether the route's policies decide who may use it.
+    pub fn authorizes(&self) -> bool {
+        let (Self::Public { authorization } | Self::Authenticated { authorization, .. }) = self;
+        *authorization == Authorization::Policies
+    }
+
+    /// The same admission, decided (or not) by policies as `authorization` says.
+    pub fn with(self, authorization: Authorization) -> Self {
+        match self {
+            Self::Public { .. } => Self::Public { authorization },
+            Self::Authenticated {
+                authenticators,
+                pass_credentials,
+                ..
+            } => Self::Authenticated {
+                authenticators,
+                pass_credentials,
+                authorization,
+            },
+        }
+    }
+}
+
+impl Route {
+    /// Whether the route's policies decide who may use it.
+    pub fn authorizes(&self) -> bool {
+        self.admission.authorizes()
+    }
 }
 
 /// A way for callers to prove who they are (`[[authenticators]]`).

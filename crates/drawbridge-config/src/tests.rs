@@ -229,7 +229,8 @@ fn a_jwt_authenticator_compiles_with_safe_defaults() {
         cfg.routes[0].admission,
         Admission::Authenticated {
             authenticators: vec![0],
-            pass_credentials: false
+            pass_credentials: false,
+            authorization: Authorization::Unchecked,
         }
     );
 }
@@ -547,4 +548,45 @@ fn header_and_query_rules_are_checked() {
         ok.listeners[0].nonstandard_header_names,
         NonstandardHeaderNames::Drop
     );
+}
+
+/// Policies read headers as sanitize leaves them: a header the gateway removes (in any
+/// spelling), a credential or one Drawbridge sets is refused by the one list the proxy
+/// strips with, unless the route lets that removed header through.
+#[test]
+fn policies_are_never_handed_a_header_the_gateway_removes() {
+    let hidden = [
+        "true-client-ip",
+        "x-forwarded-for",
+        "x_forwarded_for",
+        "x-auth-user",
+        "remote-user",
+        "x-real-ip",
+        "cookie",
+        "authorization",
+        "x-drawbridge-user",
+        "connection",
+        "x.region",
+    ];
+    let list = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let src = format!(
+        "{BASE}{JWT}\n[policy]\nfiles = [\"p.cedar\"]\n{}[routes.context]\nheaders = [{}, \"x-region\", \"x-auth-team\"]\n",
+        route("authenticate = [\"corp\"]\npass_headers = [\"x-auth-team\"]"),
+        list(&hidden),
+    );
+    let refused: Vec<String> = errors(&src)
+        .into_iter()
+        .filter(|d| d.field.contains("context.headers"))
+        .map(|d| d.field)
+        .collect();
+    let expected: Vec<String> = (0..hidden.len())
+        .map(|i| format!("routes[0].context.headers[{i}]"))
+        .collect();
+    assert_eq!(refused, expected);
 }

@@ -280,6 +280,11 @@ pub async fn authenticate(
         (None, Some(Ok(iss))) => Err(AuthError::Invalid(Refusal::Issuer(
             iss.chars().take(128).collect(),
         ))),
+        // A credential no authenticator of the route reads: say which, not "none".
+        _ if creds.bearer.is_some() => {
+            Err(AuthError::Invalid(Refusal::NotAccepted("a bearer token")))
+        }
+        _ if creds.api_key.is_some() => Err(AuthError::Invalid(Refusal::NotAccepted("an API key"))),
         _ => Err(AuthError::Missing),
     }
 }

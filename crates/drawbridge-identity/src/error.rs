@@ -67,6 +67,14 @@ pub enum Refusal {
     /// An API key that is malformed, unknown, wrong or expired.
     #[error("api key: {0}")]
     ApiKey(&'static str),
+    /// A credential of a kind none of the route's authenticators reads (a bearer token on a
+    /// route that takes only API keys).
+    #[error("{0} presented, but no authenticator of the route reads it")]
+    NotAccepted(&'static str),
+    /// A caller described by a `drawbridge test` case that the authenticator would not
+    /// admit.
+    #[error("test case: {0}")]
+    Simulated(String),
     /// `exp` lies further from `iat` (or now) than the issuer allows.
     #[error("token: lifetime exceeds the maximum of {0}s")]
     Lifetime(u64),

@@ -109,7 +109,7 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
     let mut routes = Vec::new();
     let mut used: HashSet<PolicyId> = HashSet::new();
     for r in &config.routes {
-        if !r.authorize {
+        if !r.authorizes() {
             routes.push(None);
             continue;
         }
@@ -520,7 +520,7 @@ fn caller_name(config: &Config, ty: &str, id: &str) -> Option<(String, String, b
 /// A query parameter read as two types by two routes cannot have one type in the schema.
 fn query_types_agree(config: &Config, errors: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<&str, (drawbridge_config::ValueType, &str)> = HashMap::new();
-    for r in config.routes.iter().filter(|r| r.authorize) {
+    for r in config.routes.iter().filter(|r| r.authorizes()) {
         for (q, t) in &r.context.query {
             match seen.get(q.as_str()) {
                 Some((t0, other)) if t0 != t => errors.push(Diagnostic {

@@ -14,7 +14,7 @@ pub fn text(config: &Config) -> String {
     let mut params = BTreeMap::new();
     let mut query = BTreeMap::new();
     let mut headers = BTreeMap::new();
-    for r in config.routes.iter().filter(|r| r.authorize) {
+    for r in config.routes.iter().filter(|r| r.authorizes()) {
         for p in &r.params {
             params.insert(p.clone(), ValueType::String);
         }

@@ -363,7 +363,7 @@ impl ResponseBody {
                 f.give_back(sender);
             }
             drop(in_flight);
-            event.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            event.duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
             log.record(event);
         }
     }

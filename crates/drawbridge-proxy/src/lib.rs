@@ -3,17 +3,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod authz;
-pub mod body;
+// The phases, in the order a request meets them (ARCHITECTURE.md §1).
+pub mod accept;
+pub mod admission;
+pub mod authenticate;
+pub mod authorize;
 pub mod forward;
+pub mod mutate;
+pub mod parse;
+pub mod record;
+pub mod sanitize;
+
+// What they run over.
+pub mod body;
+pub mod context;
 pub mod io;
 pub mod pipeline;
-pub mod probe;
 pub mod reload;
 pub mod rescue;
 pub mod route;
-pub mod sanitize;
-pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
@@ -29,7 +37,7 @@ use drawbridge_config::{AccessLogTarget, ConfigError};
 use drawbridge_telemetry::{AccessLog, AuditLog, JsonLog, Sink};
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::pipeline::{RequestIds, Shared};
+use crate::context::{RequestIds, Shared};
 use crate::snapshot::Snapshot;
 
 /// Why Drawbridge could not start.
@@ -125,7 +133,7 @@ impl Proxy {
 
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
-            let listener = server::bind(l.address).map_err(|source| StartError::Io {
+            let listener = accept::bind(l.address).map_err(|source| StartError::Io {
                 what: format!("binding listener `{}` to {}", l.name, l.address),
                 source,
             })?;
@@ -153,7 +161,7 @@ impl Proxy {
         for (i, (name, local, listener)) in bound.into_iter().enumerate() {
             tracing::info!(listener = %name, address = %local, "listening");
             addrs.push((name, local));
-            tasks.push(tokio::spawn(server::accept_loop(
+            tasks.push(tokio::spawn(accept::accept_loop(
                 shared.clone(),
                 i,
                 listener,

@@ -286,15 +286,3 @@ fn challenges(e: &AuthError, schemes: Schemes) -> Vec<HeaderValue> {
         .filter_map(|c| HeaderValue::from_str(&c).ok())
         .collect()
 }
-
-/// Whether a request is a gRPC call (answered with gRPC statuses): its media type is
-/// `application/grpc`, alone or with a `+` suffix, in any case (media types are
-/// case-insensitive; a second `Content-Type` is refused in sanitize).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    crate::sanitize::media_type(headers).is_some_and(|m| {
-        m.len() >= GRPC.len()
-            && m[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-            && matches!(m.get(GRPC.len()), None | Some(b'+' | b'-'))
-    })
-}

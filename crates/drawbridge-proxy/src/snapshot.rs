@@ -184,7 +184,7 @@ impl Snapshot {
             .enumerate()
             .map(|(index, r)| {
                 let authenticators: Vec<Arc<Authenticator>> = match &r.admission {
-                    Admission::Public => Vec::new(),
+                    Admission::Public { .. } => Vec::new(),
                     Admission::Authenticated {
                         authenticators: list,
                         ..

@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::net::IpAddr;
 
-use drawbridge_config::Admission;
-use drawbridge_identity::{ClientCert, Credentials, Principal};
+use drawbridge_identity::{ClientCert, Principal};
 use drawbridge_telemetry::{AuditEvent, AuditLog};
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::pipeline::{ConnInfo, Shared};
+use crate::admission::{Ask, Kind, Proof};
+use crate::context::{ConnInfo, Ctx, Shared};
 use crate::snapshot::{RouteEntry, Snapshot};
 
 /// When an exchange must end, and why.
@@ -81,22 +81,14 @@ pub struct Admitted<'a> {
     pub shared: Arc<Shared>,
     /// The configuration that admitted it.
     pub snapshot: &'a Snapshot,
-    /// Its route.
-    pub route: &'a RouteEntry,
-    /// Its caller; `None` on a public route.
-    pub principal: Option<&'a Arc<Principal>>,
-    /// Its request id.
-    pub request_id: &'a str,
-    /// The host it was routed by.
-    pub host: &'a str,
-    /// Its normalised path.
-    pub path: &'a str,
+    /// What admission decided.
+    pub admitted: &'a crate::admission::Admitted,
+    /// The request.
+    pub ctx: &'a Ctx,
     /// Its query as forwarded.
     pub query: Option<&'a str>,
     /// Its headers after sanitize, credentials still in them.
     pub headers: &'a HeaderMap,
-    /// The client's address as policies see it.
-    pub client: IpAddr,
     /// The connection.
     pub conn: &'a ConnInfo,
 }
@@ -104,38 +96,38 @@ pub struct Admitted<'a> {
 impl Lease {
     /// The lease of a tunnel admitted as `a`, ending at `deadline` at the latest.
     pub fn new(deadline: Deadline, a: Admitted<'_>) -> Lease {
+        let route = &a.admitted.route;
         let audit = a.shared.audit.enabled().then(|| {
-            let p = a.principal.unwrap_or_else(|| crate::authz::anonymous());
-            let event = AuditEvent {
-                time: SystemTime::now(),
-                log: "audit",
-                request_id: a.request_id.to_string(),
-                version: a.snapshot.version_label.clone(),
-                principal: crate::authz::audit_principal(p),
-                action: drawbridge_policy::Action::WebSocket.id(),
-                resource: a.route.name.clone(),
-                upstream: a.route.upstream.name.clone(),
-                path: a.path.to_string(),
-                client: a.conn.peer_label.clone(),
-                decision: "close",
-                reason: None,
-                policies: Vec::new(),
-                errors: Vec::new(),
-                shadow: None,
+            let p = a
+                .admitted
+                .principal
+                .as_ref()
+                .unwrap_or_else(|| crate::authenticate::anonymous());
+            let about = crate::record::About {
+                request_id: a.ctx.request_id(),
+                time: a.ctx.time(),
+                path: &a.ctx.path.decoded,
+                client: &a.conn.peer_label,
             };
+            let mut event = crate::record::audit_event(a.snapshot, route, p, &about);
+            event.action = drawbridge_policy::Action::WebSocket.id();
             (a.shared.audit.clone(), event)
         });
         let recheck = Recheck {
-            route: a.route.name.clone(),
-            request_id: a.request_id.to_string(),
-            host: a.host.to_string(),
-            path: a.path.to_string(),
+            route: route.name.clone(),
+            request_id: a.ctx.request_id().to_string(),
+            host: a.ctx.host.clone(),
+            path: a.ctx.path.decoded.clone(),
             query: a.query.map(str::to_string),
             headers: a.headers.clone(),
-            client: a.client,
+            client: a.ctx.client,
             client_label: a.conn.peer_label.clone(),
             client_cert: a.conn.client_cert.clone(),
-            principal: a.principal.map(|p| (p.authenticator.clone(), p.id.clone())),
+            principal: a
+                .admitted
+                .principal
+                .as_ref()
+                .map(|p| (p.authenticator.clone(), p.id.clone())),
             shared: a.shared,
         };
         Lease {
@@ -194,43 +186,46 @@ impl Recheck {
         let Some(route) = snapshot.routes.iter().find(|r| r.name == self.route) else {
             return Some("route removed by a reload");
         };
-        let principal = match (&route.config.admission, &self.principal) {
-            (Admission::Public, _) => None,
-            // A route that now asks for credentials the tunnel never presented.
-            (Admission::Authenticated { .. }, None) => return Some("credential revoked"),
-            (Admission::Authenticated { .. }, Some((authenticator, id))) => {
-                let Ok(creds) = Credentials::from_headers(&self.headers) else {
-                    return Some("credential revoked");
-                };
-                let creds = creds.with_client_cert(self.client_cert.as_ref());
-                match drawbridge_identity::authenticate(&route.authenticators, &creds).await {
-                    Ok(p) if p.authenticator == *authenticator && p.id == *id => Some(p),
-                    _ => return Some("credential revoked"),
-                }
-            }
+        let ask = Ask {
+            host: &self.host,
+            path: &self.path,
+            method: "GET",
+            kind: Kind::WebSocket,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            client: self.client,
+            time: SystemTime::now(),
         };
-        if route.config.authorize {
-            let p = principal
-                .as_ref()
-                .unwrap_or_else(|| crate::authz::anonymous());
-            let ask = crate::authz::Ask {
-                request_id: &self.request_id,
-                time: SystemTime::now(),
-                method: &http::Method::GET,
-                websocket: true,
-                grpc: false,
-                host: &self.host,
-                path: &self.path,
-                query: self.query.as_deref(),
-                headers: &self.headers,
-                client: self.client,
-                client_label: &self.client_label,
-            };
-            // Decided and audited as at admission; any refusal ends the tunnel.
-            if crate::authz::authorize(snapshot, route, p, &ask, &self.shared).is_err() {
-                return Some("no longer allowed by the policies");
-            }
+        let proof = Proof::Presented {
+            client_cert: self.client_cert.as_ref(),
+        };
+        // Admitted again as at first, by the same core; decided and audited as then.
+        let outcome = crate::admission::admit(snapshot, route.clone(), proof, &ask).await;
+        let about = crate::record::About {
+            request_id: &self.request_id,
+            time: ask.time,
+            path: &self.path,
+            client: &self.client_label,
+        };
+        let (admitted, decided) = match &outcome {
+            Ok(a) => (a.principal.as_ref(), a.decided.as_ref()),
+            Err(r) => (None, r.decided.as_ref()),
+        };
+        if let Some(d) = decided {
+            crate::record::decision(&self.shared, snapshot, route, d, &about);
         }
-        None
+        match (&outcome, &self.principal) {
+            (Err(r), _) if r.decided.is_some() => Some("no longer allowed by the policies"),
+            (Err(_), _) => Some("credential revoked"),
+            // The same credential now admits someone else, or a route that now asks for
+            // credentials was entered without them.
+            (Ok(_), Some((authenticator, id)))
+                if admitted.is_some_and(|p| p.authenticator != *authenticator || p.id != *id) =>
+            {
+                Some("credential revoked")
+            }
+            (Ok(_), None) if admitted.is_some() => Some("credential revoked"),
+            (Ok(_), _) => None,
+        }
     }
 }

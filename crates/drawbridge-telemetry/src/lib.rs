@@ -72,8 +72,9 @@ pub struct AccessEvent {
     pub bytes_sent: u64,
     /// Upstream endpoint that served the request.
     pub upstream: Option<Arc<str>>,
-    /// Milliseconds from request arrival to the end of the response.
-    pub duration_ms: f64,
+    /// Microseconds from request arrival to the end of the response (an integer: no float
+    /// noise in the log).
+    pub duration_us: u64,
     /// The phase that refused the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
@@ -410,7 +411,7 @@ mod tests {
             grpc_status: None,
             bytes_sent: 0,
             upstream: None,
-            duration_ms: 0.5,
+            duration_us: 500,
             phase: Some(Phase::Route),
             reason: Some("no route".into()),
         };

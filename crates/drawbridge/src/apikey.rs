@@ -9,7 +9,7 @@ use drawbridge_identity::apikey;
 pub fn secret() -> ExitCode {
     match apikey::new_secret() {
         Ok(s) => {
-            println!("{s}");
+            crate::out::say!("{s}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -33,7 +33,7 @@ pub struct NewArgs<'a> {
 pub fn new(args: NewArgs<'_>) -> ExitCode {
     match make(&args) {
         Ok(text) => {
-            print!("{text}");
+            crate::out::text(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -3,6 +3,7 @@
 
 mod apikey;
 mod demo;
+mod out;
 mod policytest;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request; glibc's malloc
@@ -162,7 +163,7 @@ fn check(config: &std::path::Path) -> ExitCode {
                     (n, 0) => format!(", {n} policies"),
                     (n, shadow) => format!(", {n} policies + {shadow} in shadow"),
                 });
-            println!(
+            crate::out::say!(
                 "ok: {} is valid ({} listeners, {} upstreams, {} routes, {} authenticators{policies}; version {})",
                 config.display(),
                 s.listeners.len(),
@@ -183,7 +184,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 fn schema(config: &std::path::Path) -> ExitCode {
     match drawbridge_config::load(config) {
         Ok(c) => {
-            print!("{}", drawbridge_policy::schema::text(&c));
+            crate::out::text(&drawbridge_policy::schema::text(&c));
             ExitCode::SUCCESS
         }
         Err(e) => {

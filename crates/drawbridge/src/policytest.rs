@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use drawbridge_identity::Simulated;
-use drawbridge_proxy::probe::{Outcome, Probe, ProbeKind};
+use drawbridge_proxy::admission::{Decided, Proof, Refused};
+use drawbridge_proxy::context::{ConnInfo, Ctx};
+use drawbridge_proxy::pipeline::Entry;
+use drawbridge_proxy::rescue::ProxyError;
+use drawbridge_proxy::snapshot::{RouteEntry, Snapshot};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -98,6 +102,17 @@ pub fn run(config: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Admission is async (authenticators may fetch keys); a simulated caller never waits.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (mut passed, mut failed) = (0usize, 0usize);
     for f in &files {
         let text = match std::fs::read_to_string(f) {
@@ -118,19 +133,19 @@ pub fn run(config: &Path) -> ExitCode {
         for case in &parsed.cases {
             let line = line_of(&text, case.span().start);
             let c = case.get_ref();
-            match check(&snapshot, c) {
+            match runtime.block_on(check(&snapshot, c)) {
                 Ok(()) => {
                     passed += 1;
-                    println!("ok    {}:{line}  {}", f.display(), c.name);
+                    crate::out::say!("ok    {}:{line}  {}", f.display(), c.name);
                 }
                 Err(why) => {
                     failed += 1;
-                    println!("FAIL  {}:{line}  {}\n      {why}", f.display(), c.name);
+                    crate::out::say!("FAIL  {}:{line}  {}\n      {why}", f.display(), c.name);
                 }
             }
         }
     }
-    println!(
+    crate::out::say!(
         "\n{} cases: {passed} passed, {failed} failed (config version {})",
         passed + failed,
         snapshot.version
@@ -143,7 +158,7 @@ pub fn run(config: &Path) -> ExitCode {
 }
 
 /// Runs one case; `Err` says how it failed.
-fn check(snapshot: &drawbridge_proxy::snapshot::Snapshot, c: &Case) -> Result<(), String> {
+async fn check(snapshot: &Snapshot, c: &Case) -> Result<(), String> {
     let mut headers = http::HeaderMap::new();
     for (k, v) in &c.headers {
         let name = http::HeaderName::from_bytes(k.as_bytes())
@@ -173,32 +188,14 @@ fn check(snapshot: &drawbridge_proxy::snapshot::Snapshot, c: &Case) -> Result<()
             Some((p.authenticator.as_str(), sim))
         }
     };
-    let method = c.method.to_ascii_uppercase();
-    let probe = Probe {
-        listener: c.listener.as_deref(),
-        method: &method,
-        host: &c.host,
-        target: &c.path,
-        headers: &headers,
-        client: c
-            .client_ip
-            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
-        time,
-        kind: match c.kind {
-            Kind::Http => ProbeKind::Http,
-            Kind::Grpc => ProbeKind::Grpc,
-            Kind::Websocket => ProbeKind::WebSocket,
-        },
-        caller,
-    };
-    let outcome = snapshot.probe(&probe);
+    let outcome = decide(snapshot, c, headers, time, caller).await?;
     let (got, verdicts) = match &outcome {
         Outcome::Allowed(v) => (Expect::Allow, Some(v)),
         Outcome::Denied(v) => (Expect::Deny, Some(v)),
         Outcome::Unchecked => (Expect::Unchecked, None),
         Outcome::BadRequest(_) => (Expect::BadRequest, None),
         Outcome::Unauthenticated(_) => (Expect::Unauthenticated, None),
-        Outcome::NotFound => (Expect::NotFound, None),
+        Outcome::NotFound(_) => (Expect::NotFound, None),
         Outcome::MethodNotAllowed => (Expect::MethodNotAllowed, None),
     };
     if got != c.expect {
@@ -277,9 +274,170 @@ fn describe(o: &Outcome) -> String {
         Outcome::Unchecked => "unchecked (a public route, or `authorize = false`)".into(),
         Outcome::BadRequest(why) => format!("bad_request ({why})"),
         Outcome::Unauthenticated(why) => format!("unauthenticated ({why})"),
-        Outcome::NotFound => "not_found (no route)".into(),
+        Outcome::NotFound(why) => format!("not_found ({why})"),
         Outcome::MethodNotAllowed => "method_not_allowed".into(),
     }
+}
+
+/// How the pipeline ended a case, up to and including the authorize phase.
+#[derive(Debug)]
+enum Outcome {
+    /// The policies allow it.
+    Allowed(Verdicts),
+    /// The policies deny it.
+    Denied(Verdicts),
+    /// Admitted without policies: a public route, or one with `authorize = false`.
+    Unchecked,
+    /// 400: the target, the host, a header, the query or a credential cannot be read one way.
+    BadRequest(String),
+    /// 401: no credentials, or the route does not accept this caller.
+    Unauthenticated(String),
+    /// 404 (or 421, another virtual host than the listener's certificate serves).
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+}
+
+/// The enforced and shadow verdicts, and the route that decided.
+#[derive(Debug)]
+struct Verdicts {
+    route: String,
+    enforced: drawbridge_policy::Verdict,
+    shadow: Option<drawbridge_policy::Verdict>,
+}
+
+/// Decides the case's request exactly as `serve` would: the request is built as a client
+/// would send it and runs the pipeline's own parse, sanitize and admission phases; only the
+/// caller's proof is simulated (claims, a key's name or a certificate's id, signatures and
+/// expiry aside).
+async fn decide(
+    snapshot: &Snapshot,
+    c: &Case,
+    headers: http::HeaderMap,
+    time: SystemTime,
+    caller: Option<(&str, Simulated<'_>)>,
+) -> Result<Outcome, String> {
+    let index = match &c.listener {
+        None => 0,
+        Some(name) => snapshot
+            .listeners
+            .iter()
+            .position(|l| &*l.name == name.as_str())
+            .ok_or_else(|| format!("no listener is named `{name}`"))?,
+    };
+    let listener = snapshot
+        .listeners
+        .get(index)
+        .ok_or("the configuration has no listener")?;
+    let host = if c.host.is_empty() {
+        "localhost"
+    } else {
+        &c.host
+    };
+    let mut req = http::Request::builder()
+        .method(c.method.to_ascii_uppercase().as_str())
+        .uri(&c.path);
+    let h = req
+        .headers_mut()
+        .ok_or("`method` or `path` cannot be sent")?;
+    *h = headers;
+    if !h.contains_key(http::header::HOST) {
+        h.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(host).map_err(|_| "`host` cannot be sent")?,
+        );
+    }
+    match c.kind {
+        Kind::Http => {}
+        Kind::Grpc => {
+            req = req.version(http::Version::HTTP_2);
+            let h = req
+                .headers_mut()
+                .ok_or("`method` or `path` cannot be sent")?;
+            h.entry(http::header::CONTENT_TYPE)
+                .or_insert(http::HeaderValue::from_static("application/grpc"));
+            h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        }
+        Kind::Websocket => {
+            let h = req
+                .headers_mut()
+                .ok_or("`method` or `path` cannot be sent")?;
+            h.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            h.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("websocket"),
+            );
+        }
+    }
+    let (mut parts, ()) = match req.body(()) {
+        Ok(r) => r.into_parts(),
+        Err(e) => {
+            return Ok(Outcome::BadRequest(format!(
+                "the request cannot be sent: {e}"
+            )));
+        }
+    };
+    let client = c
+        .client_ip
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let tls = listener.tls.is_some();
+    // Over TLS, a client names the host it wants in the handshake too.
+    let sni = tls.then(|| Box::<str>::from(host.to_ascii_lowercase()));
+    let conn = ConnInfo::new(
+        index,
+        std::net::SocketAddr::new(client, 0),
+        tls,
+        None,
+        sni,
+        Default::default(),
+    );
+    let mut ctx = Ctx::new(
+        &conn,
+        listener.name.clone(),
+        String::new(),
+        &parts.method,
+        parts.version,
+    );
+    ctx.event.time = time;
+    let entry = drawbridge_proxy::pipeline::admit(
+        &mut ctx,
+        snapshot,
+        listener,
+        conn.sni.as_deref(),
+        &mut parts,
+        Proof::Simulated(caller),
+    )
+    .await;
+    let verdicts = |route: &RouteEntry, d: &Decided| Verdicts {
+        route: route.name.to_string(),
+        enforced: d.decision.enforced.clone(),
+        shadow: d.decision.shadow.clone(),
+    };
+    Ok(match entry {
+        Ok(Entry::Own) => Outcome::NotFound("a path Drawbridge answers itself".into()),
+        Ok(Entry::Route { admitted, .. }) => match &admitted.decided {
+            None => Outcome::Unchecked,
+            Some(d) => Outcome::Allowed(verdicts(&admitted.route, d)),
+        },
+        Err(Refused {
+            route: Some(route),
+            decided: Some(d),
+            error,
+        }) => match error {
+            ProxyError::PolicyInput(e) => Outcome::BadRequest(e.to_string()),
+            _ => Outcome::Denied(verdicts(&route, &d)),
+        },
+        Err(Refused { error, .. }) => match error.status().as_u16() {
+            400 => Outcome::BadRequest(error.to_string()),
+            401 => Outcome::Unauthenticated(error.to_string()),
+            405 => Outcome::MethodNotAllowed,
+            404 | 421 => Outcome::NotFound(error.to_string()),
+            _ => Outcome::BadRequest(error.to_string()),
+        },
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

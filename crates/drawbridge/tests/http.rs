@@ -501,7 +501,10 @@ async fn access_log_has_one_line_per_request_without_secrets() {
     assert_eq!(ok["listener"], "main");
     assert_eq!(ok["upstream"], up.url());
     assert!(ok["bytes_sent"].as_u64().unwrap_or(0) > 0);
-    assert!(ok["duration_ms"].as_f64().is_some());
+    assert!(
+        ok["duration_us"].as_u64().is_some(),
+        "integer microseconds: {ok}"
+    );
     assert_eq!(ok["request_id"].as_str().map(str::len), Some(32));
     let refused: serde_json::Value = serde_json::from_str(&lines[1]).expect("json");
     assert_eq!(refused["status"], 400);

@@ -345,9 +345,8 @@ async fn groups_decide_writes_and_forbid_overrides_permit() {
     s.expect("PUT", "/reports/q3", &dave, 200, &s.shop).await;
     s.expect("DELETE", "/reports/q3", &dave, 403, &s.shop).await;
     s.expect("DELETE", "/reports/q3", &root, 200, &s.shop).await;
-    let deletes_by = |who: &'static str| {
-        move |e: &Value| e["action"] == "DELETE" && e["principal"]["id"] == who
-    };
+    let deletes_by =
+        |who: &'static str| move |e: &Value| e["action"] == "DELETE" && e["principal"]["id"] == who;
     let dave_delete = s.audit_where(deletes_by("dave")).await;
     assert_eq!(dave_delete["decision"], "deny");
     assert_eq!(dave_delete["policies"], json!(["reports-no-delete"]));
@@ -562,4 +561,175 @@ async fn the_last_decisions_are_written_before_shutdown_returns() {
         "{} events, the last missing",
         events.len()
     );
+}
+
+/// Refunds need the EU region header (a client can remove it, never forge the policy's view).
+const REGION: &str = r#"
+@id("refunds-eu-only")
+forbid (principal, action == Action::"POST", resource == Route::"refunds")
+unless { context.headers has "x-region" && context.headers["x-region"] == "eu" };
+"#;
+
+/// `drawbridge test` and `serve` decide the same request the same way: hostile headers,
+/// odd hosts, unreadable credentials, query credentials and gRPC look-alikes included. Each
+/// request goes to the server; its status becomes the expectation of a test case for the
+/// same request, and `drawbridge test` must pass them all.
+#[tokio::test]
+async fn drawbridge_test_decides_as_serve_does() {
+    let s = setup_with(
+        "tests = [\"cases.toml\"]",
+        &[("policies/region.cedar", REGION)],
+    )
+    .await;
+    let bob = s.user("bob", &["billing"], "acme");
+    let bearer = format!("Bearer {bob}");
+    // (name, method, target, headers; the caller is bob unless `authorization` is given)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
+        (
+            "region eu",
+            "POST",
+            "/refunds?amount=5",
+            &[("x-region", "eu")],
+        ),
+        (
+            "region named in Connection is removed before policies",
+            "POST",
+            "/refunds?amount=5",
+            &[("x-region", "eu"), ("connection", "x-region")],
+        ),
+        (
+            "region with an underscore is another header",
+            "POST",
+            "/refunds?amount=5",
+            &[("x_region", "eu")],
+        ),
+        (
+            "user info in Host",
+            "POST",
+            "/refunds?amount=5",
+            &[("x-region", "eu"), ("host", "bob@localhost")],
+        ),
+        (
+            "host in capitals with a trailing dot",
+            "GET",
+            "/tenants/acme/orders",
+            &[("host", "LOCALHOST.")],
+        ),
+        (
+            "a Bearer scheme without a token",
+            "GET",
+            "/reports/q3",
+            &[("authorization", "Bearer")],
+        ),
+        (
+            "a token in the query",
+            "GET",
+            "/reports/q3?access_token=abc",
+            &[],
+        ),
+        (
+            "a method override in the query",
+            "GET",
+            "/reports/q3?_method=DELETE",
+            &[],
+        ),
+        (
+            "gRPC content type named in Connection",
+            "POST",
+            "/shop.Catalog/GetItem",
+            &[
+                ("content-type", "application/grpc"),
+                ("connection", "content-type"),
+            ],
+        ),
+        (
+            "a fullwidth solidus",
+            "GET",
+            "/reports/%EF%BC%8F..%EF%BC%8Fadmin",
+            &[],
+        ),
+        ("dot segments", "GET", "/reports/../admin/users", &[]),
+        ("an encoded slash", "GET", "/reports%2f..%2fadmin", &[]),
+    ];
+    let mut file = String::new();
+    for (name, method, target, headers) in cases {
+        let mut head = format!("{method} {target} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| *k == "host") {
+            head.push_str("host: localhost\r\n");
+        }
+        if !headers.iter().any(|(k, _)| *k == "authorization") {
+            head.push_str(&format!("authorization: {bearer}\r\n"));
+        }
+        for (k, v) in *headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !headers.iter().any(|(k, _)| k.starts_with("content-length")) {
+            head.push_str("content-length: 0\r\n");
+        }
+        head.push_str("connection: close\r\n\r\n");
+        let answer = raw(s.h.addr, head.as_bytes(), Duration::from_secs(2)).await;
+        let expect = match status_of(&answer) {
+            200 => "allow",
+            403 => "deny",
+            400 => "bad_request",
+            401 => "unauthenticated",
+            404 => "not_found",
+            other => panic!("{name}: unexpected status {other}: {answer}"),
+        };
+        file.push_str(&format!(
+            "[[cases]]\nname = {name:?}\nmethod = {method:?}\npath = {target:?}\nexpect = {expect:?}\n"
+        ));
+        let host = headers.iter().find(|(k, _)| *k == "host");
+        if let Some((_, h)) = host {
+            file.push_str(&format!("host = {h:?}\n"));
+        }
+        let given = headers.iter().any(|(k, _)| *k == "authorization");
+        if !given || headers.iter().any(|(_, v)| *v == "Bearer") {
+            file.push_str(
+                "principal = { authenticator = \"corp\", claims = { sub = \"bob\", groups = [\"billing\"], tenant = \"acme\" } }\n",
+            );
+        }
+        let listed: Vec<String> = headers
+            .iter()
+            .filter(|(k, _)| *k != "host")
+            .map(|(k, v)| format!("{k:?} = {v:?}"))
+            .collect();
+        if !listed.is_empty() {
+            file.push_str(&format!("headers = {{ {} }}\n", listed.join(", ")));
+        }
+        file.push('\n');
+    }
+    // The statuses serve gave are the ones the cases above were written to show.
+    let expected: Vec<&str> = file
+        .lines()
+        .filter_map(|l| l.strip_prefix("expect = "))
+        .collect();
+    assert_eq!(
+        expected,
+        [
+            "\"allow\"",
+            "\"deny\"",
+            "\"deny\"",
+            "\"bad_request\"",
+            "\"allow\"",
+            "\"bad_request\"",
+            "\"bad_request\"",
+            "\"bad_request\"",
+            "\"deny\"",
+            "\"bad_request\"",
+            "\"deny\"",
+            "\"bad_request\"",
+        ],
+        "{file}"
+    );
+    std::fs::write(s.h.dir.path().join("cases.toml"), &file).expect("write cases");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["test", "--config"])
+        .arg(s.h.config_path())
+        .output()
+        .expect("run drawbridge test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{file}\n{stdout}");
+    assert!(stdout.contains("12 cases: 12 passed"), "{stdout}");
 }

@@ -761,7 +761,9 @@ impl Cx<'_> {
                         "remove `pass_credentials`",
                     );
                 }
-                Some(Admission::Public)
+                Some(Admission::Public {
+                    authorization: Authorization::Unchecked,
+                })
             }
             (_, Some(list)) => {
                 if list.get_ref().is_empty() {
@@ -801,6 +803,7 @@ impl Cx<'_> {
                 (out.len() == list.get_ref().len()).then_some(Admission::Authenticated {
                     authenticators: out,
                     pass_credentials,
+                    authorization: Authorization::Policies,
                 })
             }
             (None, None) => {

@@ -12,16 +12,6 @@ use crate::model::*;
 use crate::raw::*;
 
 /// Headers a route may never hand its policies: credentials, and what Drawbridge sets itself.
-const UNSELECTABLE_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-];
-
 impl Cx<'_> {
     /// Reads `[policy]`: the policy files (a directory stands for its `*.cedar` files, sorted),
     /// the shadow set, the test files and the typed principal attributes.
@@ -194,7 +184,7 @@ impl Cx<'_> {
         path: Option<&PathMatch>,
         admission: Option<&Admission>,
         has_policy: bool,
-    ) -> (bool, Vec<String>, RouteContext) {
+    ) -> (Authorization, Vec<String>, RouteContext) {
         let params: Vec<String> = path
             .map(|p| {
                 p.text()
@@ -221,9 +211,9 @@ impl Cx<'_> {
         }
         // A route whose admission is wrong was reported already; say nothing more of it.
         let Some(admission) = admission else {
-            return (false, params, RouteContext::default());
+            return (Authorization::Unchecked, params, RouteContext::default());
         };
-        let public = matches!(admission, Admission::Public);
+        let public = matches!(admission, Admission::Public { .. });
         let authorize = match (&r.authorize, public) {
             // A public route is open to all unless it asks its policies, which then decide
             // about the `Anonymous` caller (its address, the time, the path).
@@ -271,6 +261,19 @@ impl Cx<'_> {
                 );
             }
             let c = c.get_ref();
+            // A removed identity header the route lets through is the route's to read.
+            let passed: Vec<String> = r
+                .pass_headers
+                .as_ref()
+                .map(|l| {
+                    l.get_ref()
+                        .iter()
+                        .map(|p| p.get_ref().to_ascii_lowercase())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let passes =
+                |name: &str| crate::headers::is_stripped(name) && passed.iter().any(|p| p == name);
             if let Some(q) = &c.query {
                 context.query = self.typed_names(&format!("{at}.context.query"), q.get_ref(), true);
             }
@@ -284,15 +287,14 @@ impl Cx<'_> {
                             field,
                             format!("`{}` is not a header name", h.get_ref()),
                         );
-                    } else if UNSELECTABLE_HEADERS.contains(&name.as_str())
-                        || name.starts_with("x-drawbridge-")
-                        || name.starts_with("x-forwarded-")
+                    } else if let Some(why) =
+                        crate::headers::hidden_from_policies(&name).filter(|_| !passes(&name))
                     {
                         self.r.error_help(
                             h.span().start,
                             field,
                             format!("`{name}` cannot be handed to policies"),
-                            "credentials and forwarding headers never reach a policy; the caller is `principal`, the client address `context.ip`",
+                            format!("it {why}"),
                         );
                     } else if context.headers.contains(&name) {
                         self.r
@@ -303,7 +305,12 @@ impl Cx<'_> {
                 }
             }
         }
-        (authorize, params, context)
+        let authorization = if authorize {
+            Authorization::Policies
+        } else {
+            Authorization::Unchecked
+        };
+        (authorization, params, context)
     }
 
     /// Credential headers of API-key authenticators and the identity header cannot be handed

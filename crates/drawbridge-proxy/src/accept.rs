@@ -14,8 +14,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::context::{ConnInfo, Shared};
 use crate::io::{IdleIo, MidRequest, Streams};
-use crate::pipeline::{ConnInfo, Shared};
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -114,17 +114,14 @@ async fn serve_connection(
     let is_tls = tls.is_some();
     let streams = Arc::new(Streams::default());
     let info = |client_cert, sni: Option<Box<str>>| {
-        Arc::new(ConnInfo {
-            sni,
-            streams: streams.clone(),
-            listener: index,
+        Arc::new(ConnInfo::new(
+            index,
             peer,
-            tls: is_tls,
-            peer_label: peer.to_string().into(),
-            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            is_tls,
             client_cert,
-        })
+            sni,
+            streams.clone(),
+        ))
     };
     let service = |conn: Arc<ConnInfo>| {
         let shared = shared.clone();
@@ -363,7 +360,7 @@ fn record_refused(shared: &Shared, index: usize, peer: SocketAddr, r: Refused) {
         grpc_status: None,
         bytes_sent: 0,
         upstream: None,
-        duration_ms: r.duration.as_secs_f64() * 1000.0,
+        duration_us: u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX),
         phase: Some(r.phase),
         reason: Some(r.reason),
     });

@@ -1,0 +1,181 @@
+//! The admission core, phases 4 to 8 for every protocol: route, then authenticate, verify,
+//! authorize and limit, over a neutral description of the request ([`Ask`]). The HTTP
+//! pipeline, `drawbridge test` and the tunnels' re-checks call this one core; a protocol
+//! adds only what it screens once the route is known (the HTTP query, for instance).
+//!
+//! Verify (MFA, step-up) and limit (rate limits) are not built yet; they slot in after
+//! authenticate and after authorize.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use drawbridge_identity::{ClientCert, Principal, Simulated};
+use drawbridge_policy::{Action, Decision};
+use http::HeaderMap;
+
+use crate::rescue::ProxyError;
+use crate::route::Match;
+use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
+
+/// What kind of exchange a request asks for: its action, when the policies read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A plain HTTP request: its method is its action.
+    Http,
+    /// A gRPC call (`Action::"grpc"`).
+    Grpc,
+    /// A WebSocket upgrade (`Action::"connect"`).
+    WebSocket,
+}
+
+/// A request as admission sees it, whatever its protocol: who asks (the credentials in
+/// `headers`, or a [`Proof`]), what for (`kind`, `method`), on which resource (the route
+/// `host` and `path` pick), and in what context.
+pub struct Ask<'a> {
+    /// The host the route was chosen by.
+    pub host: &'a str,
+    /// The normalised, decoded path.
+    pub path: &'a str,
+    /// The method as received (upper-case for the standard ones).
+    pub method: &'a str,
+    /// What kind of exchange.
+    pub kind: Kind,
+    /// The query as the route lets it through.
+    pub query: Option<&'a str>,
+    /// The headers as sanitize left them, credentials still in them.
+    pub headers: &'a HeaderMap,
+    /// The client's address.
+    pub client: IpAddr,
+    /// When the request arrived.
+    pub time: SystemTime,
+}
+
+/// How the caller proves who they are.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// The credentials the request carries, and the client certificate its connection's
+    /// handshake verified.
+    Presented {
+        /// The verified client certificate.
+        client_cert: Option<&'a ClientCert>,
+    },
+    /// A caller a test case describes (`drawbridge test`): an authenticator's name and what
+    /// it would verify, signatures and expiry aside; `None` when the case names no caller.
+    Simulated(Option<(&'a str, Simulated<'a>)>),
+}
+
+/// A request the core let in.
+pub struct Admitted {
+    /// Its route: the resource the policies decided about.
+    pub route: Arc<RouteEntry>,
+    /// Its caller; `None` on a public route.
+    pub principal: Option<Arc<Principal>>,
+    /// The policies' decision; `None` where the route asks none.
+    pub decided: Option<Decided>,
+}
+
+/// A decision the policies made (or failed to make), for the audit trail.
+pub struct Decided {
+    /// Who the policies decided about (the anonymous caller on a public route).
+    pub principal: Arc<Principal>,
+    /// The action asked for; `None` when the method has none.
+    pub action: Option<Action>,
+    /// The enforced and shadow verdicts.
+    pub decision: Arc<Decision>,
+}
+
+/// A request the core refused.
+pub struct Refused {
+    /// Why, for the rescue.
+    pub error: ProxyError,
+    /// The route it was refused on, once known.
+    pub route: Option<Arc<RouteEntry>>,
+    /// The policies' decision, when they were asked.
+    pub decided: Option<Decided>,
+}
+
+impl From<ProxyError> for Refused {
+    fn from(error: ProxyError) -> Self {
+        Refused {
+            error,
+            route: None,
+            decided: None,
+        }
+    }
+}
+
+/// Phase 4, route: host + path + method on `listener` -> the one route that decides the
+/// request. On TLS the host must be one the handshake's certificate serves (`sni`).
+pub fn route(
+    listener: &ListenerEntry,
+    sni: Option<&str>,
+    host: &str,
+    path: &str,
+    method: &str,
+) -> Result<Arc<RouteEntry>, ProxyError> {
+    // Never an mTLS-only host reached over a public one's SNI.
+    if let Some(resolver) = &listener.sni
+        && !resolver.same_virtual_host(sni, host)
+    {
+        return Err(ProxyError::Misdirected);
+    }
+    match listener.routes.lookup(host, path, method) {
+        Match::Found(r) => Ok(r.clone()),
+        Match::MethodNotAllowed(allowed) => Err(ProxyError::MethodNotAllowed(allowed.join(", "))),
+        Match::NotFound => Err(ProxyError::NoRoute),
+    }
+}
+
+/// Phases 5 to 8 on `route`: authenticate the caller by `proof`, then let the route's
+/// policies decide. Nothing is recorded here; the caller records what it returns.
+pub async fn admit(
+    snapshot: &Snapshot,
+    route: Arc<RouteEntry>,
+    proof: Proof<'_>,
+    ask: &Ask<'_>,
+) -> Result<Admitted, Refused> {
+    // 5 authenticate
+    let principal = match crate::authenticate::caller(&route, proof, ask.headers).await {
+        Ok(p) => p,
+        Err(error) => {
+            return Err(Refused {
+                error,
+                route: Some(route),
+                decided: None,
+            });
+        }
+    };
+    // 6 verify: MFA and step-up, when they are built.
+    // 7 authorize
+    if !route.config.admission.authorizes() {
+        return Ok(Admitted {
+            route,
+            principal,
+            decided: None,
+        });
+    }
+    // A public route that asks its policies: they decide about the anonymous caller.
+    let asked = principal
+        .clone()
+        .unwrap_or_else(|| crate::authenticate::anonymous().clone());
+    let (action, decision, error) = crate::authorize::decide(snapshot, &route, &asked, ask);
+    let decided = Decided {
+        principal: asked,
+        action,
+        decision,
+    };
+    // 8 limit: rate limits and quotas, when they are built.
+    match error {
+        None => Ok(Admitted {
+            route,
+            principal,
+            decided: Some(decided),
+        }),
+        Some(error) => Err(Refused {
+            error,
+            route: Some(route),
+            decided: Some(decided),
+        }),
+    }
+}

@@ -1,0 +1,64 @@
+//! Phase 5, authenticate: the route's authenticators, tried in order, turn the request's
+//! credentials into the [`Principal`] the policies decide about.
+
+use std::sync::Arc;
+
+use drawbridge_config::Admission;
+use drawbridge_identity::{AuthError, Credentials, Principal, Refusal};
+use http::HeaderMap;
+
+use crate::admission::Proof;
+use crate::rescue::{ProxyError, Schemes};
+use crate::snapshot::RouteEntry;
+
+/// The caller of a request on `route`: `None` on a public route, which reads no
+/// credentials; otherwise the principal one of the route's authenticators admits.
+pub async fn caller(
+    route: &RouteEntry,
+    proof: Proof<'_>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Principal>>, ProxyError> {
+    if let Admission::Public { .. } = route.config.admission {
+        return Ok(None);
+    }
+    let refused = |e| ProxyError::Unauthenticated(e, Schemes::of(&route.authenticators));
+    // Credentials are read the same way whoever checks them: an ambiguous one is refused
+    // before any authenticator sees it.
+    let creds = Credentials::from_headers(headers).map_err(refused)?;
+    let principal = match proof {
+        Proof::Presented { client_cert } => {
+            drawbridge_identity::authenticate(
+                &route.authenticators,
+                &creds.with_client_cert(client_cert),
+            )
+            .await
+        }
+        Proof::Simulated(None) if creds.bearer.is_some() || creds.api_key.is_some() => {
+            Err(AuthError::Invalid(Refusal::Simulated(
+                "a test case names its caller with `principal`, not with credentials".into(),
+            )))
+        }
+        Proof::Simulated(None) => Err(AuthError::Missing),
+        Proof::Simulated(Some((name, caller))) => {
+            match route.authenticators.iter().find(|a| &**a.name() == name) {
+                None => Err(AuthError::Invalid(Refusal::Simulated(format!(
+                    "route `{}` does not accept authenticator `{name}`",
+                    route.name
+                )))),
+                Some(a) => a
+                    .simulate(caller)
+                    .map(Arc::new)
+                    .map_err(|e| AuthError::Invalid(Refusal::Simulated(e))),
+            }
+        }
+    };
+    principal.map(Some).map_err(refused)
+}
+
+/// The caller of every public route that asks its policies; one for the process, so the
+/// policies' entity for it is built once.
+pub fn anonymous() -> &'static Arc<Principal> {
+    static ANONYMOUS: std::sync::LazyLock<Arc<Principal>> =
+        std::sync::LazyLock::new(|| Arc::new(Principal::anonymous()));
+    &ANONYMOUS
+}

@@ -1,0 +1,101 @@
+//! Phase 7, authorize: the route's Cedar policies decide about the caller, the action and
+//! the request's context. What they decide is returned, never recorded here: the record
+//! phase writes it to the audit trail.
+
+use std::sync::Arc;
+
+use drawbridge_identity::Principal;
+use drawbridge_policy::{Action, DecideError, Decision, RequestView, Verdict};
+
+use crate::admission::{Ask, Kind};
+use crate::rescue::ProxyError;
+use crate::snapshot::{RouteEntry, Snapshot};
+
+/// What `route`'s policies decide about `ask` by `principal`: the action asked for, the
+/// decision (a denial when none could be made), and the refusal to answer unless allowed.
+pub fn decide(
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    principal: &Principal,
+    ask: &Ask<'_>,
+) -> (Option<Action>, Arc<Decision>, Option<ProxyError>) {
+    let action = match ask.kind {
+        Kind::WebSocket => Some(Action::WebSocket),
+        Kind::Grpc => Some(Action::Grpc),
+        Kind::Http => Action::of_method(ask.method),
+    };
+    let params = route.config.path.capture(ask.path).unwrap_or_default();
+    let grpc = (ask.kind == Kind::Grpc).then(|| grpc_names(ask.path));
+    let outcome = match (&snapshot.policies, action) {
+        (Some(policies), Some(action)) => {
+            let view = RequestView {
+                action,
+                method: ask.method,
+                host: ask.host,
+                path: ask.path,
+                params: &params,
+                query: ask.query,
+                headers: ask.headers,
+                ip: ask.client,
+                now: ask.time,
+                grpc,
+            };
+            policies.decide(route.index, principal, &view)
+        }
+        // The config check makes every authorized route come with policies; should that ever
+        // not hold, or a method have no action, the request is refused.
+        (None, _) => Err(DecideError::Internal("no policies are loaded".into())),
+        (_, None) => Err(DecideError::Internal(format!(
+            "method `{}` has no policy action",
+            ask.method
+        ))),
+    };
+    match outcome {
+        Ok(d) => {
+            let refusal = (!d.allowed()).then(|| ProxyError::Forbidden(reason(&d.enforced)));
+            (action, d, refusal)
+        }
+        Err(DecideError::BadRequest(e)) => (
+            action,
+            denied(e.to_string()),
+            Some(ProxyError::PolicyInput(e)),
+        ),
+        Err(e) => {
+            let why = e.to_string();
+            (
+                action,
+                denied(why.clone()),
+                Some(ProxyError::Forbidden(why)),
+            )
+        }
+    }
+}
+
+/// A decision that never reached the policies.
+fn denied(why: String) -> Arc<Decision> {
+    Arc::new(Decision {
+        enforced: Verdict {
+            allow: false,
+            policies: Vec::new(),
+            errors: vec![why],
+        },
+        shadow: None,
+    })
+}
+
+/// Why the access log says a request was forbidden (the audit trail has the whole story).
+pub fn reason(v: &Verdict) -> String {
+    if !v.errors.is_empty() {
+        format!("policy evaluation failed: {}", v.errors.join("; "))
+    } else if v.policies.is_empty() {
+        "no policy permits the request".into()
+    } else {
+        format!("forbidden by {}", v.policies.join(", "))
+    }
+}
+
+/// A gRPC call's service and method from its path (`/package.Service/Method`).
+fn grpc_names(path: &str) -> (&str, &str) {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split_once('/').unwrap_or((rest, ""))
+}

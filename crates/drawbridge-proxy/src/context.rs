@@ -1,0 +1,204 @@
+//! What the phases share: the process ([`Shared`]), the connection ([`ConnInfo`]) and the
+//! request ([`Ctx`], filled in phase by phase and written out by the record phase).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use drawbridge_telemetry::{AccessEvent, AccessLog, AuditLog};
+use http::HeaderValue;
+
+use crate::sanitize::{ClientHeaders, NormalPath};
+use crate::snapshot::Snapshot;
+
+/// What every connection task shares.
+pub struct Shared {
+    /// The configuration in force.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Access log.
+    pub log: AccessLog,
+    /// Audit trail: one event per authorization decision.
+    pub audit: AuditLog,
+    /// Decisions where the shadow policies disagreed with the enforced ones.
+    pub shadow_disagreements: std::sync::atomic::AtomicU64,
+    /// Request id source.
+    pub ids: RequestIds,
+    /// Counts reloads; open tunnels watch it to check their credentials again.
+    pub reloads: tokio::sync::watch::Sender<u64>,
+}
+
+/// What is known of a connection.
+pub struct ConnInfo {
+    /// Index of the listener in the snapshot.
+    pub listener: usize,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// `peer` as text, made once per connection for the access log.
+    pub peer_label: Arc<str>,
+    /// The peer's IP as a header value, made once per connection.
+    pub peer_ip: HeaderValue,
+    /// The client certificate the TLS handshake verified, read once per connection.
+    pub client_cert: Option<drawbridge_identity::ClientCert>,
+    /// The connection's requests, for its idle deadline.
+    pub streams: Arc<crate::io::Streams>,
+    /// The server name the TLS handshake asked for.
+    pub sni: Option<Box<str>>,
+}
+
+impl ConnInfo {
+    /// A connection accepted on listener `listener` from `peer`.
+    pub fn new(
+        listener: usize,
+        peer: SocketAddr,
+        tls: bool,
+        client_cert: Option<drawbridge_identity::ClientCert>,
+        sni: Option<Box<str>>,
+        streams: Arc<crate::io::Streams>,
+    ) -> Self {
+        ConnInfo {
+            listener,
+            peer,
+            tls,
+            peer_label: peer.to_string().into(),
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            client_cert,
+            streams,
+            sni,
+        }
+    }
+}
+
+/// One request as the phases learn it. Each phase fills in what it establishes; the record
+/// phase writes `event` when the response ends.
+pub struct Ctx {
+    /// When the request arrived, by the monotonic clock.
+    pub arrived: Instant,
+    /// The access-log record, completed phase by phase (it holds the request id, the time,
+    /// the host and path as far as they were read).
+    pub event: AccessEvent,
+    /// A gRPC call, classified once from the headers as sanitize leaves them: answered with
+    /// gRPC statuses and authorized as `Action::"grpc"`.
+    pub grpc: bool,
+    /// The host the request is for, lower-case, without port or trailing dot (parse).
+    pub host: String,
+    /// The one normalised path (sanitize).
+    pub path: NormalPath,
+    /// What sanitize learnt from the client's headers.
+    pub headers: ClientHeaders,
+    /// The query as the route lets it through, when screening changed it.
+    pub query: Option<String>,
+    /// The client's address for policies: the peer, or the nearest address a trusted proxy
+    /// named (sanitize).
+    pub client: IpAddr,
+    /// The `Host` header as the client sent it.
+    pub original_host: Option<HeaderValue>,
+}
+
+impl Ctx {
+    /// The context of a request that arrived now on `conn`, with id `request_id`.
+    pub fn new(
+        conn: &ConnInfo,
+        listener: Arc<str>,
+        request_id: String,
+        method: &http::Method,
+        version: http::Version,
+    ) -> Ctx {
+        Ctx {
+            arrived: Instant::now(),
+            event: crate::record::access_event(
+                SystemTime::now(),
+                request_id,
+                listener,
+                conn.peer_label.clone(),
+                method,
+                version,
+            ),
+            grpc: false,
+            host: String::new(),
+            path: NormalPath::default(),
+            headers: ClientHeaders::default(),
+            query: None,
+            client: conn.peer.ip(),
+            original_host: None,
+        }
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> &str {
+        &self.event.request_id
+    }
+
+    /// When the request arrived, by the wall clock.
+    pub fn time(&self) -> SystemTime {
+        self.event.time
+    }
+
+    /// The query the route and its policies see: the screened one, or the client's.
+    pub fn query<'a>(&'a self, sent: Option<&'a str>) -> Option<&'a str> {
+        self.query.as_deref().or(sent)
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, so ids never repeat.
+pub struct RequestIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    /// A fresh id source.
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // A failing OS random source leaves a zero prefix: ids stay unique within the process.
+        let _ = getrandom::fill(&mut seed);
+        Self {
+            prefix: u64::from_le_bytes(seed),
+            counter: Default::default(),
+        }
+    }
+
+    /// The next id: 32 hex digits.
+    pub fn next(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        id
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_unique() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(a[..16], b[..16], "one process prefix");
+        assert_eq!(&a[16..], "0000000000000000");
+        assert_eq!(&b[16..], "0000000000000001");
+    }
+}

@@ -1,0 +1,166 @@
+//! Phase 11, record: one access-log line per request (written when its response ends, see
+//! [`crate::body`]) and one audit event per decision the policies made, allowed or denied.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use drawbridge_identity::Principal;
+use drawbridge_telemetry::{AccessEvent, AuditEvent, AuditPrincipal, AuditShadow};
+
+use crate::admission::Decided;
+use crate::context::Shared;
+use crate::snapshot::{RouteEntry, Snapshot};
+
+/// The access-log record of a request that has just arrived; the phases complete it.
+pub fn access_event(
+    time: SystemTime,
+    request_id: String,
+    listener: Arc<str>,
+    client: Arc<str>,
+    method: &http::Method,
+    version: http::Version,
+) -> AccessEvent {
+    AccessEvent {
+        time,
+        request_id,
+        listener,
+        host: None,
+        route: None,
+        client,
+        forwarded_for: None,
+        principal: None,
+        method: method_name(method),
+        path: String::new(),
+        protocol: protocol_name(version),
+        status: 0,
+        grpc_status: None,
+        bytes_sent: 0,
+        upstream: None,
+        duration_us: 0,
+        phase: None,
+        reason: None,
+    }
+}
+
+/// What a decision is about, beside the decision itself.
+pub struct About<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// When it was decided.
+    pub time: SystemTime,
+    /// The normalised path.
+    pub path: &'a str,
+    /// The client as the access log names it.
+    pub client: &'a Arc<str>,
+}
+
+/// Writes `decided` on `route` to the audit trail, and counts and logs a disagreement of
+/// the shadow policies.
+pub fn decision(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    decided: &Decided,
+    about: &About<'_>,
+) {
+    let d = &decided.decision;
+    if d.disagrees() {
+        shared.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            request_id = about.request_id,
+            route = %route.name,
+            enforced = d.enforced.allow,
+            shadow = d.shadow.as_ref().is_some_and(|s| s.allow),
+            "shadow policies disagree"
+        );
+    }
+    if !shared.audit.enabled() {
+        return;
+    }
+    let mut event = audit_event(snapshot, route, &decided.principal, about);
+    event.action = decided
+        .action
+        .map_or("(none)", drawbridge_policy::Action::id);
+    event.decision = word(d.enforced.allow);
+    event.policies = d.enforced.policies.clone();
+    event.errors = d.enforced.errors.clone();
+    event.shadow = d.shadow.as_ref().map(|s| AuditShadow {
+        decision: word(s.allow),
+        policies: s.policies.clone(),
+        errors: s.errors.clone(),
+        disagrees: s.allow != d.enforced.allow,
+    });
+    shared.audit.record(event);
+}
+
+/// An audit event about `principal` on `route`, its decision still to be said.
+pub fn audit_event(
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    principal: &Principal,
+    about: &About<'_>,
+) -> AuditEvent {
+    AuditEvent {
+        time: about.time,
+        log: "audit",
+        request_id: about.request_id.to_string(),
+        version: snapshot.version_label.clone(),
+        principal: audit_principal(principal),
+        action: "(none)",
+        resource: route.name.clone(),
+        upstream: route.upstream.name.clone(),
+        path: about.path.to_string(),
+        client: about.client.clone(),
+        decision: "deny",
+        reason: None,
+        policies: Vec::new(),
+        errors: Vec::new(),
+        shadow: None,
+    }
+}
+
+fn word(allow: bool) -> &'static str {
+    if allow { "allow" } else { "deny" }
+}
+
+/// The caller as the audit trail names it.
+pub fn audit_principal(principal: &Principal) -> AuditPrincipal {
+    AuditPrincipal {
+        id: principal.id.clone(),
+        kind: principal.kind.as_str(),
+        authenticator: principal.authenticator.clone(),
+        groups: principal.groups.clone(),
+    }
+}
+
+/// The protocol as the access log names it.
+pub fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// The method's name, borrowed for the standard methods.
+pub fn method_name(m: &http::Method) -> Cow<'static, str> {
+    use http::Method;
+    let known = match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Cow::Owned(m.as_str().to_string()),
+    };
+    Cow::Borrowed(known)
+}
