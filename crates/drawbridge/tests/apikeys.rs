@@ -79,7 +79,8 @@ identity_headers = true
         keys_file.display(),
         secret.display(),
         up.url()
-    ));
+    ))
+    .replace("access_log = \"off\"", "access_log = \"access.jsonl\"");
     let h = Harness::start(&cfg).await;
     Setup {
         up,
@@ -182,6 +183,21 @@ async fn wrong_unknown_expired_and_malformed_keys_are_refused() {
     let auth = format!("ApiKey {good}");
     let r = get_with(&s.h.url("/"), &[("authorization", &auth)]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A bearer token is a credential this route has no authenticator for: refused, and the
+    // log says what was presented rather than "no credentials".
+    let r = get_with(
+        &s.h.url("/bearer"),
+        &[("authorization", "Bearer abc.def.ghi")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let log = s.h.dir.path().join("access.jsonl");
+    let lines = json_lines(&log, 1, |l| l["path"] == "/bearer").await;
+    assert_eq!(
+        lines[0]["reason"],
+        "authentication: a bearer token presented, but no authenticator of the route reads it",
+        "{lines:?}"
+    );
     // Two key headers: malformed.
     let r = get_with(&s.h.url("/"), &[("x-api-key", &good), ("x-api-key", &good)]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);

@@ -95,6 +95,24 @@ fn the_examples_policy_tests_pass() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
+/// A reader that goes away (`drawbridge test | head`) ends the output quietly: no panic, and
+/// the exit status is the tests' own.
+#[test]
+fn test_output_into_a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["test", "--config"])
+        .arg(examples().join("policy.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run drawbridge");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 /// A copy of the policy example, with `edit` applied to its test file.
 fn example_copy(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
