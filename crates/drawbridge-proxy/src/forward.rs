@@ -139,6 +139,9 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
                     return relay_upgrade(response, client, in_flight, lease.take());
                 }
                 sanitize::strip_response_headers(response.headers_mut(), false);
+                // The upstream's protocol is its own: the client's connection keeps its
+                // version and keep-alive (hyper answers an HTTP/1.0 client in HTTP/1.0).
+                *response.version_mut() = Version::HTTP_11;
                 return Ok(Forwarded {
                     response,
                     in_flight,

@@ -89,3 +89,21 @@ async fn ambiguous_upstream_framing_is_502_and_the_connection_is_dropped() {
         );
     }
 }
+
+/// An HTTP/1.0 upstream's version is its own: the client keeps HTTP/1.1 and its kept-alive
+/// connection, whatever the upstream speaks.
+#[tokio::test]
+async fn an_http_10_upstream_does_not_downgrade_the_client() {
+    let (url, _) = canned(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()).await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+    ));
+    let h = Harness::start(&cfg).await;
+    // Two requests on one connection: the second is answered only if the first kept it open.
+    let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let reply = raw(h.addr, req, Duration::from_secs(3)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 2, "{reply}");
+    assert!(!reply.contains("HTTP/1.0"), "{reply}");
+}
