@@ -41,7 +41,6 @@ pub(crate) fn compile(
     file: &Path,
     source: &str,
     raw: RawConfig,
-    version: String,
 ) -> Result<Config, crate::Diagnostics> {
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut cx = Cx {
@@ -183,15 +182,17 @@ pub(crate) fn compile(
 
     let warnings = cx.r.take_warnings();
     cx.r.finish()?;
-    let version = if cx.files.is_empty() {
-        version
-    } else {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        version.hash(&mut h);
-        cx.files.hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
+    // SHA-256 of the config and of every file it reads (names and contents): the same on
+    // every build and every machine for the same files.
+    let mut parts: Vec<&[u8]> = vec![source.as_bytes()];
+    for (path, digest) in &cx.files {
+        parts.push(path.as_os_str().as_encoded_bytes());
+        parts.push(digest);
+    }
+    let version: String = crate::sha256(&parts)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(Config {
         source: file.to_path_buf(),
         version,
@@ -221,7 +222,7 @@ struct Cx<'a> {
     base: PathBuf,
     /// Files besides the config that make it up (key sets, keys files), with their
     /// contents' hash: part of the version, and watched for reload.
-    files: Vec<(PathBuf, u64)>,
+    files: Vec<(PathBuf, [u8; 32])>,
 }
 
 impl Cx<'_> {

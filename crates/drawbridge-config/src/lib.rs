@@ -10,7 +10,6 @@ mod model;
 pub mod params;
 mod raw;
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 pub use compile::RESERVED_PREFIX;
@@ -46,10 +45,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// resolved against `path`'s directory).
 pub fn parse(path: &Path, source: &str) -> Result<Config, Diagnostics> {
     let raw = deserialize(path, source)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    source.hash(&mut h);
-    let version = format!("{:016x}", h.finish());
-    compile::compile(path, source, raw, version)
+    compile::compile(path, source, raw)
+}
+
+/// SHA-256 of everything `parts` hold, in order, each prefixed with its length (so no two
+/// lists of parts run together into the same bytes).
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// Reads `source` (from `path`) as `T`, reporting a syntax error or the first field that

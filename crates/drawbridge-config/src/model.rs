@@ -307,7 +307,7 @@ impl Default for Limits {
 }
 
 /// A service behind Drawbridge (`[[upstreams]]`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     /// Unique name, referenced by routes.
     pub name: String,
@@ -337,6 +337,42 @@ pub struct Upstream {
     pub health: Health,
     /// Where the upstream was declared.
     pub location: Location,
+}
+
+impl Upstream {
+    /// Whether `other` makes the same pool: every setting but where it was declared. The
+    /// fields are named one by one, so a new setting cannot be forgotten here.
+    pub fn same_settings(&self, other: &Upstream) -> bool {
+        let Upstream {
+            name,
+            endpoints,
+            protocol,
+            balance,
+            ca,
+            tls_server_name,
+            connect_timeout,
+            request_timeout,
+            idle_timeout,
+            max_idle_connections,
+            max_requests,
+            retries,
+            health,
+            location: _,
+        } = self;
+        *name == other.name
+            && *endpoints == other.endpoints
+            && *protocol == other.protocol
+            && *balance == other.balance
+            && *ca == other.ca
+            && *tls_server_name == other.tls_server_name
+            && *connect_timeout == other.connect_timeout
+            && *request_timeout == other.request_timeout
+            && *idle_timeout == other.idle_timeout
+            && *max_idle_connections == other.max_idle_connections
+            && *max_requests == other.max_requests
+            && *retries == other.retries
+            && *health == other.health
+    }
 }
 
 /// One endpoint of an upstream.

@@ -590,3 +590,38 @@ fn policies_are_never_handed_a_header_the_gateway_removes() {
         .collect();
     assert_eq!(refused, expected);
 }
+
+/// The version is SHA-256 of the config and the files it reads: the same value on every
+/// build and machine (a hash of the std library's choosing was not), and any change moves it.
+#[test]
+fn versions_are_stable_sha256() {
+    let v = check(BASE).expect("valid").version;
+    assert_eq!(v.len(), 32);
+    // SHA-256 over the length-prefixed source, as any implementation computes it.
+    assert_eq!(v, "3abbdb47122c56fafda25528075f7c46");
+    let edited = check(&BASE.replace("main", "main2"))
+        .expect("valid")
+        .version;
+    assert_ne!(v, edited);
+}
+
+/// Upstream settings decide whether a reload keeps a pool: each setting counts, where the
+/// upstream was declared does not.
+#[test]
+fn upstreams_compare_by_every_setting() {
+    let a = check(BASE).expect("valid").upstreams.remove(0);
+    let moved = check(&format!("\n\n{BASE}"))
+        .expect("valid")
+        .upstreams
+        .remove(0);
+    assert!(a.same_settings(&moved), "only its location differs");
+    let mut b = a.clone();
+    b.retries += 1;
+    assert!(!a.same_settings(&b));
+    let mut b = a.clone();
+    b.health.max_failures += 1;
+    assert!(!a.same_settings(&b));
+    let mut b = a.clone();
+    b.tls_server_name = Some("other".into());
+    assert!(!a.same_settings(&b));
+}

@@ -5,7 +5,6 @@
 //! not include `verify`, symmetric (`oct`) keys and unsupported types are dropped when the set
 //! is parsed, so no later check can be talked into using them.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -197,8 +196,12 @@ fn printable(s: &str) -> String {
 pub struct KeySource {
     origin: Origin,
     current: ArcSwapOption<Loaded>,
-    /// When a fetch last started (successful or not).
+    /// When a fetch last started (successful or not): background refreshes and retries of
+    /// a failing issuer wait a cooldown after it.
     last_attempt: Mutex<Option<Instant>>,
+    /// When a token with an unknown `kid` last caused a fetch: the next such fetch waits a
+    /// cooldown after it, but never after the start-up fetch or a refresh.
+    last_unknown_kid: Mutex<Option<Instant>>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -219,7 +222,7 @@ struct Loaded {
     /// with the keys it numbers: a verification and its cache entry name the same set.
     generation: u64,
     fetched_at: Instant,
-    digest: u64,
+    digest: [u8; 32],
 }
 
 /// Settings of a fetched key set.
@@ -247,6 +250,7 @@ impl KeySource {
                 digest: digest(bytes),
             }),
             last_attempt: Mutex::new(None),
+            last_unknown_kid: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         })
     }
@@ -262,6 +266,7 @@ impl KeySource {
             },
             current: ArcSwapOption::empty(),
             last_attempt: Mutex::new(None),
+            last_unknown_kid: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -320,7 +325,7 @@ impl KeySource {
         match (&current, self.usable()) {
             (Some(l), Ok(())) => {
                 self.refresh_if_due();
-                if l.keys.has(kid) || !self.cooled_down(*cooldown) {
+                if l.keys.has(kid) || !claim(&self.last_unknown_kid, *cooldown) {
                     return Ok((l.keys.clone(), l.generation));
                 }
             }
@@ -359,12 +364,7 @@ impl KeySource {
     /// Takes the right to start a fetch now, at most once per cooldown, so that many
     /// requests noticing stale keys at once (or a failing issuer) start one fetch, not many.
     fn claim_attempt(&self, cooldown: Duration) -> bool {
-        let mut last = lock(&self.last_attempt);
-        if last.is_some_and(|t| t.elapsed() < cooldown) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+        claim(&self.last_attempt, cooldown)
     }
 
     fn cooled_down(&self, cooldown: Duration) -> bool {
@@ -427,10 +427,22 @@ impl KeySource {
     }
 }
 
-fn digest(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+/// Takes the right to act now if `last` is at least `cooldown` ago (or never), and notes it.
+fn claim(last: &Mutex<Option<Instant>>, cooldown: Duration) -> bool {
+    let mut last = lock(last);
+    if last.is_some_and(|t| t.elapsed() < cooldown) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
+/// SHA-256 of a fetched document: stable across releases, and no two key sets share one.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// The guarded values are replaced whole, so a poisoned lock still holds a usable value.

@@ -90,19 +90,18 @@ impl Snapshot {
             .unwrap_or_default();
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
-            match UpstreamPool::new(u) {
-                Ok(pool) => match old.get(u.name.as_str()) {
-                    Some(prev) if prev.fingerprint == pool.fingerprint => {
-                        upstreams.push(Arc::clone(prev))
-                    }
-                    _ => upstreams.push(Arc::new(pool)),
+            match old.get(u.name.as_str()) {
+                // Unchanged: keep its connections and its endpoints' health.
+                Some(prev) if prev.settings.same_settings(u) => upstreams.push(Arc::clone(prev)),
+                _ => match UpstreamPool::new(u) {
+                    Ok(pool) => upstreams.push(Arc::new(pool)),
+                    Err(message) => errors.push(Diagnostic {
+                        location: u.location.clone(),
+                        field: format!("upstreams `{}`", u.name),
+                        message,
+                        help: None,
+                    }),
                 },
-                Err(message) => errors.push(Diagnostic {
-                    location: u.location.clone(),
-                    field: format!("upstreams `{}`", u.name),
-                    message,
-                    help: None,
-                }),
             }
         }
         let old_authn: HashMap<&str, &Arc<Authenticator>> = previous

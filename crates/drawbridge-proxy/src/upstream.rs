@@ -15,7 +15,7 @@ pub struct UpstreamPool {
     /// Name from the config.
     pub name: Arc<str>,
     /// The settings it was built from, to reuse the pool across reloads when unchanged.
-    pub fingerprint: String,
+    pub settings: drawbridge_config::Upstream,
     /// Endpoints in config order.
     pub endpoints: Vec<EndpointState>,
     /// How connections are made and pooled.
@@ -188,7 +188,7 @@ impl UpstreamPool {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             name: cfg.name.as_str().into(),
-            fingerprint: fingerprint(cfg),
+            settings: cfg.clone(),
             endpoints,
             transport,
             request_timeout: cfg.request_timeout,
@@ -251,23 +251,4 @@ impl UpstreamPool {
             None => Err(PickError::NoHealthy),
         }
     }
-}
-
-/// Everything that decides how the pool behaves; equal fingerprints share a pool on reload.
-fn fingerprint(cfg: &Upstream) -> String {
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}",
-        cfg.endpoints,
-        cfg.protocol,
-        cfg.balance,
-        cfg.ca,
-        cfg.tls_server_name,
-        cfg.connect_timeout,
-        cfg.request_timeout,
-        cfg.idle_timeout,
-        cfg.max_idle_connections,
-        cfg.max_requests,
-        cfg.retries,
-        cfg.health
-    )
 }

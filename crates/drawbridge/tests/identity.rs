@@ -737,3 +737,34 @@ async fn a_key_withdrawn_from_the_jwks_stops_its_cached_tokens() {
         StatusCode::OK
     );
 }
+
+/// The cooldown is between fetches caused by unknown `kid`s only: an issuer that rotates
+/// right after Drawbridge started (or refreshed) is followed at once, not 30 s later.
+#[tokio::test]
+async fn a_rotation_right_after_start_is_followed_at_once() {
+    let up = RecordingUpstream::start().await;
+    let k1 = SigningKey::generate(KeyType::Rsa, "k1");
+    let k2 = SigningKey::generate(KeyType::Rsa, "k2");
+    let server = JwksServer::start(&jwks(&[&k1])).await;
+    let source = fetched(&server.url(), "jwks_cooldown = \"30s\"");
+    let h = Harness::start(&jwt_config(&up, &source, "")).await;
+    assert_eq!(
+        bearer(&h.url("/"), &k1.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(server.fetches(), 1);
+    server.set(&jwks(&[&k1, &k2]));
+    assert_eq!(
+        bearer(&h.url("/"), &k2.sign(&claims())).await.status,
+        StatusCode::OK,
+        "the new key is fetched for the first unknown kid"
+    );
+    assert_eq!(server.fetches(), 2);
+    // The next unknown kid is within the cooldown of that fetch.
+    let t = k2.sign_with_header(&json!({"alg": "RS256", "kid": "nope"}), &claims());
+    assert_eq!(
+        bearer(&h.url("/"), &t).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(server.fetches(), 2);
+}

@@ -203,10 +203,8 @@ impl Cx<'_> {
 
     /// Notes a file the configuration is made of (never a secret: only its hash is kept).
     pub(super) fn read_file(&mut self, path: &std::path::Path, bytes: &[u8]) {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        self.files.push((path.to_path_buf(), h.finish()));
+        self.files
+            .push((path.to_path_buf(), crate::sha256(&[bytes])));
     }
 
     /// Reports fields set that belong to another authenticator type.
