@@ -27,13 +27,31 @@ pub struct NewArgs<'a> {
     pub groups: &'a [String],
     pub expires: Option<&'a str>,
     pub attributes: &'a [String],
+    pub key_file: Option<&'a Path>,
 }
 
-/// Prints a new key once, on stdout, and the entry for the keys file.
+/// Makes a new key: its keys-file entry on stdout, the key on stderr or in `--key-file`.
+/// The two never share a stream, so `apikey new ... >> apikeys.toml` stores the entry only.
 pub fn new(args: NewArgs<'_>) -> ExitCode {
-    match make(&args) {
-        Ok(text) => {
-            crate::out::text(&text);
+    let made = make(&args).and_then(|(key, entry)| {
+        match args.key_file {
+            Some(path) => {
+                write_private(path, format!("{key}\n").as_bytes())
+                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+                eprintln!(
+                    "The key is in `{}` (readable by you only): give it to its holder; it cannot be recovered.",
+                    path.display()
+                );
+            }
+            None => eprintln!(
+                "The key, shown this once (give it to its holder; it cannot be recovered):\n{key}\n"
+            ),
+        }
+        Ok(entry)
+    });
+    match made {
+        Ok(entry) => {
+            crate::out::text(&entry);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -43,7 +61,37 @@ pub fn new(args: NewArgs<'_>) -> ExitCode {
     }
 }
 
-fn make(a: &NewArgs<'_>) -> Result<String, String> {
+/// Creates `path` (never over an existing file), readable and writable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Warns when the server secret can be read by others than its owner: anyone who reads it
+/// can make keys.
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: `{}` can be read by others than its owner (mode {:o}); whoever reads it can make keys: chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+}
+
+/// The key and its keys-file entry.
+fn make(a: &NewArgs<'_>) -> Result<(String, String), String> {
+    warn_if_shared(a.secret_file);
     let secret = std::fs::read_to_string(a.secret_file)
         .map_err(|e| format!("cannot read `{}`: {e}", a.secret_file.display()))?;
     let secret = secret.trim();
@@ -54,8 +102,13 @@ fn make(a: &NewArgs<'_>) -> Result<String, String> {
         ));
     }
     if let Some(x) = a.expires {
-        humantime::parse_rfc3339_weak(x)
+        let at = humantime::parse_rfc3339_weak(x)
             .map_err(|e| format!("--expires `{x}`: {e} (write e.g. 2027-01-31T00:00:00Z)"))?;
+        if at <= std::time::SystemTime::now() {
+            return Err(format!(
+                "--expires `{x}` is in the past: the key would never work"
+            ));
+        }
     }
     let mut attributes = Vec::new();
     for kv in a.attributes {
@@ -85,10 +138,7 @@ fn make(a: &NewArgs<'_>) -> Result<String, String> {
             .collect();
         entry.push_str(&format!("attributes = {{ {} }}\n", kv.join(", ")));
     }
-    Ok(format!(
-        "# The key, shown this once: give it to its holder, it cannot be recovered.\n# {}\n\n# Append to the keys file:\n{entry}",
-        key.key
-    ))
+    Ok((key.key, format!("\n{entry}")))
 }
 
 /// A TOML basic string.

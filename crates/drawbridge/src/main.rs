@@ -66,7 +66,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ApikeyCommand {
-    /// Print a new key once, and the entry (its HMAC, never the key) for the keys file.
+    /// Make a new key: the entry for the keys file (its HMAC, never the key) on standard
+    /// output, so `>> apikeys.toml` appends it; the key itself, shown once, on standard error
+    /// or in a new file of its own (`--key-file`).
     New {
         /// What the key is for; also the principal's id unless `--principal` says otherwise.
         #[arg(long)]
@@ -86,6 +88,9 @@ enum ApikeyCommand {
         /// An attribute of the principal, NAME=VALUE; repeat for several.
         #[arg(long = "attribute")]
         attributes: Vec<String>,
+        /// Write the key to this new file (readable by its owner only) instead of showing it.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Print a new random server secret, for an authenticator's `secret_file`.
     Secret,
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
                     groups,
                     expires,
                     attributes,
+                    key_file,
                 },
         } => apikey::new(apikey::NewArgs {
             name: &name,
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
             groups: &groups,
             expires: expires.as_deref(),
             attributes: &attributes,
+            key_file: key_file.as_deref(),
         }),
         Command::Serve { config } => runtime().block_on(serve(config)),
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),

@@ -9,18 +9,20 @@ use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use http::StatusCode;
 
-/// Runs the real binary's `apikey` subcommand; its stdout.
-fn drawbridge(args: &[&str]) -> String {
+/// Runs the real binary's `apikey` subcommand; its stdout and stderr.
+fn run(args: &[&str]) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
         .args(args)
         .output()
         .expect("run drawbridge");
-    assert!(
-        out.status.success(),
-        "drawbridge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "drawbridge {args:?}: {stderr}");
+    (String::from_utf8(out.stdout).expect("utf-8"), stderr)
+}
+
+/// Runs the real binary's `apikey` subcommand; its stdout.
+fn drawbridge(args: &[&str]) -> String {
+    run(args).0
 }
 
 /// A new key for `name`: (the key, its keys-file entry).
@@ -29,13 +31,14 @@ fn new_key(secret: &Path, name: &str, extra: &[&str]) -> (String, String) {
     let secret = secret.to_str().expect("utf-8 path");
     args.push(secret);
     args.extend_from_slice(extra);
-    let out = drawbridge(&args);
-    let key = out
+    let (entry, shown) = run(&args);
+    let key = shown
         .lines()
-        .find_map(|l| l.strip_prefix("# dbk_"))
-        .map(|k| format!("dbk_{k}"))
-        .expect("the key is printed");
-    let entry = out[out.find("[[keys]]").expect("entry")..].to_string();
+        .find(|l| l.starts_with("dbk_"))
+        .expect("the key is shown on stderr")
+        .to_string();
+    assert!(!entry.contains(&key), "the key never goes with the entry");
+    assert!(entry.trim_start().starts_with("[[keys]]"), "{entry}");
     (key, entry)
 }
 
@@ -132,7 +135,9 @@ async fn wrong_unknown_expired_and_malformed_keys_are_refused() {
     let keys = std::sync::Mutex::new(Vec::new());
     let s = setup(Some("X-Api-Key"), |secret| {
         let (good, e1) = new_key(secret, "good", &[]);
-        let (old, e2) = new_key(secret, "old", &["--expires", "2020-01-01T00:00:00Z"]);
+        // `apikey new` refuses a past expiry; the entry is edited to have one.
+        let (old, e2) = new_key(secret, "old", &["--expires", "2099-01-01T00:00:00Z"]);
+        let e2 = e2.replace("2099-01-01T00:00:00Z", "2020-01-01T00:00:00Z");
         keys.lock().unwrap().extend([good, old]);
         format!("{e1}\n{e2}")
     })
@@ -290,4 +295,80 @@ async fn a_keys_file_outside_the_config_directory_is_watched() {
         get_with(&bin.url("/"), &[("x-api-key", &b)]).await.status,
         StatusCode::OK
     );
+}
+
+/// `apikey new >> keys.toml` stores the entry only: the key goes to stderr or to a new file
+/// only its owner reads; a past expiry is refused; a secret others can read is warned about.
+#[test]
+fn the_key_and_its_entry_never_share_a_stream() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("apikeys.secret");
+    std::fs::write(&secret, drawbridge(&["apikey", "secret"])).expect("write secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let secret_arg = secret.to_str().expect("utf-8");
+    let key_file = dir.path().join("deploy.key");
+    let key_arg = key_file.to_str().expect("utf-8");
+    let (entry, stderr) = run(&[
+        "apikey",
+        "new",
+        "--name",
+        "deploy",
+        "--secret-file",
+        secret_arg,
+        "--key-file",
+        key_arg,
+    ]);
+    let key = std::fs::read_to_string(&key_file).expect("key file");
+    let key = key.trim();
+    assert!(key.starts_with("dbk_"), "{key}");
+    assert!(
+        !entry.contains(key) && !stderr.contains(key),
+        "the key is in its file only"
+    );
+    assert_eq!(
+        std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        stderr.contains("warning:") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // Never over an existing file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args([
+            "apikey",
+            "new",
+            "--name",
+            "again",
+            "--secret-file",
+            secret_arg,
+            "--key-file",
+            key_arg,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&key_file).expect("key").trim(), key);
+    // A past expiry is refused, with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args([
+            "apikey",
+            "new",
+            "--name",
+            "old",
+            "--secret-file",
+            secret_arg,
+            "--expires",
+            "2020-01-01T00:00:00Z",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in the past"));
 }
