@@ -100,7 +100,7 @@ pub struct IdentityAssertion {
     /// Signature algorithm.
     pub algorithm: AssertionAlgorithm,
     /// The signing key's file and its PKCS#8 DER; a key is generated at start when `None`.
-    pub key: Option<(PathBuf, Vec<u8>)>,
+    pub key: Option<(PathBuf, Secret)>,
     /// How long an assertion is valid.
     pub lifetime: Duration,
     /// The request header that carries it, lower-case.
@@ -246,6 +246,29 @@ pub enum TlsVersion {
     Tls12,
     /// TLS 1.3 only.
     Tls13,
+}
+
+/// Secret bytes (a signing key, an HMAC secret): never printed (`Debug` says only how long
+/// it is), and wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// Takes `bytes` as a secret.
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The secret bytes, for the one place that uses them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret([redacted; {} bytes])", self.0.len())
+    }
 }
 
 /// A certificate chain with its key.
@@ -594,7 +617,7 @@ pub struct ApiKeys {
     /// Where clients put the key.
     pub header: ApiKeyHeader,
     /// The HMAC key the stored hashes were made with.
-    pub secret: Vec<u8>,
+    pub secret: Secret,
     /// The keys file, for messages.
     pub keys_file: PathBuf,
     /// The keys.

@@ -625,3 +625,33 @@ fn upstreams_compare_by_every_setting() {
     b.tls_server_name = Some("other".into());
     assert!(!a.same_settings(&b));
 }
+
+/// The API-key server secret and the identity signing key never show in `Debug` (a log line,
+/// a panic message): only how long they are.
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let dir = tempfile_dir("secrets");
+    let secret = "0123456789abcdef0123456789abcdefSECRET";
+    std::fs::write(dir.join("s.secret"), secret).unwrap();
+    std::fs::write(dir.join("keys.toml"), "").unwrap();
+    let src = format!(
+        "{BASE}\n[[authenticators]]\nname = \"scripts\"\ntype = \"api_key\"\nkeys_file = \"keys.toml\"\nsecret_file = \"s.secret\"\n{}",
+        route("authenticate = [\"scripts\"]\nauthorize = false")
+    );
+    let cfg = parse(&dir.join("drawbridge.toml"), &src).expect("valid");
+    let AuthenticatorKind::ApiKey(k) = &cfg.authenticators[0].kind else {
+        panic!("api keys")
+    };
+    assert_eq!(k.secret.expose(), secret.as_bytes());
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("SECRET"), "the secret in Debug");
+    assert!(shown.contains("Secret([redacted; 38 bytes])"), "{shown}");
+    let key = Secret::new(b"PRIVATEKEYBYTES".to_vec());
+    assert_eq!(format!("{key:?}"), "Secret([redacted; 15 bytes])");
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("drawbridge-cfg-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

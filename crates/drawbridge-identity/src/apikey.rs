@@ -49,7 +49,7 @@ impl ApiKeyAuthenticator {
             .map(|k| (k.id.clone(), entry(&name, k)))
             .collect();
         Ok(Self {
-            secret: hmac::Key::new(hmac::HMAC_SHA256, &config.secret),
+            secret: hmac::Key::new(hmac::HMAC_SHA256, config.secret.expose()),
             name,
             config: config.clone(),
             header,

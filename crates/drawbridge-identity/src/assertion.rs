@@ -54,8 +54,8 @@ impl Minter {
     /// A minter for `config`, with its key (generated now when the config names none).
     pub fn new(config: &IdentityAssertion) -> Result<Minter, String> {
         let rng = SystemRandom::new();
-        let pkcs8 = match &config.key {
-            Some((_, der)) => der.clone(),
+        let pkcs8 = zeroize::Zeroizing::new(match &config.key {
+            Some((_, der)) => der.expose().to_vec(),
             None => match config.algorithm {
                 AssertionAlgorithm::Es256 => {
                     EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
@@ -68,7 +68,7 @@ impl Minter {
                     .as_ref()
                     .to_vec(),
             },
-        };
+        });
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let (alg, key, mut jwk) = match config.algorithm {
             AssertionAlgorithm::Es256 => {

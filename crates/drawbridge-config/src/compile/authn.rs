@@ -361,7 +361,11 @@ impl Cx<'_> {
             Some(f) => {
                 let path = self.base.join(f.get_ref());
                 match std::fs::read_to_string(&path) {
-                    Ok(text) if text.trim().len() >= 32 => Some(text.trim().as_bytes().to_vec()),
+                    Ok(text) if text.trim().len() >= 32 => {
+                        let secret = Secret::new(text.trim().as_bytes().to_vec());
+                        zeroize::Zeroize::zeroize(&mut text.into_bytes());
+                        Some(secret)
+                    }
                     Ok(_) => {
                         self.r.error_help(
                             f.span().start,
@@ -667,7 +671,7 @@ impl Cx<'_> {
         let key = i.key_file.as_ref().and_then(|f| {
             self.read_pem("identity.key_file", f, |bytes| {
                 match PrivateKeyDer::from_pem_slice(bytes).map_err(|e| e.to_string())? {
-                    PrivateKeyDer::Pkcs8(k) => Ok(k.secret_pkcs8_der().to_vec()),
+                    PrivateKeyDer::Pkcs8(k) => Ok(Secret::new(k.secret_pkcs8_der().to_vec())),
                     _ => Err("the key must be PKCS#8 (`BEGIN PRIVATE KEY`); convert it with `openssl pkcs8 -topk8 -nocrypt`".into()),
                 }
             })
