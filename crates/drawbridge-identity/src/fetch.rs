@@ -21,11 +21,16 @@ pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
 pub(crate) struct Fetcher {
     url: JwksUrl,
     timeout: Duration,
+    /// The TLS settings for an `https` address, made once when the configuration is
+    /// compiled (the system's roots are read from disk then, never per fetch, and never on
+    /// a runtime thread serving requests).
+    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Fetcher {
     pub(crate) fn new(url: JwksUrl, timeout: Duration) -> Self {
-        Self { url, timeout }
+        let tls = url.tls.then(|| tls_config(&url));
+        Self { url, timeout, tls }
     }
 
     /// The address, for logs.
@@ -47,7 +52,12 @@ impl Fetcher {
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         if u.tls {
-            let connector = tokio_rustls::TlsConnector::from(self.tls_config()?);
+            let config = match &self.tls {
+                Some(Ok(c)) => c.clone(),
+                Some(Err(e)) => return Err(e.clone()),
+                None => return Err("tls: no settings".into()),
+            };
+            let connector = tokio_rustls::TlsConnector::from(config);
             let name = ServerName::try_from(u.host.clone())
                 .map_err(|e| format!("tls: `{}`: {e}", u.host))?;
             let stream = connector
@@ -97,32 +107,33 @@ impl Fetcher {
         driver.abort();
         result
     }
+}
 
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.url.ca {
-            Some(certs) => {
-                for c in certs {
-                    roots
-                        .add(c.clone())
-                        .map_err(|e| format!("tls: CA certificate rejected: {e}"))?;
-                }
-            }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
-                }
+/// The TLS client settings for `url`: its configured CA, or the system's roots.
+fn tls_config(url: &JwksUrl) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &url.ca {
+        Some(certs) => {
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| format!("tls: CA certificate rejected: {e}"))?;
             }
         }
-        if roots.is_empty() {
-            return Err("tls: no trusted root certificates (set `jwks_ca_file`)".into());
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
     }
+    if roots.is_empty() {
+        return Err("tls: no trusted root certificates (set `jwks_ca_file`)".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }

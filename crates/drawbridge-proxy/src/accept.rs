@@ -44,13 +44,22 @@ pub async fn accept_loop(
     drain: mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let max_connections = shared.snapshot.load().listeners[index]
-        .limits
-        .max_connections;
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut slots = Slots::new(
+        shared.snapshot.load().listeners[index]
+            .limits
+            .max_connections,
+    );
+    let mut reloads = shared.reloads.subscribe();
     loop {
+        // A reload may have changed the cap: it applies from the next connection on.
+        slots.resize(
+            shared.snapshot.load().listeners[index]
+                .limits
+                .max_connections,
+        );
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = slots.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = reloads.changed() => continue,
             _ = stop.changed() => return,
         };
         let (stream, peer) = tokio::select! {
@@ -69,11 +78,60 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let drain = drain.clone();
         let stop = stop.clone();
+        let debt = slots.debt.clone();
         tokio::spawn(async move {
             serve_connection(shared, index, stream, peer, stop).await;
-            drop(permit);
+            Slots::release(&debt, permit);
             drop(drain);
         });
+    }
+}
+
+/// A listener's connection slots: `max_connections` of them, resized when a reload changes
+/// the cap. Shrinking below the connections open takes effect as they close.
+struct Slots {
+    sem: Arc<Semaphore>,
+    size: usize,
+    /// Slots to retire as connections close, when the cap shrank below those open.
+    debt: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Slots {
+    fn new(size: usize) -> Slots {
+        Slots {
+            sem: Arc::new(Semaphore::new(size)),
+            size,
+            debt: Arc::default(),
+        }
+    }
+
+    fn resize(&mut self, want: usize) {
+        use std::sync::atomic::Ordering;
+        if want > self.size {
+            let more = want - self.size;
+            // Slots still owed are cancelled first.
+            let owed = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(more))
+                })
+                .unwrap_or(0);
+            self.sem.add_permits(more - owed.min(more));
+        } else if want < self.size {
+            let fewer = self.size - want;
+            let retired = self.sem.forget_permits(fewer);
+            self.debt.fetch_add(fewer - retired, Ordering::AcqRel);
+        }
+        self.size = want;
+    }
+
+    /// Gives a closed connection's slot back, or retires it while the cap is shrinking.
+    fn release(debt: &std::sync::atomic::AtomicUsize, permit: tokio::sync::OwnedSemaphorePermit) {
+        use std::sync::atomic::Ordering;
+        let owed = debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
+        }
     }
 }
 

@@ -65,6 +65,9 @@ pub enum ReloadError {
     /// The new configuration moves, adds or removes listeners.
     #[error("listeners changed; adding, removing or moving listeners needs a restart")]
     ListenersChanged,
+    /// The reload itself failed to run.
+    #[error("reload failed: {0}")]
+    Failed(String),
 }
 
 /// Reads and compiles `path` exactly as `serve` does, without binding anything.
@@ -198,6 +201,11 @@ impl Proxy {
     /// The files besides the config file that the configuration in force reads.
     pub fn files(&self) -> Vec<PathBuf> {
         self.shared.snapshot.load().files.clone()
+    }
+
+    /// Whether the configuration in force asks for its files to be watched.
+    pub fn watches(&self) -> bool {
+        self.shared.snapshot.load().server.watch
     }
 
     /// The config file this proxy was started with.

@@ -1,20 +1,33 @@
-//! Live reload: the config file's directory is watched (Kubernetes swaps ConfigMaps through
-//! symlinks, so the file itself is not enough) and SIGHUP asks for a reload.
+//! Live reload: the files the configuration is made of are watched, and SIGHUP asks for a
+//! reload. Directories are what a watcher can follow (Kubernetes swaps ConfigMaps through
+//! symlinks, editors write a new file and rename it over the old), so the config's
+//! directory and those of the files it names are watched, and only events on those files
+//! (or on a ConfigMap's `..data` swap) count: an access log written beside the config
+//! recompiles nothing.
+//!
+//! Compiling runs off the runtime's threads (file reads, Cedar, TLS and root stores), bursts
+//! of events are debounced, and a refused configuration is reported once per distinct
+//! refusal, not at every event.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::Proxy;
+use crate::{Proxy, ReloadError};
 
-/// Reloads `proxy` on SIGHUP and, when `watch` is set, on changes in the config's directory.
-/// Runs until the process ends.
-pub async fn run(proxy: Arc<Proxy>, watch: bool) {
+/// How long events must stop before a reload: editors and ConfigMap swaps write in steps.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Reloads `proxy` on SIGHUP and, when its configuration says `watch`, when a file it is
+/// made of changes. Runs until the process ends.
+pub async fn run(proxy: Arc<Proxy>) {
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
-    let mut watched = if watch {
+    let mut watched = if proxy.watches() {
         Watched::start(&proxy, tx.clone())
     } else {
         None
@@ -39,72 +52,111 @@ pub async fn run(proxy: Arc<Proxy>, watch: bool) {
         let _ = tx.try_send("watch started");
     }
     drop(tx);
-    while let Some(cause) = rx.recv().await {
-        // Editors and ConfigMap swaps write in several steps: let them settle.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while rx.try_recv().is_ok() {}
-        if let Some(w) = watched.as_mut() {
-            w.follow_target(&proxy);
+    let mut last_refusal: Option<String> = None;
+    while let Some(mut cause) = rx.recv().await {
+        // Debounce: wait until the events stop for a moment.
+        while let Ok(Some(next)) = tokio::time::timeout(SETTLE, rx.recv()).await {
+            if next == "SIGHUP" {
+                cause = next;
+            }
         }
         let before = proxy.version();
-        match proxy.reload() {
-            Ok(version) if version == before => tracing::debug!(cause, "configuration unchanged"),
-            Ok(version) => tracing::info!(cause, %version, "configuration reloaded"),
-            Err(e) => {
-                tracing::error!(cause, error = %e, "reload refused; the previous configuration keeps serving")
+        let p = proxy.clone();
+        let outcome = tokio::task::spawn_blocking(move || p.reload())
+            .await
+            .unwrap_or_else(|e| Err(ReloadError::Failed(e.to_string())));
+        match outcome {
+            Ok(version) => {
+                last_refusal = None;
+                if version == before {
+                    tracing::debug!(cause, "configuration unchanged");
+                } else {
+                    tracing::info!(cause, %version, "configuration reloaded");
+                }
             }
+            Err(e) => {
+                let text = e.to_string();
+                // The same refusal again (the same broken file touched, a SIGHUP): said once.
+                if last_refusal.as_deref() == Some(text.as_str()) && cause != "SIGHUP" {
+                    tracing::debug!(cause, "reload refused again for the same reason");
+                } else {
+                    tracing::error!(cause, error = %text, "reload refused; the previous configuration keeps serving");
+                }
+                last_refusal = Some(text);
+            }
+        }
+        if let Some(w) = watched.as_mut() {
+            w.follow(&proxy);
         }
     }
 }
 
-/// The watcher, on the config file's directory and on the directory its symlinks resolve to
-/// (so an edit in place behind a symlink is seen as well as a swap of the link).
+/// The watcher and what it watches.
 struct Watched {
     watcher: notify::RecommendedWatcher,
-    target_dir: Option<PathBuf>,
-    /// Directories of the other files the configuration reads (JWK Sets, API keys).
-    file_dirs: std::collections::HashSet<PathBuf>,
+    /// Directories watched.
+    dirs: HashSet<PathBuf>,
+    /// The files that count, by directory and name; shared with the watcher's callback.
+    files: Arc<Mutex<HashSet<(PathBuf, OsString)>>>,
 }
 
 impl Watched {
     fn start(proxy: &Proxy, tx: mpsc::Sender<&'static str>) -> Option<Watched> {
-        let dir = parent(proxy.config_path());
+        let files: Arc<Mutex<HashSet<(PathBuf, OsString)>>> = Arc::default();
+        let wanted = files.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(event) = res
-                && !matches!(event.kind, notify::EventKind::Access(_))
-            {
+            let Ok(event) = res else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let files = wanted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if event.paths.iter().any(|p| counts(&files, p)) {
                 let _ = tx.try_send("file change");
             }
         });
-        let mut watcher = match watcher {
+        let watcher = match watcher {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the file watcher; reload with SIGHUP");
                 return None;
             }
         };
-        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-            return None;
-        }
         let mut w = Watched {
             watcher,
-            target_dir: None,
-            file_dirs: Default::default(),
+            dirs: HashSet::new(),
+            files,
         };
-        w.follow_target(proxy);
+        w.follow(proxy);
+        if w.dirs.is_empty() {
+            tracing::warn!("cannot watch the config directory; reload with SIGHUP");
+            return None;
+        }
         Some(w)
     }
 
-    /// Watches the directory the config file currently resolves to, if it differs, and the
-    /// directories of the files it names.
-    fn follow_target(&mut self, proxy: &Proxy) {
-        let config_dir = parent(proxy.config_path());
-        for dir in proxy.files().iter().map(|f| parent(f)) {
-            if dir != config_dir && !self.file_dirs.contains(&dir) {
-                match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+    /// Watches the files the configuration in force is made of: the config file (and where
+    /// its symlink leads) and every file it names.
+    fn follow(&mut self, proxy: &Proxy) {
+        let mut paths = vec![proxy.config_path().to_path_buf()];
+        paths.extend(proxy.files());
+        let mut files = HashSet::new();
+        for path in &paths {
+            for p in [Some(path.clone()), std::fs::canonicalize(path).ok()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = p.file_name() {
+                    files.insert((parent(&p), name.to_os_string()));
+                }
+            }
+        }
+        for (dir, _) in &files {
+            if !self.dirs.contains(dir) {
+                match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
-                        self.file_dirs.insert(dir);
+                        self.dirs.insert(dir.clone());
                     }
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a directory the config reads from; reload with SIGHUP")
@@ -112,25 +164,24 @@ impl Watched {
                 }
             }
         }
-        let path = proxy.config_path();
-        let target = std::fs::canonicalize(path).ok().map(|p| parent(&p));
-        let own = std::fs::canonicalize(parent(path)).ok();
-        let wanted = target.filter(|t| Some(t) != own.as_ref());
-        if wanted == self.target_dir {
-            return;
-        }
-        if let Some(old) = self.target_dir.take() {
-            let _ = self.watcher.unwatch(&old);
-        }
-        if let Some(dir) = wanted {
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => self.target_dir = Some(dir),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's target directory")
-                }
-            }
-        }
+        *self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = files;
     }
+}
+
+/// Whether an event on `path` concerns one of `files`: the file itself, or a ConfigMap's
+/// atomic swap (`..data` and its timestamped directories) in a watched directory.
+fn counts(files: &HashSet<(PathBuf, OsString)>, path: &Path) -> bool {
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    let dir = parent(path);
+    if name.as_encoded_bytes().starts_with(b"..") {
+        return files.iter().any(|(d, _)| *d == dir);
+    }
+    files.contains(&(dir, name.to_os_string()))
 }
 
 fn parent(path: &Path) -> PathBuf {

@@ -209,10 +209,7 @@ async fn serve(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let watch = drawbridge_config::load(&config)
-        .map(|c| c.server.watch)
-        .unwrap_or(true);
-    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone(), watch));
+    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone()));
     wait_for_stop().await;
     tracing::info!("stopping: no new connections; draining in-flight requests");
     proxy.shutdown().await;

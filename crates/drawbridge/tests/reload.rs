@@ -228,3 +228,136 @@ async fn the_binary_reloads_on_file_change_and_sighup_and_drains_on_sigterm() {
         "still accepting after shutdown"
     );
 }
+
+/// Only the files the configuration is made of trigger a reload: an access log written
+/// beside the config recompiles nothing. A refused file is reported once per distinct
+/// refusal, not at every touch.
+#[tokio::test]
+async fn only_the_configs_own_files_reload_and_a_refusal_is_said_once() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    let cfg = two_routes(&up.url(), "")
+        .replace("watch = false", "watch = true")
+        .replace("access_log = \"off\"", "access_log = \"access.jsonl\"");
+    std::fs::write(&path, &cfg).expect("write");
+    let bin = Binary::serve_logging(&path, "info,drawbridge_proxy::reload=debug");
+    let reloads = |log: &str| log.matches("cause=\"file change\"").count();
+    for _ in 0..20 {
+        assert_eq!(get(&bin.url("/old")).await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(dir.path().join("access.jsonl"))
+                .is_ok_and(|l| l.lines().count() >= 20)
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        reloads(&bin.log()),
+        0,
+        "the access log reloaded:\n{}",
+        bin.log()
+    );
+
+    // A broken edit is refused once, however often the same file is touched again.
+    std::fs::write(&path, "[[routes]\n").expect("write");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bin.log().contains("reload refused;")
+        })
+        .await,
+        "{}",
+        bin.log()
+    );
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        std::fs::write(&path, "[[routes]\n").expect("write");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bin.log().matches("refused again").count() >= 3
+        })
+        .await,
+        "{}",
+        bin.log()
+    );
+    assert_eq!(
+        bin.log().matches("reload refused;").count(),
+        1,
+        "{}",
+        bin.log()
+    );
+    // Another mistake is another report.
+    std::fs::write(&path, "[server]\nnope = 1\n").expect("write");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bin.log().matches("reload refused;").count() == 2
+        })
+        .await,
+        "{}",
+        bin.log()
+    );
+    assert_eq!(get(&bin.url("/old")).await.status, StatusCode::OK);
+}
+
+/// Opens a connection and has one request answered on it; `None` if not served in time.
+async fn served(addr: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /old/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .starts_with("HTTP/1.1 200")
+        .then_some(s)
+}
+
+/// `max_connections` is applied by a reload (it was read once per listener and a changed
+/// value silently ignored): raised, waiting connections are served; lowered, the new cap
+/// holds once enough connections closed.
+#[tokio::test]
+async fn a_reload_applies_a_new_connection_cap() {
+    let up = RecordingUpstream::start().await;
+    let cfg = |cap: usize| {
+        two_routes(&up.url(), "")
+            .replace(LISTENER_END, &limits(&format!("max_connections = {cap}")))
+    };
+    let h = Harness::start(&cfg(2)).await;
+    let a = served(h.addr).await.expect("first");
+    let b = served(h.addr).await.expect("second");
+    assert!(served(h.addr).await.is_none(), "served past the cap of 2");
+    std::fs::write(h.config_path(), cfg(4)).expect("write");
+    h.proxy.reload().expect("reload");
+    let c = served(h.addr).await.expect("served under the cap of 4");
+    let d = served(h.addr).await;
+    assert!(d.is_some(), "the fourth slot");
+    // Lowered to 1 with 4 open: nothing new until three have closed.
+    std::fs::write(h.config_path(), cfg(1)).expect("write");
+    h.proxy.reload().expect("reload");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        served(h.addr).await.is_none(),
+        "served past the lowered cap"
+    );
+    drop((c, d));
+    let e = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(s) = served(h.addr).await {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("served once every connection over the cap closed");
+    assert!(served(h.addr).await.is_none(), "one at a time");
+    drop(e);
+}

@@ -193,11 +193,16 @@ pub struct Binary {
 impl Binary {
     /// Starts `drawbridge serve --config path` and waits for its first listener.
     pub fn serve(path: &std::path::Path) -> Binary {
+        Self::serve_logging(path, "info")
+    }
+
+    /// The same, with `DRAWBRIDGE_LOG` set to `filter`.
+    pub fn serve_logging(path: &std::path::Path, filter: &str) -> Binary {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
             .args(["serve", "--config"])
             .arg(path)
-            .env("DRAWBRIDGE_LOG", "info")
+            .env("DRAWBRIDGE_LOG", filter)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
