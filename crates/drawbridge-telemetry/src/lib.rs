@@ -173,6 +173,8 @@ pub struct JsonLog<T> {
     dropped: Arc<AtomicU64>,
     /// Flushes asked for and flushes done: `flush` waits until the writer catches up.
     flushes: Arc<(AtomicU64, AtomicU64)>,
+    /// How the writer thread sleeps when there is nothing to write, and is woken.
+    wake: Arc<Wake>,
 }
 
 impl<T> Clone for JsonLog<T> {
@@ -181,6 +183,53 @@ impl<T> Clone for JsonLog<T> {
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
             flushes: self.flushes.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+/// The writer's sleep. While events keep coming it polls the queue every [`POLL_EVERY`]
+/// (waking it per event, a futex call and a context switch on the core serving the request,
+/// would cost more than writing the event); with nothing queued it parks until a sender or
+/// a flush wakes it, so an idle log never wakes at all.
+#[derive(Default)]
+struct Wake {
+    parked: std::sync::atomic::AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Times the writer woke from a sleep, for tests of the idle writer.
+    wakes: AtomicU64,
+    /// The last sender is gone: write what is queued and end.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    /// Wakes the writer if it is parked. The fence pairs with the writer's: either it sees
+    /// the event just queued before it parks, or this sees it parked.
+    fn nudge(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed)
+            && self.parked.swap(false, Ordering::AcqRel)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
+
+    /// Wakes the writer whether it is parked or between batches.
+    fn wake_now(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl<T> Drop for JsonLog<T> {
+    fn drop(&mut self) {
+        // The last sender (the writer holds the other reference): let the writer finish.
+        if self.tx.is_some() && Arc::strong_count(&self.wake) == 2 {
+            self.wake.closing.store(true, Ordering::SeqCst);
+            self.wake.wake_now();
         }
     }
 }
@@ -200,19 +249,14 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         let dropped = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let writer: Box<dyn Write + Send> = match sink {
-            Sink::Off => {
-                return Ok(Self {
-                    tx: None,
-                    dropped,
-                    flushes,
-                });
-            }
+            Sink::Off => return Ok(Self::off()),
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
             Sink::Writer(w) => w,
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new()
+        let wake = Arc::new(Wake::default());
+        let handle = std::thread::Builder::new()
             .name(format!(
                 "{}-log",
                 std::any::type_name::<T>()
@@ -222,12 +266,15 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             ))
             .spawn({
                 let flushes = flushes.clone();
-                move || write_loop(rx, writer, &flushes)
+                let wake = wake.clone();
+                move || write_loop(rx, writer, &flushes, &wake)
             })?;
+        let _ = wake.thread.set(handle.thread().clone());
         Ok(Self {
             tx: Some(tx),
             dropped,
             flushes,
+            wake,
         })
     }
 
@@ -237,6 +284,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             tx: None,
             dropped: Arc::new(AtomicU64::new(0)),
             flushes: Default::default(),
+            wake: Default::default(),
         }
     }
 
@@ -244,7 +292,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     pub fn record(&self, event: T) {
         if let Some(tx) = &self.tx {
             match tx.try_send(event) {
-                Ok(()) => {}
+                Ok(()) => self.wake.nudge(),
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -266,6 +314,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         }
         let (asked, done) = &*self.flushes;
         let ticket = asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.wake_now();
         let deadline = std::time::Instant::now() + timeout;
         while done.load(Ordering::SeqCst) < ticket {
             if std::time::Instant::now() >= deadline {
@@ -280,28 +329,38 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// How often the writer woke from a sleep since it started.
+    pub fn writer_wakes(&self) -> u64 {
+        self.wake.wakes.load(Ordering::Relaxed)
+    }
 }
 
-/// How often the writer collects queued events. It never sleeps on the queue itself: a
-/// sleeping reader must be woken by the sender, and that wake-up (a futex call and a context
-/// switch on the core serving the request) cost more than writing the event. Polling keeps
-/// the request path to an enqueue; events reach the sink within this interval.
+/// How often the writer collects queued events while they keep coming. It never sleeps on
+/// the queue itself (see [`Wake`]): the request path stays an enqueue, and events reach the
+/// sink within this interval.
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn write_loop<T: Serialize>(
     rx: Receiver<T>,
     writer: Box<dyn Write + Send>,
     flushes: &(AtomicU64, AtomicU64),
+    wake: &Wake,
 ) {
     use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
     let mut line: Vec<u8> = Vec::with_capacity(1024);
+    let mut pending: Option<T> = None;
     loop {
         // Read before draining: everything queued before this ask is drained below.
         let asked = flushes.0.load(Ordering::SeqCst);
         let mut wrote = false;
         let closed = loop {
-            match rx.try_recv() {
+            let next = match pending.take() {
+                Some(event) => Ok(event),
+                None => rx.try_recv(),
+            };
+            match next {
                 Ok(event) => {
                     // Into a reused buffer first: serde_json writes many small pieces, and
                     // each through `BufWriter` costs a call; one `write_all` per line.
@@ -321,14 +380,45 @@ fn write_loop<T: Serialize>(
             tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
         }
         flushes.1.store(asked, Ordering::SeqCst);
-        if closed {
+        if closed || wake.closing.load(Ordering::SeqCst) {
+            // No sender is left: what was queued is written (drained above).
+            while let Ok(event) = rx.try_recv() {
+                line.clear();
+                if serde_json::to_writer(&mut line, &event).is_ok() {
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+            }
             break;
         }
-        // Sleep in short steps while a flush is waited for, else the whole interval.
-        let until = std::time::Instant::now() + POLL_EVERY;
-        while std::time::Instant::now() < until && flushes.0.load(Ordering::SeqCst) == asked {
-            std::thread::sleep(std::time::Duration::from_millis(2).min(POLL_EVERY));
+        if wrote {
+            // Busy: collect the next batch after an interval, unless a flush is waited for.
+            if flushes.0.load(Ordering::SeqCst) == asked {
+                std::thread::park_timeout(POLL_EVERY);
+                wake.wakes.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
         }
+        // Idle: park until a sender or a flush wakes us.
+        wake.parked.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        match rx.try_recv() {
+            Ok(event) => {
+                wake.parked.store(false, Ordering::Relaxed);
+                pending = Some(event);
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
+        }
+        while wake.parked.load(Ordering::Acquire)
+            && flushes.0.load(Ordering::SeqCst) == asked
+            && !wake.closing.load(Ordering::SeqCst)
+        {
+            std::thread::park();
+        }
+        wake.parked.store(false, Ordering::Relaxed);
+        wake.wakes.fetch_add(1, Ordering::Relaxed);
     }
     let _ = out.flush();
 }
@@ -353,33 +443,91 @@ mod tests {
         }
     }
 
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent {
+            time: SystemTime::UNIX_EPOCH,
+            log: "audit",
+            request_id: format!("r{i}"),
+            version: "v".into(),
+            principal: AuditPrincipal {
+                id: "alice".into(),
+                kind: "user",
+                authenticator: "corp".into(),
+                groups: vec!["staff".into()],
+            },
+            action: "GET",
+            resource: "orders".into(),
+            upstream: "shop".into(),
+            path: "/orders".into(),
+            client: "127.0.0.1:1".into(),
+            decision: "deny",
+            reason: None,
+            policies: Vec::new(),
+            errors: Vec::new(),
+            shadow: None,
+        }
+    }
+
+    /// An idle log's writer sleeps until there is something to write (it polled every 2 ms
+    /// forever); an event wakes it, and it is written promptly.
+    #[test]
+    fn an_idle_writer_does_not_wake() {
+        let buf = Shared::default();
+        let log: AuditLog = JsonLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let idle = log.writer_wakes();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(log.writer_wakes(), idle, "woke while idle");
+        let start = std::time::Instant::now();
+        log.record(event(1));
+        while buf.0.lock().expect("lock").is_empty() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "never written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Written, then idle again: a wake for the event and at most one after its batch.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after = log.writer_wakes();
+        assert!(after <= idle + 2, "{idle} -> {after}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(log.writer_wakes(), after, "woke while idle again");
+    }
+
+    /// The last sender dropped: what it queued is still written.
+    #[test]
+    fn dropping_the_last_sender_writes_what_was_queued() {
+        let buf = Shared::default();
+        let log: AuditLog = JsonLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
+        for i in 0..100 {
+            log.record(event(i));
+        }
+        drop(log);
+        let start = std::time::Instant::now();
+        while buf
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            < 100
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "not written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn flush_waits_until_every_queued_event_is_written() {
         let buf = Shared::default();
         let log: AuditLog = JsonLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
         for i in 0..500 {
-            log.record(AuditEvent {
-                time: SystemTime::UNIX_EPOCH,
-                log: "audit",
-                request_id: format!("r{i}"),
-                version: "v".into(),
-                principal: AuditPrincipal {
-                    id: "alice".into(),
-                    kind: "user",
-                    authenticator: "corp".into(),
-                    groups: vec!["staff".into()],
-                },
-                action: "GET",
-                resource: "orders".into(),
-                upstream: "shop".into(),
-                path: "/orders".into(),
-                client: "127.0.0.1:1".into(),
-                decision: "deny",
-                reason: None,
-                policies: Vec::new(),
-                errors: Vec::new(),
-                shadow: None,
-            });
+            log.record(event(i));
         }
         assert!(log.flush(std::time::Duration::from_secs(5)));
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
