@@ -78,12 +78,13 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let drain = drain.clone();
         let stop = stop.clone();
-        let debt = slots.debt.clone();
-        tokio::spawn(async move {
-            serve_connection(shared, index, stream, peer, stop).await;
-            Slots::release(&debt, permit);
-            drop(drain);
-        });
+        // The connection's slot and its place in the drain go with it, to a tunnel too.
+        let held = Held {
+            permit: Some(permit),
+            debt: slots.debt.clone(),
+            _drain: drain,
+        };
+        tokio::spawn(serve_connection(shared, index, stream, peer, stop, held));
     }
 }
 
@@ -124,12 +125,24 @@ impl Slots {
         }
         self.size = want;
     }
+}
 
-    /// Gives a closed connection's slot back, or retires it while the cap is shrinking.
-    fn release(debt: &std::sync::atomic::AtomicUsize, permit: tokio::sync::OwnedSemaphorePermit) {
+/// What a connection holds until it ends (a WebSocket tunnel's included): its listener slot
+/// and its place in the drain. Dropped, the slot is given back, or retired while the cap is
+/// shrinking.
+struct Held {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    debt: Arc<std::sync::atomic::AtomicUsize>,
+    _drain: mpsc::Sender<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
         use std::sync::atomic::Ordering;
-        let owed = debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
-        if owed.is_ok() {
+        let owed = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        if let (Ok(_), Some(permit)) = (owed, self.permit.take()) {
             permit.forget();
         }
     }
@@ -141,6 +154,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
+    held: Held,
 ) {
     let snapshot = shared.snapshot.load_full();
     let entry = &snapshot.listeners[index];
@@ -171,15 +185,16 @@ async fn serve_connection(
 
     let is_tls = tls.is_some();
     let streams = Arc::new(Streams::default());
-    let info = |client_cert, sni: Option<Box<str>>| {
-        Arc::new(ConnInfo::new(
-            index,
-            peer,
-            is_tls,
-            client_cert,
-            sni,
-            streams.clone(),
-        ))
+    // Until the handshake is done the connection holds its slot here; then its `ConnInfo`
+    // does, for as long as anything (its requests, a tunnel) holds that.
+    let mut held = Some(held);
+    let stop_for_info = stop.clone();
+    let mut info = |client_cert, sni: Option<Box<str>>| {
+        let conn = ConnInfo::new(index, peer, is_tls, client_cert, sni, streams.clone());
+        Arc::new(match held.take() {
+            Some(h) => conn.holding(stop_for_info.clone(), Box::new(h)),
+            None => conn,
+        })
     };
     let service = |conn: Arc<ConnInfo>| {
         let shared = shared.clone();
@@ -417,6 +432,7 @@ fn record_refused(shared: &Shared, index: usize, peer: SocketAddr, r: Refused) {
         status: r.status,
         grpc_status: None,
         bytes_sent: 0,
+        bytes_received: None,
         upstream: None,
         duration_us: u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX),
         phase: Some(r.phase),

@@ -46,6 +46,12 @@ pub struct ConnInfo {
     pub streams: Arc<crate::io::Streams>,
     /// The server name the TLS handshake asked for.
     pub sni: Option<Box<str>>,
+    /// Turns true when the server starts to drain: a tunnel outliving its request watches it.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What the connection holds while it lives (its listener slot, its place in the
+    /// drain); released when the last holder of the connection (a tunnel's relay, maybe)
+    /// lets it go.
+    pub held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ConnInfo {
@@ -68,7 +74,20 @@ impl ConnInfo {
             client_cert,
             streams,
             sni,
+            stop: None,
+            held: None,
         }
+    }
+
+    /// The same connection, watching `stop` and holding `held` for as long as it lives.
+    pub fn holding(
+        mut self,
+        stop: tokio::sync::watch::Receiver<bool>,
+        held: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        self.stop = Some(stop);
+        self.held = Some(held);
+        self
     }
 }
 

@@ -11,7 +11,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, head
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use crate::body::{BodyError, RequestBody};
 use crate::rescue::ProxyError;
@@ -42,12 +41,17 @@ pub struct Outgoing {
 pub struct Forwarded {
     /// The response, hop-by-hop headers removed.
     pub response: Response<Incoming>,
-    /// Counts the request against its endpoint until the response ends.
-    pub in_flight: InFlight,
+    /// The endpoint that answered, for the access log.
+    pub endpoint: Arc<str>,
+    /// Counts the request against its endpoint until the response ends (a tunnel's relay
+    /// holds it instead).
+    pub in_flight: Option<InFlight>,
     /// The HTTP/1.1 connection, to return to the pool once the body was read to its end.
     pub reuse: Option<http1::SendRequest<RequestBody>>,
     /// When the response stream must end at the latest.
     pub deadline: Option<Deadline>,
+    /// An upgraded tunnel's relay, waiting for the request's record and connection.
+    pub tunnel: Option<tokio::sync::oneshot::Sender<crate::websocket::Kept>>,
 }
 
 /// A pooled connection idle this long may have been closed by the upstream: a request that
@@ -144,9 +148,11 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
                 *response.version_mut() = Version::HTTP_11;
                 return Ok(Forwarded {
                     response,
-                    in_flight,
+                    endpoint: in_flight.endpoint().label.clone(),
+                    in_flight: Some(in_flight),
                     reuse,
                     deadline: None,
+                    tunnel: None,
                 });
             }
             Ok(Err(Failure::Client(e))) => return Err(e),
@@ -430,52 +436,25 @@ fn relay_upgrade(
         sanitize::strip_response_headers(response.headers_mut(), false);
         return Ok(Forwarded {
             response,
-            in_flight,
+            endpoint: in_flight.endpoint().label.clone(),
+            in_flight: Some(in_flight),
             reuse: None,
             deadline: None,
+            tunnel: None,
         });
     }
     let upstream = hyper::upgrade::on(&mut response);
     sanitize::strip_response_headers(response.headers_mut(), true);
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade did not complete");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let Some(mut lease) = lease else {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "websocket relay ended");
-            }
-            return;
-        };
-        let recheck = lease.recheck.take();
-        let deadline = lease.deadline;
-        let revoked = async move {
-            match recheck {
-                Some(r) => r.revoked().await,
-                None => std::future::pending().await,
-            }
-        };
-        // Ended here, both sides are closed (dropped): the client sees the tunnel end.
-        tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "websocket relay ended");
-                }
-            }
-            () = tokio::time::sleep_until(deadline.at) => lease.closed(deadline.why),
-            why = revoked => lease.closed(why),
-        }
-    });
+    let endpoint = in_flight.endpoint().label.clone();
+    // The tunnel holds the endpoint's in-flight count (and, through its record, the
+    // connection) for as long as it lives.
+    let tunnel = crate::websocket::relay(client, upstream, in_flight, lease);
     Ok(Forwarded {
         response,
-        in_flight,
+        endpoint,
+        in_flight: None,
         reuse: None,
         deadline: None,
+        tunnel: Some(tunnel),
     })
 }

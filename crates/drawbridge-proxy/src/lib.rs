@@ -27,6 +27,7 @@ pub mod tls;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -46,40 +46,52 @@ pub async fn handle(
         parts.version,
     );
     let outcome = run(&shared, &snapshot, listener, &conn, parts, body, &mut ctx).await;
-    let (res, in_flight) = match outcome {
+    let (res, in_flight, tunnel) = match outcome {
         Ok(Outcome::Forwarded(Forwarded {
             response,
             in_flight,
             reuse,
             deadline,
+            tunnel,
+            ..
         })) => (
             response.map(|b| ResponseBody::upstream(b, reuse, deadline)),
-            Some(in_flight),
+            in_flight,
+            tunnel,
         ),
-        Ok(Outcome::Local(response)) => (response, None),
+        Ok(Outcome::Local(response)) => (response, None, None),
         Err(err) => {
             ctx.event.phase = Some(err.phase());
             ctx.event.reason = Some(err.to_string());
             if ctx.grpc {
                 ctx.event.grpc_status = Some(err.grpc_status());
             }
-            (rescue::respond(&err, ctx.grpc, ctx.request_id()), None)
+            (
+                rescue::respond(&err, ctx.grpc, ctx.request_id()),
+                None,
+                None,
+            )
         }
     };
     let Ctx {
         mut event, arrived, ..
     } = ctx;
     event.status = res.status().as_u16();
-    let log = shared.log.clone();
-    res.map(|b| {
-        b.with_record(Record {
-            log,
-            event,
-            start: arrived,
-            in_flight,
-            stream,
-        })
-    })
+    let record = Record {
+        log: shared.log.clone(),
+        event,
+        start: arrived,
+        in_flight,
+        stream,
+    };
+    match tunnel {
+        // A tunnel's line is written when it ends, with the bytes of both directions.
+        Some(tunnel) => {
+            let _ = tunnel.send(crate::websocket::Kept { record, conn });
+            res
+        }
+        None => res.map(|b| b.with_record(record)),
+    }
 }
 
 async fn run(
@@ -172,7 +184,7 @@ async fn run(
     };
     let mut forwarded = forward::forward(&route.upstream, out).await?;
     forwarded.deadline = Some(deadline);
-    ctx.event.upstream = Some(forwarded.in_flight.endpoint().label.clone());
+    ctx.event.upstream = Some(forwarded.endpoint.clone());
     Ok(Outcome::Forwarded(forwarded))
 }
 

@@ -37,6 +37,7 @@ pub fn access_event(
         status: 0,
         grpc_status: None,
         bytes_sent: 0,
+        bytes_received: None,
         upstream: None,
         duration_us: 0,
         phase: None,

@@ -68,8 +68,12 @@ pub struct AccessEvent {
     /// gRPC status, when Drawbridge answered a gRPC call itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<u16>,
-    /// Response body bytes sent to the client.
+    /// Response body bytes sent to the client (a tunnel's: every byte it relayed to the
+    /// client).
     pub bytes_sent: u64,
+    /// A tunnel's bytes relayed from the client; absent for ordinary requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
     /// Upstream endpoint that served the request.
     pub upstream: Option<Arc<str>>,
     /// Microseconds from request arrival to the end of the response (an integer: no float
@@ -558,6 +562,7 @@ mod tests {
             status: 404,
             grpc_status: None,
             bytes_sent: 0,
+            bytes_received: None,
             upstream: None,
             duration_us: 500,
             phase: Some(Phase::Route),

@@ -233,13 +233,23 @@ async fn open_ws(h: &Harness, path: &str, token: Option<&str>) -> Ws {
 
 /// Waits up to `limit` for the tunnel to end; how long it took.
 async fn ends_within(ws: &mut Ws, limit: std::time::Duration) -> Option<std::time::Duration> {
+    closes_within(ws, limit).await.map(|(d, _)| d)
+}
+
+/// Waits up to `limit` for the tunnel to end: how long it took, and the close frame's code
+/// when it ended with one.
+async fn closes_within(
+    ws: &mut Ws,
+    limit: std::time::Duration,
+) -> Option<(std::time::Duration, Option<u16>)> {
     let start = std::time::Instant::now();
     loop {
         match tokio::time::timeout(limit.saturating_sub(start.elapsed()), ws.next()).await {
             Err(_) => return None,
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
-                return Some(start.elapsed());
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Some((start.elapsed(), frame.map(|f| u16::from(f.code))));
             }
+            Ok(None) | Ok(Some(Err(_))) => return Some((start.elapsed(), None)),
             Ok(Some(Ok(_))) => {}
         }
     }
@@ -258,11 +268,12 @@ async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
         }))
     };
 
-    // A token good for 2 more seconds: the tunnel it opened ends with it.
+    // A token good for 2 more seconds: the tunnel it opened ends with it, with a close
+    // frame saying why (1008 policy violation), not a cut connection.
     let mut ws = open_ws(&h, "/ws", Some(&token(2))).await;
-    let ended = ends_within(&mut ws, std::time::Duration::from_secs(6)).await;
+    let ended = closes_within(&mut ws, std::time::Duration::from_secs(6)).await;
     assert!(
-        ended.is_some_and(|d| d < std::time::Duration::from_secs(4)),
+        ended.is_some_and(|(d, code)| d < std::time::Duration::from_secs(4) && code == Some(1008)),
         "{ended:?}"
     );
 
@@ -271,14 +282,17 @@ async fn tunnels_end_when_their_credential_expires_or_is_revoked_or_they_age() {
     let other = SigningKey::generate(KeyType::P256, "k2");
     std::fs::write(h.dir.path().join("jwks.json"), jwks(&[&other])).expect("rewrite");
     h.proxy.reload().expect("reload");
-    let ended = ends_within(&mut ws, std::time::Duration::from_secs(3)).await;
-    assert!(ended.is_some(), "a revoked credential kept its tunnel");
-
-    // A public tunnel at its route's maximum lifetime.
-    let mut ws = open_ws(&h, "/brief", None).await;
-    let ended = ends_within(&mut ws, std::time::Duration::from_secs(4)).await;
+    let ended = closes_within(&mut ws, std::time::Duration::from_secs(3)).await;
     assert!(
-        ended.is_some_and(|d| d < std::time::Duration::from_secs(3)),
+        ended.is_some_and(|(_, code)| code == Some(1008)),
+        "a revoked credential kept its tunnel: {ended:?}"
+    );
+
+    // A public tunnel at its route's maximum lifetime (1001 going away).
+    let mut ws = open_ws(&h, "/brief", None).await;
+    let ended = closes_within(&mut ws, std::time::Duration::from_secs(4)).await;
+    assert!(
+        ended.is_some_and(|(d, code)| d < std::time::Duration::from_secs(3) && code == Some(1001)),
         "{ended:?}"
     );
 
@@ -346,4 +360,155 @@ async fn a_tunnel_ends_when_a_reload_makes_the_policies_refuse_it() {
     .await;
     assert_eq!(closings.len(), 1, "{closings:?}");
     assert_eq!(closings[0]["reason"], "no longer allowed by the policies");
+}
+
+/// A tunnel keeps what its request held: its connection's slot (`max_connections`) and its
+/// endpoint's in-flight count (`max_requests`) — upgraded connections used to leave both,
+/// so any admitted client could open them without bound.
+#[tokio::test]
+async fn tunnels_count_in_the_connection_cap_and_the_upstream_cap() {
+    let (url, _seen) = ws_upstream().await;
+    let h = Harness::start(
+        &config(&format!(
+            "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\nmax_requests = 1\n\n\
+             [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
+        ))
+        .replace(LISTENER_END, &limits("max_connections = 2")),
+    )
+    .await;
+    let mut ws = open_ws(&h, "/chat", None).await;
+    // The tunnel holds the endpoint's only request slot.
+    let reply = raw(
+        h.addr,
+        b"GET /plain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 503, "{reply}");
+    // ...and one of the two connection slots: with a second connection open, a third waits.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut second = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    second
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = second.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+    let mut third = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    third
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf))
+            .await
+            .is_err(),
+        "a third connection was served while a tunnel and a connection held both slots"
+    );
+    // The tunnel ends: its slots come back.
+    ws.close(None).await.expect("close");
+    drop(ws);
+    let n = tokio::time::timeout(std::time::Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("served once the tunnel ended")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+}
+
+/// A tunnel's access-log line is written when it ends, with the bytes relayed each way and
+/// its whole duration (it was written at the 101, with 0 bytes).
+#[tokio::test]
+async fn a_tunnels_log_line_is_written_when_it_ends() {
+    let (url, _seen) = ws_upstream().await;
+    let h = Harness::start(
+        &config(&format!(
+            "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n\
+             [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
+        ))
+        .replace("access_log = \"off\"", "access_log = \"access.jsonl\""),
+    )
+    .await;
+    let mut ws = open_ws(&h, "/chat", None).await;
+    ws.send(Message::Binary(vec![7u8; 10_000].into()))
+        .await
+        .expect("send");
+    let echoed = ws.next().await.expect("frame").expect("ok");
+    assert_eq!(echoed.len(), 10_000);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = h.dir.path().join("access.jsonl");
+    assert!(
+        json_lines(&log, 1, |l| l["path"] == "/chat")
+            .await
+            .is_empty(),
+        "written before the tunnel ended"
+    );
+    ws.close(None).await.expect("close");
+    let _ = ends_within(&mut ws, std::time::Duration::from_secs(2)).await;
+    drop(ws);
+    let lines = json_lines(&log, 1, |l| l["path"] == "/chat").await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["status"], 101);
+    assert!(
+        line["bytes_received"].as_u64().is_some_and(|b| b > 10_000),
+        "{line}"
+    );
+    assert!(
+        line["bytes_sent"].as_u64().is_some_and(|b| b > 10_000),
+        "{line}"
+    );
+    assert!(
+        line["duration_us"].as_u64().is_some_and(|d| d >= 300_000),
+        "{line}"
+    );
+}
+
+/// SIGTERM ends open tunnels with a close frame (1001 going away) and the process exits
+/// without waiting out its shutdown timeout (tunnels were cut at once, with no close).
+#[tokio::test]
+async fn draining_closes_tunnels_with_going_away() {
+    let (url, _seen) = ws_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(
+        &path,
+        config(&format!(
+            "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n\
+             [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
+        ))
+        .replace(SERVER_END, &server("shutdown_timeout = \"20s\"")),
+    )
+    .expect("write");
+    let mut bin = Binary::serve(&path);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", bin.addr))
+        .await
+        .expect("upgrade");
+    ws.send(Message::Text("hi".into())).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("frame").expect("ok"),
+        Message::Text("echo:hi".into())
+    );
+    let started = std::time::Instant::now();
+    bin.signal("TERM");
+    let ended = closes_within(&mut ws, std::time::Duration::from_secs(5)).await;
+    assert!(
+        ended.is_some_and(|(_, code)| code == Some(1001)),
+        "{ended:?}\n{}",
+        bin.log()
+    );
+    let status = tokio::task::spawn_blocking(move || bin.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited for the shutdown timeout: {:?}",
+        started.elapsed()
+    );
 }
