@@ -11,11 +11,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
-
 use crate::context::{ConnInfo, Shared};
-use crate::io::{IdleIo, MidRequest, Streams};
+use crate::io::{HeadTimeout, IdleIo, Streams};
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -163,7 +160,8 @@ async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Heads are timed by IdleIo, which answers 408 on the connection's own socket.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
         .half_close(false)
@@ -206,18 +204,11 @@ async fn serve_connection(
             }
         })
     };
-    let mid_request = MidRequest::default();
-    // A second handle on a plaintext socket, to answer 408 after hyper gave up on a request
-    // head that did not arrive in time (hyper closes without a word).
-    let spare = tls
-        .is_none()
-        .then(|| stream.as_fd().try_clone_to_owned().ok())
-        .flatten();
     let io = IdleIo::new(
         stream,
         limits.idle_timeout,
         limits.header_read_timeout,
-        &mid_request,
+        tls.is_none(),
         streams.clone(),
     );
     match tls {
@@ -231,11 +222,7 @@ async fn serve_connection(
             .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
-                if is_header_timeout(&*e) && mid_request.get() {
-                    request_timeout(&shared, index, peer, limits.header_read_timeout, spare);
-                } else {
-                    refused_by_parser(&shared, index, peer, &*e, started);
-                }
+                refused_by_parser(&shared, index, peer, &*e, started);
             }
         }
         Some(cfg) => {
@@ -335,52 +322,25 @@ where
     }
 }
 
-fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+/// How long the head that timed out could take, when `e` is a head timeout of [`IdleIo`].
+fn head_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout)
+        if let Some(t) = err.downcast_ref::<HeadTimeout>() {
+            return Some(t.0);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<HeadTimeout>())
         {
-            return true;
+            return Some(t.0);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
-/// Answers `408 Request Timeout` on a plaintext connection whose request head did not arrive
-/// in time, and records it. The write is one non-blocking attempt: a client too slow to take
-/// it gets the close alone.
-fn request_timeout(
-    shared: &Shared,
-    index: usize,
-    peer: SocketAddr,
-    limit: Duration,
-    spare: Option<OwnedFd>,
-) {
-    if let Some(fd) = spare {
-        let mut sock = std::net::TcpStream::from(fd);
-        let _ = sock.write_all(
-            b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-        );
-        let _ = sock.shutdown(std::net::Shutdown::Both);
-    }
-    record_refused(
-        shared,
-        index,
-        peer,
-        Refused {
-            status: 408,
-            protocol: "HTTP/1.1",
-            phase: drawbridge_telemetry::Phase::Parse,
-            reason: format!("request head not received within {limit:?}"),
-            duration: limit,
-        },
-    );
-}
-
-/// Records a request the HTTP parser refused, when `e` says it did.
+/// Records a request the HTTP parser refused, or whose head did not arrive in time (answered
+/// 408 on plaintext connections), when `e` says so.
 fn refused_by_parser(
     shared: &Shared,
     index: usize,
@@ -388,6 +348,22 @@ fn refused_by_parser(
     e: &(dyn std::error::Error + 'static),
     started: std::time::Instant,
 ) {
+    if let Some(limit) = head_timeout(e) {
+        let tls = shared.snapshot.load().listeners[index].tls.is_some();
+        record_refused(
+            shared,
+            index,
+            peer,
+            Refused {
+                status: if tls { 0 } else { 408 },
+                protocol: "HTTP/1.1",
+                phase: drawbridge_telemetry::Phase::Parse,
+                reason: format!("request head not received within {limit:?}"),
+                duration: limit,
+            },
+        );
+        return;
+    }
     if let Some(status) = parse_refusal(e) {
         record_refused(
             shared,

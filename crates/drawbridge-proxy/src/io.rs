@@ -4,6 +4,11 @@
 //! stream open or opened for HTTP/2, where keep-alive PINGs and SETTINGS move bytes without
 //! doing anything.
 //!
+//! An HTTP/1.1 request head that starts arriving but is not complete within
+//! `header_read_timeout` is answered `408` here, on the connection's own socket (hyper's
+//! timer would close it without a word, and answering after hyper gave up took a second
+//! descriptor per connection).
+//!
 //! The deadline is coarse on purpose: reads and writes only mark the connection active, and
 //! the timer is looked at when it fires, so the request path never reads the clock or
 //! touches the timer wheel.
@@ -12,14 +17,15 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Wraps a connection and fails reads once it was idle too long.
+/// Wraps a connection and fails reads once it was idle too long, or a request head took
+/// too long.
 pub struct IdleIo<T> {
     inner: T,
     idle: Duration,
@@ -28,7 +34,6 @@ pub struct IdleIo<T> {
     deadline: Pin<Box<Sleep>>,
     /// The task the deadline will wake; a WebSocket relay polls from another task.
     armed_for: Option<Waker>,
-    mid_request: Arc<AtomicBool>,
     /// The requests the connection carried, counted by the pipeline.
     streams: Arc<Streams>,
     /// The connection speaks HTTP/2: only streams count as activity.
@@ -44,7 +49,27 @@ pub struct IdleIo<T> {
     first_request: Option<(Duration, Instant)>,
     /// When the current idle window ends.
     idle_at: Instant,
+    /// How long an HTTP/1.1 request head may take; the deadline also fires this often.
+    head_timeout: Duration,
+    /// Bytes were read since the last write: a request is arriving (or its body is).
+    reading: bool,
+    /// Writes so far, to tell one pending head from the next.
+    writes: u64,
+    /// Waiting for a head when the deadline last fired: (writes, requests started, bytes
+    /// of it read).
+    head_pending: Option<(u64, u64, bool)>,
+    /// The socket is the client's own (no TLS above it): a `408` can be written to it.
+    plaintext: bool,
 }
+
+/// The error a connection ends with when a request head did not arrive in time; the
+/// client was answered `408` where the socket allows.
+#[derive(Debug, thiserror::Error)]
+#[error("request head not received within {0:?}")]
+pub struct HeadTimeout(pub Duration);
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// The requests of one connection, as the pipeline sees them: how many started, how many are
 /// still open (their response not yet finished).
@@ -73,33 +98,17 @@ impl Drop for StreamGuard {
     }
 }
 
-/// How much longer than the header read timeout an arriving HTTP/1.1 head may take before
-/// the connection is closed here, when hyper has not answered it with 408 first.
-const HEAD_GRACE: Duration = Duration::from_secs(1);
-
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// Whether the client sent bytes since Drawbridge last wrote to it: true while a request
-/// head is arriving, false on a connection idle between requests.
-#[derive(Clone, Default)]
-pub struct MidRequest(Arc<AtomicBool>);
-
-impl MidRequest {
-    /// True when bytes arrived after the last response bytes went out.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 impl<T> IdleIo<T> {
-    /// Wraps `inner`; `mid_request` follows whether a request is arriving, `streams` the
-    /// requests the pipeline counts. The first request must start within `first_request`.
+    /// Wraps `inner`; `streams` follows the requests the pipeline counts. The first request
+    /// must start within `first_request`, and every HTTP/1.1 head arrive within it.
     pub fn new(
         inner: T,
         idle: Duration,
         first_request: Duration,
-        mid_request: &MidRequest,
+        plaintext: bool,
         streams: Arc<Streams>,
     ) -> Self {
         let now = Instant::now();
@@ -109,7 +118,6 @@ impl<T> IdleIo<T> {
             active: false,
             deadline: Box::pin(tokio::time::sleep(idle.min(first_request))),
             armed_for: None,
-            mid_request: mid_request.0.clone(),
             streams,
             h2: false,
             sniffed: false,
@@ -117,14 +125,23 @@ impl<T> IdleIo<T> {
             last_started: 0,
             first_request: Some((first_request, now + first_request)),
             idle_at: now + idle,
+            head_timeout: first_request,
+            reading: false,
+            writes: 0,
+            head_pending: None,
+            plaintext,
         }
     }
+}
 
+impl<T: AsyncRead + AsyncWrite + Unpin> IdleIo<T> {
     /// Arms the deadline for the earlier of the idle window's end and the first request's.
     fn rearm(&mut self) {
         let at = match self.first_request {
-            Some((_, by)) if !self.h2 && self.read_any => (by + HEAD_GRACE).min(self.idle_at),
             Some((_, by)) => by.min(self.idle_at),
+            // HTTP/1.1 heads are looked at every `head_timeout`: one pending at two
+            // firings in a row took too long.
+            None if !self.h2 => (Instant::now() + self.head_timeout).min(self.idle_at),
             None => self.idle_at,
         };
         self.armed_for = None;
@@ -171,23 +188,37 @@ impl<T> IdleIo<T> {
     fn deadline_reached(&mut self) -> Option<io::Error> {
         let now = Instant::now();
         let started = self.streams.started.load(Ordering::Relaxed);
-        if let Some((_, by)) = self.first_request {
+        if let Some((limit, by)) = self.first_request {
             // No request yet: nothing at all, or an HTTP/2 connection without a stream, is
-            // closed. An HTTP/1.1 head that is arriving is hyper's to time (it answers 408),
-            // and closed here a moment later if it did not.
-            let by = if !self.h2 && self.read_any {
-                by + HEAD_GRACE
-            } else {
-                by
-            };
+            // closed; an HTTP/1.1 head that started arriving is answered 408.
             if started > 0 {
                 self.first_request = None;
             } else if now >= by {
+                if !self.h2 && self.read_any {
+                    return Some(self.head_timed_out(limit));
+                }
                 return Some(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no request within the header read timeout",
                 ));
             }
+        } else if !self.h2 {
+            // Waiting for a head with no request in the pipeline (a tunnel's request stays
+            // open): the same wait at two firings in a row took too long. A head that began
+            // arriving is answered 408; a keep-alive connection that sent nothing is closed
+            // quietly.
+            let open = self.streams.open.load(Ordering::Relaxed);
+            let waiting = (open == 0).then_some((self.writes, started, self.reading));
+            if waiting.is_some() && waiting == self.head_pending {
+                if self.reading {
+                    return Some(self.head_timed_out(self.head_timeout));
+                }
+                return Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no new request on a kept-alive connection",
+                ));
+            }
+            self.head_pending = waiting;
         }
         if now >= self.idle_at {
             let busy = if self.h2 {
@@ -206,6 +237,17 @@ impl<T> IdleIo<T> {
         None
     }
 
+    /// Answers `408` where the socket is the client's own (one attempt that never waits: a
+    /// client too slow to take it gets the close alone); the error that ends the connection.
+    fn head_timed_out(&mut self, limit: Duration) -> io::Error {
+        if self.plaintext {
+            let waker = futures_noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let _ = Pin::new(&mut self.inner).poll_write(&mut cx, REQUEST_TIMEOUT);
+        }
+        io::Error::new(io::ErrorKind::TimedOut, HeadTimeout(limit))
+    }
+
     /// Between reads that never wait (a client flooding frames): the deadline is looked at
     /// when it has fired, which costs one flag read otherwise.
     fn check_in_passing(&mut self) -> io::Result<()> {
@@ -218,7 +260,7 @@ impl<T> IdleIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -237,7 +279,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                     }
                     this.active = true;
                     this.read_any = true;
-                    this.mid_request.store(true, Ordering::Relaxed);
+                    this.reading = true;
                     this.check_in_passing()?;
                 }
                 Poll::Ready(r)
@@ -247,7 +289,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -296,6 +338,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 impl<T> IdleIo<T> {
     fn wrote(&mut self) {
         self.active = true;
-        self.mid_request.store(false, Ordering::Relaxed);
+        self.reading = false;
+        self.writes += 1;
     }
+}
+
+/// A waker that does nothing: the `408` is written in one attempt that never waits.
+fn futures_noop_waker() -> Waker {
+    Waker::noop().clone()
 }

@@ -299,3 +299,79 @@ async fn an_http2_client_flooding_pings_without_reading_is_cut_off() {
     assert!(cut.is_some_and(|d| d < Duration::from_secs(5)), "{cut:?}");
     assert_eq!(up.count(), 0);
 }
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A plaintext connection holds one descriptor (it held two: a duplicate kept to write a
+/// 408 after hyper gave up on a slow head), so a descriptor limit admits as many
+/// connections as nginx's would.
+#[tokio::test]
+async fn a_connection_holds_one_descriptor() {
+    let (_up, h) = fragile(
+        "idle_timeout = \"1m\"\nheader_read_timeout = \"30s\"",
+        "30s",
+    )
+    .await;
+    // Warm: the upstream pool's connection and the runtime's own descriptors exist.
+    let mut warm = TcpStream::connect(h.addr).await.expect("connect");
+    warm.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let _ = warm.read(&mut buf).await.expect("read");
+    let before = open_descriptors();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        // Kept alive after a served request: the server side keeps each connection open.
+        let mut s = TcpStream::connect(h.addr).await.expect("connect");
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let grown = open_descriptors() - before;
+    // 100 client sockets in this process and 100 server sockets, a few more for pooling.
+    assert!(grown <= 210, "{grown} descriptors for 100 connections");
+    drop(held);
+}
+
+/// The head of a second request on a kept-alive connection that does not arrive in time is
+/// answered 408 and recorded, as the first one's is.
+#[tokio::test]
+async fn a_slow_second_head_is_408() {
+    let (_up, h) = fragile(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"1m\"",
+        "30s",
+    )
+    .await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("neither answered nor closed"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
