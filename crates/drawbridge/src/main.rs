@@ -205,7 +205,7 @@ async fn serve(config: PathBuf) -> ExitCode {
     let proxy = match Proxy::start(&config).await {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", start_error(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -217,6 +217,23 @@ async fn serve(config: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What a failed start says: configuration errors as `check` reports them, anything else
+/// as one `error:` line, with a way out where there is one.
+fn start_error(e: &drawbridge_proxy::StartError) -> String {
+    match e {
+        drawbridge_proxy::StartError::Config(_) => e.to_string(),
+        drawbridge_proxy::StartError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            format!(
+                "error: {e}\n  help: another process listens there; stop it, or give the listener another `address`"
+            )
+        }
+        drawbridge_proxy::StartError::Io { .. } => format!("error: {e}"),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
 async fn wait_for_stop() {
     #[cfg(unix)]
     {

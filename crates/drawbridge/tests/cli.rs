@@ -238,3 +238,27 @@ fn schema_prints_the_generated_schema() {
     let (_, warnings) = cedar_policy::Schema::from_cedarschema_str(&stdout).expect("valid schema");
     assert_eq!(warnings.count(), 0);
 }
+
+/// A listener address in use is one `error:` line saying which listener and address, with
+/// the way out.
+#[test]
+fn serve_on_an_address_in_use_says_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nname = \"main\"\naddress = \"{addr}\"\n\n[[upstreams]]\nname = \"app\"\nendpoints = [\"http://127.0.0.1:9\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+        ),
+    )
+    .expect("write");
+    let (ok, _, stderr) = drawbridge(&["serve"], &path);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("error: binding listener `main`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("help:"), "{stderr}");
+}

@@ -6,6 +6,7 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use common::*;
+use futures_util::FutureExt;
 
 #[tokio::test]
 async fn demo_serves_forwards_and_refuses() {
@@ -18,6 +19,7 @@ async fn demo_serves_forwards_and_refuses() {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let (creds_tx, creds_rx) = std::sync::mpsc::channel();
+    let (dir_tx, dir_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
@@ -27,6 +29,13 @@ async fn demo_serves_forwards_and_refuses() {
                 if let Some(v) = line.trim().strip_prefix(&format!("{name}='")) {
                     let _ = creds_tx.send((name, v.trim_end_matches('\'').to_string()));
                 }
+            }
+            if let Some(cfg) = line
+                .trim()
+                .strip_prefix("(config: ")
+                .and_then(|r| r.split(')').next())
+            {
+                let _ = dir_tx.send(std::path::PathBuf::from(cfg));
             }
             if let Some(rest) = line.strip_prefix("Drawbridge demo: listening on http://") {
                 let addr = rest
@@ -108,6 +117,89 @@ async fn demo_serves_forwards_and_refuses() {
     let expired = with("authorization", format!("Bearer {}", creds["EXPIRED"])).await;
     assert_eq!(expired.status, 401);
     assert_eq!(with("x-api-key", creds["KEY"].clone()).await.status, 200);
-    let _ = child.kill();
-    let _ = child.wait();
+
+    // Its files are its owner's only; its secret too.
+    use std::os::unix::fs::PermissionsExt;
+    let config = dir_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("config path printed");
+    let dir = config.parent().expect("dir").to_path_buf();
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("apikeys.secret")), 0o600);
+
+    // "Edit this file: Drawbridge reloads it": a policy edit applies, as under `serve`.
+    let policy = dir.join("demo.cedar");
+    let text = std::fs::read_to_string(&policy).expect("policy");
+    std::fs::write(
+        &policy,
+        format!(
+            "{text}\n@id(\"globex-too\")\npermit (principal, action, resource == Route::\"orders\");\n"
+        ),
+    )
+    .expect("edit policy");
+    let token = creds["TOKEN"].clone();
+    let globex = |addr: String, token: String| async move {
+        let req = http::Request::get(format!("http://{addr}/tenants/globex/orders/42"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        send(&h1_client(), req).await.status
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || globex(
+            addr.clone(),
+            token.clone()
+        )
+        .map(|s| s == 200))
+        .await,
+        "the policy edit was not applied"
+    );
+    // SIGHUP reloads; it does not stop the demo.
+    let pid = child.id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&format!("http://{addr}/hello/x")).await.status, 200);
+    // SIGTERM: a clean exit that leaves nothing behind.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+    assert!(!dir.exists(), "the demo left {}", dir.display());
+}
+
+/// A demo that cannot start (its address is taken) says so, with the way out, and leaves no
+/// directory (with a secret in it) behind.
+#[test]
+fn a_demo_that_cannot_start_cleans_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .args(["demo", "--listen", &addr])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run demo");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error:") && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,12 +1,16 @@
-//! `drawbridge demo`: Drawbridge in front of a built-in recording upstream, with a config
-//! written to a temporary directory, and the curl commands to try.
+//! `drawbridge demo`: Drawbridge in front of a built-in sample upstream, with a config
+//! written to a private temporary directory, and the curl commands to try. The demo serves
+//! and reloads exactly as `serve` does (edit its policy file and it applies), stops cleanly
+//! on Ctrl-C or SIGTERM, and leaves nothing behind on any exit.
+
+mod idp;
+mod upstream;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use drawbridge_proxy::Proxy;
-use drawbridge_testkit::RecordingUpstream;
-use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
 use serde_json::json;
 
 /// The demo identity provider's name for itself.
@@ -19,28 +23,67 @@ struct Credentials {
     api_key: String,
 }
 
-/// Writes the demo's key material into `dir`: an issuer's JWK Set (its private key stays in
-/// memory), an API-key secret and keys file; returns tokens and a key to try.
-fn credentials(dir: &std::path::Path) -> Result<Credentials, String> {
-    let idp = SigningKey::generate(KeyType::P256, "demo-1");
-    let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
-    };
-    write("jwks.json", &jwks(&[&idp]))?;
-    let n = now();
+/// The demo's directory: readable by its owner only, removed when the demo ends, however it
+/// ends (a failed start included).
+struct DemoDir(PathBuf);
+
+impl DemoDir {
+    fn create() -> Result<DemoDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!("drawbridge-demo-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(DemoDir(path))
+    }
+
+    /// Writes `name` in the directory, readable by its owner only.
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.0.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the demo's key material: an issuer's JWK Set (its private key stays in memory), an
+/// API-key secret and keys file; returns tokens and a key to try.
+fn credentials(dir: &DemoDir) -> Result<Credentials, String> {
+    let idp = idp::Idp::generate("demo-1")?;
+    dir.write("jwks.json", idp.jwks())?;
+    let n = idp::now();
     let claims = json!({
         "iss": DEMO_ISSUER, "aud": "drawbridge-demo", "sub": "alice",
         "iat": n, "exp": n + 3600, "groups": ["eng", "oncall"], "tenant": "acme",
     });
-    let token = idp.sign(&claims);
+    let token = idp.sign(&claims)?;
     let mut old = claims.clone();
     old["iat"] = json!(n - 7200);
     old["exp"] = json!(n - 3600);
-    let expired = idp.sign(&old);
+    let expired = idp.sign(&old)?;
     let secret = drawbridge_identity::apikey::new_secret()?;
-    write("apikeys.secret", &secret)?;
+    dir.write("apikeys.secret", &secret)?;
     let key = drawbridge_identity::apikey::new_key(secret.as_bytes())?;
-    write(
+    dir.write(
         "apikeys.toml",
         &format!(
             "[[keys]]\nid = \"{}\"\nname = \"nightly-job\"\nhash = \"{}\"\ngroups = [\"batch\"]\n",
@@ -55,19 +98,22 @@ fn credentials(dir: &std::path::Path) -> Result<Credentials, String> {
 }
 
 pub async fn run(listen: SocketAddr) -> ExitCode {
-    let upstream = RecordingUpstream::start().await;
-    let dir = std::env::temp_dir().join(format!("drawbridge-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("error: cannot create {}: {e}", dir.display());
-        return ExitCode::FAILURE;
-    }
-    let creds = match credentials(&dir) {
-        Ok(c) => c,
+    match demo(listen).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+async fn demo(listen: SocketAddr) -> Result<(), String> {
+    let upstream = upstream::start()
+        .await
+        .map_err(|e| format!("cannot start the sample upstream: {e}"))?;
+    let upstream = format!("http://{upstream}");
+    let dir = DemoDir::create()?;
+    let creds = credentials(&dir)?;
     let config = format!(
         r#"# The demo's configuration, written by `drawbridge demo`.
 [server]
@@ -132,27 +178,20 @@ prefix = "/jobs"
 upstream = "sample"
 authenticate = ["demo-keys"]
 "#,
-        upstream = upstream.url()
+        upstream = upstream
     );
-    if let Err(e) = std::fs::write(dir.join("demo.cedar"), DEMO_POLICIES) {
-        eprintln!(
-            "error: cannot write {}: {e}",
-            dir.join("demo.cedar").display()
-        );
-        return ExitCode::FAILURE;
-    }
-    let path = dir.join("drawbridge.toml");
-    if let Err(e) = std::fs::write(&path, config) {
-        eprintln!("error: cannot write {}: {e}", path.display());
-        return ExitCode::FAILURE;
-    }
-    let proxy = match Proxy::start(&path).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
+    dir.write("demo.cedar", DEMO_POLICIES)?;
+    let path = dir.write("drawbridge.toml", &config)?;
+    let proxy = Proxy::start(&path).await.map_err(|e| match &e {
+        drawbridge_proxy::StartError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            format!("{e}\n  help: choose another address with `--listen 127.0.0.1:PORT`")
         }
-    };
+        _ => e.to_string(),
+    })?;
+    // Edits to the demo's files apply as they do for `serve`; SIGHUP reloads.
+    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone()));
     let addr = proxy.addr("demo").unwrap_or(listen);
     eprintln!(
         r#"
@@ -205,19 +244,19 @@ Authenticated and authorized routes. A demo identity provider signed these (its 
   # an API key on its own route
   curl -i -H "X-Api-Key: $KEY" http://{addr}/jobs/nightly
 
-Stop with Ctrl-C.
+Stop with Ctrl-C; the demo's directory is removed then.
 "#,
-        up = upstream.url(),
+        up = upstream,
         cfg = path.display(),
-        dir = dir.display(),
+        dir = dir.path().display(),
         token = creds.token,
         expired = creds.expired,
         key = creds.api_key,
     );
-    let _ = tokio::signal::ctrl_c().await;
+    crate::wait_for_stop().await;
     proxy.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    ExitCode::SUCCESS
+    drop(dir);
+    Ok(())
 }
 
 /// The demo's policies: tenants read their own orders; the batch key reads jobs.
