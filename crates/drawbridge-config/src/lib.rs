@@ -48,6 +48,23 @@ pub fn parse(path: &Path, source: &str) -> Result<Config, Diagnostics> {
     compile::compile(path, source, raw)
 }
 
+/// The candidate closest to `word` in spelling, when one is close enough to be what was
+/// meant (for "did you mean" help).
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word_lower = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&word_lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 /// SHA-256 of everything `parts` hold, in order, each prefixed with its length (so no two
 /// lists of parts run together into the same bytes).
 pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
@@ -91,8 +108,40 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
             field
         };
         let inner = e.inner();
-        fail(inner.span(), field, inner.message().trim().to_string())
+        let message = inner.message().trim();
+        match unknown_field(message) {
+            // serde lists every field of the table, of every authenticator type at once:
+            // say the nearest one instead.
+            Some((name, expected)) => {
+                let mut r = diag::Reporter::new(path, source);
+                let at = inner.span().map_or(0, |s| s.start);
+                match nearest(name, expected.iter().copied()) {
+                    Some(near) => r.error_help(
+                        at,
+                        field,
+                        format!("unknown field `{name}`"),
+                        format!("did you mean `{near}`?"),
+                    ),
+                    None => r.error_help(
+                        at,
+                        field,
+                        format!("unknown field `{name}`"),
+                        "docs/configuration.md lists the fields of each table",
+                    ),
+                }
+                r.finish().err().unwrap_or_else(|| Diagnostics(Vec::new()))
+            }
+            None => fail(inner.span(), field, message.to_string()),
+        }
     })
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`": the field and the fields known.
+fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let expected = rest.split('`').skip(1).step_by(2).collect::<Vec<&str>>();
+    Some((name, expected))
 }
 
 #[cfg(test)]

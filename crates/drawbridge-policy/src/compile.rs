@@ -59,9 +59,9 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
             &mut warnings,
         )
     });
-    known_entities(config, &enforce, &mut errors, &mut warnings);
+    known_entities(config, &enforce, &ids, &mut errors, &mut warnings);
     if let Some(s) = &shadow {
-        known_entities(config, s, &mut errors, &mut warnings);
+        known_entities(config, s, &ids, &mut errors, &mut warnings);
     }
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
@@ -328,6 +328,9 @@ fn load(
         // Cedar checks a policy once per request type it applies to (principal type x
         // action) and reports the same mistake for each; one report per place is enough.
         let mut reported: HashSet<(PolicyId, usize)> = HashSet::new();
+        // A policy with an error (an unknown action) is also "impossible" to Cedar: one
+        // report of the cause is enough.
+        let erred: HashSet<&PolicyId> = result.validation_errors().map(|e| e.policy_id()).collect();
         for e in result.validation_errors() {
             let offset = e
                 .labels()
@@ -346,6 +349,11 @@ fn load(
             ));
         }
         for w in result.validation_warnings() {
+            if matches!(w, cedar_policy::ValidationWarning::ImpossiblePolicy(_))
+                && erred.contains(w.policy_id())
+            {
+                continue;
+            }
             let offset = w
                 .labels()
                 .and_then(|mut l| l.next())
@@ -394,18 +402,25 @@ const IMPOSSIBLE_HELP: &str = "a `has` test of something the schema does not dec
 fn known_entities(
     config: &Config,
     set: &PolicySet,
+    ids: &HashMap<PolicyId, (String, usize)>,
     errors: &mut Vec<Diagnostic>,
     warnings: &mut Vec<Diagnostic>,
 ) {
     let routes: HashSet<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
     let upstreams: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let location = || {
-        config.policy.as_ref().map_or_else(
-            || config.routes[0].location.clone(),
-            |pc| pc.location.clone(),
-        )
-    };
     for p in set.policies() {
+        // The policy's own file and line, where it was read.
+        let location = || match ids.get(p.id()) {
+            Some((file, line)) => Location {
+                file: file.into(),
+                line: *line,
+                column: 1,
+            },
+            None => config.policy.as_ref().map_or_else(
+                || config.routes[0].location.clone(),
+                |pc| pc.location.clone(),
+            ),
+        };
         let mut named: Vec<EntityUid> = p.entity_literals();
         match p.resource_constraint() {
             ResourceConstraint::In(u)
@@ -419,12 +434,15 @@ fn known_entities(
             | PrincipalConstraint::IsIn(_, u) => named.push(u),
             _ => {}
         }
+        // The resource is among the literals too: each name is checked once.
+        named.sort_by_key(ToString::to_string);
+        named.dedup();
         for uid in named {
             let ty = uid.type_name().to_string();
             let id = uid.id().unescaped().to_string();
-            let (known, what) = match ty.as_str() {
-                "Route" => (routes.contains(id.as_str()), "route"),
-                "Upstream" => (upstreams.contains(id.as_str()), "upstream"),
+            let (known, what, names) = match ty.as_str() {
+                "Route" => (routes.contains(id.as_str()), "route", &routes),
+                "Upstream" => (upstreams.contains(id.as_str()), "upstream", &upstreams),
                 "User" | "Service" | "ApiKey" | "Group" => {
                     if let Some((message, help, fatal)) = caller_name(config, &ty, &id) {
                         let d = Diagnostic {
@@ -444,11 +462,15 @@ fn known_entities(
                 _ => continue,
             };
             if !known {
+                let help = match drawbridge_config::nearest(&id, names.iter().copied()) {
+                    Some(near) => format!("did you mean `{ty}::\"{near}\"`?"),
+                    None => format!("the {what}s are named in the config file"),
+                };
                 errors.push(Diagnostic {
                     location: location(),
                     field: format!("policy `{}`", p.id()),
                     message: format!("no {what} is named `{id}`"),
-                    help: Some(format!("the {what}s are named in the config file")),
+                    help: Some(help),
                 });
             }
         }

@@ -24,32 +24,47 @@ struct Cli {
     command: Command,
 }
 
+/// The configuration file, as `--config FILE` or plainly `FILE`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The configuration file, without `--config`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(self) -> PathBuf {
+        // The group makes one of them required.
+        self.config.or(self.file).unwrap_or_default()
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the configuration until SIGTERM or SIGINT; SIGHUP or a file change reloads it.
     Serve {
-        /// The configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a configuration exactly as `serve` would load it; exit 1 with diagnostics.
     Check {
-        /// The configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run the policy test cases the configuration's `[policy] tests` files hold; exit 1 on
     /// any failure.
     Test {
-        /// The configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Print the Cedar schema the configuration's policies are checked against.
     Schema {
-        /// The configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Make API keys and the server secret they are hashed with.
     Apikey {
@@ -100,9 +115,9 @@ fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Test { config } => policytest::run(&config),
-        Command::Schema { config } => schema(&config),
+        Command::Check { config } => check(&config.path()),
+        Command::Test { config } => policytest::run(&config.path()),
+        Command::Schema { config } => schema(&config.path()),
         Command::Apikey {
             command: ApikeyCommand::Secret,
         } => apikey::secret(),
@@ -126,7 +141,7 @@ fn main() -> ExitCode {
             attributes: &attributes,
             key_file: key_file.as_deref(),
         }),
-        Command::Serve { config } => runtime().block_on(serve(config)),
+        Command::Serve { config } => runtime().block_on(serve(config.path())),
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
     }
 }
@@ -157,6 +172,15 @@ fn init_tracing() {
         .init();
 }
 
+/// `n` things, in the singular or plural (`things`, or the singular with an `s`).
+fn count(n: usize, thing: &str) -> String {
+    match (n, thing) {
+        (1, _) => format!("1 {thing}"),
+        (_, "policy") => format!("{n} policies"),
+        _ => format!("{n} {thing}s"),
+    }
+}
+
 fn check(config: &std::path::Path) -> ExitCode {
     match drawbridge_proxy::compile(config, None) {
         Ok(s) => {
@@ -167,16 +191,16 @@ fn check(config: &std::path::Path) -> ExitCode {
                 .policies
                 .as_ref()
                 .map_or(String::new(), |p| match p.counts {
-                    (n, 0) => format!(", {n} policies"),
-                    (n, shadow) => format!(", {n} policies + {shadow} in shadow"),
+                    (n, 0) => format!(", {}", count(n, "policy")),
+                    (n, shadow) => format!(", {} + {shadow} in shadow", count(n, "policy")),
                 });
             crate::out::say!(
-                "ok: {} is valid ({} listeners, {} upstreams, {} routes, {} authenticators{policies}; version {})",
+                "ok: {} is valid ({}, {}, {}, {}{policies}; version {})",
                 config.display(),
-                s.listeners.len(),
-                s.upstreams.len(),
-                s.routes.len(),
-                s.authenticators.len(),
+                count(s.listeners.len(), "listener"),
+                count(s.upstreams.len(), "upstream"),
+                count(s.routes.len(), "route"),
+                count(s.authenticators.len(), "authenticator"),
                 s.version
             );
             ExitCode::SUCCESS

@@ -262,3 +262,75 @@ fn serve_on_an_address_in_use_says_so() {
     );
     assert!(stderr.contains("help:"), "{stderr}");
 }
+
+/// Each mistake is one diagnostic, at the line that holds it, with the nearest right name:
+/// an unknown route in a policy (it was reported twice, at `[policy]`), a lower-case action
+/// (it drew a second, misleading "policy is impossible"), a misspelt field (it listed every
+/// authenticator type's fields). `check FILE` works without `--config`, and counts speak
+/// English.
+#[test]
+fn diagnostics_say_each_mistake_once_where_it_is() {
+    let dir = example_copy(|t| t);
+    let file = dir.path().join("policies/shop/typos.cedar");
+    std::fs::write(
+        &file,
+        "@id(\"route-typo\")\npermit (principal, action == Action::\"GET\", resource == Route::\"report\");\n\n@id(\"action-case\")\npermit (principal, action == Action::\"get\", resource == Route::\"reports\");\n",
+    )
+    .expect("write");
+    let config = dir.path().join("policy.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("check")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let route = format!("error: {}:1:", file.display());
+    assert_eq!(
+        stderr.matches("no route is named `report`").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains(&route), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `Route::\"reports\"`?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unrecognized action `Action::\"get\"`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("impossible"), "{stderr}");
+    std::fs::remove_file(&file).expect("remove");
+
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "jwks_file = \"keys/ci-jwks.json\"",
+            "jwks_file = \"keys/ci-jwks.json\"\njwks_refres = \"5m\"",
+        ),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("check")
+        .arg(&config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `jwks_refres`"), "{stderr}");
+    assert!(stderr.contains("did you mean `jwks_refresh`?"), "{stderr}");
+    assert!(!stderr.contains("trust_domain"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        .arg("check")
+        .arg(examples().join("minimal.toml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("(1 listener, 1 upstream, 1 route"),
+        "{stdout}"
+    );
+}
