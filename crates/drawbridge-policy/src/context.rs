@@ -11,7 +11,7 @@ use cedar_policy_core::ast::{self, Value};
 use drawbridge_config::ValueType;
 use smol_str::SmolStr;
 
-use crate::decide::{BadRequest, RequestView};
+use crate::request::{BadRequest, RequestView};
 use crate::{Principal, RoutePolicies};
 
 /// Which top-level context attributes a set of policies reads.

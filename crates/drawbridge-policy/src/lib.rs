@@ -20,6 +20,7 @@
 mod compile;
 mod context;
 mod decide;
+mod request;
 pub mod schema;
 
 use std::sync::Arc;

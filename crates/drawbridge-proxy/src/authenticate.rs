@@ -7,7 +7,7 @@ use drawbridge_config::Admission;
 use drawbridge_identity::{AuthError, Credentials, Principal, Refusal};
 use http::HeaderMap;
 
-use crate::admission::Proof;
+use crate::admission::ask::Proof;
 use crate::rescue::{ProxyError, Schemes};
 use crate::snapshot::RouteEntry;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use drawbridge_identity::Principal;
 use drawbridge_policy::{Action, DecideError, Decision, RequestView, Verdict};
 
-use crate::admission::{Ask, Kind};
+use crate::admission::ask::{Ask, Kind};
 use crate::rescue::ProxyError;
 use crate::snapshot::{RouteEntry, Snapshot};
 

@@ -9,7 +9,8 @@ use arc_swap::ArcSwap;
 use drawbridge_telemetry::{AccessEvent, AccessLog, AuditLog};
 use http::HeaderValue;
 
-use crate::sanitize::{ClientHeaders, NormalPath};
+use crate::sanitize::headers::ClientHeaders;
+use crate::sanitize::path::NormalPath;
 use crate::snapshot::Snapshot;
 
 /// What every connection task shares.
@@ -52,6 +53,16 @@ pub struct ConnInfo {
     /// drain); released when the last holder of the connection (a tunnel's relay, maybe)
     /// lets it go.
     pub held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Shared {
+    /// Where decisions are recorded.
+    pub fn decisions(&self) -> crate::record::Decisions<'_> {
+        crate::record::Decisions {
+            audit: &self.audit,
+            disagreements: &self.shadow_disagreements,
+        }
+    }
 }
 
 impl ConnInfo {

@@ -13,10 +13,11 @@ use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 
 use crate::body::{BodyError, RequestBody};
+use crate::deadline::Deadline;
 use crate::rescue::ProxyError;
 use crate::sanitize;
 use crate::transport::Sender;
-use crate::tunnel::{Deadline, Lease};
+use crate::tunnel::Lease;
 use crate::upstream::{InFlight, PickError, UpstreamPool};
 
 /// A request ready to leave: everything but the endpoint.

@@ -17,6 +17,7 @@ pub mod sanitize;
 // What they run over.
 pub mod body;
 pub mod context;
+pub mod deadline;
 pub mod io;
 pub mod pipeline;
 pub mod reload;

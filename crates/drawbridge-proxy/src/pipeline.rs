@@ -119,13 +119,19 @@ async fn run(
         Ok(Entry::Own) => return own(snapshot, &ctx.path.decoded, &req.method).map(Outcome::Local),
         Ok(Entry::Route { admitted, max_body }) => {
             if let Some(d) = &admitted.decided {
-                crate::record::decision(shared, snapshot, &admitted.route, d, &about(ctx, conn));
+                crate::record::decision(
+                    &shared.decisions(),
+                    snapshot,
+                    &admitted.route,
+                    d,
+                    &about(ctx, conn),
+                );
             }
             (admitted, max_body)
         }
         Err(refused) => {
             if let (Some(route), Some(d)) = (&refused.route, &refused.decided) {
-                crate::record::decision(shared, snapshot, route, d, &about(ctx, conn));
+                crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
             }
             return Err(refused.error);
         }
@@ -133,7 +139,7 @@ async fn run(
     let route = &admitted.route;
 
     // A tunnel or a stream lives no longer than the credential that admitted it.
-    let deadline = crate::tunnel::Deadline::of(
+    let deadline = crate::deadline::Deadline::of(
         route,
         admitted.principal.as_deref(),
         ctx.arrived,

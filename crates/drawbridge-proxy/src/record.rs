@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use drawbridge_identity::Principal;
-use drawbridge_telemetry::{AccessEvent, AuditEvent, AuditPrincipal, AuditShadow};
+use drawbridge_telemetry::{AccessEvent, AuditEvent, AuditLog, AuditPrincipal, AuditShadow};
 
 use crate::admission::Decided;
-use crate::context::Shared;
 use crate::snapshot::{RouteEntry, Snapshot};
 
 /// The access-log record of a request that has just arrived; the phases complete it.
@@ -57,10 +56,18 @@ pub struct About<'a> {
     pub client: &'a Arc<str>,
 }
 
+/// Where decisions are recorded: the audit trail, and the count of shadow disagreements.
+pub struct Decisions<'a> {
+    /// The audit trail.
+    pub audit: &'a AuditLog,
+    /// Decisions where the shadow policies disagreed with the enforced ones.
+    pub disagreements: &'a std::sync::atomic::AtomicU64,
+}
+
 /// Writes `decided` on `route` to the audit trail, and counts and logs a disagreement of
 /// the shadow policies.
 pub fn decision(
-    shared: &Shared,
+    to: &Decisions<'_>,
     snapshot: &Snapshot,
     route: &RouteEntry,
     decided: &Decided,
@@ -68,7 +75,7 @@ pub fn decision(
 ) {
     let d = &decided.decision;
     if d.disagrees() {
-        shared.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
+        to.disagreements.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             request_id = about.request_id,
             route = %route.name,
@@ -77,7 +84,7 @@ pub fn decision(
             "shadow policies disagree"
         );
     }
-    if !shared.audit.enabled() {
+    if !to.audit.enabled() {
         return;
     }
     let mut event = audit_event(snapshot, route, &decided.principal, about);
@@ -93,7 +100,7 @@ pub fn decision(
         errors: s.errors.clone(),
         disagrees: s.allow != d.enforced.allow,
     });
-    shared.audit.record(event);
+    to.audit.record(event);
 }
 
 /// An audit event about `principal` on `route`, its decision still to be said.

@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use drawbridge_identity::AuthError;
 
 use crate::body::ResponseBody;
-use crate::sanitize::PathError;
+use crate::sanitize::path::PathError;
 
 /// Every way the pipeline can refuse or fail a request.
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +20,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// A header that cannot be read one way only, or a name the listener refuses.
     #[error("rejected header: {0}")]
-    Header(#[from] crate::sanitize::HeaderError),
+    Header(#[from] crate::sanitize::headers::HeaderError),
     /// The query string carries what the route does not let through.
     #[error("rejected query: {0}")]
-    Query(#[from] crate::sanitize::QueryError),
+    Query(#[from] crate::sanitize::params::QueryError),
     /// Framing that could be read two ways (request smuggling).
     #[error("ambiguous framing: {0}")]
     Framing(&'static str),
@@ -159,10 +159,10 @@ impl ProxyError {
         let m: &'static str = match self {
             Self::Path(_) => "ambiguous or malformed path",
             Self::Header(_) => "malformed or refused header",
-            Self::Query(crate::sanitize::QueryError::Credential(_)) => {
+            Self::Query(crate::sanitize::params::QueryError::Credential(_)) => {
                 "credentials are not accepted as request parameters"
             }
-            Self::Query(crate::sanitize::QueryError::MethodOverride(_)) => {
+            Self::Query(crate::sanitize::params::QueryError::MethodOverride(_)) => {
                 "method overrides are not accepted"
             }
             Self::Query(_) => "malformed query",

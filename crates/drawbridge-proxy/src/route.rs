@@ -5,7 +5,29 @@ use std::sync::Arc;
 
 use drawbridge_config::{HostMatch, PathMatch};
 
-use crate::snapshot::RouteEntry;
+use drawbridge_config::Route;
+use drawbridge_identity::Authenticator;
+
+use crate::upstream::UpstreamPool;
+
+/// A route with its upstream resolved.
+pub struct RouteEntry {
+    /// Its index in the configuration (how the policies know it).
+    pub index: usize,
+    /// Name, shared with access-log events.
+    pub name: Arc<str>,
+    /// The checked config.
+    pub config: Route,
+    /// Where admitted requests go.
+    pub upstream: Arc<UpstreamPool>,
+    /// Who may admit callers, in the order they are tried; empty for a public route.
+    pub authenticators: Vec<Arc<Authenticator>>,
+    /// How the client's request trailers are filtered; dropped when `None`.
+    pub trailers: Option<Arc<crate::sanitize::headers::TrailerFilter>>,
+    /// Query parameter names its API-key authenticators' headers would go by, canonical
+    /// with `_` for `-` (`x_api_key`): credentials, never forwarded in the query.
+    pub credential_params: Vec<String>,
+}
 
 /// The routes one listener serves, indexed for lookup.
 #[derive(Default)]

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drawbridge_config::{Admission, Config, Diagnostic, Diagnostics, Limits, Route, Server};
+use drawbridge_config::{Admission, Config, Diagnostic, Diagnostics, Limits, Server};
 use drawbridge_identity::{Authenticator, Minter};
 
+pub use crate::route::RouteEntry;
 use crate::route::RouteTable;
 use crate::upstream::UpstreamPool;
 
@@ -31,7 +32,7 @@ pub struct Snapshot {
     /// The header the assertion travels in.
     pub identity_header: http::HeaderName,
     /// Which client headers never reach an upstream.
-    pub header_rules: Arc<crate::sanitize::HeaderRules>,
+    pub header_rules: Arc<crate::sanitize::headers::HeaderRules>,
     /// Every route, in config order.
     pub routes: Vec<Arc<RouteEntry>>,
     /// The compiled policies, when the configuration has a `[policy]`.
@@ -59,25 +60,6 @@ pub struct ListenerEntry {
     pub nonstandard_header_names: drawbridge_config::NonstandardHeaderNames,
     /// Its routes.
     pub routes: RouteTable,
-}
-
-/// A route with its upstream resolved.
-pub struct RouteEntry {
-    /// Its index in the configuration (how the policies know it).
-    pub index: usize,
-    /// Name, shared with access-log events.
-    pub name: Arc<str>,
-    /// The checked config.
-    pub config: Route,
-    /// Where admitted requests go.
-    pub upstream: Arc<UpstreamPool>,
-    /// Who may admit callers, in the order they are tried; empty for a public route.
-    pub authenticators: Vec<Arc<Authenticator>>,
-    /// How the client's request trailers are filtered; dropped when `None`.
-    pub trailers: Option<Arc<crate::body::TrailerFilter>>,
-    /// Query parameter names its API-key authenticators' headers would go by, canonical
-    /// with `_` for `-` (`x_api_key`): credentials, never forwarded in the query.
-    pub credential_params: Vec<String>,
 }
 
 impl Snapshot {
@@ -165,7 +147,7 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        let header_rules = Arc::new(crate::sanitize::HeaderRules::new(
+        let header_rules = Arc::new(crate::sanitize::headers::HeaderRules::new(
             config.server.strip_headers.clone(),
             authenticators
                 .iter()
@@ -196,7 +178,7 @@ impl Snapshot {
                             .iter()
                             .filter_map(|a| a.credential_header().cloned()),
                     );
-                    Arc::new(crate::body::TrailerFilter {
+                    Arc::new(crate::sanitize::headers::TrailerFilter {
                         rules: header_rules.clone(),
                         credentials,
                     })

@@ -3,66 +3,18 @@
 //! `max_stream_lifetime`; a tunnel also no longer than a reload that revokes the credential or
 //! makes the policies refuse it. A tunnel that is ended is audited.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use drawbridge_identity::{ClientCert, Principal};
+use drawbridge_identity::ClientCert;
 use drawbridge_telemetry::{AuditEvent, AuditLog};
 use http::HeaderMap;
-use tokio::time::Instant;
 
 use crate::admission::{Ask, Kind, Proof};
 use crate::context::{ConnInfo, Ctx, Shared};
-use crate::snapshot::{RouteEntry, Snapshot};
-
-/// When an exchange must end, and why.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    /// The instant.
-    pub at: Instant,
-    /// Why it ends then.
-    pub why: &'static str,
-    /// It is bound to a credential that expires: no response may outlive it, even one that
-    /// waits only once.
-    pub credential: bool,
-}
-
-impl Deadline {
-    /// The earlier of the principal's credential expiry and the route's maximum lifetime,
-    /// for a request that arrived at `arrived` (`arrived_at` by the wall clock): no clock is
-    /// read here.
-    pub fn of(
-        route: &RouteEntry,
-        principal: Option<&Principal>,
-        arrived: std::time::Instant,
-        arrived_at: SystemTime,
-    ) -> Deadline {
-        let now = Instant::from_std(arrived);
-        let lifetime = Deadline {
-            at: now + route.config.max_stream_lifetime,
-            why: "maximum stream lifetime reached",
-            credential: false,
-        };
-        let Some(expires) = principal.and_then(|p| p.expires_at) else {
-            return lifetime;
-        };
-        let unix_now = arrived_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let left = Duration::from_secs(expires.saturating_sub(unix_now));
-        if left < route.config.max_stream_lifetime {
-            Deadline {
-                at: now + left,
-                why: "credential expired",
-                credential: true,
-            }
-        } else {
-            lifetime
-        }
-    }
-}
+use crate::deadline::Deadline;
+use crate::snapshot::Snapshot;
 
 /// What a WebSocket tunnel needs to end itself: its deadline, how to tell whether a reload
 /// revoked its credential or its permission, and what to audit when it ends.
@@ -212,7 +164,7 @@ impl Recheck {
             Err(r) => (None, r.decided.as_ref()),
         };
         if let Some(d) = decided {
-            crate::record::decision(&self.shared, snapshot, route, d, &about);
+            crate::record::decision(&self.shared.decisions(), snapshot, route, d, &about);
         }
         match (&outcome, &self.principal) {
             (Err(r), _) if r.decided.is_some() => Some("no longer allowed by the policies"),

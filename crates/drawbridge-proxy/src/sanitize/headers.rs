@@ -1,6 +1,8 @@
 //! Client headers are hostile (ARCHITECTURE.md §4.4): what never reaches an upstream, in
 //! requests, trailers and responses.
 
+use std::sync::Arc;
+
 use drawbridge_config::NonstandardHeaderNames;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -273,4 +275,13 @@ pub fn strip_response_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in doomed {
         headers.remove(&name);
     }
+}
+
+/// What of a client's request trailers a route lets through: the header rules apply to them
+/// as to headers, and credentials never travel there.
+pub struct TrailerFilter {
+    /// The snapshot's header rules.
+    pub rules: Arc<HeaderRules>,
+    /// The identity header and the route's credential headers.
+    pub credentials: Vec<http::HeaderName>,
 }

@@ -3,9 +3,9 @@
 //! route lets through of its parameters is screened once the route is known
 //! ([`for_route`], and [`form`] for URL-encoded bodies).
 
-mod headers;
-mod params;
-mod path;
+pub mod headers;
+pub mod params;
+pub mod path;
 
 use std::net::IpAddr;
 

@@ -6,64 +6,18 @@
 //! Verify (MFA, step-up) and limit (rate limits) are not built yet; they slot in after
 //! authenticate and after authorize.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+pub mod ask;
 
-use drawbridge_identity::{ClientCert, Principal, Simulated};
+use std::sync::Arc;
+
+use drawbridge_identity::Principal;
 use drawbridge_policy::{Action, Decision};
-use http::HeaderMap;
+
+pub use ask::{Ask, Kind, Proof};
 
 use crate::rescue::ProxyError;
 use crate::route::Match;
 use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
-
-/// What kind of exchange a request asks for: its action, when the policies read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A plain HTTP request: its method is its action.
-    Http,
-    /// A gRPC call (`Action::"grpc"`).
-    Grpc,
-    /// A WebSocket upgrade (`Action::"connect"`).
-    WebSocket,
-}
-
-/// A request as admission sees it, whatever its protocol: who asks (the credentials in
-/// `headers`, or a [`Proof`]), what for (`kind`, `method`), on which resource (the route
-/// `host` and `path` pick), and in what context.
-pub struct Ask<'a> {
-    /// The host the route was chosen by.
-    pub host: &'a str,
-    /// The normalised, decoded path.
-    pub path: &'a str,
-    /// The method as received (upper-case for the standard ones).
-    pub method: &'a str,
-    /// What kind of exchange.
-    pub kind: Kind,
-    /// The query as the route lets it through.
-    pub query: Option<&'a str>,
-    /// The headers as sanitize left them, credentials still in them.
-    pub headers: &'a HeaderMap,
-    /// The client's address.
-    pub client: IpAddr,
-    /// When the request arrived.
-    pub time: SystemTime,
-}
-
-/// How the caller proves who they are.
-#[derive(Debug, Clone, Copy)]
-pub enum Proof<'a> {
-    /// The credentials the request carries, and the client certificate its connection's
-    /// handshake verified.
-    Presented {
-        /// The verified client certificate.
-        client_cert: Option<&'a ClientCert>,
-    },
-    /// A caller a test case describes (`drawbridge test`): an authenticator's name and what
-    /// it would verify, signatures and expiry aside; `None` when the case names no caller.
-    Simulated(Option<(&'a str, Simulated<'a>)>),
-}
 
 /// A request the core let in.
 pub struct Admitted {
