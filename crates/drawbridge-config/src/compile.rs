@@ -50,6 +50,7 @@ pub(crate) fn compile(
     };
 
     let server = cx.server(&raw.server);
+    let admin = cx.admin(raw.admin.as_ref(), &raw.listeners);
     let listeners: Vec<Listener> = raw
         .listeners
         .iter()
@@ -204,6 +205,7 @@ pub(crate) fn compile(
         authenticators,
         identity,
         policy,
+        admin,
         warnings,
     })
 }
@@ -1049,6 +1051,57 @@ impl Cx<'_> {
                 }
             }
         }
+    }
+
+    /// `[admin]`: a loopback address (the admin listener has no authentication yet), never
+    /// one a listener uses.
+    fn admin(
+        &mut self,
+        raw: Option<&Spanned<RawAdmin>>,
+        listeners: &[Spanned<RawListener>],
+    ) -> Option<Admin> {
+        let raw = raw?;
+        let location = self.r.locate(raw.span().start);
+        let Some(a) = &raw.get_ref().address else {
+            return Some(Admin {
+                address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                location,
+            });
+        };
+        let address = match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.r.error_help(
+                    a.span().start,
+                    "admin.address",
+                    format!("`{}` is not a socket address", a.get_ref()),
+                    "write an address and a port: `127.0.0.1:9901`",
+                );
+                return None;
+            }
+        };
+        if !address.ip().is_loopback() {
+            self.r.error_help(
+                a.span().start,
+                "admin.address",
+                format!("`{address}` is not a loopback address"),
+                "the admin listener has no authentication yet: keep it on 127.0.0.1 or [::1] and reach it from the same host (a sidecar, a kubelet probe through the pod's loopback)",
+            );
+            return None;
+        }
+        if address.port() != 0
+            && let Some(i) = listeners
+                .iter()
+                .position(|l| l.get_ref().address.get_ref().parse::<SocketAddr>() == Ok(address))
+        {
+            self.r.error(
+                a.span().start,
+                "admin.address",
+                format!("`{address}` is already used by listeners[{i}]"),
+            );
+            return None;
+        }
+        Some(Admin { address, location })
     }
 
     fn distinct_addresses(&mut self, raw: &[Spanned<RawListener>]) {

@@ -34,8 +34,19 @@ pub struct Config {
     pub identity: IdentityAssertion,
     /// The Cedar policies that authorize requests, when `[policy]` is present.
     pub policy: Option<PolicyConfig>,
+    /// Drawbridge's own listener for health checks, when `[admin]` is present.
+    pub admin: Option<Admin>,
     /// What `check` should tell the operator without refusing the file.
     pub warnings: Vec<crate::Diagnostic>,
+}
+
+/// `[admin]`: Drawbridge's own listener (`/healthz`, `/readyz`), apart from every route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where it listens; a loopback address (it has no authentication yet).
+    pub address: SocketAddr,
+    /// Where it was declared.
+    pub location: Location,
 }
 
 /// `[policy]`: where the Cedar policies are and what the schema holds beyond its fixed part.

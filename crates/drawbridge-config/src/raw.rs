@@ -20,6 +20,14 @@ pub(crate) struct RawConfig {
     pub authenticators: Vec<Spanned<RawAuthenticator>>,
     pub identity: Option<Spanned<RawIdentity>>,
     pub policy: Option<Spanned<RawPolicy>>,
+    pub admin: Option<Spanned<RawAdmin>>,
+}
+
+/// `[admin]`: Drawbridge's own listener for health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub address: Option<Spanned<String>>,
 }
 
 /// `[policy]`: the Cedar policies that authorize requests.

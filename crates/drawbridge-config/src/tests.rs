@@ -655,3 +655,28 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `[admin]` listens on loopback (127.0.0.1:9901 unless it says otherwise); it has no
+/// authentication yet, so any other address is refused, as is one a listener uses.
+#[test]
+fn the_admin_listener_stays_on_loopback() {
+    let cfg = check(&format!("{BASE}\n[admin]\n")).expect("valid");
+    assert_eq!(
+        cfg.admin.map(|a| a.address),
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
+    let cfg = check(&format!("{BASE}\n[admin]\naddress = \"[::1]:9000\"\n")).expect("valid");
+    assert_eq!(cfg.admin.map(|a| a.address.port()), Some(9000));
+    assert!(check(BASE).expect("valid").admin.is_none());
+    for (address, why) in [
+        ("0.0.0.0:9901", "not a loopback address"),
+        ("10.0.0.1:9901", "not a loopback address"),
+        ("127.0.0.1:8080", "already used by listeners[0]"),
+        ("localhost", "not a socket address"),
+    ] {
+        let e = errors(&format!("{BASE}\n[admin]\naddress = \"{address}\"\n"));
+        assert_eq!(e.len(), 1, "{address}: {e:?}");
+        assert_eq!(e[0].field, "admin.address");
+        assert!(e[0].message.contains(why), "{address}: {}", e[0].message);
+    }
+}

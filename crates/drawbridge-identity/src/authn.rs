@@ -94,6 +94,15 @@ impl Authenticator {
         }
     }
 
+    /// Whether it can admit callers now: an issuer's keys fetched at least once and not
+    /// stale beyond their grace period. Why not, for a readiness probe.
+    pub fn ready(&self) -> Result<(), String> {
+        match self {
+            Self::Jwt(j) => j.keys().usable().map_err(|e| e.to_string()),
+            Self::ApiKey(_) | Self::Mtls(_) => Ok(()),
+        }
+    }
+
     /// The challenge scheme a refusal names for it (`WWW-Authenticate`); none for client
     /// certificates, which are asked for by the TLS handshake, not by HTTP.
     pub fn scheme(&self) -> Option<Scheme> {

@@ -27,6 +27,8 @@ pub struct Shared {
     pub ids: RequestIds,
     /// Counts reloads; open tunnels watch it to check their credentials again.
     pub reloads: tokio::sync::watch::Sender<u64>,
+    /// Set when the drain begins: the process is no longer ready for traffic.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What is known of a connection.

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// The phases, in the order a request meets them (ARCHITECTURE.md §1).
+// The phases, in the order a request meets them.
 pub mod accept;
 pub mod admission;
 pub mod authenticate;
@@ -15,6 +15,7 @@ pub mod record;
 pub mod sanitize;
 
 // What they run over.
+pub mod admin;
 pub mod body;
 pub mod context;
 pub mod deadline;
@@ -121,6 +122,8 @@ pub struct Proxy {
     shared: Arc<Shared>,
     config_path: PathBuf,
     addrs: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     /// Every connection holds a clone of the sender until it ends; shutdown drops this one
     /// and waits for the receiver to see them all gone.
@@ -148,6 +151,20 @@ impl Proxy {
             })?;
             bound.push((l.name.to_string(), local, listener));
         }
+        let admin = match &snapshot.admin {
+            Some(a) => {
+                let listener = accept::bind(a.address).map_err(|source| StartError::Io {
+                    what: format!("binding the admin listener to {}", a.address),
+                    source,
+                })?;
+                let local = listener.local_addr().map_err(|source| StartError::Io {
+                    what: "reading bound address".into(),
+                    source,
+                })?;
+                Some((local, listener))
+            }
+            None => None,
+        };
         tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");
         warn_about(&snapshot);
         prefetch(&snapshot);
@@ -158,6 +175,7 @@ impl Proxy {
             shadow_disagreements: Default::default(),
             ids: RequestIds::new(),
             reloads: watch::channel(0).0,
+            draining: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
@@ -174,10 +192,19 @@ impl Proxy {
                 stop_rx.clone(),
             )));
         }
+        // The admin listener outlives the drain (it answers 503 throughout) and stops last.
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let admin_addr = admin.map(|(local, listener)| {
+            tracing::info!(address = %local, "admin listening");
+            tokio::spawn(admin::serve(shared.clone(), listener, admin_stop_rx));
+            local
+        });
         Ok(Arc::new(Proxy {
             shared,
             config_path: config_path.to_path_buf(),
             addrs,
+            admin_addr,
+            admin_stop,
             stop,
             drain: std::sync::Mutex::new(Some(drain)),
             drained: Mutex::new(drained),
@@ -188,6 +215,16 @@ impl Proxy {
     /// The bound address of each listener, by name, in config order.
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
+    }
+
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// What keeps the process from being ready for traffic; `None` when ready.
+    pub fn not_ready(&self) -> Option<Vec<String>> {
+        admin::not_ready(&self.shared)
     }
 
     /// The bound address of the listener `name`.
@@ -252,6 +289,10 @@ impl Proxy {
     /// Stops accepting, then waits up to the configured `shutdown_timeout` for in-flight
     /// requests to finish.
     pub async fn shutdown(&self) {
+        // Not ready from the first moment of the drain, so orchestrators send no more.
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.stop.send(true);
         for t in self.tasks.lock().await.drain(..) {
             let _ = t.await;
@@ -281,5 +322,6 @@ impl Proxy {
             log.flush(std::time::Duration::from_secs(2));
         })
         .await;
+        let _ = self.admin_stop.send(true);
     }
 }

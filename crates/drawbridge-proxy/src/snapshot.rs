@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub files: Vec<std::path::PathBuf>,
     /// Process-wide settings.
     pub server: Server,
+    /// The admin listener, when configured.
+    pub admin: Option<drawbridge_config::Admin>,
     /// Listeners in config order.
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
@@ -242,6 +244,7 @@ impl Snapshot {
             version: config.version,
             files: config.files,
             server: config.server,
+            admin: config.admin,
             listeners,
             upstreams,
             authenticators,
@@ -253,7 +256,8 @@ impl Snapshot {
 
     /// Whether `other` binds the same listeners; reload cannot move sockets.
     pub fn same_listeners(&self, other: &Snapshot) -> bool {
-        self.listeners.len() == other.listeners.len()
+        self.admin.as_ref().map(|a| a.address) == other.admin.as_ref().map(|a| a.address)
+            && self.listeners.len() == other.listeners.len()
             && self.listeners.iter().zip(&other.listeners).all(|(a, b)| {
                 a.name == b.name && a.address == b.address && a.tls.is_some() == b.tls.is_some()
             })
