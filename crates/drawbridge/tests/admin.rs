@@ -72,7 +72,7 @@ async fn ready_once_keys_are_in_and_not_ready_from_the_start_of_the_drain() {
     let up = RecordingUpstream::start().await;
     let key = SigningKey::generate(KeyType::P256, "k1");
     let server = JwksServer::start(&jwks(&[&key])).await;
-    let h = Harness::start(&with_admin(&up, &format!("{}", server.url()))).await;
+    let h = Harness::start(&with_admin(&up, &server.url())).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             admin_get(&h, "/readyz").await.status == StatusCode::OK
