@@ -162,6 +162,28 @@ pub(crate) fn compile(
 
     let identity = cx.identity(raw.identity.as_ref());
     cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
+    // A configured identity header outside `x-drawbridge-` is Drawbridge's too.
+    for (i, r) in &routes {
+        let named = r
+            .request_headers
+            .set
+            .iter()
+            .map(|(n, _)| n)
+            .chain(&r.request_headers.remove)
+            .chain(r.response_headers.set.iter().map(|(n, _)| n))
+            .chain(&r.response_headers.remove);
+        if named.into_iter().any(|n| *n == identity.header) {
+            cx.r.error_help(
+                raw.routes[*i].span().start,
+                format!("routes[{i}]"),
+                format!(
+                    "`{}` is the identity header; a route cannot set or remove it",
+                    identity.header
+                ),
+                "remove it from `request_headers` and `response_headers`",
+            );
+        }
+    }
     if identity.header == "authorization" {
         // The assertion would replace the very credential such a route promises to pass.
         for (i, r) in &routes {
@@ -907,7 +929,19 @@ impl Cx<'_> {
                 ("with_subject", ForwardClientCert::WithSubject),
             ],
         );
+        let request_headers = self.header_edits(
+            &format!("{at}.request_headers"),
+            r.request_headers.as_ref(),
+            true,
+        );
+        let response_headers = self.header_edits(
+            &format!("{at}.response_headers"),
+            r.response_headers.as_ref(),
+            false,
+        );
         Some(Route {
+            request_headers,
+            response_headers,
             forward_client_cert,
             max_stream_lifetime,
             pass_headers,
@@ -952,6 +986,70 @@ impl Cx<'_> {
                 continue;
             }
             out.push(name);
+        }
+        out
+    }
+
+    /// `[routes.request_headers]` / `[routes.response_headers]`: valid names and values, and
+    /// never a header Drawbridge itself sets, nor one that frames the message (an upstream
+    /// must never be told who is calling by anyone but Drawbridge).
+    fn header_edits(
+        &mut self,
+        at: &str,
+        raw: Option<&Spanned<RawHeaderEdits>>,
+        request: bool,
+    ) -> HeaderEdits {
+        let mut out = HeaderEdits::default();
+        let Some(raw) = raw else { return out };
+        let forbidden = |name: &str| {
+            crate::headers::is_drawbridge_set(name)
+                || (!request && matches!(name, "set-cookie" | "www-authenticate" | "x-request-id"))
+                || (request && matches!(name, "authorization" | "cookie" | "proxy-authorization"))
+        };
+        if let Some(list) = &raw.get_ref().remove {
+            for (j, h) in list.get_ref().iter().enumerate() {
+                let field = format!("{at}.remove[{j}]");
+                let Some(name) = self.header_name(&field, h, false) else {
+                    continue;
+                };
+                if crate::headers::is_drawbridge_set(&name) {
+                    self.r.error_help(
+                        h.span().start,
+                        field,
+                        format!("`{name}` is Drawbridge's to set; a route cannot remove it"),
+                        "remove it from the list",
+                    );
+                    continue;
+                }
+                out.remove.push(name);
+            }
+        }
+        if let Some(map) = &raw.get_ref().set {
+            for (k, v) in map.get_ref() {
+                let field = format!("{at}.set.{}", k.get_ref());
+                let Some(name) = self.header_name(&field, k, false) else {
+                    continue;
+                };
+                if forbidden(&name) {
+                    self.r.error_help(
+                        k.span().start,
+                        field,
+                        format!("`{name}` cannot be set by a route"),
+                        "Drawbridge sets identity, forwarding and framing headers itself, and credentials and cookies are never made up by configuration",
+                    );
+                    continue;
+                }
+                let value = v.get_ref();
+                if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    self.r.error(
+                        v.span().start,
+                        field,
+                        "a header value cannot hold control characters",
+                    );
+                    continue;
+                }
+                out.set.push((name, value.clone()));
+            }
         }
         out
     }

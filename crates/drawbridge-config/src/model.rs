@@ -513,8 +513,22 @@ pub struct Route {
     pub max_stream_lifetime: Duration,
     /// Whether the upstream is told the client certificate in `X-Forwarded-Client-Cert`.
     pub forward_client_cert: ForwardClientCert,
+    /// Headers set on or removed from the request the upstream receives.
+    pub request_headers: HeaderEdits,
+    /// Headers set on or removed from the response the client receives.
+    pub response_headers: HeaderEdits,
     /// Where the route was declared.
     pub location: Location,
+}
+
+/// Headers a route sets or removes (`[routes.request_headers]`, `[routes.response_headers]`).
+/// Removals apply first, then the values set replace any of the same name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Lower-case names and their values.
+    pub set: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
 }
 
 /// The parts of a request a route hands its policies as `context.query` and

@@ -168,6 +168,16 @@ pub(crate) struct RawRoute {
     pub method_override: Option<Spanned<String>>,
     pub max_stream_lifetime: Option<Spanned<String>>,
     pub forward_client_cert: Option<Spanned<String>>,
+    pub request_headers: Option<Spanned<RawHeaderEdits>>,
+    pub response_headers: Option<Spanned<RawHeaderEdits>>,
+}
+
+/// `[routes.request_headers]`, `[routes.response_headers]`: headers to set or remove.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderEdits {
+    pub set: Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>>,
+    pub remove: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[authenticators]]` table. Flat, with `type` saying which fields apply, so that a

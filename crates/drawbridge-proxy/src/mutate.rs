@@ -57,6 +57,10 @@ pub fn request(
             }
         }
     }
+    // The route's own edits, before Drawbridge's headers, which no edit can touch.
+    if !route.request_edits.is_empty() {
+        route.request_edits.apply(&mut headers);
+    }
     // Only Drawbridge speaks in the identity header (the `x-drawbridge-` ones went in
     // sanitize; a configured name may be outside that namespace).
     headers.remove(&snapshot.identity_header);

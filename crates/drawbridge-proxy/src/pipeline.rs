@@ -189,6 +189,9 @@ async fn run(
         lease,
     };
     let mut forwarded = forward::forward(&route.upstream, out).await?;
+    if !route.response_edits.is_empty() {
+        route.response_edits.apply(forwarded.response.headers_mut());
+    }
     forwarded.deadline = Some(deadline);
     ctx.event.upstream = Some(forwarded.endpoint.clone());
     Ok(Outcome::Forwarded(forwarded))

@@ -27,6 +27,56 @@ pub struct RouteEntry {
     /// Query parameter names its API-key authenticators' headers would go by, canonical
     /// with `_` for `-` (`x_api_key`): credentials, never forwarded in the query.
     pub credential_params: Vec<String>,
+    /// Headers set on or removed from the request the upstream receives.
+    pub request_edits: Edits,
+    /// Headers set on or removed from the upstream's response.
+    pub response_edits: Edits,
+}
+
+/// A route's header edits, ready to apply: removals first, then the values set.
+#[derive(Debug, Default)]
+pub struct Edits {
+    remove: Vec<http::HeaderName>,
+    set: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Edits {
+    /// The edits of `config` (checked names and values; any that cannot be a header are left
+    /// out, which the config check has already refused).
+    pub fn new(config: &drawbridge_config::HeaderEdits) -> Edits {
+        Edits {
+            remove: config
+                .remove
+                .iter()
+                .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+            set: config
+                .set
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        http::HeaderValue::from_bytes(v.as_bytes()).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies the edits to `headers`.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
 }
 
 /// The routes one listener serves, indexed for lookup.

@@ -191,6 +191,8 @@ impl Snapshot {
                     .map(|h| h.as_str().replace('-', "_"))
                     .collect();
                 Arc::new(RouteEntry {
+                    request_edits: crate::route::Edits::new(&r.request_headers),
+                    response_edits: crate::route::Edits::new(&r.response_headers),
                     credential_params,
                     index,
                     name: r.name.as_str().into(),

@@ -567,3 +567,71 @@ async fn http2_requests_get_the_same_refusals() {
         Some("127.0.0.1")
     );
 }
+
+/// A route sets and removes headers on the way up and on the way back; it can never set
+/// Drawbridge's own (the config check refuses them, and the client's are stripped anyway).
+#[tokio::test]
+async fn routes_set_and_remove_headers_both_ways() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n\
+         [[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\
+         [routes.request_headers]\nset = {{ \"x-env\" = \"prod\", \"x-team\" = \"platform\" }}\nremove = [\"x-debug\"]\n\
+         [routes.response_headers]\nset = {{ \"x-frame-options\" = \"DENY\" }}\nremove = [\"content-type\"]\n",
+        up.url()
+    )))
+    .await;
+    let r = get_with(
+        &h.url("/x"),
+        &[
+            ("x-debug", "1"),
+            ("x-team", "attacker"),
+            ("x-other", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let got = up.last().expect("forwarded");
+    assert_eq!(got.header("x-env"), Some("prod"));
+    assert_eq!(
+        got.header("x-team"),
+        Some("platform"),
+        "the route's value, not the client's"
+    );
+    assert_eq!(got.header("x-debug"), None);
+    assert_eq!(got.header("x-other"), Some("kept"));
+    assert_eq!(
+        r.headers
+            .get("x-frame-options")
+            .and_then(|v| v.to_str().ok()),
+        Some("DENY")
+    );
+    assert!(r.headers.get("content-type").is_none());
+    // Drawbridge's own headers are not a route's to set.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    for name in [
+        "x-drawbridge-user",
+        "x-forwarded-for",
+        "host",
+        "authorization",
+    ] {
+        std::fs::write(
+            &path,
+            config(&format!(
+                "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\"]\n\n\
+                 [[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\
+                 [routes.request_headers]\nset = {{ \"{name}\" = \"x\" }}\n",
+                up.url()
+            )),
+        )
+        .expect("write");
+        let e = drawbridge_proxy::compile(&path, None)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("cannot be set by a route"),
+            "{name}: {e}"
+        );
+    }
+}
