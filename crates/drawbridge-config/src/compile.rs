@@ -691,7 +691,16 @@ impl Cx<'_> {
             u.health.ejection.as_ref(),
             Duration::from_secs(30),
         );
+        let host_header = self.choice(
+            &format!("{at}.host_header"),
+            u.host_header.as_ref(),
+            &[
+                ("client", HostHeader::Client),
+                ("endpoint", HostHeader::Endpoint),
+            ],
+        );
         Some(Upstream {
+            host_header,
             name: u.name.get_ref().clone(),
             endpoints,
             protocol,

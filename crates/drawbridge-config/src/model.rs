@@ -369,8 +369,20 @@ pub struct Upstream {
     pub retries: u32,
     /// Passive health checking.
     pub health: Health,
+    /// The `Host` (HTTP/2 `:authority`) the upstream is sent.
+    pub host_header: HostHeader,
     /// Where the upstream was declared.
     pub location: Location,
+}
+
+/// The `Host` an upstream is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The host the client asked for (and the route was chosen by).
+    Client,
+    /// The endpoint's own `host:port` (a service behind a virtual-host-based load balancer,
+    /// a SaaS API); the client's is still sent as `X-Forwarded-Host`.
+    Endpoint,
 }
 
 impl Upstream {
@@ -391,6 +403,7 @@ impl Upstream {
             max_requests,
             retries,
             health,
+            host_header,
             location: _,
         } = self;
         *name == other.name
@@ -406,6 +419,7 @@ impl Upstream {
             && *max_requests == other.max_requests
             && *retries == other.retries
             && *health == other.health
+            && *host_header == other.host_header
     }
 }
 

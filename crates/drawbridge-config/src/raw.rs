@@ -135,6 +135,7 @@ pub(crate) struct RawUpstream {
     pub retries: Option<Spanned<i64>>,
     #[serde(default)]
     pub health: RawHealth,
+    pub host_header: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

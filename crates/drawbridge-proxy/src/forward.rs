@@ -235,12 +235,17 @@ impl Exchange<'_> {
         let Exchange {
             method,
             path_and_query,
-            host,
-            headers,
+            mut host,
+            mut headers,
             body,
             repeatable,
             http1_only,
         } = self;
+        if pool.settings.host_header == drawbridge_config::HostHeader::Endpoint {
+            // The endpoint's own authority; the client's went as X-Forwarded-Host.
+            host = None;
+            headers.remove(header::HOST);
+        }
         let target = Target {
             method,
             path_and_query,

@@ -33,6 +33,8 @@ pub struct Received {
     pub trailers: Option<HeaderMap>,
     /// The address the request came from: equal for requests on one connection.
     pub peer: SocketAddr,
+    /// The request's authority (HTTP/2 `:authority`, or an absolute-form target's).
+    pub authority: Option<String>,
 }
 
 impl Received {
@@ -170,6 +172,7 @@ async fn handle(
         body: body.clone(),
         trailers,
         peer,
+        authority: parts.uri.authority().map(|a| a.to_string()),
     };
     if let Ok(mut v) = rec.lock() {
         v.push(got);

@@ -270,3 +270,42 @@ async fn connections_are_reused_after_responses_without_a_body() {
         "empty responses left their connections unused: {peers:?}"
     );
 }
+
+/// An upstream can be sent its own authority as `Host` (over HTTP/1.1 and as HTTP/2's
+/// `:authority`) instead of the client's, which then travels as `X-Forwarded-Host`.
+#[tokio::test]
+async fn an_upstream_can_be_sent_its_own_host() {
+    let up = RecordingUpstream::start().await;
+    for protocol in ["http1", "http2"] {
+        let h = Harness::start(&config(&format!(
+            "[[upstreams]]\nname = \"own\"\nendpoints = [\"{u}\"]\nprotocol = \"{protocol}\"\nhost_header = \"endpoint\"\n\n\
+             [[upstreams]]\nname = \"client\"\nendpoints = [\"{u}\"]\nprotocol = \"{protocol}\"\n\n\
+             [[routes]]\nname = \"own\"\nprefix = \"/own\"\nupstream = \"own\"\npublic = true\n\n\
+             [[routes]]\nname = \"client\"\nprefix = \"/client\"\nupstream = \"client\"\npublic = true\n",
+            u = up.url()
+        )))
+        .await;
+        let authority = up.url().trim_start_matches("http://").to_string();
+        let r = get_with(&h.url("/own"), &[("host", "shop.example.com")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let got = up.last().expect("forwarded");
+        let sent_host = got
+            .header("host")
+            .map(str::to_string)
+            .or_else(|| got.authority.clone());
+        assert_eq!(sent_host.as_deref(), Some(authority.as_str()), "{protocol}");
+        assert_eq!(
+            got.header("x-forwarded-host"),
+            Some("shop.example.com"),
+            "{protocol}"
+        );
+        let r = get_with(&h.url("/client"), &[("host", "shop.example.com")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let got = up.last().expect("forwarded");
+        let sent_host = got
+            .header("host")
+            .map(str::to_string)
+            .or_else(|| got.authority.clone());
+        assert_eq!(sent_host.as_deref(), Some("shop.example.com"), "{protocol}");
+    }
+}
