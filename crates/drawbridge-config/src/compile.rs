@@ -158,6 +158,29 @@ pub(crate) fn compile(
         .collect();
     cx.unique("routes", raw.routes.iter().map(|r| &r.get_ref().name));
     cx.mtls_routes(&routes, &raw, &listeners);
+    // A redirecting listener serves no route.
+    for (i, r) in &routes {
+        if let Some(ls) = &r.listeners
+            && let Some(&l) = ls
+                .iter()
+                .find(|&&l| listeners[l].redirect_to_https.is_some())
+        {
+            let span = raw.routes[*i]
+                .get_ref()
+                .listeners
+                .as_ref()
+                .map_or(raw.routes[*i].span().start, |l| l.span().start);
+            cx.r.error_help(
+                span,
+                format!("routes[{i}].listeners"),
+                format!(
+                    "listener `{}` only redirects to HTTPS; it serves no route",
+                    listeners[l].name
+                ),
+                "serve the route on the HTTPS listener",
+            );
+        }
+    }
     cx.overlaps(&routes, &raw.routes);
 
     let identity = cx.identity(raw.identity.as_ref());
@@ -393,6 +416,32 @@ impl Cx<'_> {
                 ("forward", NonstandardHeaderNames::Forward),
             ],
         );
+        let redirect = l.redirect_to_https.as_ref().filter(|r| *r.get_ref());
+        if let (Some(r), Some(_)) = (redirect, &l.tls) {
+            self.r.error_help(
+                r.span().start,
+                format!("{at}.redirect_to_https"),
+                "a TLS listener redirecting to HTTPS would redirect to itself",
+                "set it on the plaintext listener, or remove it",
+            );
+        }
+        if let (None, Some(p)) = (redirect, &l.https_port) {
+            self.r.error_help(
+                p.span().start,
+                format!("{at}.https_port"),
+                "`https_port` is the port a redirecting listener sends clients to",
+                "set `redirect_to_https = true`, or remove it",
+            );
+        }
+        let redirect_to_https = redirect.map(|_| {
+            self.int(
+                &format!("{at}.https_port"),
+                l.https_port.as_ref(),
+                1,
+                65535,
+                443,
+            ) as u16
+        });
         Some(Listener {
             name: l.name.get_ref().clone(),
             address: address?,
@@ -400,6 +449,7 @@ impl Cx<'_> {
             tls: tls.flatten(),
             limits,
             nonstandard_header_names,
+            redirect_to_https,
             location: self.r.locate(raw.span().start),
         })
     }
@@ -481,10 +531,31 @@ impl Cx<'_> {
             }
         }
         let client_auth = self.client_auth(at, t);
+        let hsts = t.hsts.as_ref().and_then(|h| {
+            let v = h.get_ref().trim();
+            let max_age = v
+                .split(';')
+                .next()
+                .and_then(|d| d.trim().strip_prefix("max-age="))
+                .is_some_and(|n| n.trim_matches('"').parse::<u64>().is_ok());
+            let text = v.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if max_age && text {
+                Some(v.to_string())
+            } else {
+                self.r.error_help(
+                    h.span().start,
+                    format!("{at}.hsts"),
+                    format!("`{v}` is not a Strict-Transport-Security value"),
+                    "start with `max-age=SECONDS`, then `; includeSubDomains` or `; preload` if wanted",
+                );
+                None
+            }
+        });
         Some(Tls {
             certificates,
             min_version,
             client_auth,
+            hsts,
         })
     }
 

@@ -190,6 +190,9 @@ pub struct Listener {
     pub limits: Limits,
     /// What becomes of request headers whose names hold `_` or `.`.
     pub nonstandard_header_names: NonstandardHeaderNames,
+    /// A listener that only redirects to HTTPS (`308`, same host, path and query), on this
+    /// port; it serves no route.
+    pub redirect_to_https: Option<u16>,
     /// Where the listener was declared.
     pub location: Location,
 }
@@ -239,6 +242,8 @@ pub struct Tls {
     pub min_version: TlsVersion,
     /// Client certificates: asked for, and checked against these CAs.
     pub client_auth: Option<ClientAuth>,
+    /// The `Strict-Transport-Security` value sent with every response, when set.
+    pub hsts: Option<String>,
 }
 
 /// How a listener asks for client certificates.

@@ -83,6 +83,8 @@ pub(crate) struct RawListener {
     #[serde(default)]
     pub limits: RawLimits,
     pub nonstandard_header_names: Option<Spanned<String>>,
+    pub redirect_to_https: Option<Spanned<bool>>,
+    pub https_port: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +94,7 @@ pub(crate) struct RawTls {
     pub min_version: Option<Spanned<String>>,
     pub client_ca_file: Option<Spanned<String>>,
     pub client_auth: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

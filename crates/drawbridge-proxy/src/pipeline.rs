@@ -73,6 +73,11 @@ pub async fn handle(
             )
         }
     };
+    let mut res = res;
+    if let Some(hsts) = &listener.hsts {
+        res.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let Ctx {
         mut event, arrived, ..
     } = ctx;
@@ -103,6 +108,10 @@ async fn run(
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<Outcome, ProxyError> {
+    if let Some(port) = listener.redirect_to_https {
+        crate::parse::request(ctx, listener, &req)?;
+        return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
+    }
     let proof = Proof::Presented {
         client_cert: conn.client_cert.as_ref(),
     };
@@ -282,6 +291,29 @@ enum Outcome {
     Forwarded(Forwarded),
     /// Drawbridge answered itself (its own paths).
     Local(Response<ResponseBody>),
+}
+
+/// `308 Permanent Redirect` to the same host, path and query over HTTPS on `port`.
+fn redirect_to_https(
+    host: &str,
+    port: u16,
+    uri: &http::Uri,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let location =
+        HeaderValue::from_str(&location).map_err(|_| ProxyError::BadRequest("invalid target"))?;
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    res.headers_mut().insert(header::LOCATION, location);
+    Ok(res)
 }
 
 /// Answers `/.drawbridge/...`: the identity assertion's public keys; nothing else yet.

@@ -60,6 +60,10 @@ pub struct ListenerEntry {
     pub limits: Limits,
     /// What becomes of header names with `_` or `.`.
     pub nonstandard_header_names: drawbridge_config::NonstandardHeaderNames,
+    /// Only redirects to HTTPS, on this port.
+    pub redirect_to_https: Option<u16>,
+    /// `Strict-Transport-Security`, sent with every response of a TLS listener that sets it.
+    pub hsts: Option<http::HeaderValue>,
     /// Its routes.
     pub routes: RouteTable,
 }
@@ -216,8 +220,10 @@ impl Snapshot {
                 },
                 None => (None, None),
             };
+            // A redirecting listener serves no route.
             let mine = routes
                 .iter()
+                .filter(|_| l.redirect_to_https.is_none())
                 .filter(|r| r.config.listeners.as_ref().is_none_or(|ls| ls.contains(&i)))
                 .cloned();
             listeners.push(ListenerEntry {
@@ -228,6 +234,12 @@ impl Snapshot {
                 sni,
                 limits: l.limits.clone(),
                 nonstandard_header_names: l.nonstandard_header_names,
+                redirect_to_https: l.redirect_to_https,
+                hsts: l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.hsts.as_deref())
+                    .and_then(|v| http::HeaderValue::from_str(v).ok()),
                 routes: RouteTable::new(mine),
             });
         }

@@ -635,3 +635,33 @@ async fn routes_set_and_remove_headers_both_ways() {
         );
     }
 }
+
+/// A listener that only redirects: `308` to the same host, path and query over HTTPS, the
+/// upstream never contacted; the routes are served on the other listener.
+#[tokio::test]
+async fn a_redirect_listener_sends_everyone_to_https() {
+    let up = RecordingUpstream::start().await;
+    let cfg = config(&format!(
+        "[[listeners]]\nname = \"redirect\"\naddress = \"127.0.0.2:0\"\nredirect_to_https = true\nhttps_port = 8443\n\n{}",
+        upstream_and_route("app", &up.url())
+    ));
+    let h = Harness::start(&cfg).await;
+    let addr = h.proxy.addr("redirect").expect("redirect listener");
+    let reply = raw(
+        addr,
+        b"GET /shop/cart?item=7 HTTP/1.1\r\nHost: Shop.Example.com\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(status_of(&reply), 308, "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("location: https://shop.example.com:8443/shop/cart?item=7\r\n"),
+        "{reply}"
+    );
+    assert_eq!(up.count(), 0);
+    // The other listener serves the routes.
+    assert_eq!(get(&h.url("/x")).await.status, StatusCode::OK);
+    assert_eq!(up.count(), 1);
+}

@@ -23,6 +23,11 @@ struct Tls {
 }
 
 async fn setup(min_version: &str) -> Tls {
+    setup_with(min_version, "").await
+}
+
+/// The two-certificate listener, with `extra` settings in its `[listeners.tls]`.
+async fn setup_with(min_version: &str, extra: &str) -> Tls {
     let ca = TestCa::new("test ca");
     let up = RecordingUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -35,7 +40,7 @@ async fn setup(min_version: &str) -> Tls {
     let cfg = config(&upstream_and_route("app", &up.url())).replace(
         LISTENER_END,
         &listener(&format!(
-            "[listeners.tls]\nmin_version = \"{min_version}\"\n\
+            "[listeners.tls]\nmin_version = \"{min_version}\"\n{extra}\n\
              [[listeners.tls.certificates]]\ncert = \"{d}/a.test.crt\"\nkey = \"{d}/a.test.key\"\nserver_names = [\"a.test\"]\n\
              [[listeners.tls.certificates]]\ncert = \"{d}/b.test.crt\"\nkey = \"{d}/b.test.key\"\nserver_names = [\"b.test\"]\n"
         )),
@@ -205,5 +210,26 @@ async fn a_host_of_another_certificate_than_the_sni_is_misdirected() {
         let res = h2_get(s, &format!("https://{host}/x")).await;
         assert_eq!(res.status(), status, "h2 sni {sni}, host {host}");
         assert_eq!(t.up.count(), if status == 200 { 2 } else { 0 });
+    }
+}
+
+/// `hsts` on a TLS listener: every response carries `Strict-Transport-Security`, Drawbridge's
+/// own refusals included.
+#[tokio::test]
+async fn a_tls_listener_sends_hsts_with_every_response() {
+    let t = setup_with("1.2", "hsts = \"max-age=31536000; includeSubDomains\"").await;
+    for path in ["/x", "/.drawbridge/nothing"] {
+        let s = connect(&t, "a.test", &[b"h2"], &[&rustls::version::TLS13])
+            .await
+            .expect("tls");
+        let res = h2_get(s, &format!("https://a.test{path}")).await;
+        assert_eq!(
+            res.headers()
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000; includeSubDomains"),
+            "{path}: {}",
+            res.status()
+        );
     }
 }
