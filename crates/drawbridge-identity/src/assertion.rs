@@ -113,7 +113,9 @@ impl Minter {
             by_content: Mutex::new(Default::default()),
         };
         // A key that cannot sign is found now, not on the first request.
-        minter.sign(&Principal::anonymous(), "probe", None)?;
+        minter
+            .sign(&Principal::anonymous(), "probe", None)
+            .map_err(|e| e.to_string())?;
         Ok(minter)
     }
 
@@ -134,7 +136,7 @@ impl Minter {
         principal: &Principal,
         audience: &str,
         request_id: &str,
-    ) -> Result<HeaderValue, String> {
+    ) -> Result<HeaderValue, MintError> {
         if self.config.per_request {
             return self.sign(principal, audience, Some(request_id));
         }
@@ -196,10 +198,10 @@ impl Minter {
         p: &Principal,
         audience: &str,
         request_id: Option<&str>,
-    ) -> Result<HeaderValue, String> {
+    ) -> Result<HeaderValue, MintError> {
         let now = crate::unix_now();
         let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness for jti".to_string())?;
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| MintError::NoRandomness)?;
         let claims = Claims {
             iss: &self.config.issuer,
             aud: audience,
@@ -217,10 +219,25 @@ impl Minter {
             auth_time: p.authenticated_at,
             rid: request_id,
         };
-        let token = jsonwebtoken::encode(&self.header, &claims, &self.key)
-            .map_err(|e| format!("signing the identity assertion: {e}"))?;
-        HeaderValue::from_str(&token).map_err(|e| e.to_string())
+        let token =
+            jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(MintError::Signing)?;
+        HeaderValue::from_str(&token).map_err(MintError::Header)
     }
+}
+
+/// Why an identity assertion could not be made: the request is refused, never sent without
+/// the identity it should carry.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The system's random source failed (for the `jti`).
+    #[error("no randomness for the assertion's jti")]
+    NoRandomness,
+    /// Signing failed.
+    #[error("signing the identity assertion: {0}")]
+    Signing(#[source] jsonwebtoken::errors::Error),
+    /// The token cannot travel as a header value.
+    #[error("the identity assertion is not a header value: {0}")]
+    Header(#[source] http::header::InvalidHeaderValue),
 }
 
 /// Whether assertions for `a` and `b` say the same (all but times and `jti`; the

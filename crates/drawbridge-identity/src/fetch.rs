@@ -24,12 +24,12 @@ pub(crate) struct Fetcher {
     /// The TLS settings for an `https` address, made once when the configuration is
     /// compiled (the system's roots are read from disk then, never per fetch, and never on
     /// a runtime thread serving requests).
-    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
+    tls: Option<Result<Arc<rustls::ClientConfig>, Arc<FetchError>>>,
 }
 
 impl Fetcher {
     pub(crate) fn new(url: JwksUrl, timeout: Duration) -> Self {
-        let tls = url.tls.then(|| tls_config(&url));
+        let tls = url.tls.then(|| tls_config(&url).map_err(Arc::new));
         Self { url, timeout, tls }
     }
 
@@ -39,44 +39,44 @@ impl Fetcher {
     }
 
     /// The document at the address, or why not.
-    pub(crate) async fn get(&self) -> Result<Bytes, String> {
+    pub(crate) async fn get(&self) -> Result<Bytes, FetchError> {
         tokio::time::timeout(self.timeout, self.get_unbounded())
             .await
-            .map_err(|_| format!("timed out after {:?}", self.timeout))?
+            .map_err(|_| FetchError::Timeout(self.timeout))?
     }
 
-    async fn get_unbounded(&self) -> Result<Bytes, String> {
+    async fn get_unbounded(&self) -> Result<Bytes, FetchError> {
         let u = &self.url;
         let tcp = TcpStream::connect((u.host.as_str(), u.port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(FetchError::Connect)?;
         let _ = tcp.set_nodelay(true);
         if u.tls {
             let config = match &self.tls {
                 Some(Ok(c)) => c.clone(),
-                Some(Err(e)) => return Err(e.clone()),
-                None => return Err("tls: no settings".into()),
+                Some(Err(e)) => return Err(FetchError::Settings(e.clone())),
+                None => return Err(FetchError::NoTls),
             };
             let connector = tokio_rustls::TlsConnector::from(config);
             let name = ServerName::try_from(u.host.clone())
-                .map_err(|e| format!("tls: `{}`: {e}", u.host))?;
+                .map_err(|_| FetchError::ServerName(u.host.clone()))?;
             let stream = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("tls: {e}"))?;
+                .map_err(FetchError::Tls)?;
             self.exchange(TokioIo::new(stream)).await
         } else {
             self.exchange(TokioIo::new(tcp)).await
         }
     }
 
-    async fn exchange<T>(&self, io: T) -> Result<Bytes, String>
+    async fn exchange<T>(&self, io: T) -> Result<Bytes, FetchError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
             .await
-            .map_err(|e| format!("http: {e}"))?;
+            .map_err(FetchError::Http)?;
         let driver = tokio::spawn(conn);
         let host = if self.url.host.contains(':') {
             format!("[{}]:{}", self.url.host, self.url.port)
@@ -88,19 +88,16 @@ impl Fetcher {
             .header(header::ACCEPT, "application/jwk-set+json, application/json")
             .header(header::USER_AGENT, "drawbridge")
             .body(Empty::new())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(FetchError::Request)?;
         let result = async {
-            let res = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("http: {e}"))?;
+            let res = sender.send_request(req).await.map_err(FetchError::Http)?;
             if res.status() != StatusCode::OK {
-                return Err(format!("status {}", res.status().as_u16()));
+                return Err(FetchError::Status(res.status().as_u16()));
             }
             let body = Limited::new(res.into_body(), MAX_JWKS_BYTES)
                 .collect()
                 .await
-                .map_err(|e| format!("body: {e}"))?;
+                .map_err(FetchError::Body)?;
             Ok(body.to_bytes())
         }
         .await;
@@ -109,15 +106,57 @@ impl Fetcher {
     }
 }
 
+/// Why a JWK Set could not be fetched, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The whole fetch took longer than the issuer's `jwks_timeout`.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The TCP connection failed.
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The TLS settings could not be made (a CA rejected, no roots).
+    #[error("tls settings: {0}")]
+    Settings(#[source] Arc<FetchError>),
+    /// An `https` address without TLS settings (cannot happen: they are made with it).
+    #[error("tls: no settings")]
+    NoTls,
+    /// A CA certificate rustls refuses.
+    #[error("tls: CA certificate rejected: {0}")]
+    Ca(#[source] rustls::Error),
+    /// No trusted root at all.
+    #[error("tls: no trusted root certificates (set `jwks_ca_file`)")]
+    NoRoots,
+    /// The TLS protocol versions could not be set.
+    #[error("tls: {0}")]
+    Versions(#[source] rustls::Error),
+    /// The host is not a TLS server name.
+    #[error("tls: `{0}` is not a server name")]
+    ServerName(String),
+    /// The TLS handshake failed.
+    #[error("tls: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("http: {0}")]
+    Http(#[source] hyper::Error),
+    /// The request could not be built.
+    #[error("request: {0}")]
+    Request(#[source] http::Error),
+    /// The issuer answered with another status than 200.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body could not be read (or was larger than allowed).
+    #[error("body: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The TLS client settings for `url`: its configured CA, or the system's roots.
-fn tls_config(url: &JwksUrl) -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(url: &JwksUrl) -> Result<Arc<rustls::ClientConfig>, FetchError> {
     let mut roots = rustls::RootCertStore::empty();
     match &url.ca {
         Some(certs) => {
             for c in certs {
-                roots
-                    .add(c.clone())
-                    .map_err(|e| format!("tls: CA certificate rejected: {e}"))?;
+                roots.add(c.clone()).map_err(FetchError::Ca)?;
             }
         }
         None => {
@@ -127,12 +166,12 @@ fn tls_config(url: &JwksUrl) -> Result<Arc<rustls::ClientConfig>, String> {
         }
     }
     if roots.is_empty() {
-        return Err("tls: no trusted root certificates (set `jwks_ca_file`)".into());
+        return Err(FetchError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(FetchError::Versions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

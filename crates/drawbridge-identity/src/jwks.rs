@@ -395,7 +395,12 @@ impl KeySource {
         let result = fetcher
             .get()
             .await
-            .and_then(|bytes| KeySet::parse(&bytes).map(|(k, _)| (k, digest(&bytes))));
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                KeySet::parse(&bytes)
+                    .map(|(k, _)| (k, digest(&bytes)))
+                    .map_err(|e| format!("the key set is invalid: {e}"))
+            });
         match result {
             Ok((keys, digest)) => {
                 let previous = self.current.load();

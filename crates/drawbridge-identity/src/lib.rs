@@ -19,7 +19,7 @@ mod mtls;
 mod principal;
 
 pub use apikey::ApiKeyAuthenticator;
-pub use assertion::{AssertionCache, Minter};
+pub use assertion::{AssertionCache, MintError, Minter};
 pub use authn::{Authenticator, Credentials, Scheme, Simulated, authenticate};
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};

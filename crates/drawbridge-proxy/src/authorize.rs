@@ -8,7 +8,7 @@ use drawbridge_identity::Principal;
 use drawbridge_policy::{Action, DecideError, Decision, RequestView, Verdict};
 
 use crate::admission::ask::{Ask, Kind};
-use crate::rescue::ProxyError;
+use crate::rescue::{Forbidden, ProxyError};
 use crate::snapshot::{RouteEntry, Snapshot};
 
 /// What `route`'s policies decide about `ask` by `principal`: the action asked for, the
@@ -65,7 +65,7 @@ pub fn decide(
             (
                 action,
                 denied(why.clone()),
-                Some(ProxyError::Forbidden(why)),
+                Some(ProxyError::Forbidden(Forbidden::Evaluation(vec![why]))),
             )
         }
     }
@@ -83,14 +83,14 @@ fn denied(why: String) -> Arc<Decision> {
     })
 }
 
-/// Why the access log says a request was forbidden (the audit trail has the whole story).
-pub fn reason(v: &Verdict) -> String {
+/// Why the policies' verdict refuses (the audit trail has the whole story).
+pub fn reason(v: &Verdict) -> Forbidden {
     if !v.errors.is_empty() {
-        format!("policy evaluation failed: {}", v.errors.join("; "))
+        Forbidden::Evaluation(v.errors.clone())
     } else if v.policies.is_empty() {
-        "no policy permits the request".into()
+        Forbidden::NoPermit
     } else {
-        format!("forbidden by {}", v.policies.join(", "))
+        Forbidden::By(v.policies.clone())
     }
 }
 

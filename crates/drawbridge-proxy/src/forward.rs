@@ -14,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::body::{BodyError, RequestBody};
 use crate::deadline::Deadline;
-use crate::rescue::ProxyError;
+use crate::rescue::{ProxyError, UpstreamError};
 use crate::sanitize;
 use crate::transport::Sender;
 use crate::tunnel::Lease;
@@ -134,9 +134,7 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
                 // the connection, dropped here with its sender, is never reused.
                 in_flight.failed();
                 tracing::warn!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, "upstream response with ambiguous framing");
-                return Err(ProxyError::UpstreamFailed(
-                    "response framing is ambiguous (Transfer-Encoding with Content-Length, or several Content-Length values)".into(),
-                ));
+                return Err(UpstreamError::AmbiguousFraming.into());
             }
             Ok(Ok((mut response, reuse))) => {
                 in_flight.succeeded();
@@ -253,7 +251,8 @@ impl Exchange<'_> {
         };
         let ep = in_flight.endpoint();
         let transport = &pool.transport;
-        let connect_failed = |m: String| Failure::Upstream(ProxyError::UpstreamFailed(m));
+        let connect_failed =
+            |e| Failure::Upstream(ProxyError::UpstreamFailed(UpstreamError::Connect(e)));
         let checkout = transport
             .checkout(&ep.endpoint, &ep.conns, http1_only)
             .await
@@ -262,11 +261,7 @@ impl Exchange<'_> {
         let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
         let mut req = target.build(&sender, ep, headers, body)?;
         let interim = (!sender.is_http2()).then(|| Interim::watch(&mut req));
-        let flood = || {
-            Failure::Upstream(ProxyError::UpstreamFailed(format!(
-                "more than {MAX_INTERIM} interim (1xx) responses"
-            )))
-        };
+        let flood = || Failure::Upstream(UpstreamError::InterimFlood(MAX_INTERIM).into());
         let sent = sender.send(req).await;
         if interim.as_ref().is_some_and(Interim::exceeded) {
             // The connection goes with the sender: never reused.
@@ -304,7 +299,7 @@ impl Exchange<'_> {
         match (result, sender) {
             (Ok(res), Sender::Http1(s)) if !http1_only => Ok((res, Some(s))),
             (Ok(res), _) => Ok((res, None)),
-            (Err(e), _) => Err(classify(&e)),
+            (Err(e), _) => Err(classify(e)),
         }
     }
 }
@@ -355,9 +350,7 @@ impl Target<'_> {
 
 /// The retry branch is entered only with a request to send; this keeps it total.
 fn unreachable_exchange() -> Result<Request<RequestBody>, Failure> {
-    Err(Failure::Upstream(ProxyError::UpstreamFailed(
-        "no request to resend".into(),
-    )))
+    Err(Failure::Upstream(UpstreamError::NothingToResend.into()))
 }
 
 /// A failure that means the connection was gone before the upstream read the request.
@@ -378,15 +371,15 @@ fn is_stale(e: &hyper::Error) -> bool {
     false
 }
 
-fn classify(e: &hyper::Error) -> Failure {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn classify(e: hyper::Error) -> Failure {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = cur {
         if let Some(b) = err.downcast_ref::<BodyError>() {
             return Failure::Client(body_failure(b));
         }
         cur = err.source();
     }
-    Failure::Upstream(ProxyError::UpstreamFailed(describe(e)))
+    Failure::Upstream(UpstreamError::Exchange(e).into())
 }
 
 /// An upstream response whose length two parsers could read differently: `Transfer-Encoding`
@@ -417,18 +410,6 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// The error and its causes on one line, for the access log.
-fn describe(e: &hyper::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        s.push_str(": ");
-        s.push_str(&err.to_string());
-        cur = err.source();
-    }
-    s
 }
 
 fn relay_upgrade(

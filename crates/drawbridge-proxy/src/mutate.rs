@@ -123,13 +123,13 @@ fn set_identity(
 ) -> Result<(), ProxyError> {
     let assertion = snapshot
         .minter
-        .assertion(p, &route.upstream.name, request_id)
-        .map_err(ProxyError::Internal)?;
+        .assertion(p, &route.upstream.name, request_id)?;
     let assertion = if snapshot.identity_header == header::AUTHORIZATION {
         let mut v = Vec::with_capacity(assertion.len() + 7);
         v.extend_from_slice(b"Bearer ");
         v.extend_from_slice(assertion.as_bytes());
-        HeaderValue::from_bytes(&v).map_err(|e| ProxyError::Internal(e.to_string()))?
+        HeaderValue::from_bytes(&v)
+            .map_err(|e| ProxyError::Internal(drawbridge_identity::MintError::Header(e)))?
     } else {
         assertion
     };

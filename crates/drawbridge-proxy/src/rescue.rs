@@ -52,7 +52,7 @@ pub enum ProxyError {
     /// The policies did not allow the request (the reason is for the audit trail and the
     /// access log, never for the client).
     #[error("forbidden: {0}")]
-    Forbidden(String),
+    Forbidden(Forbidden),
     /// The parts of the request the route's policies read cannot be read one way only.
     #[error("bad request: {0}")]
     PolicyInput(#[from] drawbridge_policy::BadRequest),
@@ -64,14 +64,62 @@ pub enum ProxyError {
     UpstreamAtCapacity,
     /// The upstream could not be reached, reset the connection or answered malformed.
     #[error("upstream failed: {0}")]
-    UpstreamFailed(String),
+    UpstreamFailed(#[from] UpstreamError),
     /// Drawbridge itself failed (signing an assertion): the request is refused, never sent
     /// without the identity it should carry.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[from] drawbridge_identity::MintError),
     /// The upstream did not answer in time.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
+}
+
+/// Why the policies did not allow a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// No policy permits it.
+    #[error("no policy permits the request")]
+    NoPermit,
+    /// A `forbid` applies (these policies).
+    #[error("forbidden by {}", .0.join(", "))]
+    By(Vec<String>),
+    /// The policies could not be evaluated (these errors).
+    #[error("policy evaluation failed: {}", .0.join("; "))]
+    Evaluation(Vec<String>),
+}
+
+/// Why an upstream exchange failed, with its cause kept for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be had.
+    #[error(transparent)]
+    Connect(#[from] crate::transport::ConnectError),
+    /// The exchange failed on the connection (reset, closed, malformed response).
+    #[error("{}", chain(.0))]
+    Exchange(#[source] hyper::Error),
+    /// The response's length could be read two ways.
+    #[error(
+        "response framing is ambiguous (Transfer-Encoding with Content-Length, or several Content-Length values)"
+    )]
+    AmbiguousFraming,
+    /// More interim (1xx) responses than allowed before the final one.
+    #[error("more than {0} interim (1xx) responses")]
+    InterimFlood(u32),
+    /// A retry found nothing to send (cannot happen; kept total).
+    #[error("no request to resend")]
+    NothingToResend,
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
 }
 
 impl ProxyError {

@@ -119,7 +119,7 @@ impl Transport {
         ep: &Endpoint,
         conns: &Connections,
         http1: bool,
-    ) -> Result<Checkout, String> {
+    ) -> Result<Checkout, ConnectError> {
         if !http1 {
             let shared = lock(&conns.shared_h2)
                 .as_ref()
@@ -162,10 +162,10 @@ impl Transport {
         ep: &Endpoint,
         conns: &Connections,
         http1: bool,
-    ) -> Result<Sender, String> {
+    ) -> Result<Sender, ConnectError> {
         tokio::time::timeout(self.connect_timeout, self.open(ep, conns, http1))
             .await
-            .map_err(|_| format!("connect: timed out after {:?}", self.connect_timeout))?
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
     }
 
     async fn open(
@@ -173,22 +173,22 @@ impl Transport {
         ep: &Endpoint,
         conns: &Connections,
         http1: bool,
-    ) -> Result<Sender, String> {
+    ) -> Result<Sender, ConnectError> {
         let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(ConnectError::Connect)?;
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
             let h2 = self.protocol == UpstreamProtocol::Http2 && !http1;
             return self.handshake(TokioIo::new(tcp), h2, conns).await;
         }
         let Some(tls) = &self.tls else {
-            return Err("connect: no TLS settings for an https endpoint".into());
+            return Err(ConnectError::NoTls);
         };
         let name = match &tls.server_name {
             Some(n) => n.clone(),
             None => ServerName::try_from(ep.host.clone())
-                .map_err(|e| format!("tls: `{}`: {e}", ep.host))?,
+                .map_err(|_| ConnectError::ServerName(ep.host.clone()))?,
         };
         let connector = if http1 {
             &tls.http1_only
@@ -198,15 +198,20 @@ impl Transport {
         let stream = connector
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("tls: {e}"))?;
+            .map_err(ConnectError::Tls)?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         if self.protocol == UpstreamProtocol::Http2 && !h2 && !http1 {
-            return Err("tls: the endpoint did not agree to HTTP/2 (ALPN)".into());
+            return Err(ConnectError::NoHttp2);
         }
         self.handshake(TokioIo::new(stream), h2, conns).await
     }
 
-    async fn handshake<T>(&self, io: T, h2: bool, conns: &Connections) -> Result<Sender, String>
+    async fn handshake<T>(
+        &self,
+        io: T,
+        h2: bool,
+        conns: &Connections,
+    ) -> Result<Sender, ConnectError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -217,7 +222,10 @@ impl Transport {
                 .keep_alive_while_idle(true)
                 .handshake(io)
                 .await
-                .map_err(|e| format!("http2 handshake: {e}"))?;
+                .map_err(|source| ConnectError::Handshake {
+                    protocol: "http2",
+                    source,
+                })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream http2 connection ended");
@@ -229,7 +237,10 @@ impl Transport {
             let (sender, conn) = http1::Builder::new()
                 .handshake(io)
                 .await
-                .map_err(|e| format!("http1 handshake: {e}"))?;
+                .map_err(|source| ConnectError::Handshake {
+                    protocol: "http1",
+                    source,
+                })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream http1 connection ended");
@@ -257,4 +268,36 @@ impl Transport {
 /// The pool's lists are never left half-updated, so a poisoned lock is still usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a connection to an endpoint could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection and handshakes took longer than `connect_timeout`.
+    #[error("connect: timed out after {0:?}")]
+    Timeout(Duration),
+    /// The TCP connection failed.
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// An `https` endpoint without TLS settings (the config check prevents it).
+    #[error("connect: no TLS settings for an https endpoint")]
+    NoTls,
+    /// The endpoint's host cannot be a TLS server name.
+    #[error("tls: `{0}` is not a server name")]
+    ServerName(String),
+    /// The TLS handshake failed (an untrusted or mismatched certificate, a protocol error).
+    #[error("tls: {0}")]
+    Tls(#[source] std::io::Error),
+    /// An endpoint configured for HTTP/2 did not agree to it in ALPN.
+    #[error("tls: the endpoint did not agree to HTTP/2 (ALPN)")]
+    NoHttp2,
+    /// The HTTP handshake failed.
+    #[error("{protocol} handshake: {source}")]
+    Handshake {
+        /// `http1` or `http2`.
+        protocol: &'static str,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
 }
