@@ -454,3 +454,53 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks};
+
+    fn set(keys: &[&SigningKey]) -> KeySet {
+        KeySet::parse(jwks(keys).as_bytes()).expect("a key set").0
+    }
+
+    #[test]
+    fn a_kid_finds_its_key_only_for_its_own_algorithm() {
+        let rsa = SigningKey::generate(KeyType::Rsa, "r1");
+        let ec = SigningKey::generate(KeyType::P256, "e1");
+        let s = set(&[&rsa, &ec]);
+        assert!(s.find(Some("r1"), Algorithm::RS256).is_ok());
+        assert!(s.find(Some("e1"), Algorithm::ES256).is_ok());
+        assert!(matches!(
+            s.find(Some("r1"), Algorithm::ES256),
+            Err(Refusal::KeyMismatch(..))
+        ));
+        assert!(matches!(
+            s.find(Some("e1"), Algorithm::RS256),
+            Err(Refusal::KeyMismatch(..))
+        ));
+        assert!(matches!(
+            s.find(Some("nope"), Algorithm::RS256),
+            Err(Refusal::UnknownKey(k)) if k == "nope"
+        ));
+    }
+
+    #[test]
+    fn without_a_kid_exactly_one_fitting_key_answers() {
+        let rsa = SigningKey::generate(KeyType::Rsa, "r1");
+        let rsa2 = SigningKey::generate(KeyType::Rsa, "r2");
+        let ec = SigningKey::generate(KeyType::P256, "e1");
+        // One RSA key and one EC key: each algorithm has exactly one candidate.
+        let s = set(&[&rsa, &ec]);
+        assert!(s.find(None, Algorithm::RS256).is_ok());
+        assert!(s.find(None, Algorithm::ES256).is_ok());
+        // Two RSA keys: a token without kid could be either; refused.
+        let s = set(&[&rsa, &rsa2, &ec]);
+        assert!(matches!(
+            s.find(None, Algorithm::RS256),
+            Err(Refusal::UnknownKey(_))
+        ));
+        assert!(s.find(None, Algorithm::ES256).is_ok());
+        assert!(!s.has(Some("r3")) && s.has(Some("r2")) && s.has(None));
+    }
+}

@@ -228,3 +228,85 @@ impl RouteTable {
         Match::MethodNotAllowed(allowed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes of `routes` (TOML) on one listener, compiled as `serve` compiles them.
+    fn table(routes: &str) -> crate::snapshot::Snapshot {
+        let src = format!(
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\n\
+             [[upstreams]]\nname = \"u\"\nendpoints = [\"http://127.0.0.1:9000\"]\n\n{routes}"
+        );
+        let cfg = drawbridge_config::parse(std::path::Path::new("/etc/drawbridge/t.toml"), &src)
+            .expect("valid config");
+        crate::snapshot::Snapshot::compile(cfg, None).expect("compiles")
+    }
+
+    fn route(s: &crate::snapshot::Snapshot, host: &str, path: &str, method: &str) -> String {
+        match s.listeners[0].routes.lookup(host, path, method) {
+            Match::Found(r) => r.name.to_string(),
+            Match::MethodNotAllowed(allowed) => format!("405 {}", allowed.join(",")),
+            Match::NotFound => "404".into(),
+        }
+    }
+
+    fn r(name: &str, rest: &str) -> String {
+        format!("[[routes]]\nname = \"{name}\"\nupstream = \"u\"\npublic = true\n{rest}\n\n")
+    }
+
+    #[test]
+    fn the_most_specific_host_then_path_then_method_wins() {
+        let s = table(
+            &[
+                r("any", "prefix = \"/\""),
+                r("wild", "host = \"*.example.com\"\nprefix = \"/\""),
+                r("exact-host", "host = \"api.example.com\"\nprefix = \"/\""),
+                r("api", "host = \"api.example.com\"\nprefix = \"/v1\""),
+                r(
+                    "api-deep",
+                    "host = \"api.example.com\"\nprefix = \"/v1/orders\"",
+                ),
+                r(
+                    "api-exact",
+                    "host = \"api.example.com\"\npath = \"/v1/orders/export\"",
+                ),
+                r(
+                    "api-post",
+                    "host = \"api.example.com\"\npath = \"/v1/items\"\nmethods = [\"POST\"]",
+                ),
+                r(
+                    "pattern",
+                    "host = \"api.example.com\"\nprefix = \"/t/{tenant}/x\"",
+                ),
+            ]
+            .concat(),
+        );
+        let cases = [
+            ("other.test", "/anything", "GET", "any"),
+            ("shop.example.com", "/", "GET", "wild"),
+            ("example.com", "/", "GET", "any"),
+            ("api.example.com", "/", "GET", "exact-host"),
+            ("api.example.com", "/v1", "GET", "api"),
+            ("api.example.com", "/v1x", "GET", "exact-host"),
+            ("api.example.com", "/v1/orders/7", "GET", "api-deep"),
+            ("api.example.com", "/v1/orders/export", "GET", "api-exact"),
+            ("api.example.com", "/v1/orders/export/", "GET", "api-exact"),
+            ("api.example.com", "/v1/items", "POST", "api-post"),
+            ("api.example.com", "/v1/items", "GET", "405 POST"),
+            ("api.example.com", "/t/acme/x/1", "GET", "pattern"),
+            ("api.example.com", "/t//x/1", "GET", "exact-host"),
+        ];
+        for (host, path, method, want) in cases {
+            assert_eq!(route(&s, host, path, method), want, "{method} {host}{path}");
+        }
+    }
+
+    #[test]
+    fn nothing_matches_is_not_found() {
+        let s = table(&r("only", "host = \"a.test\"\nprefix = \"/x\""));
+        assert_eq!(route(&s, "a.test", "/y", "GET"), "404");
+        assert_eq!(route(&s, "b.test", "/x", "GET"), "404");
+    }
+}

@@ -252,3 +252,101 @@ impl UpstreamPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of `n` endpoints with `extra` upstream settings.
+    fn pool(n: usize, extra: &str) -> Arc<UpstreamPool> {
+        let endpoints: Vec<String> = (0..n)
+            .map(|i| format!("\"http://127.0.0.1:{}\"", 9000 + i))
+            .collect();
+        let src = format!(
+            "[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\n\
+             [[upstreams]]\nname = \"u\"\nendpoints = [{}]\n{extra}\n\n\
+             [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\npublic = true\n",
+            endpoints.join(", ")
+        );
+        let cfg = drawbridge_config::parse(std::path::Path::new("/etc/drawbridge/t.toml"), &src)
+            .expect("valid config");
+        Arc::new(UpstreamPool::new(&cfg.upstreams[0]).expect("pool"))
+    }
+
+    fn picked(p: &Arc<UpstreamPool>) -> usize {
+        p.pick(None).expect("an endpoint").index()
+    }
+
+    #[test]
+    fn round_robin_takes_each_endpoint_in_turn() {
+        let p = pool(3, "");
+        let order: Vec<usize> = (0..6).map(|_| picked(&p)).collect();
+        assert_eq!(order, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn least_requests_avoids_the_busy_endpoints() {
+        let p = pool(3, "balance = \"least_requests\"");
+        let held: Vec<InFlight> = (0..2).map(|_| p.pick(None).expect("pick")).collect();
+        let busy: Vec<usize> = held.iter().map(InFlight::index).collect();
+        let third = picked(&p);
+        assert!(!busy.contains(&third), "{busy:?} then {third}");
+        drop(held);
+    }
+
+    #[test]
+    fn max_requests_caps_each_endpoint_then_the_pool_is_at_capacity() {
+        let p = pool(2, "max_requests = 1");
+        let a = p.pick(None).expect("first");
+        let b = p.pick(None).expect("second");
+        assert_ne!(a.index(), b.index());
+        assert!(matches!(p.pick(None), Err(PickError::AtCapacity)));
+        drop(a);
+        assert!(p.pick(None).is_ok(), "a finished request frees its slot");
+        drop(b);
+    }
+
+    #[test]
+    fn failures_eject_an_endpoint_until_none_is_left() {
+        let p = pool(
+            2,
+            "retries = 0\n[upstreams.health]\nmax_failures = 2\nejection = \"1m\"",
+        );
+        for _ in 0..2 {
+            let f = p.pick(None).expect("pick");
+            if f.index() == 0 {
+                f.failed();
+            }
+            let g = p.pick(None).expect("pick");
+            if g.index() == 0 {
+                g.failed();
+            }
+        }
+        // Endpoint 0 failed twice: ejected, every pick is endpoint 1.
+        assert!((0..4).all(|_| picked(&p) == 1));
+        // A success ends a streak before it ejects.
+        for _ in 0..3 {
+            let f = p.pick(None).expect("pick");
+            f.failed();
+            let f = p.pick(None).expect("pick");
+            f.succeeded();
+        }
+        assert_eq!(picked(&p), 1);
+        for _ in 0..2 {
+            p.pick(None).expect("pick").failed();
+        }
+        assert!(matches!(p.pick(None), Err(PickError::NoHealthy)));
+    }
+
+    #[test]
+    fn a_retry_goes_to_another_endpoint_when_there_is_one() {
+        let p = pool(3, "");
+        for _ in 0..6 {
+            let first = picked(&p);
+            let retry = p.pick(Some(first)).expect("retry").index();
+            assert_ne!(first, retry);
+        }
+        let single = pool(1, "");
+        assert_eq!(single.pick(Some(0)).expect("the only one").index(), 0);
+    }
+}
