@@ -762,6 +762,7 @@ impl Cx<'_> {
             u.health.ejection.as_ref(),
             Duration::from_secs(30),
         );
+        let check = self.health_check(&format!("{at}.health"), &u.health);
         let host_header = self.choice(
             &format!("{at}.host_header"),
             u.host_header.as_ref(),
@@ -811,6 +812,7 @@ impl Cx<'_> {
             health: Health {
                 max_failures,
                 ejection,
+                check,
             },
             location: self.r.locate(raw.span().start),
         })
@@ -1068,6 +1070,82 @@ impl Cx<'_> {
             out.push(name);
         }
         out
+    }
+
+    /// `[upstreams.health]`'s active checks: on when `check_path` is set; the other check
+    /// settings without it are refused.
+    fn health_check(&mut self, at: &str, h: &RawHealth) -> Option<HealthCheck> {
+        let Some(path) = &h.check_path else {
+            for (field, start) in [
+                (
+                    "check_interval",
+                    h.check_interval.as_ref().map(|v| v.span().start),
+                ),
+                (
+                    "check_timeout",
+                    h.check_timeout.as_ref().map(|v| v.span().start),
+                ),
+                (
+                    "healthy_threshold",
+                    h.healthy_threshold.as_ref().map(|v| v.span().start),
+                ),
+                (
+                    "unhealthy_threshold",
+                    h.unhealthy_threshold.as_ref().map(|v| v.span().start),
+                ),
+            ] {
+                if let Some(start) = start {
+                    self.r.error_help(
+                        start,
+                        format!("{at}.{field}"),
+                        "active checks are off without `check_path`",
+                        "set `check_path = \"/healthz\"` (the path each endpoint is asked), or remove it",
+                    );
+                }
+            }
+            return None;
+        };
+        let p = path.get_ref();
+        // The proxy parses it as a request target when it builds the pool.
+        let valid = p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        if !valid {
+            self.r.error_help(
+                path.span().start,
+                format!("{at}.check_path"),
+                format!("`{p}` is not a request path"),
+                "write an absolute path: `/healthz`",
+            );
+            return None;
+        }
+        let interval = self.duration(
+            &format!("{at}.check_interval"),
+            h.check_interval.as_ref(),
+            Duration::from_secs(10),
+        );
+        let timeout = self.duration(
+            &format!("{at}.check_timeout"),
+            h.check_timeout.as_ref(),
+            Duration::from_secs(2),
+        );
+        Some(HealthCheck {
+            path: p.clone(),
+            interval,
+            timeout,
+            healthy_threshold: self.int(
+                &format!("{at}.healthy_threshold"),
+                h.healthy_threshold.as_ref(),
+                1,
+                100,
+                2,
+            ) as u32,
+            unhealthy_threshold: self.int(
+                &format!("{at}.unhealthy_threshold"),
+                h.unhealthy_threshold.as_ref(),
+                1,
+                100,
+                3,
+            ) as u32,
+        })
     }
 
     /// `[routes.request_headers]` / `[routes.response_headers]`: valid names and values, and

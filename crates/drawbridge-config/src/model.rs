@@ -486,6 +486,24 @@ pub struct Health {
     pub max_failures: u32,
     /// How long an ejected endpoint receives no requests.
     pub ejection: Duration,
+    /// Active checks, when `check_path` is set.
+    pub check: Option<HealthCheck>,
+}
+
+/// Active health checks: each endpoint is asked `GET path` every `interval`; any 2xx within
+/// `timeout` passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The path asked for, with its query if any.
+    pub path: String,
+    /// How often each endpoint is asked.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive passes that bring a failed endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take an endpoint out.
+    pub unhealthy_threshold: u32,
 }
 
 /// Which requests a route takes, and where they go (`[[routes]]`).

@@ -146,6 +146,11 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawHealth {
     pub max_failures: Option<Spanned<i64>>,
     pub ejection: Option<Spanned<String>>,
+    pub check_path: Option<Spanned<String>>,
+    pub check_interval: Option<Spanned<String>>,
+    pub check_timeout: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

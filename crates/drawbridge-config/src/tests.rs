@@ -680,3 +680,39 @@ fn the_admin_listener_stays_on_loopback() {
         assert!(e[0].message.contains(why), "{address}: {}", e[0].message);
     }
 }
+
+/// Active checks are on with `check_path`, with defaults; their other settings without a
+/// path, or a path that is not one, are refused.
+#[test]
+fn active_health_checks_need_a_path() {
+    let up = |health: &str| {
+        BASE.replace(
+            "endpoints = [\"http://127.0.0.1:9000\"]",
+            &format!("endpoints = [\"http://127.0.0.1:9000\"]\n[upstreams.health]\n{health}"),
+        )
+    };
+    let cfg = check(&up("check_path = \"/healthz\"")).expect("valid");
+    let c = cfg.upstreams[0].health.check.clone().expect("checks on");
+    assert_eq!(
+        (
+            c.path.as_str(),
+            c.interval.as_secs(),
+            c.unhealthy_threshold,
+            c.healthy_threshold
+        ),
+        ("/healthz", 10, 3, 2)
+    );
+    assert!(
+        check(BASE).expect("valid").upstreams[0]
+            .health
+            .check
+            .is_none()
+    );
+    let e = errors(&up("check_interval = \"5s\""));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].field, "upstreams[0].health.check_interval");
+    for bad in ["healthz", "/a b", "/x#y"] {
+        let e = errors(&up(&format!("check_path = \"{bad}\"")));
+        assert_eq!(e[0].field, "upstreams[0].health.check_path", "{bad}");
+    }
+}

@@ -79,12 +79,17 @@ pub fn compile(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, Con
     Ok(Snapshot::compile(config, previous)?)
 }
 
-/// Starts fetching what the snapshot's authenticators need from the network (issuers'
-/// keys), so the first requests do not wait for it.
+/// Starts what the snapshot needs running: fetching what its authenticators need from the
+/// network (issuers' keys), so the first requests do not wait for it, and its upstreams'
+/// active health checks.
 fn prefetch(snapshot: &Snapshot) {
     for a in &snapshot.authenticators {
         let a = Arc::clone(a);
         tokio::spawn(async move { a.prefetch().await });
+    }
+    // Upstreams' active health checks run from the start (once per pool).
+    for u in &snapshot.upstreams {
+        u.start_checks();
     }
 }
 

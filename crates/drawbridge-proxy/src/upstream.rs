@@ -1,5 +1,6 @@
 //! Upstream pools: endpoints, load balancing, passive health and pooled connections.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct UpstreamPool {
     max_failures: u32,
     ejection: Duration,
     next: AtomicUsize,
+    /// Active checks: the request target, and whether their tasks run already.
+    check: Option<(http::uri::PathAndQuery, drawbridge_config::HealthCheck)>,
+    checking: std::sync::atomic::AtomicBool,
 }
 
 /// One endpoint and what is known of its health.
@@ -45,6 +49,8 @@ pub struct EndpointState {
     pub conns: Connections,
     in_flight: AtomicUsize,
     failures: AtomicU32,
+    /// The active checks found it down: it gets no requests until they pass again.
+    down: std::sync::atomic::AtomicBool,
     /// Milliseconds since [`epoch`] until which the endpoint gets no requests.
     ejected_until: AtomicU64,
 }
@@ -124,6 +130,14 @@ impl Drop for InFlight {
 impl UpstreamPool {
     /// Builds the pool for `cfg`.
     pub fn new(cfg: &Upstream) -> Result<Self, String> {
+        let check = match &cfg.health.check {
+            Some(c) => Some((
+                http::uri::PathAndQuery::from_str(&c.path)
+                    .map_err(|e| format!("health.check_path `{}`: {e}", c.path))?,
+                c.clone(),
+            )),
+            None => None,
+        };
         let tls = if cfg.endpoints.iter().any(|e| e.tls) {
             let mut roots = rustls::RootCertStore::empty();
             match &cfg.ca {
@@ -182,6 +196,7 @@ impl UpstreamPool {
                     conns: Connections::default(),
                     in_flight: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
+                    down: Default::default(),
                     ejected_until: AtomicU64::new(0),
                 })
             })
@@ -198,6 +213,8 @@ impl UpstreamPool {
             max_failures: cfg.health.max_failures,
             ejection: cfg.health.ejection,
             next: AtomicUsize::new(0),
+            check,
+            checking: Default::default(),
         })
     }
 
@@ -215,7 +232,8 @@ impl UpstreamPool {
                     continue;
                 }
                 let ep = &self.endpoints[i];
-                if ep.ejected_until.load(Ordering::Relaxed) > now {
+                if ep.ejected_until.load(Ordering::Relaxed) > now || ep.down.load(Ordering::Relaxed)
+                {
                     continue;
                 }
                 saw_healthy = true;
@@ -250,6 +268,76 @@ impl UpstreamPool {
             None if saw_healthy => Err(PickError::AtCapacity),
             None => Err(PickError::NoHealthy),
         }
+    }
+}
+
+impl UpstreamPool {
+    /// Starts the pool's active health checks, once (a pool kept across reloads keeps its
+    /// checks); each endpoint's check ends when the pool is dropped.
+    pub fn start_checks(self: &Arc<Self>) {
+        let Some((target, check)) = self.check.clone() else {
+            return;
+        };
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for index in 0..self.endpoints.len() {
+            let pool = Arc::downgrade(self);
+            let target = target.clone();
+            let check = check.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(check.interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let (mut passes, mut fails) = (0u32, 0u32);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    let ok = pool.probe(index, &target, check.timeout).await;
+                    let ep = &pool.endpoints[index];
+                    let down = ep.down.load(Ordering::Relaxed);
+                    if ok {
+                        (passes, fails) = (passes.saturating_add(1), 0);
+                        if down && passes >= check.healthy_threshold {
+                            ep.down.store(false, Ordering::Relaxed);
+                            tracing::info!(upstream = %pool.name, endpoint = %ep.label, "health checks pass again; endpoint back");
+                        }
+                    } else {
+                        (passes, fails) = (0, fails.saturating_add(1));
+                        if !down && fails >= check.unhealthy_threshold {
+                            ep.down.store(true, Ordering::Relaxed);
+                            tracing::warn!(upstream = %pool.name, endpoint = %ep.label, failures = fails, "health checks fail; endpoint out");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// One check of endpoint `index`: `GET target` on a connection of its own (HTTP/1.1,
+    /// the endpoint's own authority as `Host`); any 2xx within `timeout` passes.
+    async fn probe(
+        &self,
+        index: usize,
+        target: &http::uri::PathAndQuery,
+        timeout: Duration,
+    ) -> bool {
+        let ep = &self.endpoints[index];
+        let attempt = async {
+            let conns = Connections::default();
+            let mut sender = self
+                .transport
+                .connect(&ep.endpoint, &conns, true)
+                .await
+                .ok()?;
+            let req = http::Request::get(http::Uri::from(target.clone()))
+                .header(http::header::HOST, ep.authority.as_str())
+                .header(http::header::USER_AGENT, "drawbridge-health-check")
+                .body(RequestBody::empty())
+                .ok()?;
+            let res = sender.send(req).await.ok()?;
+            Some(res.status().is_success())
+        };
+        matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
     }
 }
 

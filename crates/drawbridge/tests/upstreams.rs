@@ -309,3 +309,51 @@ async fn an_upstream_can_be_sent_its_own_host() {
         assert_eq!(sent_host.as_deref(), Some("shop.example.com"), "{protocol}");
     }
 }
+
+/// Active health checks take an endpoint out before any request fails on it, and bring it
+/// back once it answers its check path again.
+#[tokio::test]
+async fn active_checks_take_a_down_endpoint_out_and_bring_it_back() {
+    let up = RecordingUpstream::start().await;
+    // A second endpoint where nothing listens yet.
+    let later = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let h = Harness::start(&config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{}\", \"http://{later}\"]\nretries = 0\n\
+         [upstreams.health]\nmax_failures = 1000\ncheck_path = \"/healthz\"\ncheck_interval = \"100ms\"\ncheck_timeout = \"200ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
+        up.url()
+    )))
+    .await;
+    // Within two checks the dead endpoint is out: every request goes to the live one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        assert_eq!(get(&h.url("/x")).await.status, StatusCode::OK);
+    }
+    let checks = up
+        .received()
+        .iter()
+        .filter(|r| r.target == "/healthz")
+        .count();
+    assert!(checks >= 2, "the live endpoint is checked too ({checks})");
+    // The endpoint comes up: after two passing checks it takes requests again.
+    let revived = RecordingUpstream::start_on(later).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..10 {
+        assert_eq!(get(&h.url("/y")).await.status, StatusCode::OK);
+    }
+    let served = revived
+        .received()
+        .iter()
+        .filter(|r| r.target == "/y")
+        .count();
+    assert!(served >= 3, "back in the rotation: {served} of 10");
+    let check = revived
+        .received()
+        .into_iter()
+        .find(|r| r.target == "/healthz")
+        .expect("checked");
+    assert_eq!(check.header("host"), Some(later.to_string().as_str()));
+}
