@@ -1049,22 +1049,35 @@ impl Cx<'_> {
     /// `pass_headers`: names only; never the headers Drawbridge itself sets or that frame the
     /// connection.
     fn pass_headers(&mut self, at: &str, r: &RawRoute) -> Vec<String> {
-        let Some(list) = r.pass_headers.as_ref() else {
-            return Vec::new();
-        };
+        match r.pass_headers.as_ref() {
+            Some(list) => self.route_header_names(
+                &format!("{at}.pass_headers"),
+                list.get_ref(),
+                "is set by Drawbridge and never taken from a client",
+                "remove it; the upstream receives Drawbridge's own value",
+            ),
+            None => Vec::new(),
+        }
+    }
+
+    /// Header names a route lists (folded, lower-case), never one Drawbridge sets itself:
+    /// those are reported with `why` and `help`.
+    fn route_header_names(
+        &mut self,
+        field: &str,
+        list: &[Spanned<String>],
+        why: &str,
+        help: &str,
+    ) -> Vec<String> {
         let mut out = Vec::new();
-        for (j, h) in list.get_ref().iter().enumerate() {
-            let field = format!("{at}.pass_headers[{j}]");
+        for (j, h) in list.iter().enumerate() {
+            let field = format!("{field}[{j}]");
             let Some(name) = self.header_name(&field, h, false) else {
                 continue;
             };
             if crate::headers::is_drawbridge_set(&name) {
-                self.r.error_help(
-                    h.span().start,
-                    field,
-                    format!("`{name}` is set by Drawbridge and never taken from a client"),
-                    "remove it; the upstream receives Drawbridge's own value",
-                );
+                self.r
+                    .error_help(h.span().start, field, format!("`{name}` {why}"), help);
                 continue;
             }
             out.push(name);
@@ -1165,22 +1178,12 @@ impl Cx<'_> {
                 || (request && matches!(name, "authorization" | "cookie" | "proxy-authorization"))
         };
         if let Some(list) = &raw.get_ref().remove {
-            for (j, h) in list.get_ref().iter().enumerate() {
-                let field = format!("{at}.remove[{j}]");
-                let Some(name) = self.header_name(&field, h, false) else {
-                    continue;
-                };
-                if crate::headers::is_drawbridge_set(&name) {
-                    self.r.error_help(
-                        h.span().start,
-                        field,
-                        format!("`{name}` is Drawbridge's to set; a route cannot remove it"),
-                        "remove it from the list",
-                    );
-                    continue;
-                }
-                out.remove.push(name);
-            }
+            out.remove = self.route_header_names(
+                &format!("{at}.remove"),
+                list.get_ref(),
+                "is Drawbridge's to set; a route cannot remove it",
+                "remove it from the list",
+            );
         }
         if let Some(map) = &raw.get_ref().set {
             for (k, v) in map.get_ref() {

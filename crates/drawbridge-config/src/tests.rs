@@ -716,3 +716,36 @@ fn active_health_checks_need_a_path() {
         assert_eq!(e[0].field, "upstreams[0].health.check_path", "{bad}");
     }
 }
+
+/// A route's header edits never touch Drawbridge's own headers, in either list.
+#[test]
+fn route_header_edits_leave_drawbridges_own_alone() {
+    for (table, list) in [
+        ("request_headers", "remove = [\"x-forwarded-for\"]"),
+        ("response_headers", "remove = [\"X-Request-Id\"]"),
+        (
+            "request_headers",
+            "set = { \"x-drawbridge-user\" = \"root\" }",
+        ),
+        (
+            "request_headers",
+            "set = { \"authorization\" = \"Bearer x\" }",
+        ),
+        ("response_headers", "set = { \"set-cookie\" = \"a=b\" }"),
+    ] {
+        let src = format!("{BASE}{}[routes.{table}]\n{list}\n", route("public = true"));
+        let e = errors(&src);
+        assert_eq!(e.len(), 1, "{table} {list}: {e:?}");
+        assert!(
+            e[0].field.starts_with(&format!("routes[0].{table}.")),
+            "{}",
+            e[0].field
+        );
+    }
+    let ok = format!(
+        "{BASE}{}[routes.request_headers]\nset = {{ \"x-env\" = \"prod\" }}\nremove = [\"x-debug\"]\n",
+        route("public = true")
+    );
+    let cfg = check(&ok).expect("valid");
+    assert_eq!(cfg.routes[0].request_headers.remove, ["x-debug"]);
+}

@@ -122,6 +122,19 @@ fn open_log<T: serde::Serialize + Send + 'static>(
     })
 }
 
+/// Binds `address`; `what` says what was being bound if that fails.
+fn bind(
+    address: SocketAddr,
+    what: String,
+) -> Result<(SocketAddr, tokio::net::TcpListener), StartError> {
+    let listener = accept::bind(address).map_err(|source| StartError::Io { what, source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Io {
+        what: "reading bound address".into(),
+        source,
+    })?;
+    Ok((local, listener))
+}
+
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -146,28 +159,15 @@ impl Proxy {
 
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
-            let listener = accept::bind(l.address).map_err(|source| StartError::Io {
-                what: format!("binding listener `{}` to {}", l.name, l.address),
-                source,
-            })?;
-            let local = listener.local_addr().map_err(|source| StartError::Io {
-                what: "reading bound address".into(),
-                source,
-            })?;
+            let what = format!("binding listener `{}` to {}", l.name, l.address);
+            let (local, listener) = bind(l.address, what)?;
             bound.push((l.name.to_string(), local, listener));
         }
         let admin = match &snapshot.admin {
-            Some(a) => {
-                let listener = accept::bind(a.address).map_err(|source| StartError::Io {
-                    what: format!("binding the admin listener to {}", a.address),
-                    source,
-                })?;
-                let local = listener.local_addr().map_err(|source| StartError::Io {
-                    what: "reading bound address".into(),
-                    source,
-                })?;
-                Some((local, listener))
-            }
+            Some(a) => Some(bind(
+                a.address,
+                format!("binding the admin listener to {}", a.address),
+            )?),
             None => None,
         };
         tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");

@@ -124,26 +124,19 @@ async fn run(
         proof,
     )
     .await;
+    // 11 record, for the policies' part: every decision, allowing or not, is audited.
+    let decided = match &entry {
+        Ok(Entry::Route { admitted, .. }) => Some(&admitted.route).zip(admitted.decided.as_ref()),
+        Err(refused) => refused.route.as_ref().zip(refused.decided.as_ref()),
+        Ok(Entry::Own) => None,
+    };
+    if let Some((route, d)) = decided {
+        crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
+    }
     let (admitted, max_body) = match entry {
         Ok(Entry::Own) => return own(snapshot, &ctx.path.decoded, &req.method).map(Outcome::Local),
-        Ok(Entry::Route { admitted, max_body }) => {
-            if let Some(d) = &admitted.decided {
-                crate::record::decision(
-                    &shared.decisions(),
-                    snapshot,
-                    &admitted.route,
-                    d,
-                    &about(ctx, conn),
-                );
-            }
-            (admitted, max_body)
-        }
-        Err(refused) => {
-            if let (Some(route), Some(d)) = (&refused.route, &refused.decided) {
-                crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
-            }
-            return Err(refused.error);
-        }
+        Ok(Entry::Route { admitted, max_body }) => (admitted, max_body),
+        Err(refused) => return Err(refused.error),
     };
     let route = &admitted.route;
 

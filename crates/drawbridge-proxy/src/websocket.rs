@@ -78,21 +78,13 @@ fn finish(kept: Option<Kept>, (up, down): (u64, u64), why: Option<&str>) {
     let Some(Kept { record, conn }) = kept else {
         return;
     };
-    let Record {
-        log,
-        mut event,
-        start,
-        in_flight,
-        stream,
-    } = record;
-    event.bytes_sent = down;
-    event.bytes_received = Some(up);
-    event.duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    if let Some(why) = why {
-        event.reason = Some(why.to_string());
-    }
-    drop((in_flight, stream));
-    log.record(event);
+    record.write(|event| {
+        event.bytes_sent = down;
+        event.bytes_received = Some(up);
+        if let Some(why) = why {
+            event.reason = Some(why.to_string());
+        }
+    });
     drop(conn);
 }
 

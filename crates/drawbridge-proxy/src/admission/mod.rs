@@ -82,14 +82,14 @@ pub fn route(
 }
 
 /// Phases 5 to 8 on `route`: authenticate the caller by `proof`, then let the route's
-/// policies decide. Nothing is recorded here; the caller records what it returns.
+/// policies decide. Nothing is recorded here; the caller records what it returns. (Verify,
+/// MFA and step-up, will come between the two; limit after the policies.)
 pub async fn admit(
     snapshot: &Snapshot,
     route: Arc<RouteEntry>,
     proof: Proof<'_>,
     ask: &Ask<'_>,
 ) -> Result<Admitted, Refused> {
-    // 5 authenticate
     let principal = match crate::authenticate::caller(&route, proof, ask.headers).await {
         Ok(p) => p,
         Err(error) => {
@@ -100,8 +100,6 @@ pub async fn admit(
             });
         }
     };
-    // 6 verify: MFA and step-up, when they are built.
-    // 7 authorize
     if !route.config.admission.authorizes() {
         return Ok(Admitted {
             route,
@@ -114,12 +112,18 @@ pub async fn admit(
         .clone()
         .unwrap_or_else(|| crate::authenticate::anonymous().clone());
     let (action, decision, error) = crate::authorize::decide(snapshot, &route, &asked, ask);
+    // Admitted only on an allowing decision, whatever else was said.
+    let error = match error {
+        None if !decision.allowed() => Some(ProxyError::Forbidden(crate::authorize::reason(
+            &decision.enforced,
+        ))),
+        e => e,
+    };
     let decided = Decided {
         principal: asked,
         action,
         decision,
     };
-    // 8 limit: rate limits and quotas, when they are built.
     match error {
         None => Ok(Admitted {
             route,

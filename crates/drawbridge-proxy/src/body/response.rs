@@ -64,6 +64,24 @@ pub struct Record {
     pub stream: crate::io::StreamGuard,
 }
 
+impl Record {
+    /// Ends the request: lets go of its endpoint count and its place on the connection, then
+    /// writes the event, completed by `complete`, with the request's whole duration.
+    pub fn write(self, complete: impl FnOnce(&mut AccessEvent)) {
+        let Record {
+            log,
+            mut event,
+            start,
+            in_flight,
+            stream,
+        } = self;
+        drop((in_flight, stream));
+        complete(&mut event);
+        event.duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        log.record(event);
+    }
+}
+
 impl ResponseBody {
     /// An upstream's body, streamed through; `reuse` goes back to the pool at its end.
     /// The stream is cut (an HTTP/2 stream reset, an HTTP/1.1 connection closed) at
@@ -121,20 +139,10 @@ impl ResponseBody {
     fn finish(&mut self, complete: bool) {
         let reuse = self.reuse.take();
         if let Some(r) = self.record.take() {
-            let Record {
-                log,
-                mut event,
-                start,
-                in_flight,
-                stream,
-            } = *r;
-            drop(stream);
-            if let (true, Some(sender), Some(f)) = (complete, reuse, in_flight.as_ref()) {
+            if let (true, Some(sender), Some(f)) = (complete, reuse, r.in_flight.as_ref()) {
                 f.give_back(sender);
             }
-            drop(in_flight);
-            event.duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            log.record(event);
+            r.write(|_| {});
         }
     }
 }
