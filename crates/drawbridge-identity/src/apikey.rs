@@ -150,8 +150,6 @@ fn entry(authenticator: &Arc<str>, k: &ApiKeyEntry) -> Entry {
             methods: vec![AuthMethod::ApiKey],
             authenticated_at: None,
             expires_at: k.expires,
-            assertions: Default::default(),
-            derived: Default::default(),
         }),
     }
 }

@@ -7,7 +7,7 @@
 //! reused while at least half its lifetime remains; `per_request` mints one per request,
 //! with the request id in it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
@@ -22,6 +22,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::cache::PrincipalCache;
 use crate::principal::Principal;
 
 /// Signs identity assertions.
@@ -30,25 +31,13 @@ pub struct Minter {
     header: Header,
     key: EncodingKey,
     jwks: Bytes,
-    /// Assertions by what they say, for principals built anew for each request (a token
-    /// cache that is off, a key checked each time).
-    /// Keyed by authenticator, id and audience; the rest of what the assertion says is
-    /// compared on a hit.
-    by_content: Mutex<std::collections::HashMap<ContentKey, ByContent>>,
+    /// Assertions minted, by caller and audience (the upstream's name), with when each is
+    /// due for renewal.
+    minted: PrincipalCache<Arc<str>, (HeaderValue, u64)>,
 }
 
-/// Authenticator, principal id, audience.
-type ContentKey = (Arc<str>, String, Arc<str>);
-
-/// An assertion kept by content, with the principal it was minted for.
-struct ByContent {
-    principal: Principal,
-    value: HeaderValue,
-    refresh_after: u64,
-}
-
-/// Most assertions kept by content.
-const MAX_BY_CONTENT: usize = 10_000;
+/// Most assertions kept.
+const MAX_MINTED: usize = 16_384;
 
 impl Minter {
     /// A minter for `config`, with its key (generated now when the config names none).
@@ -110,7 +99,7 @@ impl Minter {
             header,
             key,
             jwks: Bytes::from(json!({"keys": [jwk]}).to_string()),
-            by_content: Mutex::new(Default::default()),
+            minted: PrincipalCache::new(MAX_MINTED),
         };
         // A key that cannot sign is found now, not on the first request.
         minter
@@ -133,7 +122,7 @@ impl Minter {
     /// value: a reused one while at least half its lifetime remains, or a new one.
     pub fn assertion(
         &self,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         audience: &str,
         request_id: &str,
     ) -> Result<HeaderValue, MintError> {
@@ -141,47 +130,16 @@ impl Minter {
             return self.sign(principal, audience, Some(request_id));
         }
         let now = crate::unix_now();
-        if let Some(v) = principal.assertions.get(audience, now) {
+        if let Some((v, refresh_after)) = self.minted.get(principal, audience)
+            && now < refresh_after
+        {
             return Ok(v);
         }
-        // The same caller may come back as a new principal (its credential checked again):
-        // an assertion saying exactly the same things serves it too.
-        let key: ContentKey = (
-            principal.authenticator.clone(),
-            principal.id.clone(),
-            audience.into(),
-        );
-        let known = lock(&self.by_content)
-            .get(&key)
-            .filter(|c| now < c.refresh_after && same_claims(&c.principal, principal))
-            .map(|c| (c.value.clone(), c.refresh_after));
-        let (v, refresh_after) = match known {
-            Some(found) => found,
-            None => {
-                let v = self.sign(principal, audience, None)?;
-                let refresh_after =
-                    (now + self.config.lifetime.as_secs() / 2).min(self.expiry(principal, now));
-                let mut map = lock(&self.by_content);
-                if map.len() >= MAX_BY_CONTENT {
-                    map.retain(|_, c| now < c.refresh_after);
-                    if map.len() >= MAX_BY_CONTENT {
-                        map.clear();
-                    }
-                }
-                map.insert(
-                    key,
-                    ByContent {
-                        principal: principal.clone(),
-                        value: v.clone(),
-                        refresh_after,
-                    },
-                );
-                (v, refresh_after)
-            }
-        };
-        principal
-            .assertions
-            .put(audience, v.clone(), refresh_after, now);
+        let v = self.sign(principal, audience, None)?;
+        let refresh_after =
+            (now + self.config.lifetime.as_secs() / 2).min(self.expiry(principal, now));
+        self.minted
+            .insert(principal, audience.into(), (v.clone(), refresh_after));
         Ok(v)
     }
 
@@ -240,18 +198,6 @@ pub enum MintError {
     Header(#[source] http::header::InvalidHeaderValue),
 }
 
-/// Whether assertions for `a` and `b` say the same (all but times and `jti`; the
-/// authenticator and id are the map's key).
-fn same_claims(a: &Principal, b: &Principal) -> bool {
-    a.kind == b.kind
-        && a.issuer == b.issuer
-        && a.groups == b.groups
-        && a.attributes == b.attributes
-        && a.methods == b.methods
-        && a.authenticated_at == b.authenticated_at
-        && a.expires_at == b.expires_at
-}
-
 /// What an assertion says. Field names are short and documented in docs/configuration.md.
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -279,60 +225,4 @@ struct Claims<'a> {
     /// The request id, when assertions are minted per request.
     #[serde(skip_serializing_if = "Option::is_none")]
     rid: Option<&'a str>,
-}
-
-// === impl AssertionCache ===
-
-/// Assertions minted for one principal, by audience. Lives in the principal, so it lasts as
-/// long as the verified credential does and is gone with it.
-#[derive(Default)]
-pub struct AssertionCache(Mutex<Vec<Cached>>);
-
-struct Cached {
-    audience: Arc<str>,
-    value: HeaderValue,
-    refresh_after: u64,
-}
-
-/// Most audiences remembered per principal.
-const MAX_AUDIENCES: usize = 32;
-
-impl AssertionCache {
-    fn get(&self, audience: &str, now: u64) -> Option<HeaderValue> {
-        let list = lock(&self.0);
-        list.iter()
-            .find(|c| &*c.audience == audience && now < c.refresh_after)
-            .map(|c| c.value.clone())
-    }
-
-    fn put(&self, audience: &str, value: HeaderValue, refresh_after: u64, now: u64) {
-        let mut list = lock(&self.0);
-        list.retain(|c| &*c.audience != audience && now < c.refresh_after);
-        if list.len() >= MAX_AUDIENCES {
-            list.clear();
-        }
-        list.push(Cached {
-            audience: audience.into(),
-            value,
-            refresh_after,
-        });
-    }
-}
-
-impl Clone for AssertionCache {
-    /// A copy of a principal starts without assertions: they were minted for the original.
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for AssertionCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AssertionCache")
-    }
-}
-
-/// Entries are replaced whole, so a poisoned lock still holds consistent entries.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,16 +1,21 @@
-//! Verified tokens, kept until they expire so a caller's next request costs a lookup
-//! instead of a signature check. Keyed by the whole token: two tokens that differ anywhere
-//! are two entries.
+//! The bounded caches of the identity layer and of the layers above it: verified tokens,
+//! and [`PrincipalCache`], values computed for a principal (its policy entity, decisions,
+//! identity assertions) kept by who the principal is.
 //!
-//! A bounded concurrent cache with real eviction (quick_cache's S3-FIFO): a full cache
-//! drops the tokens least likely to come back, never everything at once, and its capacity
-//! is the number of tokens it holds (shards picked by a token's last byte used to leave
-//! most of it empty: an RS256 signature's last byte takes four values).
+//! Both are quick_cache's concurrent S3-FIFO caches: a full cache drops the entries least
+//! likely to come back, never everything at once, and its capacity is the number of
+//! entries it holds (shards picked by a token's last byte used to leave most of it empty:
+//! an RS256 signature's last byte takes four values). Each is owned by the component that
+//! fills it and lives as long as it does: nothing is kept inside a principal.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::principal::Principal;
 
+/// Verified tokens, kept until they expire so a caller's next request costs a lookup
+/// instead of a signature check. Keyed by the whole token: two tokens that differ anywhere
+/// are two entries.
 pub(crate) struct TokenCache {
     cache: quick_cache::sync::Cache<Box<str>, Entry>,
 }
@@ -71,6 +76,117 @@ impl TokenCache {
     }
 }
 
+// === impl PrincipalCache ===
+
+/// Values computed for a principal and kept by who it is: its authenticator and id, and a
+/// key `K` the owner picks (an audience, a route and action). An entry serves the
+/// principal it was computed for (the same `Arc`, as a cached credential hands out) and any
+/// principal that says exactly the same things ([`Principal::same_as`]: a credential
+/// checked again); a principal whose groups or attributes changed is a miss, and its value
+/// replaces the old one.
+pub struct PrincipalCache<K, V> {
+    cache: quick_cache::sync::Cache<Key<K>, (Arc<Principal>, V)>,
+}
+
+/// An entry's key, owned.
+#[derive(PartialEq, Eq)]
+struct Key<K> {
+    authenticator: Arc<str>,
+    id: Box<str>,
+    extra: K,
+}
+
+/// An entry's key, borrowed from the principal asking: a lookup allocates nothing.
+struct Probe<'a, Q: ?Sized> {
+    authenticator: &'a str,
+    id: &'a str,
+    extra: &'a Q,
+}
+
+impl<K: Hash> Hash for Key<K> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // The same sequence as `Probe`'s, so that both find the same entry.
+        (*self.authenticator).hash(h);
+        (*self.id).hash(h);
+        self.extra.hash(h);
+    }
+}
+
+impl<Q: Hash + ?Sized> Hash for Probe<'_, Q> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.authenticator.hash(h);
+        self.id.hash(h);
+        self.extra.hash(h);
+    }
+}
+
+impl<K, Q> quick_cache::Equivalent<Key<K>> for Probe<'_, Q>
+where
+    K: std::borrow::Borrow<Q>,
+    Q: Eq + ?Sized,
+{
+    fn equivalent(&self, key: &Key<K>) -> bool {
+        *self.authenticator == *key.authenticator
+            && *self.id == *key.id
+            && *self.extra == *key.extra.borrow()
+    }
+}
+
+impl<K, V> PrincipalCache<K, V>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+{
+    /// A cache of at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The value kept for `principal` and `extra`, if it was computed for this principal
+    /// or one that says the same.
+    pub fn get<Q>(&self, principal: &Arc<Principal>, extra: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let probe = Probe {
+            authenticator: &principal.authenticator,
+            id: &principal.id,
+            extra,
+        };
+        let (owner, value) = self.cache.get(&probe)?;
+        (Arc::ptr_eq(&owner, principal) || owner.same_as(principal)).then_some(value)
+    }
+
+    /// Keeps `value` for `principal` and `extra`, in place of any value kept before.
+    pub fn insert(&self, principal: &Arc<Principal>, extra: K, value: V) {
+        let key = Key {
+            authenticator: principal.authenticator.clone(),
+            id: principal.id.as_str().into(),
+            extra,
+        };
+        self.cache.insert(key, (principal.clone(), value));
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> std::fmt::Debug for PrincipalCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrincipalCache({} entries)", self.cache.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +232,57 @@ mod tests {
         assert!(cache.get("t", 150, 7).is_none(), "removed once stale");
         cache.insert("t", p, (100, 200), 7, 150);
         assert!(cache.get("t", 201, 7).is_none(), "expired");
+    }
+
+    fn caller(id: &str, groups: &[&str]) -> Arc<Principal> {
+        let mut p = Principal::anonymous();
+        p.id = id.into();
+        p.authenticator = "corp".into();
+        p.groups = groups.iter().map(|g| g.to_string()).collect();
+        Arc::new(p)
+    }
+
+    /// The same principal, or one saying the same, finds its value; one whose groups
+    /// changed does not, and its value replaces the old.
+    #[test]
+    fn principal_cache_serves_the_same_caller_only() {
+        let cache: PrincipalCache<&str, u32> = PrincipalCache::new(100);
+        let alice = caller("alice", &["dev"]);
+        assert_eq!(cache.get(&alice, &"orders"), None);
+        cache.insert(&alice, "orders", 1);
+        assert_eq!(cache.get(&alice, &"orders"), Some(1), "same Arc");
+        assert_eq!(cache.get(&alice, &"billing"), None, "other key");
+        let again = caller("alice", &["dev"]);
+        assert_eq!(
+            cache.get(&again, &"orders"),
+            Some(1),
+            "checked again, same claims"
+        );
+        let promoted = caller("alice", &["dev", "admin"]);
+        assert_eq!(cache.get(&promoted, &"orders"), None, "groups changed");
+        cache.insert(&promoted, "orders", 2);
+        assert_eq!(cache.get(&promoted, &"orders"), Some(2));
+        assert_eq!(cache.get(&alice, &"orders"), None, "the old value is gone");
+        // Another authenticator's `alice` is someone else.
+        let mut other = (*alice).clone();
+        other.authenticator = "partner".into();
+        assert_eq!(cache.get(&Arc::new(other), &"orders"), None);
+    }
+
+    /// A full principal cache evicts some entries, never all, and stays at its capacity.
+    #[test]
+    fn principal_cache_is_bounded() {
+        let cache: PrincipalCache<u32, u32> = PrincipalCache::new(1000);
+        let callers: Vec<_> = (0..3000).map(|i| caller(&format!("u{i}"), &[])).collect();
+        for (i, p) in callers.iter().enumerate() {
+            cache.insert(p, 7, i as u32);
+        }
+        assert!(cache.len() <= 1100, "{}", cache.len());
+        assert!(cache.len() >= 800, "{}", cache.len());
+        assert_eq!(
+            cache.get(&callers[2999], &7),
+            Some(2999),
+            "the newest is kept"
+        );
     }
 }

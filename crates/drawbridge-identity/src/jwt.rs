@@ -245,8 +245,6 @@ impl JwtAuthenticator {
             methods: vec![AuthMethod::Jwt],
             authenticated_at: number(claims, "auth_time").or(iat),
             expires_at: Some(exp),
-            assertions: Default::default(),
-            derived: Default::default(),
         })
     }
 }

@@ -19,13 +19,14 @@ mod mtls;
 mod principal;
 
 pub use apikey::ApiKeyAuthenticator;
-pub use assertion::{AssertionCache, MintError, Minter};
+pub use assertion::{MintError, Minter};
 pub use authn::{Authenticator, Credentials, Scheme, Simulated, authenticate};
+pub use cache::PrincipalCache;
 pub use error::{AuthError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
 pub use mtls::{ClientCert, MtlsAuthenticator};
-pub use principal::{AuthMethod, Derived, Principal};
+pub use principal::{AuthMethod, Principal};
 
 /// Seconds since the Unix epoch, the unit of JWT time claims.
 pub fn unix_now() -> u64 {

@@ -4,8 +4,7 @@
 //! the leaf's names become a principal: its SPIFFE id (`spiffe://trust-domain/path` URI SAN)
 //! or else a DNS name, accepted only inside the authenticator's trust domain.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::CertificateDer;
@@ -88,7 +87,7 @@ pub struct MtlsAuthenticator {
     verifier: Arc<dyn ClientCertVerifier>,
     /// Principals by certificate, so a workload's many requests share one (and its minted
     /// identity assertions).
-    seen: Mutex<HashMap<[u8; 32], Arc<Principal>>>,
+    seen: quick_cache::sync::Cache<[u8; 32], Arc<Principal>>,
 }
 
 /// Most certificates remembered.
@@ -112,7 +111,7 @@ impl MtlsAuthenticator {
             name: name.into(),
             config: config.clone(),
             verifier,
-            seen: Mutex::new(HashMap::new()),
+            seen: quick_cache::sync::Cache::new(MAX_SEEN),
         })
     }
 
@@ -168,8 +167,6 @@ impl MtlsAuthenticator {
             methods: vec![AuthMethod::Mtls],
             authenticated_at: None,
             expires_at,
-            assertions: Default::default(),
-            derived: Default::default(),
         }
     }
 
@@ -180,8 +177,8 @@ impl MtlsAuthenticator {
             // Verified at the handshake, expired since, on a long-lived connection.
             return Err(Refusal::Certificate("expired".into()));
         }
-        if let Some(p) = lock(&self.seen).get(&cert.fingerprint) {
-            return Ok(p.clone());
+        if let Some(p) = self.seen.get(&cert.fingerprint) {
+            return Ok(p);
         }
         // The listener's CAs let the connection in; only this authenticator's CAs vouch for
         // identities in its trust domain.
@@ -199,11 +196,7 @@ impl MtlsAuthenticator {
             })?;
         let id = self.identity(cert)?;
         let p = Arc::new(self.principal(id, Some(cert.not_after)));
-        let mut seen = lock(&self.seen);
-        if seen.len() >= MAX_SEEN {
-            seen.clear();
-        }
-        seen.insert(cert.fingerprint, p.clone());
+        self.seen.insert(cert.fingerprint, p.clone());
         Ok(p)
     }
 
@@ -243,9 +236,4 @@ impl MtlsAuthenticator {
             .cloned()
             .ok_or_else(|| Refusal::Certificate(format!("no name in trust domain `{td}`")))
     }
-}
-
-/// Entries are inserted whole, so a poisoned map still holds consistent entries.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use drawbridge_config::PrincipalKind;
 use serde_json::{Map, Value};
 
-use crate::assertion::AssertionCache;
-
-/// A caller whose credentials were verified.
-#[derive(Debug, Clone)]
+/// A caller whose credentials were verified: plain data. What other layers compute from it
+/// (its policy entity, decisions, identity assertions) they keep in their own caches
+/// ([`crate::PrincipalCache`]), not in the principal.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     /// Its id within its issuer (a JWT's `sub` by default).
     pub id: String,
@@ -28,10 +28,6 @@ pub struct Principal {
     pub authenticated_at: Option<u64>,
     /// When its credential stops being valid, Unix seconds.
     pub expires_at: Option<u64>,
-    /// Identity assertions already minted for it, by upstream.
-    pub assertions: AssertionCache,
-    /// What other layers derived from it once and keep with it (the policy layer's entity).
-    pub derived: Derived,
 }
 
 impl Principal {
@@ -48,9 +44,13 @@ impl Principal {
             methods: Vec::new(),
             authenticated_at: None,
             expires_at: None,
-            assertions: AssertionCache::default(),
-            derived: Derived::default(),
         }
+    }
+
+    /// Whether `other` says exactly what this principal says (every field): a value
+    /// computed for one serves the other.
+    pub fn same_as(&self, other: &Principal) -> bool {
+        self == other
     }
 }
 
@@ -73,43 +73,5 @@ impl AuthMethod {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Mtls => "mtls",
         }
-    }
-}
-
-// === impl Derived ===
-
-/// One value another layer computes from a principal and keeps with it, so that a caller
-/// whose credential is cached costs no rebuild. Tagged with a key (a hash of the settings it
-/// was built under): a value built under other settings is not reused.
-#[derive(Default)]
-pub struct Derived(arc_swap::ArcSwapOption<(u64, Arc<dyn std::any::Any + Send + Sync>)>);
-
-impl Derived {
-    /// The value built under `key`, if there is one of type `T`.
-    pub fn get<T: std::any::Any + Send + Sync>(&self, key: u64) -> Option<Arc<T>> {
-        let slot = self.0.load();
-        let (k, v) = slot.as_deref()?;
-        if *k != key {
-            return None;
-        }
-        v.clone().downcast::<T>().ok()
-    }
-
-    /// Keeps `value`, built under `key`, in place of whatever was there.
-    pub fn set<T: std::any::Any + Send + Sync>(&self, key: u64, value: Arc<T>) {
-        self.0.store(Some(Arc::new((key, value))));
-    }
-}
-
-impl Clone for Derived {
-    /// A copy of a principal starts without derived values: they describe the original.
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for Derived {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Derived")
     }
 }

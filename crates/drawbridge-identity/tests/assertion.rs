@@ -1,5 +1,6 @@
 //! Identity assertions: reused for the same caller and upstream, never across differences.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge_config::{AssertionAlgorithm, IdentityAssertion, Location, PrincipalKind};
@@ -22,8 +23,8 @@ fn minter(per_request: bool) -> Minter {
     .expect("minter")
 }
 
-fn principal(groups: &[&str]) -> Principal {
-    Principal {
+fn principal(groups: &[&str]) -> Arc<Principal> {
+    Arc::new(Principal {
         id: "alice".into(),
         kind: PrincipalKind::User,
         authenticator: "corp".into(),
@@ -33,9 +34,7 @@ fn principal(groups: &[&str]) -> Principal {
         methods: vec![AuthMethod::Jwt],
         authenticated_at: Some(1),
         expires_at: None,
-        assertions: Default::default(),
-        derived: Default::default(),
-    }
+    })
 }
 
 #[test]
@@ -88,16 +87,18 @@ fn an_assertion_never_outlives_the_credential() {
     for per_request in [false, true] {
         let m = minter(per_request);
         // The credential expires in 10 s; the assertion's lifetime is 60 s.
-        let mut p = principal(&["eng"]);
+        let mut p = Arc::unwrap_or_clone(principal(&["eng"]));
         p.expires_at = Some(now + 10);
+        let p = Arc::new(p);
         let short = m.assertion(&p, "orders", "r1").unwrap();
         assert_eq!(exp_of(&short), now + 10, "per_request {per_request}");
         // Without an expiry, the configured lifetime.
         let open = m.assertion(&principal(&["eng"]), "orders", "r2").unwrap();
         assert!(exp_of(&open) >= now + 60, "per_request {per_request}");
         // A caller whose credential expires sooner never reuses a longer-lived assertion.
-        let mut sooner = principal(&["eng"]);
+        let mut sooner = Arc::unwrap_or_clone(principal(&["eng"]));
         sooner.expires_at = Some(now + 5);
+        let sooner = Arc::new(sooner);
         let a = m.assertion(&sooner, "orders", "r3").unwrap();
         assert_eq!(exp_of(&a), now + 5, "per_request {per_request}");
     }

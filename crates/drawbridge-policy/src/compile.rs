@@ -2,7 +2,6 @@
 //! per route, action and principal type. Every problem names the file and line.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -205,9 +204,6 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
         }
     }
 
-    let mut key = std::collections::hash_map::DefaultHasher::new();
-    pc.attributes.hash(&mut key);
-    pc.plain_names.hash(&mut key);
     Ok(Some(Policies {
         schema_text,
         counts: (
@@ -215,11 +211,8 @@ pub fn compile(config: &Config) -> Result<Option<Policies>, Diagnostics> {
             shadow.as_ref().map_or(0, PolicySet::num_of_policies),
         ),
         warnings,
-        key: key.finish(),
-        generation: {
-            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        },
+        entities: drawbridge_identity::PrincipalCache::new(MAX_PRINCIPALS),
+        decisions: drawbridge_identity::PrincipalCache::new(MAX_DECISIONS),
         types,
         plain_names: pc.plain_names.iter().map(|n| n.as_str().into()).collect(),
         attributes: pc
@@ -666,3 +659,9 @@ impl Lines {
         (line, offset - self.0[line - 1] + 1)
     }
 }
+
+/// Most principal entities kept.
+const MAX_PRINCIPALS: usize = 16_384;
+
+/// Most decisions remembered.
+const MAX_DECISIONS: usize = 65_536;

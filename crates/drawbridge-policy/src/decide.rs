@@ -64,76 +64,29 @@ pub enum DecideError {
     Internal(String),
 }
 
-/// The principal's entity, kept with the principal, and the decisions made for it.
-struct PrincipalEntity {
+/// A principal's entity, built once per caller (see [`Policies::principal_entity`]).
+pub(crate) struct PrincipalEntity {
     uid: EntityUid,
     entity: Arc<ast::Entity>,
-    memo: Memo,
 }
 
-/// Decisions already made for one principal. A decision is a pure function of the policies,
-/// the principal's entity (fixed for the credential), the route and action entities (fixed
-/// for the policies) and the context values the policies read; the same inputs give the
-/// same decision, so a repeat asks no evaluation. Entries of older policies never match
-/// (the generation differs) and age out.
-#[derive(Default)]
-struct Memo(std::sync::Mutex<std::collections::VecDeque<MemoEntry>>);
+/// A decision made, by route, action and the fingerprint of the context values the
+/// policies read. A decision is a pure function of the policies, the principal's entity
+/// (fixed for the credential), the route and action entities (fixed for the policies) and
+/// those context values: the same inputs give the same decision, so a repeat asks no
+/// evaluation. The values themselves are kept and compared: a fingerprint alone decides
+/// nothing.
+pub(crate) type DecisionKey = (usize, Action, u64);
 
-struct MemoEntry {
-    generation: u64,
-    fingerprint: u64,
-    route: usize,
-    action: Action,
-    context: Arc<BTreeMap<SmolStr, ast::Value>>,
-    decision: Arc<Decision>,
-}
-
-/// Most decisions remembered per principal.
-const MEMO_SIZE: usize = 32;
-
-impl Memo {
-    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<MemoEntry>> {
-        // A panic while holding the lock cannot leave the list inconsistent (it is only
-        // pushed to and truncated), so a poisoned lock is used as it is.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn find(
-        &self,
-        generation: u64,
-        route: usize,
-        action: Action,
-        context: &crate::context::Built,
-    ) -> Option<Arc<Decision>> {
-        self.entries()
-            .iter()
-            .find(|e| {
-                e.fingerprint == context.fingerprint
-                    && e.generation == generation
-                    && e.route == route
-                    && e.action == action
-                    && *e.context == *context.values
-            })
-            .map(|e| e.decision.clone())
-    }
-
-    fn insert(&self, entry: MemoEntry) {
-        let mut entries = self.entries();
-        // Entries of older policies can never match again.
-        entries.retain(|e| e.generation == entry.generation);
-        entries.truncate(MEMO_SIZE - 1);
-        entries.push_front(entry);
-    }
-}
+/// What a remembered decision was made on, and the decision.
+pub(crate) type Remembered = (Arc<BTreeMap<SmolStr, ast::Value>>, Arc<Decision>);
 
 impl Policies {
     /// Decides `req` by `principal` on the route at `route` (its index in the config).
     pub fn decide(
         &self,
         route: usize,
-        principal: &Principal,
+        principal: &Arc<Principal>,
         req: &RequestView<'_>,
     ) -> Result<Arc<Decision>, DecideError> {
         let rp = self
@@ -161,10 +114,13 @@ impl Policies {
                 enforced: none,
             }));
         }
-        let pe = self.principal_entity(principal)?;
-        if let Some(d) = pe.memo.find(self.generation, route, req.action, &ctx) {
+        let key = (route, req.action, ctx.fingerprint);
+        if let Some((values, d)) = self.decisions.get(principal, &key)
+            && *values == *ctx.values
+        {
             return Ok(d);
         }
+        let pe = self.principal_entity(principal)?;
         let action = &self.actions[req.action.index()];
         let entities = CoreEntities::new()
             .add_entities(
@@ -188,23 +144,19 @@ impl Policies {
         let enforced = evaluate(&request, enforce, &entities);
         let shadow = shadow.map(|s| evaluate(&request, s, &entities));
         let decision = Arc::new(Decision { enforced, shadow });
-        pe.memo.insert(MemoEntry {
-            generation: self.generation,
-            fingerprint: ctx.fingerprint,
-            route,
-            action: req.action,
-            context: ctx.values,
-            decision: decision.clone(),
-        });
+        self.decisions
+            .insert(principal, key, (ctx.values, decision.clone()));
         Ok(decision)
     }
 
-    fn principal_entity(&self, p: &Principal) -> Result<Arc<PrincipalEntity>, DecideError> {
-        if let Some(e) = p.derived.get::<PrincipalEntity>(self.key) {
+    /// The principal's entity: built once per caller and kept, so a caller whose
+    /// credential is cached, or checked again and found the same, costs no rebuild.
+    fn principal_entity(&self, p: &Arc<Principal>) -> Result<Arc<PrincipalEntity>, DecideError> {
+        if let Some(e) = self.entities.get(p, &()) {
             return Ok(e);
         }
         let built = Arc::new(self.build_principal(p)?);
-        p.derived.set(self.key, built.clone());
+        self.entities.insert(p, (), built.clone());
         Ok(built)
     }
 
@@ -264,7 +216,6 @@ impl Policies {
         Ok(PrincipalEntity {
             uid,
             entity: Arc::new(entity),
-            memo: Memo::default(),
         })
     }
 }

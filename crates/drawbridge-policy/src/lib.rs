@@ -42,11 +42,11 @@ pub struct Policies {
     pub counts: (usize, usize),
     /// What `check` reports without refusing the policies.
     pub warnings: Vec<drawbridge_config::Diagnostic>,
-    /// Tags principal entities built under these settings.
-    key: u64,
-    /// Tells these policies from every other compiled set in the process (for remembered
-    /// decisions).
-    generation: u64,
+    /// Principals' entities, built once per caller.
+    entities: drawbridge_identity::PrincipalCache<(), std::sync::Arc<decide::PrincipalEntity>>,
+    /// Decisions made, remembered per caller (owned by these policies: a reload starts
+    /// afresh).
+    decisions: drawbridge_identity::PrincipalCache<decide::DecisionKey, decide::Remembered>,
     types: Types,
     attributes: Vec<(smol_str::SmolStr, ValueType)>,
     /// Authenticators whose callers and groups policies name plainly.

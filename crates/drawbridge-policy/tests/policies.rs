@@ -98,7 +98,7 @@ fn shop() -> Fixture {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn user(id: &str, groups: &[&str], attrs: Value) -> Principal {
+fn user(id: &str, groups: &[&str], attrs: Value) -> Arc<Principal> {
     principal(PrincipalKind::User, "corp", id, groups, attrs)
 }
 
@@ -108,12 +108,12 @@ fn principal(
     id: &str,
     groups: &[&str],
     attrs: Value,
-) -> Principal {
+) -> Arc<Principal> {
     let attributes: Map<String, Value> = match attrs {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    Principal {
+    Arc::new(Principal {
         id: id.into(),
         kind,
         authenticator: authn.into(),
@@ -123,9 +123,7 @@ fn principal(
         methods: vec![AuthMethod::Jwt],
         authenticated_at: None,
         expires_at: None,
-        assertions: Default::default(),
-        derived: Default::default(),
-    }
+    })
 }
 
 /// Route indexes in `config()`.
@@ -155,7 +153,7 @@ fn req<'a>(action: Action, path: &'a str) -> Req<'a> {
 fn decide(
     f: &Fixture,
     route: usize,
-    p: &Principal,
+    p: &Arc<Principal>,
     r: &Req<'_>,
 ) -> Result<(bool, Vec<String>), DecideError> {
     let view = RequestView {
@@ -363,29 +361,51 @@ fn forbid_overrides_permit() {
     );
 }
 
+/// Entities and decisions are remembered per caller, by everything the caller's credential
+/// says: the same caller checked again reuses them, a caller of the same id whose groups
+/// changed (a new token after a role was removed) never does.
 #[test]
-fn what_is_kept_with_a_principal_never_passes_to_a_copy() {
+fn remembered_decisions_follow_what_the_credential_says() {
     let f = shop();
-    let dave = Arc::new(user("dave", &["editors"], json!({})));
+    let dave = user("dave", &["editors"], json!({}));
+    for _ in 0..2 {
+        assert!(
+            decide(&f, REPORTS, &dave, &req(Action::Post, "/reports"))
+                .expect("decide")
+                .0
+        );
+    }
+    // The same claims in a new principal (the credential verified again).
+    let again = user("dave", &["editors"], json!({}));
+    assert!(
+        decide(&f, REPORTS, &again, &req(Action::Post, "/reports"))
+            .expect("decide")
+            .0
+    );
+    // The same id without the group: decided afresh, and refused.
+    let demoted = user("dave", &[], json!({}));
+    assert!(
+        !decide(&f, REPORTS, &demoted, &req(Action::Post, "/reports"))
+            .expect("decide")
+            .0
+    );
+    // Nor does the demoted caller's decision leak back to the original one's spelling.
     assert!(
         decide(&f, REPORTS, &dave, &req(Action::Post, "/reports"))
             .expect("decide")
             .0
     );
-    // Decided again with the entity (and decisions) kept with the principal.
-    assert!(
-        decide(&f, REPORTS, &dave, &req(Action::Put, "/reports"))
-            .expect("decide")
-            .0
+    // Another authenticator's `dave` is someone else.
+    let partner = principal(
+        PrincipalKind::User,
+        "partner",
+        "dave",
+        &["editors"],
+        json!({}),
     );
-    // A copy (another credential) never inherits it.
-    let mut copy = (*dave).clone();
-    copy.groups.clear();
-    assert!(
-        !decide(&f, REPORTS, &copy, &req(Action::Put, "/reports"))
-            .expect("decide")
-            .0
-    );
+    let (allowed, _) =
+        decide(&f, REPORTS, &partner, &req(Action::Post, "/reports")).expect("decide");
+    assert!(!allowed, "partner/dave is not corp/dave");
 }
 
 // === Slicing decides as the whole set does ===

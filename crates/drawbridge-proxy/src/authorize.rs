@@ -16,7 +16,7 @@ use crate::snapshot::{RouteEntry, Snapshot};
 pub fn decide(
     snapshot: &Snapshot,
     route: &RouteEntry,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     ask: &Ask<'_>,
 ) -> (Option<Action>, Arc<Decision>, Option<ProxyError>) {
     let action = match ask.kind {

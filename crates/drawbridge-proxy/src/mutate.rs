@@ -117,7 +117,7 @@ const X_DRAWBRIDGE_GROUPS: HeaderName = HeaderName::from_static("x-drawbridge-gr
 fn set_identity(
     snapshot: &Snapshot,
     route: &RouteEntry,
-    p: &Principal,
+    p: &std::sync::Arc<Principal>,
     request_id: &str,
     headers: &mut HeaderMap,
 ) -> Result<(), ProxyError> {
