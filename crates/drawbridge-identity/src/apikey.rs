@@ -12,7 +12,7 @@ use drawbridge_config::{ApiKeyEntry, ApiKeyHeader, ApiKeys, PrincipalKind};
 use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 
-use crate::error::{AuthError, Refusal};
+use crate::error::{AuthError, BuildError, Refusal};
 use crate::principal::{AuthMethod, Principal};
 
 /// The prefix of every key, so they are recognisable in a leaked file or a secret scanner.
@@ -35,13 +35,16 @@ struct Entry {
 
 impl ApiKeyAuthenticator {
     /// Builds the authenticator `name` from its checked configuration.
-    pub fn new(name: &str, config: &ApiKeys) -> Result<Self, String> {
+    pub fn new(name: &str, config: &ApiKeys) -> Result<Self, BuildError> {
         let name: Arc<str> = name.into();
         let header = match &config.header {
             ApiKeyHeader::Authorization => None,
-            ApiKeyHeader::Named(h) => {
-                Some(HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string())?)
-            }
+            ApiKeyHeader::Named(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(
+                |source| BuildError::Header {
+                    name: h.clone(),
+                    source,
+                },
+            )?),
         };
         let by_id = config
             .keys

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::cache::PrincipalCache;
+use crate::error::KeyError;
 use crate::principal::Principal;
 
 /// Signs identity assertions.
@@ -41,19 +42,19 @@ const MAX_MINTED: usize = 16_384;
 
 impl Minter {
     /// A minter for `config`, with its key (generated now when the config names none).
-    pub fn new(config: &IdentityAssertion) -> Result<Minter, String> {
+    pub fn new(config: &IdentityAssertion) -> Result<Minter, KeyError> {
         let rng = SystemRandom::new();
         let pkcs8 = zeroize::Zeroizing::new(match &config.key {
             Some((_, der)) => der.expose().to_vec(),
             None => match config.algorithm {
                 AssertionAlgorithm::Es256 => {
                     EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                        .map_err(|_| "cannot generate a P-256 key".to_string())?
+                        .map_err(|_| KeyError::Generate("a P-256"))?
                         .as_ref()
                         .to_vec()
                 }
                 AssertionAlgorithm::EdDsa => Ed25519KeyPair::generate_pkcs8(&rng)
-                    .map_err(|_| "cannot generate an Ed25519 key".to_string())?
+                    .map_err(|_| KeyError::Generate("an Ed25519"))?
                     .as_ref()
                     .to_vec(),
             },
@@ -62,7 +63,10 @@ impl Minter {
         let (alg, key, mut jwk) = match config.algorithm {
             AssertionAlgorithm::Es256 => {
                 let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
-                    .map_err(|e| format!("identity key is not a P-256 key for ES256: {e}"))?;
+                    .map_err(|source| KeyError::Rejected {
+                        expected: "a P-256 key for ES256",
+                        source,
+                    })?;
                 // The uncompressed point: 0x04, X, Y.
                 let p = pair.public_key().as_ref();
                 (
@@ -72,8 +76,13 @@ impl Minter {
                 )
             }
             AssertionAlgorithm::EdDsa => {
-                let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
-                    .map_err(|e| format!("identity key is not an Ed25519 key for EdDSA: {e}"))?;
+                let pair =
+                    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).map_err(|source| {
+                        KeyError::Rejected {
+                            expected: "an Ed25519 key for EdDSA",
+                            source,
+                        }
+                    })?;
                 (
                     Algorithm::EdDSA,
                     EncodingKey::from_ed_der(&pkcs8),
@@ -81,10 +90,10 @@ impl Minter {
                 )
             }
         };
-        let parsed: Jwk = serde_json::from_value(jwk.clone()).map_err(|e| e.to_string())?;
+        let parsed: Jwk = serde_json::from_value(jwk.clone()).map_err(KeyError::Jwk)?;
         let kid = parsed
             .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| format!("identity key thumbprint: {e}"))?;
+            .map_err(KeyError::Thumbprint)?;
         jwk["kid"] = json!(kid);
         jwk["alg"] = json!(if alg == Algorithm::ES256 {
             "ES256"
@@ -104,7 +113,7 @@ impl Minter {
         // A key that cannot sign is found now, not on the first request.
         minter
             .sign(&Principal::anonymous(), "probe", None)
-            .map_err(|e| e.to_string())?;
+            .map_err(KeyError::Sign)?;
         Ok(minter)
     }
 

@@ -7,7 +7,7 @@ use drawbridge_config::{Authenticator as AuthenticatorConfig, AuthenticatorKind}
 use http::{HeaderMap, HeaderName, header};
 
 use crate::apikey::ApiKeyAuthenticator;
-use crate::error::{AuthError, Refusal};
+use crate::error::{AuthError, BuildError, Refusal};
 use crate::jwt::{JwtAuthenticator, peek_issuer};
 use crate::mtls::{ClientCert, MtlsAuthenticator};
 use crate::principal::Principal;
@@ -56,7 +56,7 @@ impl Authenticator {
     }
 
     /// Builds an authenticator from its checked configuration.
-    pub fn new(config: &AuthenticatorConfig) -> Result<Self, String> {
+    pub fn new(config: &AuthenticatorConfig) -> Result<Self, BuildError> {
         match &config.kind {
             AuthenticatorKind::Jwt(j) => JwtAuthenticator::new(&config.name, j).map(Self::Jwt),
             AuthenticatorKind::ApiKey(k) => {

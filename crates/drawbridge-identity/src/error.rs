@@ -79,3 +79,87 @@ pub enum Refusal {
     #[error("token: lifetime exceeds the maximum of {0}s")]
     Lifetime(u64),
 }
+
+/// Why a JWK Set document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// Not JSON of the shape `{"keys": [...]}`.
+    #[error("not a JWK Set (`{{\"keys\": [...]}}`): {0}")]
+    NotAKeySet(#[source] serde_json::Error),
+    /// Every key was skipped (the count).
+    #[error(
+        "no key in the set can verify signatures ({0} skipped: encryption, symmetric or unsupported keys)"
+    )]
+    NoUsableKey(usize),
+}
+
+/// Why an authenticator could not be built from its checked configuration. Refused at
+/// start and at reload (where the configuration in force keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// An algorithm name the JWT library does not know.
+    #[error("algorithm `{name}`: {source}")]
+    Algorithm {
+        /// The name as configured.
+        name: String,
+        /// What the library said.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// The allow-list is empty.
+    #[error("no algorithm is allowed")]
+    NoAlgorithm,
+    /// An HMAC algorithm was listed.
+    #[error("shared-secret algorithms are never accepted")]
+    SharedSecret,
+    /// The JWK Set file does not hold a usable key set.
+    #[error("`{path}`: {source}")]
+    KeySet {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it was refused.
+        #[source]
+        source: JwksError,
+    },
+    /// The header an API key travels in is not a header name.
+    #[error("header `{name}`: {source}")]
+    Header {
+        /// The name as configured.
+        name: String,
+        /// Why it is not one.
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    /// A CA certificate rustls refuses.
+    #[error("CA certificate rejected: {0}")]
+    Ca(#[source] rustls::Error),
+    /// The client certificate verifier could not be built from the CAs.
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// Why the identity assertion key could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The random source failed while generating a key.
+    #[error("cannot generate {0} key")]
+    Generate(&'static str),
+    /// The configured key is not of the algorithm's kind.
+    #[error("identity key is not {expected}: {source}")]
+    Rejected {
+        /// The kind of key the algorithm needs.
+        expected: &'static str,
+        /// What aws-lc-rs said.
+        #[source]
+        source: aws_lc_rs::error::KeyRejected,
+    },
+    /// The public key could not be described as a JWK.
+    #[error("identity key as a JWK: {0}")]
+    Jwk(#[source] serde_json::Error),
+    /// The JWK thumbprint (the key's `kid`) could not be computed.
+    #[error("identity key thumbprint: {0}")]
+    Thumbprint(#[source] jsonwebtoken::errors::Error),
+    /// A trial signature failed: the key cannot sign.
+    #[error("identity key cannot sign: {0}")]
+    Sign(#[source] crate::MintError),
+}

@@ -15,7 +15,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::error::Refusal;
+use crate::error::{JwksError, Refusal};
 use crate::fetch::Fetcher;
 
 /// Most keys kept from one set.
@@ -58,13 +58,12 @@ impl Curve {
 impl KeySet {
     /// Parses a JWK Set document. Keys that cannot verify signatures are skipped (and
     /// counted in the second value); a document with no usable key at all is an error.
-    pub fn parse(bytes: &[u8]) -> Result<(KeySet, usize), String> {
+    pub fn parse(bytes: &[u8]) -> Result<(KeySet, usize), JwksError> {
         #[derive(serde::Deserialize)]
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let doc: Doc = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a JWK Set (`{{\"keys\": [...]}}`): {e}"))?;
+        let doc: Doc = serde_json::from_slice(bytes).map_err(JwksError::NotAKeySet)?;
         let mut keys = Vec::new();
         let mut skipped = 0;
         for v in doc.keys {
@@ -74,9 +73,7 @@ impl KeySet {
             }
         }
         if keys.is_empty() {
-            return Err(format!(
-                "no key in the set can verify signatures ({skipped} skipped: encryption, symmetric or unsupported keys)"
-            ));
+            return Err(JwksError::NoUsableKey(skipped));
         }
         Ok((KeySet { keys }, skipped))
     }
@@ -239,7 +236,7 @@ pub struct FetchSettings {
 
 impl KeySource {
     /// Keys read from a file with the configuration.
-    pub fn from_file(bytes: &[u8]) -> Result<KeySource, String> {
+    pub fn from_file(bytes: &[u8]) -> Result<KeySource, JwksError> {
         let (keys, _) = KeySet::parse(bytes)?;
         Ok(KeySource {
             origin: Origin::File,

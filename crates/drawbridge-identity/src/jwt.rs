@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use crate::cache::TokenCache;
-use crate::error::Refusal;
+use crate::error::{BuildError, Refusal};
 use crate::jwks::{FetchSettings, KeySource};
 use crate::principal::{AuthMethod, Principal};
 
@@ -32,24 +32,33 @@ pub struct JwtAuthenticator {
 
 impl JwtAuthenticator {
     /// Builds the authenticator `name` from its checked configuration.
-    pub fn new(name: &str, config: &JwtIssuer) -> Result<Self, String> {
+    pub fn new(name: &str, config: &JwtIssuer) -> Result<Self, BuildError> {
         let algorithms = config
             .algorithms
             .iter()
-            .map(|a| a.parse::<Algorithm>().map_err(|e| format!("`{a}`: {e}")))
+            .map(|a| {
+                a.parse::<Algorithm>()
+                    .map_err(|source| BuildError::Algorithm {
+                        name: a.clone(),
+                        source,
+                    })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if algorithms.is_empty() {
-            return Err("no algorithm is allowed".into());
+            return Err(BuildError::NoAlgorithm);
         }
         if algorithms
             .iter()
             .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
         {
-            return Err("shared-secret algorithms are never accepted".into());
+            return Err(BuildError::SharedSecret);
         }
         let keys = match &config.jwks {
             JwksSource::File { path, bytes } => {
-                KeySource::from_file(bytes).map_err(|e| format!("`{}`: {e}", path.display()))?
+                KeySource::from_file(bytes).map_err(|source| BuildError::KeySet {
+                    path: path.clone(),
+                    source,
+                })?
             }
             JwksSource::Url(url) => KeySource::from_url(
                 url.clone(),

@@ -22,7 +22,7 @@ pub use apikey::ApiKeyAuthenticator;
 pub use assertion::{MintError, Minter};
 pub use authn::{Authenticator, Credentials, Scheme, Simulated, authenticate};
 pub use cache::PrincipalCache;
-pub use error::{AuthError, Refusal};
+pub use error::{AuthError, BuildError, JwksError, KeyError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
 pub use mtls::{ClientCert, MtlsAuthenticator};

@@ -12,7 +12,7 @@ use rustls_pki_types::CertificateDer;
 use drawbridge_config::{MtlsIdentity, PrincipalKind};
 use serde_json::{Map, Value};
 
-use crate::error::Refusal;
+use crate::error::{BuildError, Refusal};
 use crate::principal::{AuthMethod, Principal};
 
 /// What a verified client certificate says, read once per connection.
@@ -95,18 +95,16 @@ const MAX_SEEN: usize = 10_000;
 
 impl MtlsAuthenticator {
     /// Builds the authenticator `name`.
-    pub fn new(name: &str, config: &MtlsIdentity) -> Result<Self, String> {
+    pub fn new(name: &str, config: &MtlsIdentity) -> Result<Self, BuildError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &config.roots {
-            roots
-                .add(c.clone())
-                .map_err(|e| format!("CA certificate rejected: {e}"))?;
+            roots.add(c.clone()).map_err(BuildError::Ca)?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(BuildError::Verifier)?;
         Ok(Self {
             name: name.into(),
             config: config.clone(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use drawbridge_config::{ClaimMapping, GroupsFormat, JwksSource, JwtIssuer, PrincipalKind};
-use drawbridge_identity::{JwtAuthenticator, Refusal, peek_issuer};
+use drawbridge_identity::{BuildError, JwksError, JwtAuthenticator, Refusal, peek_issuer};
 use drawbridge_testkit::jwt::{KeyType, SigningKey, encode_part, jwks, now, sign_hs256};
 use serde_json::{Value, json};
 
@@ -415,8 +415,23 @@ async fn encryption_keys_never_verify() {
         refused(&a, &ops.sign(&claims())).await,
         Refusal::UnknownKey(_)
     ));
-    // A set of only encryption keys is refused when the configuration loads.
-    assert!(JwtAuthenticator::new("corp", &config(&jwks(&[&enc]))).is_err());
+    // A set of only encryption keys is refused when the configuration loads, with a typed
+    // cause a log or metric can tell apart.
+    let Err(e) = JwtAuthenticator::new("corp", &config(&jwks(&[&enc]))) else {
+        panic!("a set of encryption keys was accepted");
+    };
+    assert!(
+        matches!(
+            &e,
+            BuildError::KeySet {
+                source: JwksError::NoUsableKey(1),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let cause = std::error::Error::source(&e).expect("the cause is kept");
+    assert!(cause.to_string().contains("1 skipped"), "{cause}");
 }
 
 #[tokio::test]
@@ -431,7 +446,10 @@ async fn algorithms_outside_the_allow_list_are_refused() {
     );
     a.verify(&k.ec.sign(&claims())).await.unwrap();
     cfg.algorithms = vec!["HS256".into()];
-    assert!(JwtAuthenticator::new("corp", &cfg).is_err());
+    assert!(matches!(
+        JwtAuthenticator::new("corp", &cfg),
+        Err(BuildError::SharedSecret)
+    ));
 }
 
 #[tokio::test]

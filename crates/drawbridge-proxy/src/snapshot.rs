@@ -83,10 +83,10 @@ impl Snapshot {
                 Some(prev) if prev.settings.same_settings(u) => upstreams.push(Arc::clone(prev)),
                 _ => match UpstreamPool::new(u) {
                     Ok(pool) => upstreams.push(Arc::new(pool)),
-                    Err(message) => errors.push(Diagnostic {
+                    Err(e) => errors.push(Diagnostic {
                         location: u.location.clone(),
                         field: format!("upstreams `{}`", u.name),
-                        message,
+                        message: e.to_string(),
                         help: None,
                     }),
                 },
@@ -102,10 +102,10 @@ impl Snapshot {
                 Some(prev) if prev.built_from(a) => authenticators.push(Arc::clone(prev)),
                 _ => match Authenticator::new(a) {
                     Ok(built) => authenticators.push(Arc::new(built)),
-                    Err(message) => errors.push(Diagnostic {
+                    Err(e) => errors.push(Diagnostic {
                         location: a.location.clone(),
                         field: format!("authenticators `{}`", a.name),
-                        message,
+                        message: e.to_string(),
                         help: None,
                     }),
                 },
@@ -116,11 +116,11 @@ impl Snapshot {
             Some(m) if *m.config() == config.identity => Some(Arc::clone(m)),
             _ => match Minter::new(&config.identity) {
                 Ok(m) => Some(Arc::new(m)),
-                Err(message) => {
+                Err(e) => {
                     errors.push(Diagnostic {
                         location: config.identity.location.clone(),
                         field: "identity".into(),
-                        message,
+                        message: e.to_string(),
                         help: None,
                     });
                     None

@@ -127,13 +127,56 @@ impl Drop for InFlight {
     }
 }
 
+/// Why an upstream's pool could not be built from its checked settings. Refused at start
+/// and at reload (where the configuration in force keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// `health.check_path` is not a path and query.
+    #[error("health.check_path `{path}`: {source}")]
+    CheckPath {
+        /// The path as configured.
+        path: String,
+        /// Why it is not one.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// A CA certificate rustls refuses.
+    #[error("CA certificate rejected: {0}")]
+    Ca(#[source] rustls::Error),
+    /// The TLS client settings could not be made.
+    #[error("TLS settings: {0}")]
+    Tls(#[source] rustls::Error),
+    /// `tls_server_name` is not a server name.
+    #[error("tls_server_name `{name}`: {source}")]
+    ServerName {
+        /// The name as configured.
+        name: String,
+        /// Why it is not one.
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// An endpoint's authority does not parse.
+    #[error("endpoint {url}: {source}")]
+    Endpoint {
+        /// The endpoint as configured.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
 impl UpstreamPool {
     /// Builds the pool for `cfg`.
-    pub fn new(cfg: &Upstream) -> Result<Self, String> {
+    pub fn new(cfg: &Upstream) -> Result<Self, PoolError> {
         let check = match &cfg.health.check {
             Some(c) => Some((
-                http::uri::PathAndQuery::from_str(&c.path)
-                    .map_err(|e| format!("health.check_path `{}`: {e}", c.path))?,
+                http::uri::PathAndQuery::from_str(&c.path).map_err(|source| {
+                    PoolError::CheckPath {
+                        path: c.path.clone(),
+                        source,
+                    }
+                })?,
                 c.clone(),
             )),
             None => None,
@@ -143,9 +186,7 @@ impl UpstreamPool {
             match &cfg.ca {
                 Some(certs) => {
                     for c in certs {
-                        roots
-                            .add(c.clone())
-                            .map_err(|e| format!("CA certificate rejected: {e}"))?;
+                        roots.add(c.clone()).map_err(PoolError::Ca)?;
                     }
                 }
                 None => {
@@ -157,7 +198,7 @@ impl UpstreamPool {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(PoolError::Tls)?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Some(Arc::new(config))
@@ -166,8 +207,12 @@ impl UpstreamPool {
         };
         let server_name = match &cfg.tls_server_name {
             Some(name) => Some(
-                rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| format!("`{name}`: {e}"))?,
+                rustls_pki_types::ServerName::try_from(name.clone()).map_err(|source| {
+                    PoolError::ServerName {
+                        name: name.clone(),
+                        source,
+                    }
+                })?,
             ),
             None => None,
         };
@@ -184,10 +229,13 @@ impl UpstreamPool {
             .endpoints
             .iter()
             .map(|e| {
-                let authority: Authority = e
-                    .authority()
-                    .parse()
-                    .map_err(|err| format!("{}: {err}", e.url()))?;
+                let authority: Authority =
+                    e.authority()
+                        .parse()
+                        .map_err(|source| PoolError::Endpoint {
+                            url: e.url().to_string(),
+                            source,
+                        })?;
                 Ok(EndpointState {
                     scheme: if e.tls { Scheme::HTTPS } else { Scheme::HTTP },
                     authority,
@@ -200,7 +248,7 @@ impl UpstreamPool {
                     ejected_until: AtomicU64::new(0),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, PoolError>>()?;
         Ok(Self {
             name: cfg.name.as_str().into(),
             settings: cfg.clone(),
