@@ -216,11 +216,7 @@ async fn serve_connection(
             let c =
                 builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
             let started = std::time::Instant::now();
-            if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
-                c.graceful_shutdown()
-            })
-            .await
-            {
+            if let Err(e) = drive(c, stop, &limits, &streams, |c| c.graceful_shutdown()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 refused_by_parser(&shared, index, peer, &*e, started);
             }
@@ -274,11 +270,7 @@ async fn serve_connection(
                 service(info(client_cert, sni)),
             );
             let started = std::time::Instant::now();
-            if let Err(e) = drive(c, stop, limits.max_connection_age, |c| {
-                c.graceful_shutdown()
-            })
-            .await
-            {
+            if let Err(e) = drive(c, stop, &limits, &streams, |c| c.graceful_shutdown()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 refused_by_parser(&shared, index, peer, &*e, started);
             }
@@ -288,39 +280,62 @@ async fn serve_connection(
 
 /// Serves `conn` until it ends. It is asked to finish gracefully (HTTP/2 `GOAWAY`, HTTP/1.1
 /// `Connection: close` after the request in flight) when the proxy stops or the connection
-/// reaches `max_age`.
+/// reaches its `max_connection_age`.
+///
+/// A connection accepted just before the stop, whose first request is still on its way
+/// (or sits unread in the socket), is not closed as idle: closing a socket with a request
+/// unread in it resets the connection, and the client, which sent its request to a
+/// listening socket, sees an error. It gets until its first request starts, for at most
+/// [`FIRST_REQUEST_GRACE`] (or its head timeout, if shorter), and is then asked to finish
+/// like any other.
 async fn drive<C, R>(
     conn: C,
     mut stop: watch::Receiver<bool>,
-    max_age: Duration,
+    limits: &drawbridge_config::Limits,
+    streams: &Streams,
     shutdown: impl Fn(std::pin::Pin<&mut C>),
 ) -> R
 where
     C: std::future::Future<Output = R>,
 {
     let mut conn = std::pin::pin!(conn);
-    let aged = tokio::time::sleep(max_age);
+    let aged = tokio::time::sleep(limits.max_connection_age);
     let mut aged = std::pin::pin!(aged);
-    let mut closing = *stop.borrow();
-    if closing {
-        shutdown(conn.as_mut());
-    }
+    let grace = FIRST_REQUEST_GRACE.min(limits.header_read_timeout);
+    // Stopping, and until when a first request may still start.
+    let mut stopping: Option<tokio::time::Instant> = None;
+    let mut closing = false;
     loop {
+        if !closing
+            && let Some(until) = stopping
+            && (!streams.none_started() || tokio::time::Instant::now() >= until)
+        {
+            closing = true;
+            shutdown(conn.as_mut());
+        }
+        if !closing && stopping.is_none() && *stop.borrow() {
+            stopping = Some(tokio::time::Instant::now() + grace);
+            continue;
+        }
         tokio::select! {
             r = conn.as_mut() => return r,
             _ = aged.as_mut(), if !closing => {
                 closing = true;
                 shutdown(conn.as_mut());
             }
-            changed = stop.changed(), if !closing => {
-                if changed.is_err() || *stop.borrow() {
-                    closing = true;
-                    shutdown(conn.as_mut());
+            changed = stop.changed(), if stopping.is_none() => {
+                if changed.is_err() {
+                    stopping = Some(tokio::time::Instant::now() + grace);
                 }
             }
+            // Looks again for a first request (the pipeline counts it) every 10 ms.
+            _ = tokio::time::sleep(Duration::from_millis(10)), if stopping.is_some() && !closing => {}
         }
     }
 }
+
+/// How long a connection accepted just before a drain has for its first request to start.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// How long the head that timed out could take, when `e` is a head timeout of [`IdleIo`].
 fn head_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Duration> {

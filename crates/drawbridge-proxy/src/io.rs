@@ -90,6 +90,11 @@ impl Streams {
         self.open.fetch_add(1, Ordering::Relaxed);
         StreamGuard(self.clone())
     }
+
+    /// Whether no request has started on the connection yet.
+    pub fn none_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == 0
+    }
 }
 
 impl Drop for StreamGuard {

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod body;
 pub mod context;
 pub mod deadline;
+pub mod inherit;
 pub mod io;
 pub mod pipeline;
 pub mod reload;
@@ -41,6 +42,7 @@ use drawbridge_telemetry::{AccessLog, AuditLog, JsonLog, Sink};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::context::{RequestIds, Shared};
+pub use crate::inherit::Inherited;
 use crate::snapshot::Snapshot;
 
 /// Why Drawbridge could not start.
@@ -122,12 +124,23 @@ fn open_log<T: serde::Serialize + Send + 'static>(
     })
 }
 
-/// Binds `address`; `what` says what was being bound if that fails.
+/// Binds `address`, or takes the socket handed over for it; `what` says what was being
+/// bound if that fails.
 fn bind(
     address: SocketAddr,
     what: String,
+    inherited: &mut Inherited,
 ) -> Result<(SocketAddr, tokio::net::TcpListener), StartError> {
-    let listener = accept::bind(address).map_err(|source| StartError::Io { what, source })?;
+    let listener = match inherited.take(address) {
+        Some(socket) => {
+            tracing::info!(%address, "listening socket handed over; not binding");
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(socket))
+        }
+        None => accept::bind(address),
+    }
+    .map_err(|source| StartError::Io { what, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Io {
         what: "reading bound address".into(),
         source,
@@ -148,11 +161,24 @@ pub struct Proxy {
     drain: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     drained: Mutex<mpsc::Receiver<()>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// A second descriptor of each listening socket (listeners, then the admin listener),
+    /// by name, to hand to a successor; given up when the drain starts, so that the sockets
+    /// close with the accept loops.
+    sockets: std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>,
 }
 
 impl Proxy {
     /// Loads `config_path`, binds every listener and starts serving.
     pub async fn start(config_path: &Path) -> Result<Arc<Proxy>, StartError> {
+        Self::start_with(config_path, Inherited::none()).await
+    }
+
+    /// As [`Proxy::start`], taking the sockets in `inherited` for the listeners at their
+    /// addresses instead of binding them.
+    pub async fn start_with(
+        config_path: &Path,
+        mut inherited: Inherited,
+    ) -> Result<Arc<Proxy>, StartError> {
         let snapshot = compile(config_path, None)?;
         let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
         let audit: AuditLog = open_log(&snapshot.server.audit_log, "audit log")?;
@@ -160,16 +186,35 @@ impl Proxy {
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
             let what = format!("binding listener `{}` to {}", l.name, l.address);
-            let (local, listener) = bind(l.address, what)?;
+            let (local, listener) = bind(l.address, what, &mut inherited)?;
             bound.push((l.name.to_string(), local, listener));
         }
         let admin = match &snapshot.admin {
             Some(a) => Some(bind(
                 a.address,
                 format!("binding the admin listener to {}", a.address),
+                &mut inherited,
             )?),
             None => None,
         };
+        inherited.close_unused();
+        let second = |name: &str, l: &tokio::net::TcpListener| {
+            use std::os::fd::AsFd;
+            l.as_fd()
+                .try_clone_to_owned()
+                .map(|fd| (name.to_string(), fd))
+                .map_err(|source| StartError::Io {
+                    what: "keeping the listening sockets for an upgrade".into(),
+                    source,
+                })
+        };
+        let mut sockets = Vec::new();
+        for (name, _, l) in &bound {
+            sockets.push(second(name, l)?);
+        }
+        if let Some((_, l)) = &admin {
+            sockets.push(second("admin", l)?);
+        }
         tracing::info!(version = %snapshot.version, listeners = bound.len(), upstreams = snapshot.upstreams.len(), "configuration loaded");
         warn_about(&snapshot);
         prefetch(&snapshot);
@@ -214,7 +259,17 @@ impl Proxy {
             drain: std::sync::Mutex::new(Some(drain)),
             drained: Mutex::new(drained),
             tasks: Mutex::new(tasks),
+            sockets: std::sync::Mutex::new(sockets),
         }))
+    }
+
+    /// A new descriptor of each listening socket, by listener name (`admin` for the admin
+    /// listener), for a successor process to serve from. Empty once the drain has started.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        let kept = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .map(|(name, fd)| Ok((name.clone(), fd.try_clone()?)))
+            .collect()
     }
 
     /// The bound address of each listener, by name, in config order.
@@ -298,6 +353,11 @@ impl Proxy {
         self.shared
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The sockets close with the accept loops (or stay open in a successor).
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let _ = self.stop.send(true);
         for t in self.tasks.lock().await.drain(..) {
             let _ = t.await;

@@ -3,8 +3,10 @@
 
 mod apikey;
 mod demo;
+mod notify;
 mod out;
 mod policytest;
+mod upgrade;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request; glibc's malloc
 /// spent a fifth of the instructions per request in the benchmark.
@@ -45,7 +47,8 @@ impl ConfigArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the configuration until SIGTERM or SIGINT; SIGHUP or a file change reloads it.
+    /// Serve the configuration until SIGTERM or SIGINT; SIGHUP or a file change reloads it;
+    /// SIGUSR2 hands the listening sockets to a new process of the binary and drains.
     Serve {
         #[command(flatten)]
         config: ConfigArg,
@@ -141,7 +144,11 @@ fn main() -> ExitCode {
             attributes: &attributes,
             key_file: key_file.as_deref(),
         }),
-        Command::Serve { config } => runtime().block_on(serve(config.path())),
+        Command::Serve { config } => {
+            // Before any thread starts: taking them clears the variables that name them.
+            let inherited = drawbridge_proxy::Inherited::from_env();
+            runtime().block_on(serve(config.path(), inherited))
+        }
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
     }
 }
@@ -225,16 +232,45 @@ fn schema(config: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(config: PathBuf) -> ExitCode {
-    let proxy = match Proxy::start(&config).await {
+async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitCode {
+    // The path this binary was started from, for a successor: a new binary installed there
+    // is the one an upgrade runs.
+    let exe = std::env::current_exe();
+    let proxy = match Proxy::start_with(&config, inherited).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{}", start_error(&e));
             return ExitCode::FAILURE;
         }
     };
+    // Ready: to systemd (`Type=notify`), or to the process this one replaces.
+    let notify = notify::Notify::from_env();
+    notify.ready();
     tokio::spawn(drawbridge_proxy::reload::run(proxy.clone()));
-    wait_for_stop().await;
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    let mut upgrades = upgrade_signals();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = upgrades.recv() => {
+                let Ok(exe) = &exe else {
+                    tracing::error!("upgrade refused: the path of this binary is unknown");
+                    continue;
+                };
+                match upgrade::start_successor(exe, &proxy, &notify).await {
+                    Ok(pid) => {
+                        tracing::info!(successor = pid, "upgrade: the new process serves; this one drains");
+                        // Under systemd, the successor is the service's main process now.
+                        notify.successor(pid);
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "upgrade failed; still serving"),
+                }
+            }
+        }
+    }
+    notify.stopping();
     tracing::info!("stopping: no new connections; draining in-flight requests");
     proxy.shutdown().await;
     tracing::info!("stopped");
@@ -255,6 +291,30 @@ fn start_error(e: &drawbridge_proxy::StartError) -> String {
         }
         drawbridge_proxy::StartError::Io { .. } => format!("error: {e}"),
     }
+}
+
+/// SIGUSR2s, one message each: each asks for an upgrade. Never one where there are no
+/// such signals.
+fn upgrade_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::user_defined2()) {
+            Ok(mut usr2) => {
+                tokio::spawn(async move {
+                    while usr2.recv().await.is_some() {
+                        // One upgrade at a time: a signal during one is dropped.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGUSR2; upgrades are off"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Waits for SIGTERM or SIGINT.
