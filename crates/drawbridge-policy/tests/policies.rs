@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use drawbridge_config::PrincipalKind;
 use drawbridge_identity::{AuthMethod, Principal};
 use drawbridge_policy::{Action, BadRequest, DecideError, Policies, RequestView};
+use drawbridge_testkit::config::{Config, strings};
 use drawbridge_testkit::policies::{SERVICES, SHOP, routes};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -620,10 +621,9 @@ fn templates_and_duplicate_ids_are_errors() {
 
 #[test]
 fn a_policy_for_no_authorized_route_is_a_warning() {
-    let config = config().replace(
-        "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]",
-        "name = \"reports\"\nprefix = \"/reports\"\nupstream = \"shop\"\nauthenticate = [\"corp\"]\nauthorize = false",
-    );
+    let config = Config::parse(&config())
+        .set(&format!("routes.{REPORTS}.authorize"), false)
+        .text();
     let f = fixture(
         &config,
         &[(
@@ -767,22 +767,32 @@ fn a_remembered_decision_is_never_taken_for_another_route() {
 
 // === Callers of different authenticators never share a name ===
 
-/// The shop config with a partner issuer admitted beside corp on every route.
-fn two_issuers(plain: &str) -> String {
-    config()
-        .replace("plain_names = [\"corp\"]", plain)
-        .replace("authenticate = [\"corp\"]", "authenticate = [\"corp\", \"partner\"]")
-        .replace(
-            "[policy]",
+/// The shop config with a partner issuer admitted beside corp on every route that
+/// authenticates, and `plain` as the authenticators policies name plainly.
+fn two_issuers(plain: &[&str]) -> String {
+    let mut c = Config::parse(&config())
+        .set("policy.plain_names", strings(plain))
+        .with(
             "[[authenticators]]\nname = \"partner\"\ntype = \"jwt\"\nissuer = \"https://partner.test/\"\n\
-             audiences = [\"drawbridge\"]\njwks_file = \"jwks.json\"\nclaims = { groups = \"groups\" }\n\n[policy]",
-        )
+             audiences = [\"drawbridge\"]\njwks_file = \"jwks.json\"\nclaims = { groups = \"groups\" }\n",
+        );
+    let routes = c
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .map_or(0, Vec::len);
+    for i in 0..routes {
+        let at = format!("routes.{i}.authenticate");
+        if c.get(&at).is_some() {
+            c = c.set(&at, strings(&["corp", "partner"]));
+        }
+    }
+    c.text()
 }
 
 #[test]
 fn a_partners_alice_or_admins_is_not_corps() {
     let f = fixture(
-        &two_issuers("plain_names = [\"corp\"]"),
+        &two_issuers(&["corp"]),
         &[(
             "policies/p.cedar",
             "@id(\"corp-alice\")\npermit (principal == User::\"alice\", action, resource == Route::\"reports\");\n\
@@ -845,13 +855,13 @@ fn a_partners_alice_or_admins_is_not_corps() {
 fn check_flags_names_that_no_or_several_authenticators_produce() {
     let policy = "@id(\"x\")\npermit (principal in Group::\"admins\", action, resource == Route::\"tenant-orders\");\n";
     // No plain authenticator: the plain name belongs to nobody.
-    let e = fixture(&two_issuers(""), &[("policies/p.cedar", policy)])
+    let e = fixture(&two_issuers(&[]), &[("policies/p.cedar", policy)])
         .err()
         .expect("refused");
     assert!(e.contains("names no authenticator's caller"), "{e}");
     // Two declared equivalent: a warning names them.
     let f = fixture(
-        &two_issuers("plain_names = [\"corp\", \"partner\"]"),
+        &two_issuers(&["corp", "partner"]),
         &[("policies/p.cedar", policy)],
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -873,12 +883,9 @@ fn check_flags_names_that_no_or_several_authenticators_produce() {
         let text = format!(
             "@id(\"x\")\npermit (principal in {bad}, action, resource == Route::\"tenant-orders\");\n"
         );
-        let e = fixture(
-            &two_issuers("plain_names = [\"corp\"]"),
-            &[("policies/p.cedar", &text)],
-        )
-        .err()
-        .unwrap_or_else(|| panic!("{bad} accepted"));
+        let e = fixture(&two_issuers(&["corp"]), &[("policies/p.cedar", &text)])
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
         assert!(e.contains(says), "{bad}: {e}");
     }
 }

@@ -1,12 +1,16 @@
 //! Test parts for Drawbridge: a recording upstream that keeps every request it received and
-//! echoes it back, certificates from a throwaway CA, and small client helpers. The demo uses
-//! the same upstream, so what the demo shows is what the tests check.
+//! echoes it back, certificates from a throwaway CA, signing keys and JWK Sets,
+//! configurations built as values, and (feature `harness`) the integration tests' harness:
+//! the real proxy or the real binary, and the clients that talk to them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod certs;
+pub mod config;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod jwks;
 pub mod jwt;
 pub mod policies;

@@ -2,17 +2,15 @@
 //! ready only when every issuer's keys are in hand and no drain has begun, and names what
 //! is missing otherwise.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use drawbridge_testkit::jwks::JwksServer;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks};
 use http::StatusCode;
 
-fn with_admin(up: &RecordingUpstream, jwks_url: &str) -> String {
+fn with_admin(up: &RecordingUpstream, jwks_url: &str) -> Config {
     config(&format!(
         r#"[admin]
 address = "127.0.0.1:0"

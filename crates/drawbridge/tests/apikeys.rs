@@ -1,12 +1,10 @@
 //! API keys end to end: made with `drawbridge apikey`, stored only as HMACs, checked by the
 //! real server, revoked by removing them; refused keys never reach the upstream.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use http::StatusCode;
 
 /// Runs the real binary's `apikey` subcommand; its stdout and stderr.
@@ -83,7 +81,7 @@ identity_headers = true
         secret.display(),
         up.url()
     ))
-    .replace("access_log = \"off\"", "access_log = \"access.jsonl\"");
+    .server("access_log", "access.jsonl");
     let h = Harness::start(&cfg).await;
     Setup {
         up,
@@ -275,10 +273,13 @@ async fn a_keys_file_outside_the_config_directory_is_watched() {
         "[[authenticators]]\nname = \"scripts\"\ntype = \"api_key\"\nheader = \"X-Api-Key\"\nkeys_file = \"{}\"\nsecret_file = \"{}\"\n\n{}",
         keys_file.display(),
         secret.display(),
-        upstream_and_route("app", &up.url()).replace("public = true", "authenticate = [\"scripts\"]\nauthorize = false")
+        upstream_and_route("app", &up.url())
     ))
-    .replace("watch = false", "watch = true");
-    std::fs::write(&path, cfg).expect("write config");
+    .remove("routes.0.public")
+    .set("routes.0.authenticate", strings(&["scripts"]))
+    .set("routes.0.authorize", false)
+    .server("watch", true);
+    std::fs::write(&path, cfg.text()).expect("write config");
     let bin = Binary::serve(&path);
     assert_eq!(
         get_with(&bin.url("/"), &[("x-api-key", &a)]).await.status,

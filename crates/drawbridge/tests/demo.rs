@@ -1,11 +1,9 @@
 //! README's first command: `drawbridge demo` works on its own and shows what it promises.
 
-mod common;
-
 use std::io::BufRead;
 use std::time::Duration;
 
-use common::*;
+use drawbridge_testkit::harness::*;
 use futures_util::FutureExt;
 
 #[tokio::test]

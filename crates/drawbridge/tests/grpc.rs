@@ -1,12 +1,10 @@
 //! gRPC through Drawbridge: unary and the three streaming shapes with trailers intact, the
 //! upstream's own statuses passed through, and Drawbridge's refusals as gRPC statuses.
 
-mod common;
-
-use common::*;
 use drawbridge_testkit::grpc::GrpcUpstream;
 use drawbridge_testkit::grpc::proto::Msg;
 use drawbridge_testkit::grpc::proto::echo_client::EchoClient;
+use drawbridge_testkit::harness::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;

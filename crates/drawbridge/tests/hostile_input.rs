@@ -4,13 +4,11 @@
 //! sent through the real server; what the upstream received is asserted, and nothing at all
 //! where the request is refused.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -25,8 +23,9 @@ struct Setup {
     token: String,
 }
 
-/// A JWT route on `/api`, a public catch-all, and `extra` TOML (more routes, settings).
-async fn setup(listener_extra: &str, api_extra: &str, extra: &str) -> Setup {
+/// A JWT route on `/api`, a public catch-all, and `extra` TOML (more routes, settings); the
+/// listener's `nonstandard_header_names` where given.
+async fn setup(nonstandard_header_names: Option<&str>, api_extra: &str, extra: &str) -> Setup {
     let up = RecordingUpstream::start().await;
     let key = SigningKey::generate(KeyType::P256, "k1");
     let n = now();
@@ -64,8 +63,11 @@ public = true
 {extra}
 "#,
         url = up.url()
-    ))
-    .replace(LISTENER_END, &listener(listener_extra));
+    ));
+    let cfg = match nonstandard_header_names {
+        Some(v) => cfg.listener("nonstandard_header_names", v),
+        None => cfg,
+    };
     let h = Harness::start_with(&cfg, &[("jwks.json", &jwks(&[&key]))]).await;
     Setup { h, up, token }
 }
@@ -137,7 +139,7 @@ fn spellings(name: &str) -> [String; 3] {
 
 #[tokio::test]
 async fn identity_headers_in_every_spelling_never_reach_the_upstream() {
-    let s = setup("", "", "").await;
+    let s = setup(None, "", "").await;
     // In batches that stay under the listener's header count limit.
     for (version, batch) in ["h1", "h2"]
         .into_iter()
@@ -185,7 +187,7 @@ async fn identity_headers_in_every_spelling_never_reach_the_upstream() {
 #[tokio::test]
 async fn names_with_underscores_or_dots_are_dropped_or_refused_as_the_listener_says() {
     // Default: dropped, the request served.
-    let s = setup("", "", "").await;
+    let s = setup(None, "", "").await;
     let req = b"GET /public HTTP/1.1\r\nHost: x\r\nX_App_Flag: 1\r\nX.Other: 2\r\nTransfer_Encoding: chunked\r\nX-Kept: 3\r\nConnection: close\r\n\r\n";
     let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
@@ -197,13 +199,13 @@ async fn names_with_underscores_or_dots_are_dropped_or_refused_as_the_listener_s
     }
 
     // `refuse`: 400 and nothing forwarded.
-    let s = setup("nonstandard_header_names = \"refuse\"", "", "").await;
+    let s = setup(Some("refuse"), "", "").await;
     let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
     assert_eq!(status_of(&reply), 400, "{reply}");
     assert_eq!(s.up.count(), 0);
 
     // `forward`: ordinary names pass, spellings of stripped names still never do.
-    let s = setup("nonstandard_header_names = \"forward\"", "", "").await;
+    let s = setup(Some("forward"), "", "").await;
     let req = b"GET /public HTTP/1.1\r\nHost: x\r\nX_App_Flag: 1\r\nX_Auth_User: root\r\nx.forwarded.user: root\r\nConnection: close\r\n\r\n";
     let reply = raw(s.h.addr, req, Duration::from_secs(2)).await;
     assert_eq!(status_of(&reply), 200, "{reply}");
@@ -222,7 +224,7 @@ async fn the_strip_list_extends_and_a_route_passes_what_it_names() {
          [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
         up.url()
     ))
-    .replace(SERVER_END, &server("strip_headers = [\"x-tenant-admin\", \"x-corp-*\"]"));
+    .server("strip_headers", strings(&["x-tenant-admin", "x-corp-*"]));
     let h = Harness::start(&cfg).await;
     let hdrs = [
         ("x-auth-request-email", "a@b"),
@@ -307,7 +309,7 @@ const HOSTILE_TRAILERS: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn request_trailers_are_dropped_unless_the_route_wants_them_and_then_sanitised() {
-    let s = setup("", "", "[[routes]]\nname = \"stream\"\nprefix = \"/stream\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nrequest_trailers = true\n").await;
+    let s = setup(None, "", "[[routes]]\nname = \"stream\"\nprefix = \"/stream\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nrequest_trailers = true\n").await;
     assert_eq!(
         post_with_trailers(&s, "/api/x", HOSTILE_TRAILERS).await,
         StatusCode::OK
@@ -338,7 +340,7 @@ async fn request_trailers_are_dropped_unless_the_route_wants_them_and_then_sanit
 
 #[tokio::test]
 async fn look_alike_paths_are_refused() {
-    let s = setup("", "", "").await;
+    let s = setup(None, "", "").await;
     for path in [
         "/public/..%EF%BC%8Fapi/users",
         "/public/%EF%BC%8E%EF%BC%8E/api/users",
@@ -371,7 +373,7 @@ async fn look_alike_paths_are_refused() {
 
 #[tokio::test]
 async fn credentials_in_the_query_are_refused_or_stripped() {
-    let s = setup("", "", "[[routes]]\nname = \"lenient\"\nprefix = \"/lenient\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nquery_credentials = \"strip\"\n").await;
+    let s = setup(None, "", "[[routes]]\nname = \"lenient\"\nprefix = \"/lenient\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nquery_credentials = \"strip\"\n").await;
     let auth = [("authorization", format!("Bearer {}", s.token))];
     let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for q in [
@@ -405,8 +407,7 @@ async fn credentials_in_the_query_are_refused_or_stripped() {
 
 #[tokio::test]
 async fn method_overrides_are_refused_where_the_method_matters() {
-    let s = setup(
-        "",
+    let s = setup(None,
         "",
         "[[routes]]\nname = \"reads\"\nprefix = \"/reads\"\nmethods = [\"GET\"]\nupstream = \"app\"\npublic = true\n\n\
          [[routes]]\nname = \"forms\"\nprefix = \"/forms\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nmethod_override = \"strip\"\n",
@@ -442,7 +443,7 @@ async fn method_overrides_are_refused_where_the_method_matters() {
 
 #[tokio::test]
 async fn two_content_types_and_padded_values_are_refused() {
-    let s = setup("", "", "").await;
+    let s = setup(None, "", "").await;
     let req = format!(
         "POST /api/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         s.token
@@ -463,8 +464,7 @@ async fn two_content_types_and_padded_values_are_refused() {
 
 #[tokio::test]
 async fn an_exact_path_owns_its_trailing_slash_forms() {
-    let s = setup(
-        "",
+    let s = setup(None,
         "",
         "[[routes]]\nname = \"admin\"\npath = \"/admin\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\n\n\
          [[routes]]\nname = \"orders\"\npath = \"/orders/{id}\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\n",
@@ -499,10 +499,8 @@ async fn every_refused_request_leaves_an_access_record_naming_its_host() {
     let up = RecordingUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        "access_log = \"off\"",
-        &format!("access_log = \"{}\"", log.display()),
-    );
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .server("access_log", log.display().to_string());
     let h = Harness::start(&cfg).await;
     let big = format!(
         "GET /x HTTP/1.1\r\nHost: big.test\r\nX-Big: {}\r\n\r\n",
@@ -566,7 +564,7 @@ async fn a_public_route_can_be_limited_to_source_networks_by_policy() {
          [policy]\nfiles = [\"p.cedar\"]\n",
         up.url()
     ))
-    .replace(SERVER_END, &server("trusted_proxies = [\"127.0.0.2\"]"));
+    .server("trusted_proxies", strings(&["127.0.0.2"]));
     let policies = "\
 @id(\"hooks-from-loopback\")\n\
 permit (principal is Anonymous, action == Action::\"POST\", resource == Route::\"hooks\")\n\
@@ -619,7 +617,7 @@ when { context.ip.isInRange(ip(\"192.0.2.0/24\")) };\n";
 
 #[tokio::test]
 async fn chunk_extensions_are_bounded_and_never_forwarded() {
-    let s = setup("", "", "").await;
+    let s = setup(None, "", "").await;
     let post = |ext: &str| {
         format!(
             "POST /public/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
@@ -649,8 +647,7 @@ async fn chunk_extensions_are_bounded_and_never_forwarded() {
 
 #[tokio::test]
 async fn form_fields_that_override_the_method_or_carry_a_credential_are_screened() {
-    let s = setup(
-        "",
+    let s = setup(None,
         "",
         "[[routes]]\nname = \"forms\"\nprefix = \"/forms\"\nupstream = \"app\"\nauthenticate = [\"corp\"]\nauthorize = false\nmethod_override = \"strip\"\nquery_credentials = \"strip\"\n",
     )

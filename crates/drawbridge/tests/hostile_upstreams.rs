@@ -1,13 +1,11 @@
 //! Upstreams are not trusted either: a response whose framing two parsers could read two
 //! ways, or a flood of interim responses, is answered 502 and its connection never reused.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use drawbridge_testkit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

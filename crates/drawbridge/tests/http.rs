@@ -1,12 +1,10 @@
 //! The HTTP pipeline through the real server against a recording upstream.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::Full;
 
@@ -157,7 +155,7 @@ async fn spoofed_identity_and_forwarding_headers_never_reach_the_upstream() {
 async fn x_forwarded_for_is_kept_only_from_trusted_peers() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
-    let trusted = config(&rest).replace(SERVER_END, &server("trusted_proxies = [\"127.0.0.0/8\"]"));
+    let trusted = config(&rest).server("trusted_proxies", strings(&["127.0.0.0/8"]));
     let h = Harness::start(&trusted).await;
     let req = "GET /x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nConnection: close\r\n\r\n";
     raw(h.addr, req.as_bytes(), Duration::from_secs(2)).await;
@@ -166,8 +164,7 @@ async fn x_forwarded_for_is_kept_only_from_trusted_peers() {
         Some("203.0.113.9, 10.0.0.1, 127.0.0.1")
     );
 
-    let untrusted =
-        config(&rest).replace(SERVER_END, &server("trusted_proxies = [\"10.0.0.0/8\"]"));
+    let untrusted = config(&rest).server("trusted_proxies", strings(&["10.0.0.0/8"]));
     let h2 = Harness::start(&untrusted).await;
     raw(h2.addr, req.as_bytes(), Duration::from_secs(2)).await;
     assert_eq!(
@@ -268,12 +265,11 @@ async fn http2_clients_and_h2c_upstreams() {
 async fn size_limits() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
-    let cfg = config(&rest).replace(
-        LISTENER_END,
-        &limits(
-            "max_body_bytes = 1000\nmax_uri_bytes = 200\nmax_headers = 20\nmax_header_bytes = 8192",
-        ),
-    );
+    let cfg = config(&rest)
+        .limits("max_body_bytes", 1000)
+        .limits("max_uri_bytes", 200)
+        .limits("max_headers", 20)
+        .limits("max_header_bytes", 8192);
     let h = Harness::start(&cfg).await;
 
     // Declared body too large: refused before the upstream is contacted.
@@ -338,7 +334,7 @@ async fn size_limits() {
 async fn header_read_timeout_answers_408_to_slow_request_heads() {
     let up = RecordingUpstream::start().await;
     let rest = upstream_and_route("app", &up.url());
-    let cfg = config(&rest).replace(LISTENER_END, &limits("header_read_timeout = \"300ms\""));
+    let cfg = config(&rest).limits("header_read_timeout", "300ms");
     let h = Harness::start(&cfg).await;
     // A head that never completes (slowloris): 408, then the connection closes.
     let started = std::time::Instant::now();
@@ -461,10 +457,8 @@ async fn access_log_has_one_line_per_request_without_secrets() {
     let up = RecordingUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("access.log");
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        "access_log = \"off\"",
-        &format!("access_log = \"{}\"", log.display()),
-    );
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .server("access_log", log.display().to_string());
     let h = Harness::start(&cfg).await;
     let req = Request::get(h.url("/ok?token=hunter2"))
         .header("authorization", "Bearer hunter2")
@@ -623,7 +617,8 @@ async fn routes_set_and_remove_headers_both_ways() {
                  [[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n\
                  [routes.request_headers]\nset = {{ \"{name}\" = \"x\" }}\n",
                 up.url()
-            )),
+            ))
+            .text(),
         )
         .expect("write");
         let e = drawbridge_proxy::compile(&path, None)

@@ -1,14 +1,12 @@
 //! Authentication through the real server: bearer JWTs checked against file and fetched
 //! JWK Sets, with real keys; every refused credential is shown never to reach the upstream.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::certs::TestCa;
+use drawbridge_testkit::harness::*;
 use drawbridge_testkit::jwks::JwksServer;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, encode_part, jwks, now, sign_hs256};
 use http::{Request, StatusCode};
@@ -19,7 +17,7 @@ const ISS: &str = "https://idp.test/";
 
 /// A JWT authenticator `name` for issuer `iss` with its keys from `source` (a TOML line),
 /// an upstream, and one route on `/` admitting it.
-fn jwt_config(up: &RecordingUpstream, source: &str, route_extra: &str) -> String {
+fn jwt_config(up: &RecordingUpstream, source: &str, route_extra: &str) -> Config {
     config(&format!(
         r#"[[authenticators]]
 name = "corp"
@@ -311,10 +309,7 @@ async fn the_access_log_says_why_without_the_token() {
     let key = SigningKey::generate(KeyType::Rsa, "k1");
     let (d, source) = jwks_file(&jwks(&[&key]));
     let log = d.path().join("access.log");
-    let cfg = jwt_config(&up, &source, "").replace(
-        "access_log = \"off\"",
-        &format!("access_log = \"{}\"", log.display()),
-    );
+    let cfg = jwt_config(&up, &source, "").server("access_log", log.display().to_string());
     let h = Harness::start(&cfg).await;
     let expired = key.sign(&with(claims(), "exp", json!(now() - 600)));
     let good = key.sign(&claims());
@@ -357,11 +352,10 @@ async fn several_issuers_each_verify_only_their_own_tokens() {
     let partner = SigningKey::generate(KeyType::P256, "partner-1");
     let (_d1, corp_src) = jwks_file(&jwks(&[&corp]));
     let (_d2, partner_src) = jwks_file(&jwks(&[&partner]));
-    let cfg = jwt_config(&up, &corp_src, "").replace(
-        "authenticate = [\"corp\"]",
-        "authenticate = [\"corp\", \"partner\"]",
-    ) + &format!(
-        r#"
+    let cfg = jwt_config(&up, &corp_src, "")
+        .set("routes.0.authenticate", strings(&["corp", "partner"]))
+        .with(&format!(
+            r#"
 [[authenticators]]
 name = "partner"
 type = "jwt"
@@ -370,7 +364,7 @@ audiences = ["drawbridge"]
 algorithms = ["ES256"]
 {partner_src}
 "#
-    );
+        ));
     let h = Harness::start(&cfg).await;
     let partner_claims = with(claims(), "iss", json!("https://partner.test/"));
     assert_eq!(
@@ -623,9 +617,8 @@ async fn per_request_eddsa_assertions_carry_the_request_id() {
     let up = RecordingUpstream::start().await;
     let key = SigningKey::generate(KeyType::P256, "k1");
     let (_d, source) = jwks_file(&jwks(&[&key]));
-    let cfg = jwt_config(&up, &source, "").replace(
-        SERVER_END,
-        &format!("{SERVER_END}\n\n[identity]\nissuer = \"https://gw.test\"\nalgorithm = \"EdDSA\"\nlifetime = \"30s\"\nper_request = true"),
+    let cfg = jwt_config(&up, &source, "").with(
+        "[identity]\nissuer = \"https://gw.test\"\nalgorithm = \"EdDSA\"\nlifetime = \"30s\"\nper_request = true",
     );
     let h = Harness::start(&cfg).await;
     let token = key.sign(&claims());
@@ -660,10 +653,11 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     let up = RecordingUpstream::start().await;
     let key = SigningKey::generate(KeyType::Rsa, "k1");
     let (_d, source) = jwks_file(&jwks(&[&key]));
-    let cfg = jwt_config(&up, &source, "identity_headers = true").replace(
-        SERVER_END,
-        &format!("{SERVER_END}\n\n[identity]\nheader = \"X-Identity\""),
-    ) + "\n[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"app\"\npublic = true\n";
+    let cfg = jwt_config(&up, &source, "identity_headers = true")
+        .with("[identity]\nheader = \"X-Identity\"")
+        .with(
+            "[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"app\"\npublic = true\n",
+        );
     let h = Harness::start(&cfg).await;
     let token = key.sign(&with(claims(), "groups", json!(["eng", "a,b", "ops"])));
     let auth = format!("Bearer {token}");

@@ -1,14 +1,12 @@
 //! Service identity by client certificate: a TLS listener checks certificates against its
 //! CA, and an `mtls` authenticator admits SPIFFE ids or DNS names in its trust domain.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::certs::{Leaf, TestCa};
+use drawbridge_testkit::harness::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -64,12 +62,12 @@ public = true
 "#,
         up.url()
     ))
-    .replace("access_log = \"off\"", "access_log = \"access.log\"")
-    .replace(
-        LISTENER_END,
-        &listener(&format!(
-            "[listeners.tls]\nclient_ca_file = \"{d}/clients.pem\"\nclient_auth = \"{client_auth}\"\n\
-             [[listeners.tls.certificates]]\ncert = \"{d}/gw.crt\"\nkey = \"{d}/gw.key\"\n"
+    .server("access_log", "access.log")
+    .listener(
+        "tls",
+        table(&format!(
+            "client_ca_file = \"{d}/clients.pem\"\nclient_auth = \"{client_auth}\"\n\
+             [[certificates]]\ncert = \"{d}/gw.crt\"\nkey = \"{d}/gw.key\"\n"
         )),
     );
     let h = Harness::start(&cfg).await;
@@ -152,11 +150,11 @@ async fn a_trust_domain_is_bound_to_its_own_ca_and_a_removed_ca_stops_open_conne
     let other = TestCa::new("other mesh ca");
     let both = format!("{}{}", s.client_ca.cert_pem, other.cert_pem);
     drawbridge_testkit::write_file(&d, "both.pem", &both);
-    let cfg = std::fs::read_to_string(s.h.config_path()).expect("config");
-    // The listener's `client_ca_file` comes first in the file, the authenticator's after.
-    let cfg = cfg.replacen("clients.pem", "both.pem", 1);
-    assert!(cfg.contains("both.pem\"\nclient_auth"), "{cfg}");
-    std::fs::write(s.h.config_path(), &cfg).expect("write");
+    let cfg = Config::parse(&std::fs::read_to_string(s.h.config_path()).expect("config")).listener(
+        "tls.client_ca_file",
+        d.join("both.pem").display().to_string(),
+    );
+    std::fs::write(s.h.config_path(), cfg.text()).expect("write");
     s.h.proxy.reload().expect("reload");
     let forged = other.client(&["spiffe://prod.test/ns/billing/sa/api"], false);
     assert_eq!(

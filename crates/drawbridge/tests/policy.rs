@@ -2,13 +2,11 @@
 //! and caller; every refusal is shown never to reach the upstream, and every decision to be
 //! in the audit trail.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use drawbridge_testkit::jwt::{KeyType, SigningKey, jwks, now};
 use drawbridge_testkit::policies::{SERVICES, SHOP, routes};
 use http::{Request, StatusCode};
@@ -43,7 +41,7 @@ fn policy_config(
     shop: &RecordingUpstream,
     ledger: &RecordingUpstream,
     policy_extra: &str,
-) -> String {
+) -> Config {
     config(&format!(
         r#"[[authenticators]]
 name = "corp"
@@ -90,10 +88,7 @@ authenticate = ["corp"]
 "#,
         routes = routes(&shop.url(), &ledger.url()),
     ))
-    .replace(
-        "watch = false",
-        "watch = false\naudit_log = \"audit.jsonl\"",
-    )
+    .server("audit_log", "audit.jsonl")
 }
 
 async fn setup_with(policy_extra: &str, extra_files: &[(&str, &str)]) -> Setup {

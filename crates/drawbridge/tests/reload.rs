@@ -1,17 +1,15 @@
 //! Live reload and graceful shutdown: valid changes apply without dropping requests, invalid
 //! ones leave the old configuration serving, SIGTERM drains what is in flight.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use http::StatusCode;
 
-fn two_routes(up: &str, second: &str) -> String {
+fn two_routes(up: &str, second: &str) -> Config {
     config(&format!(
         "[[upstreams]]\nname = \"app\"\nendpoints = [\"{up}\"]\n\n\
          [[routes]]\nname = \"old\"\nprefix = \"/old\"\nstrip_prefix = true\nupstream = \"app\"\npublic = true\n\n{second}"
@@ -49,7 +47,7 @@ async fn valid_reload_under_load_drops_nothing() {
         let second = format!(
             "[[routes]]\nname = \"new{i}\"\nprefix = \"/new{i}\"\nupstream = \"app\"\npublic = true\n"
         );
-        std::fs::write(h.config_path(), two_routes(&up.url(), &second)).expect("write");
+        std::fs::write(h.config_path(), two_routes(&up.url(), &second).text()).expect("write");
         h.proxy.reload().expect("valid reload");
         assert_eq!(
             get(&h.url(&format!("/new{i}"))).await.status,
@@ -80,10 +78,19 @@ async fn invalid_reload_keeps_the_old_config_serving() {
     let up = RecordingUpstream::start().await;
     let h = Harness::start(&two_routes(&up.url(), "")).await;
     let version = h.proxy.version();
-    std::fs::write(h.config_path(), two_routes(&up.url(), "[[routes]]\nname = \"broken\"\nprefix = \"/new\"\nupstream = \"missing\"\npublic = true\n")).expect("write");
+    let broken = two_routes(
+        &up.url(),
+        "[[routes]]\nname = \"broken\"\nprefix = \"/new\"\nupstream = \"missing\"\npublic = true\n",
+    )
+    .text();
+    std::fs::write(h.config_path(), &broken).expect("write");
     let err = h.proxy.reload().expect_err("must refuse");
     let text = err.to_string();
-    assert!(text.contains("drawbridge.toml:23:12"), "{text}");
+    let at = format!(
+        "drawbridge.toml:{}:12",
+        line_of(&broken, "upstream = \"missing\"")
+    );
+    assert!(text.contains(&at), "{text}\nexpected {at}");
     assert!(text.contains("routes[1].upstream"), "{text}");
     assert_eq!(h.proxy.version(), version);
     assert_eq!(get(&h.url("/old")).await.status, StatusCode::OK);
@@ -91,7 +98,9 @@ async fn invalid_reload_keeps_the_old_config_serving() {
 
     std::fs::write(
         h.config_path(),
-        two_routes(&up.url(), "").replace("127.0.0.1:0", "127.0.0.1:1"),
+        two_routes(&up.url(), "")
+            .listener("address", "127.0.0.1:1")
+            .text(),
     )
     .expect("write");
     assert!(matches!(
@@ -111,7 +120,9 @@ async fn requests_in_flight_finish_on_their_snapshot() {
     // The new config removes the route the slow request is on.
     std::fs::write(
         h.config_path(),
-        two_routes(&up.url(), "").replace("prefix = \"/old\"", "prefix = \"/other\""),
+        two_routes(&up.url(), "")
+            .set("routes.0.prefix", "/other")
+            .text(),
     )
     .expect("write");
     h.proxy.reload().expect("valid");
@@ -134,7 +145,7 @@ async fn the_binary_reloads_on_file_change_and_sighup_and_drains_on_sigterm() {
     // Kubernetes-style: the config is a symlink into a data directory that is swapped.
     let data1 = dir.path().join("data-1");
     std::fs::create_dir(&data1).expect("mkdir");
-    let cfg = |second: &str| two_routes(&up.url(), second).replace("watch = false", "watch = true");
+    let cfg = |second: &str| two_routes(&up.url(), second).server("watch", true).text();
     std::fs::write(data1.join("drawbridge.toml"), cfg("")).expect("write");
     std::os::unix::fs::symlink("data-1", dir.path().join("..data")).expect("symlink");
     std::os::unix::fs::symlink("..data/drawbridge.toml", dir.path().join("drawbridge.toml"))
@@ -238,8 +249,9 @@ async fn only_the_configs_own_files_reload_and_a_refusal_is_said_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("drawbridge.toml");
     let cfg = two_routes(&up.url(), "")
-        .replace("watch = false", "watch = true")
-        .replace("access_log = \"off\"", "access_log = \"access.jsonl\"");
+        .server("watch", true)
+        .server("access_log", "access.jsonl")
+        .text();
     std::fs::write(&path, &cfg).expect("write");
     let bin = Binary::serve_logging(&path, "info,drawbridge_proxy::reload=debug");
     let reloads = |log: &str| log.matches("cause=\"file change\"").count();
@@ -326,21 +338,18 @@ async fn served(addr: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
 #[tokio::test]
 async fn a_reload_applies_a_new_connection_cap() {
     let up = RecordingUpstream::start().await;
-    let cfg = |cap: usize| {
-        two_routes(&up.url(), "")
-            .replace(LISTENER_END, &limits(&format!("max_connections = {cap}")))
-    };
+    let cfg = |cap: usize| two_routes(&up.url(), "").limits("max_connections", cap as i64);
     let h = Harness::start(&cfg(2)).await;
     let a = served(h.addr).await.expect("first");
     let b = served(h.addr).await.expect("second");
     assert!(served(h.addr).await.is_none(), "served past the cap of 2");
-    std::fs::write(h.config_path(), cfg(4)).expect("write");
+    std::fs::write(h.config_path(), cfg(4).text()).expect("write");
     h.proxy.reload().expect("reload");
     let c = served(h.addr).await.expect("served under the cap of 4");
     let d = served(h.addr).await;
     assert!(d.is_some(), "the fourth slot");
     // Lowered to 1 with 4 open: nothing new until three have closed.
-    std::fs::write(h.config_path(), cfg(1)).expect("write");
+    std::fs::write(h.config_path(), cfg(1).text()).expect("write");
     h.proxy.reload().expect("reload");
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(100)).await;

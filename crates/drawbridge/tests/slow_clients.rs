@@ -2,12 +2,10 @@
 //! and never counted against the upstream, idle and silent connections are closed on time,
 //! and connections do not outlive their maximum age.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,7 +28,7 @@ async fn fragile_over(
          [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
         up.url()
     ))
-    .replace(LISTENER_END, &limits(limits_toml));
+    .listener("limits", table(limits_toml));
     (up, Harness::start(&cfg).await)
 }
 
@@ -126,13 +124,14 @@ async fn tls_listener(
     drawbridge_testkit::write_file(dir.path(), "a.crt", &leaf.cert_pem);
     drawbridge_testkit::write_file(dir.path(), "a.key", &leaf.key_pem);
     let d = dir.path().display();
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        LISTENER_END,
-        &format!(
-            "{LISTENER_END}\n[listeners.limits]\n{limits_toml}\n[listeners.tls]\n\
-             [[listeners.tls.certificates]]\ncert = \"{d}/a.crt\"\nkey = \"{d}/a.key\"\n"
-        ),
-    );
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .listener("limits", table(limits_toml))
+        .listener(
+            "tls",
+            table(&format!(
+                "[[certificates]]\ncert = \"{d}/a.crt\"\nkey = \"{d}/a.key\"\n"
+            )),
+        );
     let h = Harness::start(&cfg).await;
     (ca, h, dir, up)
 }

@@ -1,10 +1,8 @@
 //! Malformed and smuggling-shaped HTTP/1.1 on raw sockets: each is refused, or normalised so
 //! that the upstream sees exactly one well-formed request; framing errors close the connection.
 
-mod common;
-
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 
 struct Case {
     name: &'static str,

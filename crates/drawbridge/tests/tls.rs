@@ -1,14 +1,12 @@
 //! TLS termination: SNI picks the certificate, ALPN offers h2 and http/1.1, old protocol
 //! versions are refused, and the upstream learns the request came over HTTPS.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::certs::TestCa;
+use drawbridge_testkit::harness::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -37,12 +35,12 @@ async fn setup_with(min_version: &str, extra: &str) -> Tls {
         drawbridge_testkit::write_file(dir.path(), &format!("{name}.key"), &leaf.key_pem);
     }
     let d = dir.path().display();
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        LISTENER_END,
-        &listener(&format!(
-            "[listeners.tls]\nmin_version = \"{min_version}\"\n{extra}\n\
-             [[listeners.tls.certificates]]\ncert = \"{d}/a.test.crt\"\nkey = \"{d}/a.test.key\"\nserver_names = [\"a.test\"]\n\
-             [[listeners.tls.certificates]]\ncert = \"{d}/b.test.crt\"\nkey = \"{d}/b.test.key\"\nserver_names = [\"b.test\"]\n"
+    let cfg = config(&upstream_and_route("app", &up.url())).listener(
+        "tls",
+        table(&format!(
+            "min_version = \"{min_version}\"\n{extra}\n\
+             [[certificates]]\ncert = \"{d}/a.test.crt\"\nkey = \"{d}/a.test.key\"\nserver_names = [\"a.test\"]\n\
+             [[certificates]]\ncert = \"{d}/b.test.crt\"\nkey = \"{d}/b.test.key\"\nserver_names = [\"b.test\"]\n"
         )),
     );
     let h = Harness::start(&cfg).await;
@@ -163,18 +161,21 @@ async fn a_key_that_does_not_match_its_certificate_is_a_config_error() {
     let b = ca.leaf(&["b.test"]);
     drawbridge_testkit::write_file(dir.path(), "a.crt", &a.cert_pem);
     drawbridge_testkit::write_file(dir.path(), "b.key", &b.key_pem);
-    let cfg = config(&upstream_and_route("app", "http://127.0.0.1:9")).replace(
-        LISTENER_END,
-        &listener(
-            "[listeners.tls]\n[[listeners.tls.certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n",
-        ),
+    let cfg = config(&upstream_and_route("app", "http://127.0.0.1:9")).listener(
+        "tls",
+        table("[[certificates]]\ncert = \"a.crt\"\nkey = \"b.key\"\n"),
     );
-    let path = drawbridge_testkit::write_file(dir.path(), "drawbridge.toml", &cfg);
+    let text = cfg.text();
+    let path = drawbridge_testkit::write_file(dir.path(), "drawbridge.toml", &text);
     let err = drawbridge_proxy::compile(&path, None)
         .err()
         .expect("mismatch refused")
         .to_string();
-    assert!(err.contains("drawbridge.toml:9:1"), "{err}");
+    let at = format!(
+        "drawbridge.toml:{}:1",
+        line_of(&text, "[[listeners.tls.certificates]]")
+    );
+    assert!(err.contains(&at), "{err}\nexpected {at}");
     assert!(err.contains("listeners[0].tls.certificates[0]"), "{err}");
     assert!(err.contains("does not belong"), "{err}");
 }

@@ -2,15 +2,13 @@
 //! process of the binary, which serves from them while the old one drains and exits; a
 //! successor that cannot start leaves the old process serving.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
@@ -136,7 +134,8 @@ async fn sigusr2_hands_the_sockets_over_under_load_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 1. A successor that cannot start (its configuration no longer loads) changes nothing.
-    std::fs::write(&path, good.replace("[[routes]]", "[[routes]]\nbogus = 1")).expect("write");
+    let broken = Config::parse(&good).set("routes.0.bogus", 1).text();
+    std::fs::write(&path, broken).expect("write");
     bin.signal("USR2");
     assert!(
         eventually(Duration::from_secs(20), || async {

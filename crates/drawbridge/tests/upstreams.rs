@@ -1,14 +1,12 @@
 //! Upstream behaviour: HTTPS with a private CA, load balancing, connection limits and idle
 //! timeouts.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::certs::TestCa;
+use drawbridge_testkit::harness::*;
 use http::{StatusCode, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,10 +110,9 @@ async fn get_owned(url: String) -> Reply {
 #[tokio::test]
 async fn connection_cap_and_idle_timeout() {
     let up = RecordingUpstream::start().await;
-    let cfg = config(&upstream_and_route("app", &up.url())).replace(
-        LISTENER_END,
-        &limits("max_connections = 2\nidle_timeout = \"400ms\""),
-    );
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .limits("max_connections", 2)
+        .limits("idle_timeout", "400ms");
     let h = Harness::start(&cfg).await;
     let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut first = tokio::net::TcpStream::connect(h.addr)
@@ -209,8 +206,7 @@ async fn upstream_connections_are_reused_only_after_complete_exchanges() {
 #[tokio::test]
 async fn http2_stream_cap_holds_excess_streams_back() {
     let up = RecordingUpstream::start().await;
-    let cfg = config(&upstream_and_route("app", &up.url()))
-        .replace(LISTENER_END, &limits("max_concurrent_streams = 2"));
+    let cfg = config(&upstream_and_route("app", &up.url())).limits("max_concurrent_streams", 2);
     let h = Harness::start(&cfg).await;
     let client = h2_client();
     // Warm the connection so the client has seen the server's SETTINGS.

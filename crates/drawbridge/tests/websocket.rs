@@ -1,11 +1,9 @@
 //! WebSockets: an upgrade passes only once the request was admitted, then frames flow both
 //! ways until either side closes.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use drawbridge_testkit::harness::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -134,7 +132,7 @@ async fn idle_websockets_are_closed_and_busy_ones_are_not() {
     let cfg = config(&format!(
         "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"ws\"\nprefix = \"/ws\"\nupstream = \"ws\"\npublic = true\n"
     ))
-    .replace(LISTENER_END, &limits("idle_timeout = \"300ms\""));
+    .limits("idle_timeout", "300ms");
     let h = Harness::start(&cfg).await;
 
     // Traffic every 150 ms for well over the idle timeout: the socket stays open.
@@ -195,10 +193,7 @@ public = true
 max_stream_lifetime = "1s"
 "#
     ))
-    .replace(
-        common::SERVER_END,
-        &common::server("audit_log = \"audit.log\""),
-    );
+    .server("audit_log", "audit.log");
     Harness::start_with(
         &cfg,
         &[("jwks.json", &drawbridge_testkit::jwt::jwks(&[key]))],
@@ -336,7 +331,7 @@ async fn a_tunnel_ends_when_a_reload_makes_the_policies_refuse_it() {
          [[routes]]\nname = \"live\"\nprefix = \"/live\"\nupstream = \"ws\"\npublic = true\nauthorize = true\n\n\
          [policy]\nfiles = [\"p.cedar\"]\n"
     ))
-    .replace(common::SERVER_END, &common::server("audit_log = \"audit.log\""));
+    .server("audit_log", "audit.log");
     let h = Harness::start_with(&cfg, &[("p.cedar", &allow("127.0.0.0/8"))]).await;
     let mut ws = open_ws(&h, "/live", None).await;
     // A reload that changes nothing for it leaves it open.
@@ -373,7 +368,7 @@ async fn tunnels_count_in_the_connection_cap_and_the_upstream_cap() {
             "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\nmax_requests = 1\n\n\
              [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
         ))
-        .replace(LISTENER_END, &limits("max_connections = 2")),
+        .limits("max_connections", 2),
     )
     .await;
     let mut ws = open_ws(&h, "/chat", None).await;
@@ -431,7 +426,7 @@ async fn a_tunnels_log_line_is_written_when_it_ends() {
             "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n\
              [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
         ))
-        .replace("access_log = \"off\"", "access_log = \"access.jsonl\""),
+        .server("access_log", "access.jsonl"),
     )
     .await;
     let mut ws = open_ws(&h, "/chat", None).await;
@@ -482,7 +477,8 @@ async fn draining_closes_tunnels_with_going_away() {
             "[[upstreams]]\nname = \"ws\"\nendpoints = [\"{url}\"]\n\n\
              [[routes]]\nname = \"ws\"\nprefix = \"/\"\nupstream = \"ws\"\npublic = true\n"
         ))
-        .replace(SERVER_END, &server("shutdown_timeout = \"20s\"")),
+        .server("shutdown_timeout", "20s")
+        .text(),
     )
     .expect("write");
     let mut bin = Binary::serve(&path);

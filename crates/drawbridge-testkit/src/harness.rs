@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: start the real server from a config string,
-//! talk to it with real clients or raw sockets.
-#![allow(dead_code)]
+//! The integration tests' harness: the real server started in the test's process from a
+//! configuration, or the real `drawbridge` binary serving one, and real clients (hyper's,
+//! or raw sockets) to talk to them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use drawbridge_proxy::Proxy;
+
+pub use crate::config::{Config, line_of, strings, table};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -18,18 +20,22 @@ use tokio::net::TcpStream;
 
 /// A proxy running in this process from a config written to a temporary directory.
 pub struct Harness {
+    /// The running proxy.
     pub proxy: Arc<Proxy>,
+    /// Where its configuration and files are.
     pub dir: tempfile::TempDir,
+    /// Its first listener's address.
     pub addr: SocketAddr,
 }
 
 impl Harness {
-    pub async fn start(config: &str) -> Harness {
+    /// Starts the proxy on `config` (TOML text, or a [`Config`]).
+    pub async fn start(config: &impl std::fmt::Display) -> Harness {
         Self::start_with(config, &[]).await
     }
 
     /// Starts with `files` (name, contents) written beside the config first.
-    pub async fn start_with(config: &str, files: &[(&str, &str)]) -> Harness {
+    pub async fn start_with(config: &impl std::fmt::Display, files: &[(&str, &str)]) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, contents) in files {
             let p = dir.path().join(name);
@@ -39,7 +45,7 @@ impl Harness {
             std::fs::write(&p, contents).expect("write file");
         }
         let path = dir.path().join("drawbridge.toml");
-        std::fs::write(&path, config).expect("write config");
+        std::fs::write(&path, config.to_string()).expect("write config");
         let proxy = Proxy::start(&path)
             .await
             .unwrap_or_else(|e| panic!("start failed:\n{e}"));
@@ -47,66 +53,54 @@ impl Harness {
         Harness { proxy, dir, addr }
     }
 
+    /// The configuration file.
     pub fn config_path(&self) -> std::path::PathBuf {
         self.dir.path().join("drawbridge.toml")
     }
 
+    /// `http://` its first listener, then `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 }
 
-/// One listener on 127.0.0.1:0, access log off, plus `rest`.
-pub fn config(rest: &str) -> String {
-    format!(
-        "[server]\naccess_log = \"off\"\nwatch = false\n\n[[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:0\"\n\n{rest}"
-    )
+/// One listener on 127.0.0.1:0, the access log off, plus what `rest` says.
+pub fn config(rest: &str) -> Config {
+    Config::new().with(rest)
 }
 
-/// The line `config` ends its `[server]` table with, for `.replace(SERVER_END, &server(..))`.
-pub const SERVER_END: &str = "watch = false";
-/// The line `config` ends its listener with, for `.replace(LISTENER_END, &limits(..))`.
-pub const LISTENER_END: &str = "address = \"127.0.0.1:0\"";
-
-/// `config`'s server table with `extra` settings added.
-pub fn server(extra: &str) -> String {
-    format!("{SERVER_END}\n{extra}")
-}
-
-/// `config`'s listener with a `[listeners.limits]` table holding `extra`.
-pub fn limits(extra: &str) -> String {
-    format!("{LISTENER_END}\n[listeners.limits]\n{extra}")
-}
-
-/// `config`'s listener with more TOML after it (a `[listeners.tls]` table).
-pub fn listener(extra: &str) -> String {
-    format!("{LISTENER_END}\n{extra}")
-}
-
-/// An upstream named `name` at `url` and a public catch-all route to it.
+/// An upstream named `name` at `url` and a public catch-all route to it, as TOML.
 pub fn upstream_and_route(name: &str, url: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"{name}\"\nendpoints = [\"{url}\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"{name}\"\npublic = true\n"
     )
 }
 
+/// A response, read whole.
 pub struct Reply {
+    /// Its status.
     pub status: StatusCode,
+    /// Its headers.
     pub headers: HeaderMap,
+    /// Its body, as text.
     pub body: String,
+    /// Its trailers, if it had any.
     pub trailers: Option<HeaderMap>,
 }
 
+/// An HTTP/1.1 client (keeping connections).
 pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// An HTTP/2 client (prior knowledge, plaintext).
 pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
 }
 
+/// Sends `req` with `client` and reads the whole response (10 s at most).
 pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
     let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
@@ -123,6 +117,7 @@ pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full
     }
 }
 
+/// GET `url`.
 pub async fn get(url: &str) -> Reply {
     let req = Request::get(url)
         .body(Full::new(Bytes::new()))
@@ -183,10 +178,30 @@ pub fn status_of(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// The `drawbridge` binary cargo built beside the running test (`target/<profile>/`; the
+/// test itself runs from `deps/` below it).
+pub fn drawbridge_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from target/<profile>/deps");
+    let bin = dir.join("drawbridge");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the binary first (cargo builds it for the drawbridge crate's tests)",
+        bin.display()
+    );
+    bin
+}
+
 /// The real `drawbridge` binary, serving a config file; killed when dropped.
 pub struct Binary {
+    /// The process.
     pub child: std::process::Child,
+    /// Its first listener's address, as it logged it.
     pub addr: SocketAddr,
+    /// What it wrote to stderr so far.
     pub stderr: Arc<std::sync::Mutex<String>>,
 }
 
@@ -199,7 +214,7 @@ impl Binary {
     /// The same, with `DRAWBRIDGE_LOG` set to `filter`.
     pub fn serve_logging(path: &std::path::Path, filter: &str) -> Binary {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
+        let mut child = std::process::Command::new(drawbridge_binary())
             .args(["serve", "--config"])
             .arg(path)
             .env("DRAWBRIDGE_LOG", filter)
@@ -242,6 +257,7 @@ impl Binary {
         }
     }
 
+    /// Sends it `sig` (`HUP`, `TERM`, `USR2`...).
     pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
@@ -251,10 +267,12 @@ impl Binary {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// Its stderr so far.
     pub fn log(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// `http://` its first listener, then `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
