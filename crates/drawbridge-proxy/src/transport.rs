@@ -301,3 +301,147 @@ pub enum ConnectError {
         source: hyper::Error,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A plaintext HTTP/1.1 upstream answering 200 (closing after each response when
+    /// `close`), counting the connections it accepted.
+    async fn upstream(close: bool) -> (Endpoint, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        let mut res = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                        if close {
+                            res.headers_mut()
+                                .insert(http::header::CONNECTION, "close".parse().expect("value"));
+                        }
+                        Ok::<_, std::convert::Infallible>(res)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let ep = Endpoint {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        (ep, accepted)
+    }
+
+    fn transport(idle_timeout: Duration, max_idle: usize) -> Transport {
+        Transport::new(
+            UpstreamProtocol::Http1,
+            None,
+            None,
+            Duration::from_secs(2),
+            idle_timeout,
+            max_idle,
+        )
+    }
+
+    /// One exchange on a checked-out connection; the connection, to give back.
+    async fn exchange(t: &Transport, ep: &Endpoint, conns: &Connections) -> Checkout {
+        let mut c = t.checkout(ep, conns, false).await.expect("checkout");
+        let req = Request::get("/")
+            .body(RequestBody::empty())
+            .expect("request");
+        let res = c
+            .sender
+            .send(req)
+            .await
+            .map_err(|e| e.into_error())
+            .expect("send");
+        assert_eq!(res.status(), 200);
+        // The exchange is complete once the body is read.
+        let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+        c
+    }
+
+    fn give_back(t: &Transport, conns: &Connections, c: Checkout) {
+        if let Sender::Http1(s) = c.sender {
+            t.give_back(conns, s);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_is_reused() {
+        let (ep, accepted) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 8),
+            Connections::default(),
+        );
+        let first = exchange(&t, &ep, &conns).await;
+        assert_eq!(first.idle_for, Duration::ZERO, "new");
+        give_back(&t, &conns, first);
+        let second = exchange(&t, &ep, &conns).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for both"
+        );
+        give_back(&t, &conns, second);
+        assert_eq!(lock(&conns.idle).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_not_reused() {
+        let (ep, accepted) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_millis(50), 8),
+            Connections::default(),
+        );
+        let first = exchange(&t, &ep, &conns).await;
+        give_back(&t, &conns, first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = exchange(&t, &ep, &conns).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        let (ep, accepted) = upstream(true).await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 8),
+            Connections::default(),
+        );
+        let first = exchange(&t, &ep, &conns).await;
+        // Closed by the upstream (`Connection: close`): noticed now or at the next checkout.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        give_back(&t, &conns, first);
+        let _ = exchange(&t, &ep, &conns).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_connections_are_kept() {
+        let (ep, accepted) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 2),
+            Connections::default(),
+        );
+        // Three exchanges at once: three connections.
+        let a = exchange(&t, &ep, &conns).await;
+        let b = exchange(&t, &ep, &conns).await;
+        let c = exchange(&t, &ep, &conns).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        for x in [a, b, c] {
+            give_back(&t, &conns, x);
+        }
+        assert_eq!(lock(&conns.idle).len(), 2, "the third is dropped");
+    }
+}
