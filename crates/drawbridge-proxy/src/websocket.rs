@@ -183,42 +183,19 @@ where
     let mut copied: u64 = 0;
     loop {
         let asked = *ending.borrow();
-        // What can go now: whole frame headers and the payload that is here; once an ending
-        // is asked for, nothing past the frame in flight.
-        let mut ready = 0usize;
-        loop {
-            if remaining > 0 {
-                let take = remaining.min((buf.len() - ready) as u64);
-                ready += take as usize;
-                remaining -= take;
-                if remaining > 0 {
-                    break;
-                }
-            }
-            if ready == buf.len() || asked.is_some() {
-                break;
-            }
-            let mut cursor = Cursor::new(&buf[ready..]);
-            match FrameHeader::parse(&mut cursor) {
-                Ok(Some((_, len))) => {
-                    ready += cursor.position() as usize;
-                    remaining = len;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Not WebSocket framing: nothing more is relayed in this direction.
-                    tracing::debug!(error = %e, "websocket frame unreadable; relay ended");
-                    let _ = to.shutdown().await;
-                    return copied;
-                }
-            }
-        }
+        let (ready, broken) = sendable(&buf, &mut remaining, asked.is_some());
         if ready > 0 {
             if to.write_all(&buf[..ready]).await.is_err() {
                 return copied;
             }
             copied += ready as u64;
             buf.advance(ready);
+        }
+        if let Some(e) = broken {
+            // Not WebSocket framing: the frames before it went; nothing more does.
+            tracing::debug!(error = %e, "websocket frame unreadable; relay ended");
+            let _ = to.shutdown().await;
+            return copied;
         }
         // Between frames (a partial header not yet sent): an ending can be said here.
         let boundary = remaining == 0;
@@ -237,6 +214,43 @@ where
                 Ok(_) => {}
             },
             _ = ending.changed(), if boundary => {}
+        }
+    }
+}
+
+/// How many bytes at the start of `buf` can be relayed now: the payload of the frame in
+/// flight that is here (`remaining` bytes of it were still to come; updated), then whole
+/// frame headers and the payload after each, as far as `buf` goes. With `ending`, nothing
+/// past the frame in flight: the relay stops at the next boundary. A frame header cut at
+/// the end of `buf` waits for the rest. A header that is not WebSocket framing ends the
+/// walk: the bytes before it can still go, with the error after them. Public for the fuzz
+/// target.
+pub fn sendable(
+    buf: &[u8],
+    remaining: &mut u64,
+    ending: bool,
+) -> (usize, Option<tungstenite::Error>) {
+    let mut ready = 0usize;
+    loop {
+        if *remaining > 0 {
+            let take = (*remaining).min((buf.len() - ready) as u64);
+            ready += take as usize;
+            *remaining -= take;
+            if *remaining > 0 {
+                return (ready, None);
+            }
+        }
+        if ready == buf.len() || ending {
+            return (ready, None);
+        }
+        let mut cursor = Cursor::new(&buf[ready..]);
+        match FrameHeader::parse(&mut cursor) {
+            Ok(Some((_, len))) => {
+                ready += cursor.position() as usize;
+                *remaining = len;
+            }
+            Ok(None) => return (ready, None),
+            Err(e) => return (ready, Some(e)),
         }
     }
 }
@@ -342,5 +356,69 @@ mod tests {
             *b ^= mask[i % 4];
         }
         assert_eq!(payload, [0x03, 0xe9, b'b', b'y', b'e']);
+    }
+
+    /// Walks `input` in chunks of `cut` bytes as the relay does, asking for an ending once
+    /// `end_after` bytes have arrived: what it sends, and whether the framing was refused.
+    fn walk(input: &[u8], cut: usize, end_after: Option<usize>) -> (Vec<u8>, bool) {
+        let (mut buf, mut out, mut remaining) = (Vec::new(), Vec::new(), 0u64);
+        for chunk in input.chunks(cut.max(1)) {
+            buf.extend_from_slice(chunk);
+            let ending = end_after.is_some_and(|e| out.len() + buf.len() >= e);
+            let (n, broken) = sendable(&buf, &mut remaining, ending);
+            out.extend(buf.drain(..n));
+            if broken.is_some() {
+                return (out, true);
+            }
+            if ending && remaining == 0 {
+                break;
+            }
+        }
+        (out, false)
+    }
+
+    /// Where each frame of `input` ends, read whole.
+    fn boundaries(input: &[u8]) -> Vec<usize> {
+        let (mut at, mut ends) = (0usize, vec![0]);
+        while at < input.len() {
+            let mut c = Cursor::new(&input[at..]);
+            match FrameHeader::parse(&mut c) {
+                Ok(Some((_, len))) => {
+                    at += c.position() as usize + len as usize;
+                    ends.push(at.min(input.len()));
+                }
+                _ => break,
+            }
+        }
+        ends
+    }
+
+    proptest::proptest! {
+        /// However the bytes are cut, the relay sends the same bytes, in order, verbatim;
+        /// asked to end, it stops exactly at a frame boundary.
+        #[test]
+        fn frame_walking_does_not_depend_on_the_cuts(
+            frames in proptest::collection::vec((0u8..3, 0usize..300, proptest::option::of(proptest::array::uniform4(0u8..))), 0..8),
+            junk in proptest::collection::vec(0u8.., 0..16),
+            cut in 1usize..64,
+            end_after in proptest::option::of(0usize..2000),
+        ) {
+            let mut input = Vec::new();
+            for (kind, len, mask) in &frames {
+                let op = [OpCode::Data(Data::Text), OpCode::Data(Data::Binary), OpCode::Data(Data::Continue)][*kind as usize];
+                input.extend(frame(op, &vec![7u8; *len], *mask));
+            }
+            input.extend(&junk);
+            let (whole, whole_refused) = walk(&input, input.len().max(1), None);
+            let (cut_out, cut_refused) = walk(&input, cut, None);
+            proptest::prop_assert_eq!(&cut_out, &whole);
+            proptest::prop_assert_eq!(cut_refused, whole_refused);
+            proptest::prop_assert!(input.starts_with(&whole));
+            let (ended, _) = walk(&input, cut, end_after);
+            proptest::prop_assert!(input.starts_with(&ended));
+            if end_after.is_some() {
+                proptest::prop_assert!(boundaries(&input).contains(&ended.len()), "ended at {} of {:?}", ended.len(), boundaries(&input));
+            }
+        }
     }
 }
