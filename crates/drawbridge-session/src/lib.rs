@@ -1,13 +1,20 @@
 //! Single sign-on for people: what a browser's login and session need beside the admission
-//! core. So far: where a browser returns after signing in ([`Served::return_target`]), and
-//! a session's secrets: the random id its cookie carries, kept by the store only as a
-//! digest ([`SessionId`]), and the sealing of what it keeps from the IdP ([`SealKey`]).
+//! core. So far:
+//!
+//! - which requests are a browser's page loads, to send to sign in ([`is_navigation`]);
+//!   every other one gets a 401;
+//! - where a browser returns after signing in ([`Served::return_target`]);
+//! - a session's secrets: the random id its cookie carries, kept by the store only as a
+//!   digest ([`SessionId`]), and the sealing of what it keeps from the IdP ([`SealKey`]).
+//!
 //! The OIDC flow, the session stores and the pages build on these.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod browser;
 mod return_to;
 mod secret;
 
+pub use browser::is_navigation;
 pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
