@@ -1471,6 +1471,21 @@ fn sorted(mut v: Vec<&str>) -> String {
 }
 
 /// Parses a route's or certificate's host pattern.
+/// `s` as a DNS name in ASCII, lowercase: labels of letters, digits and inner hyphens, at
+/// most 63 bytes each and 253 in all, no trailing dot. The one check of host names, for
+/// routes and for the origins a login may return to.
+pub fn dns_name(s: &str) -> Option<String> {
+    let lower = s.to_ascii_lowercase();
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (lower.len() <= 253 && lower.split('.').all(label)).then_some(lower)
+}
+
 pub(crate) fn host_pattern(s: &str) -> Result<HostMatch, String> {
     let lower = s.trim().to_ascii_lowercase();
     if lower == "*" {
@@ -1480,15 +1495,8 @@ pub(crate) fn host_pattern(s: &str) -> Result<HostMatch, String> {
         Some(rest) => (true, rest.to_string()),
         None => (false, lower.clone()),
     };
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     let is_ip = name.parse::<std::net::IpAddr>().is_ok();
-    if name.is_empty() || (!is_ip && !name.split('.').all(valid_label)) || (wild && is_ip) {
+    if (!is_ip && dns_name(&name).is_none()) || (wild && is_ip) {
         return Err(format!("`{s}` is not a host name or `*.suffix` pattern"));
     }
     Ok(if wild {

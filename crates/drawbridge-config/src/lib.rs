@@ -12,7 +12,7 @@ mod raw;
 
 use std::path::{Path, PathBuf};
 
-pub use compile::RESERVED_PREFIX;
+pub use compile::{RESERVED_PREFIX, dns_name};
 pub use diag::{Diagnostic, Diagnostics, Location};
 pub use model::*;
 
@@ -66,8 +66,9 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// SHA-256 of everything `parts` hold, in order, each prefixed with its length (so no two
-/// lists of parts run together into the same bytes).
-pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+/// lists of parts run together into the same bytes). The project's one digest: config
+/// versions, key-set changes, certificate fingerprints, session lookups.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for p in parts {
         ctx.update(&(p.len() as u64).to_be_bytes());

@@ -441,10 +441,7 @@ fn claim(last: &Mutex<Option<Instant>>, cooldown: Duration) -> bool {
 
 /// SHA-256 of a fetched document: stable across releases, and no two key sets share one.
 fn digest(bytes: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    drawbridge_config::sha256(&[bytes])
 }
 
 /// The guarded values are replaced whole, so a poisoned lock still holds a usable value.

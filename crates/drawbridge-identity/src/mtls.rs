@@ -65,9 +65,7 @@ impl ClientCert {
                 }
             }
         }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(digest.as_ref());
+        let fingerprint = drawbridge_config::sha256(&[der]);
         Ok(ClientCert {
             uris,
             dns,

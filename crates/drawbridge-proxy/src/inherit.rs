@@ -43,16 +43,6 @@ impl Inherited {
         Inherited::default()
     }
 
-    /// How many sockets are held.
-    pub fn len(&self) -> usize {
-        self.sockets.len()
-    }
-
-    /// Whether none are.
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
     /// The socket listening on exactly `addr`, if one was handed over. An address with
     /// port 0 (any free port) never matches.
     pub(crate) fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {

@@ -25,11 +25,7 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     if !only_value(headers, "sec-fetch-dest").is_none_or(|d| d.eq_ignore_ascii_case("document")) {
         return false;
     }
-    if headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
-        v.as_bytes().len() >= 16 && v.as_bytes()[..16].eq_ignore_ascii_case(b"application/grpc")
-    }) {
-        return false;
-    }
+    // gRPC is POST only (the proxy classifies it once): the method has said no already.
     accepts_html(headers)
 }
 
@@ -117,7 +113,7 @@ mod tests {
             (Method::GET, page(&[("x-requested-with", "XMLHttpRequest")])),
             (Method::GET, page(&[("upgrade", "websocket")])),
             (
-                Method::GET,
+                Method::POST,
                 page(&[("content-type", "application/grpc+proto")]),
             ),
             // fetch(), images, frames, workers

@@ -29,23 +29,10 @@ pub enum OriginError {
 impl Origin {
     /// The origin `https://host:port`; the host as a DNS name in ASCII, any case.
     pub fn new(host: &str, port: u16) -> Result<Origin, OriginError> {
-        let lower = host.to_ascii_lowercase();
-        let plain = !lower.is_empty()
-            && lower.len() <= 253
-            && !lower.ends_with('.')
-            && lower.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !plain {
-            return Err(OriginError::NotAName(host.to_string()));
+        match drawbridge_config::dns_name(host) {
+            Some(host) => Ok(Origin { host, port }),
+            None => Err(OriginError::NotAName(host.to_string())),
         }
-        Ok(Origin { host: lower, port })
     }
 
     /// Its host, lowercase.

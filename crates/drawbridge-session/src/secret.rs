@@ -101,10 +101,7 @@ impl std::fmt::Debug for SessionId {
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    drawbridge_config::sha256(&[b"drawbridge session id", bytes])
 }
 
 /// The key session secrets are sealed with.
