@@ -65,7 +65,11 @@ impl ClientCert {
                 }
             }
         }
-        let fingerprint = drawbridge_config::sha256(&[der]);
+        // Plain SHA-256 of the DER, as Envoy's `x-forwarded-client-cert` `Hash=` has it (not
+        // the project's length-prefixed digest: upstreams compare it with their own).
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
         Ok(ClientCert {
             uris,
             dns,
