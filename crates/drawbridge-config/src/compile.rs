@@ -15,7 +15,9 @@ use crate::model::*;
 use crate::raw::*;
 
 mod authn;
+pub use authn::parse_url as https_url;
 mod policy;
+mod sso;
 
 /// Methods a route may name.
 const METHODS: &[&str] = &[
@@ -184,6 +186,10 @@ pub(crate) fn compile(
     cx.overlaps(&routes, &raw.routes);
 
     let identity = cx.identity(raw.identity.as_ref());
+    let signs_in = authenticators
+        .iter()
+        .any(|a| matches!(a.kind, AuthenticatorKind::Oidc(_)));
+    let sessions = cx.sessions(raw.sessions.as_ref(), signs_in);
     cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
     // A configured identity header outside `x-drawbridge-` is Drawbridge's too.
     for (i, r) in &routes {
@@ -251,6 +257,7 @@ pub(crate) fn compile(
         identity,
         policy,
         admin,
+        sessions,
         warnings,
     })
 }

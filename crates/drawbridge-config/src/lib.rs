@@ -12,7 +12,7 @@ mod raw;
 
 use std::path::{Path, PathBuf};
 
-pub use compile::{RESERVED_PREFIX, dns_name};
+pub use compile::{RESERVED_PREFIX, dns_name, https_url};
 pub use diag::{Diagnostic, Diagnostics, Location};
 pub use model::*;
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// Drawbridge's own listener for health checks, when `[admin]` is present.
     pub admin: Option<Admin>,
+    /// Where people's sessions are kept, when an `oidc` authenticator signs them in.
+    pub sessions: Option<Sessions>,
     /// What `check` should tell the operator without refusing the file.
     pub warnings: Vec<crate::Diagnostic>,
 }
@@ -660,6 +662,97 @@ pub enum AuthenticatorKind {
     ApiKey(ApiKeys),
     /// Client certificates verified by the listener (`type = "mtls"`).
     Mtls(MtlsIdentity),
+    /// People signed in at an OpenID provider, then known by their session
+    /// (`type = "oidc"`).
+    Oidc(Box<OidcProvider>),
+}
+
+/// An OpenID provider people sign in at (authorization code flow with PKCE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcProvider {
+    /// The provider's exact issuer identifier: the `iss` of its ID tokens and of its
+    /// authorization responses, and where its discovery document is.
+    pub issuer: String,
+    /// `{issuer}/.well-known/openid-configuration`, checked like a JWKS address.
+    pub discovery: JwksUrl,
+    /// The client id Drawbridge is registered under.
+    pub client_id: String,
+    /// The client secret, read from `client_secret_file`.
+    pub client_secret: Secret,
+    /// The secret's file, for messages.
+    pub client_secret_file: PathBuf,
+    /// Scopes asked for; always holds `openid`.
+    pub scopes: Vec<String>,
+    /// Accepted ID-token signature algorithms.
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on the ID token's times.
+    pub leeway: Duration,
+    /// Longest accepted ID-token lifetime.
+    pub max_lifetime: Duration,
+    /// How the provider's keys are refreshed (as a `jwt` authenticator's).
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by an unknown `kid`.
+    pub jwks_cooldown: Duration,
+    /// How long keys stay in use while fetching fails.
+    pub jwks_grace: Duration,
+    /// Bound on one request to the provider.
+    pub timeout: Duration,
+    /// Which claims make the principal (as a `jwt` authenticator's).
+    pub claims: ClaimMapping,
+    /// When not empty, only people whose verified `email` is in one of these domains.
+    pub allowed_email_domains: Vec<String>,
+    /// The name people see on the sign-in page.
+    pub display_name: String,
+}
+
+/// `[sessions]`: where people's sessions are kept and how long they last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sessions {
+    /// The store.
+    pub store: SessionStore,
+    /// The key sessions' secrets are sealed with, from `key_file`; generated and kept in
+    /// the store when `None`.
+    pub key: Option<(PathBuf, Secret)>,
+    /// A session unused this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after its sign-in, used or not.
+    pub lifetime: Duration,
+    /// Longest time an instance trusts a session it read from the store without reading
+    /// it again (a revocation elsewhere takes effect within it).
+    pub cache_ttl: Duration,
+    /// The origin (`https://host[:port]`) where every host's people sign in; each host
+    /// signs in on itself (its own callback) when `None`.
+    pub sign_in: Option<SignIn>,
+    /// Where `[sessions]` is (the file's start when absent).
+    pub location: Location,
+}
+
+/// The central sign-in origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// Host name, lower-case.
+    pub host: String,
+    /// Port; 443 unless written.
+    pub port: u16,
+}
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionStore {
+    /// A file on this instance (redb): sessions survive a restart.
+    Embedded {
+        /// The file, resolved against the config's directory.
+        path: PathBuf,
+    },
+    /// A Redis server shared by several instances.
+    Redis {
+        /// `redis://` or `rediss://` (TLS) address, as written (it may hold a password).
+        url: Secret,
+        /// CAs trusted for a `rediss://` server instead of the system's roots.
+        ca: Option<Vec<CertificateDer<'static>>>,
+        /// Prefix of every key Drawbridge writes.
+        key_prefix: String,
+    },
 }
 
 /// Workload identity from a client certificate.

@@ -21,6 +21,23 @@ pub(crate) struct RawConfig {
     pub identity: Option<Spanned<RawIdentity>>,
     pub policy: Option<Spanned<RawPolicy>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub sessions: Option<Spanned<RawSessions>>,
+}
+
+/// `[sessions]`: where people's sessions are kept and how long they last.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSessions {
+    pub store: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub redis_url: Option<Spanned<String>>,
+    pub redis_ca_file: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub lifetime: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub sign_in_url: Option<Spanned<String>>,
 }
 
 /// `[admin]`: Drawbridge's own listener for health checks.
@@ -219,6 +236,12 @@ pub(crate) struct RawAuthenticator {
     pub keys_file: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub header: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allowed_email_domains: Option<Spanned<Vec<Spanned<String>>>>,
+    pub display_name: Option<Spanned<String>>,
+    pub issuer_ca_file: Option<Spanned<String>>,
 }
 
 /// An API keys file: `[[keys]]` entries.

@@ -10,6 +10,7 @@ use crate::apikey::ApiKeyAuthenticator;
 use crate::error::{AuthError, BuildError, Refusal};
 use crate::jwt::{JwtAuthenticator, peek_issuer};
 use crate::mtls::{ClientCert, MtlsAuthenticator};
+use crate::oidc::OidcAuthenticator;
 use crate::principal::Principal;
 
 /// One configured authenticator, ready to check credentials.
@@ -22,6 +23,8 @@ pub enum Authenticator {
     ApiKey(ApiKeyAuthenticator),
     /// Client certificates in one trust domain.
     Mtls(MtlsAuthenticator),
+    /// People signed in at one OpenID provider; their sessions carry them afterwards.
+    Oidc(OidcAuthenticator),
 }
 
 /// A caller described by a policy test case instead of presented credentials: what a token
@@ -45,7 +48,11 @@ impl Authenticator {
             (Authenticator::Jwt(j), Simulated::Claims(c)) => j.simulate(c),
             (Authenticator::ApiKey(k), Simulated::Key(name)) => k.simulate(name),
             (Authenticator::Mtls(m), Simulated::Id(id)) => m.simulate(id),
+            (Authenticator::Oidc(o), Simulated::Claims(c)) => o.simulate(c),
             (Authenticator::Jwt(_), _) => Err("a `jwt` authenticator takes `claims`".into()),
+            (Authenticator::Oidc(_), _) => {
+                Err("an `oidc` authenticator takes `claims` (the ID token's)".into())
+            }
             (Authenticator::ApiKey(_), _) => {
                 Err("an `api_key` authenticator takes `key` (a key's name)".into())
             }
@@ -63,6 +70,7 @@ impl Authenticator {
                 ApiKeyAuthenticator::new(&config.name, k).map(Self::ApiKey)
             }
             AuthenticatorKind::Mtls(m) => Ok(Self::Mtls(MtlsAuthenticator::new(&config.name, m)?)),
+            AuthenticatorKind::Oidc(o) => OidcAuthenticator::new(&config.name, o).map(Self::Oidc),
         }
     }
 
@@ -72,6 +80,7 @@ impl Authenticator {
             Self::Jwt(j) => j.name(),
             Self::ApiKey(k) => k.name(),
             Self::Mtls(m) => m.name(),
+            Self::Oidc(o) => o.name(),
         }
     }
 
@@ -83,14 +92,17 @@ impl Authenticator {
                 (Self::Jwt(j), AuthenticatorKind::Jwt(c)) => j.config() == &**c,
                 (Self::ApiKey(k), AuthenticatorKind::ApiKey(c)) => k.config() == c,
                 (Self::Mtls(m), AuthenticatorKind::Mtls(c)) => m.config() == c,
+                (Self::Oidc(o), AuthenticatorKind::Oidc(c)) => o.config() == &**c,
                 _ => false,
             }
     }
 
     /// Loads what it needs from the network ahead of the first request (an issuer's JWKS).
     pub async fn prefetch(&self) {
-        if let Self::Jwt(j) = self {
-            j.keys().prefetch().await;
+        match self {
+            Self::Jwt(j) => j.keys().prefetch().await,
+            Self::Oidc(o) => o.prefetch().await,
+            Self::ApiKey(_) | Self::Mtls(_) => {}
         }
     }
 
@@ -99,17 +111,19 @@ impl Authenticator {
     pub fn ready(&self) -> Result<(), String> {
         match self {
             Self::Jwt(j) => j.keys().usable().map_err(|e| e.to_string()),
+            Self::Oidc(o) => o.ready(),
             Self::ApiKey(_) | Self::Mtls(_) => Ok(()),
         }
     }
 
     /// The challenge scheme a refusal names for it (`WWW-Authenticate`); none for client
-    /// certificates, which are asked for by the TLS handshake, not by HTTP.
+    /// certificates, which are asked for by the TLS handshake, not by HTTP, nor for
+    /// sessions, which a browser gets by signing in.
     pub fn scheme(&self) -> Option<Scheme> {
         match self {
             Self::Jwt(_) => Some(Scheme::Bearer),
             Self::ApiKey(_) => Some(Scheme::ApiKey),
-            Self::Mtls(_) => None,
+            Self::Mtls(_) | Self::Oidc(_) => None,
         }
     }
 
@@ -117,7 +131,7 @@ impl Authenticator {
     /// the request is forwarded.
     pub fn credential_header(&self) -> Option<&HeaderName> {
         match self {
-            Self::Jwt(_) | Self::Mtls(_) => None,
+            Self::Jwt(_) | Self::Mtls(_) | Self::Oidc(_) => None,
             Self::ApiKey(k) => k.header(),
         }
     }
@@ -274,6 +288,9 @@ pub async fn authenticate(
                 .read(creds.headers, creds.api_key)?
                 .map(|key| k.verify(key)),
             Authenticator::Mtls(m) => creds.client_cert.map(|c| m.verify(c)),
+            // A session is looked up by the caller before it gets here (its store is not
+            // this crate's); the provider itself admits nobody per request.
+            Authenticator::Oidc(_) => None,
         };
         match outcome {
             Some(Ok(p)) => return Ok(p),

@@ -1,7 +1,8 @@
-//! Fetching a JWK Set: Drawbridge's own small HTTPS client, bounded in time and size.
+//! Drawbridge's own small HTTPS client for what it asks identity providers (JWK Sets,
+//! discovery documents, tokens), bounded in time and size.
 //!
-//! One GET per fetch, on a fresh connection: fetches are rare (a refresh every few minutes,
-//! at most one per cooldown otherwise), so pooling would buy nothing.
+//! One request per connection: these calls are rare (a key refresh every few minutes, a
+//! sign-in now and then), so pooling would buy nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use drawbridge_config::JwksUrl;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -38,14 +39,43 @@ impl Fetcher {
         &self.url.url
     }
 
-    /// The document at the address, or why not.
+    /// The document at the address, or why not (any status but 200 is a failure).
     pub(crate) async fn get(&self) -> Result<Bytes, FetchError> {
-        tokio::time::timeout(self.timeout, self.get_unbounded())
+        let (status, body) = self
+            .send(Call {
+                form: None,
+                authorization: None,
+                accept: "application/jwk-set+json, application/json",
+            })
+            .await?;
+        if status != StatusCode::OK {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        Ok(body)
+    }
+
+    /// POSTs `form` (`application/x-www-form-urlencoded`) with `authorization`, and returns
+    /// the status and the body, whatever the status: an OAuth error is a JSON body too.
+    pub(crate) async fn post_form(
+        &self,
+        form: String,
+        authorization: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), FetchError> {
+        self.send(Call {
+            form: Some(form),
+            authorization,
+            accept: "application/json",
+        })
+        .await
+    }
+
+    async fn send(&self, call: Call<'_>) -> Result<(StatusCode, Bytes), FetchError> {
+        tokio::time::timeout(self.timeout, self.send_unbounded(call))
             .await
             .map_err(|_| FetchError::Timeout(self.timeout))?
     }
 
-    async fn get_unbounded(&self) -> Result<Bytes, FetchError> {
+    async fn send_unbounded(&self, call: Call<'_>) -> Result<(StatusCode, Bytes), FetchError> {
         let u = &self.url;
         let tcp = TcpStream::connect((u.host.as_str(), u.port))
             .await
@@ -64,17 +94,17 @@ impl Fetcher {
                 .connect(name, tcp)
                 .await
                 .map_err(FetchError::Tls)?;
-            self.exchange(TokioIo::new(stream)).await
+            self.exchange(TokioIo::new(stream), call).await
         } else {
-            self.exchange(TokioIo::new(tcp)).await
+            self.exchange(TokioIo::new(tcp), call).await
         }
     }
 
-    async fn exchange<T>(&self, io: T) -> Result<Bytes, FetchError>
+    async fn exchange<T>(&self, io: T, call: Call<'_>) -> Result<(StatusCode, Bytes), FetchError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
             .await
             .map_err(FetchError::Http)?;
         let driver = tokio::spawn(conn);
@@ -83,27 +113,46 @@ impl Fetcher {
         } else {
             format!("{}:{}", self.url.host, self.url.port)
         };
-        let req = Request::get(self.url.path.as_str())
+        let mut req = Request::builder()
+            .uri(self.url.path.as_str())
             .header(header::HOST, host)
-            .header(header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(header::ACCEPT, call.accept)
             .header(header::USER_AGENT, "drawbridge")
-            .body(Empty::new())
-            .map_err(FetchError::Request)?;
+            .header(header::CACHE_CONTROL, "no-store");
+        if let Some(a) = call.authorization {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let body = match call.form {
+            Some(form) => {
+                req = req.method(http::Method::POST).header(
+                    header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                );
+                Full::new(Bytes::from(form))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req.body(body).map_err(FetchError::Request)?;
         let result = async {
             let res = sender.send_request(req).await.map_err(FetchError::Http)?;
-            if res.status() != StatusCode::OK {
-                return Err(FetchError::Status(res.status().as_u16()));
-            }
+            let status = res.status();
             let body = Limited::new(res.into_body(), MAX_JWKS_BYTES)
                 .collect()
                 .await
                 .map_err(FetchError::Body)?;
-            Ok(body.to_bytes())
+            Ok((status, body.to_bytes()))
         }
         .await;
         driver.abort();
         result
     }
+}
+
+/// One request: a GET, or a POST of a form.
+struct Call<'a> {
+    form: Option<String>,
+    authorization: Option<&'a str>,
+    accept: &'static str,
 }
 
 /// Why a JWK Set could not be fetched, with its cause.

@@ -33,26 +33,13 @@ pub struct JwtAuthenticator {
 impl JwtAuthenticator {
     /// Builds the authenticator `name` from its checked configuration.
     pub fn new(name: &str, config: &JwtIssuer) -> Result<Self, BuildError> {
-        let algorithms = config
-            .algorithms
-            .iter()
-            .map(|a| {
-                a.parse::<Algorithm>()
-                    .map_err(|source| BuildError::Algorithm {
-                        name: a.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if algorithms.is_empty() {
-            return Err(BuildError::NoAlgorithm);
-        }
-        if algorithms
-            .iter()
-            .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
-        {
-            return Err(BuildError::SharedSecret);
-        }
+        let algorithms = validations(
+            &config.algorithms,
+            &config.issuer,
+            &config.audiences,
+            config.leeway,
+            &["exp", "iss", "aud"],
+        )?;
         let keys = match &config.jwks {
             JwksSource::File { path, bytes } => {
                 KeySource::from_file(bytes).map_err(|source| BuildError::KeySet {
@@ -70,21 +57,6 @@ impl JwtAuthenticator {
                 },
             ),
         };
-        let algorithms = algorithms
-            .into_iter()
-            .map(|alg| {
-                // Exactly the token's algorithm, so a key is never tried with another.
-                let mut v = Validation::new(alg);
-                v.set_issuer(&[config.issuer.as_str()]);
-                v.set_audience(&config.audiences);
-                v.set_required_spec_claims(&["exp", "iss", "aud"]);
-                v.leeway = config.leeway.as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                v.validate_aud = true;
-                (alg, v)
-            })
-            .collect();
         Ok(Self {
             name: name.into(),
             config: config.clone(),
@@ -132,7 +104,7 @@ impl JwtAuthenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::TooLong(MAX_TOKEN_BYTES));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self.issuer()))?;
         // RFC 7519 §4 and RFC 8725 §3.1: a member named twice anywhere in the header or the
         // claims is refused, so no reader takes another value than the one checked here.
         refuse_duplicate_members(token)?;
@@ -164,7 +136,7 @@ impl JwtAuthenticator {
         let (keys, generation) = self.keys.keys_for(kid).await?;
         let key = keys.find(kid, header.alg)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-            .map_err(|e| refusal(&e, self))?;
+            .map_err(|e| refusal(&e, self.issuer()))?;
         let claims = data.claims;
         if let Some(kind) = not_an_access_token(&claims) {
             return Err(Refusal::Claim(kind.into()));
@@ -212,54 +184,128 @@ impl JwtAuthenticator {
         exp: u64,
         iat: Option<u64>,
     ) -> Result<Principal, Refusal> {
-        let ClaimMapping {
-            id,
-            groups,
-            groups_format,
-            attributes,
-        } = &self.config.claims;
-        let principal_id = match claims.get(id) {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
-            _ => return Err(Refusal::Claim(id.clone())),
-        };
-        // The claim has the shape the mapping declares, or the token is refused: a role
-        // string `"admin user"` is never split into two groups unless the mapping says so.
-        let groups = match (groups.as_ref().map(|g| (g, claims.get(g))), groups_format) {
-            (None | Some((_, None)), _) => Vec::new(),
-            (Some((_, Some(Value::String(s)))), GroupsFormat::SpaceSeparated) => s
-                .split(' ')
-                .filter(|g| !g.is_empty())
-                .map(String::from)
-                .collect(),
-            (Some((name, Some(Value::Array(items)))), GroupsFormat::Array) => items
-                .iter()
-                .map(|v| v.as_str().filter(|s| !s.is_empty()).map(String::from))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| Refusal::Claim(name.clone()))?,
-            (Some((name, Some(_))), _) => return Err(Refusal::Claim(name.clone())),
-        };
-        let attributes = attributes
-            .iter()
-            .filter_map(|a| claims.get(a).map(|v| (a.clone(), v.clone())))
-            .collect();
-        let kind = self.config.principal;
-        debug_assert!(kind != PrincipalKind::ApiKey);
-        Ok(Principal {
-            id: principal_id,
-            kind,
-            authenticator: self.name.clone(),
-            issuer: Some(self.config.issuer.clone()),
-            groups,
-            attributes,
-            methods: vec![AuthMethod::Jwt],
-            authenticated_at: number(claims, "auth_time").or(iat),
-            expires_at: Some(exp),
-        })
+        debug_assert!(self.config.principal != PrincipalKind::ApiKey);
+        map_claims(
+            Mapped {
+                authenticator: &self.name,
+                issuer: &self.config.issuer,
+                kind: self.config.principal,
+                mapping: &self.config.claims,
+                method: AuthMethod::Jwt,
+            },
+            claims,
+            exp,
+            iat,
+        )
     }
 }
 
+/// One ready-made validation per allowed algorithm (each checks exactly its algorithm, so a
+/// key is never tried with another): asymmetric algorithms only.
+pub(crate) fn validations(
+    names: &[String],
+    issuer: &str,
+    audiences: &[String],
+    leeway: std::time::Duration,
+    required: &[&str],
+) -> Result<Vec<(Algorithm, Validation)>, BuildError> {
+    let algorithms = names
+        .iter()
+        .map(|a| {
+            a.parse::<Algorithm>()
+                .map_err(|source| BuildError::Algorithm {
+                    name: a.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if algorithms.is_empty() {
+        return Err(BuildError::NoAlgorithm);
+    }
+    if algorithms
+        .iter()
+        .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac)
+    {
+        return Err(BuildError::SharedSecret);
+    }
+    Ok(algorithms
+        .into_iter()
+        .map(|alg| {
+            let mut v = Validation::new(alg);
+            v.set_issuer(&[issuer]);
+            v.set_audience(audiences);
+            v.set_required_spec_claims(required);
+            v.leeway = leeway.as_secs();
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            v.validate_aud = true;
+            (alg, v)
+        })
+        .collect())
+}
+
+/// Who a verified token's claims stand for, and how they are read.
+pub(crate) struct Mapped<'a> {
+    pub authenticator: &'a Arc<str>,
+    pub issuer: &'a str,
+    pub kind: PrincipalKind,
+    pub mapping: &'a ClaimMapping,
+    pub method: AuthMethod,
+}
+
+/// The principal a verified token's `claims` make through `m.mapping`: the same for a
+/// bearer JWT and an ID token, so policies see a person the same way however they came.
+pub(crate) fn map_claims(
+    m: Mapped<'_>,
+    claims: &Map<String, Value>,
+    exp: u64,
+    iat: Option<u64>,
+) -> Result<Principal, Refusal> {
+    let ClaimMapping {
+        id,
+        groups,
+        groups_format,
+        attributes,
+    } = m.mapping;
+    let principal_id = match claims.get(id) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
+        _ => return Err(Refusal::Claim(id.clone())),
+    };
+    // The claim has the shape the mapping declares, or the token is refused: a role
+    // string `"admin user"` is never split into two groups unless the mapping says so.
+    let groups = match (groups.as_ref().map(|g| (g, claims.get(g))), groups_format) {
+        (None | Some((_, None)), _) => Vec::new(),
+        (Some((_, Some(Value::String(s)))), GroupsFormat::SpaceSeparated) => s
+            .split(' ')
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect(),
+        (Some((name, Some(Value::Array(items)))), GroupsFormat::Array) => items
+            .iter()
+            .map(|v| v.as_str().filter(|s| !s.is_empty()).map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Refusal::Claim(name.clone()))?,
+        (Some((name, Some(_))), _) => return Err(Refusal::Claim(name.clone())),
+    };
+    let attributes = attributes
+        .iter()
+        .filter_map(|a| claims.get(a).map(|v| (a.clone(), v.clone())))
+        .collect();
+    Ok(Principal {
+        id: principal_id,
+        kind: m.kind,
+        authenticator: m.authenticator.clone(),
+        issuer: Some(m.issuer.to_string()),
+        groups,
+        attributes,
+        methods: vec![m.method],
+        authenticated_at: number(claims, "auth_time").or(iat),
+        expires_at: Some(exp),
+    })
+}
+
 /// Refuses a token whose header or claims name a member twice, at any depth.
-fn refuse_duplicate_members(token: &str) -> Result<(), Refusal> {
+pub(crate) fn refuse_duplicate_members(token: &str) -> Result<(), Refusal> {
     let mut parts = token.split('.');
     for (part, what) in [(parts.next(), "header"), (parts.next(), "claims")] {
         let bytes = part
@@ -398,7 +444,7 @@ pub fn peek_issuer(token: &str) -> Result<String, Refusal> {
     iss.iss.ok_or_else(|| Refusal::Claim("iss".into()))
 }
 
-fn refusal(e: &jsonwebtoken::errors::Error, a: &JwtAuthenticator) -> Refusal {
+pub(crate) fn refusal(e: &jsonwebtoken::errors::Error, issuer: &str) -> Refusal {
     match e.kind() {
         ErrorKind::InvalidToken
         | ErrorKind::Base64(_)
@@ -408,7 +454,7 @@ fn refusal(e: &jsonwebtoken::errors::Error, a: &JwtAuthenticator) -> Refusal {
         ErrorKind::ExpiredSignature => Refusal::Expired,
         ErrorKind::ImmatureSignature => Refusal::NotYetValid,
         ErrorKind::InvalidAudience => Refusal::Audience,
-        ErrorKind::InvalidIssuer => Refusal::Issuer(format!("not `{}`", a.issuer())),
+        ErrorKind::InvalidIssuer => Refusal::Issuer(format!("not `{issuer}`")),
         ErrorKind::MissingRequiredClaim(c) => Refusal::Claim(c.clone()),
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
             Refusal::Algorithm("(mismatch)".into())
@@ -418,7 +464,7 @@ fn refusal(e: &jsonwebtoken::errors::Error, a: &JwtAuthenticator) -> Refusal {
 }
 
 /// A numeric date claim as whole seconds; fractions are cut, negatives refused.
-fn number(claims: &Map<String, Value>, name: &str) -> Option<u64> {
+pub(crate) fn number(claims: &Map<String, Value>, name: &str) -> Option<u64> {
     let v = claims.get(name)?;
     v.as_u64().or_else(|| {
         v.as_f64()
@@ -438,7 +484,7 @@ fn same_type(got: &str, want: &str) -> bool {
     strip(got) == strip(want)
 }
 
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })

@@ -16,6 +16,7 @@ mod fetch;
 mod jwks;
 mod jwt;
 mod mtls;
+mod oidc;
 mod principal;
 
 pub use apikey::ApiKeyAuthenticator;
@@ -25,7 +26,9 @@ pub use cache::PrincipalCache;
 pub use error::{AuthError, BuildError, JwksError, KeyError, Refusal};
 pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
+pub use fetch::FetchError;
 pub use mtls::{ClientCert, MtlsAuthenticator};
+pub use oidc::{Discovered, IdToken, OidcAuthenticator, OidcError, Tokens};
 pub use principal::{AuthMethod, Principal};
 
 /// Seconds since the Unix epoch, the unit of JWT time claims.

@@ -63,6 +63,8 @@ pub enum AuthMethod {
     ApiKey,
     /// A client certificate (mutual TLS).
     Mtls,
+    /// A sign-in at an OpenID provider, carried by a session.
+    Oidc,
 }
 
 impl AuthMethod {
@@ -72,6 +74,7 @@ impl AuthMethod {
             AuthMethod::Jwt => "jwt",
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::Oidc => "oidc",
         }
     }
 }

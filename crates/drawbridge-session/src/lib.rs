@@ -14,7 +14,14 @@
 mod browser;
 mod return_to;
 mod secret;
+mod sessions;
+mod store;
 
 pub use browser::is_navigation;
 pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
+pub use sessions::{
+    Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState, Record,
+    SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid,
+};
+pub use store::{Backend, Embedded, Store, StoreError};

@@ -43,12 +43,17 @@ impl Cx<'_> {
                 self.only_for(&at, a, "mtls");
                 self.mtls(&at, a).map(AuthenticatorKind::Mtls)
             }
+            "oidc" => {
+                self.only_for(&at, a, "oidc");
+                self.oidc(&at, a)
+                    .map(|o| AuthenticatorKind::Oidc(Box::new(o)))
+            }
             other => {
                 self.r.error_help(
                     a.kind.span().start,
                     format!("{at}.type"),
                     format!("unknown authenticator type `{other}`"),
-                    "use `jwt`, `api_key` or `mtls`",
+                    "use `jwt`, `api_key`, `mtls` or `oidc`",
                 );
                 None
             }
@@ -138,27 +143,7 @@ impl Cx<'_> {
                 None
             }
         };
-        let raw_claims = a.claims.as_ref().map(Spanned::get_ref);
-        let groups_format = self.choice(
-            &format!("{at}.claims.groups_format"),
-            raw_claims.and_then(|c| c.groups_format.as_ref()),
-            &[
-                ("array", GroupsFormat::Array),
-                ("space_separated", GroupsFormat::SpaceSeparated),
-            ],
-        );
-        let claims = ClaimMapping {
-            groups_format,
-            id: raw_claims
-                .and_then(|c| c.id.as_ref())
-                .map_or_else(|| "sub".to_string(), |s| s.get_ref().clone()),
-            groups: raw_claims
-                .and_then(|c| c.groups.as_ref())
-                .map(|s| s.get_ref().clone()),
-            attributes: raw_claims
-                .map(|c| c.attributes.iter().map(|s| s.get_ref().clone()).collect())
-                .unwrap_or_default(),
-        };
+        let claims = self.claim_mapping(at, a.claims.as_ref());
         let cache_size = self.int(
             &format!("{at}.cache_size"),
             a.cache_size.as_ref(),
@@ -201,6 +186,35 @@ impl Cx<'_> {
         })
     }
 
+    /// `claims = { id, groups, groups_format, attributes }`, shared by `jwt` and `oidc`.
+    pub(super) fn claim_mapping(
+        &mut self,
+        at: &str,
+        raw: Option<&Spanned<RawClaims>>,
+    ) -> ClaimMapping {
+        let raw_claims = raw.map(Spanned::get_ref);
+        let groups_format = self.choice(
+            &format!("{at}.claims.groups_format"),
+            raw_claims.and_then(|c| c.groups_format.as_ref()),
+            &[
+                ("array", GroupsFormat::Array),
+                ("space_separated", GroupsFormat::SpaceSeparated),
+            ],
+        );
+        ClaimMapping {
+            groups_format,
+            id: raw_claims
+                .and_then(|c| c.id.as_ref())
+                .map_or_else(|| "sub".to_string(), |s| s.get_ref().clone()),
+            groups: raw_claims
+                .and_then(|c| c.groups.as_ref())
+                .map(|s| s.get_ref().clone()),
+            attributes: raw_claims
+                .map(|c| c.attributes.iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Notes a file the configuration is made of (never a secret: only its hash is kept).
     pub(super) fn read_file(&mut self, path: &std::path::Path, bytes: &[u8]) {
         self.files
@@ -209,38 +223,49 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 22] = [
+        let fields: [(&str, &str, Option<usize>); 28] = [
             ("mtls", "trust_domain", start(&a.trust_domain)),
             ("mtls", "ca_file", start(&a.ca_file)),
-            ("jwt", "issuer", start(&a.issuer)),
+            ("jwt oidc", "issuer", start(&a.issuer)),
             ("jwt", "audiences", start(&a.audiences)),
-            ("jwt", "algorithms", start(&a.algorithms)),
+            ("jwt oidc", "algorithms", start(&a.algorithms)),
             ("jwt", "jwks_url", start(&a.jwks_url)),
             ("jwt", "jwks_file", start(&a.jwks_file)),
             ("jwt", "jwks_ca_file", start(&a.jwks_ca_file)),
-            ("jwt", "jwks_refresh", start(&a.jwks_refresh)),
-            ("jwt", "jwks_cooldown", start(&a.jwks_cooldown)),
-            ("jwt", "jwks_grace", start(&a.jwks_grace)),
-            ("jwt", "jwks_timeout", start(&a.jwks_timeout)),
-            ("jwt", "leeway", start(&a.leeway)),
-            ("jwt", "max_lifetime", start(&a.max_lifetime)),
+            ("jwt oidc", "jwks_refresh", start(&a.jwks_refresh)),
+            ("jwt oidc", "jwks_cooldown", start(&a.jwks_cooldown)),
+            ("jwt oidc", "jwks_grace", start(&a.jwks_grace)),
+            ("jwt oidc", "jwks_timeout", start(&a.jwks_timeout)),
+            ("jwt oidc", "leeway", start(&a.leeway)),
+            ("jwt oidc", "max_lifetime", start(&a.max_lifetime)),
             ("jwt", "token_type", start(&a.token_type)),
             ("jwt", "principal", start(&a.principal)),
-            ("jwt", "claims", start(&a.claims)),
+            ("jwt oidc", "claims", start(&a.claims)),
             ("jwt", "cache", start(&a.cache)),
             ("jwt", "cache_size", start(&a.cache_size)),
             ("api_key", "keys_file", start(&a.keys_file)),
             ("api_key", "secret_file", start(&a.secret_file)),
             ("api_key", "header", start(&a.header)),
+            ("oidc", "client_id", start(&a.client_id)),
+            ("oidc", "client_secret_file", start(&a.client_secret_file)),
+            ("oidc", "scopes", start(&a.scopes)),
+            ("oidc", "allowed_email_domains", start(&a.allowed_email_domains)),
+            ("oidc", "display_name", start(&a.display_name)),
+            ("oidc", "issuer_ca_file", start(&a.issuer_ca_file)),
         ];
         for (owner, field, at_offset) in fields {
             if let Some(offset) = at_offset
-                && owner != kind
+                && !owner.split(' ').any(|o| o == kind)
             {
+                let owners = owner
+                    .split(' ')
+                    .map(|o| format!("`type = \"{o}\"`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
                 self.r.error_help(
                     offset,
                     format!("{at}.{field}"),
-                    format!("`{field}` belongs to `type = \"{owner}\"` authenticators"),
+                    format!("`{field}` belongs to {owners} authenticators"),
                     "remove it, or declare a separate authenticator of that type",
                 );
             }
@@ -358,34 +383,14 @@ impl Cx<'_> {
                 );
                 None
             }
-            Some(f) => {
-                let path = self.base.join(f.get_ref());
-                match std::fs::read_to_string(&path) {
-                    Ok(text) if text.trim().len() >= 32 => {
-                        let secret = Secret::new(text.trim().as_bytes().to_vec());
-                        zeroize::Zeroize::zeroize(&mut text.into_bytes());
-                        Some(secret)
-                    }
-                    Ok(_) => {
-                        self.r.error_help(
-                            f.span().start,
-                            format!("{at}.secret_file"),
-                            format!("`{}` holds fewer than 32 characters", path.display()),
-                            "create a secret with `drawbridge apikey secret`",
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.r.error_help(
-                            f.span().start,
-                            format!("{at}.secret_file"),
-                            format!("cannot read `{}`: {e}", path.display()),
-                            "paths are relative to the config file's directory",
-                        );
-                        None
-                    }
-                }
-            }
+            Some(f) => self
+                .secret_file(
+                    &format!("{at}.secret_file"),
+                    f,
+                    32,
+                    "create a secret with `drawbridge apikey secret`",
+                )
+                .map(|(_, s)| s),
         };
         let (keys_file, keys) = match &a.keys_file {
             None => {
@@ -515,7 +520,7 @@ impl Cx<'_> {
         }
     }
 
-    fn algorithms(
+    pub(super) fn algorithms(
         &mut self,
         at: &str,
         raw: Option<&Spanned<Vec<Spanned<String>>>>,
@@ -821,7 +826,7 @@ impl Cx<'_> {
     }
 
     /// Like `duration`, but zero is allowed (a leeway or grace period of none).
-    fn duration_or_zero(
+    pub(super) fn duration_or_zero(
         &mut self,
         field: &str,
         raw: Option<&Spanned<String>>,
@@ -841,8 +846,8 @@ fn start<T>(v: &Option<Spanned<T>>) -> Option<usize> {
     v.as_ref().map(|s| s.span().start)
 }
 
-/// Parses a JWKS address: `https://host[:port]/path`, or `http://` to a loopback host.
-fn parse_url(s: &str) -> Result<JwksUrl, String> {
+/// Parses a JWKS (or OpenID provider) address: `https://host[:port]/path`, or `http://` to a loopback host.
+pub fn parse_url(s: &str) -> Result<JwksUrl, String> {
     let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = s.strip_prefix("http://") {

@@ -1,0 +1,696 @@
+//! Signing people in and knowing them afterwards: the login state kept between the
+//! authorization request and the callback, the session created at the callback, and the
+//! session looked up on every request that carries its cookie.
+//!
+//! What the store holds (every key under the configured prefix, none readable as a secret):
+//!
+//! | key | value | until |
+//! |---|---|---|
+//! | `login:<sha256 of state>` | [`LoginState`] | 10 minutes, taken once |
+//! | `session:<sha256 of id>` | [`Record`] (IdP tokens sealed) | its absolute lifetime |
+//! | `revoked:<authenticator>/<user>` | the time every session older was revoked | a lifetime |
+//! | `key:seal` | the generated sealing key | never |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use drawbridge_identity::{
+    AuthMethod, Authenticator, OidcAuthenticator, OidcError, Principal, Refusal,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::return_to::{Origin, Served};
+use crate::secret::{SealKey, SecretError, SessionId};
+use crate::store::{Store, StoreError};
+
+/// The session cookie: host-only, Secure, never sent to another host or path prefix.
+pub const SESSION_COOKIE: &str = "__Host-drawbridge-session";
+/// The cookie that binds a sign-in to the browser that started it.
+pub const LOGIN_COOKIE: &str = "__Host-drawbridge-login";
+/// Where the provider sends people back.
+pub const CALLBACK_PATH: &str = "/.drawbridge/callback";
+
+/// How long a started sign-in may take.
+const LOGIN_TTL: u64 = 600;
+/// A session's last use is written back at most this often.
+const TOUCH_EVERY: u64 = 60;
+/// Refresh this long before the provider's tokens expire.
+const REFRESH_AHEAD: u64 = 60;
+/// Most sessions an instance keeps read.
+const CACHE_ENTRIES: usize = 65_536;
+
+/// Why a sign-in failed, or a session could not be read. The person is shown a generic
+/// page; the log gets this.
+#[derive(Debug, thiserror::Error)]
+pub enum SsoError {
+    /// No login state for this `state`: forged, replayed, or older than ten minutes.
+    #[error("unknown or used sign-in state")]
+    UnknownState,
+    /// The callback came to another browser than the one that started the sign-in.
+    #[error("sign-in state belongs to another browser")]
+    OtherBrowser,
+    /// The callback lacks `state` or `code`, or is otherwise malformed.
+    #[error("malformed callback: {0}")]
+    Malformed(&'static str),
+    /// The provider sent an error instead of a code (the person cancelled, was refused).
+    #[error("provider answered `{0}`")]
+    Provider(String),
+    /// The authorization response's `iss` is not the provider the sign-in went to (mix-up).
+    #[error("authorization response from another issuer")]
+    MixUp,
+    /// The login state names an authenticator this configuration no longer has.
+    #[error("sign-in authenticator `{0}` is gone")]
+    Gone(String),
+    /// Talking to the provider failed.
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+    /// The store failed: nothing is trusted that depends on it.
+    #[error("session store: {0}")]
+    Store(#[from] StoreError),
+    /// A secret could not be made or opened.
+    #[error("session secret: {0}")]
+    Secret(#[from] SecretError),
+    /// A stored value is not what Drawbridge wrote.
+    #[error("stored value unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What is kept between the authorization request and the callback.
+#[derive(Serialize, Deserialize)]
+pub struct LoginState {
+    authenticator: String,
+    nonce: String,
+    verifier: String,
+    redirect_uri: String,
+    return_to: String,
+    /// The host the session will be for.
+    host: String,
+    /// SHA-256 of the login cookie of the browser that started it.
+    browser: String,
+}
+
+/// A session as the store keeps it.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Record {
+    /// The `oidc` authenticator that signed the person in.
+    pub authenticator: String,
+    /// The host the session's cookie belongs to.
+    pub host: String,
+    /// The principal's id, groups and attributes, through the claim mapping.
+    pub user: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Attributes.
+    pub attributes: Map<String, Value>,
+    /// The provider's issuer.
+    pub issuer: String,
+    /// The ID token's `sub`.
+    pub subject: String,
+    /// When the person signed in at the provider (`auth_time`, else the ID token's `iat`).
+    pub authenticated_at: u64,
+    /// When the session was created here.
+    pub created_at: u64,
+    /// When it was last used (to within a minute).
+    pub last_seen: u64,
+    /// When it ends, used or not.
+    pub expires_at: u64,
+    /// When the provider's tokens should be refreshed; never when `None`.
+    pub refresh_at: Option<u64>,
+    /// The provider's refresh token and ID token, sealed for this session (base64).
+    pub sealed: Option<String>,
+}
+
+/// What the sealed part holds.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+}
+
+/// A session read from the store (or the instance's short cache).
+pub struct Session {
+    /// Its record.
+    pub record: Record,
+    /// The principal policies decide about.
+    pub principal: Arc<Principal>,
+    /// Its handle: the hex SHA-256 of its id, what logs and revocations name it by.
+    pub handle: String,
+}
+
+struct Cached {
+    session: Arc<Session>,
+    read_at: Instant,
+}
+
+/// A started sign-in: where to send the browser, and the login cookie to set when it had
+/// none.
+pub struct Begun {
+    /// The provider's authorization URL.
+    pub location: String,
+    /// A new login cookie's value, when the browser had none usable.
+    pub login_cookie: Option<String>,
+}
+
+/// A finished sign-in.
+pub struct Finished {
+    /// The new session's cookie value (a new id: never one the browser had before).
+    pub session_cookie: Zeroizing<String>,
+    /// Where to send the browser: what it asked for when the sign-in began.
+    pub location: String,
+    /// The host the session is for.
+    pub host: String,
+    /// Who signed in.
+    pub principal: Arc<Principal>,
+}
+
+/// Every session of one configuration's `[sessions]`.
+pub struct Sessions {
+    store: Store,
+    seal: SealKey,
+    config: drawbridge_config::Sessions,
+    served: Served,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+}
+
+impl Sessions {
+    /// Sessions in `store`, sealed with the configured key or the one the store keeps.
+    pub async fn new(
+        store: Store,
+        config: drawbridge_config::Sessions,
+        served: Served,
+    ) -> Result<Sessions, SsoError> {
+        let seal = match &config.key {
+            Some((_, secret)) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(secret.expose())
+                    .map(Zeroizing::new)
+                    .map_err(|_| SsoError::Corrupt("key_file is not base64".into()))?;
+                SealKey::from_bytes(&bytes)?
+            }
+            None => {
+                let (_, fresh) = SealKey::generate()?;
+                let kept = Zeroizing::new(store.put_if_absent("key:seal", &fresh[..]).await?);
+                SealKey::from_bytes(&kept)?
+            }
+        };
+        Ok(Sessions {
+            store,
+            seal,
+            config,
+            served,
+            cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &drawbridge_config::Sessions {
+        &self.config
+    }
+
+    /// The hosts a browser may return to.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where the provider sends a browser back for a sign-in started on `from`: the
+    /// central sign-in origin, or `from` itself.
+    pub fn redirect_uri(&self, from: &Origin) -> String {
+        let root = match &self.config.sign_in {
+            Some(s) => Origin::new(&s.host, s.port).map_or_else(|_| from.root(), |o| o.root()),
+            None => from.root(),
+        };
+        format!("{}{}", root.trim_end_matches('/'), CALLBACK_PATH)
+    }
+
+    /// Starts a sign-in at `oidc` for a browser on `from` that asked for `requested`.
+    pub async fn begin(
+        &self,
+        oidc: &OidcAuthenticator,
+        login_cookie: Option<&str>,
+        from: &Origin,
+        requested: &str,
+    ) -> Result<Begun, SsoError> {
+        let d = oidc.discovered().await?;
+        let (browser, login_cookie) = match login_cookie.filter(|c| well_formed(c)) {
+            Some(c) => (c.to_string(), None),
+            None => {
+                let c = random()?;
+                (c.clone(), Some(c))
+            }
+        };
+        let state = random()?;
+        let nonce = random()?;
+        let verifier = random()?;
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+        );
+        let target = self.served.return_target(requested, from);
+        if target.refused {
+            tracing::warn!(requested = %printable(requested), "sign-in return target refused");
+        }
+        let redirect_uri = self.redirect_uri(from);
+        let location = oidc.authorization_url(&d, &redirect_uri, &state, &nonce, &challenge);
+        let login = LoginState {
+            authenticator: oidc.name().to_string(),
+            nonce,
+            verifier,
+            redirect_uri,
+            return_to: target.url,
+            host: from.host().to_string(),
+            browser: hex(&digest("login", browser.as_bytes())),
+        };
+        let value = serde_json::to_vec(&login).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        self.store
+            .put(
+                &state_key(&state),
+                &value,
+                drawbridge_identity::unix_now() + LOGIN_TTL,
+            )
+            .await?;
+        Ok(Begun {
+            location,
+            login_cookie,
+        })
+    }
+
+    /// Finishes a sign-in at the callback: the state taken (once), the browser matched,
+    /// the provider's `iss` checked, the code exchanged, the ID token verified, and a new
+    /// session stored.
+    pub async fn finish(
+        &self,
+        authenticators: &[Arc<Authenticator>],
+        callback: &Callback<'_>,
+        login_cookie: Option<&str>,
+    ) -> Result<Finished, SsoError> {
+        let state = callback.state.ok_or(SsoError::Malformed("no state"))?;
+        if !well_formed(state) {
+            return Err(SsoError::UnknownState);
+        }
+        let stored = self
+            .store
+            .take(&state_key(state))
+            .await?
+            .ok_or(SsoError::UnknownState)?;
+        let login: LoginState =
+            serde_json::from_slice(&stored).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        let browser = login_cookie.map(|c| hex(&digest("login", c.as_bytes())));
+        if !browser.is_some_and(|b| constant_time_eq(b.as_bytes(), login.browser.as_bytes())) {
+            return Err(SsoError::OtherBrowser);
+        }
+        let oidc = oidc_named(authenticators, &login.authenticator)
+            .ok_or_else(|| SsoError::Gone(login.authenticator.clone()))?;
+        let d = oidc.discovered().await?;
+        if !oidc.accepts_response_issuer(&d, callback.iss) {
+            return Err(SsoError::MixUp);
+        }
+        if let Some(error) = callback.error {
+            return Err(SsoError::Provider(printable(error)));
+        }
+        let code = callback.code.ok_or(SsoError::Malformed("no code"))?;
+        let tokens = oidc
+            .exchange_code(&d, code, &login.verifier, &login.redirect_uri)
+            .await?;
+        let id_token = tokens
+            .id_token
+            .as_deref()
+            .ok_or(SsoError::Oidc(OidcError::IdToken(Refusal::Claim(
+                "id_token".into(),
+            ))))?;
+        let verified = oidc
+            .verify_id_token(&d, id_token, Some(&login.nonce))
+            .await
+            .map_err(OidcError::IdToken)?;
+        let now = drawbridge_identity::unix_now();
+        let id = SessionId::generate()?;
+        let p = &verified.principal;
+        let mut record = Record {
+            authenticator: login.authenticator.clone(),
+            host: login.host.clone(),
+            user: p.id.clone(),
+            groups: p.groups.clone(),
+            attributes: p.attributes.clone(),
+            issuer: oidc.issuer().to_string(),
+            subject: verified.subject.clone(),
+            authenticated_at: p.authenticated_at.unwrap_or(now),
+            created_at: now,
+            last_seen: now,
+            expires_at: now + self.config.lifetime.as_secs(),
+            refresh_at: None,
+            sealed: None,
+        };
+        if let Some(rt) = &tokens.refresh_token {
+            let expiry = tokens
+                .expires_in
+                .map_or(verified.expires_at, |e| now + e)
+                .min(verified.expires_at);
+            record.refresh_at = Some(expiry.saturating_sub(REFRESH_AHEAD).max(now + 1));
+            record.sealed = Some(self.seal_tokens(&id, Some(rt.as_str()), Some(id_token))?);
+        } else {
+            record.sealed = Some(self.seal_tokens(&id, None, Some(id_token))?);
+        }
+        self.save(id.lookup(), &record).await?;
+        let principal = Arc::new(principal_of(&record));
+        Ok(Finished {
+            session_cookie: Zeroizing::new(id.cookie().to_string()),
+            location: login.return_to,
+            host: login.host,
+            principal,
+        })
+    }
+
+    /// The session a cookie names, for a request to `host` on a route that admits the
+    /// `authenticators`: `None` when there is none (or it ended, or it belongs to another
+    /// host or authenticator). An error means the store or the provider could not say:
+    /// the request is refused.
+    pub async fn lookup(
+        &self,
+        cookie: &str,
+        host: &str,
+        authenticators: &[Arc<Authenticator>],
+    ) -> Result<Option<Arc<Session>>, SsoError> {
+        let Some(id) = SessionId::from_cookie(cookie) else {
+            return Ok(None);
+        };
+        let now = drawbridge_identity::unix_now();
+        let fresh = self
+            .cache
+            .get(id.lookup())
+            .filter(|c| c.read_at.elapsed() < self.config.cache_ttl);
+        let session = match fresh {
+            Some(c) => c.session.clone(),
+            None => match self.read(&id, now, authenticators).await? {
+                Some(s) => s,
+                None => {
+                    self.cache.remove(id.lookup());
+                    return Ok(None);
+                }
+            },
+        };
+        let r = &session.record;
+        let admitted = authenticators
+            .iter()
+            .any(|a| matches!(&**a, Authenticator::Oidc(o) if **o.name() == *r.authenticator));
+        if r.host != host
+            || !admitted
+            || now >= r.expires_at
+            || now >= r.last_seen + self.config.idle_timeout.as_secs()
+        {
+            return Ok(None);
+        }
+        Ok(Some(session))
+    }
+
+    /// Reads a session from the store, touching and refreshing it when due.
+    async fn read(
+        &self,
+        id: &SessionId,
+        now: u64,
+        authenticators: &[Arc<Authenticator>],
+    ) -> Result<Option<Arc<Session>>, SsoError> {
+        let Some(bytes) = self.store.get(&session_key(id.lookup())).await? else {
+            return Ok(None);
+        };
+        let mut record: Record =
+            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        if now >= record.expires_at || now >= record.last_seen + self.config.idle_timeout.as_secs()
+        {
+            self.store.delete(&session_key(id.lookup())).await?;
+            return Ok(None);
+        }
+        if let Some(revoked) = self.store.get(&revoked_key(&record)).await?
+            && revoked
+                .first_chunk::<8>()
+                .is_some_and(|at| record.created_at <= u64::from_be_bytes(*at))
+        {
+            self.store.delete(&session_key(id.lookup())).await?;
+            return Ok(None);
+        }
+        let mut changed = false;
+        if record.refresh_at.is_some_and(|at| now >= at) {
+            match self.refresh(id, &mut record, now, authenticators).await {
+                Ok(()) => changed = true,
+                Err(SsoError::Oidc(e @ (OidcError::Provider { .. } | OidcError::IdToken(_)))) => {
+                    // The provider refused: the session ends.
+                    tracing::info!(error = %e, user = %record.user, "session ended: refresh refused");
+                    self.store.delete(&session_key(id.lookup())).await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if changed || now >= record.last_seen + TOUCH_EVERY {
+            record.last_seen = now;
+            self.save(id.lookup(), &record).await?;
+        }
+        let session = Arc::new(Session {
+            principal: Arc::new(principal_of(&record)),
+            handle: hex(id.lookup()),
+            record,
+        });
+        self.cache.insert(
+            *id.lookup(),
+            Arc::new(Cached {
+                session: session.clone(),
+                read_at: Instant::now(),
+            }),
+        );
+        Ok(Some(session))
+    }
+
+    async fn refresh(
+        &self,
+        id: &SessionId,
+        record: &mut Record,
+        now: u64,
+        authenticators: &[Arc<Authenticator>],
+    ) -> Result<(), SsoError> {
+        let oidc = oidc_named(authenticators, &record.authenticator)
+            .ok_or_else(|| SsoError::Gone(record.authenticator.clone()))?;
+        let kept = self.open_tokens(id, record)?;
+        let Some(rt) = kept.refresh_token.as_deref() else {
+            record.refresh_at = None;
+            return Ok(());
+        };
+        let d = oidc.discovered().await?;
+        let tokens = oidc.refresh(&d, rt).await?;
+        let mut id_token = kept.id_token.clone();
+        let mut expiry = tokens.expires_in.map(|e| now + e);
+        if let Some(t) = &tokens.id_token {
+            let v = oidc
+                .verify_id_token(&d, t, None)
+                .await
+                .map_err(OidcError::IdToken)?;
+            // OpenID Connect Core §12.2: the same person, or the session ends.
+            if v.subject != record.subject {
+                return Err(SsoError::Oidc(OidcError::IdToken(Refusal::Claim(
+                    "sub".into(),
+                ))));
+            }
+            record.groups = v.principal.groups;
+            record.attributes = v.principal.attributes;
+            expiry = Some(expiry.map_or(v.expires_at, |e| e.min(v.expires_at)));
+            id_token = Some(t.clone());
+        }
+        let refresh_token = tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| t.to_string())
+            .or(kept.refresh_token.clone());
+        record.refresh_at = expiry.map(|e| e.saturating_sub(REFRESH_AHEAD).max(now + 1));
+        record.sealed = Some(self.seal_tokens(id, refresh_token.as_deref(), id_token.as_deref())?);
+        Ok(())
+    }
+
+    /// Ends the session `cookie` names; returns it (for the provider's logout) when there
+    /// was one.
+    pub async fn end(&self, cookie: &str) -> Result<Option<(Record, Option<String>)>, SsoError> {
+        let Some(id) = SessionId::from_cookie(cookie) else {
+            return Ok(None);
+        };
+        self.cache.remove(id.lookup());
+        let Some(bytes) = self.store.take(&session_key(id.lookup())).await? else {
+            return Ok(None);
+        };
+        let record: Record =
+            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        let id_token = self.open_tokens(&id, &record).ok().and_then(|k| k.id_token);
+        Ok(Some((record, id_token)))
+    }
+
+    /// Revokes one session by its handle; whether it existed.
+    pub async fn revoke(&self, handle: &str) -> Result<bool, SsoError> {
+        let Some(lookup) = unhex32(handle) else {
+            return Ok(false);
+        };
+        self.cache.remove(&lookup);
+        Ok(self.store.delete(&session_key(&lookup)).await?)
+    }
+
+    /// Revokes every session of `user` signed in through `authenticator` until now.
+    pub async fn revoke_user(&self, authenticator: &str, user: &str) -> Result<(), SsoError> {
+        let now = drawbridge_identity::unix_now();
+        let key = format!("revoked:{authenticator}/{user}");
+        self.store
+            .put(&key, &now.to_be_bytes(), now + self.config.lifetime.as_secs())
+            .await?;
+        self.cache.clear();
+        Ok(())
+    }
+
+    async fn save(&self, lookup: &[u8; 32], record: &Record) -> Result<(), SsoError> {
+        let value = serde_json::to_vec(record).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        self.store
+            .put(&session_key(lookup), &value, record.expires_at)
+            .await?;
+        self.cache.remove(lookup);
+        Ok(())
+    }
+
+    fn seal_tokens(
+        &self,
+        id: &SessionId,
+        refresh_token: Option<&str>,
+        id_token: Option<&str>,
+    ) -> Result<String, SsoError> {
+        let kept = Zeroizing::new(
+            serde_json::to_vec(&Kept {
+                refresh_token: refresh_token.map(String::from),
+                id_token: id_token.map(String::from),
+            })
+            .map_err(|e| SsoError::Corrupt(e.to_string()))?,
+        );
+        let sealed = self.seal.seal(id.lookup(), "tokens", &kept)?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+    }
+
+    fn open_tokens(&self, id: &SessionId, record: &Record) -> Result<Kept, SsoError> {
+        let Some(sealed) = &record.sealed else {
+            return Ok(Kept {
+                refresh_token: None,
+                id_token: None,
+            });
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        let plain = self.seal.open(id.lookup(), "tokens", &bytes)?;
+        serde_json::from_slice(&plain).map_err(|e| SsoError::Corrupt(e.to_string()))
+    }
+}
+
+/// The query of a callback.
+#[derive(Debug, Default)]
+pub struct Callback<'a> {
+    /// `state`.
+    pub state: Option<&'a str>,
+    /// `code`.
+    pub code: Option<&'a str>,
+    /// `iss` (RFC 9207).
+    pub iss: Option<&'a str>,
+    /// `error`.
+    pub error: Option<&'a str>,
+}
+
+/// The principal a session stands for: the same a JWT with the same claims would make.
+fn principal_of(r: &Record) -> Principal {
+    Principal {
+        id: r.user.clone(),
+        kind: drawbridge_config::PrincipalKind::User,
+        authenticator: r.authenticator.as_str().into(),
+        issuer: Some(r.issuer.clone()),
+        groups: r.groups.clone(),
+        attributes: r.attributes.clone(),
+        methods: vec![AuthMethod::Oidc],
+        authenticated_at: Some(r.authenticated_at),
+        expires_at: Some(r.expires_at),
+    }
+}
+
+fn oidc_named<'a>(
+    authenticators: &'a [Arc<Authenticator>],
+    name: &str,
+) -> Option<&'a OidcAuthenticator> {
+    authenticators.iter().find_map(|a| match &**a {
+        Authenticator::Oidc(o) if **o.name() == *name => Some(o),
+        _ => None,
+    })
+}
+
+fn state_key(state: &str) -> String {
+    format!("login:{}", hex(&digest("state", state.as_bytes())))
+}
+
+fn session_key(lookup: &[u8; 32]) -> String {
+    format!("session:{}", hex(lookup))
+}
+
+fn revoked_key(r: &Record) -> String {
+    format!("revoked:{}/{}", r.authenticator, r.user)
+}
+
+fn digest(purpose: &str, bytes: &[u8]) -> [u8; 32] {
+    drawbridge_config::sha256(&[b"drawbridge ", purpose.as_bytes(), bytes])
+}
+
+/// 256 random bits, base64url: states, nonces, PKCE verifiers, login cookies.
+fn random() -> Result<String, SecretError> {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(&mut raw[..]).map_err(|_| SecretError::NoRandomness)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw[..]))
+}
+
+/// What [`random`] makes: 43 base64url characters.
+fn well_formed(s: &str) -> bool {
+    s.len() == 43
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A value's anti-forgery token for a form: a digest of a cookie the page's own browser
+/// holds (and a forging page cannot read).
+pub fn csrf_token(cookie: &str) -> String {
+    hex(&digest("csrf", cookie.as_bytes()))[..32].to_string()
+}
+
+/// Whether `token` is the anti-forgery token of `cookie`.
+pub fn csrf_valid(cookie: &str, token: &str) -> bool {
+    constant_time_eq(csrf_token(cookie).as_bytes(), token.as_bytes())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// How long a sign-in may take (for the login cookie's `Max-Age`).
+pub const LOGIN_MAX_AGE: Duration = Duration::from_secs(LOGIN_TTL);

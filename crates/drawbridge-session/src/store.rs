@@ -1,0 +1,305 @@
+//! Where sessions and sign-in states are kept: one small key-value interface ([`Backend`])
+//! with an expiry on every entry, implemented by the embedded store (a redb file, for one
+//! instance and the demo) and by Redis (several instances). The same test suite runs
+//! against each.
+//!
+//! A failing store fails closed: every error is returned, and the callers refuse the
+//! sign-in or the session it concerns.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Why the store could not answer. Whoever asked refuses what depended on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded store's file.
+    #[error("embedded store: {0}")]
+    Embedded(#[from] redb::Error),
+    /// A blocking task could not run (the runtime is shutting down).
+    #[error("store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The operations sessions need. Values are opaque bytes; every entry has an expiry (Unix
+/// seconds) after which it is gone, whether or not it was removed yet.
+pub trait Backend: Send + Sync {
+    /// Sets `key` to `value` until `expires_at`.
+    fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The value of `key`, if it is there and has not expired.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Removes `key` and returns its value, in one step: of two callers taking the same
+    /// key, one gets it (single-use states and codes).
+    fn take(&self, key: &str)
+    -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Removes `key`; whether it was there.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Sets `key` to `value` unless it holds one already; returns the value it holds after.
+    fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+}
+
+/// The store a configuration names.
+#[derive(Clone)]
+pub enum Store {
+    /// A redb file.
+    Embedded(Embedded),
+}
+
+impl Store {
+    /// See [`Backend::put`].
+    pub async fn put(&self, key: &str, value: &[u8], expires_at: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(e) => e.put(key, value, expires_at).await,
+        }
+    }
+    /// See [`Backend::get`].
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Embedded(e) => e.get(key).await,
+        }
+    }
+    /// See [`Backend::take`].
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Embedded(e) => e.take(key).await,
+        }
+    }
+    /// See [`Backend::delete`].
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(e) => e.delete(key).await,
+        }
+    }
+    /// See [`Backend::put_if_absent`].
+    pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Store::Embedded(e) => e.put_if_absent(key, value).await,
+        }
+    }
+}
+
+/// Entries: key -> 8 bytes of expiry (big-endian Unix seconds), then the value.
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+
+/// Entries that never expire are kept until this (year 9999).
+pub const NEVER: u64 = 253_402_300_799;
+
+/// The embedded store: one redb file. Its calls run on the blocking pool, never on a
+/// thread that serves requests.
+#[derive(Clone)]
+pub struct Embedded {
+    db: Arc<redb::Database>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Embedded, StoreError> {
+        let db = redb::Database::create(path).map_err(redb::Error::from)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        txn.open_table(ENTRIES).map_err(redb::Error::from)?;
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(Embedded { db: Arc::new(db) })
+    }
+
+    /// Removes every expired entry; returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let db = self.db.clone();
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let removed = {
+                let mut t = txn.open_table(ENTRIES)?;
+                let mut removed = 0usize;
+                t.retain(|_, v| {
+                    let gone = expired(v, now);
+                    removed += usize::from(gone);
+                    !gone
+                })?;
+                removed
+            };
+            txn.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, redb::Error> + Send + 'static,
+) -> Result<T, StoreError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+fn expired(stored: &[u8], now: u64) -> bool {
+    match stored.first_chunk::<8>() {
+        Some(at) => u64::from_be_bytes(*at) <= now,
+        None => true,
+    }
+}
+
+fn live(stored: &[u8], now: u64) -> Option<Vec<u8>> {
+    (!expired(stored, now)).then(|| stored[8..].to_vec())
+}
+
+fn entry(value: &[u8], expires_at: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&expires_at.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+impl Backend for Embedded {
+    async fn put(&self, key: &str, value: &[u8], expires_at: u64) -> Result<(), StoreError> {
+        let (db, key, stored) = (self.db.clone(), key.to_string(), entry(value, expires_at));
+        blocking(move || {
+            let txn = db.begin_write()?;
+            txn.open_table(ENTRIES)?.insert(key.as_str(), stored.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (db, key) = (self.db.clone(), key.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let t = db.begin_read()?.open_table(ENTRIES)?;
+            Ok(t.get(key.as_str())?.and_then(|v| live(v.value(), now)))
+        })
+        .await
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (db, key) = (self.db.clone(), key.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let value = txn
+                .open_table(ENTRIES)?
+                .remove(key.as_str())?
+                .and_then(|v| live(v.value(), now));
+            txn.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let (db, key) = (self.db.clone(), key.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let was = txn
+                .open_table(ENTRIES)?
+                .remove(key.as_str())?
+                .is_some_and(|v| !expired(v.value(), now));
+            txn.commit()?;
+            Ok(was)
+        })
+        .await
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (db, key, value) = (self.db.clone(), key.to_string(), value.to_vec());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let held = {
+                let mut t = txn.open_table(ENTRIES)?;
+                let held = t.get(key.as_str())?.and_then(|v| live(v.value(), now));
+                match held {
+                    Some(v) => v,
+                    None => {
+                        t.insert(key.as_str(), entry(&value, NEVER).as_slice())?;
+                        value
+                    }
+                }
+            };
+            txn.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod suite {
+    //! The behaviour every backend must have.
+
+    use super::*;
+
+    pub(crate) async fn behaves(s: &impl Backend) {
+        let far = drawbridge_identity::unix_now() + 3600;
+        assert_eq!(s.get("a").await.expect("get"), None);
+        s.put("a", b"one", far).await.expect("put");
+        assert_eq!(s.get("a").await.expect("get"), Some(b"one".to_vec()));
+        s.put("a", b"two", far).await.expect("put");
+        assert_eq!(s.get("a").await.expect("get"), Some(b"two".to_vec()));
+        // Taken once, then gone.
+        assert_eq!(s.take("a").await.expect("take"), Some(b"two".to_vec()));
+        assert_eq!(s.take("a").await.expect("take"), None);
+        assert_eq!(s.get("a").await.expect("get"), None);
+        // Expired entries are absent, whatever the operation.
+        let past = drawbridge_identity::unix_now() - 1;
+        s.put("old", b"x", past).await.expect("put");
+        assert_eq!(s.get("old").await.expect("get"), None);
+        assert_eq!(s.take("old").await.expect("take"), None);
+        assert!(!s.delete("old").await.expect("delete"));
+        s.put("b", b"x", far).await.expect("put");
+        assert!(s.delete("b").await.expect("delete"));
+        assert!(!s.delete("b").await.expect("delete"));
+        // The first value put stays.
+        assert_eq!(s.put_if_absent("k", b"first").await.expect("pia"), b"first");
+        assert_eq!(s.put_if_absent("k", b"second").await.expect("pia"), b"first");
+        // Of many takers of one key, exactly one gets it.
+        s.put("once", b"v", far).await.expect("put");
+        let got = futures_util::future::join_all((0..8).map(|_| s.take("once"))).await;
+        let got: Vec<_> = got.into_iter().map(|r| r.expect("take")).collect();
+        assert_eq!(got.iter().filter(|v| v.is_some()).count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn embedded_store_behaves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Embedded::open(&dir.path().join("s.redb")).expect("open");
+        suite::behaves(&s).await;
+        let past = drawbridge_identity::unix_now() - 1;
+        s.put("gone", b"x", past).await.expect("put");
+        assert!(s.sweep().await.expect("sweep") >= 1);
+    }
+
+    #[tokio::test]
+    async fn embedded_store_keeps_entries_across_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let far = drawbridge_identity::unix_now() + 3600;
+        {
+            let s = Embedded::open(&path).expect("open");
+            s.put("kept", b"v", far).await.expect("put");
+        }
+        let s = Embedded::open(&path).expect("reopen");
+        assert_eq!(s.get("kept").await.expect("get"), Some(b"v".to_vec()));
+    }
+}
