@@ -124,10 +124,9 @@ impl Fetcher {
         }
         let body = match call.form {
             Some(form) => {
-                req = req.method(http::Method::POST).header(
-                    header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                );
+                req = req
+                    .method(http::Method::POST)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
                 Full::new(Bytes::from(form))
             }
             None => Full::new(Bytes::new()),

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::error::{BuildError, Refusal};
 use crate::fetch::{FetchError, Fetcher};
 use crate::jwks::{FetchSettings, KeySource};
-use crate::jwt::{Mapped, map_claims, number, printable, refuse_duplicate_members, refusal};
+use crate::jwt::{Mapped, map_claims, number, printable, refusal, refuse_duplicate_members};
 use crate::principal::{AuthMethod, Principal};
 
 /// Longest ID token accepted, in bytes (they carry more claims than access tokens).
@@ -201,9 +201,8 @@ impl OidcAuthenticator {
         }
         if last.is_some_and(|t| t.elapsed() < DISCOVERY_RETRY) {
             // A document read before stays in use while a newer one cannot be had.
-            return current.ok_or_else(|| {
-                OidcError::Discovery("not available (retrying shortly)".into())
-            });
+            return current
+                .ok_or_else(|| OidcError::Discovery("not available (retrying shortly)".into()));
         }
         *last = Some(Instant::now());
         match self.discover().await {
@@ -220,10 +219,14 @@ impl OidcAuthenticator {
     }
 
     async fn discover(&self) -> Result<Discovered, OidcError> {
-        let bytes = self.discovery.get().await.map_err(|source| OidcError::Fetch {
-            what: "discovery",
-            source,
-        })?;
+        let bytes = self
+            .discovery
+            .get()
+            .await
+            .map_err(|source| OidcError::Fetch {
+                what: "discovery",
+                source,
+            })?;
         let m: Metadata = serde_json::from_slice(&bytes)
             .map_err(|e| OidcError::Discovery(format!("not a discovery document: {e}")))?;
         // OpenID Connect Discovery §4.3: exactly the issuer configured.
@@ -244,8 +247,8 @@ impl OidcAuthenticator {
         let endpoint = |what: &str, s: &str| -> Result<(JwksUrl, url::Url), OidcError> {
             let checked = drawbridge_config::https_url(s)
                 .map_err(|e| OidcError::Discovery(format!("{what}: {e}")))?;
-            let parsed = url::Url::parse(s)
-                .map_err(|e| OidcError::Discovery(format!("{what}: {e}")))?;
+            let parsed =
+                url::Url::parse(s).map_err(|e| OidcError::Discovery(format!("{what}: {e}")))?;
             Ok((
                 JwksUrl {
                     ca: self.config.discovery.ca.clone(),
@@ -394,12 +397,11 @@ impl OidcAuthenticator {
                 error,
             });
         }
-        let t: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| OidcError::Provider {
-                what,
-                status: status.as_u16(),
-                error: format!("not a token response: {e}"),
-            })?;
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| OidcError::Provider {
+            what,
+            status: status.as_u16(),
+            error: format!("not a token response: {e}"),
+        })?;
         if !t
             .token_type
             .as_deref()
@@ -431,14 +433,12 @@ impl OidcAuthenticator {
         if token.len() > MAX_ID_TOKEN_BYTES {
             return Err(Refusal::TooLong(MAX_ID_TOKEN_BYTES));
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self.issuer()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| refusal(&e, self.issuer()))?;
         refuse_duplicate_members(token)?;
         if let Some(crit) = &header.crit {
             return Err(Refusal::Critical(printable(&crit.join(","))));
         }
-        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg)
-        else {
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Refusal::Algorithm(format!("{:?}", header.alg)));
         };
         let kid = header.kid.as_deref();
@@ -540,7 +540,7 @@ impl OidcAuthenticator {
             .filter(|(local, _)| !local.is_empty())
             .map(|(_, d)| d);
         match domain {
-            Some(d) if allowed.iter().any(|a| *a == d) => Ok(()),
+            Some(d) if allowed.contains(&d) => Ok(()),
             _ => Err(Refusal::Claim("email".into())),
         }
     }

@@ -9,17 +9,25 @@ use http::HeaderMap;
 
 use crate::admission::ask::Proof;
 use crate::rescue::{ProxyError, Schemes};
-use crate::snapshot::RouteEntry;
+use crate::snapshot::{RouteEntry, Snapshot};
 
 /// The caller of a request on `route`: `None` on a public route, which reads no
 /// credentials; otherwise the principal one of the route's authenticators admits.
 pub async fn caller(
+    snapshot: &Snapshot,
     route: &RouteEntry,
     proof: Proof<'_>,
+    host: &str,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Principal>>, ProxyError> {
     if let Admission::Public { .. } = route.config.admission {
         return Ok(None);
+    }
+    // A person's session, on a route people sign in to.
+    if let Proof::Presented { .. } = proof
+        && let Some(p) = crate::signin::session(snapshot, route, host, headers).await?
+    {
+        return Ok(Some(p));
     }
     let refused = |e| ProxyError::Unauthenticated(e, Schemes::of(&route.authenticators));
     // Credentials are read the same way whoever checks them: an ambiguous one is refused

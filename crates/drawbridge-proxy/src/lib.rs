@@ -13,6 +13,7 @@ pub mod mutate;
 pub mod parse;
 pub mod record;
 pub mod sanitize;
+pub mod signin;
 
 // What they run over.
 pub mod admin;
@@ -179,7 +180,11 @@ impl Proxy {
         config_path: &Path,
         mut inherited: Inherited,
     ) -> Result<Arc<Proxy>, StartError> {
-        let snapshot = compile(config_path, None)?;
+        let mut snapshot = compile(config_path, None)?;
+        signin::attach(&mut snapshot, None).map_err(|e| StartError::Io {
+            what: "starting sessions".into(),
+            source: std::io::Error::other(e),
+        })?;
         let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
         let audit: AuditLog = open_log(&snapshot.server.audit_log, "audit log")?;
 
@@ -333,10 +338,11 @@ impl Proxy {
     /// the snapshot they started with.
     pub fn reload(&self) -> Result<String, ReloadError> {
         let current = self.shared.snapshot.load_full();
-        let next = compile(&self.config_path, Some(&current))?;
+        let mut next = compile(&self.config_path, Some(&current))?;
         if !current.same_listeners(&next) {
             return Err(ReloadError::ListenersChanged);
         }
+        signin::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
         let version = next.version.clone();
         warn_about(&next);
         prefetch(&next);

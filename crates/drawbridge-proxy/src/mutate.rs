@@ -57,6 +57,8 @@ pub fn request(
             }
         }
     }
+    // Drawbridge's own cookies (sessions, sign-in) never reach an upstream, on any route.
+    drawbridge_session::cookies::strip_own(&mut headers);
     // The route's own edits, before Drawbridge's headers, which no edit can touch.
     if !route.request_edits.is_empty() {
         route.request_edits.apply(&mut headers);

@@ -8,7 +8,8 @@
 //! admission::route    host + path + method -> the route (its reserved paths first)
 //! sanitize::for_route what the route lets through of the query and held headers
 //! parse::for_route    the route's body limit, the upgrade's shape
-//! admission::admit    authenticate, authorize (verify and limit to come)
+//! admission::admit    authenticate (a session, or credentials), authorize
+//! signin::to_sign_in  a browser without a session is sent to sign in
 //! record::decision    the audit event of whatever the policies decided
 //! mutate::request     credentials out, identity and forwarding in, the upstream target
 //! forward::forward    the upstream exchange (form bodies screened on the way)
@@ -134,7 +135,11 @@ async fn run(
         crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
     }
     let (admitted, max_body) = match entry {
-        Ok(Entry::Own) => return own(snapshot, &ctx.path.decoded, &req.method).map(Outcome::Local),
+        Ok(Entry::Own) => {
+            return crate::signin::own(snapshot, listener, ctx, &req, body)
+                .await
+                .map(Outcome::Local);
+        }
         Ok(Entry::Route { admitted, max_body }) => (admitted, max_body),
         Err(refused) => return Err(refused.error),
     };
@@ -258,7 +263,17 @@ pub async fn admit(
         client: ctx.client,
         time: ctx.time(),
     };
-    let admitted = crate::admission::admit(snapshot, route, proof, &ask).await;
+    let mut admitted = crate::admission::admit(snapshot, route, proof, &ask).await;
+    // A browser without a session on a route people sign in to is sent to sign in.
+    if let Err(r) = &mut admitted
+        && matches!(r.error, ProxyError::Unauthenticated(..))
+        && r.route.as_ref().is_some_and(|r| r.signs_in())
+        && snapshot.sessions.is_some()
+        && drawbridge_session::is_navigation(&req.method, &req.headers)
+    {
+        let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        r.error = crate::signin::to_sign_in(target);
+    }
     let principal = match &admitted {
         Ok(a) => a.principal.as_deref(),
         Err(r) => r.decided.as_ref().map(|d| &*d.principal),
@@ -306,30 +321,5 @@ fn redirect_to_https(
     let mut res = Response::new(ResponseBody::empty());
     *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
     res.headers_mut().insert(header::LOCATION, location);
-    Ok(res)
-}
-
-/// Answers `/.drawbridge/...`: the identity assertion's public keys; nothing else yet.
-fn own(
-    snapshot: &Snapshot,
-    path: &str,
-    method: &http::Method,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if path != "/.drawbridge/jwks.json" {
-        return Err(ProxyError::NoRoute);
-    }
-    if method != http::Method::GET && method != http::Method::HEAD {
-        return Err(ProxyError::MethodNotAllowed("GET, HEAD".into()));
-    }
-    let mut res = Response::new(ResponseBody::full(snapshot.minter.jwks().clone()));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwk-set+json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
     Ok(res)
 }

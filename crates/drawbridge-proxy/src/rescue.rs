@@ -72,6 +72,17 @@ pub enum ProxyError {
     /// The upstream did not answer in time.
     #[error("upstream timed out after {0:?}")]
     UpstreamTimeout(std::time::Duration),
+    /// A browser without a session on a route people sign in to: sent to sign in (this
+    /// location) and back, never refused outright.
+    #[error("no session: sent to sign in")]
+    SignIn(String),
+    /// The session store could not say whether the session exists: refused (fail closed).
+    #[error("session store unavailable")]
+    SessionUnavailable,
+    /// A form of Drawbridge's own pages without its anti-forgery token, or posted from
+    /// another origin.
+    #[error("cross-site request refused")]
+    Csrf,
 }
 
 /// Why the policies did not allow a request.
@@ -145,6 +156,9 @@ impl ProxyError {
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::SignIn(_) => StatusCode::FOUND,
+            Self::SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Csrf => StatusCode::FORBIDDEN,
         }
     }
 
@@ -162,6 +176,9 @@ impl ProxyError {
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) | Self::BodyTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,                              // INTERNAL
+            Self::SignIn(_) => 16,                                // UNAUTHENTICATED
+            Self::SessionUnavailable => 14,                       // UNAVAILABLE
+            Self::Csrf => 7,                                      // PERMISSION_DENIED
         }
     }
 
@@ -174,7 +191,10 @@ impl ProxyError {
             | Self::BadRequest(_) => Phase::Parse,
             Self::Path(_) | Self::Framing(_) | Self::Header(_) | Self::Query(_) => Phase::Sanitize,
             Self::NoRoute | Self::MethodNotAllowed(_) | Self::Misdirected => Phase::Route,
-            Self::Unauthenticated(..) => Phase::Authenticate,
+            Self::Unauthenticated(..) | Self::SignIn(_) | Self::SessionUnavailable => {
+                Phase::Authenticate
+            }
+            Self::Csrf => Phase::Sanitize,
             Self::Forbidden(_) | Self::PolicyInput(_) => Phase::Authorize,
             Self::NoHealthyEndpoint
             | Self::UpstreamAtCapacity
@@ -230,6 +250,9 @@ impl ProxyError {
             Self::Internal(_) => "internal error",
             Self::Forbidden(_) => "forbidden",
             Self::PolicyInput(_) => "bad request",
+            Self::SignIn(_) => "sign in required",
+            Self::SessionUnavailable => "service unavailable",
+            Self::Csrf => "forbidden",
         };
         m.into()
     }
@@ -269,6 +292,11 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
             && let Ok(v) = HeaderValue::from_str(allow)
         {
             h.insert(header::ALLOW, v);
+        }
+        if let ProxyError::SignIn(location) = err
+            && let Ok(v) = HeaderValue::from_str(location)
+        {
+            h.insert(header::LOCATION, v);
         }
         if let ProxyError::Unauthenticated(e, schemes) = err {
             for c in challenges(e, *schemes) {

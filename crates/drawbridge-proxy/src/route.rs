@@ -33,6 +33,16 @@ pub struct RouteEntry {
     pub response_edits: Edits,
 }
 
+impl RouteEntry {
+    /// Whether people sign in to it (one of its authenticators is `oidc`): a browser
+    /// without a session is sent to sign in instead of refused.
+    pub fn signs_in(&self) -> bool {
+        self.authenticators
+            .iter()
+            .any(|a| matches!(&**a, Authenticator::Oidc(_)))
+    }
+}
+
 /// A route's header edits, ready to apply: removals first, then the values set.
 #[derive(Debug, Default)]
 pub struct Edits {

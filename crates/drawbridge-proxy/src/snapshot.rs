@@ -41,6 +41,14 @@ pub struct Snapshot {
     pub policies: Option<Arc<drawbridge_policy::Policies>>,
     /// What `check` reports without refusing the configuration.
     pub warnings: Vec<Diagnostic>,
+    /// `[sessions]`, when people sign in.
+    pub sessions_config: Option<drawbridge_config::Sessions>,
+    /// People's sessions: attached by `serve` once the snapshot is in force
+    /// ([`crate::signin::attach`]), never by `check` or `test`, which open no store.
+    pub sessions: Option<Arc<drawbridge_session::Sessions>>,
+    /// The hosts this configuration serves over https: where a browser may return after
+    /// signing in.
+    pub served: drawbridge_session::Served,
 }
 
 /// A listener's compiled settings.
@@ -246,6 +254,7 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
+        let served = crate::signin::served(&config);
         let mut warnings = config.warnings.clone();
         if let Some(p) = &policies {
             warnings.extend(p.warnings.iter().cloned());
@@ -265,6 +274,9 @@ impl Snapshot {
             minter,
             identity_header,
             header_rules,
+            sessions_config: config.sessions,
+            sessions: None,
+            served,
         })
     }
 

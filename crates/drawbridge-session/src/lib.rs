@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 mod browser;
+pub mod cookies;
+pub mod pages;
 mod return_to;
 mod secret;
 mod sessions;

@@ -134,16 +134,30 @@ impl Served {
     }
 }
 
-/// Visible ASCII only, no backslash, and percent-encodings that hide nothing: never of a
-/// delimiter that could move the target to another host or path (`/`, `\`, `@`, `:`, `?`,
-/// `#`, `.`), of `%` itself (a doubled encoding), of a control character or a space.
+/// Visible ASCII only, no backslash, and percent-encodings that hide nothing: before the
+/// query, never of a delimiter that could move the target to another host or path (`/`,
+/// `\`, `@`, `:`, `?`, `#`, `.`), of `%` itself (a doubled encoding), of a control character
+/// or a space. In the query and fragment, which choose neither host nor path, any
+/// well-formed encoding (`?next=%2Fhome`).
 fn plain_spelling(s: &str) -> bool {
     let b = s.as_bytes();
     let mut i = 0;
+    let mut in_query = false;
     while i < b.len() {
         match b[i] {
             b'\\' => return false,
             c if !(0x21..=0x7e).contains(&c) => return false,
+            b'?' | b'#' => in_query = true,
+            b'%' if in_query => {
+                let well_formed = s
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| u8::from_str_radix(h, 16).is_ok());
+                if !well_formed {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
             b'%' => {
                 let Some(hex) = s.get(i + 1..i + 3) else {
                     return false;
@@ -198,6 +212,11 @@ mod tests {
             (
                 "https://app.corp.test/x#frag",
                 "https://app.corp.test/x#frag",
+            ),
+            // The query and fragment choose neither host nor path: encodings stay.
+            (
+                "/x?next=%2Fhome%3Fa%3D1&p=100%25&s=a%20b",
+                "https://app.corp.test/x?next=%2Fhome%3Fa%3D1&p=100%25&s=a%20b",
             ),
         ] {
             let r = s.return_target(asked, &from);

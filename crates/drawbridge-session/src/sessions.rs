@@ -169,40 +169,65 @@ pub struct Finished {
 /// Every session of one configuration's `[sessions]`.
 pub struct Sessions {
     store: Store,
-    seal: SealKey,
+    /// The sealing key: the configured one, or the one the store keeps (read, or made and
+    /// kept, at first use).
+    seal: Arc<tokio::sync::OnceCell<SealKey>>,
     config: drawbridge_config::Sessions,
     served: Served,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
 }
 
 impl Sessions {
-    /// Sessions in `store`, sealed with the configured key or the one the store keeps.
-    pub async fn new(
+    /// Sessions in `store` under `config`, people returning to the `served` hosts.
+    pub fn new(
         store: Store,
         config: drawbridge_config::Sessions,
         served: Served,
     ) -> Result<Sessions, SsoError> {
-        let seal = match &config.key {
-            Some((_, secret)) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(secret.expose())
-                    .map(Zeroizing::new)
-                    .map_err(|_| SsoError::Corrupt("key_file is not base64".into()))?;
-                SealKey::from_bytes(&bytes)?
-            }
-            None => {
-                let (_, fresh) = SealKey::generate()?;
-                let kept = Zeroizing::new(store.put_if_absent("key:seal", &fresh[..]).await?);
-                SealKey::from_bytes(&kept)?
-            }
-        };
+        let seal = tokio::sync::OnceCell::new();
+        if let Some((_, secret)) = &config.key {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(secret.expose())
+                .map(Zeroizing::new)
+                .map_err(|_| SsoError::Corrupt("key_file is not base64".into()))?;
+            let _ = seal.set(SealKey::from_bytes(&bytes)?);
+        }
         Ok(Sessions {
             store,
-            seal,
+            seal: Arc::new(seal),
             config,
             served,
             cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
         })
+    }
+
+    /// The same store (and sealing key, unless `config` names another) under new
+    /// settings, after a reload: sessions carry on.
+    pub fn renew(
+        &self,
+        config: drawbridge_config::Sessions,
+        served: Served,
+    ) -> Result<Sessions, SsoError> {
+        if config.key == self.config.key {
+            return Ok(Sessions {
+                store: self.store.clone(),
+                seal: self.seal.clone(),
+                config,
+                served,
+                cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+            });
+        }
+        Sessions::new(self.store.clone(), config, served)
+    }
+
+    async fn key(&self) -> Result<&SealKey, SsoError> {
+        self.seal
+            .get_or_try_init(|| async {
+                let (_, fresh) = SealKey::generate()?;
+                let kept = Zeroizing::new(self.store.put_if_absent("key:seal", &fresh[..]).await?);
+                Ok::<_, SsoError>(SealKey::from_bytes(&kept)?)
+            })
+            .await
     }
 
     /// The settings.
@@ -352,9 +377,12 @@ impl Sessions {
                 .map_or(verified.expires_at, |e| now + e)
                 .min(verified.expires_at);
             record.refresh_at = Some(expiry.saturating_sub(REFRESH_AHEAD).max(now + 1));
-            record.sealed = Some(self.seal_tokens(&id, Some(rt.as_str()), Some(id_token))?);
+            record.sealed = Some(
+                self.seal_tokens(&id, Some(rt.as_str()), Some(id_token))
+                    .await?,
+            );
         } else {
-            record.sealed = Some(self.seal_tokens(&id, None, Some(id_token))?);
+            record.sealed = Some(self.seal_tokens(&id, None, Some(id_token)).await?);
         }
         self.save(id.lookup(), &record).await?;
         let principal = Arc::new(principal_of(&record));
@@ -474,7 +502,7 @@ impl Sessions {
     ) -> Result<(), SsoError> {
         let oidc = oidc_named(authenticators, &record.authenticator)
             .ok_or_else(|| SsoError::Gone(record.authenticator.clone()))?;
-        let kept = self.open_tokens(id, record)?;
+        let kept = self.open_tokens(id, record).await?;
         let Some(rt) = kept.refresh_token.as_deref() else {
             record.refresh_at = None;
             return Ok(());
@@ -505,7 +533,10 @@ impl Sessions {
             .map(|t| t.to_string())
             .or(kept.refresh_token.clone());
         record.refresh_at = expiry.map(|e| e.saturating_sub(REFRESH_AHEAD).max(now + 1));
-        record.sealed = Some(self.seal_tokens(id, refresh_token.as_deref(), id_token.as_deref())?);
+        record.sealed = Some(
+            self.seal_tokens(id, refresh_token.as_deref(), id_token.as_deref())
+                .await?,
+        );
         Ok(())
     }
 
@@ -521,7 +552,11 @@ impl Sessions {
         };
         let record: Record =
             serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        let id_token = self.open_tokens(&id, &record).ok().and_then(|k| k.id_token);
+        let id_token = self
+            .open_tokens(&id, &record)
+            .await
+            .ok()
+            .and_then(|k| k.id_token);
         Ok(Some((record, id_token)))
     }
 
@@ -539,7 +574,11 @@ impl Sessions {
         let now = drawbridge_identity::unix_now();
         let key = format!("revoked:{authenticator}/{user}");
         self.store
-            .put(&key, &now.to_be_bytes(), now + self.config.lifetime.as_secs())
+            .put(
+                &key,
+                &now.to_be_bytes(),
+                now + self.config.lifetime.as_secs(),
+            )
             .await?;
         self.cache.clear();
         Ok(())
@@ -554,7 +593,7 @@ impl Sessions {
         Ok(())
     }
 
-    fn seal_tokens(
+    async fn seal_tokens(
         &self,
         id: &SessionId,
         refresh_token: Option<&str>,
@@ -567,11 +606,11 @@ impl Sessions {
             })
             .map_err(|e| SsoError::Corrupt(e.to_string()))?,
         );
-        let sealed = self.seal.seal(id.lookup(), "tokens", &kept)?;
+        let sealed = self.key().await?.seal(id.lookup(), "tokens", &kept)?;
         Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
     }
 
-    fn open_tokens(&self, id: &SessionId, record: &Record) -> Result<Kept, SsoError> {
+    async fn open_tokens(&self, id: &SessionId, record: &Record) -> Result<Kept, SsoError> {
         let Some(sealed) = &record.sealed else {
             return Ok(Kept {
                 refresh_token: None,
@@ -581,7 +620,7 @@ impl Sessions {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        let plain = self.seal.open(id.lookup(), "tokens", &bytes)?;
+        let plain = self.key().await?.open(id.lookup(), "tokens", &bytes)?;
         serde_json::from_slice(&plain).map_err(|e| SsoError::Corrupt(e.to_string()))
     }
 }
@@ -650,8 +689,7 @@ fn random() -> Result<String, SecretError> {
 /// What [`random`] makes: 43 base64url characters.
 fn well_formed(s: &str) -> bool {
     s.len() == 43
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 

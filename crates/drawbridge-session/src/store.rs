@@ -39,8 +39,7 @@ pub trait Backend: Send + Sync {
 
     /// Removes `key` and returns its value, in one step: of two callers taking the same
     /// key, one gets it (single-use states and codes).
-    fn take(&self, key: &str)
-    -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    fn take(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
     /// Removes `key`; whether it was there.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -169,7 +168,8 @@ impl Backend for Embedded {
         let (db, key, stored) = (self.db.clone(), key.to_string(), entry(value, expires_at));
         blocking(move || {
             let txn = db.begin_write()?;
-            txn.open_table(ENTRIES)?.insert(key.as_str(), stored.as_slice())?;
+            txn.open_table(ENTRIES)?
+                .insert(key.as_str(), stored.as_slice())?;
             txn.commit()?;
             Ok(())
         })
@@ -267,7 +267,10 @@ pub(crate) mod suite {
         assert!(!s.delete("b").await.expect("delete"));
         // The first value put stays.
         assert_eq!(s.put_if_absent("k", b"first").await.expect("pia"), b"first");
-        assert_eq!(s.put_if_absent("k", b"second").await.expect("pia"), b"first");
+        assert_eq!(
+            s.put_if_absent("k", b"second").await.expect("pia"),
+            b"first"
+        );
         // Of many takers of one key, exactly one gets it.
         s.put("once", b"v", far).await.expect("put");
         let got = futures_util::future::join_all((0..8).map(|_| s.take("once"))).await;

@@ -1,16 +1,21 @@
 //! Test parts for Drawbridge: a recording upstream that keeps every request it received and
 //! echoes it back, certificates from a throwaway CA, signing keys and JWK Sets,
 //! configurations built as values, and (feature `harness`) the integration tests' harness:
-//! the real proxy or the real binary, and the clients that talk to them.
+//! the real proxy or the real binary, the clients that talk to them, a cookie-keeping
+//! browser and a real OpenID provider.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "harness")]
+pub mod browser;
 pub mod certs;
 pub mod config;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "harness")]
 pub mod harness;
+#[cfg(feature = "harness")]
+pub mod idp;
 pub mod jwks;
 pub mod jwt;
 pub mod policies;

@@ -249,7 +249,11 @@ impl Cx<'_> {
             ("oidc", "client_id", start(&a.client_id)),
             ("oidc", "client_secret_file", start(&a.client_secret_file)),
             ("oidc", "scopes", start(&a.scopes)),
-            ("oidc", "allowed_email_domains", start(&a.allowed_email_domains)),
+            (
+                "oidc",
+                "allowed_email_domains",
+                start(&a.allowed_email_domains),
+            ),
             ("oidc", "display_name", start(&a.display_name)),
             ("oidc", "issuer_ca_file", start(&a.issuer_ca_file)),
         ];

@@ -56,7 +56,9 @@ impl Cx<'_> {
             None => None,
         };
         let client_id = match &a.client_id {
-            Some(c) if !c.get_ref().is_empty() && c.get_ref().bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(c)
+                if !c.get_ref().is_empty() && c.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+            {
                 Some(c.get_ref().clone())
             }
             Some(c) => {
@@ -78,7 +80,12 @@ impl Cx<'_> {
             }
         };
         let secret = match &a.client_secret_file {
-            Some(f) => self.secret_file(&format!("{at}.client_secret_file"), f, 1, "write the client secret the provider issued into the file"),
+            Some(f) => self.secret_file(
+                &format!("{at}.client_secret_file"),
+                f,
+                1,
+                "write the client secret the provider issued into the file",
+            ),
             None => {
                 self.r.error_help(
                     start,
@@ -95,7 +102,11 @@ impl Cx<'_> {
                 let mut out: Vec<String> = Vec::new();
                 for (j, s) in list.get_ref().iter().enumerate() {
                     let v = s.get_ref();
-                    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+                    if v.is_empty()
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+                    {
                         self.r.error(
                             s.span().start,
                             format!("{at}.scopes[{j}]"),

@@ -90,16 +90,17 @@ pub async fn admit(
     proof: Proof<'_>,
     ask: &Ask<'_>,
 ) -> Result<Admitted, Refused> {
-    let principal = match crate::authenticate::caller(&route, proof, ask.headers).await {
-        Ok(p) => p,
-        Err(error) => {
-            return Err(Refused {
-                error,
-                route: Some(route),
-                decided: None,
-            });
-        }
-    };
+    let principal =
+        match crate::authenticate::caller(snapshot, &route, proof, ask.host, ask.headers).await {
+            Ok(p) => p,
+            Err(error) => {
+                return Err(Refused {
+                    error,
+                    route: Some(route),
+                    decided: None,
+                });
+            }
+        };
     if !route.config.admission.authorizes() {
         return Ok(Admitted {
             route,

@@ -1,0 +1,564 @@
+//! Drawbridge's own paths (`/.drawbridge/`) and what a browser's sign-in needs of the
+//! pipeline: the sign-in page and the provider's callback, sign-out, "who am I", the
+//! identity assertion's keys; the session looked up for a route's authenticate phase; the
+//! redirect that sends a browser without a session to sign in.
+//!
+//! ```text
+//! GET  /.drawbridge/sign_in?rd=TARGET  one provider: straight to it; several: the choice
+//! POST /.drawbridge/sign_in            idp, rd, csrf (tied to the login cookie)
+//! GET  /.drawbridge/callback           state, code, iss -> a new session, back to TARGET
+//! POST /.drawbridge/sign_out           csrf (tied to the session) -> ended here and at the IdP
+//! GET  /.drawbridge/signed_out         the page after signing out
+//! GET  /.drawbridge/whoami             who the session says the person is
+//! GET  /.drawbridge/jwks.json          the identity assertion's public keys
+//! GET  /.drawbridge/style.css          the pages' stylesheet
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use drawbridge_config::Config;
+use drawbridge_identity::{Authenticator, OidcAuthenticator, Principal};
+use drawbridge_session::{
+    CALLBACK_PATH, Callback, LOGIN_COOKIE, LOGIN_MAX_AGE, Origin, SESSION_COOKIE, Served, Sessions,
+    SsoError, cookies, pages,
+};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::context::Ctx;
+use crate::rescue::ProxyError;
+use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
+
+/// Largest form Drawbridge's own pages accept.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// The hosts `config` serves over https, on the ports browsers reach them on (443, and
+/// the listener's own port): where a browser may return after signing in.
+pub fn served(config: &Config) -> Served {
+    let mut origins = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.tls.is_none() || l.redirect_to_https.is_some() {
+            continue;
+        }
+        for r in &config.routes {
+            if !r.listeners.as_ref().is_none_or(|ls| ls.contains(&i)) {
+                continue;
+            }
+            if let drawbridge_config::HostMatch::Exact(h) = &r.host {
+                for port in [443, l.address.port()] {
+                    if let Ok(o) = Origin::new(h, port)
+                        && !origins.contains(&o)
+                    {
+                        origins.push(o);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = config.sessions.as_ref().and_then(|s| s.sign_in.as_ref())
+        && let Ok(o) = Origin::new(&s.host, s.port)
+        && !origins.contains(&o)
+    {
+        origins.push(o);
+    }
+    Served::new(origins)
+}
+
+/// Opens the session store for `next` (or carries on `previous`'s when it names the same
+/// store), so a snapshot that signs people in can be put in force.
+pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), String> {
+    let Some(config) = next.sessions_config.clone() else {
+        return Ok(());
+    };
+    let same = previous
+        .and_then(|p| p.sessions.as_ref())
+        .filter(|s| s.config().store == config.store);
+    let sessions = match same {
+        Some(s) => s.renew(config, next.served.clone()),
+        None => {
+            let store = match &config.store {
+                drawbridge_config::SessionStore::Embedded { path } => {
+                    drawbridge_session::Embedded::open(path)
+                        .map(drawbridge_session::Store::Embedded)
+                        .map_err(|e| {
+                            format!("opening the session store `{}`: {e}", path.display())
+                        })?
+                }
+                drawbridge_config::SessionStore::Redis { .. } => {
+                    return Err("the Redis session store is not available yet".into());
+                }
+            };
+            Sessions::new(store, config, next.served.clone())
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    next.sessions = Some(Arc::new(sessions));
+    Ok(())
+}
+
+/// Phase 5 for sessions: the principal of the session the request's cookie names, when the
+/// route admits its authenticator and the session is for this host. `Ok(None)` when there
+/// is none; an error when the store could not say (the request is refused).
+pub async fn session(
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    host: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Principal>>, ProxyError> {
+    let Some(sessions) = &snapshot.sessions else {
+        return Ok(None);
+    };
+    if !route.signs_in() {
+        return Ok(None);
+    }
+    let Some(cookie) = cookies::find(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    match sessions.lookup(cookie, host, &route.authenticators).await {
+        Ok(s) => Ok(s.map(|s| s.principal.clone())),
+        Err(e) => {
+            tracing::error!(error = %e, route = %route.name, "session lookup failed; refusing");
+            Err(ProxyError::SessionUnavailable)
+        }
+    }
+}
+
+/// The redirect that sends a browser to sign in and back to `target` (the request's path
+/// and query).
+pub fn to_sign_in(target: &str) -> ProxyError {
+    let rd: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+    ProxyError::SignIn(format!("/.drawbridge/sign_in?rd={rd}"))
+}
+
+/// Answers a request for one of Drawbridge's own paths.
+pub async fn own(
+    snapshot: &Snapshot,
+    listener: &ListenerEntry,
+    ctx: &Ctx,
+    req: &Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let path = ctx.path.decoded.as_str();
+    match path {
+        "/.drawbridge/jwks.json" => {
+            only(&req.method, &[Method::GET, Method::HEAD])?;
+            let mut res = Response::new(ResponseBody::full(snapshot.minter.jwks().clone()));
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            return Ok(res);
+        }
+        pages::STYLESHEET_PATH => {
+            only(&req.method, &[Method::GET, Method::HEAD])?;
+            let mut res = Response::new(ResponseBody::full(pages::STYLESHEET));
+            let h = res.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css"));
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            return Ok(res);
+        }
+        _ => {}
+    }
+    // The rest is signing in: on a TLS listener of a configuration with sessions.
+    let (Some(sessions), Some(_)) = (&snapshot.sessions, &listener.tls) else {
+        return Err(ProxyError::NoRoute);
+    };
+    let from = origin(ctx, listener)?;
+    let page = Page {
+        snapshot,
+        listener,
+        sessions,
+        from: &from,
+        headers: &req.headers,
+        request_id: ctx.request_id(),
+    };
+    match (path, &req.method) {
+        ("/.drawbridge/sign_in", &Method::GET) => {
+            let rd = query_value(req.uri.query(), "rd").unwrap_or_else(|| "/".into());
+            page.sign_in_page(&rd).await
+        }
+        ("/.drawbridge/sign_in", &Method::POST) => {
+            let form = page.form(body).await?;
+            let login = cookies::find(&req.headers, LOGIN_COOKIE);
+            if !login.is_some_and(|c| drawbridge_session::csrf_valid(c, field(&form, "csrf"))) {
+                return Err(ProxyError::Csrf);
+            }
+            let name = field(&form, "idp");
+            let oidc = oidc(snapshot).find(|o| **o.name() == *name);
+            match oidc {
+                Some(o) => page.begin(o, field(&form, "rd")).await,
+                None => Err(ProxyError::BadRequest("unknown identity provider")),
+            }
+        }
+        ("/.drawbridge/sign_in", _) => Err(ProxyError::MethodNotAllowed("GET, POST".into())),
+        (CALLBACK_PATH, &Method::GET) => page.callback(req.uri.query()).await,
+        (CALLBACK_PATH, _) => Err(ProxyError::MethodNotAllowed("GET".into())),
+        ("/.drawbridge/sign_out", &Method::POST) => {
+            let form = page.form(body).await?;
+            page.sign_out(field(&form, "csrf")).await
+        }
+        ("/.drawbridge/sign_out", _) => Err(ProxyError::MethodNotAllowed("POST".into())),
+        ("/.drawbridge/signed_out", &Method::GET) => {
+            Ok(page.html(StatusCode::OK, pages::signed_out()))
+        }
+        ("/.drawbridge/whoami", &Method::GET) => page.whoami().await,
+        ("/.drawbridge/signed_out" | "/.drawbridge/whoami", _) => {
+            Err(ProxyError::MethodNotAllowed("GET".into()))
+        }
+        _ => Err(ProxyError::NoRoute),
+    }
+}
+
+/// The configuration's `oidc` authenticators, in order.
+fn oidc(snapshot: &Snapshot) -> impl Iterator<Item = &OidcAuthenticator> {
+    snapshot.authenticators.iter().filter_map(|a| match &**a {
+        Authenticator::Oidc(o) => Some(o),
+        _ => None,
+    })
+}
+
+/// The origin the request came to: its host, and the port of its `Host` (443 without).
+fn origin(ctx: &Ctx, listener: &ListenerEntry) -> Result<Origin, ProxyError> {
+    let port = ctx
+        .original_host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .filter(|(h, _)| !h.ends_with(']') || h.starts_with('['))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(if listener.tls.is_some() { 443 } else { 80 });
+    Origin::new(&ctx.host, port).map_err(|_| ProxyError::BadRequest("not a host name"))
+}
+
+fn only(method: &Method, allowed: &[Method]) -> Result<(), ProxyError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ProxyError::MethodNotAllowed(
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ))
+    }
+}
+
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    let mut found = None;
+    for (k, v) in url::form_urlencoded::parse(query?.as_bytes()) {
+        if k == name {
+            if found.is_some() {
+                // Named twice: neither is used.
+                return None;
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    found
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
+    let mut values = form.iter().filter(|(k, _)| k == name);
+    match (values.next(), values.next()) {
+        (Some((_, v)), None) => v,
+        _ => "",
+    }
+}
+
+/// One request to a sign-in page.
+struct Page<'a> {
+    snapshot: &'a Snapshot,
+    listener: &'a ListenerEntry,
+    sessions: &'a Sessions,
+    from: &'a Origin,
+    headers: &'a HeaderMap,
+    request_id: &'a str,
+}
+
+impl Page<'_> {
+    /// A page, with the headers every page has.
+    fn html(&self, status: StatusCode, body: String) -> Response<ResponseBody> {
+        let mut res = Response::new(ResponseBody::full(body));
+        *res.status_mut() = status;
+        let csp = pages::content_security_policy(&self.form_targets());
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            h.insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+        secure_headers(h);
+        res
+    }
+
+    /// Where a page's forms may lead after Drawbridge: the providers' origins.
+    fn form_targets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for o in oidc(self.snapshot) {
+            if let Ok(u) = url::Url::parse(o.issuer()) {
+                let origin = u.origin().ascii_serialization();
+                if !out.contains(&origin) {
+                    out.push(origin);
+                }
+            }
+        }
+        out
+    }
+
+    fn redirect(&self, location: &str) -> Result<Response<ResponseBody>, ProxyError> {
+        let mut res = Response::new(ResponseBody::empty());
+        *res.status_mut() = StatusCode::FOUND;
+        let v = HeaderValue::from_str(location)
+            .map_err(|_| ProxyError::BadRequest("invalid redirect"))?;
+        res.headers_mut().insert(header::LOCATION, v);
+        secure_headers(res.headers_mut());
+        Ok(res)
+    }
+
+    /// A POST from a page of another origin is refused (with CSRF tokens besides).
+    async fn form(&self, body: Incoming) -> Result<Vec<(String, String)>, ProxyError> {
+        if let Some(o) = self.headers.get(header::ORIGIN)
+            && o.as_bytes() != self.from.root().trim_end_matches('/').as_bytes()
+        {
+            return Err(ProxyError::Csrf);
+        }
+        let bytes: Bytes = Limited::new(body, MAX_FORM_BYTES)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge(MAX_FORM_BYTES as u64))?
+            .to_bytes();
+        Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+    }
+
+    /// The providers a person may choose to reach `target`: those of the route that takes
+    /// it (on this listener), or every one when no route people sign in to takes it.
+    fn providers_for(&self, target: &str) -> Vec<&OidcAuthenticator> {
+        let route = url::Url::parse(target).ok().and_then(|u| {
+            let host = u.host_str()?.to_string();
+            match self.listener.routes.lookup(&host, u.path(), "GET") {
+                crate::route::Match::Found(r) if r.signs_in() => Some(r.clone()),
+                _ => None,
+            }
+        });
+        match route {
+            Some(r) => r
+                .authenticators
+                .iter()
+                .filter_map(|a| match &**a {
+                    Authenticator::Oidc(o) => Some(o),
+                    _ => None,
+                })
+                .filter_map(|o| oidc(self.snapshot).find(|x| x.name() == o.name()))
+                .collect(),
+            None => oidc(self.snapshot).collect(),
+        }
+    }
+
+    async fn sign_in_page(&self, rd: &str) -> Result<Response<ResponseBody>, ProxyError> {
+        let target = self.sessions.served().return_target(rd, self.from).url;
+        let providers = self.providers_for(&target);
+        if let [only] = providers[..] {
+            return self.begin(only, rd).await;
+        }
+        // The anti-forgery token is tied to the login cookie, set here when missing.
+        let (login, new) = match cookies::find(self.headers, LOGIN_COOKIE) {
+            Some(c) if c.len() == 43 => (c.to_string(), false),
+            _ => (
+                drawbridge_session::SessionId::generate()
+                    .map_err(|_| ProxyError::SessionUnavailable)?
+                    .cookie()
+                    .to_string(),
+                true,
+            ),
+        };
+        let choices: Vec<pages::Choice<'_>> = providers
+            .iter()
+            .map(|o| pages::Choice {
+                name: o.name(),
+                display_name: &o.config().display_name,
+            })
+            .collect();
+        let mut res = self.html(
+            StatusCode::OK,
+            pages::sign_in(&choices, &target, &drawbridge_session::csrf_token(&login)),
+        );
+        if new && let Some(c) = cookies::set(LOGIN_COOKIE, &login, Some(LOGIN_MAX_AGE.as_secs())) {
+            res.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(res)
+    }
+
+    async fn begin(
+        &self,
+        oidc: &OidcAuthenticator,
+        rd: &str,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let login = cookies::find(self.headers, LOGIN_COOKIE);
+        match self.sessions.begin(oidc, login, self.from, rd).await {
+            Ok(begun) => {
+                let mut res = self.redirect(&begun.location)?;
+                if let Some(c) = begun
+                    .login_cookie
+                    .and_then(|c| cookies::set(LOGIN_COOKIE, &c, Some(LOGIN_MAX_AGE.as_secs())))
+                {
+                    res.headers_mut().append(header::SET_COOKIE, c);
+                }
+                Ok(res)
+            }
+            Err(e) => Ok(self.failed(&e)),
+        }
+    }
+
+    async fn callback(&self, query: Option<&str>) -> Result<Response<ResponseBody>, ProxyError> {
+        let values = ["state", "code", "iss", "error"].map(|n| query_value(query, n));
+        let [state, code, iss, error] = &values;
+        let callback = Callback {
+            state: state.as_deref(),
+            code: code.as_deref(),
+            iss: iss.as_deref(),
+            error: error.as_deref(),
+        };
+        let login = cookies::find(self.headers, LOGIN_COOKIE);
+        match self
+            .sessions
+            .finish(&self.snapshot.authenticators, &callback, login)
+            .await
+        {
+            Ok(done) if done.host == self.from.host() => {
+                tracing::info!(
+                    request_id = self.request_id,
+                    principal = %format!("{}:{}", done.principal.authenticator, done.principal.id),
+                    "signed in"
+                );
+                let mut res = self.redirect(&done.location)?;
+                if let Some(c) = cookies::set(SESSION_COOKIE, &done.session_cookie, None) {
+                    res.headers_mut().append(header::SET_COOKIE, c);
+                }
+                Ok(res)
+            }
+            Ok(done) => {
+                // A session for another host than the callback's (central sign-in): the
+                // hand-over to that host is not built yet, so nothing is admitted.
+                tracing::warn!(request_id = self.request_id, host = %done.host, "sign-in for another host refused");
+                Ok(self.html(StatusCode::BAD_REQUEST, pages::failed(self.request_id)))
+            }
+            Err(e) => Ok(self.failed(&e)),
+        }
+    }
+
+    /// A failed sign-in: a generic page for the person, the cause in the log.
+    fn failed(&self, e: &SsoError) -> Response<ResponseBody> {
+        let status = match e {
+            SsoError::Store(_) | SsoError::Oidc(drawbridge_identity::OidcError::Fetch { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        tracing::warn!(request_id = self.request_id, error = %e, "sign-in failed");
+        self.html(status, pages::failed(self.request_id))
+    }
+
+    async fn sign_out(&self, csrf: &str) -> Result<Response<ResponseBody>, ProxyError> {
+        let Some(cookie) = cookies::find(self.headers, SESSION_COOKIE) else {
+            return self.redirect("/.drawbridge/signed_out");
+        };
+        if !drawbridge_session::csrf_valid(cookie, csrf) {
+            return Err(ProxyError::Csrf);
+        }
+        let ended = self.sessions.end(cookie).await.map_err(|e| {
+            tracing::error!(error = %e, "ending a session failed");
+            ProxyError::SessionUnavailable
+        })?;
+        let signed_out = format!(
+            "{}/.drawbridge/signed_out",
+            self.from.root().trim_end_matches('/')
+        );
+        let mut location = "/.drawbridge/signed_out".to_string();
+        if let Some((record, id_token)) = ended {
+            tracing::info!(request_id = self.request_id, principal = %format!("{}:{}", record.authenticator, record.user), "signed out");
+            let provider = oidc(self.snapshot).find(|o| **o.name() == *record.authenticator);
+            if let Some(o) = provider
+                && let Ok(d) = o.discovered().await
+                && let Some(url) = o.logout_url(&d, id_token.as_deref(), &signed_out)
+            {
+                location = url;
+            }
+        }
+        let mut res = self.redirect(&location)?;
+        res.headers_mut()
+            .append(header::SET_COOKIE, cookies::clear(SESSION_COOKIE));
+        Ok(res)
+    }
+
+    async fn whoami(&self) -> Result<Response<ResponseBody>, ProxyError> {
+        let all = &self.snapshot.authenticators;
+        let session = match cookies::find(self.headers, SESSION_COOKIE) {
+            Some(c) => self
+                .sessions
+                .lookup(c, self.from.host(), all)
+                .await
+                .map_err(|_| ProxyError::SessionUnavailable)?,
+            None => None,
+        };
+        let Some(s) = session else {
+            return self.redirect("/.drawbridge/sign_in?rd=%2F.drawbridge%2Fwhoami");
+        };
+        let Some(cookie) = cookies::find(self.headers, SESSION_COOKIE) else {
+            return Err(ProxyError::SessionUnavailable);
+        };
+        let r = &s.record;
+        let time = |t: u64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string()
+        };
+        let csrf = drawbridge_session::csrf_token(cookie);
+        let w = pages::WhoAmI {
+            user: &r.user,
+            groups: &r.groups,
+            email: r.attributes.get("email").and_then(|v| v.as_str()),
+            authenticator: &r.authenticator,
+            issuer: &r.issuer,
+            signed_in: time(r.authenticated_at),
+            expires: time(r.expires_at),
+            handle: &s.handle,
+            csrf: &csrf,
+        };
+        Ok(self.html(StatusCode::OK, pages::whoami(&w)))
+    }
+}
+
+/// What every page and redirect of Drawbridge's own carries: never cached, never framed,
+/// no referrer.
+fn secure_headers(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}

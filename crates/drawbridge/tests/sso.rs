@@ -1,0 +1,653 @@
+//! Single sign-on against a real OpenID provider (npm `oidc-provider`, two instances as two
+//! IdPs): the whole flow with a cookie-keeping client, and the attacks on it. Every refusal
+//! is checked upstream too: nothing reaches it.
+
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::browser::{Browser, Page, resolve};
+use drawbridge_testkit::certs::TestCa;
+use drawbridge_testkit::harness::*;
+use drawbridge_testkit::idp::{Idp, settings};
+use http::{Method, StatusCode};
+
+const SESSION: &str = "__Host-drawbridge-session";
+const LOGIN: &str = "__Host-drawbridge-login";
+
+struct Sso {
+    h: Harness,
+    up: RecordingUpstream,
+    corp: Idp,
+    partner: Idp,
+    port: u16,
+    ca: TestCa,
+}
+
+impl Sso {
+    fn browser(&self) -> Browser {
+        Browser::new(self.h.addr, &self.ca.cert_pem)
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.port)
+    }
+}
+
+/// A port nobody listens on yet: the providers must know Drawbridge's redirect URIs
+/// before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Options {
+    /// Token lifetimes at the corp provider.
+    ttl: serde_json::Value,
+    /// Extra `[sessions]` settings.
+    sessions: &'static str,
+    /// Extra settings of the corp authenticator.
+    corp: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ttl: serde_json::json!({}),
+            sessions: "",
+            corp: "",
+        }
+    }
+}
+
+async fn setup(o: Options) -> Sso {
+    let port = free_port();
+    let ca = TestCa::new("sso ca");
+    let leaf = ca.leaf(&["app.test", "other.test", "both.test"]);
+    let up = RecordingUpstream::start().await;
+    let uris = |path: &str| -> Vec<String> {
+        ["app.test", "other.test", "both.test"]
+            .iter()
+            .map(|h| format!("https://{h}:{port}{path}"))
+            .collect()
+    };
+    let corp = Idp::start(&settings(
+        "drawbridge",
+        "corp-secret",
+        &uris("/.drawbridge/callback"),
+        &uris("/.drawbridge/signed_out"),
+        o.ttl,
+    ))
+    .await;
+    let partner = Idp::start(&settings(
+        "drawbridge-partner",
+        "partner-secret",
+        &uris("/.drawbridge/callback"),
+        &uris("/.drawbridge/signed_out"),
+        serde_json::json!({}),
+    ))
+    .await;
+    let config = format!(
+        r#"
+[server]
+access_log = "off"
+audit_log = "off"
+
+[[listeners]]
+name = "web"
+address = "127.0.0.1:{port}"
+[[listeners.tls.certificates]]
+cert = "leaf.crt"
+key = "leaf.key"
+
+[[upstreams]]
+name = "app"
+endpoints = ["{up}"]
+
+[[authenticators]]
+name = "corp"
+type = "oidc"
+issuer = "{corp}"
+client_id = "drawbridge"
+client_secret_file = "corp.secret"
+scopes = ["openid", "email", "profile", "groups"]
+claims = {{ groups = "groups", attributes = ["email", "name"] }}
+display_name = "Corp SSO"
+{corp_extra}
+
+[[authenticators]]
+name = "partner"
+type = "oidc"
+issuer = "{partner}"
+client_id = "drawbridge-partner"
+client_secret_file = "partner.secret"
+scopes = ["openid", "email", "groups"]
+claims = {{ groups = "groups" }}
+
+[sessions]
+path = "sessions.redb"
+cache_ttl = "0s"
+{sessions}
+
+[[routes]]
+name = "app"
+host = "app.test"
+prefix = "/"
+upstream = "app"
+authenticate = ["corp"]
+authorize = false
+
+[[routes]]
+name = "other"
+host = "other.test"
+prefix = "/"
+upstream = "app"
+authenticate = ["corp"]
+authorize = false
+
+[[routes]]
+name = "both"
+host = "both.test"
+prefix = "/"
+upstream = "app"
+authenticate = ["corp", "partner"]
+authorize = false
+"#,
+        up = up.url(),
+        corp = corp.issuer,
+        partner = partner.issuer,
+        corp_extra = o.corp,
+        sessions = o.sessions,
+    );
+    let h = Harness::start_with(
+        &config,
+        &[
+            ("leaf.crt", &leaf.cert_pem),
+            ("leaf.key", &leaf.key_pem),
+            ("corp.secret", "corp-secret\n"),
+            ("partner.secret", "partner-secret\n"),
+        ],
+    )
+    .await;
+    assert_eq!(h.addr.port(), port);
+    Sso {
+        h,
+        up,
+        corp,
+        partner,
+        port,
+        ca,
+    }
+}
+
+/// Signs in at whatever provider page `page` is, as `user`; returns the page the
+/// browser lands on.
+async fn sign_in_at_idp(b: &mut Browser, page: &Page, user: &str, password: &str) -> Page {
+    assert!(
+        page.url.contains("/interaction/"),
+        "expected the provider's sign-in form, got {} {}: {}",
+        page.status,
+        page.url,
+        page.body
+    );
+    let action = page.form_action().expect("sign-in form");
+    b.submit(
+        &page.url,
+        &action,
+        &[("login", user), ("password", password)],
+    )
+    .await
+}
+
+/// Navigates to `url` and signs in as alice at the corp provider.
+async fn signed_in(b: &mut Browser, url: &str) -> Page {
+    let form = b.navigate(url).await;
+    sign_in_at_idp(b, &form, "alice", "alice-pw").await
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_and_returns_to_the_exact_url() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    b.set_cookie("app.test", "theme", "dark");
+    let landed = signed_in(&mut b, &s.url("app.test", "/reports/q3?year=2026&x=%2F")).await;
+    assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
+    assert_eq!(landed.url, s.url("app.test", "/reports/q3?year=2026&x=%2F"));
+    // The way there: sign-in, the provider, the callback, back.
+    assert!(b.visited[1].starts_with(&s.url("app.test", "/.drawbridge/sign_in?rd=")));
+    assert!(b.visited[2].starts_with(&format!("{}/auth?", s.corp.issuer)));
+    let auth = url::Url::parse(&b.visited[2]).expect("url");
+    let q: std::collections::HashMap<_, _> = auth.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(
+        q["redirect_uri"],
+        s.url("app.test", "/.drawbridge/callback")
+    );
+    assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
+    // The upstream got the person, and none of Drawbridge's cookies.
+    let got = s.up.last().expect("forwarded");
+    assert_eq!(got.target, "/reports/q3?year=2026&x=%2F");
+    let identity = got.header("x-drawbridge-identity").expect("identity");
+    let claims = drawbridge_testkit::jwt::claims_of(identity);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["authn"], "corp");
+    assert_eq!(claims["idp"], s.corp.issuer.as_str());
+    assert_eq!(claims["groups"], serde_json::json!(["eng"]));
+    assert_eq!(got.header("cookie"), Some("theme=dark"));
+    // The session cookie: host-only, Secure, HttpOnly, Lax.
+    let id = b
+        .cookie("app.test", SESSION)
+        .expect("session cookie")
+        .to_string();
+    assert_eq!(id.len(), 43);
+    // The session is reused: no provider on the way.
+    let before = b.visited.len();
+    let again = b.navigate(&s.url("app.test", "/again")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(b.visited.len(), before + 1);
+    // Who am I.
+    let me = b.navigate(&s.url("app.test", "/.drawbridge/whoami")).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert!(
+        me.body.contains("alice") && me.body.contains("alice@corp.test"),
+        "{}",
+        me.body
+    );
+    let csp = me.headers["content-security-policy"].to_str().expect("csp");
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(me.headers["x-frame-options"], "DENY");
+}
+
+#[tokio::test]
+async fn api_calls_fetches_and_writes_get_401_never_a_redirect() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    let url = s.url("app.test", "/api/items");
+    for (method, headers) in [
+        (
+            Method::GET,
+            vec![("accept", "application/json".to_string())],
+        ),
+        (
+            Method::GET,
+            vec![
+                ("accept", "text/html".to_string()),
+                ("sec-fetch-mode", "cors".to_string()),
+            ],
+        ),
+        (
+            Method::GET,
+            vec![
+                ("accept", "text/html".to_string()),
+                ("x-requested-with", "XMLHttpRequest".to_string()),
+            ],
+        ),
+        (Method::POST, vec![("accept", "text/html".to_string())]),
+        (
+            Method::GET,
+            vec![
+                ("accept", "text/html".to_string()),
+                ("authorization", "Bearer abc.def.ghi".to_string()),
+            ],
+        ),
+    ] {
+        let page = b.request(method.clone(), &url, None, &headers).await;
+        assert_eq!(
+            page.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {headers:?}"
+        );
+        assert!(page.location().is_none());
+    }
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn the_callback_refuses_forged_replayed_and_foreign_states() {
+    let s = setup(Options::default()).await;
+    // Forged: a state never issued.
+    let mut b = s.browser();
+    let forged = b
+        .navigate(&s.url(
+            "app.test",
+            "/.drawbridge/callback?state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA&code=x",
+        ))
+        .await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    assert!(forged.body.contains("Sign-in failed"));
+    assert!(b.cookie("app.test", SESSION).is_none());
+
+    // A real sign-in, whose callback URL is kept.
+    let mut b = s.browser();
+    let form = b.navigate(&s.url("app.test", "/")).await;
+    let action = form.form_action().expect("form");
+    let post = resolve(&form.url, &action);
+    let body = "login=alice&password=alice-pw";
+    let mut headers = vec![(
+        "content-type",
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    headers.push(("accept", "text/html".to_string()));
+    let mut page = b
+        .request(Method::POST, &post, Some(body.into()), &headers)
+        .await;
+    // Follow the provider's redirects up to (not into) the callback.
+    let callback = loop {
+        let next = resolve(&page.url, page.location().expect("redirect"));
+        if next.contains("/.drawbridge/callback") {
+            break next;
+        }
+        page = b.request(Method::GET, &next, None, &[]).await;
+    };
+    let q: std::collections::HashMap<_, _> = url::Url::parse(&callback)
+        .expect("url")
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(q["iss"], s.corp.issuer, "RFC 9207 iss in the response");
+
+    // Another browser (no login cookie, or another one) cannot use it.
+    let mut other = s.browser();
+    let stolen = other.navigate(&callback).await;
+    assert_eq!(stolen.status, StatusCode::BAD_REQUEST);
+    assert!(other.cookie("app.test", SESSION).is_none());
+    // ... and it was taken: the real browser cannot either (single use).
+    let late = b.navigate(&callback).await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST);
+    assert!(b.cookie("app.test", SESSION).is_none());
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    signed_in(&mut b, &s.url("app.test", "/")).await;
+    let callback = b
+        .visited
+        .iter()
+        .find(|u| u.contains("/.drawbridge/callback"))
+        .expect("callback")
+        .clone();
+    let first = b.cookie("app.test", SESSION).expect("session").to_string();
+    let replay = b.navigate(&callback).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(b.cookie("app.test", SESSION), Some(first.as_str()));
+}
+
+#[tokio::test]
+async fn a_response_from_the_other_provider_is_refused() {
+    let s = setup(Options::default()).await;
+    // Start at corp (on both.test, which admits both), finish at partner.
+    let mut b = s.browser();
+    let choose = b.navigate(&s.url("both.test", "/x")).await;
+    assert_eq!(choose.status, StatusCode::OK);
+    assert!(choose.body.contains("Corp SSO") && choose.body.contains("partner"));
+    let csrf = choose.input("csrf").expect("csrf");
+    let rd = choose.input("rd").expect("rd");
+    // The corp authorization request, not followed: its state is what we need.
+    let post = b
+        .request(
+            Method::POST,
+            &s.url("both.test", "/.drawbridge/sign_in"),
+            Some(format!("idp=corp&rd={}&csrf={csrf}", urlenc(&rd)).into()),
+            &[
+                ("content-type", "application/x-www-form-urlencoded".into()),
+                ("origin", s.url("both.test", "")),
+            ],
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::FOUND);
+    let corp_auth = url::Url::parse(post.location().expect("location")).expect("url");
+    let corp_state = corp_auth
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .expect("state")
+        .1
+        .into_owned();
+    // A sign-in at partner, in the same browser, stopped before its callback.
+    let choose = b.navigate(&s.url("both.test", "/y")).await;
+    let page = b
+        .submit(
+            &choose.url,
+            "/.drawbridge/sign_in",
+            &[
+                ("idp", "partner"),
+                ("rd", "/y"),
+                ("csrf", &choose.input("csrf").expect("csrf")),
+            ],
+        )
+        .await;
+    let action = page.form_action().expect("partner form");
+    let mut page = b
+        .request(
+            Method::POST,
+            &resolve(&page.url, &action),
+            Some("login=alice&password=alice-pw".into()),
+            &[("content-type", "application/x-www-form-urlencoded".into())],
+        )
+        .await;
+    let partner_callback = loop {
+        let next = resolve(&page.url, page.location().expect("redirect"));
+        if next.contains("/.drawbridge/callback") {
+            break url::Url::parse(&next).expect("url");
+        }
+        page = b.request(Method::GET, &next, None, &[]).await;
+    };
+    let code = partner_callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .expect("code")
+        .1
+        .into_owned();
+    // partner's code (and iss) under corp's state: a mix-up.
+    for iss in [Some(s.partner.issuer.as_str()), None] {
+        let mut target = format!(
+            "/.drawbridge/callback?state={corp_state}&code={}",
+            urlenc(&code)
+        );
+        if let Some(iss) = iss {
+            target.push_str(&format!("&iss={}", urlenc(iss)));
+        }
+        let page = b.navigate(&s.url("both.test", &target)).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "iss {iss:?}");
+        assert!(b.cookie("both.test", SESSION).is_none());
+    }
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_cookie_set_before_sign_in_is_never_the_session() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    let planted = "A".repeat(43);
+    b.set_cookie("app.test", SESSION, &planted);
+    let landed = signed_in(&mut b, &s.url("app.test", "/")).await;
+    assert_eq!(landed.status, StatusCode::OK);
+    let id = b.cookie("app.test", SESSION).expect("session");
+    assert_ne!(id, planted);
+    // Two sign-ins, two ids.
+    let mut b2 = s.browser();
+    signed_in(&mut b2, &s.url("app.test", "/")).await;
+    assert_ne!(b2.cookie("app.test", SESSION), Some(id));
+}
+
+#[tokio::test]
+async fn a_session_is_for_its_own_host_only() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    signed_in(&mut b, &s.url("app.test", "/")).await;
+    let id = b.cookie("app.test", SESSION).expect("session").to_string();
+    s.up.clear();
+    // The same cookie, sent to another host the gateway serves.
+    let mut thief = s.browser();
+    thief.set_cookie("other.test", SESSION, &id);
+    let page = thief
+        .request(
+            Method::GET,
+            &s.url("other.test", "/"),
+            None,
+            &[("accept", "application/json".into())],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn return_targets_never_leave_the_served_hosts() {
+    let s = setup(Options::default()).await;
+    let root = s.url("app.test", "/");
+    for (rd, lands) in [
+        ("/deep/path?q=1", s.url("app.test", "/deep/path?q=1")),
+        ("//evil.test/", root.clone()),
+        ("https://evil.test/", root.clone()),
+        ("/\\evil.test", root.clone()),
+        ("https:evil.test", root.clone()),
+        (
+            &*format!("https://app.test:{}@evil.test/", s.port),
+            root.clone(),
+        ),
+        ("/%2F%2Fevil.test", root.clone()),
+        ("https://app.test.evil.test/", root.clone()),
+        ("javascript:alert(1)", root.clone()),
+        (&*s.url("other.test", "/fine"), s.url("other.test", "/fine")),
+    ] {
+        let mut b = s.browser();
+        let target = format!("/.drawbridge/sign_in?rd={}", urlenc(rd));
+        let form = b.navigate(&s.url("app.test", &target)).await;
+        let landed = sign_in_at_idp(&mut b, &form, "alice", "alice-pw").await;
+        assert_eq!(landed.url, lands, "rd = {rd}");
+    }
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session_here_and_at_the_provider() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    signed_in(&mut b, &s.url("app.test", "/")).await;
+    let me = b.navigate(&s.url("app.test", "/.drawbridge/whoami")).await;
+    let csrf = me.input("csrf").expect("csrf");
+    let old = b.cookie("app.test", SESSION).expect("session").to_string();
+    // Without the anti-forgery token: refused, still signed in.
+    let forged = b
+        .submit(&me.url, "/.drawbridge/sign_out", &[("csrf", "nope")])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert_eq!(b.cookie("app.test", SESSION), Some(old.as_str()));
+    // With it: to the provider's logout, which asks to confirm.
+    let confirm = b
+        .submit(&me.url, "/.drawbridge/sign_out", &[("csrf", &csrf)])
+        .await;
+    assert!(b.cookie("app.test", SESSION).is_none());
+    assert!(
+        confirm
+            .url
+            .starts_with(&format!("{}/session/end", s.corp.issuer)),
+        "{}",
+        confirm.url
+    );
+    let action = confirm.form_action().expect("logout form");
+    let xsrf = confirm.input("xsrf").expect("xsrf");
+    let done = b
+        .submit(&confirm.url, &action, &[("xsrf", &xsrf), ("logout", "yes")])
+        .await;
+    assert_eq!(done.url, s.url("app.test", "/.drawbridge/signed_out"));
+    assert!(done.body.contains("signed out"));
+    // The old cookie opens nothing, even replayed.
+    s.up.clear();
+    let mut replay = s.browser();
+    replay.set_cookie("app.test", SESSION, &old);
+    let page = replay
+        .request(
+            Method::GET,
+            &s.url("app.test", "/"),
+            None,
+            &[("accept", "application/json".into())],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 0);
+    // Signed out at the provider too: signing in again asks for the password.
+    let again = b.navigate(&s.url("app.test", "/")).await;
+    assert!(again.url.contains("/interaction/"), "{}", again.url);
+}
+
+#[tokio::test]
+async fn tokens_are_refreshed_and_a_refused_refresh_ends_the_session() {
+    // ID and access tokens live 2 s; refresh tokens 6 s.
+    let s = setup(Options {
+        ttl: serde_json::json!({"IdToken": 2, "AccessToken": 2, "RefreshToken": 6}),
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    signed_in(&mut b, &s.url("app.test", "/")).await;
+    async fn api(s: &Sso, b: &mut Browser) -> StatusCode {
+        let url = s.url("app.test", "/api");
+        b.request(
+            Method::GET,
+            &url,
+            None,
+            &[("accept", "application/json".into())],
+        )
+        .await
+        .status
+    }
+    // Past the tokens' lifetime, the session carries on: refreshed at the provider.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(api(&s, &mut b).await, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(api(&s, &mut b).await, StatusCode::OK);
+    // Past the refresh token's lifetime: the provider refuses, the session ends.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert_eq!(api(&s, &mut b).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn allowed_email_domains_refuse_other_people() {
+    let s = setup(Options {
+        corp: "allowed_email_domains = [\"corp.test\"]",
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    let form = b.navigate(&s.url("app.test", "/")).await;
+    let landed = sign_in_at_idp(&mut b, &form, "bob", "bob-pw").await;
+    assert_eq!(landed.status, StatusCode::BAD_REQUEST);
+    assert!(landed.body.contains("Sign-in failed"));
+    assert!(
+        !landed.body.contains("email"),
+        "no detail shown: {}",
+        landed.body
+    );
+    assert!(b.cookie("app.test", SESSION).is_none());
+    let mut a = s.browser();
+    let ok = signed_in(&mut a, &s.url("app.test", "/")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_login_cookie_and_session_cookie_are_secure_host_cookies() {
+    let s = setup(Options::default()).await;
+    let mut b = s.browser();
+    let first = b
+        .request(
+            Method::GET,
+            &s.url("app.test", "/.drawbridge/sign_in?rd=%2F"),
+            None,
+            &[("accept", "text/html".into())],
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::FOUND);
+    let set = first.headers["set-cookie"].to_str().expect("cookie");
+    assert!(set.starts_with(&format!("{LOGIN}=")), "{set}");
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Lax"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
