@@ -9,6 +9,8 @@ need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Session-store tests run against a real Redis.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -16,7 +18,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# --- npm packages: independent verifiers the tests check Drawbridge's output with ---------
+# --- npm packages: independent verifiers the tests check Drawbridge's output with, and a
+# --- certified OpenID provider (oidc-provider) the sign-in tests sign in at -------------
 echo "==> npm ci (crates/drawbridge/tests/js)"
 (cd crates/drawbridge/tests/js && npm ci --no-audit --no-fund --silent)
 

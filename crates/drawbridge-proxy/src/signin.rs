@@ -88,8 +88,18 @@ pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), St
                             format!("opening the session store `{}`: {e}", path.display())
                         })?
                 }
-                drawbridge_config::SessionStore::Redis { .. } => {
-                    return Err("the Redis session store is not available yet".into());
+                drawbridge_config::SessionStore::Redis {
+                    url,
+                    ca,
+                    key_prefix,
+                } => {
+                    let url = std::str::from_utf8(url.expose())
+                        .map_err(|_| "the Redis address is not text".to_string())?;
+                    let ca: Option<Vec<&[u8]>> =
+                        ca.as_ref().map(|c| c.iter().map(|d| d.as_ref()).collect());
+                    drawbridge_session::Redis::new(url, ca.as_deref(), key_prefix)
+                        .map(|r| drawbridge_session::Store::Redis(Box::new(r)))
+                        .map_err(|e| format!("the Redis session store: {e}"))?
                 }
             };
             Sessions::new(store, config, next.served.clone())

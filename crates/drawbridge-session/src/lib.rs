@@ -14,16 +14,18 @@
 mod browser;
 pub mod cookies;
 pub mod pages;
+mod redis_store;
 mod return_to;
 mod secret;
 mod sessions;
 mod store;
 
 pub use browser::is_navigation;
+pub use redis_store::Redis;
 pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
 pub use sessions::{
     Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState, Record,
     SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid,
 };
-pub use store::{Backend, Embedded, Store, StoreError};
+pub use store::{Backend, Embedded, NEVER, Store, StoreError};

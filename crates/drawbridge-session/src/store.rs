@@ -21,6 +21,12 @@ pub enum StoreError {
     /// A blocking task could not run (the runtime is shutting down).
     #[error("store task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Redis refused or failed a command, or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The store did not answer in time.
+    #[error("no answer in time")]
+    Timeout,
 }
 
 /// The operations sessions need. Values are opaque bytes; every entry has an expiry (Unix
@@ -57,6 +63,8 @@ pub trait Backend: Send + Sync {
 pub enum Store {
     /// A redb file.
     Embedded(Embedded),
+    /// A Redis server.
+    Redis(Box<crate::redis_store::Redis>),
 }
 
 impl Store {
@@ -64,30 +72,35 @@ impl Store {
     pub async fn put(&self, key: &str, value: &[u8], expires_at: u64) -> Result<(), StoreError> {
         match self {
             Store::Embedded(e) => e.put(key, value, expires_at).await,
+            Store::Redis(r) => r.put(key, value, expires_at).await,
         }
     }
     /// See [`Backend::get`].
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Store::Embedded(e) => e.get(key).await,
+            Store::Redis(r) => r.get(key).await,
         }
     }
     /// See [`Backend::take`].
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Store::Embedded(e) => e.take(key).await,
+            Store::Redis(r) => r.take(key).await,
         }
     }
     /// See [`Backend::delete`].
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(e) => e.delete(key).await,
+            Store::Redis(r) => r.delete(key).await,
         }
     }
     /// See [`Backend::put_if_absent`].
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         match self {
             Store::Embedded(e) => e.put_if_absent(key, value).await,
+            Store::Redis(r) => r.put_if_absent(key, value).await,
         }
     }
 }
@@ -291,6 +304,41 @@ mod tests {
         let past = drawbridge_identity::unix_now() - 1;
         s.put("gone", b"x", past).await.expect("put");
         assert!(s.sweep().await.expect("sweep") >= 1);
+    }
+
+    #[tokio::test]
+    async fn redis_store_behaves() {
+        let server = drawbridge_testkit::redis::RedisServer::start();
+        let s = crate::redis_store::Redis::new(&server.url(), None, "test:").expect("client");
+        suite::behaves(&s).await;
+        // Everything under the prefix: another prefix sees none of it.
+        let far = drawbridge_identity::unix_now() + 3600;
+        s.put("mine", b"v", far).await.expect("put");
+        let other = crate::redis_store::Redis::new(&server.url(), None, "other:").expect("client");
+        assert_eq!(other.get("mine").await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_down_is_an_error_never_an_empty_answer() {
+        let mut server = drawbridge_testkit::redis::RedisServer::start();
+        let s = crate::redis_store::Redis::new(&server.url(), None, "t:").expect("client");
+        let far = drawbridge_identity::unix_now() + 3600;
+        s.put("k", b"v", far).await.expect("put");
+        server.stop();
+        assert!(s.get("k").await.is_err());
+        assert!(s.take("k").await.is_err());
+        assert!(s.put("k", b"v", far).await.is_err());
+        // Back (empty): it answers again.
+        server.restart();
+        let mut ok = false;
+        for _ in 0..40 {
+            if s.get("k").await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the store reconnects");
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub mod idp;
 pub mod jwks;
 pub mod jwt;
 pub mod policies;
+pub mod redis;
 pub mod upstream;
 
 pub use upstream::{Received, RecordingUpstream};

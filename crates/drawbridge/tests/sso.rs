@@ -47,6 +47,8 @@ struct Options {
     sessions: &'static str,
     /// Extra settings of the corp authenticator.
     corp: &'static str,
+    /// Sessions in this Redis instead of the embedded store.
+    redis: Option<String>,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             ttl: serde_json::json!({}),
             sessions: "",
             corp: "",
+            redis: None,
         }
     }
 }
@@ -124,7 +127,7 @@ scopes = ["openid", "email", "groups"]
 claims = {{ groups = "groups" }}
 
 [sessions]
-path = "sessions.redb"
+{store}
 cache_ttl = "0s"
 {sessions}
 
@@ -157,6 +160,11 @@ authorize = false
         partner = partner.issuer,
         corp_extra = o.corp,
         sessions = o.sessions,
+        store = match &o.redis {
+            Some(url) =>
+                format!("store = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"sso-test:\""),
+            None => "path = \"sessions.redb\"".to_string(),
+        },
     );
     let h = Harness::start_with(
         &config,
@@ -207,6 +215,59 @@ async fn signed_in(b: &mut Browser, url: &str) -> Page {
 #[tokio::test]
 async fn a_browser_signs_in_and_returns_to_the_exact_url() {
     let s = setup(Options::default()).await;
+    signs_in_and_returns(&s).await;
+}
+
+#[tokio::test]
+async fn with_redis_a_browser_signs_in_and_out() {
+    let redis = drawbridge_testkit::redis::RedisServer::start();
+    let s = setup(Options {
+        redis: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    signs_in_and_returns(&s).await;
+    signs_out(&s).await;
+}
+
+#[tokio::test]
+async fn with_redis_down_sessions_and_sign_ins_are_refused() {
+    let mut redis = drawbridge_testkit::redis::RedisServer::start();
+    let s = setup(Options {
+        redis: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    signed_in(&mut b, &s.url("app.test", "/")).await;
+    s.up.clear();
+    redis.stop();
+    // A session cannot be read: refused, not trusted from memory.
+    let page = b.navigate(&s.url("app.test", "/")).await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    // A new sign-in cannot be started.
+    let mut fresh = s.browser();
+    let page = fresh.navigate(&s.url("app.test", "/")).await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.body.contains("Sign-in failed"));
+    assert_eq!(s.up.count(), 0);
+    // Back, empty: the old session is gone, a new sign-in works.
+    redis.restart();
+    let mut ok = false;
+    for _ in 0..40 {
+        let page = fresh.navigate(&s.url("app.test", "/")).await;
+        if page.url.contains("/interaction/") {
+            let landed = sign_in_at_idp(&mut fresh, &page, "alice", "alice-pw").await;
+            assert_eq!(landed.status, StatusCode::OK);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "sign-in works again once Redis is back");
+}
+
+async fn signs_in_and_returns(s: &Sso) {
     let mut b = s.browser();
     b.set_cookie("app.test", "theme", "dark");
     let landed = signed_in(&mut b, &s.url("app.test", "/reports/q3?year=2026&x=%2F")).await;
@@ -524,6 +585,10 @@ async fn return_targets_never_leave_the_served_hosts() {
 #[tokio::test]
 async fn signing_out_ends_the_session_here_and_at_the_provider() {
     let s = setup(Options::default()).await;
+    signs_out(&s).await;
+}
+
+async fn signs_out(s: &Sso) {
     let mut b = s.browser();
     signed_in(&mut b, &s.url("app.test", "/")).await;
     let me = b.navigate(&s.url("app.test", "/.drawbridge/whoami")).await;
