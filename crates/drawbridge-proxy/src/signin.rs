@@ -7,6 +7,7 @@
 //! GET  /.drawbridge/sign_in?rd=TARGET  one provider: straight to it; several: the choice
 //! POST /.drawbridge/sign_in            idp, rd, csrf (tied to the login cookie)
 //! GET  /.drawbridge/callback           state, code, iss -> a new session, back to TARGET
+//! GET  /.drawbridge/handover?code=     a central sign-in handed to this host (once, 1 min)
 //! POST /.drawbridge/sign_out           csrf (tied to the session) -> ended here and at the IdP
 //! GET  /.drawbridge/signed_out         the page after signing out
 //! GET  /.drawbridge/whoami             who the session says the person is
@@ -218,6 +219,11 @@ pub async fn own(
         }
         ("/.drawbridge/sign_in", _) => Err(ProxyError::MethodNotAllowed("GET, POST".into())),
         (CALLBACK_PATH, &Method::GET) => page.callback(req.uri.query()).await,
+        ("/.drawbridge/handover", &Method::GET) => {
+            page.redeem(&query_value(req.uri.query(), "code").unwrap_or_default())
+                .await
+        }
+        ("/.drawbridge/handover", _) => Err(ProxyError::MethodNotAllowed("GET".into())),
         (CALLBACK_PATH, _) => Err(ProxyError::MethodNotAllowed("GET".into())),
         ("/.drawbridge/sign_out", &Method::POST) => {
             let form = page.form(body).await?;
@@ -383,9 +389,44 @@ impl Page<'_> {
         }
     }
 
+    /// The central sign-in origin, when every host signs in there.
+    fn central(&self) -> Option<Origin> {
+        let s = self.sessions.config().sign_in.as_ref()?;
+        Origin::new(&s.host, s.port).ok()
+    }
+
+    /// Whether this request came to the central sign-in host (or every host signs in on
+    /// itself).
+    fn on_central(&self) -> bool {
+        self.central()
+            .is_none_or(|c| c.host() == self.from.host() && c.port() == self.from.port())
+    }
+
     async fn sign_in_page(&self, rd: &str) -> Result<Response<ResponseBody>, ProxyError> {
         let target = self.sessions.served().return_target(rd, self.from).url;
+        if let Some(central) = self.central().filter(|_| !self.on_central()) {
+            // Every host signs in at the central one, which hands the sign-in back.
+            let rd: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
+            return self.redirect(&format!("{}.drawbridge/sign_in?rd={rd}", central.root()));
+        }
         let providers = self.providers_for(&target);
+        if self.central().is_some()
+            && let Some(c) = cookies::find(self.headers, SESSION_COOKIE)
+        {
+            // Signed in here already: hand the sign-in to the host asked for.
+            let session = self
+                .sessions
+                .lookup(c, self.from.host(), &self.snapshot.authenticators)
+                .await
+                .map_err(|_| ProxyError::SessionUnavailable)?;
+            if let Some(session) = session
+                && providers
+                    .iter()
+                    .any(|p| **p.name() == *session.record.authenticator)
+            {
+                return self.hand_over(&session, &target).await;
+            }
+        }
         if let [only] = providers[..] {
             return self.begin(only, rd).await;
         }
@@ -459,17 +500,70 @@ impl Page<'_> {
                     principal = %format!("{}:{}", done.principal.authenticator, done.principal.id),
                     "signed in"
                 );
-                let mut res = self.redirect(&done.location)?;
+                let mut res = if self.central().is_some() {
+                    let session = self
+                        .sessions
+                        .lookup(
+                            &done.session_cookie,
+                            self.from.host(),
+                            &self.snapshot.authenticators,
+                        )
+                        .await
+                        .map_err(|_| ProxyError::SessionUnavailable)?
+                        .ok_or(ProxyError::SessionUnavailable)?;
+                    self.hand_over(&session, &done.location).await?
+                } else {
+                    self.redirect(&done.location)?
+                };
                 if let Some(c) = cookies::set(SESSION_COOKIE, &done.session_cookie, None) {
                     res.headers_mut().append(header::SET_COOKIE, c);
                 }
                 Ok(res)
             }
             Ok(done) => {
-                // A session for another host than the callback's (central sign-in): the
-                // hand-over to that host is not built yet, so nothing is admitted.
+                // A sign-in started on another host than its callback's: refused.
                 tracing::warn!(request_id = self.request_id, host = %done.host, "sign-in for another host refused");
                 Ok(self.html(StatusCode::BAD_REQUEST, pages::failed(self.request_id)))
+            }
+            Err(e) => Ok(self.failed(&e)),
+        }
+    }
+
+    /// Sends the browser to `target`: directly when it is on this host, through a
+    /// hand-over code when it is on another.
+    async fn hand_over(
+        &self,
+        session: &drawbridge_session::Session,
+        target: &str,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let Ok(url) = url::Url::parse(target) else {
+            return self.redirect(&self.from.root());
+        };
+        let host = url.host_str().unwrap_or_default();
+        if host == self.from.host() && url.port_or_known_default() == Some(self.from.port()) {
+            return self.redirect(target);
+        }
+        match self.sessions.hand_over(session, host, target).await {
+            Ok(code) => self.redirect(&format!(
+                "{}/.drawbridge/handover?code={code}",
+                url.origin().ascii_serialization()
+            )),
+            Err(e) => Ok(self.failed(&e)),
+        }
+    }
+
+    async fn redeem(&self, code: &str) -> Result<Response<ResponseBody>, ProxyError> {
+        match self
+            .sessions
+            .redeem(code, self.from.host(), &self.snapshot.authenticators)
+            .await
+        {
+            Ok(done) => {
+                let mut res = self.redirect(&done.location)?;
+                if let Some(c) = cookies::set(SESSION_COOKIE, &done.session_cookie, None) {
+                    res.headers_mut().append(header::SET_COOKIE, c);
+                }
+                Ok(res)
             }
             Err(e) => Ok(self.failed(&e)),
         }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `login:<sha256 of state>` | [`LoginState`] | 10 minutes, taken once |
 //! | `session:<sha256 of id>` | [`Record`] (IdP tokens sealed) | its absolute lifetime |
+//! | `handover:<sha256 of code>` | a central sign-in handed to one host | 1 minute, taken once |
 //! | `revoked:<authenticator>/<user>` | the time every session older was revoked | a lifetime |
 //! | `key:seal` | the generated sealing key | never |
 
@@ -35,6 +36,8 @@ pub const CALLBACK_PATH: &str = "/.drawbridge/callback";
 
 /// How long a started sign-in may take.
 const LOGIN_TTL: u64 = 600;
+/// How long a hand-over code may wait to be redeemed.
+const HANDOVER_TTL: u64 = 60;
 /// A session's last use is written back at most this often.
 const TOUCH_EVERY: u64 = 60;
 /// Refresh this long before the provider's tokens expire.
@@ -61,6 +64,9 @@ pub enum SsoError {
     /// The authorization response's `iss` is not the provider the sign-in went to (mix-up).
     #[error("authorization response from another issuer")]
     MixUp,
+    /// A hand-over code redeemed on another host than the one it was made for.
+    #[error("hand-over code for another host")]
+    OtherHost,
     /// The login state names an authenticator this configuration no longer has.
     #[error("sign-in authenticator `{0}` is gone")]
     Gone(String),
@@ -121,6 +127,18 @@ pub struct Record {
     pub refresh_at: Option<u64>,
     /// The provider's refresh token and ID token, sealed for this session (base64).
     pub sealed: Option<String>,
+    /// For a host's session made from a central sign-in: the handle of that sign-in's
+    /// session, which this one never outlives.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// A sign-in handed from the central sign-in host to another host.
+#[derive(Serialize, Deserialize)]
+struct HandOver {
+    parent: String,
+    host: String,
+    return_to: String,
 }
 
 /// What the sealed part holds.
@@ -370,6 +388,7 @@ impl Sessions {
             expires_at: now + self.config.lifetime.as_secs(),
             refresh_at: None,
             sealed: None,
+            parent: None,
         };
         if let Some(rt) = &tokens.refresh_token {
             let expiry = tokens
@@ -378,11 +397,11 @@ impl Sessions {
                 .min(verified.expires_at);
             record.refresh_at = Some(expiry.saturating_sub(REFRESH_AHEAD).max(now + 1));
             record.sealed = Some(
-                self.seal_tokens(&id, Some(rt.as_str()), Some(id_token))
+                self.seal_tokens(id.lookup(), Some(rt.as_str()), Some(id_token))
                     .await?,
             );
         } else {
-            record.sealed = Some(self.seal_tokens(&id, None, Some(id_token)).await?);
+            record.sealed = Some(self.seal_tokens(id.lookup(), None, Some(id_token)).await?);
         }
         self.save(id.lookup(), &record).await?;
         let principal = Arc::new(principal_of(&record));
@@ -436,47 +455,26 @@ impl Sessions {
         Ok(Some(session))
     }
 
-    /// Reads a session from the store, touching and refreshing it when due.
+    /// Reads a session from the store, touching and refreshing it when due. A host's
+    /// session made from a central sign-in lives only as long as that sign-in's session
+    /// (its parent), which is read (and refreshed) with it.
     async fn read(
         &self,
         id: &SessionId,
         now: u64,
         authenticators: &[Arc<Authenticator>],
     ) -> Result<Option<Arc<Session>>, SsoError> {
-        let Some(bytes) = self.store.get(&session_key(id.lookup())).await? else {
+        let Some(record) = self.read_record(id.lookup(), now, authenticators).await? else {
             return Ok(None);
         };
-        let mut record: Record =
-            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        if now >= record.expires_at || now >= record.last_seen + self.config.idle_timeout.as_secs()
+        if let Some(parent) = record.parent.as_deref().and_then(unhex32)
+            && self
+                .read_record(&parent, now, authenticators)
+                .await?
+                .is_none()
         {
             self.store.delete(&session_key(id.lookup())).await?;
             return Ok(None);
-        }
-        if let Some(revoked) = self.store.get(&revoked_key(&record)).await?
-            && revoked
-                .first_chunk::<8>()
-                .is_some_and(|at| record.created_at <= u64::from_be_bytes(*at))
-        {
-            self.store.delete(&session_key(id.lookup())).await?;
-            return Ok(None);
-        }
-        let mut changed = false;
-        if record.refresh_at.is_some_and(|at| now >= at) {
-            match self.refresh(id, &mut record, now, authenticators).await {
-                Ok(()) => changed = true,
-                Err(SsoError::Oidc(e @ (OidcError::Provider { .. } | OidcError::IdToken(_)))) => {
-                    // The provider refused: the session ends.
-                    tracing::info!(error = %e, user = %record.user, "session ended: refresh refused");
-                    self.store.delete(&session_key(id.lookup())).await?;
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if changed || now >= record.last_seen + TOUCH_EVERY {
-            record.last_seen = now;
-            self.save(id.lookup(), &record).await?;
         }
         let session = Arc::new(Session {
             principal: Arc::new(principal_of(&record)),
@@ -493,16 +491,63 @@ impl Sessions {
         Ok(Some(session))
     }
 
+    /// The record at `lookup`, if it is live: not past its lifetimes, not revoked, and
+    /// refreshed at the provider when due (a refused refresh ends it).
+    async fn read_record(
+        &self,
+        lookup: &[u8; 32],
+        now: u64,
+        authenticators: &[Arc<Authenticator>],
+    ) -> Result<Option<Record>, SsoError> {
+        let key = session_key(lookup);
+        let Some(bytes) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let mut record: Record =
+            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        if now >= record.expires_at || now >= record.last_seen + self.config.idle_timeout.as_secs()
+        {
+            self.store.delete(&key).await?;
+            return Ok(None);
+        }
+        if let Some(revoked) = self.store.get(&revoked_key(&record)).await?
+            && revoked
+                .first_chunk::<8>()
+                .is_some_and(|at| record.created_at <= u64::from_be_bytes(*at))
+        {
+            self.store.delete(&key).await?;
+            return Ok(None);
+        }
+        let mut changed = false;
+        if record.refresh_at.is_some_and(|at| now >= at) {
+            match self.refresh(lookup, &mut record, now, authenticators).await {
+                Ok(()) => changed = true,
+                Err(SsoError::Oidc(e @ (OidcError::Provider { .. } | OidcError::IdToken(_)))) => {
+                    // The provider refused: the session ends.
+                    tracing::info!(error = %e, user = %record.user, "session ended: refresh refused");
+                    self.store.delete(&key).await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if changed || now >= record.last_seen + TOUCH_EVERY {
+            record.last_seen = now;
+            self.save(lookup, &record).await?;
+        }
+        Ok(Some(record))
+    }
+
     async fn refresh(
         &self,
-        id: &SessionId,
+        lookup: &[u8; 32],
         record: &mut Record,
         now: u64,
         authenticators: &[Arc<Authenticator>],
     ) -> Result<(), SsoError> {
         let oidc = oidc_named(authenticators, &record.authenticator)
             .ok_or_else(|| SsoError::Gone(record.authenticator.clone()))?;
-        let kept = self.open_tokens(id, record).await?;
+        let kept = self.open_tokens(lookup, record).await?;
         let Some(rt) = kept.refresh_token.as_deref() else {
             record.refresh_at = None;
             return Ok(());
@@ -534,14 +579,86 @@ impl Sessions {
             .or(kept.refresh_token.clone());
         record.refresh_at = expiry.map(|e| e.saturating_sub(REFRESH_AHEAD).max(now + 1));
         record.sealed = Some(
-            self.seal_tokens(id, refresh_token.as_deref(), id_token.as_deref())
+            self.seal_tokens(lookup, refresh_token.as_deref(), id_token.as_deref())
                 .await?,
         );
         Ok(())
     }
 
-    /// Ends the session `cookie` names; returns it (for the provider's logout) when there
-    /// was one.
+    /// A single-use code that hands the sign-in of `session` (a central one) to `host`,
+    /// which redeems it within a minute for a session of its own, then sends the browser
+    /// to `return_to`.
+    pub async fn hand_over(
+        &self,
+        session: &Session,
+        host: &str,
+        return_to: &str,
+    ) -> Result<String, SsoError> {
+        let code = random()?;
+        let h = HandOver {
+            parent: session.handle.clone(),
+            host: host.to_string(),
+            return_to: return_to.to_string(),
+        };
+        let value = serde_json::to_vec(&h).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        self.store
+            .put(
+                &handover_key(&code),
+                &value,
+                drawbridge_identity::unix_now() + HANDOVER_TTL,
+            )
+            .await?;
+        Ok(code)
+    }
+
+    /// Redeems a hand-over code on `host`: once, within its minute, on the host it was
+    /// made for, while the sign-in it hands over lasts. A new session id for this host.
+    pub async fn redeem(
+        &self,
+        code: &str,
+        host: &str,
+        authenticators: &[Arc<Authenticator>],
+    ) -> Result<Finished, SsoError> {
+        if !well_formed(code) {
+            return Err(SsoError::UnknownState);
+        }
+        let bytes = self
+            .store
+            .take(&handover_key(code))
+            .await?
+            .ok_or(SsoError::UnknownState)?;
+        let h: HandOver =
+            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        if h.host != host {
+            return Err(SsoError::OtherHost);
+        }
+        let parent = unhex32(&h.parent).ok_or(SsoError::UnknownState)?;
+        let now = drawbridge_identity::unix_now();
+        let central = self
+            .read_record(&parent, now, authenticators)
+            .await?
+            .ok_or(SsoError::UnknownState)?;
+        let id = SessionId::generate()?;
+        let record = Record {
+            host: h.host.clone(),
+            created_at: now,
+            last_seen: now,
+            refresh_at: None,
+            sealed: None,
+            parent: Some(h.parent.clone()),
+            ..central
+        };
+        self.save(id.lookup(), &record).await?;
+        Ok(Finished {
+            session_cookie: Zeroizing::new(id.cookie().to_string()),
+            location: h.return_to,
+            host: h.host,
+            principal: Arc::new(principal_of(&record)),
+        })
+    }
+
+    /// Ends the session `cookie` names, and the central sign-in it came from; returns the
+    /// sign-in's record and ID token (for the provider's logout) when there was one.
     pub async fn end(&self, cookie: &str) -> Result<Option<(Record, Option<String>)>, SsoError> {
         let Some(id) = SessionId::from_cookie(cookie) else {
             return Ok(None);
@@ -550,10 +667,19 @@ impl Sessions {
         let Some(bytes) = self.store.take(&session_key(id.lookup())).await? else {
             return Ok(None);
         };
-        let record: Record =
+        let mut record: Record =
             serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        let mut lookup = *id.lookup();
+        if let Some(parent) = record.parent.as_deref().and_then(unhex32) {
+            self.cache.remove(&parent);
+            if let Some(bytes) = self.store.take(&session_key(&parent)).await? {
+                record =
+                    serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+                lookup = parent;
+            }
+        }
         let id_token = self
-            .open_tokens(&id, &record)
+            .open_tokens(&lookup, &record)
             .await
             .ok()
             .and_then(|k| k.id_token);
@@ -595,7 +721,7 @@ impl Sessions {
 
     async fn seal_tokens(
         &self,
-        id: &SessionId,
+        lookup: &[u8; 32],
         refresh_token: Option<&str>,
         id_token: Option<&str>,
     ) -> Result<String, SsoError> {
@@ -606,11 +732,11 @@ impl Sessions {
             })
             .map_err(|e| SsoError::Corrupt(e.to_string()))?,
         );
-        let sealed = self.key().await?.seal(id.lookup(), "tokens", &kept)?;
+        let sealed = self.key().await?.seal(lookup, "tokens", &kept)?;
         Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
     }
 
-    async fn open_tokens(&self, id: &SessionId, record: &Record) -> Result<Kept, SsoError> {
+    async fn open_tokens(&self, lookup: &[u8; 32], record: &Record) -> Result<Kept, SsoError> {
         let Some(sealed) = &record.sealed else {
             return Ok(Kept {
                 refresh_token: None,
@@ -620,7 +746,7 @@ impl Sessions {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        let plain = self.key().await?.open(id.lookup(), "tokens", &bytes)?;
+        let plain = self.key().await?.open(lookup, "tokens", &bytes)?;
         serde_json::from_slice(&plain).map_err(|e| SsoError::Corrupt(e.to_string()))
     }
 }
@@ -661,6 +787,10 @@ fn oidc_named<'a>(
         Authenticator::Oidc(o) if **o.name() == *name => Some(o),
         _ => None,
     })
+}
+
+fn handover_key(code: &str) -> String {
+    format!("handover:{}", hex(&digest("handover", code.as_bytes())))
 }
 
 fn state_key(state: &str) -> String {

@@ -49,6 +49,8 @@ struct Options {
     corp: &'static str,
     /// Sessions in this Redis instead of the embedded store.
     redis: Option<String>,
+    /// Every host signs in at `auth.test`.
+    central: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             sessions: "",
             corp: "",
             redis: None,
+            central: false,
         }
     }
 }
@@ -65,10 +68,10 @@ impl Default for Options {
 async fn setup(o: Options) -> Sso {
     let port = free_port();
     let ca = TestCa::new("sso ca");
-    let leaf = ca.leaf(&["app.test", "other.test", "both.test"]);
+    let leaf = ca.leaf(&["app.test", "other.test", "both.test", "auth.test"]);
     let up = RecordingUpstream::start().await;
     let uris = |path: &str| -> Vec<String> {
-        ["app.test", "other.test", "both.test"]
+        ["app.test", "other.test", "both.test", "auth.test"]
             .iter()
             .map(|h| format!("https://{h}:{port}{path}"))
             .collect()
@@ -164,6 +167,10 @@ authorize = false
             Some(url) =>
                 format!("store = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"sso-test:\""),
             None => "path = \"sessions.redb\"".to_string(),
+        } + &if o.central {
+            format!("\nsign_in_url = \"https://auth.test:{port}\"")
+        } else {
+            String::new()
         },
     );
     let h = Harness::start_with(
@@ -715,4 +722,119 @@ async fn the_login_cookie_and_session_cookie_are_secure_host_cookies() {
 
 fn urlenc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn one_sign_in_serves_every_host() {
+    let s = setup(Options {
+        central: true,
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    let landed = signed_in(&mut b, &s.url("app.test", "/x?a=1")).await;
+    assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
+    assert_eq!(landed.url, s.url("app.test", "/x?a=1"));
+    // Signed in at the central host, which handed the sign-in to app.test.
+    let authorize = b
+        .visited
+        .iter()
+        .find(|u| u.starts_with(&format!("{}/auth?", s.corp.issuer)))
+        .expect("authorization request");
+    let auth = url::Url::parse(authorize).expect("url");
+    let redirect = auth
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .expect("redirect_uri")
+        .1
+        .into_owned();
+    assert_eq!(redirect, s.url("auth.test", "/.drawbridge/callback"));
+    let handover = b
+        .visited
+        .iter()
+        .find(|u| u.contains("/.drawbridge/handover?code="))
+        .expect("hand-over")
+        .clone();
+    assert!(handover.starts_with(&s.url("app.test", "/")));
+    assert!(b.cookie("auth.test", SESSION).is_some());
+    assert!(b.cookie("app.test", SESSION).is_some());
+    assert_ne!(
+        b.cookie("auth.test", SESSION),
+        b.cookie("app.test", SESSION)
+    );
+    // Another host: no provider on the way.
+    let before = b.visited.len();
+    let other = b.navigate(&s.url("other.test", "/y")).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.url, s.url("other.test", "/y"));
+    assert!(
+        b.visited[before..]
+            .iter()
+            .all(|u| !u.contains(&s.corp.issuer)),
+        "{:?}",
+        &b.visited[before..]
+    );
+    let got = s.up.last().expect("forwarded");
+    let claims =
+        drawbridge_testkit::jwt::claims_of(got.header("x-drawbridge-identity").expect("identity"));
+    assert_eq!(claims["sub"], "alice");
+    // A hand-over code is used once, and only on its own host.
+    let mut thief = s.browser();
+    let replay = thief.navigate(&handover).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert!(thief.cookie("app.test", SESSION).is_none());
+    // Signing out on one host ends the sign-in everywhere.
+    let me = b
+        .navigate(&s.url("other.test", "/.drawbridge/whoami"))
+        .await;
+    let csrf = me.input("csrf").expect("csrf");
+    b.submit(&me.url, "/.drawbridge/sign_out", &[("csrf", &csrf)])
+        .await;
+    s.up.clear();
+    let api = b
+        .request(
+            Method::GET,
+            &s.url("app.test", "/"),
+            None,
+            &[("accept", "application/json".into())],
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_hand_over_code_for_one_host_opens_no_other() {
+    let s = setup(Options {
+        central: true,
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    // Signed in centrally (for other.test), then a code made for app.test, not followed.
+    signed_in(&mut b, &s.url("other.test", "/")).await;
+    let target = urlenc(&s.url("app.test", "/"));
+    let page = b
+        .request(
+            Method::GET,
+            &s.url("auth.test", &format!("/.drawbridge/sign_in?rd={target}")),
+            None,
+            &[("accept", "text/html".into())],
+        )
+        .await;
+    let location = page.location().expect("hand-over redirect").to_string();
+    assert!(
+        location.starts_with(&s.url("app.test", "/.drawbridge/handover?code=")),
+        "{location}"
+    );
+    // Redeemed on other.test: refused, and spent.
+    let code = location.split("code=").nth(1).expect("code");
+    let mut c = s.browser();
+    let wrong = c
+        .navigate(&s.url("other.test", &format!("/.drawbridge/handover?code={code}")))
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(c.cookie("other.test", SESSION).is_none());
+    let late = c.navigate(&location).await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST);
 }
