@@ -2,15 +2,17 @@
 //! (no route can reach it, and it reaches no upstream). `/healthz` answers while the
 //! process serves; `/readyz` answers 200 only when the configuration is loaded, every
 //! listener bound, every JWT issuer's keys fetched (and not stale) and no drain has begun,
-//! and otherwise 503 naming what is missing.
+//! and otherwise 503 naming what is missing. `POST /sessions/revoke` ends one session
+//! (`?session=HANDLE`) or every session of a person (`?user=AUTHENTICATOR/ID`): what
+//! `drawbridge sessions revoke` calls while an instance holds the embedded store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -21,6 +23,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/sessions/revoke", post(revoke))
         .with_state(shared);
     let stopped = async move {
         while !*stop.borrow_and_update() {
@@ -51,6 +54,33 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready:\n{}\n", missing.join("\n")),
         ),
+    }
+}
+
+/// What `/sessions/revoke` takes.
+#[derive(serde::Deserialize)]
+struct Revoke {
+    session: Option<String>,
+    user: Option<String>,
+}
+
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    Query(r): Query<Revoke>,
+) -> (StatusCode, String) {
+    let snapshot = shared.snapshot.load_full();
+    let Some(sessions) = &snapshot.sessions else {
+        return (StatusCode::NOT_FOUND, "no sessions configured\n".into());
+    };
+    match drawbridge_session::revoke(sessions, r.session.as_deref(), r.user.as_deref()).await {
+        Ok(done) => (StatusCode::OK, format!("{done}\n")),
+        Err(drawbridge_session::RevokeError::Usage(m)) => {
+            (StatusCode::BAD_REQUEST, format!("{m}\n"))
+        }
+        Err(drawbridge_session::RevokeError::NotFound) => {
+            (StatusCode::NOT_FOUND, "no such session\n".into())
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 

@@ -81,28 +81,8 @@ pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), St
     let sessions = match same {
         Some(s) => s.renew(config, next.served.clone()),
         None => {
-            let store = match &config.store {
-                drawbridge_config::SessionStore::Embedded { path } => {
-                    drawbridge_session::Embedded::open(path)
-                        .map(drawbridge_session::Store::Embedded)
-                        .map_err(|e| {
-                            format!("opening the session store `{}`: {e}", path.display())
-                        })?
-                }
-                drawbridge_config::SessionStore::Redis {
-                    url,
-                    ca,
-                    key_prefix,
-                } => {
-                    let url = std::str::from_utf8(url.expose())
-                        .map_err(|_| "the Redis address is not text".to_string())?;
-                    let ca: Option<Vec<&[u8]>> =
-                        ca.as_ref().map(|c| c.iter().map(|d| d.as_ref()).collect());
-                    drawbridge_session::Redis::new(url, ca.as_deref(), key_prefix)
-                        .map(|r| drawbridge_session::Store::Redis(Box::new(r)))
-                        .map_err(|e| format!("the Redis session store: {e}"))?
-                }
-            };
+            let store = drawbridge_session::Store::open(&config.store)
+                .map_err(|e| format!("opening the session store: {e}"))?;
             Sessions::new(store, config, next.served.clone())
         }
     }

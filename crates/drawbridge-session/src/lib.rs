@@ -26,6 +26,6 @@ pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
 pub use sessions::{
     Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState, Record,
-    SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid,
+    RevokeError, SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid, revoke,
 };
 pub use store::{Backend, Embedded, NEVER, Store, StoreError};

@@ -119,6 +119,10 @@ pub struct Record {
     pub authenticated_at: u64,
     /// When the session was created here.
     pub created_at: u64,
+    /// The same, in milliseconds: a revocation ends the sessions made before it, not one
+    /// made in the same second after it.
+    #[serde(default)]
+    pub created_ms: u64,
     /// When it was last used (to within a minute).
     pub last_seen: u64,
     /// When it ends, used or not.
@@ -384,6 +388,7 @@ impl Sessions {
             subject: verified.subject.clone(),
             authenticated_at: p.authenticated_at.unwrap_or(now),
             created_at: now,
+            created_ms: unix_ms(),
             last_seen: now,
             expires_at: now + self.config.lifetime.as_secs(),
             refresh_at: None,
@@ -513,7 +518,7 @@ impl Sessions {
         if let Some(revoked) = self.store.get(&revoked_key(&record)).await?
             && revoked
                 .first_chunk::<8>()
-                .is_some_and(|at| record.created_at <= u64::from_be_bytes(*at))
+                .is_some_and(|at| record.created_ms <= u64::from_be_bytes(*at))
         {
             self.store.delete(&key).await?;
             return Ok(None);
@@ -642,6 +647,7 @@ impl Sessions {
         let record = Record {
             host: h.host.clone(),
             created_at: now,
+            created_ms: unix_ms(),
             last_seen: now,
             refresh_at: None,
             sealed: None,
@@ -702,7 +708,7 @@ impl Sessions {
         self.store
             .put(
                 &key,
-                &now.to_be_bytes(),
+                &unix_ms().to_be_bytes(),
                 now + self.config.lifetime.as_secs(),
             )
             .await?;
@@ -751,6 +757,49 @@ impl Sessions {
     }
 }
 
+/// Why a revocation was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// Neither or both of a session and a user named, or a user not `AUTHENTICATOR/ID`.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// No such session.
+    #[error("no such session")]
+    NotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Sso(#[from] SsoError),
+}
+
+/// Revokes one session (by its handle) or every session of a user (`AUTHENTICATOR/ID`,
+/// signed in until now); says what was done.
+pub async fn revoke(
+    sessions: &Sessions,
+    session: Option<&str>,
+    user: Option<&str>,
+) -> Result<String, RevokeError> {
+    match (session, user) {
+        (Some(handle), None) => {
+            if sessions.revoke(handle).await? {
+                Ok(format!("revoked session {handle}"))
+            } else {
+                Err(RevokeError::NotFound)
+            }
+        }
+        (None, Some(user)) => {
+            let (authenticator, id) = user
+                .split_once('/')
+                .filter(|(a, i)| !a.is_empty() && !i.is_empty())
+                .ok_or(RevokeError::Usage(
+                    "a user is AUTHENTICATOR/ID, as the access log names them",
+                ))?;
+            sessions.revoke_user(authenticator, id).await?;
+            Ok(format!("revoked every session of {authenticator}/{id}"))
+        }
+        _ => Err(RevokeError::Usage("name a session or a user, not both")),
+    }
+}
+
 /// The query of a callback.
 #[derive(Debug, Default)]
 pub struct Callback<'a> {
@@ -787,6 +836,13 @@ fn oidc_named<'a>(
         Authenticator::Oidc(o) if **o.name() == *name => Some(o),
         _ => None,
     })
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn handover_key(code: &str) -> String {
@@ -862,3 +918,75 @@ fn printable(s: &str) -> String {
 
 /// How long a sign-in may take (for the login cookie's `Max-Age`).
 pub const LOGIN_MAX_AGE: Duration = Duration::from_secs(LOGIN_TTL);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(path: &std::path::Path) -> drawbridge_config::Sessions {
+        drawbridge_config::Sessions {
+            store: drawbridge_config::SessionStore::Embedded {
+                path: path.to_path_buf(),
+            },
+            key: None,
+            idle_timeout: Duration::from_secs(3600),
+            lifetime: Duration::from_secs(7200),
+            cache_ttl: Duration::ZERO,
+            sign_in: None,
+            location: drawbridge_config::Location {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+            },
+        }
+    }
+
+    /// A stored session of `user`, as a sign-in would have made it.
+    async fn stored(s: &Sessions, user: &str, host: &str) -> SessionId {
+        let now = drawbridge_identity::unix_now();
+        let id = SessionId::generate().expect("id");
+        let record = Record {
+            authenticator: "corp".into(),
+            host: host.into(),
+            user: user.into(),
+            groups: vec!["eng".into()],
+            attributes: Map::new(),
+            issuer: "https://idp.test".into(),
+            subject: user.into(),
+            authenticated_at: now,
+            created_at: now,
+            created_ms: unix_ms(),
+            last_seen: now,
+            expires_at: now + 3600,
+            refresh_at: None,
+            sealed: None,
+            parent: None,
+        };
+        s.save(id.lookup(), &record).await.expect("save");
+        id
+    }
+
+    #[tokio::test]
+    async fn revoking_a_user_ends_their_earlier_sessions_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let store = Store::Embedded(crate::store::Embedded::open(&path).expect("open"));
+        let s = Sessions::new(store, settings(&path), Served::default()).expect("sessions");
+        let none: &[Arc<Authenticator>] = &[];
+        let alice = stored(&s, "alice", "app.test").await;
+        let bob = stored(&s, "bob", "app.test").await;
+        // `lookup` needs the route's authenticators; `read` is what it asks the store.
+        let now = drawbridge_identity::unix_now();
+        assert!(s.read(&alice, now, none).await.expect("read").is_some());
+        s.revoke_user("corp", "alice").await.expect("revoke");
+        assert!(s.read(&alice, now, none).await.expect("read").is_none());
+        assert!(s.read(&bob, now, none).await.expect("read").is_some());
+        // A session made right after the revocation (same second) stands.
+        let later = stored(&s, "alice", "app.test").await;
+        assert!(s.read(&later, now, none).await.expect("read").is_some());
+        // One session by its handle.
+        assert!(s.revoke(&hex(bob.lookup())).await.expect("revoke"));
+        assert!(s.read(&bob, now, none).await.expect("read").is_none());
+        assert!(!s.revoke(&hex(bob.lookup())[..16]).await.expect("revoke"));
+    }
+}

@@ -27,6 +27,16 @@ pub enum StoreError {
     /// The store did not answer in time.
     #[error("no answer in time")]
     Timeout,
+    /// The Redis address is not text.
+    #[error("the Redis address is not UTF-8")]
+    Address,
+}
+
+impl StoreError {
+    /// Whether the embedded store's file is held by another process (a running instance).
+    pub fn in_use(&self) -> bool {
+        matches!(self, StoreError::Embedded(redb::Error::DatabaseAlreadyOpen))
+    }
 }
 
 /// The operations sessions need. Values are opaque bytes; every entry has an expiry (Unix
@@ -68,6 +78,27 @@ pub enum Store {
 }
 
 impl Store {
+    /// Opens the store `config` names: the embedded file (created when missing), or a
+    /// Redis client (connected at first use).
+    pub fn open(config: &drawbridge_config::SessionStore) -> Result<Store, StoreError> {
+        match config {
+            drawbridge_config::SessionStore::Embedded { path } => {
+                Embedded::open(path).map(Store::Embedded)
+            }
+            drawbridge_config::SessionStore::Redis {
+                url,
+                ca,
+                key_prefix,
+            } => {
+                let url = std::str::from_utf8(url.expose()).map_err(|_| StoreError::Address)?;
+                let ca: Option<Vec<&[u8]>> =
+                    ca.as_ref().map(|c| c.iter().map(|d| d.as_ref()).collect());
+                crate::redis_store::Redis::new(url, ca.as_deref(), key_prefix)
+                    .map(|r| Store::Redis(Box::new(r)))
+            }
+        }
+    }
+
     /// See [`Backend::put`].
     pub async fn put(&self, key: &str, value: &[u8], expires_at: u64) -> Result<(), StoreError> {
         match self {

@@ -6,6 +6,7 @@ mod demo;
 mod notify;
 mod out;
 mod policytest;
+mod sessions;
 mod upgrade;
 
 /// mimalloc: the proxy allocates and frees small buffers on every request; glibc's malloc
@@ -74,11 +75,33 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// People's sessions: revoke one, or every session of a person.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Run a self-contained demo: Drawbridge in front of a built-in sample upstream.
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// End one session (its handle, shown on /.drawbridge/whoami and in the log) or every
+    /// session of a person; takes effect on every instance within `[sessions] cache_ttl`.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The session's handle (64 hex digits).
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        session: Option<String>,
+        /// The person, as AUTHENTICATOR/ID (`corp-sso/alice`): every session signed in
+        /// until now.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -149,6 +172,18 @@ fn main() -> ExitCode {
             let inherited = drawbridge_proxy::Inherited::from_env();
             runtime().block_on(serve(config.path(), inherited))
         }
+        Command::Sessions {
+            command:
+                SessionsCommand::Revoke {
+                    config,
+                    session,
+                    user,
+                },
+        } => runtime().block_on(sessions::revoke(
+            &config.path(),
+            session.as_deref(),
+            user.as_deref(),
+        )),
         Command::Demo { listen } => runtime().block_on(demo::run(listen)),
     }
 }

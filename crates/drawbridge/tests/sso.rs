@@ -13,7 +13,13 @@ const SESSION: &str = "__Host-drawbridge-session";
 const LOGIN: &str = "__Host-drawbridge-login";
 
 struct Sso {
-    h: Harness,
+    /// The proxy in this process; `None` when the test runs the binary itself.
+    _h: Option<Harness>,
+    /// Where browsers reach Drawbridge.
+    addr: std::net::SocketAddr,
+    /// The configuration, and the files beside it.
+    config: String,
+    files: Vec<(&'static str, String)>,
     up: RecordingUpstream,
     corp: Idp,
     partner: Idp,
@@ -23,7 +29,7 @@ struct Sso {
 
 impl Sso {
     fn browser(&self) -> Browser {
-        Browser::new(self.h.addr, &self.ca.cert_pem)
+        Browser::new(self.addr, &self.ca.cert_pem)
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -51,6 +57,8 @@ struct Options {
     redis: Option<String>,
     /// Every host signs in at `auth.test`.
     central: bool,
+    /// Leave starting Drawbridge to the test (the binary), with an admin listener here.
+    binary_with_admin: Option<u16>,
 }
 
 impl Default for Options {
@@ -61,6 +69,7 @@ impl Default for Options {
             corp: "",
             redis: None,
             central: false,
+            binary_with_admin: None,
         }
     }
 }
@@ -173,19 +182,29 @@ authorize = false
             String::new()
         },
     );
-    let h = Harness::start_with(
-        &config,
-        &[
-            ("leaf.crt", &leaf.cert_pem),
-            ("leaf.key", &leaf.key_pem),
-            ("corp.secret", "corp-secret\n"),
-            ("partner.secret", "partner-secret\n"),
-        ],
-    )
-    .await;
-    assert_eq!(h.addr.port(), port);
+    let files = vec![
+        ("leaf.crt", leaf.cert_pem.clone()),
+        ("leaf.key", leaf.key_pem.clone()),
+        ("corp.secret", "corp-secret\n".to_string()),
+        ("partner.secret", "partner-secret\n".to_string()),
+    ];
+    let (config, h) = match o.binary_with_admin {
+        Some(admin) => (
+            format!("{config}\n[admin]\naddress = \"127.0.0.1:{admin}\"\n"),
+            None,
+        ),
+        None => {
+            let refs: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+            let h = Harness::start_with(&config, &refs).await;
+            assert_eq!(h.addr.port(), port);
+            (config, Some(h))
+        }
+    };
     Sso {
-        h,
+        _h: h,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        config,
+        files,
         up,
         corp,
         partner,
@@ -272,6 +291,93 @@ async fn with_redis_down_sessions_and_sign_ins_are_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ok, "sign-in works again once Redis is back");
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_sessions_across_restarts_and_revocation_ends_them() {
+    let admin = free_port();
+    let s = setup(Options {
+        binary_with_admin: Some(admin),
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, contents) in &s.files {
+        std::fs::write(dir.path().join(name), contents).expect("write");
+    }
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, &s.config).expect("write config");
+    let mut b = s.browser();
+    let mut a = s.browser();
+    {
+        let _running = Binary::serve(&path);
+        signed_in(&mut b, &s.url("app.test", "/")).await;
+        signed_in(&mut a, &s.url("other.test", "/")).await;
+    }
+    // Restarted: the same cookies still open their sessions, no provider on the way.
+    let running = Binary::serve(&path);
+    let before = b.visited.len();
+    let page = b.navigate(&s.url("app.test", "/after-restart")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(b.visited.len(), before + 1);
+    // Revoked through the running instance (it holds the embedded store).
+    let me = b.navigate(&s.url("app.test", "/.drawbridge/whoami")).await;
+    let handle = me
+        .body
+        .split("<code>")
+        .nth(1)
+        .and_then(|c| c.split("</code>").next())
+        .expect("session handle on whoami")
+        .to_string();
+    assert_eq!(handle.len(), 16);
+    let revoke = |args: &[&str]| {
+        std::process::Command::new(drawbridge_binary())
+            .args(["sessions", "revoke", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("drawbridge runs")
+    };
+    // A handle is the whole 64 hex digits; a prefix revokes nothing.
+    let out = revoke(&["--session", &handle]);
+    assert!(!out.status.success());
+    let out = revoke(&["--user", "corp/alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.up.clear();
+    for (browser, host) in [(&mut b, "app.test"), (&mut a, "other.test")] {
+        let page = browser
+            .request(
+                Method::GET,
+                &s.url(host, "/"),
+                None,
+                &[("accept", "application/json".into())],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{host}");
+    }
+    assert_eq!(s.up.count(), 0);
+    // Signing in again works (the provider still knows the person: no password asked),
+    // with a new session: the revocation covers sessions signed in before it.
+    let before = b.visited.len();
+    let again = b.navigate(&s.url("app.test", "/")).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(
+        b.visited[before..]
+            .iter()
+            .any(|u| u.starts_with(&format!("{}/auth", s.corp.issuer)))
+    );
+    drop(running);
+    // With the instance stopped, the command opens the store itself.
+    let out = revoke(&["--user", "corp/alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn signs_in_and_returns(s: &Sso) {
