@@ -190,6 +190,7 @@ pub(crate) fn compile(
         .iter()
         .any(|a| matches!(a.kind, AuthenticatorKind::Oidc(_)));
     let sessions = cx.sessions(raw.sessions.as_ref(), signs_in);
+    cx.sign_in_routes(&routes, &raw.routes, &listeners, &authenticators);
     cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
     // A configured identity header outside `x-drawbridge-` is Drawbridge's too.
     for (i, r) in &routes {

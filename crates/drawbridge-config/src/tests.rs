@@ -749,3 +749,185 @@ fn route_header_edits_leave_drawbridges_own_alone() {
     let cfg = check(&ok).expect("valid");
     assert_eq!(cfg.routes[0].request_headers.remove, ["x-debug"]);
 }
+
+/// A TLS listener and an `oidc` authenticator whose secret exists, in a directory of its own,
+/// plus `rest`.
+fn sso(rest: &str) -> (tempfile::TempDir, Result<Config, Diagnostics>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/certs");
+    std::fs::write(dir.path().join("corp.secret"), "s3cret\n").expect("secret");
+    let src = format!(
+        r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:8443"
+[[listeners.tls.certificates]]
+cert = "{ca}/app.example.com.crt"
+key = "{ca}/app.example.com.key"
+
+[[upstreams]]
+name = "app"
+endpoints = ["http://127.0.0.1:9000"]
+
+{rest}
+"#,
+        ca = ca.display()
+    );
+    let path = dir.path().join("drawbridge.toml");
+    let result = parse(&path, &src);
+    (dir, result)
+}
+
+const CORP: &str = r#"
+[[authenticators]]
+name = "corp"
+type = "oidc"
+issuer = "https://login.example.com/realms/corp"
+client_id = "drawbridge"
+client_secret_file = "corp.secret"
+"#;
+
+const ROUTE: &str = r#"
+[[routes]]
+name = "app"
+host = "app.example.com"
+prefix = "/"
+upstream = "app"
+authenticate = ["corp"]
+authorize = false
+"#;
+
+#[test]
+fn an_oidc_authenticator_and_its_sessions_compile_with_defaults() {
+    let (_d, cfg) = sso(&format!("{CORP}{ROUTE}"));
+    let cfg = cfg.expect("valid");
+    let AuthenticatorKind::Oidc(o) = &cfg.authenticators[0].kind else {
+        panic!("oidc");
+    };
+    assert_eq!(
+        o.discovery.url,
+        "https://login.example.com/realms/corp/.well-known/openid-configuration"
+    );
+    assert_eq!(
+        o.discovery.path,
+        "/realms/corp/.well-known/openid-configuration"
+    );
+    assert_eq!(o.client_secret.expose(), b"s3cret");
+    assert_eq!(o.scopes, ["openid", "email", "profile"]);
+    assert_eq!(o.claims.id, "sub");
+    assert_eq!(o.display_name, "corp");
+    // `[sessions]` is there without being written: embedded, beside the config.
+    let s = cfg.sessions.expect("sessions");
+    assert!(matches!(&s.store, SessionStore::Embedded { path } if path.ends_with("sessions.redb")));
+    assert_eq!(s.idle_timeout, std::time::Duration::from_secs(8 * 3600));
+    assert_eq!(s.lifetime, std::time::Duration::from_secs(24 * 3600));
+    assert!(s.sign_in.is_none());
+}
+
+#[test]
+fn oidc_and_sessions_mistakes_are_named() {
+    for (rest, field, says) in [
+        (
+            CORP.replace("client_id = \"drawbridge\"\n", ""),
+            "authenticators[0].client_id",
+            "needs the `client_id`",
+        ),
+        (
+            CORP.replace("corp.secret", "missing.secret"),
+            "authenticators[0].client_secret_file",
+            "cannot read",
+        ),
+        (
+            format!("{CORP}scopes = [\"email\"]\n"),
+            "authenticators[0].scopes",
+            "do not hold `openid`",
+        ),
+        (
+            CORP.replace("https://login", "http://login"),
+            "authenticators[0].issuer",
+            "plain HTTP",
+        ),
+        (
+            format!("{CORP}audiences = [\"x\"]\n"),
+            "authenticators[0].audiences",
+            "belongs to `type = \"jwt\"`",
+        ),
+        (
+            format!("{CORP}allowed_email_domains = [\"not a domain\"]\n"),
+            "authenticators[0].allowed_email_domains[0]",
+            "not a domain name",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nstore = \"redis\"\n"),
+            "sessions.redis_url",
+            "needs `redis_url`",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nstore = \"memcached\"\n"),
+            "sessions.store",
+            "unknown store",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nredis_url = \"redis://x\"\n"),
+            "sessions.redis_url",
+            "belongs to `store = \"redis\"`",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nidle_timeout = \"48h\"\n"),
+            "sessions.idle_timeout",
+            "longer than `lifetime`",
+        ),
+        (
+            format!("{CORP}\n[sessions]\ncache_ttl = \"5m\"\n"),
+            "sessions.cache_ttl",
+            "over a minute",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nsign_in_url = \"http://auth.example.com\"\n"),
+            "sessions.sign_in_url",
+            "not an `https://` origin",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nsign_in_url = \"https://auth.example.com/path\"\n"),
+            "sessions.sign_in_url",
+            "without a path",
+        ),
+        (
+            format!("{CORP}\n[sessions]\nkey_file = \"corp.secret\"\n"),
+            "sessions.key_file",
+            "fewer than 32 characters",
+        ),
+    ] {
+        let (_d, result) = sso(&format!("{rest}{ROUTE}"));
+        let e = match result {
+            Ok(_) => panic!("expected an error at {field}"),
+            Err(d) => d.0,
+        };
+        assert!(
+            e.iter()
+                .any(|d| d.field == field && d.message.contains(says)),
+            "{field}: {}",
+            e.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+#[test]
+fn people_sign_in_over_tls_only() {
+    let (_d, result) = sso(&format!(
+        "{CORP}\n[[listeners]]\nname = \"plain\"\naddress = \"127.0.0.1:8080\"\n{}",
+        ROUTE.replace(
+            "authorize = false",
+            "authorize = false\nlisteners = [\"plain\"]"
+        )
+    ));
+    let e = result.err().expect("refused").0;
+    assert!(
+        e.iter().any(|d| d.field == "routes[0].authenticate"
+            && d.message.contains("no TLS listener serves it")),
+        "{e:?}"
+    );
+}

@@ -401,6 +401,53 @@ impl Cx<'_> {
     }
 }
 
+impl Cx<'_> {
+    /// People sign in over HTTPS only: their cookies are `Secure`, and a session carried in
+    /// clear text is a session given away. A route that admits an `oidc` authenticator must
+    /// be served by a TLS listener.
+    pub(super) fn sign_in_routes(
+        &mut self,
+        routes: &[(usize, Route)],
+        raw: &[Spanned<RawRoute>],
+        listeners: &[Listener],
+        authenticators: &[Authenticator],
+    ) {
+        for (i, r) in routes {
+            let Admission::Authenticated {
+                authenticators: list,
+                ..
+            } = &r.admission
+            else {
+                continue;
+            };
+            let signs_in = list.iter().any(|&a| {
+                matches!(
+                    authenticators.get(a).map(|a| &a.kind),
+                    Some(AuthenticatorKind::Oidc(_))
+                )
+            });
+            let on_tls = listeners.iter().enumerate().any(|(l, listener)| {
+                listener.tls.is_some()
+                    && listener.redirect_to_https.is_none()
+                    && r.listeners.as_ref().is_none_or(|ls| ls.contains(&l))
+            });
+            if signs_in && !on_tls {
+                let span = raw[*i]
+                    .get_ref()
+                    .authenticate
+                    .as_ref()
+                    .map_or(raw[*i].span().start, |a| a.span().start);
+                self.r.error_help(
+                    span,
+                    format!("routes[{i}].authenticate"),
+                    "people sign in to this route, but no TLS listener serves it",
+                    "serve it on a listener with `[listeners.tls]`: session cookies are `Secure` and never travel in clear text",
+                );
+            }
+        }
+    }
+}
+
 /// `https://host[:port]` and nothing else.
 fn sign_in_origin(s: &str) -> Result<SignIn, String> {
     let rest = s
