@@ -924,7 +924,7 @@ fn people_sign_in_over_tls_only() {
             "authorize = false\nlisteners = [\"plain\"]"
         )
     ));
-    let e = result.err().expect("refused").0;
+    let e = result.expect_err("refused").0;
     assert!(
         e.iter().any(|d| d.field == "routes[0].authenticate"
             && d.message.contains("no TLS listener serves it")),
