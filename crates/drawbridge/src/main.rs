@@ -85,6 +85,9 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where the demo's HTTPS listener (people signing in) listens.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        tls_listen: std::net::SocketAddr,
     },
 }
 
@@ -184,7 +187,7 @@ fn main() -> ExitCode {
             session.as_deref(),
             user.as_deref(),
         )),
-        Command::Demo { listen } => runtime().block_on(demo::run(listen)),
+        Command::Demo { listen, tls_listen } => runtime().block_on(demo::run(listen, tls_listen)),
     }
 }
 

@@ -9,7 +9,13 @@ use futures_util::FutureExt;
 #[tokio::test]
 async fn demo_serves_forwards_and_refuses() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -18,6 +24,7 @@ async fn demo_serves_forwards_and_refuses() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (creds_tx, creds_rx) = std::sync::mpsc::channel();
     let (dir_tx, dir_rx) = std::sync::mpsc::channel();
+    let (sso_tx, sso_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
@@ -34,6 +41,13 @@ async fn demo_serves_forwards_and_refuses() {
                 .and_then(|r| r.split(')').next())
             {
                 let _ = dir_tx.send(std::path::PathBuf::from(cfg));
+            }
+            if let Some(rest) = line.trim().strip_prefix("USER=alice PASSWORD=") {
+                let _ = sso_tx.send(("password", rest.to_string()));
+            }
+            if let Some(rest) = line.strip_prefix("Single sign-on. Open ") {
+                let site = rest.split(' ').next().unwrap_or_default().to_string();
+                let _ = sso_tx.send(("site", site));
             }
             if let Some(rest) = line.strip_prefix("Drawbridge demo: listening on http://") {
                 let addr = rest
@@ -127,6 +141,61 @@ async fn demo_serves_forwards_and_refuses() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("apikeys.secret")), 0o600);
 
+    // A person signs in at the demo's provider and lands on the app, on the embedded store.
+    let sso: std::collections::HashMap<&str, String> = (0..2)
+        .map(|_| {
+            sso_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("sign-in printed")
+        })
+        .collect();
+    let site = url::Url::parse(&sso["site"]).expect("site url");
+    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], site.port().expect("port")));
+    let cert = std::fs::read_to_string(dir.join("localhost.crt")).expect("demo certificate");
+    let mut b = drawbridge_testkit::browser::Browser::new(tls, &cert);
+    let form = b.navigate(site.as_str()).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    assert!(
+        form.body.contains("Demo identity provider"),
+        "{}",
+        form.body
+    );
+    let landed = b
+        .submit(
+            &form.url,
+            &form.form_action().expect("form"),
+            &[
+                ("login", "alice"),
+                ("password", &sso["password"]),
+                ("client_id", &form.input("client_id").expect("client_id")),
+                (
+                    "redirect_uri",
+                    &form.input("redirect_uri").expect("redirect_uri"),
+                ),
+                ("response_type", "code"),
+                ("scope", &form.input("scope").expect("scope")),
+                ("state", &form.input("state").expect("state")),
+                ("nonce", &form.input("nonce").expect("nonce")),
+                (
+                    "code_challenge",
+                    &form.input("code_challenge").expect("challenge"),
+                ),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    assert_eq!(landed.url, site.as_str());
+    let echo: serde_json::Value = serde_json::from_str(&landed.body).expect("echo json");
+    assert_eq!(echo["headers"]["x-drawbridge-user"], "alice");
+    assert!(echo["headers"].get("cookie").is_none());
+    let me = b
+        .navigate(site.join("/.drawbridge/whoami").expect("url").as_ref())
+        .await;
+    assert_eq!(me.status, 200);
+    assert!(me.body.contains("alice@acme.example"), "{}", me.body);
+    assert!(dir.join("sessions.redb").exists());
+
     // "Edit this file: Drawbridge reloads it": a policy edit applies, as under `serve`.
     let policy = dir.join("demo.cedar");
     let text = std::fs::read_to_string(&policy).expect("policy");
@@ -184,7 +253,7 @@ fn a_demo_that_cannot_start_cleans_up() {
     let addr = taken.local_addr().expect("addr").to_string();
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drawbridge"))
-        .args(["demo", "--listen", &addr])
+        .args(["demo", "--listen", &addr, "--tls-listen", "127.0.0.1:0"])
         .env("TMPDIR", tmp.path())
         .output()
         .expect("run demo");

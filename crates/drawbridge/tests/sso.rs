@@ -37,6 +37,18 @@ impl Sso {
     }
 }
 
+/// The CI issuer's key: the same on every call, so tokens made in a test verify.
+fn ci_key() -> &'static drawbridge_testkit::jwt::SigningKey {
+    static KEY: std::sync::OnceLock<drawbridge_testkit::jwt::SigningKey> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        drawbridge_testkit::jwt::SigningKey::generate(
+            drawbridge_testkit::jwt::KeyType::P256,
+            "ci-1",
+        )
+    })
+}
+
 /// A port nobody listens on yet: the providers must know Drawbridge's redirect URIs
 /// before it starts.
 fn free_port() -> u16 {
@@ -138,6 +150,14 @@ client_secret_file = "partner.secret"
 scopes = ["openid", "email", "groups"]
 claims = {{ groups = "groups" }}
 
+[[authenticators]]
+name = "ci"
+type = "jwt"
+issuer = "https://ci.test"
+audiences = ["apps"]
+jwks_file = "ci.jwks"
+principal = "service"
+
 [sessions]
 {store}
 cache_ttl = "0s"
@@ -148,7 +168,7 @@ name = "app"
 host = "app.test"
 prefix = "/"
 upstream = "app"
-authenticate = ["corp"]
+authenticate = ["corp", "ci"]
 authorize = false
 
 [[routes]]
@@ -187,6 +207,7 @@ authorize = false
         ("leaf.key", leaf.key_pem.clone()),
         ("corp.secret", "corp-secret\n".to_string()),
         ("partner.secret", "partner-secret\n".to_string()),
+        ("ci.jwks", drawbridge_testkit::jwt::jwks(&[ci_key()])),
     ];
     let (config, h) = match o.binary_with_admin {
         Some(admin) => (
@@ -943,4 +964,58 @@ async fn a_hand_over_code_for_one_host_opens_no_other() {
     assert!(c.cookie("other.test", SESSION).is_none());
     let late = c.navigate(&location).await;
     assert_eq!(late.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_bearer_token_and_a_session_each_work_on_one_route() {
+    let s = setup(Options::default()).await;
+    let now = drawbridge_testkit::jwt::now();
+    let token = ci_key().sign(&serde_json::json!({
+        "iss": "https://ci.test", "aud": "apps", "sub": "deploy-bot",
+        "iat": now, "exp": now + 300,
+    }));
+    let mut api = s.browser();
+    let page = api
+        .request(
+            Method::GET,
+            &s.url("app.test", "/deploy"),
+            None,
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let claims = drawbridge_testkit::jwt::claims_of(
+        s.up.last()
+            .expect("forwarded")
+            .header("x-drawbridge-identity")
+            .expect("identity"),
+    );
+    assert_eq!(claims["sub"], "deploy-bot");
+    assert_eq!(claims["authn"], "ci");
+    // A browser page load with a bad token is an API call gone wrong: 401, no sign-in.
+    let page = api
+        .request(
+            Method::GET,
+            &s.url("app.test", "/"),
+            None,
+            &[
+                ("accept", "text/html".into()),
+                ("sec-fetch-mode", "navigate".into()),
+                ("authorization", "Bearer not.a.token".into()),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    // A person with a session, on the same route.
+    let mut b = s.browser();
+    let landed = signed_in(&mut b, &s.url("app.test", "/wiki")).await;
+    assert_eq!(landed.status, StatusCode::OK);
+    let claims = drawbridge_testkit::jwt::claims_of(
+        s.up.last()
+            .expect("forwarded")
+            .header("x-drawbridge-identity")
+            .expect("identity"),
+    );
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["amr"], serde_json::json!(["oidc"]));
 }

@@ -4,6 +4,7 @@
 //! on Ctrl-C or SIGTERM, and leaves nothing behind on any exit.
 
 mod idp;
+mod oidc;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -97,8 +98,8 @@ fn credentials(dir: &DemoDir) -> Result<Credentials, String> {
     })
 }
 
-pub async fn run(listen: SocketAddr) -> ExitCode {
-    match demo(listen).await {
+pub async fn run(listen: SocketAddr, tls_listen: SocketAddr) -> ExitCode {
+    match demo(listen, tls_listen).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -107,13 +108,72 @@ pub async fn run(listen: SocketAddr) -> ExitCode {
     }
 }
 
-async fn demo(listen: SocketAddr) -> Result<(), String> {
+/// A self-signed certificate for `localhost`, written as `localhost.crt` and `.key`.
+fn certificate(dir: &DemoDir) -> Result<(), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    dir.write("localhost.crt", &cert.pem())?;
+    dir.write("localhost.key", &key.serialize_pem())?;
+    Ok(())
+}
+
+/// A password for a demo user: 12 random characters.
+fn password() -> String {
+    use base64::Engine as _;
+    let mut b = [0u8; 9];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+async fn demo(listen: SocketAddr, tls_listen: SocketAddr) -> Result<(), String> {
     let upstream = upstream::start()
         .await
         .map_err(|e| format!("cannot start the sample upstream: {e}"))?;
     let upstream = format!("http://{upstream}");
     let dir = DemoDir::create()?;
     let creds = credentials(&dir)?;
+    // People sign in at a demo OpenID provider, over HTTPS on `localhost` (a self-signed
+    // certificate: session cookies are `Secure`). The port must be known first: the
+    // provider only sends people back to the redirect URI it registered.
+    let tls_listen = if tls_listen.port() == 0 {
+        std::net::TcpListener::bind(tls_listen)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port: {e}"))?
+    } else {
+        tls_listen
+    };
+    let site = if tls_listen.port() == 443 {
+        "https://localhost".to_string()
+    } else {
+        format!("https://localhost:{}", tls_listen.port())
+    };
+    certificate(&dir)?;
+    let secret = password() + &password();
+    dir.write("sso.secret", &secret)?;
+    let users = vec![
+        oidc::User {
+            name: "alice",
+            password: password(),
+            email: "alice@acme.example",
+            groups: &["eng", "oncall"],
+            tenant: "acme",
+        },
+        oidc::User {
+            name: "bob",
+            password: password(),
+            email: "bob@globex.example",
+            groups: &["sales"],
+            tenant: "globex",
+        },
+    ];
+    let logins: Vec<(String, String)> = users
+        .iter()
+        .map(|u| (u.name.to_string(), u.password.clone()))
+        .collect();
+    let sso_issuer =
+        oidc::start(secret, vec![format!("{site}/.drawbridge/callback")], users).await?;
     let config = format!(
         r#"# The demo's configuration, written by `drawbridge demo`.
 [server]
@@ -138,9 +198,30 @@ keys_file = "apikeys.toml"
 secret_file = "apikeys.secret"
 header = "X-Api-Key"
 
+[[authenticators]]
+name = "demo-sso"
+type = "oidc"
+issuer = "{sso_issuer}"
+client_id = "{client_id}"
+client_secret_file = "sso.secret"
+scopes = ["openid", "email", "profile", "groups"]
+claims = {{ groups = "groups", attributes = ["email", "tenant"] }}
+display_name = "the demo identity provider"
+algorithms = ["ES256"]
+
+[sessions]
+path = "sessions.redb"
+
 [[listeners]]
 name = "demo"
 address = "{listen}"
+
+[[listeners]]
+name = "demo-tls"
+address = "{tls_listen}"
+[[listeners.tls.certificates]]
+cert = "localhost.crt"
+key = "localhost.key"
 
 [[upstreams]]
 name = "sample"
@@ -177,8 +258,20 @@ name = "jobs"
 prefix = "/jobs"
 upstream = "sample"
 authenticate = ["demo-keys"]
+
+# People sign in here with a browser; the same route takes the demo token.
+[[routes]]
+name = "app"
+host = "localhost"
+prefix = "/app"
+upstream = "sample"
+listeners = ["demo-tls"]
+authenticate = ["demo-sso", "demo-idp"]
+identity_headers = true
 "#,
-        upstream = upstream
+        upstream = upstream,
+        sso_issuer = sso_issuer,
+        client_id = oidc::CLIENT_ID,
     );
     dir.write("demo.cedar", DEMO_POLICIES)?;
     let path = dir.write("drawbridge.toml", &config)?;
@@ -244,6 +337,18 @@ Authenticated and authorized routes. A demo identity provider signed these (its 
   # an API key on its own route
   curl -i -H "X-Api-Key: $KEY" http://{addr}/jobs/nightly
 
+Single sign-on. Open {site}/app/ in a browser (the demo's certificate is self-signed:
+accept the warning), sign in at the demo identity provider as one of
+
+  {logins}
+
+and land on the sample app, which shows the identity Drawbridge handed it. Then see
+{site}/.drawbridge/whoami (who you are, your session, the sign-out button). The session
+is kept in {dir}/sessions.redb; API clients on the same route still get 401:
+
+  curl -ik {site}/app/
+  curl -ik -H "Authorization: Bearer $TOKEN" {site}/app/
+
 Stop with Ctrl-C; the demo's directory is removed then.
 "#,
         up = upstream,
@@ -252,6 +357,12 @@ Stop with Ctrl-C; the demo's directory is removed then.
         token = creds.token,
         expired = creds.expired,
         key = creds.api_key,
+        site = site,
+        logins = logins
+            .iter()
+            .map(|(u, p)| format!("USER={u} PASSWORD={p}"))
+            .collect::<Vec<_>>()
+            .join("\n  "),
     );
     crate::wait_for_stop().await;
     proxy.shutdown().await;
@@ -270,6 +381,10 @@ when {
   context.params has tenant &&
   context.params.tenant == principal.tenant
 };
+
+// People (signed in with a browser, or holding the demo token) read the app.
+@id("app-people")
+permit (principal is User, action in Action::"read", resource == Route::"app");
 
 // Keys of the batch group read jobs.
 @id("jobs-batch")
