@@ -170,7 +170,7 @@ pub async fn own(
     let (Some(sessions), Some(_)) = (&snapshot.sessions, &listener.tls) else {
         return Err(ProxyError::NoRoute);
     };
-    let from = origin(ctx, listener)?;
+    let from = origin(ctx, req, listener)?;
     let page = Page {
         snapshot,
         listener,
@@ -229,15 +229,21 @@ fn oidc(snapshot: &Snapshot) -> impl Iterator<Item = &OidcAuthenticator> {
     })
 }
 
-/// The origin the request came to: its host, and the port of its `Host` (443 without).
-fn origin(ctx: &Ctx, listener: &ListenerEntry) -> Result<Origin, ProxyError> {
-    let port = ctx
-        .original_host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.rsplit_once(':'))
-        .filter(|(h, _)| !h.ends_with(']') || h.starts_with('['))
-        .and_then(|(_, p)| p.parse::<u16>().ok())
+/// The origin the request came to: its host, and the port of its authority (HTTP/2's
+/// `:authority`, an absolute target's) or of its `Host` header; 443 without.
+fn origin(ctx: &Ctx, req: &Parts, listener: &ListenerEntry) -> Result<Origin, ProxyError> {
+    let from_host = || {
+        ctx.original_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .and_then(|a| a.port_u16())
+    };
+    let port = req
+        .uri
+        .authority()
+        .and_then(|a| a.port_u16())
+        .or_else(from_host)
         .unwrap_or(if listener.tls.is_some() { 443 } else { 80 });
     Origin::new(&ctx.host, port).map_err(|_| ProxyError::BadRequest("not a host name"))
 }
@@ -639,7 +645,7 @@ fn secure_headers(h: &mut HeaderMap) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -46,7 +46,7 @@ fn page(title: &str, body: Markup) -> String {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) }
                 link rel="stylesheet" href=(STYLESHEET_PATH);
             }
@@ -128,7 +128,7 @@ pub fn whoami(w: &WhoAmI<'_>) -> String {
                 dt { "Signed in with" } dd { (w.authenticator) " (" (w.issuer) ")" }
                 dt { "Signed in at" } dd { (w.signed_in) }
                 dt { "Session ends" } dd { (w.expires) }
-                dt { "Session" } dd { code { (&w.handle[..16.min(w.handle.len())]) } }
+                dt { "Session" } dd { code { (w.handle) } }
             }
             form method="post" action="/.drawbridge/sign_out" {
                 input type="hidden" name="csrf" value=(w.csrf);
