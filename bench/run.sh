@@ -10,6 +10,11 @@
 # The same Drawbridge also serves JWT routes (RS256 and ES256, verified-token cache on and
 # off), measured like the public route and reported against it, and the cached JWT routes
 # again with authorization: 100 Cedar policies over 50 routes, the caller in 20 groups.
+# Over TLS (https://localhost), a session-cookie route beside the cached JWT route: a person
+# signed in at a real OpenID provider (npm oidc-provider), the session in the embedded store
+# (read from the instance's cache between store reads) and, in a second Drawbridge, in Redis
+# read on every request (cache_ttl = 0s); and sign-ins started per second (each writes a
+# sign-in state to the embedded store).
 #   ONLY="drawbridge-jwt-rs256 drawbridge-jwt-rs256-authz" bench/run.sh   # some paths only
 # Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
 # Latency without saturation: hey at a fixed 2,000 requests/s.
@@ -23,7 +28,8 @@ REPEATS=${REPEATS:-3}
 RATE=${RATE:-2000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
-UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102
+UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102; TLS_PORT=18103
+DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -31,6 +37,8 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v hey >/dev/null || need+=(hey)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -99,6 +107,60 @@ jwt_route() {  # name, authenticator, authorize (true: by the policies)
   printf 'permit (principal in Group::"bench", action in Action::"read", resource in Upstream::"upstream")\nwhen { principal has tenant && principal.tenant == "load" };\n'
   printf 'permit (principal in Group::"writers", action in Action::"write", resource in Upstream::"upstream");\n'
 } > "$WORK/policies.cedar"
+# TLS on localhost, a throwaway certificate; an OpenID provider people sign in at.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+printf 'bench-secret\n' > "$WORK/sso.secret"
+cat > "$WORK/idp.json" <<JSON
+{"clients": [{"client_id": "bench", "client_secret": "bench-secret",
+  "redirect_uris": ["https://localhost:$TLS_PORT/.drawbridge/callback", "https://localhost:$TLS2_PORT/.drawbridge/callback"],
+  "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]}],
+ "users": {"alice": {"password": "alice-pw", "claims": {"email": "alice@bench.test", "email_verified": true, "groups": ["bench"], "tenant": "load"}}}}
+JSON
+node crates/drawbridge/tests/js/oidc-idp.mjs "$WORK/idp.json" > "$WORK/idp.out" 2>"$WORK/logs/idp.err" & pids+=($!)
+for _ in $(seq 100); do grep -q '^listening' "$WORK/idp.out" 2>/dev/null && break; sleep 0.1; done
+IDP="http://127.0.0.1:$(awk '/^listening/ {print $2}' "$WORK/idp.out")"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
+tls_part() {  # listener port, [sessions] body
+  cat <<TLS
+[[listeners]]
+name = "bench-tls"
+address = "127.0.0.1:$1"
+[[listeners.tls.certificates]]
+cert = "$WORK/tls.crt"
+key = "$WORK/tls.key"
+
+[[authenticators]]
+name = "sso"
+type = "oidc"
+issuer = "$IDP"
+client_id = "bench"
+client_secret_file = "$WORK/sso.secret"
+scopes = ["openid", "email", "groups"]
+claims = { groups = "groups", attributes = ["tenant"] }
+
+[sessions]
+$2
+
+[[routes]]
+name = "tls-jwt"
+host = "localhost"
+prefix = "/tls-jwt"
+upstream = "upstream"
+listeners = ["bench-tls"]
+authenticate = ["rs256"]
+authorize = false
+
+[[routes]]
+name = "tls-session"
+host = "localhost"
+prefix = "/tls-session"
+upstream = "upstream"
+listeners = ["bench-tls"]
+authenticate = ["sso"]
+authorize = false
+TLS
+}
 other_routes() {
   for r in $(seq 0 48); do
     printf '[[routes]]\nname = "other-%d"\nprefix = "/other-%d"\nupstream = "upstream"\nauthenticate = ["rs256"]\n\n' "$r" "$r"
@@ -143,17 +205,27 @@ $(jwt_route jwt-rs256-authz rs256 true)
 $(jwt_route jwt-es256-authz es256 true)
 $(other_routes)
 CONF
+# The same proxy twice: sessions in the embedded store, and in Redis read on every request.
+cp "$WORK/drawbridge.toml" "$WORK/drawbridge-redis.toml"
+tls_part "$TLS_PORT" "path = \"$WORK/sessions.redb\"" >> "$WORK/drawbridge.toml"
+sed -i "s/127.0.0.1:$DB_PORT/127.0.0.1:$DB2_PORT/" "$WORK/drawbridge-redis.toml"
+tls_part "$TLS2_PORT" "store = \"redis\"
+redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\"
+cache_ttl = \"0s\"" >> "$WORK/drawbridge-redis.toml"
 
 taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/upstream.err" -c "$WORK/upstream.conf" & pids+=($!)
 taskset -c "$SERVER_CPU" "$NGINX" -e "$WORK/logs/nginx.err" -c "$WORK/nginx.conf" & pids+=($!)
 DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" serve --config "$WORK/drawbridge.toml" 2>"$WORK/logs/drawbridge.err" & pids+=($!)
-for port in $UP_PORT $NGINX_PORT $DB_PORT; do
+DB_PID=$!
+DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" serve --config "$WORK/drawbridge-redis.toml" 2>"$WORK/logs/drawbridge-redis.err" & pids+=($!)
+DB2_PID=$!
+for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "server on $port did not start"; cat "$WORK"/logs/*; exit 1; }
 done
 
 # The processes whose CPU time is charged to each path (nginx: its worker).
-declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)" [drawbridge]="${pids[2]}")
+declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)" [drawbridge]="$DB_PID")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
 # JWT routes: the same proxy process, a bearer token on every request.
@@ -165,12 +237,21 @@ for v in rs256 rs256-nocache es256 es256-nocache rs256-authz es256-authz; do
   alg=${v%%-*}
   AUTH[$t]="Authorization: Bearer ${TOKEN[${alg^^}]}"
 done
-TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz)
+# TLS routes: a bearer token, and a signed-in person's session cookie.
+SESSION=$(python3 bench/sign-in.py "https://localhost:$TLS_PORT/tls-session/" alice alice-pw)
+SESSION2=$(python3 bench/sign-in.py "https://localhost:$TLS2_PORT/tls-session/" alice alice-pw)
+URL[drawbridge-tls-jwt]="https://localhost:$TLS_PORT/tls-jwt"; PID[drawbridge-tls-jwt]=$DB_PID
+AUTH[drawbridge-tls-jwt]="Authorization: Bearer ${TOKEN[RS256]}"
+URL[drawbridge-tls-session]="https://localhost:$TLS_PORT/tls-session"; PID[drawbridge-tls-session]=$DB_PID
+AUTH[drawbridge-tls-session]="Cookie: __Host-drawbridge-session=$SESSION"
+URL[drawbridge-tls-session-redis]="https://localhost:$TLS2_PORT/tls-session"; PID[drawbridge-tls-session-redis]=$DB2_PID
+AUTH[drawbridge-tls-session-redis]="Cookie: __Host-drawbridge-session=$SESSION2"
+TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
 if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx drawbridge $ONLY"; fi
 # Refuse to measure a JWT route that does not admit its token.
 for t in "${TARGETS[@]}"; do
   [ -n "${AUTH[$t]:-}" ] || continue
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "${AUTH[$t]}" "${URL[$t]}")
+  code=$(curl -sk -o /dev/null -w '%{http_code}' -H "${AUTH[$t]}" "${URL[$t]}")
   [ "$code" = 200 ] || { echo "$t answered $code, not 200"; cat "$WORK"/logs/*; exit 1; }
 done
 hdr() { if [ -n "${AUTH[$1]:-}" ]; then printf '%s\n' -H "${AUTH[$1]}"; fi; }
@@ -219,6 +300,16 @@ print(f"rate\t{target}\t-\t{rps:.0f}\t{lat['50']:.3f}\t{lat['99']:.3f}\t{'0' if 
 PY
 done
 
+# Sign-ins started per second: each answers 302 to the provider and writes a sign-in state.
+taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" -H "Accept: text/html" \
+  "https://localhost:$TLS_PORT/.drawbridge/sign_in?rd=%2Ftls-session%2F" > "$WORK/wrk.txt"
+python3 - "$WORK/wrk.txt" >> "$RAW" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+print(f"signin\tdrawbridge-tls-sign-in\t32\t{rps:.0f}")
+PY
+
 python3 - "$RAW" "$DURATION" "$REPEATS" "$RATE" > "$OUT/latest.md" <<'PY'
 import statistics, sys, platform, subprocess
 raw, duration, repeats, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -263,11 +354,27 @@ for conns in ["32", "256"]:
                 print(f"| {a.removeprefix('drawbridge-')} | {float(ra[3]) / float(rb[3]):.2f} | "
                       f"{float(ra[7]) - float(rb[7]):+.1f} | {float(ra[7]) / float(rb[7]):.2f} |")
             print()
+tls = [t for t in ["drawbridge-tls-jwt", "drawbridge-tls-session", "drawbridge-tls-session-redis"] if any(r[1] == t for r in rows)]
+if tls:
+    for conns in ["32", "256"]:
+        print(f"### Sessions over TLS, {conns} connections\n")
+        print("TLS routes of the same proxy (`tls-session-redis`: a second one, its sessions in Redis read on every request):\n")
+        print("| route | requests/s | p50 ms | p99 ms | non-2xx | vs cached JWT route | CPU µs/request |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        base = median_run("throughput", "drawbridge-tls-jwt", conns)
+        for t in tls:
+            r = median_run("throughput", t, conns)
+            print(f"| {t.removeprefix('drawbridge-')} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
+                  f"{float(r[3]) / float(base[3]):.2f} | {r[7]} |")
+        print()
+signin = [r for r in rows if r[0] == "signin"]
+if signin:
+    print(f"Sign-ins started: {float(signin[0][3]):,.0f} per second (32 connections; each a 302 to the provider and a sign-in state written to the embedded store).\n")
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
 print("|---|---:|---:|---:|---:|")
 rate_rows = {r[1]: r for r in rows if r[0] == "rate"}
-for t in targets + jwt:
+for t in targets + jwt + tls:
     r = rate_rows[t]
     print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {float(r[5]) / float(rate_rows['nginx'][5]):.2f} |")
 PY

@@ -567,7 +567,7 @@ impl Cx<'_> {
         })
     }
 
-    fn read_pem<T>(
+    pub(super) fn read_pem<T>(
         &mut self,
         field: &str,
         path: &Spanned<String>,

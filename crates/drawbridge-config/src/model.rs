@@ -677,10 +677,8 @@ pub struct OidcProvider {
     pub discovery: JwksUrl,
     /// The client id Drawbridge is registered under.
     pub client_id: String,
-    /// The client secret, read from `client_secret_file`.
-    pub client_secret: Secret,
-    /// The secret's file, for messages.
-    pub client_secret_file: PathBuf,
+    /// How Drawbridge proves to the token endpoint that it is the client.
+    pub client_auth: ClientAuthentication,
     /// Scopes asked for; always holds `openid`.
     pub scopes: Vec<String>,
     /// Accepted ID-token signature algorithms.
@@ -703,6 +701,28 @@ pub struct OidcProvider {
     pub allowed_email_domains: Vec<String>,
     /// The name people see on the sign-in page.
     pub display_name: String,
+}
+
+/// How Drawbridge authenticates to a provider's token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuthentication {
+    /// `client_secret_basic`: the client secret, from `client_secret_file`.
+    SecretBasic {
+        /// The secret.
+        secret: Secret,
+        /// Its file, for messages.
+        file: PathBuf,
+    },
+    /// `private_key_jwt` (RFC 7523): a short-lived JWT signed with the client's key; the
+    /// provider holds only the public key.
+    PrivateKeyJwt {
+        /// The private key, PKCS#8 PEM, from `client_key_file`.
+        key: Secret,
+        /// Its file, for messages.
+        file: PathBuf,
+        /// The `kid` the assertion names, when the provider wants one.
+        key_id: Option<String>,
+    },
 }
 
 /// `[sessions]`: where people's sessions are kept and how long they last.

@@ -812,7 +812,10 @@ fn an_oidc_authenticator_and_its_sessions_compile_with_defaults() {
         o.discovery.path,
         "/realms/corp/.well-known/openid-configuration"
     );
-    assert_eq!(o.client_secret.expose(), b"s3cret");
+    assert!(matches!(
+        &o.client_auth,
+        ClientAuthentication::SecretBasic { secret, .. } if secret.expose() == b"s3cret"
+    ));
     assert_eq!(o.scopes, ["openid", "email", "profile"]);
     assert_eq!(o.claims.id, "sub");
     assert_eq!(o.display_name, "corp");
@@ -856,6 +859,21 @@ fn oidc_and_sessions_mistakes_are_named() {
             format!("{CORP}allowed_email_domains = [\"not a domain\"]\n"),
             "authenticators[0].allowed_email_domains[0]",
             "not a domain name",
+        ),
+        (
+            format!("{CORP}client_auth = \"client_secret_jwt\"\n"),
+            "authenticators[0].client_auth",
+            "unknown client authentication",
+        ),
+        (
+            format!("{CORP}client_auth = \"private_key_jwt\"\n"),
+            "authenticators[0].client_key_file",
+            "needs the client's private key",
+        ),
+        (
+            format!("{CORP}client_key_file = \"corp.secret\"\n"),
+            "authenticators[0].client_key_file",
+            "belongs to `client_auth = \"private_key_jwt\"`",
         ),
         (
             format!("{CORP}\n[sessions]\nstore = \"redis\"\n"),

@@ -136,6 +136,10 @@ pub enum BuildError {
     /// The client certificate verifier could not be built from the CAs.
     #[error("client certificate verifier: {0}")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// An `oidc` authenticator's client key that is not an EC P-256, Ed25519 or RSA
+    /// PKCS#8 key.
+    #[error("client_key_file: not an EC P-256, Ed25519 or RSA private key")]
+    ClientKey,
 }
 
 /// Why the identity assertion key could not be made ready.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine as _;
-use drawbridge_config::{JwksUrl, OidcProvider, PrincipalKind};
-use jsonwebtoken::{Algorithm, Validation};
+use drawbridge_config::{ClientAuthentication, JwksUrl, OidcProvider, PrincipalKind};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -42,12 +42,15 @@ pub struct OidcAuthenticator {
     /// One discovery at a time, and when the last one started.
     discovering: tokio::sync::Mutex<Option<Instant>>,
     validations: Vec<(Algorithm, Validation)>,
+    /// With `private_key_jwt`, the key client assertions are signed with.
+    assertion_key: Option<(EncodingKey, Header)>,
 }
 
 /// What the provider's discovery document says, checked.
 pub struct Discovered {
     authorization_endpoint: url::Url,
     token: Fetcher,
+    token_endpoint: String,
     end_session_endpoint: Option<url::Url>,
     /// RFC 9207: the provider sends `iss` with its authorization responses, so one that
     /// lacks it is refused.
@@ -144,8 +147,18 @@ impl OidcAuthenticator {
             config.leeway,
             &["exp", "iat", "iss", "aud", "sub"],
         )?;
+        let assertion_key = match &config.client_auth {
+            ClientAuthentication::SecretBasic { .. } => None,
+            ClientAuthentication::PrivateKeyJwt { key, key_id, .. } => {
+                let (encoding, alg) = client_key(key.expose())?;
+                let mut header = Header::new(alg);
+                header.kid = key_id.clone();
+                Some((encoding, header))
+            }
+        };
         Ok(Self {
             name: name.into(),
+            assertion_key,
             discovery: Fetcher::new(config.discovery.clone(), config.timeout),
             config: config.clone(),
             discovered: ArcSwapOption::empty(),
@@ -276,6 +289,7 @@ impl OidcAuthenticator {
         );
         Ok(Discovered {
             authorization_endpoint,
+            token_endpoint: token.url.clone(),
             token: Fetcher::new(token, self.config.timeout),
             end_session_endpoint,
             iss_parameter: m.authorization_response_iss_parameter_supported,
@@ -371,20 +385,67 @@ impl OidcAuthenticator {
         what: &'static str,
         form: String,
     ) -> Result<Tokens, OidcError> {
-        // RFC 6749 §2.3.1: client_secret_basic, id and secret form-encoded first.
-        let enc = |b: &[u8]| url::form_urlencoded::byte_serialize(b).collect::<String>();
-        let secret = Zeroizing::new(enc(self.config.client_secret.expose()));
-        let basic = Zeroizing::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(self.config.client_id.as_bytes()),
-                secret.as_str()
-            ))
-        ));
+        let mut form = form;
+        let basic = match (&self.config.client_auth, &self.assertion_key) {
+            // RFC 6749 §2.3.1: client_secret_basic, id and secret form-encoded first.
+            (ClientAuthentication::SecretBasic { secret, .. }, _) => {
+                let enc = |b: &[u8]| url::form_urlencoded::byte_serialize(b).collect::<String>();
+                let secret = Zeroizing::new(enc(secret.expose()));
+                Some(Zeroizing::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!(
+                        "{}:{}",
+                        enc(self.config.client_id.as_bytes()),
+                        secret.as_str()
+                    ))
+                )))
+            }
+            // RFC 7523 §2.2 and OpenID Connect Core §9: a JWT about ourselves, for the token
+            // endpoint only, valid a minute, never reused.
+            (ClientAuthentication::PrivateKeyJwt { .. }, Some((key, header))) => {
+                let now = crate::unix_now();
+                let mut jti = [0u8; 16];
+                aws_lc_rs::rand::fill(&mut jti).map_err(|_| OidcError::Provider {
+                    what,
+                    status: 0,
+                    error: "no randomness for the client assertion".into(),
+                })?;
+                let claims = serde_json::json!({
+                    "iss": self.config.client_id, "sub": self.config.client_id,
+                    "aud": d.token_endpoint, "iat": now, "exp": now + 60,
+                    "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                });
+                let assertion = jsonwebtoken::encode(header, &claims, key).map_err(|e| {
+                    OidcError::Provider {
+                        what,
+                        status: 0,
+                        error: format!("client assertion: {e}"),
+                    }
+                })?;
+                form.push('&');
+                form.push_str(
+                    &url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("client_id", &self.config.client_id)
+                        .append_pair(
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        )
+                        .append_pair("client_assertion", &assertion)
+                        .finish(),
+                );
+                None
+            }
+            (ClientAuthentication::PrivateKeyJwt { .. }, None) => {
+                return Err(OidcError::Provider {
+                    what,
+                    status: 0,
+                    error: "no client key".into(),
+                });
+            }
+        };
         let (status, body) = d
             .token
-            .post_form(form, Some(&basic))
+            .post_form(form, basic.as_deref().map(String::as_str))
             .await
             .map_err(|source| OidcError::Fetch { what, source })?;
         if !status.is_success() {
@@ -551,6 +612,34 @@ impl Discovered {
     pub fn keys(&self) -> &Arc<KeySource> {
         &self.keys
     }
+}
+
+/// The signing key and algorithm of a client's PKCS#8 key: ES256 for P-256, EdDSA for
+/// Ed25519, RS256 for RSA.
+fn client_key(pkcs8: &[u8]) -> Result<(EncodingKey, Algorithm), BuildError> {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair,
+    };
+    if EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).is_ok() {
+        return Ok((EncodingKey::from_ec_der(pkcs8), Algorithm::ES256));
+    }
+    if Ed25519KeyPair::from_pkcs8(pkcs8).is_ok() {
+        return Ok((EncodingKey::from_ed_der(pkcs8), Algorithm::EdDSA));
+    }
+    if RsaKeyPair::from_pkcs8(pkcs8).is_ok() {
+        // jsonwebtoken takes RSA keys as PEM (it signs with their PKCS#1 form).
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+        let mut pem = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        return EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map(|k| (k, Algorithm::RS256))
+            .map_err(|_| BuildError::ClientKey);
+    }
+    Err(BuildError::ClientKey)
 }
 
 /// Compares without stopping at the first difference.

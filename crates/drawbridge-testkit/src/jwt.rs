@@ -28,6 +28,8 @@ pub struct SigningKey {
     pub jwk: Value,
     /// The public key's raw bytes (for RSA: the PKCS#1 DER), e.g. to misuse as an HMAC secret.
     pub public_raw: Vec<u8>,
+    /// The private key, PKCS#8 PEM (for a client that signs with it).
+    pub pem: String,
 }
 
 impl SigningKey {
@@ -70,6 +72,7 @@ impl SigningKey {
             encoding,
             jwk,
             public_raw: raw,
+            pem,
         }
     }
 

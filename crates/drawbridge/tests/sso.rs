@@ -71,6 +71,8 @@ struct Options {
     central: bool,
     /// Leave starting Drawbridge to the test (the binary), with an admin listener here.
     binary_with_admin: Option<u16>,
+    /// The corp client authenticates with `private_key_jwt` and this key.
+    corp_key: Option<drawbridge_testkit::jwt::KeyType>,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             redis: None,
             central: false,
             binary_with_admin: None,
+            corp_key: None,
         }
     }
 }
@@ -97,14 +100,30 @@ async fn setup(o: Options) -> Sso {
             .map(|h| format!("https://{h}:{port}{path}"))
             .collect()
     };
-    let corp = Idp::start(&settings(
+    let mut corp_settings = settings(
         "drawbridge",
         "corp-secret",
         &uris("/.drawbridge/callback"),
         &uris("/.drawbridge/signed_out"),
         o.ttl,
-    ))
-    .await;
+    );
+    let client_key = o
+        .corp_key
+        .map(|ty| drawbridge_testkit::jwt::SigningKey::generate(ty, "client-1"));
+    let corp_auth = match &client_key {
+        Some(k) => {
+            let client = &mut corp_settings["clients"][0];
+            client["token_endpoint_auth_method"] = "private_key_jwt".into();
+            client["jwks"] = serde_json::json!({ "keys": [k.jwk] });
+            client
+                .as_object_mut()
+                .expect("client")
+                .remove("client_secret");
+            "client_auth = \"private_key_jwt\"\nclient_key_file = \"client.key\"\nclient_key_id = \"client-1\""
+        }
+        None => "client_secret_file = \"corp.secret\"",
+    };
+    let corp = Idp::start(&corp_settings).await;
     let partner = Idp::start(&settings(
         "drawbridge-partner",
         "partner-secret",
@@ -135,7 +154,7 @@ name = "corp"
 type = "oidc"
 issuer = "{corp}"
 client_id = "drawbridge"
-client_secret_file = "corp.secret"
+{corp_auth}
 scopes = ["openid", "email", "profile", "groups"]
 claims = {{ groups = "groups", attributes = ["email", "name"] }}
 display_name = "Corp SSO"
@@ -191,6 +210,7 @@ authorize = false
         corp = corp.issuer,
         partner = partner.issuer,
         corp_extra = o.corp,
+        corp_auth = corp_auth,
         sessions = o.sessions,
         store = match &o.redis {
             Some(url) =>
@@ -202,13 +222,16 @@ authorize = false
             String::new()
         },
     );
-    let files = vec![
+    let mut files = vec![
         ("leaf.crt", leaf.cert_pem.clone()),
         ("leaf.key", leaf.key_pem.clone()),
         ("corp.secret", "corp-secret\n".to_string()),
         ("partner.secret", "partner-secret\n".to_string()),
         ("ci.jwks", drawbridge_testkit::jwt::jwks(&[ci_key()])),
     ];
+    if let Some(k) = &client_key {
+        files.push(("client.key", k.pem.clone()));
+    }
     let (config, h) = match o.binary_with_admin {
         Some(admin) => (
             format!("{config}\n[admin]\naddress = \"127.0.0.1:{admin}\"\n"),
@@ -1246,4 +1269,20 @@ async fn a_person_signs_in_with_a_real_browser() {
     assert_eq!(s.up.count(), 0);
     c.close().await.expect("close");
     let _ = driver.kill().await;
+}
+
+#[tokio::test]
+async fn drawbridge_authenticates_to_the_provider_with_a_private_key_jwt() {
+    use drawbridge_testkit::jwt::KeyType;
+    for ty in [KeyType::P256, KeyType::Ed25519, KeyType::Rsa] {
+        let s = setup(Options {
+            corp_key: Some(ty),
+            ..Options::default()
+        })
+        .await;
+        let mut b = s.browser();
+        let landed = signed_in(&mut b, &s.url("app.test", "/x")).await;
+        assert_eq!(landed.status, StatusCode::OK, "{ty:?}: {}", landed.body);
+        assert_eq!(landed.url, s.url("app.test", "/x"));
+    }
 }

@@ -223,7 +223,7 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 28] = [
+        let fields: [(&str, &str, Option<usize>); 31] = [
             ("mtls", "trust_domain", start(&a.trust_domain)),
             ("mtls", "ca_file", start(&a.ca_file)),
             ("jwt oidc", "issuer", start(&a.issuer)),
@@ -248,6 +248,9 @@ impl Cx<'_> {
             ("api_key", "header", start(&a.header)),
             ("oidc", "client_id", start(&a.client_id)),
             ("oidc", "client_secret_file", start(&a.client_secret_file)),
+            ("oidc", "client_auth", start(&a.client_auth)),
+            ("oidc", "client_key_file", start(&a.client_key_file)),
+            ("oidc", "client_key_id", start(&a.client_key_id)),
             ("oidc", "scopes", start(&a.scopes)),
             (
                 "oidc",

@@ -79,23 +79,7 @@ impl Cx<'_> {
                 None
             }
         };
-        let secret = match &a.client_secret_file {
-            Some(f) => self.secret_file(
-                &format!("{at}.client_secret_file"),
-                f,
-                1,
-                "write the client secret the provider issued into the file",
-            ),
-            None => {
-                self.r.error_help(
-                    start,
-                    format!("{at}.client_secret_file"),
-                    "an `oidc` authenticator needs its client secret, in a file",
-                    "set `client_secret_file = \"corp-sso.secret\"` (a file only Drawbridge can read)",
-                );
-                None
-            }
-        };
+        let client_auth = self.token_endpoint_auth(at, a);
         let scopes = match &a.scopes {
             None => Some(DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect()),
             Some(list) => {
@@ -165,8 +149,7 @@ impl Cx<'_> {
             discovery: JwksUrl { ca, ..discovery },
             issuer,
             client_id: client_id?,
-            client_secret: secret.as_ref()?.1.clone(),
-            client_secret_file: secret?.0,
+            client_auth: client_auth?,
             scopes: scopes?,
             algorithms: algorithms?,
             leeway: leeway.min(Duration::from_secs(300)),
@@ -198,6 +181,99 @@ impl Cx<'_> {
             claims,
             allowed_email_domains,
         })
+    }
+
+    /// `client_auth` with the secret or key it needs.
+    fn token_endpoint_auth(
+        &mut self,
+        at: &str,
+        a: &RawAuthenticator,
+    ) -> Option<ClientAuthentication> {
+        let start = a.name.span().start;
+        let method = a.client_auth.as_ref().map(|m| m.get_ref().as_str());
+        let misplaced = |cx: &mut Self, field: &str, v: &Option<Spanned<String>>, needs: &str| {
+            if let Some(v) = v {
+                cx.r.error_help(
+                    v.span().start,
+                    format!("{at}.{field}"),
+                    format!("`{field}` belongs to `client_auth = \"{needs}\"`"),
+                    "remove it, or change `client_auth`",
+                );
+            }
+        };
+        match method {
+            None | Some("client_secret_basic") => {
+                misplaced(
+                    self,
+                    "client_key_file",
+                    &a.client_key_file,
+                    "private_key_jwt",
+                );
+                misplaced(self, "client_key_id", &a.client_key_id, "private_key_jwt");
+                match &a.client_secret_file {
+                    Some(f) => self
+                        .secret_file(
+                            &format!("{at}.client_secret_file"),
+                            f,
+                            1,
+                            "write the client secret the provider issued into the file",
+                        )
+                        .map(|(file, secret)| ClientAuthentication::SecretBasic { secret, file }),
+                    None => {
+                        self.r.error_help(
+                            start,
+                            format!("{at}.client_secret_file"),
+                            "an `oidc` authenticator needs its client secret, in a file",
+                            "set `client_secret_file = \"corp-sso.secret\"` (a file only Drawbridge can read), or `client_auth = \"private_key_jwt\"` with `client_key_file`",
+                        );
+                        None
+                    }
+                }
+            }
+            Some("private_key_jwt") => {
+                misplaced(
+                    self,
+                    "client_secret_file",
+                    &a.client_secret_file,
+                    "client_secret_basic",
+                );
+                let Some(f) = &a.client_key_file else {
+                    self.r.error_help(
+                        start,
+                        format!("{at}.client_key_file"),
+                        "`client_auth = \"private_key_jwt\"` needs the client's private key",
+                        "set `client_key_file` to a PKCS#8 PEM key (EC P-256, RSA or Ed25519) whose public key the provider has",
+                    );
+                    return None;
+                };
+                let key = self.read_pem(&format!("{at}.client_key_file"), f, |bytes| {
+                    use rustls_pki_types::pem::PemObject;
+                    match rustls_pki_types::PrivateKeyDer::from_pem_slice(bytes)
+                        .map_err(|e| e.to_string())?
+                    {
+                        rustls_pki_types::PrivateKeyDer::Pkcs8(k) => {
+                            Ok(Secret::new(k.secret_pkcs8_der().to_vec()))
+                        }
+                        _ => Err("the key must be PKCS#8 (`BEGIN PRIVATE KEY`); convert it with `openssl pkcs8 -topk8 -nocrypt`".into()),
+                    }
+                })?;
+                Some(ClientAuthentication::PrivateKeyJwt {
+                    key,
+                    file: self.base.join(f.get_ref()),
+                    key_id: a.client_key_id.as_ref().map(|k| k.get_ref().clone()),
+                })
+            }
+            Some(other) => {
+                let span = a.client_auth.as_ref().map_or(start, |m| m.span().start);
+                self.r.error_help(
+                    span,
+                    format!("{at}.client_auth"),
+                    format!("unknown client authentication `{other}`"),
+                    "use `client_secret_basic` or `private_key_jwt`",
+                );
+                None
+            }
+        }
     }
 
     /// A secret kept in a file of its own (trimmed), at least `min` bytes long.
