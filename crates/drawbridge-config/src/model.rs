@@ -699,6 +699,9 @@ pub struct OidcProvider {
     pub claims: ClaimMapping,
     /// When not empty, only people whose verified `email` is in one of these domains.
     pub allowed_email_domains: Vec<String>,
+    /// Claims the ID token must carry, each with the values it may have (a string claim
+    /// equal to one, or an array claim holding one).
+    pub required_claims: Vec<(String, Vec<String>)>,
     /// The name people see on the sign-in page.
     pub display_name: String,
 }

@@ -243,6 +243,8 @@ pub(crate) struct RawAuthenticator {
     pub client_key_id: Option<Spanned<String>>,
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub allowed_email_domains: Option<Spanned<Vec<Spanned<String>>>>,
+    pub required_claims:
+        Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>,
     pub display_name: Option<Spanned<String>>,
     pub issuer_ca_file: Option<Spanned<String>>,
 }

@@ -584,8 +584,21 @@ impl OidcAuthenticator {
     }
 
     /// With `allowed_email_domains`, a verified `email` in one of them (compared exactly,
-    /// without case: a subdomain is another domain).
+    /// without case: a subdomain is another domain); with `required_claims`, each claim
+    /// with one of its values.
     fn email_allowed(&self, claims: &Map<String, Value>) -> Result<(), Refusal> {
+        for (name, values) in &self.config.required_claims {
+            let held = match claims.get(name) {
+                Some(Value::String(s)) => values.contains(s),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|i| i.as_str().is_some_and(|s| values.iter().any(|v| v == s))),
+                _ => false,
+            };
+            if !held {
+                return Err(Refusal::Claim(name.clone()));
+            }
+        }
         let allowed = &self.config.allowed_email_domains;
         if allowed.is_empty() {
             return Ok(());

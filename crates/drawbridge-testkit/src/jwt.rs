@@ -76,6 +76,22 @@ impl SigningKey {
         }
     }
 
+    /// The P-256 key `pem` (PKCS#8) as `kid`: a second handle on a key made elsewhere.
+    pub fn p256_from_pem(pem: &str, kid: &str) -> SigningKey {
+        let pair = rcgen::KeyPair::from_pem(pem).expect("pem key");
+        let raw = pair.public_key_raw().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        SigningKey {
+            kid: kid.to_string(),
+            alg: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_pem(pem.as_bytes()).expect("ec pem"),
+            jwk: json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+                        "kid": kid, "alg": "ES256", "use": "sig"}),
+            public_raw: raw,
+            pem: pem.to_string(),
+        }
+    }
+
     /// A token with the usual header (`alg`, `kid`, `typ: JWT`) and `claims`.
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_with_header(

@@ -73,6 +73,8 @@ struct Options {
     binary_with_admin: Option<u16>,
     /// The corp client authenticates with `private_key_jwt` and this key.
     corp_key: Option<drawbridge_testkit::jwt::KeyType>,
+    /// Route `other` is decided by a Cedar policy: group `eng` reads it.
+    policy: bool,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             central: false,
             binary_with_admin: None,
             corp_key: None,
+            policy: false,
         }
     }
 }
@@ -196,7 +199,8 @@ host = "other.test"
 prefix = "/"
 upstream = "app"
 authenticate = ["corp"]
-authorize = false
+authorize = {authorize_other}
+{policy}
 
 [[routes]]
 name = "both"
@@ -211,6 +215,12 @@ authorize = false
         partner = partner.issuer,
         corp_extra = o.corp,
         corp_auth = corp_auth,
+        authorize_other = o.policy,
+        policy = if o.policy {
+            "\n[policy]\nfiles = [\"sso.cedar\"]\nplain_names = [\"corp\"]\n"
+        } else {
+            ""
+        },
         sessions = o.sessions,
         store = match &o.redis {
             Some(url) =>
@@ -231,6 +241,13 @@ authorize = false
     ];
     if let Some(k) = &client_key {
         files.push(("client.key", k.pem.clone()));
+    }
+    if o.policy {
+        files.push((
+            "sso.cedar",
+            "@id(\"eng-reads-other\")\npermit (principal in Group::\"eng\", action in Action::\"read\", resource == Route::\"other\");\n"
+                .to_string(),
+        ));
     }
     let (config, h) = match o.binary_with_admin {
         Some(admin) => (
@@ -1285,4 +1302,48 @@ async fn drawbridge_authenticates_to_the_provider_with_a_private_key_jwt() {
         assert_eq!(landed.status, StatusCode::OK, "{ty:?}: {}", landed.body);
         assert_eq!(landed.url, s.url("app.test", "/x"));
     }
+}
+
+#[tokio::test]
+async fn required_claims_refuse_other_people() {
+    let s = setup(Options {
+        corp: "required_claims = { groups = [\"eng\", \"ops\"] }",
+        ..Options::default()
+    })
+    .await;
+    let mut b = s.browser();
+    let form = b.navigate(&s.url("app.test", "/")).await;
+    let landed = sign_in_at_idp(&mut b, &form, "bob", "bob-pw").await;
+    assert_eq!(landed.status, StatusCode::BAD_REQUEST);
+    assert!(b.cookie("app.test", SESSION).is_none());
+    let mut a = s.browser();
+    assert_eq!(
+        signed_in(&mut a, &s.url("app.test", "/")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn policies_decide_about_people_as_they_do_about_tokens() {
+    let s = setup(Options {
+        policy: true,
+        ..Options::default()
+    })
+    .await;
+    // alice is in `eng`: the policy lets her read; a write is refused by policy.
+    let mut a = s.browser();
+    let landed = signed_in(&mut a, &s.url("other.test", "/doc")).await;
+    assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
+    s.up.clear();
+    let write = a
+        .request(Method::POST, &s.url("other.test", "/doc"), None, &[])
+        .await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN);
+    // bob signs in (no groups) and is refused: 403, not sent to sign in again.
+    let mut b = s.browser();
+    let form = b.navigate(&s.url("other.test", "/doc")).await;
+    let refused = sign_in_at_idp(&mut b, &form, "bob", "bob-pw").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(b.cookie("other.test", SESSION).is_some());
+    assert_eq!(s.up.count(), 0);
 }

@@ -223,7 +223,7 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 31] = [
+        let fields: [(&str, &str, Option<usize>); 32] = [
             ("mtls", "trust_domain", start(&a.trust_domain)),
             ("mtls", "ca_file", start(&a.ca_file)),
             ("jwt oidc", "issuer", start(&a.issuer)),
@@ -259,6 +259,7 @@ impl Cx<'_> {
             ),
             ("oidc", "display_name", start(&a.display_name)),
             ("oidc", "issuer_ca_file", start(&a.issuer_ca_file)),
+            ("oidc", "required_claims", start(&a.required_claims)),
         ];
         for (owner, field, at_offset) in fields {
             if let Some(offset) = at_offset

@@ -133,6 +133,28 @@ impl Cx<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        let mut required_claims = Vec::new();
+        if let Some(table) = &a.required_claims {
+            for (name, values) in table.get_ref() {
+                if values.get_ref().is_empty() {
+                    self.r.error_help(
+                        values.span().start,
+                        format!("{at}.required_claims.{}", name.get_ref()),
+                        "an empty list admits nobody",
+                        "list the values the claim may have",
+                    );
+                    continue;
+                }
+                required_claims.push((
+                    name.get_ref().clone(),
+                    values
+                        .get_ref()
+                        .iter()
+                        .map(|v| v.get_ref().clone())
+                        .collect(),
+                ));
+            }
+        }
         let algorithms = self.algorithms(at, a.algorithms.as_ref());
         let claims = self.claim_mapping(at, a.claims.as_ref());
         let leeway = self.duration_or_zero(
@@ -180,6 +202,7 @@ impl Cx<'_> {
             ),
             claims,
             allowed_email_domains,
+            required_claims,
         })
     }
 
