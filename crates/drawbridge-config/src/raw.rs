@@ -243,11 +243,14 @@ pub(crate) struct RawAuthenticator {
     pub client_key_id: Option<Spanned<String>>,
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub allowed_email_domains: Option<Spanned<Vec<Spanned<String>>>>,
-    pub required_claims:
-        Option<Spanned<std::collections::BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>>>,
+    pub required_claims: Option<Spanned<ClaimValues>>,
     pub display_name: Option<Spanned<String>>,
     pub issuer_ca_file: Option<Spanned<String>>,
 }
+
+/// `required_claims`: claim names, each with the values it may have.
+pub(crate) type ClaimValues =
+    std::collections::BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>;
 
 /// An API keys file: `[[keys]]` entries.
 #[derive(Debug, Deserialize)]
