@@ -350,6 +350,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn redis_over_tls_trusts_the_configured_ca_only() {
+        let ca = drawbridge_testkit::certs::TestCa::new("redis ca");
+        let leaf = ca.leaf(&["127.0.0.1"]);
+        let server =
+            drawbridge_testkit::redis::RedisServer::start_tls(&leaf.cert_pem, &leaf.key_pem);
+        assert!(server.url().starts_with("rediss://"));
+        let der = |pem: &str| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .expect("pem")
+                .to_vec()
+        };
+        let trusted = der(&ca.cert_pem);
+        let s = crate::redis_store::Redis::new(&server.url(), Some(&[&trusted]), "tls:")
+            .expect("client");
+        suite::behaves(&s).await;
+        // A server whose certificate another CA issued is not the store.
+        let stranger = der(&drawbridge_testkit::certs::TestCa::new("other").cert_pem);
+        let s = crate::redis_store::Redis::new(&server.url(), Some(&[&stranger]), "tls:")
+            .expect("client");
+        assert!(s.get("k").await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_store_that_is_down_is_an_error_never_an_empty_answer() {
         let mut server = drawbridge_testkit::redis::RedisServer::start();
         let s = crate::redis_store::Redis::new(&server.url(), None, "t:").expect("client");

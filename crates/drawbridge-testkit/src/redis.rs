@@ -8,6 +8,8 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     child: Option<std::process::Child>,
+    /// With TLS only: the directory of its certificate and key.
+    tls: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -17,14 +19,41 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut s = RedisServer { port, child: None };
+        let mut s = RedisServer {
+            port,
+            child: None,
+            tls: None,
+        };
         s.restart();
         s
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// Starts one that speaks TLS only, with this certificate (for 127.0.0.1) and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("redis.crt"), cert_pem).expect("cert");
+        std::fs::write(dir.path().join("redis.key"), key_pem).expect("key");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut s = RedisServer {
+            port,
+            child: None,
+            tls: Some(dir),
+        };
+        s.restart();
+        s
+    }
+
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Stops it (the port stays reserved for [`RedisServer::restart`]).
@@ -38,8 +67,26 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut cmd = std::process::Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &port]),
+            Some(dir) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(dir.path().join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.path().join("redis.key")),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
