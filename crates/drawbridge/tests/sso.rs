@@ -423,15 +423,11 @@ async fn the_embedded_store_keeps_sessions_across_restarts_and_revocation_ends_t
     );
     s.up.clear();
     for (browser, host) in [(&mut b, "app.test"), (&mut a, "other.test")] {
-        let page = browser
-            .request(
-                Method::GET,
-                &s.url(host, "/"),
-                None,
-                &[("accept", "application/json".into())],
-            )
-            .await;
-        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{host}");
+        assert_eq!(
+            api_status(&s, browser, host).await,
+            StatusCode::UNAUTHORIZED,
+            "{host}"
+        );
     }
     assert_eq!(s.up.count(), 0);
     // Signing in again works (the provider still knows the person: no password asked),
@@ -742,15 +738,10 @@ async fn a_session_is_for_its_own_host_only() {
     // The same cookie, sent to another host the gateway serves.
     let mut thief = s.browser();
     thief.set_cookie("other.test", SESSION, &id);
-    let page = thief
-        .request(
-            Method::GET,
-            &s.url("other.test", "/"),
-            None,
-            &[("accept", "application/json".into())],
-        )
-        .await;
-    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api_status(&s, &mut thief, "other.test").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(s.up.count(), 0);
 }
 
@@ -822,15 +813,10 @@ async fn signs_out(s: &Sso) {
     s.up.clear();
     let mut replay = s.browser();
     replay.set_cookie("app.test", SESSION, &old);
-    let page = replay
-        .request(
-            Method::GET,
-            &s.url("app.test", "/"),
-            None,
-            &[("accept", "application/json".into())],
-        )
-        .await;
-    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api_status(s, &mut replay, "app.test").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(s.up.count(), 0);
     // Signed out at the provider too: signing in again asks for the password.
     let again = b.navigate(&s.url("app.test", "/")).await;
@@ -847,25 +833,17 @@ async fn tokens_are_refreshed_and_a_refused_refresh_ends_the_session() {
     .await;
     let mut b = s.browser();
     signed_in(&mut b, &s.url("app.test", "/")).await;
-    async fn api(s: &Sso, b: &mut Browser) -> StatusCode {
-        let url = s.url("app.test", "/api");
-        b.request(
-            Method::GET,
-            &url,
-            None,
-            &[("accept", "application/json".into())],
-        )
-        .await
-        .status
-    }
     // Past the tokens' lifetime, the session carries on: refreshed at the provider.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(api(&s, &mut b).await, StatusCode::OK);
+    assert_eq!(api_status(&s, &mut b, "app.test").await, StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(api(&s, &mut b).await, StatusCode::OK);
+    assert_eq!(api_status(&s, &mut b, "app.test").await, StatusCode::OK);
     // Past the refresh token's lifetime: the provider refuses, the session ends.
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
-    assert_eq!(api(&s, &mut b).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api_status(&s, &mut b, "app.test").await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -983,15 +961,10 @@ async fn one_sign_in_serves_every_host() {
     b.submit(&me.url, "/.drawbridge/sign_out", &[("csrf", &csrf)])
         .await;
     s.up.clear();
-    let api = b
-        .request(
-            Method::GET,
-            &s.url("app.test", "/"),
-            None,
-            &[("accept", "application/json".into())],
-        )
-        .await;
-    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api_status(&s, &mut b, "app.test").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(s.up.count(), 0);
 }
 

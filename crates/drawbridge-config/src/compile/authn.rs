@@ -144,6 +144,7 @@ impl Cx<'_> {
             }
         };
         let claims = self.claim_mapping(at, a.claims.as_ref());
+        let fetch = self.key_fetch(at, a);
         let cache_size = self.int(
             &format!("{at}.cache_size"),
             a.cache_size.as_ref(),
@@ -156,26 +157,10 @@ impl Cx<'_> {
             audiences: audiences?,
             algorithms: algorithms?,
             jwks: jwks?,
-            jwks_refresh: self.duration(
-                &format!("{at}.jwks_refresh"),
-                a.jwks_refresh.as_ref(),
-                Duration::from_secs(300),
-            ),
-            jwks_cooldown: self.duration(
-                &format!("{at}.jwks_cooldown"),
-                a.jwks_cooldown.as_ref(),
-                Duration::from_secs(30),
-            ),
-            jwks_grace: self.duration_or_zero(
-                &format!("{at}.jwks_grace"),
-                a.jwks_grace.as_ref(),
-                Duration::from_secs(3600),
-            ),
-            jwks_timeout: self.duration(
-                &format!("{at}.jwks_timeout"),
-                a.jwks_timeout.as_ref(),
-                Duration::from_secs(5),
-            ),
+            jwks_refresh: fetch.refresh,
+            jwks_cooldown: fetch.cooldown,
+            jwks_grace: fetch.grace,
+            jwks_timeout: fetch.timeout,
             leeway,
             max_lifetime,
             token_type: a.token_type.as_ref().map(|t| t.get_ref().clone()),
@@ -184,6 +169,33 @@ impl Cx<'_> {
             cache: a.cache.as_ref().is_none_or(|c| *c.get_ref()),
             cache_size,
         })
+    }
+
+    /// `jwks_refresh`, `jwks_cooldown`, `jwks_grace`, `jwks_timeout`, shared by `jwt` and
+    /// `oidc`.
+    pub(super) fn key_fetch(&mut self, at: &str, a: &RawAuthenticator) -> KeyFetch {
+        KeyFetch {
+            refresh: self.duration(
+                &format!("{at}.jwks_refresh"),
+                a.jwks_refresh.as_ref(),
+                Duration::from_secs(300),
+            ),
+            cooldown: self.duration(
+                &format!("{at}.jwks_cooldown"),
+                a.jwks_cooldown.as_ref(),
+                Duration::from_secs(30),
+            ),
+            grace: self.duration_or_zero(
+                &format!("{at}.jwks_grace"),
+                a.jwks_grace.as_ref(),
+                Duration::from_secs(3600),
+            ),
+            timeout: self.duration(
+                &format!("{at}.jwks_timeout"),
+                a.jwks_timeout.as_ref(),
+                Duration::from_secs(5),
+            ),
+        }
     }
 
     /// `claims = { id, groups, groups_format, attributes }`, shared by `jwt` and `oidc`.
@@ -847,6 +859,14 @@ impl Cx<'_> {
             _ => self.duration(field, raw, default),
         }
     }
+}
+
+/// How an issuer's keys are fetched.
+pub(super) struct KeyFetch {
+    pub refresh: Duration,
+    pub cooldown: Duration,
+    pub grace: Duration,
+    pub timeout: Duration,
 }
 
 /// Where an optional field was written.

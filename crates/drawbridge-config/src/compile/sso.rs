@@ -162,6 +162,7 @@ impl Cx<'_> {
             a.leeway.as_ref(),
             Duration::from_secs(30),
         );
+        let fetch = self.key_fetch(at, a);
         let (issuer, discovery) = issuer?;
         Some(OidcProvider {
             display_name: a
@@ -180,26 +181,10 @@ impl Cx<'_> {
                 a.max_lifetime.as_ref(),
                 Duration::from_secs(24 * 3600),
             ),
-            jwks_refresh: self.duration(
-                &format!("{at}.jwks_refresh"),
-                a.jwks_refresh.as_ref(),
-                Duration::from_secs(300),
-            ),
-            jwks_cooldown: self.duration(
-                &format!("{at}.jwks_cooldown"),
-                a.jwks_cooldown.as_ref(),
-                Duration::from_secs(30),
-            ),
-            jwks_grace: self.duration_or_zero(
-                &format!("{at}.jwks_grace"),
-                a.jwks_grace.as_ref(),
-                Duration::from_secs(3600),
-            ),
-            timeout: self.duration(
-                &format!("{at}.jwks_timeout"),
-                a.jwks_timeout.as_ref(),
-                Duration::from_secs(5),
-            ),
+            jwks_refresh: fetch.refresh,
+            jwks_cooldown: fetch.cooldown,
+            jwks_grace: fetch.grace,
+            timeout: fetch.timeout,
             claims,
             allowed_email_domains,
             required_claims,
