@@ -12,6 +12,7 @@
 //! | `revoked:<authenticator>/<user>` | the time every session older was revoked | a lifetime |
 //! | `key:seal` | the generated sealing key | never |
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,8 @@ pub struct Session {
 
 struct Cached {
     session: Arc<Session>,
+    /// The cookie it was read for: a hit must name it exactly.
+    cookie: Zeroizing<String>,
     read_at: Instant,
 }
 
@@ -196,7 +199,9 @@ pub struct Sessions {
     seal: Arc<tokio::sync::OnceCell<SealKey>>,
     config: drawbridge_config::Sessions,
     served: Served,
-    cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+    /// Sessions read lately, by a keyed hash of their cookie.
+    cache: quick_cache::sync::Cache<u64, Arc<Cached>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Sessions {
@@ -220,6 +225,7 @@ impl Sessions {
             config,
             served,
             cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+            hasher: foldhash::fast::RandomState::default(),
         })
     }
 
@@ -237,6 +243,7 @@ impl Sessions {
                 config,
                 served,
                 cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+                hasher: foldhash::fast::RandomState::default(),
             });
         }
         Sessions::new(self.store.clone(), config, served)
@@ -428,23 +435,38 @@ impl Sessions {
         host: &str,
         authenticators: &[Arc<Authenticator>],
     ) -> Result<Option<Arc<Session>>, SsoError> {
-        let Some(id) = SessionId::from_cookie(cookie) else {
-            return Ok(None);
-        };
         let now = drawbridge_identity::unix_now();
-        let fresh = self
-            .cache
-            .get(id.lookup())
-            .filter(|c| c.read_at.elapsed() < self.config.cache_ttl);
+        // A session read within `cache_ttl` costs a hash of the cookie and one comparison:
+        // no decoding, no digest. Entries are made only for cookies that named a session.
+        let key = self.hasher.hash_one(cookie.as_bytes());
+        let fresh = self.cache.get(&key).filter(|c| {
+            c.read_at.elapsed() < self.config.cache_ttl
+                && constant_time_eq(c.cookie.as_bytes(), cookie.as_bytes())
+        });
         let session = match fresh {
             Some(c) => c.session.clone(),
-            None => match self.read(&id, now, authenticators).await? {
-                Some(s) => s,
-                None => {
-                    self.cache.remove(id.lookup());
+            None => {
+                let Some(id) = SessionId::from_cookie(cookie) else {
                     return Ok(None);
+                };
+                match self.read(&id, now, authenticators).await? {
+                    Some(s) => {
+                        self.cache.insert(
+                            key,
+                            Arc::new(Cached {
+                                session: s.clone(),
+                                cookie: Zeroizing::new(cookie.to_string()),
+                                read_at: Instant::now(),
+                            }),
+                        );
+                        s
+                    }
+                    None => {
+                        self.cache.remove(&key);
+                        return Ok(None);
+                    }
                 }
-            },
+            }
         };
         let r = &session.record;
         let admitted = authenticators
@@ -481,19 +503,11 @@ impl Sessions {
             self.store.delete(&session_key(id.lookup())).await?;
             return Ok(None);
         }
-        let session = Arc::new(Session {
+        Ok(Some(Arc::new(Session {
             principal: Arc::new(principal_of(&record)),
             handle: hex(id.lookup()),
             record,
-        });
-        self.cache.insert(
-            *id.lookup(),
-            Arc::new(Cached {
-                session: session.clone(),
-                read_at: Instant::now(),
-            }),
-        );
-        Ok(Some(session))
+        })))
     }
 
     /// The record at `lookup`, if it is live: not past its lifetimes, not revoked, and
@@ -669,7 +683,7 @@ impl Sessions {
         let Some(id) = SessionId::from_cookie(cookie) else {
             return Ok(None);
         };
-        self.cache.remove(id.lookup());
+        self.cache.remove(&self.hasher.hash_one(cookie.as_bytes()));
         let Some(bytes) = self.store.take(&session_key(id.lookup())).await? else {
             return Ok(None);
         };
@@ -677,7 +691,9 @@ impl Sessions {
             serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
         let mut lookup = *id.lookup();
         if let Some(parent) = record.parent.as_deref().and_then(unhex32) {
-            self.cache.remove(&parent);
+            // The sign-in's other host sessions on this instance end at their next read;
+            // its own session (on the sign-in host) at once.
+            self.cache.clear();
             if let Some(bytes) = self.store.take(&session_key(&parent)).await? {
                 record =
                     serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
@@ -697,7 +713,8 @@ impl Sessions {
         let Some(lookup) = unhex32(handle) else {
             return Ok(false);
         };
-        self.cache.remove(&lookup);
+        // Cached by cookie, which a handle does not name: forget every session read.
+        self.cache.clear();
         Ok(self.store.delete(&session_key(&lookup)).await?)
     }
 
@@ -721,7 +738,6 @@ impl Sessions {
         self.store
             .put(&session_key(lookup), &value, record.expires_at)
             .await?;
-        self.cache.remove(lookup);
         Ok(())
     }
 

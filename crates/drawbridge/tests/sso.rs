@@ -75,6 +75,8 @@ struct Options {
     corp_key: Option<drawbridge_testkit::jwt::KeyType>,
     /// Route `other` is decided by a Cedar policy: group `eng` reads it.
     policy: bool,
+    /// `[sessions] cache_ttl`.
+    cache_ttl: &'static str,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             binary_with_admin: None,
             corp_key: None,
             policy: false,
+            cache_ttl: "5s",
         }
     }
 }
@@ -182,7 +185,7 @@ principal = "service"
 
 [sessions]
 {store}
-cache_ttl = "0s"
+cache_ttl = "{cache_ttl}"
 {sessions}
 
 [[routes]]
@@ -215,6 +218,7 @@ authorize = false
         partner = partner.issuer,
         corp_extra = o.corp,
         corp_auth = corp_auth,
+        cache_ttl = o.cache_ttl,
         authorize_other = o.policy,
         policy = if o.policy {
             "\n[policy]\nfiles = [\"sso.cedar\"]\nplain_names = [\"corp\"]\n"
@@ -322,6 +326,7 @@ async fn with_redis_down_sessions_and_sign_ins_are_refused() {
     let mut redis = drawbridge_testkit::redis::RedisServer::start();
     let s = setup(Options {
         redis: Some(redis.url()),
+        cache_ttl: "1s",
         ..Options::default()
     })
     .await;
@@ -329,6 +334,9 @@ async fn with_redis_down_sessions_and_sign_ins_are_refused() {
     signed_in(&mut b, &s.url("app.test", "/")).await;
     s.up.clear();
     redis.stop();
+    // Within `cache_ttl` the instance still knows the session it just read; past it, the
+    // session is not trusted without the store.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     // A session cannot be read: refused, not trusted from memory.
     let page = b.navigate(&s.url("app.test", "/")).await;
     assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -828,6 +836,7 @@ async fn tokens_are_refreshed_and_a_refused_refresh_ends_the_session() {
     // ID and access tokens live 2 s; refresh tokens 6 s.
     let s = setup(Options {
         ttl: serde_json::json!({"IdToken": 2, "AccessToken": 2, "RefreshToken": 6}),
+        cache_ttl: "0s",
         ..Options::default()
     })
     .await;
