@@ -25,7 +25,7 @@ pub async fn caller(
     }
     // A person's session, on a route people sign in to.
     if let Proof::Presented { .. } = proof
-        && let Some(p) = crate::signin::session(snapshot, route, host, headers).await?
+        && let Some(p) = crate::session::session(snapshot, route, host, headers).await?
     {
         return Ok(Some(p));
     }

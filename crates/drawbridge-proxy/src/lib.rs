@@ -13,7 +13,7 @@ pub mod mutate;
 pub mod parse;
 pub mod record;
 pub mod sanitize;
-pub mod signin;
+pub mod session;
 
 // What they run over.
 pub mod admin;
@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod rescue;
 pub mod route;
+pub mod signin;
 pub mod snapshot;
 pub mod tls;
 pub mod transport;
@@ -181,7 +182,7 @@ impl Proxy {
         mut inherited: Inherited,
     ) -> Result<Arc<Proxy>, StartError> {
         let mut snapshot = compile(config_path, None)?;
-        signin::attach(&mut snapshot, None).map_err(|e| StartError::Io {
+        session::attach(&mut snapshot, None).map_err(|e| StartError::Io {
             what: "starting sessions".into(),
             source: std::io::Error::other(e),
         })?;
@@ -342,7 +343,7 @@ impl Proxy {
         if !current.same_listeners(&next) {
             return Err(ReloadError::ListenersChanged);
         }
-        signin::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
+        session::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
         let version = next.version.clone();
         warn_about(&next);
         prefetch(&next);

@@ -272,7 +272,7 @@ pub async fn admit(
         && drawbridge_session::is_navigation(&req.method, &req.headers)
     {
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        r.error = crate::signin::to_sign_in(target);
+        r.error = crate::session::to_sign_in(target);
     }
     let principal = match &admitted {
         Ok(a) => a.principal.as_deref(),

@@ -1,7 +1,7 @@
-//! Drawbridge's own paths (`/.drawbridge/`) and what a browser's sign-in needs of the
-//! pipeline: the sign-in page and the provider's callback, sign-out, "who am I", the
-//! identity assertion's keys; the session looked up for a route's authenticate phase; the
-//! redirect that sends a browser without a session to sign in.
+//! Drawbridge's own paths (`/.drawbridge/`): the sign-in page and the provider's callback,
+//! the hand-over between hosts, sign-out, "who am I", the pages' stylesheet and the
+//! identity assertion's keys. (The session a request carries is read in phase 5,
+//! `session.rs`.)
 //!
 //! ```text
 //! GET  /.drawbridge/sign_in?rd=TARGET  one provider: straight to it; several: the choice
@@ -15,13 +15,10 @@
 //! GET  /.drawbridge/style.css          the pages' stylesheet
 //! ```
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use drawbridge_config::Config;
-use drawbridge_identity::{Authenticator, OidcAuthenticator, Principal};
+use drawbridge_identity::{Authenticator, OidcAuthenticator};
 use drawbridge_session::{
-    CALLBACK_PATH, Callback, LOGIN_COOKIE, LOGIN_MAX_AGE, Origin, SESSION_COOKIE, Served, Sessions,
+    CALLBACK_PATH, Callback, LOGIN_COOKIE, LOGIN_MAX_AGE, Origin, SESSION_COOKIE, Sessions,
     SsoError, cookies, pages,
 };
 use http::request::Parts;
@@ -32,98 +29,10 @@ use hyper::body::Incoming;
 use crate::body::ResponseBody;
 use crate::context::Ctx;
 use crate::rescue::ProxyError;
-use crate::snapshot::{ListenerEntry, RouteEntry, Snapshot};
+use crate::snapshot::{ListenerEntry, Snapshot};
 
 /// Largest form Drawbridge's own pages accept.
 const MAX_FORM_BYTES: usize = 8 * 1024;
-
-/// The hosts `config` serves over https, on the ports browsers reach them on (443, and
-/// the listener's own port): where a browser may return after signing in.
-pub fn served(config: &Config) -> Served {
-    let mut origins = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        if l.tls.is_none() || l.redirect_to_https.is_some() {
-            continue;
-        }
-        for r in &config.routes {
-            if !r.listeners.as_ref().is_none_or(|ls| ls.contains(&i)) {
-                continue;
-            }
-            if let drawbridge_config::HostMatch::Exact(h) = &r.host {
-                for port in [443, l.address.port()] {
-                    if let Ok(o) = Origin::new(h, port)
-                        && !origins.contains(&o)
-                    {
-                        origins.push(o);
-                    }
-                }
-            }
-        }
-    }
-    if let Some(s) = config.sessions.as_ref().and_then(|s| s.sign_in.as_ref())
-        && let Ok(o) = Origin::new(&s.host, s.port)
-        && !origins.contains(&o)
-    {
-        origins.push(o);
-    }
-    Served::new(origins)
-}
-
-/// Opens the session store for `next` (or carries on `previous`'s when it names the same
-/// store), so a snapshot that signs people in can be put in force.
-pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), String> {
-    let Some(config) = next.sessions_config.clone() else {
-        return Ok(());
-    };
-    let same = previous
-        .and_then(|p| p.sessions.as_ref())
-        .filter(|s| s.config().store == config.store);
-    let sessions = match same {
-        Some(s) => s.renew(config, next.served.clone()),
-        None => {
-            let store = drawbridge_session::Store::open(&config.store)
-                .map_err(|e| format!("opening the session store: {e}"))?;
-            Sessions::new(store, config, next.served.clone())
-        }
-    }
-    .map_err(|e| e.to_string())?;
-    next.sessions = Some(Arc::new(sessions));
-    Ok(())
-}
-
-/// Phase 5 for sessions: the principal of the session the request's cookie names, when the
-/// route admits its authenticator and the session is for this host. `Ok(None)` when there
-/// is none; an error when the store could not say (the request is refused).
-pub async fn session(
-    snapshot: &Snapshot,
-    route: &RouteEntry,
-    host: &str,
-    headers: &HeaderMap,
-) -> Result<Option<Arc<Principal>>, ProxyError> {
-    let Some(sessions) = &snapshot.sessions else {
-        return Ok(None);
-    };
-    if !route.signs_in() {
-        return Ok(None);
-    }
-    let Some(cookie) = cookies::find(headers, SESSION_COOKIE) else {
-        return Ok(None);
-    };
-    match sessions.lookup(cookie, host, &route.authenticators).await {
-        Ok(s) => Ok(s.map(|s| s.principal.clone())),
-        Err(e) => {
-            tracing::error!(error = %e, route = %route.name, "session lookup failed; refusing");
-            Err(ProxyError::SessionUnavailable)
-        }
-    }
-}
-
-/// The redirect that sends a browser to sign in and back to `target` (the request's path
-/// and query).
-pub fn to_sign_in(target: &str) -> ProxyError {
-    let rd: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
-    ProxyError::SignIn(format!("/.drawbridge/sign_in?rd={rd}"))
-}
 
 /// Answers a request for one of Drawbridge's own paths.
 pub async fn own(

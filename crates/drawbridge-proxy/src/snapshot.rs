@@ -44,7 +44,7 @@ pub struct Snapshot {
     /// `[sessions]`, when people sign in.
     pub sessions_config: Option<drawbridge_config::Sessions>,
     /// People's sessions: attached by `serve` once the snapshot is in force
-    /// ([`crate::signin::attach`]), never by `check` or `test`, which open no store.
+    /// ([`crate::session::attach`]), never by `check` or `test`, which open no store.
     pub sessions: Option<Arc<drawbridge_session::Sessions>>,
     /// The hosts this configuration serves over https: where a browser may return after
     /// signing in.
@@ -254,7 +254,7 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        let served = crate::signin::served(&config);
+        let served = served(&config);
         let mut warnings = config.warnings.clone();
         if let Some(p) = &policies {
             warnings.extend(p.warnings.iter().cloned());
@@ -288,4 +288,36 @@ impl Snapshot {
                 a.name == b.name && a.address == b.address && a.tls.is_some() == b.tls.is_some()
             })
     }
+}
+
+/// The hosts `config` serves over https, on the ports browsers reach them on (443, and
+/// the listener's own port): where a browser may return after signing in.
+fn served(config: &Config) -> drawbridge_session::Served {
+    let mut origins = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.tls.is_none() || l.redirect_to_https.is_some() {
+            continue;
+        }
+        for r in &config.routes {
+            if !r.listeners.as_ref().is_none_or(|ls| ls.contains(&i)) {
+                continue;
+            }
+            if let drawbridge_config::HostMatch::Exact(h) = &r.host {
+                for port in [443, l.address.port()] {
+                    if let Ok(o) = drawbridge_session::Origin::new(h, port)
+                        && !origins.contains(&o)
+                    {
+                        origins.push(o);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = config.sessions.as_ref().and_then(|s| s.sign_in.as_ref())
+        && let Ok(o) = drawbridge_session::Origin::new(&s.host, s.port)
+        && !origins.contains(&o)
+    {
+        origins.push(o);
+    }
+    drawbridge_session::Served::new(origins)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::store::{Backend, NEVER, StoreError};
+use crate::backend::{Backend, NEVER, StoreError};
 
 /// Longest a connection attempt or an answer may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
