@@ -79,6 +79,12 @@ pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     out
 }
 
+/// Whether `a` and `b` are equal, compared without stopping at the first difference: the
+/// project's one comparison of secrets (states, nonces, cookies, tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// Reads `source` (from `path`) as `T`, reporting a syntax error or the first field that
 /// does not fit with its file, line and field path.
 pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(

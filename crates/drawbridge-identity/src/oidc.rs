@@ -520,7 +520,8 @@ impl OidcAuthenticator {
         }
         if let Some(expected) = nonce {
             match claims.get("nonce") {
-                Some(Value::String(n)) if constant_time_eq(n.as_bytes(), expected.as_bytes()) => {}
+                Some(Value::String(n))
+                    if drawbridge_config::constant_time_eq(n.as_bytes(), expected.as_bytes()) => {}
                 _ => return Err(Refusal::Claim("nonce".into())),
             }
         }
@@ -653,9 +654,4 @@ fn client_key(pkcs8: &[u8]) -> Result<(EncodingKey, Algorithm), BuildError> {
             .map_err(|_| BuildError::ClientKey);
     }
     Err(BuildError::ClientKey)
-}
-
-/// Compares without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }

@@ -27,6 +27,7 @@ use zeroize::Zeroizing;
 use crate::return_to::{Origin, Served};
 use crate::secret::{SealKey, SecretError, SessionId};
 use crate::store::{Store, StoreError};
+use drawbridge_config::constant_time_eq;
 
 /// The session cookie: host-only, Secure, never sent to another host or path prefix.
 pub const SESSION_COOKIE: &str = "__Host-drawbridge-session";
@@ -919,10 +920,6 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 fn printable(s: &str) -> String {

@@ -120,11 +120,11 @@ fn certificate(dir: &DemoDir) -> Result<(), String> {
 }
 
 /// A password for a demo user: 12 random characters.
-fn password() -> String {
+fn password() -> Result<String, String> {
     use base64::Engine as _;
     let mut b = [0u8; 9];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness for the demo's passwords")?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 async fn demo(listen: SocketAddr, tls_listen: SocketAddr) -> Result<(), String> {
@@ -150,19 +150,19 @@ async fn demo(listen: SocketAddr, tls_listen: SocketAddr) -> Result<(), String> 
         format!("https://localhost:{}", tls_listen.port())
     };
     certificate(&dir)?;
-    let secret = password() + &password();
+    let secret = password()? + &password()?;
     dir.write("sso.secret", &secret)?;
     let users = vec![
         oidc::User {
             name: "alice",
-            password: password(),
+            password: password()?,
             email: "alice@acme.example",
             groups: &["eng", "oncall"],
             tenant: "acme",
         },
         oidc::User {
             name: "bob",
-            password: password(),
+            password: password()?,
             email: "bob@globex.example",
             groups: &["sales"],
             tenant: "globex",

@@ -87,10 +87,12 @@ pub async fn start(
     Ok(issuer)
 }
 
-fn random() -> String {
+/// 192 random bits, base64url; `None` when the system's random source fails (the request
+/// is then refused rather than given a code or token anyone could guess).
+fn random() -> Option<String> {
     let mut b = [0u8; 24];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    aws_lc_rs::rand::fill(&mut b).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -252,16 +254,17 @@ impl Provider {
         let get = |k: &str| form.get(k).cloned().unwrap_or_default();
         let user = self.users.iter().position(|u| {
             u.name == get("login")
-                && aws_lc_rs::constant_time::verify_slices_are_equal(
+                && drawbridge_config::constant_time_eq(
                     u.password.as_bytes(),
                     get("password").as_bytes(),
                 )
-                .is_ok()
         });
         let Some(user) = user else {
             return self.sign_in_form(form, Some("Wrong user or password."));
         };
-        let code = random();
+        let Some(code) = random() else {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error");
+        };
         if let Ok(mut codes) = self.codes.lock() {
             codes.retain(|_, g| g.expires > now());
             codes.insert(
@@ -301,9 +304,7 @@ impl Provider {
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if aws_lc_rs::constant_time::verify_slices_are_equal(presented, expected.as_bytes())
-            .is_err()
-        {
+        if !drawbridge_config::constant_time_eq(presented, expected.as_bytes()) {
             return json_error(StatusCode::UNAUTHORIZED, "invalid_client");
         }
         let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
@@ -355,12 +356,14 @@ impl Provider {
             Ok(t) => t,
             Err(_) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };
-        let refresh_token = random();
+        let (Some(refresh_token), Some(access_token)) = (random(), random()) else {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error");
+        };
         if let Ok(mut r) = self.refresh.lock() {
             r.insert(refresh_token.clone(), user);
         }
         let body = json!({
-            "access_token": random(), "token_type": "Bearer", "expires_in": 600,
+            "access_token": access_token, "token_type": "Bearer", "expires_in": 600,
             "id_token": id_token, "refresh_token": refresh_token,
         });
         respond(StatusCode::OK, "application/json", body.to_string())
