@@ -26,6 +26,9 @@ fi
 echo "==> npm ci (crates/drawbridge/tests/js)"
 (cd crates/drawbridge/tests/js && npm ci --no-audit --no-fund --silent)
 
+# A one-off build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL=0
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
