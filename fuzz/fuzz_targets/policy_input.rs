@@ -98,6 +98,7 @@ fuzz_target!(|input: (String, String, Vec<Vec<u8>>)| {
         methods: vec![AuthMethod::ApiKey],
         authenticated_at: None,
         expires_at: None,
+        factors: Vec::new(),
         assertions: Default::default(),
         derived: Default::default(),
     };

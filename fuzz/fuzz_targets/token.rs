@@ -32,6 +32,8 @@ fn authenticator() -> &'static (tokio::runtime::Runtime, JwtAuthenticator) {
                 id: "sub".into(),
                 groups: Some("groups".into()),
                 attributes: vec!["tenant".into()],
+                groups_format: Default::default(),
+                trusted_mfa: Default::default(),
             },
             cache: true,
             cache_size: 1000,

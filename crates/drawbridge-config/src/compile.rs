@@ -16,6 +16,7 @@ use crate::raw::*;
 
 mod authn;
 pub use authn::parse_url as https_url;
+mod mfa;
 mod policy;
 mod sso;
 
@@ -190,6 +191,8 @@ pub(crate) fn compile(
         .iter()
         .any(|a| matches!(a.kind, AuthenticatorKind::Oidc(_)));
     let sessions = cx.sessions(raw.sessions.as_ref(), signs_in);
+    let mfa = cx.mfa(raw.mfa.as_ref(), sessions.is_some());
+    cx.mfa_routes(&routes, &raw.routes, &authenticators, mfa.is_some());
     cx.sign_in_routes(&routes, &raw.routes, &listeners, &authenticators);
     cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
     // A configured identity header outside `x-drawbridge-` is Drawbridge's too.
@@ -259,6 +262,7 @@ pub(crate) fn compile(
         policy,
         admin,
         sessions,
+        mfa,
         warnings,
     })
 }
@@ -1029,7 +1033,9 @@ impl Cx<'_> {
             r.response_headers.as_ref(),
             false,
         );
+        let mfa = self.route_mfa(&at, r.mfa.as_ref());
         Some(Route {
+            mfa,
             request_headers,
             response_headers,
             forward_client_cert,

@@ -38,6 +38,9 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Where people's sessions are kept, when an `oidc` authenticator signs them in.
     pub sessions: Option<Sessions>,
+    /// Second factors Drawbridge enrols and verifies itself (`[mfa]`); present whenever
+    /// people sign in.
+    pub mfa: Option<Mfa>,
     /// What `check` should tell the operator without refusing the file.
     pub warnings: Vec<crate::Diagnostic>,
 }
@@ -556,6 +559,9 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Headers set on or removed from the response the client receives.
     pub response_headers: HeaderEdits,
+    /// The second factor every request must have proved, and how lately (`mfa`); policies
+    /// may ask more of some requests.
+    pub mfa: Option<MfaRequirement>,
     /// Where the route was declared.
     pub location: Location,
 }
@@ -934,6 +940,150 @@ pub struct ClaimMapping {
     pub groups_format: GroupsFormat,
     /// Claims copied as attributes.
     pub attributes: Vec<String>,
+    /// Which of a token's `amr` and `acr` values count as a second factor done at its
+    /// issuer (`trusted_mfa`); none by default.
+    pub trusted_mfa: TrustedMfa,
+}
+
+/// The `amr` and `acr` values of an issuer's tokens that stand for a second factor done
+/// there, at the token's `auth_time`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustedMfa {
+    /// `amr` members (RFC 8176: `mfa`, `otp`, `hwk`...), any one of which is enough.
+    pub amr: Vec<String>,
+    /// `acr` values, any one of which is enough.
+    pub acr: Vec<String>,
+}
+
+impl TrustedMfa {
+    /// Whether nothing is trusted (the default).
+    pub fn is_empty(&self) -> bool {
+        self.amr.is_empty() && self.acr.is_empty()
+    }
+}
+
+/// A second factor: how a person proved, beyond signing in, that it is them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaMethod {
+    /// A time-based one-time code (RFC 6238) from an app Drawbridge enrolled.
+    Totp,
+    /// A security key or passkey (WebAuthn) Drawbridge registered.
+    Webauthn,
+    /// One of the single-use recovery codes Drawbridge gave at enrolment.
+    RecoveryCode,
+    /// A factor done at the identity provider, whose token says so in a trusted `amr` or
+    /// `acr` (`trusted_mfa`).
+    Idp,
+}
+
+impl MfaMethod {
+    /// Every method, in the order pages offer them.
+    pub const ALL: [MfaMethod; 4] = [
+        MfaMethod::Totp,
+        MfaMethod::Webauthn,
+        MfaMethod::RecoveryCode,
+        MfaMethod::Idp,
+    ];
+
+    /// The name used in config, policies, assertions and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MfaMethod::Totp => "totp",
+            MfaMethod::Webauthn => "webauthn",
+            MfaMethod::RecoveryCode => "recovery_code",
+            MfaMethod::Idp => "idp",
+        }
+    }
+
+    /// The method of that name.
+    pub fn parse(name: &str) -> Option<MfaMethod> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// Its RFC 8176 `amr` value, for identity assertions.
+    pub fn amr(self) -> &'static str {
+        match self {
+            MfaMethod::Totp => "otp",
+            MfaMethod::Webauthn => "hwk",
+            MfaMethod::RecoveryCode => "kba",
+            MfaMethod::Idp => "mfa",
+        }
+    }
+}
+
+/// A route's `mfa`: a second factor of one of `methods`, done within `max_age`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaRequirement {
+    /// How long ago the factor may have been done.
+    pub max_age: Duration,
+    /// The factors that count, any one of them.
+    pub methods: Vec<MfaMethod>,
+}
+
+/// `[mfa]`: how Drawbridge enrols and checks second factors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mfa {
+    /// The name authenticator apps show beside the account (`issuer` in the TOTP URI).
+    pub issuer: String,
+    /// TOTP parameters for new enrolments.
+    pub totp: TotpSettings,
+    /// Most failed attempts per account within `failure_window`; then every attempt is
+    /// refused until the window ends, whatever the code.
+    pub max_failures: u32,
+    /// The window failed attempts are counted in.
+    pub failure_window: Duration,
+    /// How long a started enrolment (a secret shown, not yet confirmed) stays open.
+    pub enrol_timeout: Duration,
+    /// WebAuthn: user verification (PIN, biometrics) required of the authenticator.
+    pub user_verification: bool,
+    /// Where `[mfa]` is (the file's start when absent).
+    pub location: Location,
+}
+
+/// RFC 6238 parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotpSettings {
+    /// The HMAC hash.
+    pub algorithm: TotpAlgorithm,
+    /// Digits per code (6 to 8).
+    pub digits: u32,
+    /// Seconds per step.
+    pub period: u64,
+}
+
+impl Default for TotpSettings {
+    fn default() -> Self {
+        TotpSettings {
+            algorithm: TotpAlgorithm::Sha1,
+            digits: 6,
+            period: 30,
+        }
+    }
+}
+
+/// A TOTP HMAC hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TotpAlgorithm {
+    /// HMAC-SHA-1, what every authenticator app supports (the default).
+    Sha1,
+    /// HMAC-SHA-256.
+    Sha256,
+    /// HMAC-SHA-512.
+    Sha512,
+}
+
+impl TotpAlgorithm {
+    /// The name in a TOTP URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TotpAlgorithm::Sha1 => "SHA1",
+            TotpAlgorithm::Sha256 => "SHA256",
+            TotpAlgorithm::Sha512 => "SHA512",
+        }
+    }
 }
 
 /// The shape of a token's group claim.

@@ -22,6 +22,45 @@ pub(crate) struct RawConfig {
     pub policy: Option<Spanned<RawPolicy>>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub sessions: Option<Spanned<RawSessions>>,
+    pub mfa: Option<Spanned<RawMfa>>,
+}
+
+/// `[mfa]`: how second factors are enrolled and checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMfa {
+    pub issuer: Option<Spanned<String>>,
+    pub max_failures: Option<Spanned<i64>>,
+    pub failure_window: Option<Spanned<String>>,
+    pub enrol_timeout: Option<Spanned<String>>,
+    pub user_verification: Option<Spanned<String>>,
+    pub totp: Option<Spanned<RawTotp>>,
+}
+
+/// `[mfa.totp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTotp {
+    pub algorithm: Option<Spanned<String>>,
+    pub digits: Option<Spanned<i64>>,
+    pub period: Option<Spanned<String>>,
+}
+
+/// A route's `mfa = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteMfa {
+    pub required: Option<Spanned<bool>>,
+    pub max_age: Option<Spanned<String>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// An authenticator's `trusted_mfa = { amr = [...], acr = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrustedMfa {
+    pub amr: Option<Spanned<Vec<Spanned<String>>>>,
+    pub acr: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[sessions]`: where people's sessions are kept and how long they last.
@@ -196,6 +235,7 @@ pub(crate) struct RawRoute {
     pub forward_client_cert: Option<Spanned<String>>,
     pub request_headers: Option<Spanned<RawHeaderEdits>>,
     pub response_headers: Option<Spanned<RawHeaderEdits>>,
+    pub mfa: Option<Spanned<RawRouteMfa>>,
 }
 
 /// `[routes.request_headers]`, `[routes.response_headers]`: headers to set or remove.
@@ -246,6 +286,7 @@ pub(crate) struct RawAuthenticator {
     pub required_claims: Option<Spanned<ClaimValues>>,
     pub display_name: Option<Spanned<String>>,
     pub issuer_ca_file: Option<Spanned<String>>,
+    pub trusted_mfa: Option<Spanned<RawTrustedMfa>>,
 }
 
 /// `required_claims`: claim names, each with the values it may have.

@@ -153,6 +153,7 @@ fn entry(authenticator: &Arc<str>, k: &ApiKeyEntry) -> Entry {
             methods: vec![AuthMethod::ApiKey],
             authenticated_at: None,
             expires_at: k.expires,
+            factors: Vec::new(),
         }),
     }
 }

@@ -182,14 +182,33 @@ impl Minter {
             idp: p.issuer.as_deref(),
             groups: &p.groups,
             attrs: &p.attributes,
-            amr: p.methods.iter().map(|m| m.as_str()).collect(),
+            amr: amr(p),
             auth_time: p.authenticated_at,
+            factors: p
+                .factors
+                .iter()
+                .map(|f| (f.method.as_str(), f.at))
+                .collect(),
             rid: request_id,
         };
         let token =
             jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(MintError::Signing)?;
         HeaderValue::from_str(&token).map_err(MintError::Header)
     }
+}
+
+/// The `amr` of an assertion for `p`.
+fn amr(p: &Principal) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = p.methods.iter().map(|m| m.as_str()).collect();
+    for f in &p.factors {
+        if !out.contains(&f.method.amr()) {
+            out.push(f.method.amr());
+        }
+    }
+    if !p.factors.is_empty() && !out.contains(&"mfa") {
+        out.push("mfa");
+    }
+    out
 }
 
 /// Why an identity assertion could not be made: the request is refused, never sent without
@@ -227,10 +246,14 @@ struct Claims<'a> {
     groups: &'a [String],
     #[serde(skip_serializing_if = "Map::is_empty")]
     attrs: &'a Map<String, Value>,
-    /// How the caller authenticated.
+    /// How the caller authenticated: its credential's method, then RFC 8176 values for its
+    /// second factors and `mfa` when it has one.
     amr: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth_time: Option<u64>,
+    /// Each second factor and when it was done (Unix seconds).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    factors: std::collections::BTreeMap<&'static str, u64>,
     /// The request id, when assertions are minted per request.
     #[serde(skip_serializing_if = "Option::is_none")]
     rid: Option<&'a str>,

@@ -74,6 +74,17 @@ impl Authenticator {
         }
     }
 
+    /// What of its tokens' `amr` and `acr` it takes as a second factor done at the issuer;
+    /// `None` when it takes nothing (the default, and every authenticator without tokens).
+    pub fn trusted_mfa(&self) -> Option<&drawbridge_config::TrustedMfa> {
+        let t = match self {
+            Self::Jwt(j) => &j.config().claims.trusted_mfa,
+            Self::Oidc(o) => &o.config().claims.trusted_mfa,
+            Self::ApiKey(_) | Self::Mtls(_) => return None,
+        };
+        (!t.is_empty()).then_some(t)
+    }
+
     /// Its name.
     pub fn name(&self) -> &Arc<str> {
         match self {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::cache::TokenCache;
 use crate::error::{BuildError, Refusal};
 use crate::jwks::{FetchSettings, KeySource};
-use crate::principal::{AuthMethod, Principal};
+use crate::principal::{AuthMethod, Factor, Principal};
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -266,6 +266,7 @@ pub(crate) fn map_claims(
         groups,
         groups_format,
         attributes,
+        trusted_mfa,
     } = m.mapping;
     let principal_id = match claims.get(id) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 1024 => s.clone(),
@@ -301,6 +302,35 @@ pub(crate) fn map_claims(
         methods: vec![m.method],
         authenticated_at: number(claims, "auth_time").or(iat),
         expires_at: Some(exp),
+        factors: idp_factor(trusted_mfa, claims).into_iter().collect(),
+    })
+}
+
+/// The second factor a token says its issuer checked, when the authenticator trusts what it
+/// says (`trusted_mfa`): a trusted `amr` member or `acr` value, at the token's `auth_time`.
+/// Without `auth_time` nothing counts: a factor of unknown age satisfies no maximum age.
+fn idp_factor(
+    trusted: &drawbridge_config::TrustedMfa,
+    claims: &Map<String, Value>,
+) -> Option<Factor> {
+    if trusted.is_empty() {
+        return None;
+    }
+    let at = number(claims, "auth_time")?;
+    let by_amr = match claims.get("amr") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|v| trusted.amr.iter().any(|t| t == v)),
+        _ => false,
+    };
+    let by_acr = claims
+        .get("acr")
+        .and_then(Value::as_str)
+        .is_some_and(|v| trusted.acr.iter().any(|t| t == v));
+    (by_amr || by_acr).then_some(Factor {
+        method: drawbridge_config::MfaMethod::Idp,
+        at,
     })
 }
 

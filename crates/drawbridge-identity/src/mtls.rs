@@ -167,6 +167,7 @@ impl MtlsAuthenticator {
             methods: vec![AuthMethod::Mtls],
             authenticated_at: None,
             expires_at,
+            factors: Vec::new(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use drawbridge_config::PrincipalKind;
+use drawbridge_config::{MfaMethod, PrincipalKind};
 use serde_json::{Map, Value};
 
 /// A caller whose credentials were verified: plain data. What other layers compute from it
@@ -28,6 +28,27 @@ pub struct Principal {
     pub authenticated_at: Option<u64>,
     /// When its credential stops being valid, Unix seconds.
     pub expires_at: Option<u64>,
+    /// The second factors it proved, each once with its latest time.
+    pub factors: Vec<Factor>,
+}
+
+/// A second factor a principal proved, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Factor {
+    /// Which.
+    pub method: MfaMethod,
+    /// When, Unix seconds.
+    pub at: u64,
+}
+
+impl Factor {
+    /// Adds `factor` to `factors`, or moves its method's time forward.
+    pub fn record(factors: &mut Vec<Factor>, factor: Factor) {
+        match factors.iter_mut().find(|f| f.method == factor.method) {
+            Some(f) => f.at = f.at.max(factor.at),
+            None => factors.push(factor),
+        }
+    }
 }
 
 impl Principal {
@@ -44,6 +65,7 @@ impl Principal {
             methods: Vec::new(),
             authenticated_at: None,
             expires_at: None,
+            factors: Vec::new(),
         }
     }
 
@@ -51,6 +73,15 @@ impl Principal {
     /// computed for one serves the other.
     pub fn same_as(&self, other: &Principal) -> bool {
         self == other
+    }
+
+    /// The latest time it proved one of `methods`.
+    pub fn factor_at(&self, methods: &[MfaMethod]) -> Option<u64> {
+        self.factors
+            .iter()
+            .filter(|f| methods.contains(&f.method))
+            .map(|f| f.at)
+            .max()
     }
 }
 

@@ -34,6 +34,7 @@ fn principal(groups: &[&str]) -> Arc<Principal> {
         methods: vec![AuthMethod::Jwt],
         authenticated_at: Some(1),
         expires_at: None,
+        factors: Vec::new(),
     })
 }
 

@@ -45,6 +45,7 @@ fn config(jwks_doc: &str) -> JwtIssuer {
             groups: Some("groups".into()),
             groups_format: GroupsFormat::Array,
             attributes: vec!["tenant".into()],
+            trusted_mfa: Default::default(),
         },
         cache: true,
         cache_size: 1000,

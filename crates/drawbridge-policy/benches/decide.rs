@@ -83,6 +83,7 @@ fn caller(id: &str) -> std::sync::Arc<Principal> {
         methods: vec![AuthMethod::Jwt],
         authenticated_at: None,
         expires_at: None,
+        factors: Vec::new(),
     })
 }
 

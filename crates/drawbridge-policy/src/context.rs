@@ -87,11 +87,13 @@ pub(crate) struct Built {
     pub(crate) fingerprint: u64,
 }
 
-/// Builds the context `reads` asks for.
+/// Builds the context `reads` asks for; `context.authn` tells `factors` (the principal's own,
+/// or those a step-up would add).
 pub(crate) fn build(
     reads: Reads,
     route: &RoutePolicies,
     principal: &Principal,
+    factors: &[drawbridge_identity::Factor],
     req: &RequestView<'_>,
     grpc: bool,
 ) -> Result<Built, BadRequest> {
@@ -152,17 +154,32 @@ pub(crate) fn build(
     }
     if reads.has("authn") {
         8u8.hash(&mut h);
+        let now = req
+            .now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age_of = |at: u64| i64::try_from(now.saturating_sub(at)).unwrap_or(i64::MAX);
         let methods = Value::set(principal.methods.iter().map(|a| text(a.as_str())), None);
         let mut authn = vec![(SmolStr::new_static("methods"), methods)];
         if let Some(at) = principal.authenticated_at {
-            let now = req
-                .now
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let age = i64::try_from(now.saturating_sub(at)).unwrap_or(i64::MAX);
+            let age = age_of(at);
             age.hash(&mut h);
             authn.push((SmolStr::new_static("age"), Value::from(age)));
         }
+        let mut ages: Vec<(SmolStr, Value)> = Vec::with_capacity(factors.len());
+        for f in factors {
+            let age = age_of(f.at);
+            (f.method.as_str(), age).hash(&mut h);
+            ages.push((SmolStr::new_static(f.method.as_str()), Value::from(age)));
+        }
+        authn.push((
+            SmolStr::new_static("mfa"),
+            Value::set(factors.iter().map(|f| text(f.method.as_str())), None),
+        ));
+        if let Some(latest) = factors.iter().map(|f| f.at).max() {
+            authn.push((SmolStr::new_static("mfa_age"), Value::from(age_of(latest))));
+        }
+        authn.push((SmolStr::new_static("factors"), Value::record(ages, None)));
         m.insert("authn".into(), Value::record(authn, None));
     }
     if grpc && reads.has("grpc") {

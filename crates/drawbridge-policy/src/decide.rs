@@ -8,7 +8,7 @@ use cedar_policy::{Authorizer, EntityId, EntityUid};
 use cedar_policy_core::ast;
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
-use drawbridge_config::ValueType;
+use drawbridge_config::{MfaMethod, ValueType};
 use smol_str::SmolStr;
 
 use crate::context::{self, Reads};
@@ -48,6 +48,20 @@ pub struct Verdict {
     pub policies: Vec<String>,
     /// Policies that failed to evaluate, with why. Any error denies.
     pub errors: Vec<String>,
+}
+
+/// The annotation that tells, on a policy that asks for a second factor, how lately it must
+/// have been done (`@mfa_max_age("5m")`): what a step-up challenge states as `max_age`.
+pub const MFA_MAX_AGE: &str = "mfa_max_age";
+
+/// What a refused request needs to be let through: a second factor of one of `methods`,
+/// done within `max_age` when the policies say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    /// The factors that would each be enough.
+    pub methods: Vec<MfaMethod>,
+    /// The shortest `@mfa_max_age` of the policies involved.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// Why no decision could be made.
@@ -102,7 +116,7 @@ impl Policies {
         let reads = shadow.map_or(enforce.reads, |s| enforce.reads.union(s.reads));
         let grpc = req.action == Action::Grpc;
         // Built even when nothing is evaluated: the selected query and headers are checked.
-        let ctx = context::build(reads, rp, principal, req, grpc)?;
+        let ctx = context::build(reads, rp, principal, &principal.factors, req, grpc)?;
         if enforce.set.is_empty() && shadow.is_none_or(|s| s.set.is_empty()) {
             let none = Verdict {
                 allow: false,
@@ -147,6 +161,84 @@ impl Policies {
         self.decisions
             .insert(principal, key, (ctx.values, decision.clone()));
         Ok(decision)
+    }
+
+    /// Whether a second factor would let through what `route`'s policies refused
+    /// (`denied`): the request is decided again as if the principal had just proved each of
+    /// `candidates`, and the methods that would be allowed are returned, with the shortest
+    /// `@mfa_max_age` of the policies involved. `None` when no factor would change the
+    /// answer (a plain denial), when the policies do not read `context.authn`, or when the
+    /// refusal came from an evaluation error. Nothing is remembered of these decisions.
+    pub fn step_up(
+        &self,
+        route: usize,
+        principal: &Arc<Principal>,
+        req: &RequestView<'_>,
+        denied: &Verdict,
+        candidates: &[MfaMethod],
+    ) -> Option<StepUp> {
+        let rp = self.routes.get(route)?.as_ref()?;
+        let enforce = rp.enforce.get(req.action, principal.kind);
+        if denied.allow
+            || !denied.errors.is_empty()
+            || enforce.set.is_empty()
+            || !enforce.reads.has("authn")
+        {
+            return None;
+        }
+        let pe = self.principal_entity(principal).ok()?;
+        let action = &self.actions[req.action.index()];
+        let entities = CoreEntities::new()
+            .add_entities(
+                [pe.entity.clone(), rp.entity.clone(), action.entity.clone()],
+                None::<&NoEntitiesSchema>,
+                TCComputation::AssumeAlreadyComputed,
+                Extensions::none(),
+            )
+            .ok()?;
+        let entities = cedar_policy::Entities::from(entities);
+        let now = req
+            .now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grpc = req.action == Action::Grpc;
+        let mut methods = Vec::new();
+        let mut involved: Vec<String> = denied.policies.clone();
+        for &method in candidates {
+            let mut factors = principal.factors.clone();
+            drawbridge_identity::Factor::record(
+                &mut factors,
+                drawbridge_identity::Factor { method, at: now },
+            );
+            let ctx = context::build(enforce.reads, rp, principal, &factors, req, grpc).ok()?;
+            let request = cedar_policy::Request::new(
+                pe.uid.clone(),
+                action.uid.clone(),
+                rp.uid.clone(),
+                cedar_policy::Context::from(ast::Context::Value(ctx.values)),
+                None,
+            )
+            .ok()?;
+            let v = evaluate(&request, enforce, &entities);
+            if v.allow {
+                methods.push(method);
+                involved.extend(v.policies);
+            }
+        }
+        if methods.is_empty() {
+            return None;
+        }
+        let max_age = involved
+            .iter()
+            .filter_map(|id| {
+                enforce
+                    .set
+                    .policy(&cedar_policy::PolicyId::new(id))?
+                    .annotation(MFA_MAX_AGE)
+                    .and_then(|a| humantime::parse_duration(a).ok())
+            })
+            .min();
+        Some(StepUp { methods, max_age })
     }
 
     /// The principal's entity: built once per caller and kept, so a caller whose

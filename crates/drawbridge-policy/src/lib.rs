@@ -30,7 +30,7 @@ use cedar_policy_core::ast;
 use drawbridge_config::ValueType;
 
 pub use compile::compile;
-pub use decide::{BadRequest, DecideError, Decision, RequestView, Verdict};
+pub use decide::{BadRequest, DecideError, Decision, MFA_MAX_AGE, RequestView, StepUp, Verdict};
 pub use drawbridge_identity::Principal;
 
 /// The compiled policies of one snapshot: schema, policy sets sliced per route, and the

@@ -95,11 +95,24 @@ entity Route in [Upstream];
 ";
 
 const CONTEXTS: &str = "\
+type Factors = {
+  // Seconds since each second factor was proved (absent: never in this session).
+  totp?: Long,
+  webauthn?: Long,
+  recovery_code?: Long,
+  idp?: Long,
+};
 type Authn = {
-  // How the caller proved who it is: \"jwt\", \"api_key\", \"mtls\".
+  // How the caller proved who it is: \"jwt\", \"api_key\", \"mtls\", \"oidc\".
   methods: Set<String>,
   // Seconds since it authenticated, when its credential says.
   age?: Long,
+  // The second factors it proved: \"totp\", \"webauthn\", \"recovery_code\", \"idp\".
+  mfa: Set<String>,
+  // Seconds since its latest second factor, when it has one.
+  mfa_age?: Long,
+  // Each second factor's age.
+  factors: Factors,
 };
 ";
 

@@ -124,6 +124,7 @@ fn principal(
         methods: vec![AuthMethod::Jwt],
         authenticated_at: None,
         expires_at: None,
+        factors: Vec::new(),
     })
 }
 

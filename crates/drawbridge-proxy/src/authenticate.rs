@@ -47,7 +47,7 @@ pub async fn caller(
             )))
         }
         Proof::Simulated(None) => Err(AuthError::Missing),
-        Proof::Simulated(Some((name, caller))) => {
+        Proof::Simulated(Some((name, caller, factors))) => {
             match route.authenticators.iter().find(|a| &**a.name() == name) {
                 None => Err(AuthError::Invalid(Refusal::Simulated(format!(
                     "route `{}` does not accept authenticator `{name}`",
@@ -55,7 +55,12 @@ pub async fn caller(
                 )))),
                 Some(a) => a
                     .simulate(caller)
-                    .map(Arc::new)
+                    .map(|mut p| {
+                        for f in factors {
+                            drawbridge_identity::Factor::record(&mut p.factors, *f);
+                        }
+                        Arc::new(p)
+                    })
                     .map_err(|e| AuthError::Invalid(Refusal::Simulated(e))),
             }
         }

@@ -19,29 +19,11 @@ pub fn decide(
     principal: &Arc<Principal>,
     ask: &Ask<'_>,
 ) -> (Option<Action>, Arc<Decision>, Option<ProxyError>) {
-    let action = match ask.kind {
-        Kind::WebSocket => Some(Action::WebSocket),
-        Kind::Grpc => Some(Action::Grpc),
-        Kind::Http => Action::of_method(ask.method),
-    };
-    let params = route.config.path.capture(ask.path).unwrap_or_default();
-    let grpc = (ask.kind == Kind::Grpc).then(|| grpc_names(ask.path));
+    let action = action_of(ask);
     let outcome = match (&snapshot.policies, action) {
-        (Some(policies), Some(action)) => {
-            let view = RequestView {
-                action,
-                method: ask.method,
-                host: ask.host,
-                path: ask.path,
-                params: &params,
-                query: ask.query,
-                headers: ask.headers,
-                ip: ask.client,
-                now: ask.time,
-                grpc,
-            };
-            policies.decide(route.index, principal, &view)
-        }
+        (Some(policies), Some(action)) => with_view(route, ask, action, |view| {
+            policies.decide(route.index, principal, view)
+        }),
         // The config check makes every authorized route come with policies; should that ever
         // not hold, or a method have no action, the request is refused.
         (None, _) => Err(DecideError::Internal("no policies are loaded".into())),
@@ -71,8 +53,59 @@ pub fn decide(
     }
 }
 
+/// Whether a second factor among `candidates` would have let through what the policies
+/// refused (`denied`): see [`drawbridge_policy::Policies::step_up`].
+pub fn step_up(
+    snapshot: &Snapshot,
+    route: &RouteEntry,
+    principal: &Arc<Principal>,
+    ask: &Ask<'_>,
+    denied: &Verdict,
+    candidates: &[drawbridge_config::MfaMethod],
+) -> Option<drawbridge_policy::StepUp> {
+    let (policies, action) = (snapshot.policies.as_ref()?, action_of(ask)?);
+    if candidates.is_empty() {
+        return None;
+    }
+    with_view(route, ask, action, |view| {
+        policies.step_up(route.index, principal, view, denied, candidates)
+    })
+}
+
+/// The policy action `ask` asks for; `None` when its method has none.
+pub fn action_of(ask: &Ask<'_>) -> Option<Action> {
+    match ask.kind {
+        Kind::WebSocket => Some(Action::WebSocket),
+        Kind::Grpc => Some(Action::Grpc),
+        Kind::Http => Action::of_method(ask.method),
+    }
+}
+
+/// Runs `f` on the policies' view of `ask` on `route`.
+fn with_view<T>(
+    route: &RouteEntry,
+    ask: &Ask<'_>,
+    action: Action,
+    f: impl FnOnce(&RequestView<'_>) -> T,
+) -> T {
+    let params = route.config.path.capture(ask.path).unwrap_or_default();
+    let grpc = (ask.kind == Kind::Grpc).then(|| grpc_names(ask.path));
+    f(&RequestView {
+        action,
+        method: ask.method,
+        host: ask.host,
+        path: ask.path,
+        params: &params,
+        query: ask.query,
+        headers: ask.headers,
+        ip: ask.client,
+        now: ask.time,
+        grpc,
+    })
+}
+
 /// A decision that never reached the policies.
-fn denied(why: String) -> Arc<Decision> {
+pub fn denied(why: String) -> Arc<Decision> {
     Arc::new(Decision {
         enforced: Verdict {
             allow: false,

@@ -14,6 +14,7 @@ pub mod parse;
 pub mod record;
 pub mod sanitize;
 pub mod session;
+pub mod verify;
 
 // What they run over.
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod context;
 pub mod deadline;
 pub mod inherit;
 pub mod io;
+pub mod mfa;
 pub mod pipeline;
 pub mod reload;
 pub mod rescue;

@@ -10,6 +10,7 @@
 //! parse::for_route    the route's body limit, the upgrade's shape
 //! admission::admit    authenticate (a session, or credentials), authorize
 //! signin::to_sign_in  a browser without a session is sent to sign in
+//! mfa::for_browser    a browser that must prove a second factor is shown how
 //! record::decision    the audit event of whatever the policies decided
 //! mutate::request     credentials out, identity and forwarding in, the upstream target
 //! forward::forward    the upstream exchange (form bodies screened on the way)
@@ -136,12 +137,21 @@ async fn run(
     }
     let (admitted, max_body) = match entry {
         Ok(Entry::Own) => {
-            return crate::signin::own(snapshot, listener, ctx, &req, body)
+            return crate::signin::own(snapshot, listener, ctx, &req, body, &shared.decisions())
                 .await
                 .map(Outcome::Local);
         }
         Ok(Entry::Route { admitted, max_body }) => (admitted, max_body),
-        Err(refused) => return Err(refused.error),
+        Err(refused) => {
+            // A person's browser is shown how to prove the factor, not a bare challenge.
+            if let ProxyError::StepUp(challenge) = &refused.error
+                && let Some(answer) =
+                    crate::mfa::for_browser(snapshot, listener, ctx, &req, challenge).await
+            {
+                return answer.map(Outcome::Local);
+            }
+            return Err(refused.error);
+        }
     };
     let route = &admitted.route;
 

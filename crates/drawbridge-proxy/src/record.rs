@@ -100,8 +100,54 @@ pub fn decision(
         errors: s.errors.clone(),
         disagrees: s.allow != d.enforced.allow,
     });
+    event.mfa = decided.mfa.as_ref().map(crate::verify::MfaCheck::audit);
     to.audit.record(event);
 }
+
+/// Writes an attempt at a second factor (`action` `mfa.verify`, `mfa.enrol` or
+/// `mfa.remove`) to the audit trail: who, which factor, and whether it was accepted or why
+/// not (`wrong_code`, `replayed_code`, `locked`...). Never the code.
+pub fn mfa_attempt(
+    to: &Decisions<'_>,
+    snapshot: &Snapshot,
+    principal: &Principal,
+    about: &About<'_>,
+    action: &'static str,
+    method: Option<drawbridge_config::MfaMethod>,
+    outcome: Result<(), &'static str>,
+) {
+    if !to.audit.enabled() {
+        return;
+    }
+    to.audit.record(AuditEvent {
+        time: about.time,
+        log: "audit",
+        request_id: about.request_id.to_string(),
+        version: snapshot.version_label.clone(),
+        principal: audit_principal(principal),
+        action,
+        resource: MFA_RESOURCE.clone(),
+        upstream: MFA_RESOURCE.clone(),
+        path: about.path.to_string(),
+        client: about.client.clone(),
+        decision: word(outcome.is_ok()),
+        reason: outcome.err().map(String::from),
+        policies: Vec::new(),
+        errors: Vec::new(),
+        shadow: None,
+        mfa: method.map(|m| drawbridge_telemetry::AuditMfa {
+            required: vec![m.as_str()],
+            max_age: None,
+            presented: Some(m.as_str()),
+            age: Some(0),
+            satisfied: outcome.is_ok(),
+        }),
+    });
+}
+
+/// What MFA attempts are recorded against: Drawbridge's own pages.
+static MFA_RESOURCE: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| Arc::from("/.drawbridge/mfa"));
 
 /// An audit event about `principal` on `route`, its decision still to be said.
 pub fn audit_event(
@@ -126,6 +172,7 @@ pub fn audit_event(
         policies: Vec::new(),
         errors: Vec::new(),
         shadow: None,
+        mfa: None,
     }
 }
 

@@ -83,6 +83,12 @@ pub enum ProxyError {
     /// another origin.
     #[error("cross-site request refused")]
     Csrf,
+    /// The caller must prove a second factor (or prove it again) first.
+    #[error("second factor required: {}", .0.describe())]
+    StepUp(Box<crate::verify::Challenge>),
+    /// A browser that must prove a second factor: sent to do so (this location) and back.
+    #[error("second factor required: sent to prove it")]
+    ToMfa(String),
 }
 
 /// Why the policies did not allow a request.
@@ -156,7 +162,8 @@ impl ProxyError {
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::SignIn(_) => StatusCode::FOUND,
+            Self::SignIn(_) | Self::ToMfa(_) => StatusCode::FOUND,
+            Self::StepUp(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Csrf => StatusCode::FORBIDDEN,
         }
@@ -176,7 +183,7 @@ impl ProxyError {
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity | Self::UpstreamFailed(_) => 14, // UNAVAILABLE
             Self::UpstreamTimeout(_) | Self::BodyTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,                              // INTERNAL
-            Self::SignIn(_) => 16,                                // UNAUTHENTICATED
+            Self::SignIn(_) | Self::ToMfa(_) | Self::StepUp(_) => 16, // UNAUTHENTICATED
             Self::SessionUnavailable => 14,                       // UNAVAILABLE
             Self::Csrf => 7,                                      // PERMISSION_DENIED
         }
@@ -195,6 +202,7 @@ impl ProxyError {
                 Phase::Authenticate
             }
             Self::Csrf => Phase::Sanitize,
+            Self::StepUp(_) | Self::ToMfa(_) => Phase::Verify,
             Self::Forbidden(_) | Self::PolicyInput(_) => Phase::Authorize,
             Self::NoHealthyEndpoint
             | Self::UpstreamAtCapacity
@@ -251,6 +259,7 @@ impl ProxyError {
             Self::Forbidden(_) => "forbidden",
             Self::PolicyInput(_) => "bad request",
             Self::SignIn(_) => "sign in required",
+            Self::StepUp(_) | Self::ToMfa(_) => "a second factor is required",
             Self::SessionUnavailable => "service unavailable",
             Self::Csrf => "forbidden",
         };
@@ -271,6 +280,11 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
         h.insert("grpc-status", HeaderValue::from(err.grpc_status()));
         if let Ok(v) = HeaderValue::from_str(&err.public_message()) {
             h.insert("grpc-message", v);
+        }
+        if let ProxyError::StepUp(c) = err
+            && let Ok(v) = HeaderValue::from_str(&c.www_authenticate())
+        {
+            h.insert(header::WWW_AUTHENTICATE, v);
         }
         res
     } else {
@@ -293,10 +307,15 @@ pub fn respond(err: &ProxyError, grpc: bool, request_id: &str) -> Response<Respo
         {
             h.insert(header::ALLOW, v);
         }
-        if let ProxyError::SignIn(location) = err
+        if let ProxyError::SignIn(location) | ProxyError::ToMfa(location) = err
             && let Ok(v) = HeaderValue::from_str(location)
         {
             h.insert(header::LOCATION, v);
+        }
+        if let ProxyError::StepUp(c) = err
+            && let Ok(v) = HeaderValue::from_str(&c.www_authenticate())
+        {
+            h.insert(header::WWW_AUTHENTICATE, v);
         }
         if let ProxyError::Unauthenticated(e, schemes) = err {
             for c in challenges(e, *schemes) {

@@ -29,7 +29,12 @@ pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), St
         }
     }
     .map_err(|e| e.to_string())?;
-    next.sessions = Some(Arc::new(sessions));
+    let sessions = Arc::new(sessions);
+    next.mfa = next
+        .mfa_config
+        .clone()
+        .map(|m| Arc::new(drawbridge_mfa::Mfa::new(m, sessions.clone())));
+    next.sessions = Some(sessions);
     Ok(())
 }
 
@@ -63,6 +68,11 @@ pub async fn session(
 /// The redirect that sends a browser to sign in and back to `target` (the request's path
 /// and query).
 pub fn to_sign_in(target: &str) -> ProxyError {
+    ProxyError::SignIn(sign_in_location(target))
+}
+
+/// The sign-in page's address, to come back to `target`.
+pub fn sign_in_location(target: &str) -> String {
     let rd: String = url::form_urlencoded::byte_serialize(target.as_bytes()).collect();
-    ProxyError::SignIn(format!("/.drawbridge/sign_in?rd={rd}"))
+    format!("/.drawbridge/sign_in?rd={rd}")
 }

@@ -41,6 +41,7 @@ pub async fn own(
     ctx: &Ctx,
     req: &Parts,
     body: Incoming,
+    decisions: &crate::record::Decisions<'_>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let path = ctx.path.decoded.as_str();
     match path {
@@ -126,6 +127,9 @@ pub async fn own(
         ("/.drawbridge/signed_out" | "/.drawbridge/whoami", _) => {
             Err(ProxyError::MethodNotAllowed("GET".into()))
         }
+        _ if drawbridge_config::prefix_matches(drawbridge_mfa::pages::MANAGE_PATH, path) => {
+            crate::mfa::own(&page, ctx, req, body, decisions).await
+        }
         _ => Err(ProxyError::NoRoute),
     }
 }
@@ -140,7 +144,11 @@ fn oidc(snapshot: &Snapshot) -> impl Iterator<Item = &OidcAuthenticator> {
 
 /// The origin the request came to: its host, and the port of its authority (HTTP/2's
 /// `:authority`, an absolute target's) or of its `Host` header; 443 without.
-fn origin(ctx: &Ctx, req: &Parts, listener: &ListenerEntry) -> Result<Origin, ProxyError> {
+pub(crate) fn origin(
+    ctx: &Ctx,
+    req: &Parts,
+    listener: &ListenerEntry,
+) -> Result<Origin, ProxyError> {
     let from_host = || {
         ctx.original_host
             .as_ref()
@@ -157,7 +165,7 @@ fn origin(ctx: &Ctx, req: &Parts, listener: &ListenerEntry) -> Result<Origin, Pr
     Origin::new(&ctx.host, port).map_err(|_| ProxyError::BadRequest("not a host name"))
 }
 
-fn only(method: &Method, allowed: &[Method]) -> Result<(), ProxyError> {
+pub(crate) fn only(method: &Method, allowed: &[Method]) -> Result<(), ProxyError> {
     if allowed.contains(method) {
         Ok(())
     } else {
@@ -171,7 +179,7 @@ fn only(method: &Method, allowed: &[Method]) -> Result<(), ProxyError> {
     }
 }
 
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     let mut found = None;
     for (k, v) in url::form_urlencoded::parse(query?.as_bytes()) {
         if k == name {
@@ -185,7 +193,7 @@ fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     found
 }
 
-fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
+pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
     let mut values = form.iter().filter(|(k, _)| k == name);
     match (values.next(), values.next()) {
         (Some((_, v)), None) => v,
@@ -193,19 +201,19 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
     }
 }
 
-/// One request to a sign-in page.
-struct Page<'a> {
-    snapshot: &'a Snapshot,
-    listener: &'a ListenerEntry,
-    sessions: &'a Sessions,
-    from: &'a Origin,
-    headers: &'a HeaderMap,
-    request_id: &'a str,
+/// One request to a page of Drawbridge's own.
+pub(crate) struct Page<'a> {
+    pub(crate) snapshot: &'a Snapshot,
+    pub(crate) listener: &'a ListenerEntry,
+    pub(crate) sessions: &'a Sessions,
+    pub(crate) from: &'a Origin,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) request_id: &'a str,
 }
 
 impl Page<'_> {
     /// A page, with the headers every page has.
-    fn html(&self, status: StatusCode, body: String) -> Response<ResponseBody> {
+    pub(crate) fn html(&self, status: StatusCode, body: String) -> Response<ResponseBody> {
         let mut res = Response::new(ResponseBody::full(body));
         *res.status_mut() = status;
         let csp = pages::content_security_policy(&self.form_targets());
@@ -235,7 +243,7 @@ impl Page<'_> {
         out
     }
 
-    fn redirect(&self, location: &str) -> Result<Response<ResponseBody>, ProxyError> {
+    pub(crate) fn redirect(&self, location: &str) -> Result<Response<ResponseBody>, ProxyError> {
         let mut res = Response::new(ResponseBody::empty());
         *res.status_mut() = StatusCode::FOUND;
         let v = HeaderValue::from_str(location)
@@ -246,7 +254,7 @@ impl Page<'_> {
     }
 
     /// A POST from a page of another origin is refused (with CSRF tokens besides).
-    async fn form(&self, body: Incoming) -> Result<Vec<(String, String)>, ProxyError> {
+    pub(crate) async fn form(&self, body: Incoming) -> Result<Vec<(String, String)>, ProxyError> {
         if let Some(o) = self.headers.get(header::ORIGIN)
             && o.as_bytes() != self.from.root().trim_end_matches('/').as_bytes()
         {

@@ -46,6 +46,10 @@ pub struct Snapshot {
     /// People's sessions: attached by `serve` once the snapshot is in force
     /// ([`crate::session::attach`]), never by `check` or `test`, which open no store.
     pub sessions: Option<Arc<drawbridge_session::Sessions>>,
+    /// `[mfa]`, when people sign in.
+    pub mfa_config: Option<drawbridge_config::Mfa>,
+    /// Second factors, kept with the sessions: attached with them.
+    pub mfa: Option<Arc<drawbridge_mfa::Mfa>>,
     /// The hosts this configuration serves over https: where a browser may return after
     /// signing in.
     pub served: drawbridge_session::Served,
@@ -276,6 +280,8 @@ impl Snapshot {
             header_rules,
             sessions_config: config.sessions,
             sessions: None,
+            mfa_config: config.mfa,
+            mfa: None,
             served,
         })
     }

@@ -63,4 +63,24 @@ pub trait Backend: Send + Sync {
         key: &str,
         value: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    /// Adds `by` to the counter at `key` and returns its new value, in one step. A counter
+    /// that is not there starts at zero and ends at `expires_at` (a fixed window); adding
+    /// to it never moves its end.
+    fn add(
+        &self,
+        key: &str,
+        by: i64,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Raises the number at `key` to `value` if it is below (or absent), in one step;
+    /// whether it did. Of several callers raising it to the same value, one succeeds: what
+    /// makes a one-time code single-use across instances.
+    fn advance(
+        &self,
+        key: &str,
+        value: u64,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -29,6 +29,21 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     accepts_html(headers)
 }
 
+/// Whether a request is a browser submitting a form (a top-level navigation that is not a
+/// GET): what a page, rather than a bare status, should answer.
+pub fn is_form_submission(method: &Method, headers: &HeaderMap) -> bool {
+    if method == Method::GET
+        || method == Method::HEAD
+        || headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key("x-requested-with")
+    {
+        return false;
+    }
+    only_value(headers, "sec-fetch-mode").is_none_or(|m| m.eq_ignore_ascii_case("navigate"))
+        && only_value(headers, "sec-fetch-dest").is_none_or(|d| d.eq_ignore_ascii_case("document"))
+        && accepts_html(headers)
+}
+
 /// The one value of `name`; a header sent twice counts as a value no rule accepts.
 fn only_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let mut all = headers.get_all(name).iter();

@@ -21,12 +21,13 @@ mod secret;
 mod sessions;
 mod store;
 
-pub use browser::is_navigation;
+pub use browser::{is_form_submission, is_navigation};
 pub use redis_store::Redis;
 pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
 pub use sessions::{
-    Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState, Record,
-    RevokeError, SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid, revoke,
+    Added, Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState,
+    Record, RevokeError, SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid,
+    revoke,
 };
 pub use store::{Backend, Embedded, NEVER, Store, StoreError};

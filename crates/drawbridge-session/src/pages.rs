@@ -22,6 +22,12 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem}
 dt{font-weight:600}
 dd{margin:0;overflow-wrap:anywhere}
 .muted{color:#555}
+label{display:block;font-weight:600;margin:.75rem 0 .25rem}
+input[type=text]{font:inherit;font-size:1.3rem;letter-spacing:.15em;width:100%;box-sizing:border-box;padding:.6rem;border:2px solid #888;border-radius:.4rem}
+.qr{display:block;margin:1rem auto;width:14rem;height:14rem;background:#fff;padding:.5rem}
+.secret{font-family:ui-monospace,monospace;overflow-wrap:anywhere;font-size:1.1rem}
+.codes{font-family:ui-monospace,monospace;columns:2;font-size:1.05rem}
+.error{color:#b3261e;font-weight:600}
 @media (prefers-color-scheme:dark){body{background:#111;color:#eee}main{background:#1c1c1e}.muted{color:#bbb}a{color:#8ab4f8}button{background:#8ab4f8;border-color:#8ab4f8;color:#000}button.secondary{background:transparent;color:#8ab4f8}}
 ";
 
@@ -39,7 +45,8 @@ pub fn content_security_policy(form_targets: &[String]) -> String {
     )
 }
 
-fn page(title: &str, body: Markup) -> String {
+/// A whole page: `body` under `title`, with the stylesheet.
+pub fn page(title: &str, body: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {

@@ -123,4 +123,35 @@ impl Backend for Redis {
         let held: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&k)).await?;
         held.ok_or(StoreError::Timeout)
     }
+
+    async fn add(&self, key: &str, by: i64, expires_at: u64) -> Result<i64, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ADD)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(by)
+            .arg(expires_at.max(1));
+        self.query(&cmd).await
+    }
+
+    async fn advance(&self, key: &str, value: u64, expires_at: u64) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ADVANCE)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(value)
+            .arg(expires_at.max(1));
+        let raised: i64 = self.query(&cmd).await?;
+        Ok(raised == 1)
+    }
 }
+
+/// `add`: INCRBY, and the window's end set when the counter is new (scripts run whole).
+const ADD: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end \
+return n";
+
+/// `advance`: set only when above what is held.
+const ADVANCE: &str = "local held = tonumber(redis.call('GET', KEYS[1]) or '-1') \
+if tonumber(ARGV[1]) > held then redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2]) return 1 end \
+return 0";

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use drawbridge_identity::{
-    AuthMethod, Authenticator, OidcAuthenticator, OidcError, Principal, Refusal,
+    AuthMethod, Authenticator, Factor, OidcAuthenticator, OidcError, Principal, Refusal,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -137,6 +137,10 @@ pub struct Record {
     /// session, which this one never outlives.
     #[serde(default)]
     pub parent: Option<String>,
+    /// The second factors proved in this session (or at the provider, when trusted), each
+    /// with its latest time.
+    #[serde(default)]
+    pub factors: Vec<Factor>,
 }
 
 /// A sign-in handed from the central sign-in host to another host.
@@ -169,6 +173,14 @@ struct Cached {
     /// The cookie it was read for: a hit must name it exactly.
     cookie: Zeroizing<String>,
     read_at: Instant,
+}
+
+/// A factor recorded in a session.
+pub struct Added {
+    /// The session's new cookie value, when it moved to a new id.
+    pub cookie: Option<Zeroizing<String>>,
+    /// Who the session says the person is now.
+    pub principal: Arc<Principal>,
 }
 
 /// A started sign-in: where to send the browser, and the login cookie to set when it had
@@ -250,7 +262,8 @@ impl Sessions {
         Sessions::new(self.store.clone(), config, served)
     }
 
-    async fn key(&self) -> Result<&SealKey, SsoError> {
+    /// The key secrets are sealed with: the configured one, or the one the store keeps.
+    pub async fn seal_key(&self) -> Result<&SealKey, SsoError> {
         self.seal
             .get_or_try_init(|| async {
                 let (_, fresh) = SealKey::generate()?;
@@ -402,6 +415,7 @@ impl Sessions {
             refresh_at: None,
             sealed: None,
             parent: None,
+            factors: p.factors.clone(),
         };
         if let Some(rt) = &tokens.refresh_token {
             let expiry = tokens
@@ -734,6 +748,56 @@ impl Sessions {
         Ok(())
     }
 
+    /// Records a second factor proved in the session `cookie` names. The session then
+    /// carries on under a new id (its privileges grew: a cookie taken before the factor is
+    /// worth nothing after it), returned for the browser, unless it is a central sign-in's
+    /// session that hosts' sessions hang from. `Ok(None)` also when there is no such
+    /// session.
+    pub async fn add_factor(
+        &self,
+        cookie: &str,
+        factor: Factor,
+    ) -> Result<Option<Added>, SsoError> {
+        let Some(id) = SessionId::from_cookie(cookie) else {
+            return Ok(None);
+        };
+        self.cache.remove(&self.hasher.hash_one(cookie.as_bytes()));
+        let key = session_key(id.lookup());
+        let Some(bytes) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let mut record: Record =
+            serde_json::from_slice(&bytes).map_err(|e| SsoError::Corrupt(e.to_string()))?;
+        Factor::record(&mut record.factors, factor);
+        let parents = self.config.sign_in.is_some() && record.parent.is_none();
+        if parents {
+            self.save(id.lookup(), &record).await?;
+            return Ok(Some(Added {
+                cookie: None,
+                principal: Arc::new(principal_of(&record)),
+            }));
+        }
+        let new = SessionId::generate()?;
+        if record.sealed.is_some() {
+            // The provider's tokens are sealed for the session's id: sealed again for the new.
+            let kept = self.open_tokens(id.lookup(), &record).await?;
+            record.sealed = Some(
+                self.seal_tokens(
+                    new.lookup(),
+                    kept.refresh_token.as_deref(),
+                    kept.id_token.as_deref(),
+                )
+                .await?,
+            );
+        }
+        self.save(new.lookup(), &record).await?;
+        self.store.delete(&key).await?;
+        Ok(Some(Added {
+            cookie: Some(Zeroizing::new(new.cookie().to_string())),
+            principal: Arc::new(principal_of(&record)),
+        }))
+    }
+
     async fn save(&self, lookup: &[u8; 32], record: &Record) -> Result<(), SsoError> {
         let value = serde_json::to_vec(record).map_err(|e| SsoError::Corrupt(e.to_string()))?;
         self.store
@@ -755,7 +819,7 @@ impl Sessions {
             })
             .map_err(|e| SsoError::Corrupt(e.to_string()))?,
         );
-        let sealed = self.key().await?.seal(lookup, "tokens", &kept)?;
+        let sealed = self.seal_key().await?.seal(lookup, "tokens", &kept)?;
         Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
     }
 
@@ -769,7 +833,7 @@ impl Sessions {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        let plain = self.key().await?.open(lookup, "tokens", &bytes)?;
+        let plain = self.seal_key().await?.open(lookup, "tokens", &bytes)?;
         serde_json::from_slice(&plain).map_err(|e| SsoError::Corrupt(e.to_string()))
     }
 }
@@ -842,6 +906,7 @@ fn principal_of(r: &Record) -> Principal {
         methods: vec![AuthMethod::Oidc],
         authenticated_at: Some(r.authenticated_at),
         expires_at: Some(r.expires_at),
+        factors: r.factors.clone(),
     }
 }
 
@@ -974,6 +1039,7 @@ mod tests {
             refresh_at: None,
             sealed: None,
             parent: None,
+            factors: Vec::new(),
         };
         s.save(id.lookup(), &record).await.expect("save");
         id

@@ -75,6 +75,25 @@ impl Store {
             Store::Redis(r) => r.put_if_absent(key, value).await,
         }
     }
+    /// See [`Backend::add`].
+    pub async fn add(&self, key: &str, by: i64, expires_at: u64) -> Result<i64, StoreError> {
+        match self {
+            Store::Embedded(e) => e.add(key, by, expires_at).await,
+            Store::Redis(r) => r.add(key, by, expires_at).await,
+        }
+    }
+    /// See [`Backend::advance`].
+    pub async fn advance(
+        &self,
+        key: &str,
+        value: u64,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(e) => e.advance(key, value, expires_at).await,
+            Store::Redis(r) => r.advance(key, value, expires_at).await,
+        }
+    }
 }
 
 /// Entries: key -> 8 bytes of expiry (big-endian Unix seconds), then the value.
@@ -219,6 +238,63 @@ impl Backend for Embedded {
         })
         .await
     }
+
+    async fn add(&self, key: &str, by: i64, expires_at: u64) -> Result<i64, StoreError> {
+        let (db, key) = (self.db.clone(), key.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let n = {
+                let mut t = txn.open_table(ENTRIES)?;
+                let held = t.get(key.as_str())?.and_then(|v| {
+                    let at = v
+                        .value()
+                        .first_chunk::<8>()
+                        .map(|a| u64::from_be_bytes(*a))?;
+                    let n = live(v.value(), now)?
+                        .first_chunk::<8>()
+                        .map(|n| i64::from_be_bytes(*n))?;
+                    Some((n, at))
+                });
+                let (n, at) = match held {
+                    Some((n, at)) => (n.saturating_add(by), at),
+                    None => (by, expires_at),
+                };
+                t.insert(key.as_str(), entry(&n.to_be_bytes(), at).as_slice())?;
+                n
+            };
+            txn.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn advance(&self, key: &str, value: u64, expires_at: u64) -> Result<bool, StoreError> {
+        let (db, key) = (self.db.clone(), key.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let raised = {
+                let mut t = txn.open_table(ENTRIES)?;
+                let held = t.get(key.as_str())?.and_then(|v| {
+                    live(v.value(), now)?
+                        .first_chunk::<8>()
+                        .map(|n| u64::from_be_bytes(*n))
+                });
+                let raise = held.is_none_or(|h| h < value);
+                if raise {
+                    t.insert(
+                        key.as_str(),
+                        entry(&value.to_be_bytes(), expires_at).as_slice(),
+                    )?;
+                }
+                raise
+            };
+            txn.commit()?;
+            Ok(raised)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +334,22 @@ pub(crate) mod suite {
         let got = futures_util::future::join_all((0..8).map(|_| s.take("once"))).await;
         let got: Vec<_> = got.into_iter().map(|r| r.expect("take")).collect();
         assert_eq!(got.iter().filter(|v| v.is_some()).count(), 1);
+        // Counters add in one step, whoever adds, and keep the end of their window.
+        let added = futures_util::future::join_all((0..10).map(|_| s.add("count", 1, far))).await;
+        let mut seen: Vec<i64> = added.into_iter().map(|r| r.expect("add")).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert_eq!(s.add("count", -1, far + 999).await.expect("add"), 9);
+        // A window that ended starts again.
+        s.add("ended", 5, past).await.expect("add");
+        assert_eq!(s.add("ended", 1, far).await.expect("add"), 1);
+        // A number is raised once to a value, never lowered, whoever raises it.
+        let raised =
+            futures_util::future::join_all((0..10).map(|_| s.advance("step", 7, far))).await;
+        let raised: Vec<bool> = raised.into_iter().map(|r| r.expect("advance")).collect();
+        assert_eq!(raised.iter().filter(|r| **r).count(), 1);
+        assert!(!s.advance("step", 6, far).await.expect("advance"));
+        assert!(s.advance("step", 8, far).await.expect("advance"));
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Phase {
     Route,
     /// Credentials were missing or did not pass.
     Authenticate,
+    /// A second factor was missing, or too old, for what was asked.
+    Verify,
     /// The policies did not allow the request, or could not read it.
     Authorize,
     /// Preparing the request for the upstream (signing its identity) failed.
@@ -126,6 +128,29 @@ pub struct AuditEvent {
     /// The shadow policies' verdict, when a shadow set is loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<AuditShadow>,
+    /// The second factor the request needed (by the route's `mfa` or by the policies), and
+    /// the one the caller presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<AuditMfa>,
+}
+
+/// A second factor in an audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditMfa {
+    /// The factors that would each have done (`totp`, `webauthn`, `recovery_code`, `idp`);
+    /// for an attempt at a factor, the one attempted.
+    pub required: Vec<&'static str>,
+    /// How lately it had to be done, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u64>,
+    /// The caller's latest factor among those, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presented: Option<&'static str>,
+    /// That factor's age, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age: Option<u64>,
+    /// Whether it was enough.
+    pub satisfied: bool,
 }
 
 /// The caller in an audit event.
@@ -469,6 +494,7 @@ mod tests {
             policies: Vec::new(),
             errors: Vec::new(),
             shadow: None,
+            mfa: None,
         }
     }
 

@@ -68,6 +68,9 @@ struct Caller {
     claims: Option<serde_json::Map<String, serde_json::Value>>,
     key: Option<String>,
     id: Option<String>,
+    /// Second factors the caller proved, each with its age (`totp = "2m"`).
+    #[serde(default)]
+    mfa: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,9 @@ enum Expect {
     Unauthenticated,
     NotFound,
     MethodNotAllowed,
+    /// 401 asking for a second factor (the route's `mfa`, or a policy that one would
+    /// satisfy).
+    StepUp,
 }
 
 /// Runs every test file the configuration names; exit 1 on any failure.
@@ -171,6 +177,10 @@ async fn check(snapshot: &Snapshot, c: &Case) -> Result<(), String> {
         None => SystemTime::now(),
         Some(t) => humantime::parse_rfc3339(t).map_err(|e| format!("`time`: {e}"))?,
     };
+    let factors = match &c.principal {
+        None => Vec::new(),
+        Some(p) => factors(&p.mfa, time)?,
+    };
     let caller = match &c.principal {
         None => None,
         Some(p) => {
@@ -185,7 +195,7 @@ async fn check(snapshot: &Snapshot, c: &Case) -> Result<(), String> {
                     );
                 }
             };
-            Some((p.authenticator.as_str(), sim))
+            Some((p.authenticator.as_str(), sim, factors.as_slice()))
         }
     };
     let outcome = decide(snapshot, c, headers, time, caller).await?;
@@ -197,6 +207,7 @@ async fn check(snapshot: &Snapshot, c: &Case) -> Result<(), String> {
         Outcome::Unauthenticated(_) => (Expect::Unauthenticated, None),
         Outcome::NotFound(_) => (Expect::NotFound, None),
         Outcome::MethodNotAllowed => (Expect::MethodNotAllowed, None),
+        Outcome::StepUp(_, v) => (Expect::StepUp, v.as_ref()),
     };
     if got != c.expect {
         return Err(format!(
@@ -248,7 +259,33 @@ fn word(e: Expect) -> &'static str {
         Expect::Unauthenticated => "unauthenticated",
         Expect::NotFound => "not_found",
         Expect::MethodNotAllowed => "method_not_allowed",
+        Expect::StepUp => "step_up",
     }
+}
+
+/// A case's `mfa = { totp = "2m" }`: factors proved that long before the case's time.
+fn factors(
+    ages: &BTreeMap<String, String>,
+    time: SystemTime,
+) -> Result<Vec<drawbridge_identity::Factor>, String> {
+    let now = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ages.iter()
+        .map(|(name, age)| {
+            let method = drawbridge_config::MfaMethod::parse(name).ok_or_else(|| {
+                format!(
+                    "`mfa.{name}`: not a second factor (`totp`, `webauthn`, `recovery_code`, `idp`)"
+                )
+            })?;
+            let age = humantime::parse_duration(age)
+                .map_err(|e| format!("`mfa.{name}`: `{age}` is not a duration: {e}"))?;
+            Ok(drawbridge_identity::Factor {
+                method,
+                at: now.saturating_sub(age.as_secs()),
+            })
+        })
+        .collect()
 }
 
 fn describe(o: &Outcome) -> String {
@@ -276,6 +313,7 @@ fn describe(o: &Outcome) -> String {
         Outcome::Unauthenticated(why) => format!("unauthenticated ({why})"),
         Outcome::NotFound(why) => format!("not_found ({why})"),
         Outcome::MethodNotAllowed => "method_not_allowed".into(),
+        Outcome::StepUp(why, _) => format!("step_up ({why})"),
     }
 }
 
@@ -296,6 +334,9 @@ enum Outcome {
     NotFound(String),
     /// 405.
     MethodNotAllowed,
+    /// 401 asking for a second factor: what would do, and the policies' verdict when they
+    /// were asked.
+    StepUp(String, Option<Verdicts>),
 }
 
 /// The enforced and shadow verdicts, and the route that decided.
@@ -315,7 +356,7 @@ async fn decide(
     c: &Case,
     headers: http::HeaderMap,
     time: SystemTime,
-    caller: Option<(&str, Simulated<'_>)>,
+    caller: Option<(&str, Simulated<'_>, &[drawbridge_identity::Factor])>,
 ) -> Result<Outcome, String> {
     let index = match &c.listener {
         None => 0,
@@ -428,6 +469,10 @@ async fn decide(
             error,
         }) => match error {
             ProxyError::PolicyInput(e) => Outcome::BadRequest(e.to_string()),
+            ProxyError::StepUp(c) => {
+                let asked = route.config.admission.authorizes();
+                Outcome::StepUp(c.describe(), asked.then(|| verdicts(&route, &d)))
+            }
             _ => Outcome::Denied(verdicts(&route, &d)),
         },
         Err(Refused { error, .. }) => match error.status().as_u16() {

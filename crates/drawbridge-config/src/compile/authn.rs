@@ -143,7 +143,8 @@ impl Cx<'_> {
                 None
             }
         };
-        let claims = self.claim_mapping(at, a.claims.as_ref());
+        let mut claims = self.claim_mapping(at, a.claims.as_ref());
+        claims.trusted_mfa = self.trusted_mfa(at, a.trusted_mfa.as_ref());
         let fetch = self.key_fetch(at, a);
         let cache_size = self.int(
             &format!("{at}.cache_size"),
@@ -224,6 +225,7 @@ impl Cx<'_> {
             attributes: raw_claims
                 .map(|c| c.attributes.iter().map(|s| s.get_ref().clone()).collect())
                 .unwrap_or_default(),
+            trusted_mfa: TrustedMfa::default(),
         }
     }
 
@@ -235,7 +237,7 @@ impl Cx<'_> {
 
     /// Reports fields set that belong to another authenticator type.
     fn only_for(&mut self, at: &str, a: &RawAuthenticator, kind: &str) {
-        let fields: [(&str, &str, Option<usize>); 32] = [
+        let fields: [(&str, &str, Option<usize>); 33] = [
             ("mtls", "trust_domain", start(&a.trust_domain)),
             ("mtls", "ca_file", start(&a.ca_file)),
             ("jwt oidc", "issuer", start(&a.issuer)),
@@ -272,6 +274,7 @@ impl Cx<'_> {
             ("oidc", "display_name", start(&a.display_name)),
             ("oidc", "issuer_ca_file", start(&a.issuer_ca_file)),
             ("oidc", "required_claims", start(&a.required_claims)),
+            ("jwt oidc", "trusted_mfa", start(&a.trusted_mfa)),
         ];
         for (owner, field, at_offset) in fields {
             if let Some(offset) = at_offset

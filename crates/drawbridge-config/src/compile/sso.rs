@@ -156,7 +156,8 @@ impl Cx<'_> {
             }
         }
         let algorithms = self.algorithms(at, a.algorithms.as_ref());
-        let claims = self.claim_mapping(at, a.claims.as_ref());
+        let mut claims = self.claim_mapping(at, a.claims.as_ref());
+        claims.trusted_mfa = self.trusted_mfa(at, a.trusted_mfa.as_ref());
         let leeway = self.duration_or_zero(
             &format!("{at}.leeway"),
             a.leeway.as_ref(),

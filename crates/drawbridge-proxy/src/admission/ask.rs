@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use drawbridge_identity::{ClientCert, Simulated};
+use drawbridge_identity::{ClientCert, Factor, Simulated};
 use http::HeaderMap;
 
 /// What kind of exchange a request asks for: its action, when the policies read it.
@@ -49,7 +49,8 @@ pub enum Proof<'a> {
         /// The verified client certificate.
         client_cert: Option<&'a ClientCert>,
     },
-    /// A caller a test case describes (`drawbridge test`): an authenticator's name and what
-    /// it would verify, signatures and expiry aside; `None` when the case names no caller.
-    Simulated(Option<(&'a str, Simulated<'a>)>),
+    /// A caller a test case describes (`drawbridge test`): an authenticator's name, what
+    /// it would verify (signatures and expiry aside) and the second factors the caller
+    /// proved; `None` when the case names no caller.
+    Simulated(Option<(&'a str, Simulated<'a>, &'a [Factor])>),
 }

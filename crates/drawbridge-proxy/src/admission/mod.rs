@@ -3,8 +3,7 @@
 //! pipeline, `drawbridge test` and the tunnels' re-checks call this one core; a protocol
 //! adds only what it screens once the route is known (the HTTP query, for instance).
 //!
-//! Verify (MFA, step-up) and limit (rate limits) are not built yet; they slot in after
-//! authenticate and after authorize.
+//! Limit (rate limits) is not built yet; it slots in after authorize.
 
 pub mod ask;
 
@@ -37,6 +36,8 @@ pub struct Decided {
     pub action: Option<Action>,
     /// The enforced and shadow verdicts.
     pub decision: Arc<Decision>,
+    /// The second factor the request needed, and what was shown.
+    pub mfa: Option<crate::verify::MfaCheck>,
 }
 
 /// A request the core refused.
@@ -81,15 +82,17 @@ pub fn route(
     }
 }
 
-/// Phases 5 to 8 on `route`: authenticate the caller by `proof`, then let the route's
-/// policies decide. Nothing is recorded here; the caller records what it returns. (Verify,
-/// MFA and step-up, will come between the two; limit after the policies.)
+/// Phases 5 to 8 on `route`: authenticate the caller by `proof`, verify the second factor
+/// the route requires, then let the route's policies decide (and, when they refuse, ask
+/// whether a second factor would change their mind). Nothing is recorded here; the caller
+/// records what it returns.
 pub async fn admit(
     snapshot: &Snapshot,
     route: Arc<RouteEntry>,
     proof: Proof<'_>,
     ask: &Ask<'_>,
 ) -> Result<Admitted, Refused> {
+    // 5 authenticate
     let principal =
         match crate::authenticate::caller(snapshot, &route, proof, ask.host, ask.headers).await {
             Ok(p) => p,
@@ -101,6 +104,28 @@ pub async fn admit(
                 });
             }
         };
+    // 6 verify: the route's own requirement comes before any policy.
+    let action = crate::authorize::action_of(ask);
+    let now = ask
+        .time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let required = crate::verify::route(&route, principal.as_deref(), now);
+    if let Some(check) = required.as_ref().filter(|c| !c.satisfied) {
+        let asked = principal
+            .clone()
+            .unwrap_or_else(|| crate::authenticate::anonymous().clone());
+        return Err(Refused {
+            error: ProxyError::StepUp(Box::new(check.challenge(&route))),
+            decided: Some(Decided {
+                principal: asked,
+                action,
+                decision: crate::authorize::denied("second factor required".into()),
+                mfa: required,
+            }),
+            route: Some(route),
+        });
+    }
     if !route.config.admission.authorizes() {
         return Ok(Admitted {
             route,
@@ -108,22 +133,33 @@ pub async fn admit(
             decided: None,
         });
     }
-    // A public route that asks its policies: they decide about the anonymous caller.
+    // 7 authorize. A public route that asks its policies: they decide about the anonymous
+    // caller.
     let asked = principal
         .clone()
         .unwrap_or_else(|| crate::authenticate::anonymous().clone());
     let (action, decision, error) = crate::authorize::decide(snapshot, &route, &asked, ask);
     // Admitted only on an allowing decision, whatever else was said.
-    let error = match error {
+    let mut error = match error {
         None if !decision.allowed() => Some(ProxyError::Forbidden(crate::authorize::reason(
             &decision.enforced,
         ))),
         e => e,
     };
+    let mut mfa = required;
+    // 6 verify, again: a refusal that a second factor would lift asks for the factor.
+    if let Some(ProxyError::Forbidden(_)) = error
+        && let Some(check) =
+            crate::verify::step_up(snapshot, &route, &asked, ask, &decision.enforced)
+    {
+        error = Some(ProxyError::StepUp(Box::new(check.challenge(&route))));
+        mfa = Some(check);
+    }
     let decided = Decided {
         principal: asked,
         action,
         decision,
+        mfa,
     };
     match error {
         None => Ok(Admitted {
