@@ -8,8 +8,9 @@
 //!   given the same code exactly one admits it, and no code of an earlier step is taken
 //!   after a later one;
 //! - at most `max_failures` attempts fail per account within `failure_window`; an attempt
-//!   is counted before it is checked, so concurrent guesses cannot exceed the budget, and
-//!   once it is spent every attempt is refused, whatever the code;
+//!   is counted before it is checked, so concurrent guesses cannot exceed the budget (it
+//!   is given back unless the code was wrong), and once it is spent every attempt is
+//!   refused, whatever the code;
 //! - recovery codes (120 random bits each) are kept only as salted SHA-256 digests, and each
 //!   is taken from the store once.
 //!
@@ -311,15 +312,18 @@ impl Mfa {
         let window_end = now + self.settings.failure_window.as_secs();
         let n = store.add(&key, 1, window_end).await?;
         if n > i64::from(self.settings.max_failures) {
+            // Counted while it was decided, so that concurrent guesses cannot pass the
+            // budget; given back, as it checked nothing.
+            store.add(&key, -1, window_end).await?;
             return Err(MfaError::Locked);
         }
-        match check(now).await {
-            Ok(a) => {
-                store.add(&key, -1, window_end).await?;
-                Ok(a)
-            }
-            Err(e) => Err(e),
+        let outcome = check(now).await;
+        // Only a wrong code spends the budget: an accepted one, a valid one used already
+        // (a double submission), or a check that could not be made gives its count back.
+        if !matches!(outcome, Err(MfaError::Wrong)) {
+            store.add(&key, -1, window_end).await?;
         }
+        outcome
     }
 
     async fn check_totp(

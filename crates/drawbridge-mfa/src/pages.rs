@@ -35,10 +35,11 @@ pub fn verify(a: &Ask<'_>) -> String {
         "Confirm it's you",
         html! {
             h1 { "Confirm it's you" }
+            @if a.resend {
+                p { "This action needs a fresh second factor. Confirm it's you, then send your request again: nothing was sent." }
+            }
             @if a.enrolled {
-                @if a.resend {
-                    p { "This action needs a fresh second factor. Confirm it's you, then send your request again: nothing was sent." }
-                } @else {
+                @if !a.resend {
                     p { "Enter the code your authenticator app shows for this account." }
                 }
                 @if let Some(e) = a.error { p.error role="alert" { (e) } }
@@ -64,6 +65,8 @@ pub struct Enrol<'a> {
     pub qr_svg: &'a str,
     /// The secret, for typing in.
     pub secret: &'a str,
+    /// The `otpauth://` URI, for opening the app on the same device.
+    pub uri: &'a str,
     /// Where to go once enrolled.
     pub rd: &'a str,
     /// The form's anti-forgery token.
@@ -81,6 +84,7 @@ pub fn enrol(e: &Enrol<'_>) -> String {
             p { "Scan this code with your authenticator app, or type the key below into it." }
             div.qr role="img" aria-label="QR code of your new key" { (PreEscaped(e.qr_svg)) }
             p { "Key: " span.secret { (e.secret) } }
+            p { a.otpauth href=(e.uri) { "On this device? Open it in your authenticator app" } }
             @if let Some(err) = e.error { p.error role="alert" { (err) } }
             form method="post" action=(ENROL_PATH) {
                 input type="hidden" name="rd" value=(e.rd);

@@ -135,13 +135,15 @@ async fn rules(m: &Mfa) {
         m.verify(ALICE, &codes[0]).await,
         Err(MfaError::Wrong)
     ));
-    // Two failures so far (the replays and the far step count, the recovery reuse too):
-    // the budget of five runs out, then even a right code is refused.
+    // Two failures so far (the far step, the reused recovery code; replays of a valid
+    // code are not guesses): three more spend the budget of five, then even a right code
+    // is refused.
     let mut failures = 0;
     while !matches!(m.verify(ALICE, "000000").await, Err(MfaError::Locked)) {
         failures += 1;
         assert!(failures <= 5, "never locked");
     }
+    assert_eq!(failures, 3);
     assert!(matches!(
         m.verify(ALICE, &codes[1]).await,
         Err(MfaError::Locked)
@@ -211,8 +213,13 @@ async fn one_code_given_to_twenty_at_once_admits_one() {
     assert!(
         results
             .iter()
-            .all(|r| r.is_ok() || matches!(r, Err(MfaError::Replayed)))
+            .all(|r| r.is_ok() || matches!(r, Err(MfaError::Replayed | MfaError::Locked)))
     );
+    // None of them was a guess: the account is not locked.
+    assert!(matches!(
+        a.verify(ALICE, "000000").await,
+        Err(MfaError::Wrong)
+    ));
 }
 
 #[tokio::test]

@@ -420,6 +420,7 @@ impl Pages<'_> {
             pages::enrol(&pages::Enrol {
                 qr_svg: &started.qr_svg,
                 secret: &started.secret,
+                uri: &started.uri,
                 rd,
                 csrf: &csrf,
                 error,

@@ -9,6 +9,8 @@
 #[cfg(feature = "harness")]
 pub mod browser;
 pub mod certs;
+#[cfg(feature = "chromium")]
+pub mod chromium;
 pub mod config;
 #[cfg(feature = "grpc")]
 pub mod grpc;

@@ -1072,91 +1072,21 @@ async fn a_bearer_token_and_a_session_each_work_on_one_route() {
     assert_eq!(claims["amr"], serde_json::json!(["oidc"]));
 }
 
-/// The element `css` selects once it appears; the page's address and source when it does
-/// not.
-async fn wait_css(c: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
-    match c.wait().for_element(fantoccini::Locator::Css(css)).await {
-        Ok(e) => e,
-        Err(e) => panic!(
-            "`{css}` never appeared ({e}) at {}: {}",
-            c.current_url()
-                .await
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
-            c.source().await.unwrap_or_default()
-        ),
-    }
-}
-
 /// Debian's Chromium, driven over WebDriver (Debian's chromedriver): a person signs in
 /// through the pages, chooses one of two providers, reaches one host and then another
 /// without signing in again, and signs out. Screenshots of each page go to
-/// `target/browser-screenshots/`.
+/// `target/browser-screenshots/sign-in/`.
 #[tokio::test]
 async fn a_person_signs_in_with_a_real_browser() {
-    use fantoccini::{ClientBuilder, Locator};
+    use fantoccini::Locator;
 
     let s = setup(Options {
         central: true,
         ..Options::default()
     })
     .await;
-    let driver_port = free_port();
-    let mut driver = tokio::process::Command::new("chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver runs (scripts/test.sh installs chromium-driver)");
-    let profile = tempfile::tempdir().expect("profile dir");
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=430,932",
-                "--ignore-certificate-errors",
-                "--host-resolver-rules=MAP *.test 127.0.0.1",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }
-    });
-    let caps = match caps {
-        serde_json::Value::Object(m) => m,
-        _ => unreachable!("an object"),
-    };
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.enforce_http(true);
-    let mut client = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(connector.clone())
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{driver_port}"))
-            .await
-        {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    }
-    let c = client.expect("a WebDriver session with Chromium");
-    let shots =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-screenshots");
-    std::fs::create_dir_all(&shots).expect("screenshot dir");
-    let shot = |name: &'static str| {
-        let c = c.clone();
-        let shots = shots.clone();
-        async move {
-            let png = c.screenshot().await.expect("screenshot");
-            std::fs::write(shots.join(format!("{name}.png")), png).expect("write screenshot");
-        }
-    };
-
+    let chrome = drawbridge_testkit::chromium::Chromium::start("sign-in").await;
+    let c = &chrome.client;
     // A page of both.test, which admits both providers: the choice.
     c.goto(&s.url("both.test", "/reports?q=1"))
         .await
@@ -1172,7 +1102,7 @@ async fn a_person_signs_in_with_a_real_browser() {
             c.source().await.expect("source")
         );
     }
-    shot("1-sign-in").await;
+    chrome.shot("1-sign-in").await;
     let title = c.title().await.expect("title");
     assert_eq!(title, "Sign in");
     let buttons = c
@@ -1187,8 +1117,8 @@ async fn a_person_signs_in_with_a_real_browser() {
         .await
         .expect("click");
     // The provider's form.
-    let login = wait_css(&c, "input[name=login]").await;
-    shot("2-provider").await;
+    let login = chrome.wait_css("input[name=login]").await;
+    chrome.shot("2-provider").await;
     login.send_keys("alice").await.expect("type");
     c.find(Locator::Css("input[name=password]"))
         .await
@@ -1213,7 +1143,7 @@ async fn a_person_signs_in_with_a_real_browser() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(at, wanted);
-    shot("3-app").await;
+    chrome.shot("3-app").await;
     let body = c.source().await.expect("source");
     assert!(body.contains("x-drawbridge-identity"), "{body}");
     let claims = drawbridge_testkit::jwt::claims_of(
@@ -1247,8 +1177,10 @@ async fn a_person_signs_in_with_a_real_browser() {
     c.goto(&s.url("app.test", "/.drawbridge/whoami"))
         .await
         .expect("goto");
-    let out = wait_css(&c, "form[action='/.drawbridge/sign_out'] button").await;
-    shot("4-whoami").await;
+    let out = chrome
+        .wait_css("form[action='/.drawbridge/sign_out'] button")
+        .await;
+    chrome.shot("4-whoami").await;
     assert!(
         c.source()
             .await
@@ -1256,23 +1188,22 @@ async fn a_person_signs_in_with_a_real_browser() {
             .contains("alice@corp.test")
     );
     out.click().await.expect("click");
-    let confirm = wait_css(&c, "button[name=logout]").await;
-    shot("5-provider-logout").await;
+    let confirm = chrome.wait_css("button[name=logout]").await;
+    chrome.shot("5-provider-logout").await;
     confirm.click().await.expect("click");
     c.wait()
         .for_element(Locator::XPath("//h1[contains(., 'signed out')]"))
         .await
         .expect("signed out");
-    shot("6-signed-out").await;
+    chrome.shot("6-signed-out").await;
     // Signed out everywhere: both hosts send the person to sign in again.
     s.up.clear();
     c.goto(&s.url("app.test", "/dashboard"))
         .await
         .expect("goto");
-    wait_css(&c, "input[name=login]").await;
+    chrome.wait_css("input[name=login]").await;
     assert_eq!(s.up.count(), 0);
-    c.close().await.expect("close");
-    let _ = driver.kill().await;
+    c.clone().close().await.expect("close");
 }
 
 #[tokio::test]
