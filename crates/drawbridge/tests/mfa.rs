@@ -369,27 +369,25 @@ async fn verify(m: &Mfa, b: &mut Browser, i: usize, code: &str, rd: &str) -> Pag
         .navigate(&m.url(i, &format!("/.drawbridge/mfa/verify?rd={}", urlencode(rd))))
         .await;
     let csrf = form.input("csrf").expect("csrf");
-    let res = b
-        .request(
-            Method::POST,
-            &m.url(i, "/.drawbridge/mfa/verify"),
-            Some(
-                format!(
-                    "code={}&rd={}&csrf={}",
-                    urlencode(code),
-                    urlencode(rd),
-                    urlencode(&csrf)
-                )
-                .into(),
-            ),
-            &[
-                ("content-type", "application/x-www-form-urlencoded".into()),
-                ("origin", format!("https://app.test:{}", m.ports[i])),
-                ("accept", "text/html".into()),
-            ],
-        )
-        .await;
-    res
+    b.request(
+        Method::POST,
+        &m.url(i, "/.drawbridge/mfa/verify"),
+        Some(
+            format!(
+                "code={}&rd={}&csrf={}",
+                urlencode(code),
+                urlencode(rd),
+                urlencode(&csrf)
+            )
+            .into(),
+        ),
+        &[
+            ("content-type", "application/x-www-form-urlencoded".into()),
+            ("origin", format!("https://app.test:{}", m.ports[i])),
+            ("accept", "text/html".into()),
+        ],
+    )
+    .await
 }
 
 fn urlencode(s: &str) -> String {
