@@ -949,3 +949,146 @@ fn people_sign_in_over_tls_only() {
         "{e:?}"
     );
 }
+
+#[test]
+fn second_factors_compile_with_defaults() {
+    let (_d, cfg) = sso(&format!(
+        "{CORP}{}",
+        ROUTE.replace(
+            "authorize = false",
+            "authorize = false\nmfa = { required = true, max_age = \"12h\" }"
+        )
+    ));
+    let cfg = cfg.expect("valid");
+    // People sign in: second factors are there, with NIST-minded defaults.
+    let m = cfg.mfa.expect("mfa");
+    assert_eq!(m.issuer, "Drawbridge");
+    assert_eq!(m.totp, TotpSettings::default());
+    assert_eq!((m.totp.digits, m.totp.period), (6, 30));
+    assert_eq!(m.max_failures, 5);
+    assert_eq!(m.failure_window, std::time::Duration::from_secs(900));
+    let r = cfg.routes[0].mfa.as_ref().expect("route mfa");
+    assert_eq!(r.max_age, std::time::Duration::from_secs(12 * 3600));
+    assert_eq!(
+        r.methods,
+        [MfaMethod::Totp, MfaMethod::RecoveryCode, MfaMethod::Idp]
+    );
+    // An issuer's amr is never trusted unless said.
+    let AuthenticatorKind::Oidc(o) = &cfg.authenticators[0].kind else {
+        panic!("oidc");
+    };
+    assert!(o.claims.trusted_mfa.is_empty());
+}
+
+#[test]
+fn second_factor_mistakes_are_named() {
+    let route_mfa = |m: &str| {
+        ROUTE.replace(
+            "authorize = false",
+            &format!("authorize = false\nmfa = {m}"),
+        )
+    };
+    for (rest, field, says) in [
+        (
+            format!("{CORP}{}", route_mfa("{ required = true }")),
+            "routes[0].mfa.max_age",
+            "says how lately",
+        ),
+        (
+            format!(
+                "{CORP}{}",
+                route_mfa("{ max_age = \"5m\", methods = [\"sms\"] }")
+            ),
+            "routes[0].mfa.methods",
+            "unknown second factor `sms`",
+        ),
+        (
+            format!("{CORP}{}", route_mfa("{ max_age = \"5m\", methods = [] }")),
+            "routes[0].mfa.methods",
+            "no method would ever satisfy",
+        ),
+        (
+            format!(
+                "{CORP}{}",
+                route_mfa("{ required = false, max_age = \"5m\" }")
+            ),
+            "routes[0].mfa.max_age",
+            "asks for no second factor",
+        ),
+        (
+            // `idp` alone, and no authenticator trusts its issuer's amr: nobody could pass.
+            format!(
+                "{CORP}{}",
+                route_mfa("{ max_age = \"5m\", methods = [\"idp\"] }")
+            ),
+            "routes[0].mfa",
+            "could ever show",
+        ),
+        (
+            format!("{CORP}trusted_mfa = {{ amr = [\"pwd\"] }}\n{ROUTE}"),
+            "authenticators[0].trusted_mfa.amr",
+            "never a second factor",
+        ),
+        (
+            format!("{CORP}trusted_mfa = {{}}\n{ROUTE}"),
+            "authenticators[0].trusted_mfa",
+            "trusts nothing",
+        ),
+        (
+            format!("{CORP}\n[mfa]\nmax_failures = 1000\n{ROUTE}"),
+            "mfa.max_failures",
+            "out of range",
+        ),
+        (
+            format!("{CORP}\n[mfa]\nissuer = \"a:b\"\n{ROUTE}"),
+            "mfa.issuer",
+            "authenticator apps can show",
+        ),
+        (
+            format!("{CORP}\n[mfa.totp]\ndigits = 4\n{ROUTE}"),
+            "mfa.totp.digits",
+            "out of range",
+        ),
+        (
+            format!("{CORP}\n[mfa.totp]\nperiod = \"10m\"\n{ROUTE}"),
+            "mfa.totp.period",
+            "outside what apps accept",
+        ),
+        (
+            format!("{CORP}\n[mfa.totp]\nalgorithm = \"MD5\"\n{ROUTE}"),
+            "mfa.totp.algorithm",
+            "unknown setting",
+        ),
+    ] {
+        let (_d, result) = sso(&rest);
+        let e = match result {
+            Ok(_) => panic!("expected an error at {field}"),
+            Err(d) => d.0,
+        };
+        assert!(
+            e.iter()
+                .any(|d| d.field == field && d.message.contains(says)),
+            "{field}: {}",
+            e.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // `[mfa]` without anyone signing in: nobody to enrol.
+    let e = errors(&format!("{BASE}\n[mfa]\nissuer = \"x\"\n"));
+    assert!(
+        e.iter()
+            .any(|d| d.field == "mfa" && d.message.contains("no `oidc` authenticator")),
+        "{e:?}"
+    );
+    // A public route has nobody to ask.
+    let e = errors(&format!(
+        "{BASE}\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\nmfa = {{ max_age = \"5m\" }}\n"
+    ));
+    assert!(
+        e.iter()
+            .any(|d| d.field == "routes[0].mfa" && d.message.contains("public route")),
+        "{e:?}"
+    );
+}

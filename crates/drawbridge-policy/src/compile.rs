@@ -306,6 +306,21 @@ fn load(
                 continue;
             }
             ids.insert(pid.clone(), (f.path.display().to_string(), line));
+            if let Some(age) = p.annotation(crate::MFA_MAX_AGE)
+                && humantime::parse_duration(age).map_or(true, |d| d.is_zero())
+            {
+                errors.push(diag(
+                    &f.path,
+                    &lines,
+                    offset,
+                    format!("policy `{id}`"),
+                    format!("`@{}(\"{age}\")` is not a duration", crate::MFA_MAX_AGE),
+                    Some(
+                        "write how lately the factor must have been done: `@mfa_max_age(\"5m\")`"
+                            .into(),
+                    ),
+                ));
+            }
             if let Err(e) = file_set.add(p.new_id(pid)) {
                 errors.push(diag(
                     &f.path,

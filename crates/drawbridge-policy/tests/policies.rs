@@ -890,3 +890,150 @@ fn check_flags_names_that_no_or_several_authenticators_produce() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+/// Policies that ask for a second factor: "DELETE needs WebAuthn within 5 minutes" and
+/// "a refund above 500 needs any factor within 10 minutes", each one policy.
+const STEP_UP: &str = r#"
+@id("editors-write-reports")
+permit (principal, action, resource == Route::"reports");
+
+@id("deletes-need-webauthn")
+@mfa_max_age("5m")
+forbid (principal, action == Action::"DELETE", resource == Route::"reports")
+unless { context.authn.factors has webauthn && context.authn.factors.webauthn <= 300 };
+
+@id("refunds")
+permit (principal, action == Action::"POST", resource == Route::"refunds");
+
+@id("big-refunds-need-a-factor")
+@mfa_max_age("10m")
+forbid (principal, action == Action::"POST", resource == Route::"refunds")
+when { context.query has amount && context.query.amount > 500 }
+unless { context.authn has mfa_age && context.authn.mfa_age <= 600 };
+
+@id("nobody-deletes-archives")
+forbid (principal, action == Action::"DELETE", resource == Route::"reports")
+when { context.path like "/reports/archive/*" };
+"#;
+
+#[test]
+fn a_refusal_a_second_factor_would_lift_is_a_step_up_and_says_which() {
+    use drawbridge_config::MfaMethod;
+    use drawbridge_identity::Factor;
+    let f = fixture(&config(), &[("policies/step-up.cedar", STEP_UP)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let all = [MfaMethod::Totp, MfaMethod::Webauthn, MfaMethod::Idp];
+    let ask = |p: &Arc<Principal>, action: Action, path: &str, query: Option<&str>| {
+        let params: Vec<&str> = Vec::new();
+        let headers = http::HeaderMap::new();
+        let view = RequestView {
+            action,
+            method: action.id(),
+            host: "api.test",
+            path,
+            params: &params,
+            query,
+            headers: &headers,
+            ip: IpAddr::from([10, 0, 0, 1]),
+            now,
+            grpc: None,
+        };
+        let route = if path.starts_with("/refunds") {
+            REFUNDS
+        } else {
+            REPORTS
+        };
+        let d = f.policies.decide(route, p, &view).expect("decide");
+        let step = f.policies.step_up(route, p, &view, &d.enforced, &all);
+        (d.allowed(), step)
+    };
+    let with = |factors: Vec<Factor>| {
+        let mut p = (*user("alice", &[], json!({}))).clone();
+        p.factors = factors;
+        Arc::new(p)
+    };
+    let plain = with(Vec::new());
+    // DELETE without WebAuthn: a step-up asking for WebAuthn only, within five minutes.
+    let (allowed, step) = ask(&plain, Action::Delete, "/reports/1", None);
+    assert!(!allowed);
+    let step = step.expect("a step-up");
+    assert_eq!(step.methods, [MfaMethod::Webauthn]);
+    assert_eq!(step.max_age, Some(std::time::Duration::from_secs(300)));
+    // A TOTP does not do; a WebAuthn 10 minutes old does not either; a fresh one does.
+    let totp = with(vec![Factor {
+        method: MfaMethod::Totp,
+        at: secs,
+    }]);
+    assert_eq!(
+        ask(&totp, Action::Delete, "/reports/1", None)
+            .1
+            .expect("step")
+            .methods,
+        [MfaMethod::Webauthn]
+    );
+    let old = with(vec![Factor {
+        method: MfaMethod::Webauthn,
+        at: secs - 600,
+    }]);
+    assert!(ask(&old, Action::Delete, "/reports/1", None).1.is_some());
+    let fresh = with(vec![Factor {
+        method: MfaMethod::Webauthn,
+        at: secs - 10,
+    }]);
+    assert_eq!(
+        ask(&fresh, Action::Delete, "/reports/1", None),
+        (true, None)
+    );
+    // A plain forbid stays a plain refusal: no factor lifts it.
+    assert_eq!(
+        ask(&fresh, Action::Delete, "/reports/archive/1", None),
+        (false, None)
+    );
+    assert_eq!(
+        ask(&plain, Action::Delete, "/reports/archive/1", None),
+        (false, None)
+    );
+    // By parameter: a small refund needs nothing; a big one any factor within ten minutes.
+    assert_eq!(
+        ask(&plain, Action::Post, "/refunds", Some("amount=100")),
+        (true, None)
+    );
+    let (allowed, step) = ask(&plain, Action::Post, "/refunds", Some("amount=900"));
+    assert!(!allowed);
+    let step = step.expect("a step-up");
+    assert_eq!(step.methods, all);
+    assert_eq!(step.max_age, Some(std::time::Duration::from_secs(600)));
+    assert_eq!(
+        ask(&totp, Action::Post, "/refunds", Some("amount=900")),
+        (true, None)
+    );
+    // A refusal by no permit at all (a GET on refunds) is plain.
+    assert_eq!(ask(&plain, Action::Get, "/refunds", None), (false, None));
+}
+
+#[test]
+fn a_malformed_mfa_max_age_is_refused_with_its_place() {
+    let e = match fixture(
+        &config(),
+        &[(
+            "policies/bad.cedar",
+            "@id(\"p\")\n@mfa_max_age(\"soon\")\npermit (principal, action, resource);\n",
+        )],
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        e.contains("bad.cedar:1") || e.contains("bad.cedar:2"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`@mfa_max_age(\"soon\")` is not a duration"),
+        "{e}"
+    );
+}
