@@ -534,6 +534,8 @@ fn caller_name(config: &Config, ty: &str, id: &str) -> Option<(String, String, b
         (K::Jwt(j), "User") => j.principal == P::User,
         (K::Jwt(j), "Service") => j.principal == P::Service,
         (K::Jwt(j), "Group") => j.claims.groups.is_some(),
+        (K::Oidc(_), "User") => true,
+        (K::Oidc(o), "Group") => o.claims.groups.is_some(),
         (K::ApiKey(_), "ApiKey" | "Group") => true,
         (K::Mtls(_), "Service") => true,
         _ => false,
@@ -541,7 +543,7 @@ fn caller_name(config: &Config, ty: &str, id: &str) -> Option<(String, String, b
     (!produces).then(|| {
         (
             format!("`{literal}`: authenticator `{authn}` never produces a `{ty}`"),
-            "JWT issuers produce users (or services with `principal = \"service\"`) and groups from `claims.groups`; API keys produce `ApiKey`s and groups; client certificates produce services".into(),
+            "JWT issuers produce users (or services with `principal = \"service\"`) and groups from `claims.groups`; people signing in (`oidc`) produce users, and groups from `claims.groups`; API keys produce `ApiKey`s and groups; client certificates produce services".into(),
             true,
         )
     })
