@@ -196,6 +196,85 @@ async fn demo_serves_forwards_and_refuses() {
     assert!(me.body.contains("alice@acme.example"), "{}", me.body);
     assert!(dir.join("sessions.redb").exists());
 
+    // The admin pages need a second factor: enrol an app from the page, with an independent
+    // TOTP implementation (npm otpauth) reading the URI the page links.
+    let admin = site.join("/app/admin/").expect("url");
+    let asked = b.navigate(admin.as_str()).await;
+    assert!(
+        asked.url.contains("/.drawbridge/mfa/verify"),
+        "{}",
+        asked.url
+    );
+    let enrol = b
+        .navigate(
+            site.join("/.drawbridge/mfa/enrol?rd=%2Fapp%2Fadmin%2F")
+                .expect("url")
+                .as_ref(),
+        )
+        .await;
+    assert_eq!(enrol.status, 200, "{}", enrol.body);
+    let uri = enrol
+        .body
+        .split("class=\"otpauth\" href=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the app link")
+        .replace("&amp;", "&");
+    assert!(
+        uri.starts_with("otpauth://totp/Drawbridge%20demo:"),
+        "{uri}"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/totp.mjs");
+    let out = std::process::Command::new("node")
+        .args([script, &uri, "-30"])
+        .output()
+        .expect("node");
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let done = b
+        .submit(
+            &enrol.url,
+            "/.drawbridge/mfa/enrol",
+            &[
+                ("code", &code),
+                ("rd", "/app/admin/"),
+                ("csrf", &enrol.input("csrf").expect("csrf")),
+            ],
+        )
+        .await;
+    assert!(
+        done.body.contains("Save your recovery codes"),
+        "{}",
+        done.body
+    );
+    let page = b.navigate(admin.as_str()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let echo: serde_json::Value = serde_json::from_str(&page.body).expect("echo json");
+    let identity = echo["headers"]["x-drawbridge-identity"]
+        .as_str()
+        .expect("identity");
+    assert_eq!(
+        drawbridge_testkit::jwt::claims_of(identity)["amr"],
+        serde_json::json!(["oidc", "otp", "mfa"])
+    );
+    // The printed challenge: an API client without a second factor, on a write.
+    let mut api = drawbridge_testkit::browser::Browser::new(tls, &cert);
+    let challenged = api
+        .request(
+            http::Method::DELETE,
+            site.join("/app/items/1").expect("url").as_ref(),
+            None,
+            &[("authorization", format!("Bearer {}", creds["TOKEN"]))],
+        )
+        .await;
+    assert_eq!(challenged.status, 401);
+    let c = challenged.headers["www-authenticate"]
+        .to_str()
+        .expect("ascii");
+    assert!(
+        c.contains("insufficient_user_authentication") && c.contains("max_age=60"),
+        "{c}"
+    );
+
     // "Edit this file: Drawbridge reloads it": a policy edit applies, as under `serve`.
     let policy = dir.join("demo.cedar");
     let text = std::fs::read_to_string(&policy).expect("policy");

@@ -190,6 +190,8 @@ audiences = ["drawbridge-demo"]
 algorithms = ["ES256"]
 jwks_file = "jwks.json"
 claims = {{ groups = "groups", attributes = ["tenant"] }}
+# A token whose amr says the provider did a second factor (with its auth_time) counts as one.
+trusted_mfa = {{ amr = ["mfa"] }}
 
 [[authenticators]]
 name = "demo-keys"
@@ -211,6 +213,11 @@ algorithms = ["ES256"]
 
 [sessions]
 path = "sessions.redb"
+
+# People enrol an authenticator app at /.drawbridge/mfa; codes, failures and enrolments are
+# kept in the session store.
+[mfa]
+issuer = "Drawbridge demo"
 
 [[listeners]]
 name = "demo"
@@ -258,6 +265,18 @@ name = "jobs"
 prefix = "/jobs"
 upstream = "sample"
 authenticate = ["demo-keys"]
+
+# The app's admin pages need a second factor done within the last two minutes.
+[[routes]]
+name = "admin"
+host = "localhost"
+prefix = "/app/admin"
+upstream = "sample"
+listeners = ["demo-tls"]
+authenticate = ["demo-sso", "demo-idp"]
+identity_headers = true
+authorize = false
+mfa = {{ required = true, max_age = "2m" }}
 
 # People sign in here with a browser; the same route takes the demo token.
 [[routes]]
@@ -349,6 +368,18 @@ is kept in {dir}/sessions.redb; API clients on the same route still get 401:
   curl -ik {site}/app/
   curl -ik -H "Authorization: Bearer $TOKEN" {site}/app/
 
+Second factors. Open {site}/app/admin/ : it needs a second factor done within two minutes.
+The first time, set up any authenticator app from the QR code (or the key under it), and
+keep the recovery codes shown; you land on the admin page. Come back after two minutes:
+you are asked for a code again. Changing anything in the app (a POST or a DELETE) needs
+one within a minute, by policy; an API client without one gets an RFC 9470 challenge:
+
+  curl -ik -X DELETE -H "Authorization: Bearer $TOKEN" {site}/app/items/1
+  # HTTP/1.1 401 Unauthorized
+  # www-authenticate: Bearer realm="drawbridge", error="insufficient_user_authentication", ...
+
+Your factors are at {site}/.drawbridge/mfa.
+
 Stop with Ctrl-C; the demo's directory is removed then.
 "#,
         up = upstream,
@@ -385,6 +416,13 @@ when {
 // People (signed in with a browser, or holding the demo token) read the app.
 @id("app-people")
 permit (principal is User, action in Action::"read", resource == Route::"app");
+
+// ...and change it with a second factor done within the last minute. Without one, they are
+// asked for it (a step-up) instead of refused.
+@id("app-changes-need-a-factor")
+@mfa_max_age("1m")
+permit (principal is User, action in Action::"write", resource == Route::"app")
+when { context.authn has mfa_age && context.authn.mfa_age <= 60 };
 
 // Keys of the batch group read jobs.
 @id("jobs-batch")
