@@ -33,7 +33,11 @@ fn authenticator() -> &'static (tokio::runtime::Runtime, JwtAuthenticator) {
                 groups: Some("groups".into()),
                 attributes: vec!["tenant".into()],
                 groups_format: Default::default(),
-                trusted_mfa: Default::default(),
+                // Tokens' amr and acr are read too: a factor's claims are hostile input.
+                trusted_mfa: drawbridge_config::TrustedMfa {
+                    amr: vec!["mfa".into()],
+                    acr: vec!["phr".into()],
+                },
             },
             cache: true,
             cache_size: 1000,

@@ -286,15 +286,14 @@ impl Mfa {
     /// Checks `code`, a TOTP code or a recovery code, for `account`.
     pub async fn verify(&self, account: Account<'_>, code: &str) -> Result<Accepted, MfaError> {
         self.attempt(account, |now| async move {
-            let code = code.trim();
-            if let Some(normal) = normal_recovery_code(code) {
+            if let Code::Recovery(normal) = Code::parse(code) {
                 return self.use_recovery_code(account, &normal, now).await;
             }
             let enrolment = self.enrolment(account).await?;
             let Some(record) = &enrolment.totp else {
                 return Err(MfaError::NotEnrolled);
             };
-            self.check_totp(account, record, code, now).await
+            self.check_totp(account, record, code.trim(), now).await
         })
         .await
     }
@@ -474,19 +473,36 @@ fn recovery_code() -> Result<Zeroizing<String>, MfaError> {
     Ok(s)
 }
 
-/// A recovery code as typed (any case, with or without dashes and spaces), in its stored
-/// form; `None` when it cannot be one.
-fn normal_recovery_code(typed: &str) -> Option<String> {
-    let letters: String = typed
-        .chars()
-        .filter(|c| *c != '-' && *c != ' ')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if letters.len() != 24 || !letters.bytes().all(|b| RECOVERY_ALPHABET.contains(&b)) {
-        return None;
+/// What a person typed in the code field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// Digits only (spaces around them dropped): a one-time code from the app.
+    Digits(String),
+    /// A recovery code, in its stored form (lower-case, six dash-separated groups of four),
+    /// however it was typed (any case, with or without dashes and spaces).
+    Recovery(String),
+    /// Neither: refused as a wrong code.
+    Other,
+}
+
+impl Code {
+    /// Reads what was typed.
+    pub fn parse(typed: &str) -> Code {
+        let typed = typed.trim();
+        if !typed.is_empty() && typed.len() <= 10 && typed.bytes().all(|b| b.is_ascii_digit()) {
+            return Code::Digits(typed.to_string());
+        }
+        let letters: String = typed
+            .chars()
+            .filter(|c| *c != '-' && *c != ' ')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if letters.len() != 24 || !letters.bytes().all(|b| RECOVERY_ALPHABET.contains(&b)) {
+            return Code::Other;
+        }
+        let groups: Vec<&str> = (0..6).map(|i| &letters[i * 4..i * 4 + 4]).collect();
+        Code::Recovery(groups.join("-"))
     }
-    let groups: Vec<&str> = (0..6).map(|i| &letters[i * 4..i * 4 + 4]).collect();
-    Some(groups.join("-"))
 }
 
 /// A recovery code's digest, salted by its account.
