@@ -916,21 +916,26 @@ fn oidc_and_sessions_mistakes_are_named() {
             "fewer than 32 characters",
         ),
     ] {
-        let (_d, result) = sso(&format!("{rest}{ROUTE}"));
-        let e = match result {
-            Ok(_) => panic!("expected an error at {field}"),
-            Err(d) => d.0,
-        };
-        assert!(
-            e.iter()
-                .any(|d| d.field == field && d.message.contains(says)),
-            "{field}: {}",
-            e.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        named_in_sso(&format!("{rest}{ROUTE}"), field, says);
     }
+}
+
+/// Asserts that the SSO config `rest` is refused with an error at `field` saying `says`.
+fn named_in_sso(rest: &str, field: &str, says: &str) {
+    let (_d, result) = sso(rest);
+    let e = match result {
+        Ok(_) => panic!("expected an error at {field}"),
+        Err(d) => d.0,
+    };
+    assert!(
+        e.iter()
+            .any(|d| d.field == field && d.message.contains(says)),
+        "{field}: {}",
+        e.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 #[test]
@@ -1060,20 +1065,7 @@ fn second_factor_mistakes_are_named() {
             "unknown setting",
         ),
     ] {
-        let (_d, result) = sso(&rest);
-        let e = match result {
-            Ok(_) => panic!("expected an error at {field}"),
-            Err(d) => d.0,
-        };
-        assert!(
-            e.iter()
-                .any(|d| d.field == field && d.message.contains(says)),
-            "{field}: {}",
-            e.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        named_in_sso(&rest, field, says);
     }
     // `[mfa]` without anyone signing in: nobody to enrol.
     let e = errors(&format!("{BASE}\n[mfa]\nissuer = \"x\"\n"));

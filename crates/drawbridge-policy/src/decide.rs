@@ -136,17 +136,7 @@ impl Policies {
         }
         let pe = self.principal_entity(principal)?;
         let action = &self.actions[req.action.index()];
-        let entities = CoreEntities::new()
-            .add_entities(
-                [pe.entity.clone(), rp.entity.clone(), action.entity.clone()],
-                None::<&NoEntitiesSchema>,
-                // The principal's ancestors are its groups, which have none; a route's its
-                // upstream; an action's its group: each list is already closed.
-                TCComputation::AssumeAlreadyComputed,
-                Extensions::none(),
-            )
-            .map_err(|e| DecideError::Internal(e.to_string()))?;
-        let entities = cedar_policy::Entities::from(entities);
+        let entities = entities(&pe, rp, action)?;
         let request = cedar_policy::Request::new(
             pe.uid.clone(),
             action.uid.clone(),
@@ -188,15 +178,7 @@ impl Policies {
         }
         let pe = self.principal_entity(principal).ok()?;
         let action = &self.actions[req.action.index()];
-        let entities = CoreEntities::new()
-            .add_entities(
-                [pe.entity.clone(), rp.entity.clone(), action.entity.clone()],
-                None::<&NoEntitiesSchema>,
-                TCComputation::AssumeAlreadyComputed,
-                Extensions::none(),
-            )
-            .ok()?;
-        let entities = cedar_policy::Entities::from(entities);
+        let entities = entities(&pe, rp, action).ok()?;
         let now = req
             .now
             .duration_since(std::time::UNIX_EPOCH)
@@ -310,6 +292,25 @@ impl Policies {
             entity: Arc::new(entity),
         })
     }
+}
+
+/// The entities of one request: the principal's, the route's and the action's.
+fn entities(
+    pe: &PrincipalEntity,
+    rp: &crate::RoutePolicies,
+    action: &crate::ActionEntry,
+) -> Result<cedar_policy::Entities, DecideError> {
+    let entities = CoreEntities::new()
+        .add_entities(
+            [pe.entity.clone(), rp.entity.clone(), action.entity.clone()],
+            None::<&NoEntitiesSchema>,
+            // The principal's ancestors are its groups, which have none; a route's its
+            // upstream; an action's its group: each list is already closed.
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::none(),
+        )
+        .map_err(|e| DecideError::Internal(e.to_string()))?;
+    Ok(cedar_policy::Entities::from(entities))
 }
 
 /// A credential's attribute as the schema types it; left out when it does not fit (a policy

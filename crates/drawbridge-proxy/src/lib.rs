@@ -24,6 +24,7 @@ pub mod deadline;
 pub mod inherit;
 pub mod io;
 pub mod mfa;
+pub mod page;
 pub mod pipeline;
 pub mod reload;
 pub mod rescue;

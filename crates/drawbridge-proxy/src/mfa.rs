@@ -25,9 +25,9 @@ use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::context::Ctx;
+use crate::page::{Page, field, query_value};
 use crate::record::{About, Decisions};
 use crate::rescue::ProxyError;
-use crate::signin::{Page, field, query_value};
 use crate::snapshot::{ListenerEntry, Snapshot};
 
 /// How lately a factor must have been proved to replace or remove one.
@@ -95,7 +95,7 @@ pub async fn for_browser(
     listener: &ListenerEntry,
     ctx: &Ctx,
     req: &Parts,
-    challenge: &crate::verify::Challenge,
+    challenge: &crate::rescue::Challenge,
 ) -> Option<Result<Response<ResponseBody>, ProxyError>> {
     let (Some(sessions), Some(mfa), Some(_)) = (&snapshot.sessions, &snapshot.mfa, &listener.tls)
     else {
@@ -118,7 +118,7 @@ pub async fn for_browser(
     if !drawbridge_session::is_form_submission(&req.method, &req.headers) {
         return None;
     }
-    let from = match crate::signin::origin(ctx, req, listener) {
+    let from = match crate::page::origin(ctx, req, listener) {
         Ok(o) => o,
         Err(e) => return Some(Err(e)),
     };

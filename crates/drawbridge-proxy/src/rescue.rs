@@ -1,6 +1,7 @@
 //! The rescue: the one place where a refusal or failure becomes an answer for the client's
 //! protocol (an HTTP status, or a gRPC status for gRPC calls).
 
+use drawbridge_config::MfaMethod;
 use drawbridge_telemetry::Phase;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -85,10 +86,54 @@ pub enum ProxyError {
     Csrf,
     /// The caller must prove a second factor (or prove it again) first.
     #[error("second factor required: {}", .0.describe())]
-    StepUp(Box<crate::verify::Challenge>),
+    StepUp(Box<Challenge>),
     /// A browser that must prove a second factor: sent to do so (this location) and back.
     #[error("second factor required: sent to prove it")]
     ToMfa(String),
+}
+
+/// What a caller must prove before it is let through: one of `methods`, within `max_age`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// The factors that would each do.
+    pub methods: Vec<MfaMethod>,
+    /// How lately, when said.
+    pub max_age: Option<std::time::Duration>,
+    /// The `acr` values the caller's token issuer would need to assert (those the route's
+    /// authenticators trust); the methods' names when none do.
+    pub acr_values: Vec<String>,
+    /// The caller had such a factor, grown too old.
+    pub stale: bool,
+}
+
+impl Challenge {
+    /// In words, for logs.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
+        match self.max_age {
+            Some(a) => format!("{} within {}s", names.join(" or "), a.as_secs()),
+            None => names.join(" or "),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 9470 §3).
+    pub fn www_authenticate(&self) -> String {
+        let description = if self.stale {
+            "a more recent second factor is required"
+        } else {
+            "a second factor is required"
+        };
+        let mut s = format!(
+            "Bearer realm=\"drawbridge\", error=\"insufficient_user_authentication\", error_description=\"{description}\""
+        );
+        if !self.acr_values.is_empty() {
+            s.push_str(&format!(", acr_values=\"{}\"", self.acr_values.join(" ")));
+        }
+        if let Some(a) = self.max_age {
+            s.push_str(&format!(", max_age={}", a.as_secs()));
+        }
+        s
+    }
 }
 
 /// Why the policies did not allow a request.

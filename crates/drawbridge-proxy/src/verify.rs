@@ -5,58 +5,14 @@
 //! [`drawbridge_policy::Policies::step_up`]). Either way the caller is challenged (RFC 9470)
 //! instead of refused, and nothing reaches the upstream.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use drawbridge_config::MfaMethod;
 use drawbridge_identity::{AuthMethod, Principal};
 use drawbridge_telemetry::AuditMfa;
 
+use crate::rescue::Challenge;
 use crate::snapshot::{RouteEntry, Snapshot};
-
-/// What a caller must prove before it is let through: one of `methods`, within `max_age`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Challenge {
-    /// The factors that would each do.
-    pub methods: Vec<MfaMethod>,
-    /// How lately, when said.
-    pub max_age: Option<Duration>,
-    /// The `acr` values the caller's token issuer would need to assert (those the route's
-    /// authenticators trust); the methods' names when none do.
-    pub acr_values: Vec<String>,
-    /// The caller had such a factor, grown too old.
-    pub stale: bool,
-}
-
-impl Challenge {
-    /// In words, for logs.
-    pub fn describe(&self) -> String {
-        let names: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
-        match self.max_age {
-            Some(a) => format!("{} within {}s", names.join(" or "), a.as_secs()),
-            None => names.join(" or "),
-        }
-    }
-
-    /// The `WWW-Authenticate` challenge (RFC 9470 §3).
-    pub fn www_authenticate(&self) -> String {
-        let description = if self.stale {
-            "a more recent second factor is required"
-        } else {
-            "a second factor is required"
-        };
-        let mut s = format!(
-            "Bearer realm=\"drawbridge\", error=\"insufficient_user_authentication\", error_description=\"{description}\""
-        );
-        if !self.acr_values.is_empty() {
-            s.push_str(&format!(", acr_values=\"{}\"", self.acr_values.join(" ")));
-        }
-        if let Some(a) = self.max_age {
-            s.push_str(&format!(", max_age={}", a.as_secs()));
-        }
-        s
-    }
-}
 
 /// The second-factor part of a decision: what was needed, what was shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,22 +103,13 @@ pub fn route(route: &RouteEntry, principal: Option<&Principal>, now: u64) -> Opt
     ))
 }
 
-/// After the policies refused `principal`: the factors that would have let it through,
-/// among those it could prove (see [`candidates`]); `None` for a plain refusal.
-pub fn step_up(
-    snapshot: &Snapshot,
-    route: &RouteEntry,
-    principal: &Arc<Principal>,
-    ask: &crate::admission::Ask<'_>,
-    denied: &drawbridge_policy::Verdict,
-) -> Option<MfaCheck> {
-    let candidates = candidates(snapshot, route, principal);
-    let s = crate::authorize::step_up(snapshot, route, principal, ask, denied, &candidates)?;
-    let now = unix(ask.time);
-    Some(MfaCheck {
+/// The step-up the policies found for `principal` (see
+/// [`crate::authorize::step_up`]), as what it needed and what it showed at `now`.
+pub fn stepped_up(principal: &Principal, s: drawbridge_policy::StepUp, now: u64) -> MfaCheck {
+    MfaCheck {
         satisfied: false,
         ..MfaCheck::of(Some(principal), &s.methods, s.max_age, now)
-    })
+    }
 }
 
 /// The factors `principal` could prove: those Drawbridge enrols, for a person signed in
@@ -185,9 +132,4 @@ pub fn candidates(
         out.push(MfaMethod::Idp);
     }
     out
-}
-
-fn unix(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

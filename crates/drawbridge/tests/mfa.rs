@@ -12,6 +12,7 @@ use drawbridge_testkit::harness::*;
 use drawbridge_testkit::idp::{Idp, settings};
 use drawbridge_testkit::jwt::{KeyType, SigningKey, claims_of, jwks, now};
 use http::{Method, StatusCode};
+use serde_json::json;
 
 const SESSION: &str = "__Host-drawbridge-session";
 
@@ -678,116 +679,127 @@ async fn api_clients_get_rfc_9470_challenges() {
         c,
         "Bearer realm=\"drawbridge\", error=\"insufficient_user_authentication\", error_description=\"a second factor is required\", acr_values=\"phr\", max_age=300"
     );
-    // A GET needs nothing.
-    assert_eq!(
-        bearer(&m, &mut client, Method::GET, "/things/1", &plain.clone())
-            .await
-            .status,
-        StatusCode::OK
-    );
-    // amr the authenticator does not trust (`pwd`), or no auth_time: still challenged.
-    let pwd = m.token(serde_json::json!({"amr": ["pwd"], "auth_time": now()}));
-    assert_eq!(
-        bearer(&m, &mut client, Method::DELETE, "/things/1", &pwd)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    let timeless = m.token(serde_json::json!({"amr": ["mfa"]}));
-    assert_eq!(
-        bearer(&m, &mut client, Method::DELETE, "/things/1", &timeless)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
-    // A trusted amr, or acr, done lately: through, and the assertion says so.
-    m.up.clear();
-    let mfa = m.token(serde_json::json!({"amr": ["pwd", "mfa"], "auth_time": now() - 10}));
-    assert_eq!(
-        bearer(&m, &mut client, Method::DELETE, "/things/1", &mfa)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    let claims = claims_of(
-        m.up.last()
-            .expect("forwarded")
-            .header("x-drawbridge-identity")
-            .expect("identity"),
-    );
-    assert_eq!(claims["amr"], serde_json::json!(["jwt", "mfa"]));
-    assert!(claims["factors"]["idp"].is_i64());
-    let acr = m.token(serde_json::json!({"acr": "phr", "auth_time": now()}));
-    assert_eq!(
-        bearer(&m, &mut client, Method::DELETE, "/things/1", &acr)
-            .await
-            .status,
-        StatusCode::OK
-    );
-    // Too long ago for the policy (five minutes): challenged again, stale.
-    let old = m.token(serde_json::json!({"amr": ["hwk"], "auth_time": now() - 400}));
-    let r = bearer(&m, &mut client, Method::DELETE, "/things/1", &old.clone()).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        r.headers["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .contains("a more recent second factor")
-    );
-    // ... but within ten minutes, so a big refund passes; a plain forbid is a 403.
-    assert_eq!(
-        bearer(
-            &m,
-            &mut client,
+    // Each caller, each request, and what it gets (the challenge's words where it is one).
+    let t = |extra: serde_json::Value| m.token(extra);
+    let pwd = t(json!({"amr": ["pwd"], "auth_time": now()}));
+    let timeless = t(json!({"amr": ["mfa"]}));
+    let mfa = t(json!({"amr": ["pwd", "mfa"], "auth_time": now() - 10}));
+    let acr = t(json!({"acr": "phr", "auth_time": now()}));
+    let old = t(json!({"amr": ["hwk"], "auth_time": now() - 400}));
+    let fresh = t(json!({"amr": ["mfa"], "auth_time": now()}));
+    let cases: [(&str, &str, Method, &str, StatusCode, &str); 11] = [
+        (
+            "a GET needs nothing",
+            &plain,
+            Method::GET,
+            "/things/1",
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "an untrusted amr (pwd)",
+            &pwd,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::UNAUTHORIZED,
+            "a second factor is required",
+        ),
+        (
+            "a trusted amr without auth_time",
+            &timeless,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::UNAUTHORIZED,
+            "a second factor is required",
+        ),
+        (
+            "a trusted amr done lately",
+            &mfa,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "a trusted acr done lately",
+            &acr,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "a factor too old for the policy",
+            &old,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::UNAUTHORIZED,
+            "a more recent second factor",
+        ),
+        (
+            "...young enough for a big refund",
+            &old,
             Method::POST,
             "/refunds?amount=900",
-            &old.clone()
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        bearer(
-            &m,
-            &mut client,
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "a big refund without one",
+            &plain,
             Method::POST,
             "/refunds?amount=900",
-            &plain.clone()
-        )
-        .await
-        .status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        bearer(
-            &m,
-            &mut client,
+            StatusCode::UNAUTHORIZED,
+            "max_age=600",
+        ),
+        (
+            "a small refund without one",
+            &plain,
             Method::POST,
             "/refunds?amount=100",
-            &plain.clone()
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
-    let fresh = m.token(serde_json::json!({"amr": ["mfa"], "auth_time": now()}));
-    assert_eq!(
-        bearer(&m, &mut client, Method::DELETE, "/archive/1", &fresh)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
-    // The route's own requirement (8s): a factor done 400s ago is too old.
+            StatusCode::OK,
+            "",
+        ),
+        (
+            "a plain forbid, factor or not",
+            &fresh,
+            Method::DELETE,
+            "/archive/1",
+            StatusCode::FORBIDDEN,
+            "",
+        ),
+        (
+            "the route's own 8s, with a factor 400s old",
+            &old,
+            Method::GET,
+            "/secure/x",
+            StatusCode::UNAUTHORIZED,
+            "max_age=8",
+        ),
+    ];
+    for (why, token, method, path, want, says) in cases {
+        m.up.clear();
+        let r = bearer(&m, &mut client, method, path, token).await;
+        assert_eq!(r.status, want, "{why}");
+        let challenge = r
+            .headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(challenge.contains(says), "{why}: {challenge}");
+        assert_eq!(m.up.count(), usize::from(want == StatusCode::OK), "{why}");
+        if why == "a trusted amr done lately" {
+            let claims = claims_of(
+                m.up.last()
+                    .expect("forwarded")
+                    .header("x-drawbridge-identity")
+                    .expect("identity"),
+            );
+            assert_eq!(claims["amr"], json!(["jwt", "mfa"]));
+            assert!(claims["factors"]["idp"].is_i64());
+        }
+    }
     m.up.clear();
-    let r = bearer(&m, &mut client, Method::GET, "/secure/x", &old).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        r.headers["www-authenticate"]
-            .to_str()
-            .expect("ascii")
-            .contains("max_age=8")
-    );
     let r = bearer(&m, &mut client, Method::GET, "/secure/x", &plain).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(m.up.count(), 0);

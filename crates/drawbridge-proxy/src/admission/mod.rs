@@ -149,9 +149,16 @@ pub async fn admit(
     let mut mfa = required;
     // 6 verify, again: a refusal that a second factor would lift asks for the factor.
     if let Some(ProxyError::Forbidden(_)) = error
-        && let Some(check) =
-            crate::verify::step_up(snapshot, &route, &asked, ask, &decision.enforced)
+        && let Some(s) = crate::authorize::step_up(
+            snapshot,
+            &route,
+            &asked,
+            ask,
+            &decision.enforced,
+            &crate::verify::candidates(snapshot, &route, &asked),
+        )
     {
+        let check = crate::verify::stepped_up(&asked, s, now);
         error = Some(ProxyError::StepUp(Box::new(check.challenge(&route))));
         mfa = Some(check);
     }
