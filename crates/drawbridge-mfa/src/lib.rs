@@ -19,6 +19,9 @@
 #![warn(missing_docs)]
 
 pub mod pages;
+mod webauthn;
+
+pub use webauthn::RelyingParty;
 
 use std::sync::Arc;
 
@@ -47,6 +50,9 @@ pub enum MfaError {
     /// The code was valid, and has been used already.
     #[error("the code was used already")]
     Replayed,
+    /// A security key's sign count did not move forward: it may have been cloned.
+    #[error("the security key's signature counter went back: possibly a cloned key")]
+    Cloned,
     /// No factor is enrolled (or no enrolment is under way) for the account.
     #[error("no second factor is enrolled")]
     NotEnrolled,
@@ -74,6 +80,7 @@ impl MfaError {
             MfaError::Locked => "locked",
             MfaError::Wrong => "wrong_code",
             MfaError::Replayed => "replayed_code",
+            MfaError::Cloned => "possible_clone",
             MfaError::NotEnrolled => "not_enrolled",
             MfaError::Store(_) => "store_unavailable",
             MfaError::Secret(_) => "internal",
@@ -113,6 +120,9 @@ struct Enrolment {
     /// Digests of the recovery codes given (used ones are gone from the store).
     #[serde(default)]
     recovery: Vec<String>,
+    /// Security keys and passkeys.
+    #[serde(default)]
+    webauthn: Vec<webauthn::Registered>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -134,6 +144,8 @@ pub struct Status {
     pub totp_since: Option<u64>,
     /// How many recovery codes were given at the last enrolment.
     pub recovery_codes: usize,
+    /// How many security keys and passkeys are registered (on every host).
+    pub webauthn: usize,
 }
 
 /// A TOTP enrolment started: what the page shows. It counts once a first code confirms it.
@@ -179,6 +191,7 @@ impl Mfa {
             totp: e.totp.is_some(),
             totp_since: e.totp.as_ref().map(|t| t.enrolled_at),
             recovery_codes: e.recovery.len(),
+            webauthn: e.webauthn.len(),
         })
     }
 
@@ -271,12 +284,16 @@ impl Mfa {
         Ok((accepted, codes))
     }
 
-    /// Removes every factor of `account` (TOTP and its recovery codes).
+    /// Removes every factor of `account`: its app, recovery codes, security keys and
+    /// passkeys.
     pub async fn remove(&self, account: Account<'_>) -> Result<(), MfaError> {
         let store = self.sessions.store();
         let enrolment = self.enrolment(account).await?;
         for old in &enrolment.recovery {
             store.delete(&recovery_key(account, old)).await?;
+        }
+        for key in &enrolment.webauthn {
+            store.delete(&key.owner_key()).await?;
         }
         store.delete(&account.key("enrolment")).await?;
         store.delete(&account.key("pending")).await?;
@@ -317,9 +334,9 @@ impl Mfa {
             return Err(MfaError::Locked);
         }
         let outcome = check(now).await;
-        // Only a wrong code spends the budget: an accepted one, a valid one used already
+        // Only a wrong answer spends the budget: an accepted one, a valid one used already
         // (a double submission), or a check that could not be made gives its count back.
-        if !matches!(outcome, Err(MfaError::Wrong)) {
+        if !matches!(outcome, Err(MfaError::Wrong | MfaError::Cloned)) {
             store.add(&key, -1, window_end).await?;
         }
         outcome

@@ -14,6 +14,14 @@ pub const ENROL_PATH: &str = "/.drawbridge/mfa/enrol";
 pub const MANAGE_PATH: &str = "/.drawbridge/mfa";
 /// Removing every factor.
 pub const REMOVE_PATH: &str = "/.drawbridge/mfa/remove";
+/// The pages' WebAuthn script.
+pub const WEBAUTHN_SCRIPT_PATH: &str = "/.drawbridge/mfa/webauthn.js";
+/// WebAuthn ceremonies: `register/options`, `register`, `verify/options`, `verify`.
+pub const WEBAUTHN_PATH: &str = "/.drawbridge/mfa/webauthn";
+
+/// The script the WebAuthn buttons run: the browser's own JSON forms of the ceremony
+/// (`parseCreationOptionsFromJSON`, `toJSON`), posted to Drawbridge; nothing else.
+pub const WEBAUTHN_SCRIPT: &str = include_str!("webauthn.js");
 
 /// Why the person is asked.
 pub struct Ask<'a> {
@@ -21,15 +29,17 @@ pub struct Ask<'a> {
     pub rd: &'a str,
     /// The form's anti-forgery token.
     pub csrf: &'a str,
-    /// Whether the account has a factor to ask for.
+    /// Whether the account has an authenticator app.
     pub enrolled: bool,
+    /// Whether it has a security key or passkey on this host.
+    pub webauthn: bool,
     /// A request was refused until confirmed: it must be sent again (never replayed).
     pub resend: bool,
     /// What went wrong with the last attempt.
     pub error: Option<&'a str>,
 }
 
-/// "Confirm it's you": a code from the app, or a recovery code.
+/// "Confirm it's you": a security key, a code from the app, or a recovery code.
 pub fn verify(a: &Ask<'_>) -> String {
     drawbridge_session::pages::page(
         "Confirm it's you",
@@ -38,11 +48,14 @@ pub fn verify(a: &Ask<'_>) -> String {
             @if a.resend {
                 p { "This action needs a fresh second factor. Confirm it's you, then send your request again: nothing was sent." }
             }
+            @if let Some(e) = a.error { p.error role="alert" { (e) } }
+            @if a.webauthn {
+                (webauthn_button("verify", "Use your security key or passkey", a.rd, a.csrf))
+            }
             @if a.enrolled {
-                @if !a.resend {
+                @if !a.resend && !a.webauthn {
                     p { "Enter the code your authenticator app shows for this account." }
                 }
-                @if let Some(e) = a.error { p.error role="alert" { (e) } }
                 form method="post" action=(VERIFY_PATH) {
                     input type="hidden" name="rd" value=(a.rd);
                     input type="hidden" name="csrf" value=(a.csrf);
@@ -51,12 +64,22 @@ pub fn verify(a: &Ask<'_>) -> String {
                     button type="submit" { "Confirm" }
                 }
                 p.muted { "Lost your device? Enter one of your recovery codes instead." }
-            } @else {
-                p { "This needs a second factor, and you have none yet. Set up an authenticator app to continue." }
+            } @else if !a.webauthn {
+                p { "This needs a second factor, and you have none yet. Set one up to continue." }
                 a href=(format!("{ENROL_PATH}?rd={}", encode(a.rd))) { "Set up an authenticator app" }
+                (webauthn_button("register", "Add a security key or passkey", a.rd, a.csrf))
             }
         },
     )
+}
+
+/// A button that runs a WebAuthn ceremony (`register` or `verify`), then goes to `rd`.
+fn webauthn_button(mode: &str, text: &str, rd: &str, csrf: &str) -> maud::Markup {
+    html! {
+        button type="button" class="secondary" data-webauthn=(mode) data-rd=(rd) data-csrf=(csrf) { (text) }
+        p.error id="webauthn-status" role="status" {}
+        script src=(WEBAUTHN_SCRIPT_PATH) {}
+    }
 }
 
 /// What the enrolment page shows.
@@ -116,19 +139,26 @@ pub fn manage(s: &Status, csrf: &str) -> String {
         "Second factor",
         html! {
             h1 { "Second factor" }
+            @if s.totp || s.webauthn > 0 {
+                p { "Removing asks for a factor proved in the last five minutes." }
+                form method="post" action=(REMOVE_PATH) {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" class="secondary" { "Remove every second factor" }
+                }
+            }
+            h2 { "Authenticator app" }
             @if s.totp {
                 p { "An authenticator app is set up"
                     @if let Some(t) = s.totp_since { " since " (humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))) } "." }
-                p.muted { "Replacing or removing it asks for your current code first." }
+                p.muted { "Replacing it asks for your current code first." }
                 a href=(format!("{ENROL_PATH}?rd={}", encode(MANAGE_PATH))) { "Replace it (new recovery codes too)" }
-                form method="post" action=(REMOVE_PATH) {
-                    input type="hidden" name="csrf" value=(csrf);
-                    button type="submit" class="secondary" { "Remove it" }
-                }
             } @else {
                 p { "No authenticator app is set up." }
                 a href=(format!("{ENROL_PATH}?rd={}", encode(MANAGE_PATH))) { "Set one up" }
             }
+            h2 { "Security keys and passkeys" }
+            p { (s.webauthn) " registered." }
+            (webauthn_button("register", "Add a security key or passkey", MANAGE_PATH, csrf))
         },
     )
 }

@@ -9,15 +9,23 @@
 //! POST /.drawbridge/mfa/enrol             code, rd, csrf -> enrolled; recovery codes, once
 //! GET  /.drawbridge/mfa                   the account's factors
 //! POST /.drawbridge/mfa/remove            csrf -> removed
+//! GET  /.drawbridge/mfa/webauthn.js       the pages' WebAuthn script
+//! POST /.drawbridge/mfa/webauthn/register/options, /register   a security key or passkey
+//! POST /.drawbridge/mfa/webauthn/verify/options, /verify       an assertion with one
 //! ```
+//!
+//! The WebAuthn endpoints take and answer JSON (`{csrf, rd, credential}` in, `{location}`
+//! or `{error}` out), from the pages' own script only.
 //!
 //! Every page needs a session (else the person signs in first and comes back). Forms carry
 //! the session's anti-forgery token and are refused from another origin. Replacing or
 //! removing a factor needs one proved in the last five minutes.
 
 use drawbridge_config::MfaMethod;
-use drawbridge_mfa::pages::{self, ENROL_PATH, MANAGE_PATH, REMOVE_PATH, VERIFY_PATH};
-use drawbridge_mfa::{Account, Mfa, MfaError};
+use drawbridge_mfa::pages::{
+    self, ENROL_PATH, MANAGE_PATH, REMOVE_PATH, VERIFY_PATH, WEBAUTHN_PATH, WEBAUTHN_SCRIPT_PATH,
+};
+use drawbridge_mfa::{Account, Mfa, MfaError, RelyingParty};
 use drawbridge_session::{SESSION_COOKIE, Session, cookies};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -45,6 +53,24 @@ pub(crate) async fn own(
         return Err(ProxyError::NoRoute);
     };
     let path = ctx.path.decoded.as_str();
+    if path == WEBAUTHN_SCRIPT_PATH {
+        crate::page::only(&req.method, &[Method::GET, Method::HEAD])?;
+        let mut res = Response::new(ResponseBody::full(pages::WEBAUTHN_SCRIPT));
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        return Ok(res);
+    }
     let here = req.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let (cookie, session) = match signed_in(page).await? {
         Some(s) => s,
@@ -74,6 +100,13 @@ pub(crate) async fn own(
             at.enrol(field(&form, "code"), field(&form, "rd")).await
         }
         (MANAGE_PATH, &Method::GET) => at.manage().await,
+        (_, &Method::POST) if path.starts_with(WEBAUTHN_PATH) => {
+            let body = page.json(body).await?;
+            if !drawbridge_session::csrf_valid(&cookie, body["csrf"].as_str().unwrap_or_default()) {
+                return Err(ProxyError::Csrf);
+            }
+            at.webauthn(&path[WEBAUTHN_PATH.len()..], &body).await
+        }
         (REMOVE_PATH, &Method::POST) => {
             at.form(body).await?;
             at.remove().await
@@ -81,6 +114,7 @@ pub(crate) async fn own(
         (VERIFY_PATH | ENROL_PATH, _) => Err(ProxyError::MethodNotAllowed("GET, POST".into())),
         (MANAGE_PATH, _) => Err(ProxyError::MethodNotAllowed("GET".into())),
         (REMOVE_PATH, _) => Err(ProxyError::MethodNotAllowed("POST".into())),
+        _ if path.starts_with(WEBAUTHN_PATH) => Err(ProxyError::MethodNotAllowed("POST".into())),
         _ => Err(ProxyError::NoRoute),
     }
 }
@@ -102,11 +136,12 @@ pub async fn for_browser(
         return None;
     };
     // Only the factors Drawbridge asks for itself have a page.
-    if !challenge
-        .methods
-        .iter()
-        .any(|m| matches!(m, MfaMethod::Totp | MfaMethod::RecoveryCode))
-    {
+    if !challenge.methods.iter().any(|m| {
+        matches!(
+            m,
+            MfaMethod::Totp | MfaMethod::Webauthn | MfaMethod::RecoveryCode
+        )
+    }) {
         return None;
     }
     let cookie = cookies::find(&req.headers, SESSION_COOKIE)?;
@@ -152,15 +187,19 @@ pub async fn for_browser(
                 None => u.path().to_string(),
             },
         );
-    let enrolled = match mfa.status(account(&session)).await {
-        Ok(s) => s.totp,
-        Err(_) => return Some(Err(ProxyError::SessionUnavailable)),
+    let (enrolled, webauthn) = match (
+        mfa.status(account(&session)).await,
+        mfa.webauthn_keys(account(&session), from.host()).await,
+    ) {
+        (Ok(s), Ok(keys)) => (s.totp, keys > 0),
+        _ => return Some(Err(ProxyError::SessionUnavailable)),
     };
     let csrf = drawbridge_session::csrf_token(cookie);
     let html = pages::verify(&pages::Ask {
         rd: &rd,
         csrf: &csrf,
         enrolled,
+        webauthn,
         resend: true,
         error: None,
     });
@@ -268,12 +307,13 @@ impl Pages<'_> {
         error: Option<&str>,
         status: StatusCode,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let enrolled = self
+        let enrolled = self.enrolled().await?;
+        let webauthn = self
             .mfa
-            .status(self.account())
+            .webauthn_keys(self.account(), self.page.from.host())
             .await
             .map_err(|e| self.store_failed(&e))?
-            .totp;
+            > 0;
         let csrf = self.csrf();
         Ok(self.page.html(
             status,
@@ -281,6 +321,7 @@ impl Pages<'_> {
                 rd,
                 csrf: &csrf,
                 enrolled,
+                webauthn,
                 resend,
                 error,
             }),
@@ -343,26 +384,37 @@ impl Pages<'_> {
             reason = e.kind(),
             "second factor refused"
         );
+        let (status, message) = self.refusal(&e)?;
+        if action == "mfa.enrol" && !matches!(e, MfaError::Locked) {
+            return self.enrol_page(rd, Some(&message)).await;
+        }
+        self.verify_page(rd, false, Some(&message), status).await
+    }
+
+    /// What a refused attempt answers: its status and words; a store failure refuses the
+    /// request (503).
+    fn refusal(&self, e: &MfaError) -> Result<(StatusCode, String), ProxyError> {
         let window = self.mfa.settings().failure_window.as_secs().div_ceil(60);
-        let (status, message) = match &e {
+        Ok(match e {
             MfaError::Locked => (
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Too many failed attempts. Try again in {window} minutes."),
             ),
             MfaError::Wrong | MfaError::Replayed => (
                 StatusCode::UNAUTHORIZED,
-                "That code did not work. Wait for the next code and try again.".to_string(),
+                "That did not work. Wait for the next code (or use your key again) and try again."
+                    .to_string(),
+            ),
+            MfaError::Cloned => (
+                StatusCode::UNAUTHORIZED,
+                "This security key was refused: its signature counter went back, as a copied key's would. Use another factor.".to_string(),
             ),
             MfaError::NotEnrolled => (
                 StatusCode::UNAUTHORIZED,
-                "There is nothing to confirm yet: set up your app first.".to_string(),
+                "There is nothing to confirm yet: set up a factor first.".to_string(),
             ),
-            MfaError::Store(_) | MfaError::Secret(_) => return Err(self.store_failed(&e)),
-        };
-        if action == "mfa.enrol" && !matches!(e, MfaError::Locked) {
-            return self.enrol_page(rd, Some(&message)).await;
-        }
-        self.verify_page(rd, false, Some(&message), status).await
+            MfaError::Store(_) | MfaError::Secret(_) => return Err(self.store_failed(e)),
+        })
     }
 
     /// Whether the person proved a factor in the last five minutes.
@@ -384,6 +436,7 @@ impl Pages<'_> {
         self.page.redirect(&format!("{VERIFY_PATH}?rd={rd}"))
     }
 
+    /// Whether the person has an authenticator app.
     async fn enrolled(&self) -> Result<bool, ProxyError> {
         Ok(self
             .mfa
@@ -391,6 +444,100 @@ impl Pages<'_> {
             .await
             .map_err(|e| self.store_failed(&e))?
             .totp)
+    }
+
+    /// Whether the person has any factor at all (an app, a key).
+    async fn has_a_factor(&self) -> Result<bool, ProxyError> {
+        let s = self
+            .mfa
+            .status(self.account())
+            .await
+            .map_err(|e| self.store_failed(&e))?;
+        Ok(s.totp || s.webauthn > 0)
+    }
+
+    /// A WebAuthn ceremony's step (`/register/options`, `/register`, `/verify/options`,
+    /// `/verify`), answered in JSON.
+    async fn webauthn(
+        &self,
+        step: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let origin = self.page.from.root();
+        let rp = RelyingParty {
+            host: self.page.from.host(),
+            origin: origin.trim_end_matches('/'),
+        };
+        let account = self.account();
+        let label = self.label();
+        let rd = body["rd"].as_str().unwrap_or("/");
+        let credential = &body["credential"];
+        // Adding a key to an account that has a factor needs a fresh one, as replacing does.
+        if step.starts_with("/register") && self.has_a_factor().await? && !self.fresh() {
+            return Ok(self.page.json_answer(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "confirm it's you first: use a factor you have"}),
+            ));
+        }
+        let outcome = match step {
+            "/register/options" => self.mfa.begin_registration(account, rp, label).await,
+            "/verify/options" => self.mfa.begin_authentication(account, rp).await,
+            "/register" | "/verify" => {
+                let done = if step == "/register" {
+                    self.mfa.finish_registration(account, rp, credential).await
+                } else {
+                    self.mfa
+                        .finish_authentication(account, rp, credential)
+                        .await
+                };
+                let action = if step == "/register" {
+                    "mfa.enrol"
+                } else {
+                    "mfa.verify"
+                };
+                return match done {
+                    Ok(accepted) => {
+                        self.audit(action, Some(accepted.factor.method), Ok(()));
+                        let target = self.target(rd);
+                        let proved = self.proved(accepted.factor, &target).await?;
+                        let mut res = self
+                            .page
+                            .json_answer(StatusCode::OK, &serde_json::json!({"location": target}));
+                        for c in proved.headers().get_all(header::SET_COOKIE) {
+                            res.headers_mut().append(header::SET_COOKIE, c.clone());
+                        }
+                        Ok(res)
+                    }
+                    Err(e) => {
+                        self.audit(action, Some(MfaMethod::Webauthn), Err(e.kind()));
+                        let (status, message) = self.refusal(&e)?;
+                        Ok(self
+                            .page
+                            .json_answer(status, &serde_json::json!({"error": message})))
+                    }
+                };
+            }
+            _ => return Err(ProxyError::NoRoute),
+        };
+        match outcome {
+            Ok(options) => Ok(self.page.json_answer(StatusCode::OK, &options)),
+            Err(e) => {
+                let (status, message) = self.refusal(&e)?;
+                Ok(self
+                    .page
+                    .json_answer(status, &serde_json::json!({"error": message})))
+            }
+        }
+    }
+
+    /// The name a person's factors are shown under: their email, else their id.
+    fn label(&self) -> &str {
+        self.session
+            .record
+            .attributes
+            .get("email")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&self.session.record.user)
     }
 
     async fn enrol_page(
@@ -402,13 +549,7 @@ impl Pages<'_> {
             let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
             return self.prove_first(&format!("{ENROL_PATH}?rd={rd}"));
         }
-        let label = self
-            .session
-            .record
-            .attributes
-            .get("email")
-            .and_then(|v| v.as_str())
-            .unwrap_or(&self.session.record.user);
+        let label = self.label();
         let started = self
             .mfa
             .begin_totp(self.account(), label)

@@ -140,17 +140,61 @@ impl Page<'_> {
 
     /// A POST from a page of another origin is refused (with CSRF tokens besides).
     pub(crate) async fn form(&self, body: Incoming) -> Result<Vec<(String, String)>, ProxyError> {
+        let bytes = self.body(body, MAX_FORM_BYTES).await?;
+        Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+    }
+
+    /// A JSON body posted by the pages' own script: same origin (sent by every browser on a
+    /// `fetch` POST), `application/json` (never a form another site could submit), at most
+    /// 64 KiB.
+    pub(crate) async fn json(&self, body: Incoming) -> Result<serde_json::Value, ProxyError> {
+        if self.headers.get(header::ORIGIN).is_none() {
+            return Err(ProxyError::Csrf);
+        }
+        let json = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json {
+            return Err(ProxyError::BadRequest("expected application/json"));
+        }
+        let bytes = self.body(body, 64 * 1024).await?;
+        serde_json::from_slice(&bytes).map_err(|_| ProxyError::BadRequest("malformed JSON"))
+    }
+
+    /// The body, from this origin only (with anti-forgery tokens besides).
+    async fn body(&self, body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
         if let Some(o) = self.headers.get(header::ORIGIN)
             && o.as_bytes() != self.from.root().trim_end_matches('/').as_bytes()
         {
             return Err(ProxyError::Csrf);
         }
-        let bytes: Bytes = Limited::new(body, MAX_FORM_BYTES)
+        Ok(Limited::new(body, limit)
             .collect()
             .await
-            .map_err(|_| ProxyError::BodyTooLarge(MAX_FORM_BYTES as u64))?
-            .to_bytes();
-        Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+            .map_err(|_| ProxyError::BodyTooLarge(limit as u64))?
+            .to_bytes())
+    }
+
+    /// A JSON answer to the pages' script.
+    pub(crate) fn json_answer(
+        &self,
+        status: StatusCode,
+        v: &serde_json::Value,
+    ) -> Response<ResponseBody> {
+        let mut res = Response::new(ResponseBody::full(v.to_string()));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        secure_headers(res.headers_mut());
+        res
     }
 }
 

@@ -121,7 +121,11 @@ pub fn candidates(
 ) -> Vec<MfaMethod> {
     let mut out = Vec::new();
     if principal.methods.contains(&AuthMethod::Oidc) && snapshot.mfa_config.is_some() {
-        out.extend([MfaMethod::Totp, MfaMethod::RecoveryCode]);
+        out.extend([
+            MfaMethod::Totp,
+            MfaMethod::Webauthn,
+            MfaMethod::RecoveryCode,
+        ]);
     }
     let trusted = route
         .authenticators

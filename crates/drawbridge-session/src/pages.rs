@@ -14,6 +14,7 @@ pub const STYLESHEET: &str = "\
 body{margin:0;padding:1rem;background:#f4f5f7;color:#111}
 main{max-width:32rem;margin:2rem auto;background:#fff;border-radius:.5rem;padding:1.5rem;box-shadow:0 1px 3px #0003}
 h1{font-size:1.4rem;margin-top:0}
+h2{font-size:1.1rem;margin-top:1.5rem}
 button{font:inherit;width:100%;padding:.75rem 1rem;margin:.25rem 0;border:2px solid #0b57d0;border-radius:.4rem;background:#0b57d0;color:#fff;cursor:pointer}
 button.secondary{background:#fff;color:#0b57d0}
 button:focus-visible,a:focus-visible{outline:3px solid #e37400;outline-offset:2px}
@@ -31,7 +32,8 @@ input[type=text]{font:inherit;font-size:1.3rem;letter-spacing:.15em;width:100%;b
 @media (prefers-color-scheme:dark){body{background:#111;color:#eee}main{background:#1c1c1e}.muted{color:#bbb}a{color:#8ab4f8}button{background:#8ab4f8;border-color:#8ab4f8;color:#000}button.secondary{background:transparent;color:#8ab4f8}}
 ";
 
-/// The Content-Security-Policy of every page: nothing but its own stylesheet; forms post to
+/// The Content-Security-Policy of every page: nothing but its own stylesheet and script (the
+/// WebAuthn glue, fetching from Drawbridge only); forms post to
 /// Drawbridge only, and the redirects that follow may go to `form_targets` (the providers'
 /// origins); never framed.
 pub fn content_security_policy(form_targets: &[String]) -> String {
@@ -41,7 +43,7 @@ pub fn content_security_policy(form_targets: &[String]) -> String {
         targets.push_str(t);
     }
     format!(
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
     )
 }
 

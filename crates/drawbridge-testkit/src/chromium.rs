@@ -94,6 +94,46 @@ impl Chromium {
         }
     }
 
+    /// A command of a WebDriver extension on this session: `method` to
+    /// `/session/{id}/{path}` with `body`; the answer's value.
+    pub async fn extension(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let cmd = Extension {
+            method,
+            path: path.to_string(),
+            body,
+        };
+        self.client
+            .issue_cmd(cmd)
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"))
+    }
+
+    /// Adds a virtual authenticator (the WebAuthn spec's WebDriver extension): CTAP2,
+    /// internal (a platform authenticator), with resident keys and user verification that
+    /// succeeds. Returns its id.
+    pub async fn virtual_authenticator(&self) -> String {
+        let v = self
+            .extension(
+                http::Method::POST,
+                "webauthn/authenticator",
+                Some(serde_json::json!({
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": true,
+                    "hasUserVerification": true,
+                    "isUserVerified": true,
+                    "automaticPresenceSimulation": true,
+                })),
+            )
+            .await;
+        v.as_str().expect("an authenticator id").to_string()
+    }
+
     /// Where the browser is.
     pub async fn url(&self) -> String {
         self.client
@@ -114,5 +154,34 @@ impl Chromium {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         at
+    }
+}
+
+/// A command of a WebDriver extension (the WebAuthn virtual authenticators).
+#[derive(Debug)]
+struct Extension {
+    method: http::Method,
+    path: String,
+    body: Option<serde_json::Value>,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Extension {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            self.method.clone(),
+            self.body.as_ref().map(|b| b.to_string()),
+        )
     }
 }

@@ -1099,3 +1099,170 @@ async fn grpc_calls_that_need_a_factor_get_status_16_with_the_challenge() {
     assert_eq!(ok.into_inner().text, "HI");
     assert_eq!(up.calls().len(), 1);
 }
+
+/// Headless Chromium with the WebDriver virtual authenticator of the WebAuthn spec: a
+/// person registers a passkey from the step-up page and lands where they were going; asks
+/// again past the route's maximum age; adds a second key; and a cloned key (its signature
+/// counter set back) is refused. Screenshots go to `target/browser-screenshots/webauthn/`.
+#[tokio::test]
+async fn a_person_registers_and_uses_passkeys_and_a_cloned_one_is_refused() {
+    use fantoccini::Locator;
+    let m = setup(1, None).await;
+    let chrome = drawbridge_testkit::chromium::Chromium::start("webauthn").await;
+    let c = &chrome.client;
+    let first = chrome.virtual_authenticator().await;
+    let wanted = m.url(0, "/secure/report");
+    c.goto(&wanted).await.expect("goto");
+    chrome
+        .wait_css("input[name=login]")
+        .await
+        .send_keys("alice")
+        .await
+        .expect("type");
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .expect("password")
+        .send_keys("alice-pw")
+        .await
+        .expect("type");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    // No factor yet: the page offers a passkey.
+    let register = chrome.wait_css("button[data-webauthn=register]").await;
+    chrome.shot("1-needs-a-factor").await;
+    m.up.clear();
+    register.click().await.expect("click");
+    assert_eq!(
+        chrome.wait_url(&wanted).await,
+        wanted,
+        "registered, and on to the page"
+    );
+    chrome.shot("2-upstream").await;
+    let claims = claims_of(
+        m.up.last()
+            .expect("forwarded")
+            .header("x-drawbridge-identity")
+            .expect("identity"),
+    );
+    assert_eq!(claims["amr"], json!(["oidc", "hwk", "mfa"]));
+    assert!(claims["factors"]["webauthn"].is_i64());
+
+    // Past the route's maximum age: asked again, with the key.
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    c.goto(&wanted).await.expect("goto");
+    let use_key = chrome.wait_css("button[data-webauthn=verify]").await;
+    chrome.shot("3-step-up").await;
+    use_key.click().await.expect("click");
+    assert_eq!(chrome.wait_url(&wanted).await, wanted);
+
+    // A second key, on another authenticator (the first one gone from the browser).
+    chrome
+        .extension(
+            http::Method::DELETE,
+            &format!("webauthn/authenticator/{first}"),
+            None,
+        )
+        .await;
+    let second = chrome.virtual_authenticator().await;
+    c.goto(&m.url(0, "/.drawbridge/mfa")).await.expect("goto");
+    chrome
+        .wait_css("button[data-webauthn=register]")
+        .await
+        .click()
+        .await
+        .expect("click");
+    // The page comes back with both keys listed.
+    let mut listed = false;
+    for _ in 0..100 {
+        if c.source()
+            .await
+            .unwrap_or_default()
+            .contains("2 registered")
+        {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(listed, "two keys: {}", c.source().await.unwrap_or_default());
+    chrome.shot("4-two-keys").await;
+    // The second key works (its counter moves past registration's).
+    c.goto(&m.url(0, "/.drawbridge/mfa/verify?rd=%2Fsecure%2Freport"))
+        .await
+        .expect("goto");
+    chrome
+        .wait_css("button[data-webauthn=verify]")
+        .await
+        .click()
+        .await
+        .expect("click");
+    assert_eq!(chrome.wait_url(&wanted).await, wanted);
+
+    // A clone of it: the same credential, its signature counter set back to zero.
+    let path = format!("webauthn/authenticator/{second}/credentials");
+    let creds = chrome.extension(http::Method::GET, &path, None).await;
+    let mut cred = creds[0].clone();
+    assert!(cred["signCount"].as_u64().expect("count") >= 1, "{cred}");
+    chrome.extension(http::Method::DELETE, &path, None).await;
+    cred["signCount"] = json!(0);
+    chrome
+        .extension(
+            http::Method::POST,
+            &format!("webauthn/authenticator/{second}/credential"),
+            Some(cred),
+        )
+        .await;
+    m.up.clear();
+    let verify = m.url(0, "/.drawbridge/mfa/verify?rd=%2Fsecure%2Freport");
+    c.goto(&verify).await.expect("goto");
+    chrome
+        .wait_css("button[data-webauthn=verify]")
+        .await
+        .click()
+        .await
+        .expect("click");
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = c
+            .find(Locator::Id("webauthn-status"))
+            .await
+            .expect("status")
+            .text()
+            .await
+            .expect("text");
+        if !said.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(said.contains("signature counter went back"), "{said}");
+    chrome.shot("5-cloned-key-refused").await;
+    assert_eq!(chrome.url().await, verify);
+    // Nothing but the browser's own icon request reached the upstream.
+    assert!(
+        m.up.received().iter().all(|r| r.target == "/favicon.ico"),
+        "{:?}",
+        m.up.received()
+            .iter()
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>()
+    );
+    let events = m
+        .audit_events(|e| e.iter().any(|e| e["reason"] == "possible_clone"))
+        .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "possible_clone" && e["principal"]["id"] == "alice"),
+        "the clone is audited"
+    );
+    // The key is withdrawn: one left (the first, its authenticator gone from the browser).
+    c.goto(&m.url(0, "/.drawbridge/mfa")).await.expect("goto");
+    chrome.wait_css("h2").await;
+    assert!(c.source().await.expect("source").contains("1 registered"));
+    c.clone().close().await.expect("close");
+}

@@ -150,13 +150,13 @@ impl Cx<'_> {
             Duration::from_secs(12 * 3600),
         );
         let methods = match &m.methods {
-            None => vec![MfaMethod::Totp, MfaMethod::RecoveryCode, MfaMethod::Idp],
+            None => MfaMethod::ALL.to_vec(),
             Some(list) if list.get_ref().is_empty() => {
                 self.r.error_help(
                     list.span().start,
                     format!("{at}.mfa.methods"),
                     "no method would ever satisfy the route",
-                    "list the factors that count: `totp`, `recovery_code`, `idp`",
+                    "list the factors that count: `totp`, `webauthn`, `recovery_code`, `idp`",
                 );
                 return None;
             }
@@ -164,19 +164,13 @@ impl Cx<'_> {
                 let mut out = Vec::new();
                 for name in list.get_ref() {
                     match MfaMethod::parse(name.get_ref()) {
-                        Some(MfaMethod::Webauthn) => self.r.error_help(
-                            name.span().start,
-                            format!("{at}.mfa.methods"),
-                            "WebAuthn is not available in this version",
-                            "use `totp`, `recovery_code` or `idp`",
-                        ),
                         Some(method) if !out.contains(&method) => out.push(method),
                         Some(_) => {}
                         None => self.r.error_help(
                             name.span().start,
                             format!("{at}.mfa.methods"),
                             format!("unknown second factor `{}`", name.get_ref()),
-                            "use `totp`, `recovery_code` or `idp`",
+                            "use `totp`, `webauthn`, `recovery_code` or `idp`",
                         ),
                     }
                 }
@@ -272,7 +266,7 @@ impl Cx<'_> {
                     span,
                     format!("routes[{i}].mfa"),
                     "none of the route's callers could ever show one of these factors",
-                    "people who sign in (`oidc`) enrol `totp` and `recovery_code`; `idp` needs `trusted_mfa` on the route's `jwt` or `oidc` authenticator",
+                    "people who sign in (`oidc`) enrol `totp`, `webauthn` and `recovery_code`; `idp` needs `trusted_mfa` on the route's `jwt` or `oidc` authenticator",
                 );
             }
         }

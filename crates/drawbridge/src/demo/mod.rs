@@ -369,8 +369,8 @@ is kept in {dir}/sessions.redb; API clients on the same route still get 401:
   curl -ik -H "Authorization: Bearer $TOKEN" {site}/app/
 
 Second factors. Open {site}/app/admin/ : it needs a second factor done within two minutes.
-The first time, set up any authenticator app from the QR code (or the key under it), and
-keep the recovery codes shown; you land on the admin page. Come back after two minutes:
+The first time, set up any authenticator app from the QR code (or the key under it) and
+keep the recovery codes shown, or register a passkey; you land on the admin page. Come back after two minutes:
 you are asked for a code again. Changing anything in the app (a POST or a DELETE) needs
 one within a minute, by policy; an API client without one gets an RFC 9470 challenge:
 
