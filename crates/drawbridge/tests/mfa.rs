@@ -115,14 +115,19 @@ async fn setup(instances: usize, redis: Option<String>) -> Mfa {
             .map(|p| format!("https://app.test:{p}{path}"))
             .collect()
     };
-    let idp = Idp::start(&settings(
+    let mut corp = settings(
         "drawbridge",
         "corp-secret",
         &uris("/.drawbridge/callback"),
         &uris("/.drawbridge/signed_out"),
         serde_json::json!({}),
-    ))
-    .await;
+    );
+    // Carol signs in with a second factor at the provider, which says so in `amr`; every
+    // ID token carries `auth_time`.
+    corp["users"]["carol"] = json!({"password": "carol-pw", "amr": ["pwd", "mfa"],
+        "claims": {"email": "carol@corp.test", "email_verified": true, "groups": [], "name": "Carol"}});
+    corp["clients"][0]["require_auth_time"] = json!(true);
+    let idp = Idp::start(&corp).await;
     let ci = SigningKey::generate(KeyType::P256, "ci-1");
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.log");
@@ -157,6 +162,7 @@ client_id = "drawbridge"
 client_secret_file = "corp.secret"
 scopes = ["openid", "email", "profile", "groups"]
 claims = {{ groups = "groups", attributes = ["email"] }}
+trusted_mfa = {{ amr = ["mfa"] }}
 
 [[authenticators]]
 name = "ci"
@@ -1265,4 +1271,40 @@ async fn a_person_registers_and_uses_passkeys_and_a_cloned_one_is_refused() {
     chrome.wait_css("h2").await;
     assert!(c.source().await.expect("source").contains("1 registered"));
     c.clone().close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_second_factor_done_at_the_provider_counts_where_trusted() {
+    let m = setup(1, None).await;
+    let mut b = m.browser(0);
+    // Carol's ID token says `amr: ["pwd", "mfa"]` with its auth_time: the route that needs
+    // a factor lets her straight through, and the upstream is told it was the provider's.
+    let page = sign_in(&m, &mut b, 0, "carol", "/secure/report").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.url, m.url(0, "/secure/report"));
+    let claims = claims_of(
+        m.up.last()
+            .expect("forwarded")
+            .header("x-drawbridge-identity")
+            .expect("identity"),
+    );
+    assert_eq!(claims["amr"], json!(["oidc", "mfa"]));
+    assert!(claims["factors"]["idp"].is_i64(), "{claims}");
+    // Alice's says nothing of a factor: she is asked for one.
+    let mut a = m.browser(0);
+    let asked = sign_in(&m, &mut a, 0, "alice", "/secure/report").await;
+    assert!(
+        asked.url.contains("/.drawbridge/mfa/verify"),
+        "{}",
+        asked.url
+    );
+    // The provider's factor ages like any other: past the route's maximum age, Carol is
+    // asked too.
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    let stale = b.navigate(&m.url(0, "/secure/report")).await;
+    assert!(
+        stale.url.contains("/.drawbridge/mfa/verify"),
+        "{}",
+        stale.url
+    );
 }

@@ -3,7 +3,7 @@
 //   node oidc-idp.mjs SETTINGS.json
 //
 // SETTINGS: { "port": 0, "clients": [...oidc-provider client metadata],
-//             "users": { "alice": { "password": "...", "claims": {...} } },
+//             "users": { "alice": { "password": "...", "claims": {...}, "amr": [...] } },
 //             "ttl": { "IdToken": 3600, "AccessToken": 3600, "RefreshToken": 86400 } }
 //
 // Prints `listening <port>` once it accepts connections. People sign in on a plain form
@@ -27,7 +27,8 @@ const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
   clients: settings.clients,
   claims: {
-    openid: ['sub'],
+    // How the person authenticated, when the provider knows (a user's `amr`, `acr`).
+    openid: ['sub', 'amr', 'acr', 'auth_time'],
     email: ['email', 'email_verified'],
     profile: ['name'],
     groups: ['groups'],
@@ -107,8 +108,12 @@ async function interaction(req, res) {
     res.end('wrong user or password');
     return true;
   }
-  await provider.interactionFinished(req, res, { login: { accountId: form.get('login') } },
-    { mergeWithLastSubmission: false });
+  // A user's `amr` and `acr` (settings) say how the provider authenticated them: what an
+  // ID token reports of a second factor done here.
+  const login = { accountId: form.get('login') };
+  if (user.amr) login.amr = user.amr;
+  if (user.acr) login.acr = user.acr;
+  await provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
   return true;
 }
 
