@@ -54,22 +54,11 @@ pub(crate) async fn own(
     };
     let path = ctx.path.decoded.as_str();
     if path == WEBAUTHN_SCRIPT_PATH {
-        crate::page::only(&req.method, &[Method::GET, Method::HEAD])?;
-        let mut res = Response::new(ResponseBody::full(pages::WEBAUTHN_SCRIPT));
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        return crate::page::asset(
+            &req.method,
+            pages::WEBAUTHN_SCRIPT,
+            "text/javascript; charset=utf-8",
         );
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=3600"),
-        );
-        h.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        return Ok(res);
     }
     let here = req.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let (cookie, session) = match signed_in(page).await? {

@@ -198,6 +198,28 @@ impl Page<'_> {
     }
 }
 
+/// One of the pages' static files (their stylesheet, their script): `GET` or `HEAD`,
+/// cached for an hour, never sniffed as another type.
+pub(crate) fn asset(
+    method: &Method,
+    body: &'static str,
+    content_type: &'static str,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    only(method, &[Method::GET, Method::HEAD])?;
+    let mut res = Response::new(ResponseBody::full(body));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(res)
+}
+
 /// What every page and redirect of Drawbridge's own carries: never cached, never framed,
 /// no referrer.
 pub(crate) fn secure_headers(h: &mut HeaderMap) {

@@ -56,19 +56,7 @@ pub async fn own(
             return Ok(res);
         }
         pages::STYLESHEET_PATH => {
-            only(&req.method, &[Method::GET, Method::HEAD])?;
-            let mut res = Response::new(ResponseBody::full(pages::STYLESHEET));
-            let h = res.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css"));
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=3600"),
-            );
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            return Ok(res);
+            return crate::page::asset(&req.method, pages::STYLESHEET, "text/css");
         }
         _ => {}
     }

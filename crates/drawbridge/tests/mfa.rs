@@ -939,6 +939,31 @@ async fn two_instances_sharing_redis_share_codes_and_limits() {
     );
 }
 
+/// Opens `url` in Chromium and signs in as `user` at the provider's form.
+async fn browser_sign_in(chrome: &drawbridge_testkit::chromium::Chromium, url: &str, user: &str) {
+    use fantoccini::Locator;
+    let c = &chrome.client;
+    c.goto(url).await.expect("goto");
+    chrome
+        .wait_css("input[name=login]")
+        .await
+        .send_keys(user)
+        .await
+        .expect("type");
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .expect("password")
+        .send_keys(&format!("{user}-pw"))
+        .await
+        .expect("type");
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+}
+
 /// Headless Chromium: sign in, enrol TOTP from the page, pass a step-up, see the upstream's
 /// page. Screenshots of every page go to `target/browser-screenshots/mfa/`.
 #[tokio::test]
@@ -948,25 +973,7 @@ async fn a_person_enrols_and_steps_up_in_a_real_browser() {
     let chrome = drawbridge_testkit::chromium::Chromium::start("mfa").await;
     let c = &chrome.client;
     let wanted = m.url(0, "/secure/report");
-    c.goto(&wanted).await.expect("goto");
-    chrome
-        .wait_css("input[name=login]")
-        .await
-        .send_keys("alice")
-        .await
-        .expect("type");
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .expect("password")
-        .send_keys("alice-pw")
-        .await
-        .expect("type");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("click");
+    browser_sign_in(&chrome, &wanted, "alice").await;
     // No factor yet: the page offers to set one up.
     let setup_link = chrome.wait_css("a[href^='/.drawbridge/mfa/enrol']").await;
     chrome.shot("1-needs-a-factor").await;
@@ -1118,25 +1125,7 @@ async fn a_person_registers_and_uses_passkeys_and_a_cloned_one_is_refused() {
     let c = &chrome.client;
     let first = chrome.virtual_authenticator().await;
     let wanted = m.url(0, "/secure/report");
-    c.goto(&wanted).await.expect("goto");
-    chrome
-        .wait_css("input[name=login]")
-        .await
-        .send_keys("alice")
-        .await
-        .expect("type");
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .expect("password")
-        .send_keys("alice-pw")
-        .await
-        .expect("type");
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("click");
+    browser_sign_in(&chrome, &wanted, "alice").await;
     // No factor yet: the page offers a passkey.
     let register = chrome.wait_css("button[data-webauthn=register]").await;
     chrome.shot("1-needs-a-factor").await;
