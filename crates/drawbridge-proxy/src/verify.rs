@@ -92,24 +92,38 @@ impl MfaCheck {
 }
 
 /// Phase 6 on `route`: the route's `mfa` against `principal` at `now`; `None` when the route
-/// asks for none.
-pub fn route(route: &RouteEntry, principal: Option<&Principal>, now: u64) -> Option<MfaCheck> {
+/// asks for none (the common case costs one test).
+pub fn route(
+    route: &RouteEntry,
+    principal: Option<&Principal>,
+    now: std::time::SystemTime,
+) -> Option<MfaCheck> {
     let req = route.config.mfa.as_ref()?;
     Some(MfaCheck::of(
         principal,
         &req.methods,
         Some(req.max_age),
-        now,
+        unix(now),
     ))
 }
 
 /// The step-up the policies found for `principal` (see
 /// [`crate::authorize::step_up`]), as what it needed and what it showed at `now`.
-pub fn stepped_up(principal: &Principal, s: drawbridge_policy::StepUp, now: u64) -> MfaCheck {
+pub fn stepped_up(
+    principal: &Principal,
+    s: drawbridge_policy::StepUp,
+    now: std::time::SystemTime,
+) -> MfaCheck {
     MfaCheck {
         satisfied: false,
-        ..MfaCheck::of(Some(principal), &s.methods, s.max_age, now)
+        ..MfaCheck::of(Some(principal), &s.methods, s.max_age, unix(now))
     }
+}
+
+/// Unix seconds.
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The factors `principal` could prove: those Drawbridge enrols, for a person signed in

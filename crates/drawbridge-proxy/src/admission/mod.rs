@@ -105,12 +105,7 @@ pub async fn admit(
             }
         };
     // 6 verify: the route's own requirement comes before any policy.
-    let action = crate::authorize::action_of(ask);
-    let now = ask
-        .time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let required = crate::verify::route(&route, principal.as_deref(), now);
+    let required = crate::verify::route(&route, principal.as_deref(), ask.time);
     if let Some(check) = required.as_ref().filter(|c| !c.satisfied) {
         let asked = principal
             .clone()
@@ -119,7 +114,7 @@ pub async fn admit(
             error: ProxyError::StepUp(Box::new(check.challenge(&route))),
             decided: Some(Decided {
                 principal: asked,
-                action,
+                action: crate::authorize::action_of(ask),
                 decision: crate::authorize::denied("second factor required".into()),
                 mfa: required,
             }),
@@ -158,7 +153,7 @@ pub async fn admit(
             &crate::verify::candidates(snapshot, &route, &asked),
         )
     {
-        let check = crate::verify::stepped_up(&asked, s, now);
+        let check = crate::verify::stepped_up(&asked, s, ask.time);
         error = Some(ProxyError::StepUp(Box::new(check.challenge(&route))));
         mfa = Some(check);
     }
