@@ -21,9 +21,10 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// The earlier of the principal's credential expiry and the route's maximum lifetime,
-    /// for a request that arrived at `arrived` (`arrived_at` by the wall clock): no clock is
-    /// read here.
+    /// The earliest of the route's maximum lifetime, the principal's credential expiry, and
+    /// (on a route that requires a second factor) the moment that factor grows older than
+    /// the route's `max_age`, for a request that arrived at `arrived` (`arrived_at` by the
+    /// wall clock): no clock is read here.
     pub fn of(
         route: &RouteEntry,
         principal: Option<&Principal>,
@@ -31,26 +32,39 @@ impl Deadline {
         arrived_at: SystemTime,
     ) -> Deadline {
         let now = Instant::from_std(arrived);
-        let lifetime = Deadline {
+        let mut deadline = Deadline {
             at: now + route.config.max_stream_lifetime,
             why: "maximum stream lifetime reached",
             credential: false,
         };
-        let Some(expires) = principal.and_then(|p| p.expires_at) else {
-            return lifetime;
+        let Some(p) = principal else {
+            return deadline;
         };
         let unix_now = arrived_at
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let left = Duration::from_secs(expires.saturating_sub(unix_now));
-        if left < route.config.max_stream_lifetime {
-            Deadline {
-                at: now + left,
-                why: "credential expired",
-                credential: true,
+        let mut sooner = |until: u64, why: &'static str| {
+            let at = now + Duration::from_secs(until.saturating_sub(unix_now));
+            if at < deadline.at {
+                deadline = Deadline {
+                    at,
+                    why,
+                    credential: true,
+                };
             }
-        } else {
-            lifetime
+        };
+        if let Some(expires) = p.expires_at {
+            sooner(expires, "credential expired");
         }
+        // A tunnel admitted with a fresh second factor does not outlive its freshness.
+        if let Some(req) = &route.config.mfa
+            && let Some(at) = p.factor_at(&req.methods)
+        {
+            sooner(
+                at.saturating_add(req.max_age.as_secs()),
+                "second factor older than the route's max_age",
+            );
+        }
+        deadline
     }
 }

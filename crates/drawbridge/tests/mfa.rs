@@ -1052,12 +1052,12 @@ async fn a_person_enrols_and_steps_up_in_a_real_browser() {
     c.clone().close().await.expect("close");
 }
 
-#[tokio::test]
-async fn grpc_calls_that_need_a_factor_get_status_16_with_the_challenge() {
-    use drawbridge_testkit::grpc::GrpcUpstream;
-    use drawbridge_testkit::grpc::proto::Msg;
-    use drawbridge_testkit::grpc::proto::echo_client::EchoClient;
-    let up = GrpcUpstream::start().await;
+/// A gRPC upstream behind a route that needs the issuer's own second factor within
+/// `max_age`; its tokens are signed with the returned key.
+async fn grpc_behind_mfa(
+    max_age: &str,
+) -> (drawbridge_testkit::grpc::GrpcUpstream, Harness, SigningKey) {
+    let up = drawbridge_testkit::grpc::GrpcUpstream::start().await;
     let key = SigningKey::generate(KeyType::P256, "k1");
     let cfg = config(&format!(
         "[[authenticators]]\nname = \"corp\"\ntype = \"jwt\"\nissuer = \"https://idp.test/\"\n\
@@ -1065,10 +1065,18 @@ async fn grpc_calls_that_need_a_factor_get_status_16_with_the_challenge() {
          trusted_mfa = {{ amr = [\"mfa\"] }}\n\n\
          [[upstreams]]\nname = \"echo\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n\n\
          [[routes]]\nname = \"echo\"\nprefix = \"/echo.Echo\"\nupstream = \"echo\"\nauthenticate = [\"corp\"]\nauthorize = false\n\
-         mfa = {{ required = true, max_age = \"10m\", methods = [\"idp\"] }}\n",
+         mfa = {{ required = true, max_age = \"{max_age}\", methods = [\"idp\"] }}\n",
         up.url()
     ));
     let h = Harness::start_with(&cfg, &[("jwks.json", &jwks(&[&key]))]).await;
+    (up, h, key)
+}
+
+#[tokio::test]
+async fn grpc_calls_that_need_a_factor_get_status_16_with_the_challenge() {
+    use drawbridge_testkit::grpc::proto::Msg;
+    use drawbridge_testkit::grpc::proto::echo_client::EchoClient;
+    let (up, h, key) = grpc_behind_mfa("10m").await;
     let channel = tonic::transport::Channel::from_shared(h.url(""))
         .expect("uri")
         .connect()
@@ -1296,4 +1304,49 @@ async fn a_second_factor_done_at_the_provider_counts_where_trusted() {
         "{}",
         stale.url
     );
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_second_factor_grows_too_old() {
+    use drawbridge_testkit::grpc::proto::Msg;
+    use drawbridge_testkit::grpc::proto::echo_client::EchoClient;
+    use tokio_stream::StreamExt;
+    let (_up, h, key) = grpc_behind_mfa("3s").await;
+    let channel = tonic::transport::Channel::from_shared(h.url(""))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = EchoClient::new(channel);
+    // The token lives a minute; its second factor is fresh now, and good for three seconds.
+    let n = now();
+    let token = key.sign(
+        &json!({"iss": "https://idp.test/", "aud": "drawbridge", "sub": "alice",
+        "iat": n, "exp": n + 60, "amr": ["mfa"], "auth_time": n}),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Msg {
+        text: "a".into(),
+        n: 1,
+    })
+    .await
+    .expect("send");
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let mut stream = client.bidi(req).await.expect("bidi").into_inner();
+    assert_eq!(
+        stream.next().await.expect("one").expect("ok").text,
+        "echo:a"
+    );
+    // The stream does not outlive the factor's freshness, though the token is still good.
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(8), stream.next())
+        .await
+        .expect("the stream outlived its second factor");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(tx);
 }
