@@ -29,7 +29,7 @@ pub use jwks::{FetchSettings, KeySet, KeySource};
 pub use jwt::{JwtAuthenticator, MAX_TOKEN_BYTES, peek_issuer};
 pub use mtls::{ClientCert, MtlsAuthenticator};
 pub use oidc::{Discovered, IdToken, OidcAuthenticator, OidcError, Tokens};
-pub use principal::{AuthMethod, Factor, Principal};
+pub use principal::{AuthMethod, FACTOR_SKEW, Factor, Principal};
 
 /// Seconds since the Unix epoch, the unit of JWT time claims.
 pub fn unix_now() -> u64 {

@@ -41,7 +41,17 @@ pub struct Factor {
     pub at: u64,
 }
 
+/// How far ahead of the clock a factor's time may be (clock skew between the issuer and
+/// Drawbridge): a factor dated later than that counts for nothing, never as "just done".
+pub const FACTOR_SKEW: u64 = 60;
+
 impl Factor {
+    /// Its age at `now`, in seconds; `None` when it is dated beyond [`FACTOR_SKEW`] in the
+    /// future (a token claiming a factor to come must not stay fresh for ever).
+    pub fn age(&self, now: u64) -> Option<u64> {
+        (self.at <= now.saturating_add(FACTOR_SKEW)).then(|| now.saturating_sub(self.at))
+    }
+
     /// Adds `factor` to `factors`, or moves its method's time forward.
     pub fn record(factors: &mut Vec<Factor>, factor: Factor) {
         match factors.iter_mut().find(|f| f.method == factor.method) {
@@ -75,12 +85,13 @@ impl Principal {
         self == other
     }
 
-    /// The latest time it proved one of `methods`.
-    pub fn factor_at(&self, methods: &[MfaMethod]) -> Option<u64> {
+    /// The latest time, as of `now`, it proved one of `methods` (a factor dated beyond
+    /// clock skew in the future does not count).
+    pub fn factor_at(&self, methods: &[MfaMethod], now: u64) -> Option<u64> {
         self.factors
             .iter()
-            .filter(|f| methods.contains(&f.method))
-            .map(|f| f.at)
+            .filter(|f| methods.contains(&f.method) && f.age(now).is_some())
+            .map(|f| f.at.min(now))
             .max()
     }
 }
@@ -107,5 +118,28 @@ impl AuthMethod {
             AuthMethod::Mtls => "mtls",
             AuthMethod::Oidc => "oidc",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_factor_from_the_future_has_no_age() {
+        let f = |at| Factor {
+            method: MfaMethod::Totp,
+            at,
+        };
+        assert_eq!(f(1_000).age(1_100), Some(100));
+        // Within clock skew ahead: just done.
+        assert_eq!(f(1_100 + FACTOR_SKEW).age(1_100), Some(0));
+        // Beyond it: nothing, and never the latest factor.
+        assert_eq!(f(1_101 + FACTOR_SKEW).age(1_100), None);
+        let p = Principal {
+            factors: vec![f(1_000), f(99_999)],
+            ..Principal::anonymous()
+        };
+        assert_eq!(p.factor_at(&[MfaMethod::Totp], 1_100), Some(1_000));
     }
 }

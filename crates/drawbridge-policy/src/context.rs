@@ -166,18 +166,25 @@ pub(crate) fn build(
             age.hash(&mut h);
             authn.push((SmolStr::new_static("age"), Value::from(age)));
         }
-        let mut ages: Vec<(SmolStr, Value)> = Vec::with_capacity(factors.len());
-        for f in factors {
-            let age = age_of(f.at);
-            (f.method.as_str(), age).hash(&mut h);
-            ages.push((SmolStr::new_static(f.method.as_str()), Value::from(age)));
+        // A factor dated in the future (beyond clock skew) counts for nothing.
+        let counted: Vec<(&'static str, i64)> = factors
+            .iter()
+            .filter_map(|f| {
+                let age = f.age(now)?;
+                Some((f.method.as_str(), i64::try_from(age).unwrap_or(i64::MAX)))
+            })
+            .collect();
+        let mut ages: Vec<(SmolStr, Value)> = Vec::with_capacity(counted.len());
+        for &(method, age) in &counted {
+            (method, age).hash(&mut h);
+            ages.push((SmolStr::new_static(method), Value::from(age)));
         }
         authn.push((
             SmolStr::new_static("mfa"),
-            Value::set(factors.iter().map(|f| text(f.method.as_str())), None),
+            Value::set(counted.iter().map(|(m, _)| text(m)), None),
         ));
-        if let Some(latest) = factors.iter().map(|f| f.at).max() {
-            authn.push((SmolStr::new_static("mfa_age"), Value::from(age_of(latest))));
+        if let Some(youngest) = counted.iter().map(|(_, age)| *age).min() {
+            authn.push((SmolStr::new_static("mfa_age"), Value::from(youngest)));
         }
         authn.push((SmolStr::new_static("factors"), Value::record(ages, None)));
         m.insert("authn".into(), Value::record(authn, None));

@@ -187,11 +187,10 @@ impl Policies {
         let mut methods = Vec::new();
         let mut involved: Vec<String> = denied.policies.clone();
         for &method in candidates {
+            // The factor as if proved now (whatever time the caller's own claims to have).
             let mut factors = principal.factors.clone();
-            drawbridge_identity::Factor::record(
-                &mut factors,
-                drawbridge_identity::Factor { method, at: now },
-            );
+            factors.retain(|f| f.method != method);
+            factors.push(drawbridge_identity::Factor { method, at: now });
             let ctx = context::build(enforce.reads, rp, principal, &factors, req, grpc).ok()?;
             let request = cedar_policy::Request::new(
                 pe.uid.clone(),

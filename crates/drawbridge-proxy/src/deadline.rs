@@ -58,7 +58,7 @@ impl Deadline {
         }
         // A tunnel admitted with a fresh second factor does not outlive its freshness.
         if let Some(req) = &route.config.mfa
-            && let Some(at) = p.factor_at(&req.methods)
+            && let Some(at) = p.factor_at(&req.methods, unix_now)
         {
             sooner(
                 at.saturating_add(req.max_age.as_secs()),

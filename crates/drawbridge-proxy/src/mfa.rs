@@ -411,11 +411,14 @@ impl Pages<'_> {
         let now = drawbridge_identity::unix_now();
         self.session
             .principal
-            .factor_at(&[
-                MfaMethod::Totp,
-                MfaMethod::RecoveryCode,
-                MfaMethod::Webauthn,
-            ])
+            .factor_at(
+                &[
+                    MfaMethod::Totp,
+                    MfaMethod::RecoveryCode,
+                    MfaMethod::Webauthn,
+                ],
+                now,
+            )
             .is_some_and(|at| now.saturating_sub(at) <= FRESH)
     }
 

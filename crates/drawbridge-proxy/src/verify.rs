@@ -39,8 +39,8 @@ impl MfaCheck {
             p.factors
                 .iter()
                 .filter(|f| required.contains(&f.method))
-                .max_by_key(|f| f.at)
-                .map(|f| (f.method, now.saturating_sub(f.at)))
+                .filter_map(|f| f.age(now).map(|age| (f.method, age)))
+                .min_by_key(|(_, age)| *age)
         });
         let satisfied =
             presented.is_some_and(|(_, age)| max_age.is_none_or(|m| age <= m.as_secs()));

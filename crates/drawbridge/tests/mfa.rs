@@ -693,7 +693,17 @@ async fn api_clients_get_rfc_9470_challenges() {
     let acr = t(json!({"acr": "phr", "auth_time": now()}));
     let old = t(json!({"amr": ["hwk"], "auth_time": now() - 400}));
     let fresh = t(json!({"amr": ["mfa"], "auth_time": now()}));
-    let cases: [(&str, &str, Method, &str, StatusCode, &str); 11] = [
+    // A factor dated an hour ahead would otherwise never grow old.
+    let ahead = t(json!({"amr": ["mfa"], "auth_time": now() + 3600}));
+    let cases: [(&str, &str, Method, &str, StatusCode, &str); 12] = [
+        (
+            "a factor dated in the future",
+            &ahead,
+            Method::DELETE,
+            "/things/1",
+            StatusCode::UNAUTHORIZED,
+            "a second factor is required",
+        ),
         (
             "a GET needs nothing",
             &plain,
