@@ -537,7 +537,7 @@ impl Pages<'_> {
         rd: &str,
         error: Option<&str>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if self.enrolled().await? && !self.fresh() {
+        if self.has_a_factor().await? && !self.fresh() {
             let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
             return self.prove_first(&format!("{ENROL_PATH}?rd={rd}"));
         }
@@ -562,7 +562,7 @@ impl Pages<'_> {
     }
 
     async fn enrol(&self, code: &str, rd: &str) -> Result<Response<ResponseBody>, ProxyError> {
-        if self.enrolled().await? && !self.fresh() {
+        if self.has_a_factor().await? && !self.fresh() {
             return Err(ProxyError::Forbidden(crate::rescue::Forbidden::NoPermit));
         }
         match self.mfa.confirm_totp(self.account(), code.trim()).await {

@@ -1277,6 +1277,28 @@ async fn a_person_registers_and_uses_passkeys_and_a_cloned_one_is_refused() {
     c.goto(&m.url(0, "/.drawbridge/mfa")).await.expect("goto");
     chrome.wait_css("h2").await;
     assert!(c.source().await.expect("source").contains("1 registered"));
+
+    // A new session (signed in again, no factor proved in it) cannot add an authenticator
+    // app to an account that has a key: it is sent to prove the key first.
+    c.delete_all_cookies().await.expect("cookies");
+    c.goto(&m.url(0, "/.drawbridge/mfa/enrol?rd=%2F"))
+        .await
+        .expect("goto");
+    let mut at = String::new();
+    for _ in 0..100 {
+        at = chrome.url().await;
+        if at.contains("/.drawbridge/mfa/verify") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(at.contains("/.drawbridge/mfa/verify"), "{at}");
+    assert!(
+        !c.source()
+            .await
+            .expect("source")
+            .contains("class=\"secret\"")
+    );
     c.clone().close().await.expect("close");
 }
 
