@@ -66,7 +66,8 @@ pub trait Backend: Send + Sync {
 
     /// Adds `by` to the counter at `key` and returns its new value, in one step. A counter
     /// that is not there starts at zero and ends at `expires_at` (a fixed window); adding
-    /// to it never moves its end.
+    /// to it never moves its end. A negative `by` on a counter that is not there creates
+    /// none and returns 0.
     fn add(
         &self,
         key: &str,

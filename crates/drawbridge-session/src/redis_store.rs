@@ -146,8 +146,10 @@ impl Backend for Redis {
     }
 }
 
-/// `add`: INCRBY, and the window's end set when the counter is new (scripts run whole).
-const ADD: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+/// `add`: INCRBY, and the window's end set when the counter is new (scripts run whole);
+/// nothing is given back to a counter that is gone.
+const ADD: &str = "if tonumber(ARGV[1]) < 0 and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+local n = redis.call('INCRBY', KEYS[1], ARGV[1]) \
 if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end \
 return n";
 

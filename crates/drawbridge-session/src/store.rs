@@ -258,6 +258,8 @@ impl Backend for Embedded {
                 });
                 let (n, at) = match held {
                     Some((n, at)) => (n.saturating_add(by), at),
+                    // Nothing to give back to: a window that ended starts at zero.
+                    None if by < 0 => return Ok(0),
                     None => (by, expires_at),
                 };
                 t.insert(key.as_str(), entry(&n.to_be_bytes(), at).as_slice())?;
@@ -343,6 +345,9 @@ pub(crate) mod suite {
         // A window that ended starts again.
         s.add("ended", 5, past).await.expect("add");
         assert_eq!(s.add("ended", 1, far).await.expect("add"), 1);
+        // Giving back to a counter that is gone creates none (no credit for the next).
+        assert_eq!(s.add("gone", -1, far).await.expect("add"), 0);
+        assert_eq!(s.add("gone", 1, far).await.expect("add"), 1);
         // A number is raised once to a value, never lowered, whoever raises it.
         let raised =
             futures_util::future::join_all((0..10).map(|_| s.advance("step", 7, far))).await;
