@@ -14,6 +14,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Browser tests drive Debian's Chromium over WebDriver (nothing downloads a browser).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# Metrics are parsed by Prometheus's own Python parser and linted, with the shipped alert
+# rules, by promtool.
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

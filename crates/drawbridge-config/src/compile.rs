@@ -53,7 +53,6 @@ pub(crate) fn compile(
     };
 
     let server = cx.server(&raw.server);
-    let admin = cx.admin(raw.admin.as_ref(), &raw.listeners);
     let listeners: Vec<Listener> = raw
         .listeners
         .iter()
@@ -107,6 +106,7 @@ pub(crate) fn compile(
         .enumerate()
         .map(|(i, a)| (a.get_ref().name.get_ref().as_str(), i))
         .collect();
+    let admin = cx.admin(raw.admin.as_ref(), &raw.listeners, &authenticators);
     let policy = cx.policy(raw.policy.as_ref());
     if let Some(names) = raw
         .policy
@@ -1326,18 +1326,94 @@ impl Cx<'_> {
         }
     }
 
-    /// `[admin]`: a loopback address (the admin listener has no authentication yet), never
-    /// one a listener uses.
+    /// `[admin]`: an address no listener uses; anything but loopback only with
+    /// authenticators (`jwt`, `api_key`, `mtls` over the admin listener's own TLS).
     fn admin(
         &mut self,
         raw: Option<&Spanned<RawAdmin>>,
         listeners: &[Spanned<RawListener>],
+        authenticators: &[Authenticator],
     ) -> Option<Admin> {
         let raw = raw?;
         let location = self.r.locate(raw.span().start);
-        let Some(a) = &raw.get_ref().address else {
+        let r = raw.get_ref();
+        let tls = r.tls.as_ref().map(|t| self.tls("admin.tls", t));
+        let tls = match tls {
+            Some(None) => return None,
+            Some(Some(t)) => Some(t),
+            None => None,
+        };
+        let mut chosen = Vec::new();
+        for (i, n) in r
+            .authenticators
+            .iter()
+            .flat_map(|a| a.get_ref())
+            .enumerate()
+        {
+            let at = format!("admin.authenticators[{i}]");
+            match authenticators.iter().position(|a| a.name == *n.get_ref()) {
+                None => self.r.error_help(
+                    n.span().start,
+                    at,
+                    format!("no authenticator is named `{}`", n.get_ref()),
+                    "name an authenticator declared in `[[authenticators]]`",
+                ),
+                Some(k) => match &authenticators[k].kind {
+                    AuthenticatorKind::Oidc(_) => self.r.error_help(
+                        n.span().start,
+                        at,
+                        format!("`{}` signs people in with sessions", n.get_ref()),
+                        "the admin API takes bearer JWTs, API keys or client certificates: name a `jwt`, `api_key` or `mtls` authenticator",
+                    ),
+                    AuthenticatorKind::Mtls(_)
+                        if tls.as_ref().is_none_or(|t| t.client_auth.is_none()) =>
+                    {
+                        self.r.error_help(
+                            n.span().start,
+                            at,
+                            format!(
+                                "`{}` reads client certificates, which the admin listener does not ask for",
+                                n.get_ref()
+                            ),
+                            "add `[admin.tls]` with `certificates` and `client_ca_file`",
+                        )
+                    }
+                    _ => chosen.push(k),
+                },
+            }
+        }
+        if let Some(a) = &r.authenticators
+            && a.get_ref().is_empty()
+        {
+            self.r.error_help(
+                a.span().start,
+                "admin.authenticators",
+                "no authenticator is listed",
+                "name at least one, or leave `authenticators` out and keep the admin listener on loopback",
+            );
+        }
+        let groups: Vec<String> = r
+            .groups
+            .iter()
+            .flat_map(|g| g.get_ref())
+            .map(|g| g.get_ref().clone())
+            .collect();
+        if let Some(g) = &r.groups
+            && r.authenticators.is_none()
+        {
+            self.r.error_help(
+                g.span().start,
+                "admin.groups",
+                "`groups` without `authenticators` restricts nobody",
+                "add `authenticators` whose callers carry these groups",
+            );
+        }
+        let Some(a) = &r.address else {
             return Some(Admin {
                 address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+                authenticators: chosen,
+                groups,
+                tls,
                 location,
             });
         };
@@ -1353,12 +1429,12 @@ impl Cx<'_> {
                 return None;
             }
         };
-        if !address.ip().is_loopback() {
+        if !address.ip().is_loopback() && r.authenticators.is_none() {
             self.r.error_help(
                 a.span().start,
                 "admin.address",
-                format!("`{address}` is not a loopback address"),
-                "the admin listener has no authentication yet: keep it on 127.0.0.1 or [::1] and reach it from the same host (a sidecar, a kubelet probe through the pod's loopback)",
+                format!("`{address}` is not a loopback address, and no authenticator guards it"),
+                "keep the admin listener on 127.0.0.1 or [::1], or add `authenticators` (a `jwt`, `api_key` or `mtls` authenticator for operators) so that every caller but the health probes must prove who it is",
             );
             return None;
         }
@@ -1374,7 +1450,13 @@ impl Cx<'_> {
             );
             return None;
         }
-        Some(Admin { address, location })
+        Some(Admin {
+            address,
+            authenticators: chosen,
+            groups,
+            tls,
+            location,
+        })
     }
 
     fn distinct_addresses(&mut self, raw: &[Spanned<RawListener>]) {

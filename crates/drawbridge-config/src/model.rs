@@ -46,10 +46,17 @@ pub struct Config {
 }
 
 /// `[admin]`: Drawbridge's own listener (`/healthz`, `/readyz`), apart from every route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Admin {
-    /// Where it listens; a loopback address (it has no authentication yet).
+    /// Where it listens. Any address but loopback needs `authenticators`.
     pub address: SocketAddr,
+    /// Who may use it (indices into `authenticators`): every path but `/healthz` and
+    /// `/readyz` needs a caller one of them admits. Empty: loopback only, unauthenticated.
+    pub authenticators: Vec<usize>,
+    /// When not empty, the caller must be in one of these groups too.
+    pub groups: Vec<String>,
+    /// TLS for the admin listener (needed for `mtls` authenticators).
+    pub tls: Option<Tls>,
     /// Where it was declared.
     pub location: Location,
 }

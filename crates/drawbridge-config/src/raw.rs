@@ -84,6 +84,9 @@ pub(crate) struct RawSessions {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub address: Option<Spanned<String>>,
+    pub authenticators: Option<Spanned<Vec<Spanned<String>>>>,
+    pub groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 /// `[policy]`: the Cedar policies that authorize requests.

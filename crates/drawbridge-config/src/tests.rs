@@ -656,10 +656,10 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// `[admin]` listens on loopback (127.0.0.1:9901 unless it says otherwise); it has no
-/// authentication yet, so any other address is refused, as is one a listener uses.
+/// `[admin]` listens on loopback (127.0.0.1:9901 unless it says otherwise); anything else
+/// only with authenticators guarding it, and never on an address a listener uses.
 #[test]
-fn the_admin_listener_stays_on_loopback() {
+fn the_admin_listener_stays_on_loopback_unless_guarded() {
     let cfg = check(&format!("{BASE}\n[admin]\n")).expect("valid");
     assert_eq!(
         cfg.admin.map(|a| a.address),
@@ -669,8 +669,8 @@ fn the_admin_listener_stays_on_loopback() {
     assert_eq!(cfg.admin.map(|a| a.address.port()), Some(9000));
     assert!(check(BASE).expect("valid").admin.is_none());
     for (address, why) in [
-        ("0.0.0.0:9901", "not a loopback address"),
-        ("10.0.0.1:9901", "not a loopback address"),
+        ("0.0.0.0:9901", "no authenticator guards it"),
+        ("10.0.0.1:9901", "no authenticator guards it"),
         ("127.0.0.1:8080", "already used by listeners[0]"),
         ("localhost", "not a socket address"),
     ] {
@@ -679,6 +679,51 @@ fn the_admin_listener_stays_on_loopback() {
         assert_eq!(e[0].field, "admin.address");
         assert!(e[0].message.contains(why), "{address}: {}", e[0].message);
     }
+    let jwt = "[[authenticators]]\nname = \"ops\"\ntype = \"jwt\"\nissuer = \"https://ops.test/\"\naudiences = [\"a\"]\njwks_url = \"https://ops.test/jwks\"\n";
+    let guarded = format!(
+        "{BASE}\n{jwt}\n[admin]\naddress = \"0.0.0.0:9901\"\nauthenticators = [\"ops\"]\ngroups = [\"sre\"]\n"
+    );
+    let cfg = check(&guarded).expect("valid");
+    let admin = cfg.admin.expect("admin");
+    assert_eq!(
+        (admin.authenticators, admin.groups),
+        (vec![0], vec!["sre".to_string()])
+    );
+    for (admin, field, why) in [
+        (
+            "authenticators = [\"nobody\"]",
+            "admin.authenticators[0]",
+            "no authenticator is named",
+        ),
+        (
+            "authenticators = []",
+            "admin.authenticators",
+            "no authenticator is listed",
+        ),
+        ("groups = [\"sre\"]", "admin.groups", "restricts nobody"),
+    ] {
+        let e = errors(&format!("{BASE}\n{jwt}\n[admin]\n{admin}\n"));
+        assert_eq!(e.len(), 1, "{admin}: {e:?}");
+        assert_eq!(e[0].field, field);
+        assert!(e[0].message.contains(why), "{admin}: {}", e[0].message);
+    }
+    // Client certificates need the admin listener's own TLS, asking for them.
+    let ca = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/certs/clients-ca.crt"
+    );
+    let mtls = format!(
+        "[[authenticators]]\nname = \"svc\"\ntype = \"mtls\"\ntrust_domain = \"example.org\"\nca_file = \"{ca}\"\n"
+    );
+    let e = errors(&format!(
+        "{BASE}\n{mtls}\n[admin]\nauthenticators = [\"svc\"]\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message.contains("does not ask for"),
+        "{}",
+        e[0].message
+    );
 }
 
 /// Active checks are on with `check_path`, with defaults; their other settings without a

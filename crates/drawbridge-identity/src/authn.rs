@@ -127,6 +127,16 @@ impl Authenticator {
         }
     }
 
+    /// The state of the issuer's fetched keys (fetches, failures, age), for metrics; `None`
+    /// where no keys are fetched.
+    pub fn key_set_state(&self) -> Option<drawbridge_telemetry::metrics::KeySetState> {
+        match self {
+            Self::Jwt(j) => j.keys().state(),
+            Self::Oidc(o) => o.discovered_now().and_then(|d| d.keys().state()),
+            Self::ApiKey(_) | Self::Mtls(_) => None,
+        }
+    }
+
     /// The challenge scheme a refusal names for it (`WWW-Authenticate`); none for client
     /// certificates, which are asked for by the TLS handshake, not by HTTP, nor for
     /// sessions, which a browser gets by signing in.

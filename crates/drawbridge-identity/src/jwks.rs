@@ -15,6 +15,8 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use drawbridge_telemetry::metrics::KeySetState;
+
 use crate::error::{JwksError, Refusal};
 use crate::fetch::Fetcher;
 
@@ -201,6 +203,8 @@ pub struct KeySource {
     last_unknown_kid: Mutex<Option<Instant>>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches that succeeded and that failed, for metrics.
+    fetches: [std::sync::atomic::AtomicU64; 2],
 }
 
 enum Origin {
@@ -249,6 +253,7 @@ impl KeySource {
             last_attempt: Mutex::new(None),
             last_unknown_kid: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            fetches: Default::default(),
         })
     }
 
@@ -265,7 +270,22 @@ impl KeySource {
             last_attempt: Mutex::new(None),
             last_unknown_kid: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            fetches: Default::default(),
         }
+    }
+
+    /// Fetches that succeeded and failed, and the age of the keys in use; `None` for keys
+    /// read from a file.
+    pub fn state(&self) -> Option<KeySetState> {
+        use std::sync::atomic::Ordering;
+        let Origin::Url { .. } = self.origin else {
+            return None;
+        };
+        Some(KeySetState {
+            fetched: self.fetches[0].load(Ordering::Relaxed),
+            failed: self.fetches[1].load(Ordering::Relaxed),
+            age: self.current.load().as_ref().map(|l| l.fetched_at.elapsed()),
+        })
     }
 
     /// Changes whenever the keys change.
@@ -398,6 +418,8 @@ impl KeySource {
                     .map(|(k, _)| (k, digest(&bytes)))
                     .map_err(|e| format!("the key set is invalid: {e}"))
             });
+        self.fetches[usize::from(result.is_err())]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok((keys, digest)) => {
                 let previous = self.current.load();

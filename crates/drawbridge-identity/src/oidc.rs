@@ -197,6 +197,11 @@ impl OidcAuthenticator {
         }
     }
 
+    /// The discovery document read last, without reading it now.
+    pub fn discovered_now(&self) -> Option<Arc<Discovered>> {
+        self.discovered.load_full()
+    }
+
     /// The checked discovery document: read now when never read (or too old), at most once
     /// per [`DISCOVERY_RETRY`] while it fails.
     pub async fn discovered(&self) -> Result<Arc<Discovered>, OidcError> {

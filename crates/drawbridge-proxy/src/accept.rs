@@ -76,10 +76,13 @@ pub async fn accept_loop(
         let drain = drain.clone();
         let stop = stop.clone();
         // The connection's slot and its place in the drain go with it, to a tunnel too.
+        let metrics = shared.snapshot.load().listeners[index].metrics.clone();
+        metrics.opened();
         let held = Held {
             permit: Some(permit),
             debt: slots.debt.clone(),
             _drain: drain,
+            metrics,
         };
         tokio::spawn(serve_connection(shared, index, stream, peer, stop, held));
     }
@@ -131,11 +134,14 @@ struct Held {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     debt: Arc<std::sync::atomic::AtomicUsize>,
     _drain: mpsc::Sender<()>,
+    /// Counts the connection open until it ends.
+    metrics: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
+        self.metrics.closed();
         let owed = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
@@ -182,7 +188,7 @@ async fn serve_connection(
     drop(snapshot);
 
     let is_tls = tls.is_some();
-    let streams = Arc::new(Streams::default());
+    let streams = Arc::new(Streams::on(held.metrics.clone()));
     // Until the handshake is done the connection holds its slot here; then its `ConnInfo`
     // does, for as long as anything (its requests, a tunnel) holds that.
     let mut held = Some(held);

@@ -68,6 +68,56 @@ pub async fn caller(
     principal.map(Some).map_err(refused)
 }
 
+/// Counts the outcome of authenticating a request on `route`: against the authenticator
+/// that admitted the caller, or the one whose kind of credential was refused (the route's
+/// first when that cannot be told).
+pub fn count(route: &RouteEntry, caller: &Result<Option<Arc<Principal>>, ProxyError>) {
+    use drawbridge_telemetry::metrics::AuthnOutcome;
+    let by = |i: Option<usize>| route.authn_metrics.get(i.unwrap_or(0));
+    let kind = |want: fn(&drawbridge_identity::Authenticator) -> bool| {
+        route.authenticators.iter().position(|a| want(a))
+    };
+    let (metrics, outcome) = match caller {
+        Ok(None) => return,
+        Ok(Some(p)) => (
+            by(route
+                .authenticators
+                .iter()
+                .position(|a| *a.name() == p.authenticator)),
+            AuthnOutcome::Ok,
+        ),
+        Err(ProxyError::Unauthenticated(e, _)) => {
+            use drawbridge_identity::Authenticator as A;
+            let outcome = match e {
+                AuthError::Missing => AuthnOutcome::Missing,
+                AuthError::Malformed(_) => AuthnOutcome::Malformed,
+                AuthError::Invalid(Refusal::Expired) => AuthnOutcome::Expired,
+                AuthError::Invalid(Refusal::KeysUnavailable(_)) => AuthnOutcome::Unavailable,
+                AuthError::Invalid(_) => AuthnOutcome::Invalid,
+            };
+            let at = match e {
+                AuthError::Invalid(Refusal::ApiKey(_)) => kind(|a| matches!(a, A::ApiKey(_))),
+                AuthError::Invalid(Refusal::Certificate(_)) => kind(|a| matches!(a, A::Mtls(_))),
+                AuthError::Invalid(Refusal::NotAccepted(_) | Refusal::Simulated(_))
+                | AuthError::Missing
+                | AuthError::Malformed(_) => None,
+                AuthError::Invalid(_) => kind(|a| matches!(a, A::Jwt(_))),
+            };
+            (by(at), outcome)
+        }
+        // The session store or the provider could not be had.
+        Err(_) => (
+            by(kind(|a| {
+                matches!(a, drawbridge_identity::Authenticator::Oidc(_))
+            })),
+            AuthnOutcome::Unavailable,
+        ),
+    };
+    if let Some(m) = metrics {
+        m.outcome(outcome);
+    }
+}
+
 /// The caller of every public route that asks its policies; one for the process, so the
 /// policies' entity for it is built once.
 pub fn anonymous() -> &'static Arc<Principal> {

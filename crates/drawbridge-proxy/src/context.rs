@@ -29,6 +29,10 @@ pub struct Shared {
     pub reloads: tokio::sync::watch::Sender<u64>,
     /// Set when the drain begins: the process is no longer ready for traffic.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The config file, read again at every reload.
+    pub config_path: std::path::PathBuf,
+    /// The latest reloads, newest last.
+    pub reload_history: std::sync::Mutex<std::collections::VecDeque<crate::reload::Reloaded>>,
 }
 
 /// What is known of a connection.
@@ -128,6 +132,8 @@ pub struct Ctx {
     pub client: IpAddr,
     /// The `Host` header as the client sent it.
     pub original_host: Option<HeaderValue>,
+    /// The route's counters, once a route took the request.
+    pub metrics: Option<Arc<drawbridge_telemetry::metrics::RouteMetrics>>,
 }
 
 impl Ctx {
@@ -156,6 +162,7 @@ impl Ctx {
             query: None,
             client: conn.peer.ip(),
             original_host: None,
+            metrics: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use drawbridge_telemetry::metrics::UpstreamFailure;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
@@ -170,6 +171,14 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
                 ProxyError::UpstreamTimeout(pool.request_timeout)
             }
         };
+        pool.metrics.failure(match &err {
+            ProxyError::UpstreamFailed(UpstreamError::Connect(_)) => UpstreamFailure::Connect,
+            ProxyError::UpstreamTimeout(_) => UpstreamFailure::Timeout,
+            _ => UpstreamFailure::Failed,
+        });
+        if attempt + 1 < attempts {
+            pool.metrics.retry();
+        }
         tracing::debug!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, attempt, error = %err, "upstream attempt failed");
         last_err = Some(err);
     }

@@ -77,6 +77,8 @@ const REQUEST_TIMEOUT: &[u8] =
 pub struct Streams {
     started: AtomicU64,
     open: AtomicUsize,
+    /// The listener's counters, where open requests are counted too.
+    listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
 }
 
 /// One open request of a connection; closes it when dropped.
@@ -84,10 +86,19 @@ pub struct Streams {
 pub struct StreamGuard(Arc<Streams>);
 
 impl Streams {
+    /// The requests of a connection on the listener counted by `listener`.
+    pub fn on(listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>) -> Self {
+        Streams {
+            listener,
+            ..Streams::default()
+        }
+    }
+
     /// Counts a request that started; it stays open until the guard is dropped.
     pub fn open(self: &Arc<Self>) -> StreamGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.listener.stream_opened();
         StreamGuard(self.clone())
     }
 
@@ -100,6 +111,7 @@ impl Streams {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.listener.stream_closed();
     }
 }
 

@@ -112,16 +112,17 @@ fn warn_about(snapshot: &Snapshot) {
 fn open_log<T: serde::Serialize + Send + 'static>(
     target: &AccessLogTarget,
     what: &str,
+    keep: usize,
 ) -> Result<JsonLog<T>, StartError> {
     match target {
-        AccessLogTarget::Stdout => JsonLog::start(Sink::Stdout),
-        AccessLogTarget::Stderr => JsonLog::start(Sink::Stderr),
+        AccessLogTarget::Stdout => JsonLog::start_keeping(Sink::Stdout, keep),
+        AccessLogTarget::Stderr => JsonLog::start_keeping(Sink::Stderr, keep),
         AccessLogTarget::Off => Ok(JsonLog::off()),
         AccessLogTarget::File(p) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
-            .and_then(|f| JsonLog::start(Sink::Writer(Box::new(f)))),
+            .and_then(|f| JsonLog::start_keeping(Sink::Writer(Box::new(f)), keep)),
     }
     .map_err(|source| StartError::Io {
         what: format!("opening the {what}"),
@@ -156,7 +157,6 @@ fn bind(
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
-    config_path: PathBuf,
     addrs: Vec<(String, SocketAddr)>,
     admin_addr: Option<SocketAddr>,
     admin_stop: watch::Sender<bool>,
@@ -189,8 +189,12 @@ impl Proxy {
             what: "starting sessions".into(),
             source: std::io::Error::other(e),
         })?;
-        let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
-        let audit: AuditLog = open_log(&snapshot.server.audit_log, "audit log")?;
+        let log: AccessLog = open_log(&snapshot.server.access_log, "access log", 0)?;
+        let audit: AuditLog = open_log(
+            &snapshot.server.audit_log,
+            "audit log",
+            admin::RECENT_DECISIONS,
+        )?;
 
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
@@ -235,6 +239,8 @@ impl Proxy {
             ids: RequestIds::new(),
             reloads: watch::channel(0).0,
             draining: Default::default(),
+            config_path: config_path.to_path_buf(),
+            reload_history: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
@@ -260,7 +266,6 @@ impl Proxy {
         });
         Ok(Arc::new(Proxy {
             shared,
-            config_path: config_path.to_path_buf(),
             addrs,
             admin_addr,
             admin_stop,
@@ -318,7 +323,7 @@ impl Proxy {
 
     /// The config file this proxy was started with.
     pub fn config_path(&self) -> &Path {
-        &self.config_path
+        &self.shared.config_path
     }
 
     /// Decisions the shadow policies would have made otherwise, since start.
@@ -341,19 +346,7 @@ impl Proxy {
     /// Recompiles the config file; swaps it in only if it is valid. Requests in flight keep
     /// the snapshot they started with.
     pub fn reload(&self) -> Result<String, ReloadError> {
-        let current = self.shared.snapshot.load_full();
-        let mut next = compile(&self.config_path, Some(&current))?;
-        if !current.same_listeners(&next) {
-            return Err(ReloadError::ListenersChanged);
-        }
-        session::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
-        let version = next.version.clone();
-        warn_about(&next);
-        prefetch(&next);
-        self.shared.snapshot.store(Arc::new(next));
-        // Open tunnels check their credentials against what is now in force.
-        self.shared.reloads.send_modify(|g| *g += 1);
-        Ok(version)
+        reload::apply(&self.shared)
     }
 
     /// Stops accepting, then waits up to the configured `shutdown_timeout` for in-flight

@@ -23,6 +23,8 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
+use drawbridge_telemetry::metrics::Timed;
+
 use crate::admission::{Admitted, Ask, Kind, Proof, Refused};
 use crate::body::{Record, RequestBody, ResponseBody};
 use crate::context::{ConnInfo, Ctx, Shared};
@@ -81,7 +83,10 @@ pub async fn handle(
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     let Ctx {
-        mut event, arrived, ..
+        mut event,
+        arrived,
+        metrics,
+        ..
     } = ctx;
     event.status = res.status().as_u16();
     let record = Record {
@@ -90,6 +95,7 @@ pub async fn handle(
         start: arrived,
         in_flight,
         stream,
+        metrics: metrics.unwrap_or_else(|| snapshot.unrouted.clone()),
     };
     match tunnel {
         // A tunnel's line is written when it ends, with the bytes of both directions.
@@ -205,7 +211,10 @@ async fn run(
         upgrade,
         lease,
     };
-    let mut forwarded = forward::forward(&route.upstream, out).await?;
+    let sent = std::time::Instant::now();
+    let forwarded = forward::forward(&route.upstream, out).await;
+    route.metrics.phase(Timed::Upstream, sent.elapsed());
+    let mut forwarded = forwarded?;
     if !route.response_edits.is_empty() {
         route.response_edits.apply(forwarded.response.headers_mut());
     }
@@ -253,6 +262,7 @@ pub async fn admit(
         req.method.as_str(),
     )?;
     ctx.event.route = Some(route.name.clone());
+    ctx.metrics = Some(route.metrics.clone());
     crate::sanitize::for_route(ctx, &route, req)?;
     let max_body = crate::parse::for_route(ctx, listener, &route, req)?;
     // 5 authenticate ... 8 limit

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use drawbridge_identity::Principal;
+use drawbridge_telemetry::metrics::Decision;
 use drawbridge_telemetry::{AccessEvent, AuditEvent, AuditLog, AuditPrincipal, AuditShadow};
 
 use crate::admission::Decided;
@@ -74,6 +75,14 @@ pub fn decision(
     about: &About<'_>,
 ) {
     let d = &decided.decision;
+    let verdict = if d.enforced.allow {
+        Decision::Allow
+    } else if decided.mfa.as_ref().is_some_and(|m| !m.satisfied) {
+        Decision::StepUp
+    } else {
+        Decision::Deny
+    };
+    route.metrics.decision(verdict, d.disagrees());
     if d.disagrees() {
         to.disagreements.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -116,6 +125,10 @@ pub fn mfa_attempt(
     method: Option<drawbridge_config::MfaMethod>,
     outcome: Result<(), &'static str>,
 ) {
+    snapshot.metrics.mfa_attempt(
+        method.map_or("none", drawbridge_config::MfaMethod::as_str),
+        outcome.err().unwrap_or("ok"),
+    );
     if !to.audit.enabled() {
         return;
     }

@@ -18,7 +18,62 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::context::Shared;
 use crate::{Proxy, ReloadError};
+
+/// Reloads kept for the admin API.
+const HISTORY: usize = 20;
+
+/// One reload, as the admin API reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// When it was tried, RFC 3339.
+    pub time: String,
+    /// Whether the new configuration took effect.
+    pub ok: bool,
+    /// The version in force afterwards.
+    pub version: String,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Recompiles the config file and swaps it in only if it is valid; requests in flight keep
+/// the snapshot they started with. Counted, and kept in the reload history, either way.
+pub fn apply(shared: &Shared) -> Result<String, ReloadError> {
+    let outcome = compile_next(shared);
+    shared.snapshot.load().metrics.reload(outcome.is_ok());
+    let mut history = shared
+        .reload_history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if history.len() == HISTORY {
+        history.pop_front();
+    }
+    history.push_back(Reloaded {
+        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        ok: outcome.is_ok(),
+        version: shared.snapshot.load().version.clone(),
+        error: outcome.as_ref().err().map(ToString::to_string),
+    });
+    outcome
+}
+
+fn compile_next(shared: &Shared) -> Result<String, ReloadError> {
+    let current = shared.snapshot.load_full();
+    let mut next = crate::compile(&shared.config_path, Some(&current))?;
+    if !current.same_listeners(&next) {
+        return Err(ReloadError::ListenersChanged);
+    }
+    crate::session::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
+    let version = next.version.clone();
+    crate::warn_about(&next);
+    crate::prefetch(&next);
+    shared.snapshot.store(Arc::new(next));
+    // Open tunnels check their credentials against what is now in force.
+    shared.reloads.send_modify(|g| *g += 1);
+    Ok(version)
+}
 
 /// How long events must stop before a reload: editors and ConfigMap swaps write in steps.
 const SETTLE: Duration = Duration::from_millis(200);

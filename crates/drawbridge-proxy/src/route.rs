@@ -31,6 +31,10 @@ pub struct RouteEntry {
     pub request_edits: Edits,
     /// Headers set on or removed from the upstream's response.
     pub response_edits: Edits,
+    /// Its counters, kept by name across reloads.
+    pub metrics: Arc<drawbridge_telemetry::metrics::RouteMetrics>,
+    /// The counters of its authenticators, in the order of `authenticators`.
+    pub authn_metrics: Vec<Arc<drawbridge_telemetry::metrics::AuthnMetrics>>,
 }
 
 impl RouteEntry {

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub server: Server,
     /// The admin listener, when configured.
     pub admin: Option<drawbridge_config::Admin>,
+    /// The admin listener's TLS, when `[admin.tls]` is set.
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// Listeners in config order.
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
@@ -53,6 +55,10 @@ pub struct Snapshot {
     /// The hosts this configuration serves over https: where a browser may return after
     /// signing in.
     pub served: drawbridge_session::Served,
+    /// Every metric, carried from one snapshot to the next.
+    pub metrics: Arc<drawbridge_telemetry::metrics::Metrics>,
+    /// The counters of requests no route took.
+    pub unrouted: Arc<drawbridge_telemetry::metrics::RouteMetrics>,
 }
 
 /// A listener's compiled settings.
@@ -78,6 +84,8 @@ pub struct ListenerEntry {
     pub hsts: Option<http::HeaderValue>,
     /// Its routes.
     pub routes: RouteTable,
+    /// Its counters, kept by name across reloads.
+    pub metrics: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
 }
 
 impl Snapshot {
@@ -85,6 +93,7 @@ impl Snapshot {
     /// did not change.
     pub fn compile(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, Diagnostics> {
         let mut errors = Vec::new();
+        let metrics = previous.map_or_else(Arc::default, |p| p.metrics.clone());
         let old: HashMap<&str, &Arc<UpstreamPool>> = previous
             .map(|p| p.upstreams.iter().map(|u| (&*u.name, u)).collect())
             .unwrap_or_default();
@@ -94,7 +103,10 @@ impl Snapshot {
                 // Unchanged: keep its connections and its endpoints' health.
                 Some(prev) if prev.settings.same_settings(u) => upstreams.push(Arc::clone(prev)),
                 _ => match UpstreamPool::new(u) {
-                    Ok(pool) => upstreams.push(Arc::new(pool)),
+                    Ok(mut pool) => {
+                        pool.metrics = metrics.upstream(&u.name);
+                        upstreams.push(Arc::new(pool))
+                    }
                     Err(e) => errors.push(Diagnostic {
                         location: u.location.clone(),
                         field: format!("upstreams `{}`", u.name),
@@ -207,6 +219,11 @@ impl Snapshot {
                     .map(|h| h.as_str().replace('-', "_"))
                     .collect();
                 Arc::new(RouteEntry {
+                    metrics: metrics.route(&r.name),
+                    authn_metrics: authenticators
+                        .iter()
+                        .map(|a| metrics.authenticator(a.name()))
+                        .collect(),
                     request_edits: crate::route::Edits::new(&r.request_headers),
                     response_edits: crate::route::Edits::new(&r.response_headers),
                     credential_params,
@@ -253,8 +270,20 @@ impl Snapshot {
                     .and_then(|t| t.hsts.as_deref())
                     .and_then(|v| http::HeaderValue::from_str(v).ok()),
                 routes: RouteTable::new(mine),
+                metrics: metrics.listener(&l.name),
             });
         }
+        let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            None => None,
+            Some(t) => match crate::tls::server_config(t, false) {
+                Ok((c, _)) => Some(c),
+                Err(mut d) => {
+                    d.field = format!("admin.tls.{}", d.field);
+                    errors.push(d);
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
@@ -272,6 +301,7 @@ impl Snapshot {
             files: config.files,
             server: config.server,
             admin: config.admin,
+            admin_tls,
             listeners,
             upstreams,
             authenticators,
@@ -283,6 +313,8 @@ impl Snapshot {
             mfa_config: config.mfa,
             mfa: None,
             served,
+            unrouted: metrics.route(drawbridge_telemetry::metrics::NO_ROUTE),
+            metrics,
         })
     }
 

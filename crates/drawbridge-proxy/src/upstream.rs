@@ -25,6 +25,8 @@ pub struct UpstreamPool {
     pub request_timeout: Duration,
     /// Extra attempts for idempotent, bodiless requests.
     pub retries: u32,
+    /// Its failures and retries, kept by name across reloads.
+    pub metrics: Arc<drawbridge_telemetry::metrics::UpstreamMetrics>,
     balance: Balance,
     max_requests: usize,
     max_failures: u32,
@@ -256,6 +258,7 @@ impl UpstreamPool {
             transport,
             request_timeout: cfg.request_timeout,
             retries: cfg.retries,
+            metrics: Arc::default(),
             balance: cfg.balance,
             max_requests: cfg.max_requests,
             max_failures: cfg.health.max_failures,
@@ -264,6 +267,15 @@ impl UpstreamPool {
             check,
             checking: Default::default(),
         })
+    }
+
+    /// Whether endpoint `i` takes requests now (neither ejected nor failing its checks),
+    /// and its requests in flight: what a metrics scrape reads.
+    pub fn endpoint_state(&self, i: usize) -> (bool, usize) {
+        let ep = &self.endpoints[i];
+        let up = ep.ejected_until.load(Ordering::Relaxed) <= now_ms()
+            && !ep.down.load(Ordering::Relaxed);
+        (up, ep.in_flight.load(Ordering::Relaxed))
     }
 
     /// Chooses an endpoint, avoiding `exclude` when another is available.

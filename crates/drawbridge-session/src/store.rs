@@ -19,6 +19,14 @@ pub enum Store {
 }
 
 impl Store {
+    /// `embedded` or `redis`, for what names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Embedded(_) => "embedded",
+            Store::Redis(_) => "redis",
+        }
+    }
+
     /// Opens the store `config` names: the embedded file (created when missing), or a
     /// Redis client (connected at first use).
     pub fn open(config: &drawbridge_config::SessionStore) -> Result<Store, StoreError> {

@@ -12,6 +12,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub mod metrics;
+
 /// The phase of the pipeline that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,6 +202,10 @@ pub enum Sink {
 pub struct JsonLog<T> {
     tx: Option<SyncSender<T>>,
     dropped: Arc<AtomicU64>,
+    /// Events queued and not yet written.
+    queued: Arc<AtomicU64>,
+    /// The latest lines written, newest last (the writer keeps them, off the request path).
+    recent: Arc<Recent>,
     /// Flushes asked for and flushes done: `flush` waits until the writer catches up.
     flushes: Arc<(AtomicU64, AtomicU64)>,
     /// How the writer thread sleeps when there is nothing to write, and is woken.
@@ -211,6 +217,8 @@ impl<T> Clone for JsonLog<T> {
         Self {
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
+            queued: self.queued.clone(),
+            recent: self.recent.clone(),
             flushes: self.flushes.clone(),
             wake: self.wake.clone(),
         }
@@ -275,7 +283,18 @@ pub const QUEUE: usize = 16 * 1024;
 impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
+        Self::start_keeping(sink, 0)
+    }
+
+    /// Starts a writer thread for `sink` that also keeps the latest `keep` lines in memory
+    /// (the admin API's recent decisions).
+    pub fn start_keeping(sink: Sink, keep: usize) -> std::io::Result<Self> {
+        let recent = Arc::new(Recent {
+            lines: Default::default(),
+            keep,
+        });
         let dropped = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let writer: Box<dyn Write + Send> = match sink {
             Sink::Off => return Ok(Self::off()),
@@ -296,12 +315,16 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             .spawn({
                 let flushes = flushes.clone();
                 let wake = wake.clone();
-                move || write_loop(rx, writer, &flushes, &wake)
+                let queued = queued.clone();
+                let recent = recent.clone();
+                move || write_loop(rx, writer, &flushes, &wake, &queued, &recent)
             })?;
         let _ = wake.thread.set(handle.thread().clone());
         Ok(Self {
             tx: Some(tx),
             dropped,
+            queued,
+            recent,
             flushes,
             wake,
         })
@@ -312,6 +335,8 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         Self {
             tx: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            queued: Arc::new(AtomicU64::new(0)),
+            recent: Arc::new(Recent::default()),
             flushes: Default::default(),
             wake: Default::default(),
         }
@@ -321,7 +346,10 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     pub fn record(&self, event: T) {
         if let Some(tx) = &self.tx {
             match tx.try_send(event) {
-                Ok(()) => self.wake.nudge(),
+                Ok(()) => {
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                    self.wake.nudge();
+                }
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -359,9 +387,46 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// The latest lines written (as many as it keeps), oldest first.
+    pub fn recent(&self) -> Vec<Arc<str>> {
+        self.recent.lines().iter().cloned().collect()
+    }
+
+    /// Events queued and not yet written.
+    pub fn depth(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// How often the writer woke from a sleep since it started.
     pub fn writer_wakes(&self) -> u64 {
         self.wake.wakes.load(Ordering::Relaxed)
+    }
+}
+
+/// The latest lines a log wrote.
+#[derive(Default)]
+struct Recent {
+    lines: std::sync::Mutex<std::collections::VecDeque<Arc<str>>>,
+    keep: usize,
+}
+
+impl Recent {
+    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Arc<str>>> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, line: &[u8]) {
+        if self.keep == 0 {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            return;
+        };
+        let mut lines = self.lines();
+        if lines.len() == self.keep {
+            lines.pop_front();
+        }
+        lines.push_back(text.into());
     }
 }
 
@@ -375,6 +440,8 @@ fn write_loop<T: Serialize>(
     writer: Box<dyn Write + Send>,
     flushes: &(AtomicU64, AtomicU64),
     wake: &Wake,
+    queued: &AtomicU64,
+    recent: &Recent,
 ) {
     use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
@@ -384,6 +451,7 @@ fn write_loop<T: Serialize>(
         // Read before draining: everything queued before this ask is drained below.
         let asked = flushes.0.load(Ordering::SeqCst);
         let mut wrote = false;
+        let mut written = 0u64;
         let closed = loop {
             let next = match pending.take() {
                 Some(event) => Ok(event),
@@ -395,16 +463,21 @@ fn write_loop<T: Serialize>(
                     // each through `BufWriter` costs a call; one `write_all` per line.
                     line.clear();
                     if serde_json::to_writer(&mut line, &event).is_ok() {
+                        recent.keep(&line);
                         line.push(b'\n');
                         let _ = out.write_all(&line);
                     }
                     drop(event);
                     wrote = true;
+                    written += 1;
                 }
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Disconnected) => break true,
             }
         };
+        if written > 0 {
+            queued.fetch_sub(written, Ordering::Relaxed);
+        }
         if wrote && let Err(e) = out.flush() {
             tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
         }

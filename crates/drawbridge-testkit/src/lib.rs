@@ -20,6 +20,7 @@ pub mod harness;
 pub mod idp;
 pub mod jwks;
 pub mod jwt;
+pub mod metrics;
 pub mod policies;
 pub mod redis;
 pub mod upstream;

@@ -259,6 +259,7 @@ authorize = false
             None,
         ),
         None => {
+            let config = format!("{config}\n[admin]\naddress = \"127.0.0.1:0\"\n");
             let refs: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
             let h = Harness::start_with(&config, &refs).await;
             assert_eq!(h.addr.port(), port);
@@ -330,10 +331,25 @@ async fn with_redis_down_sessions_and_sign_ins_are_refused() {
         ..Options::default()
     })
     .await;
+    let ready = || async {
+        let h = s._h.as_ref().expect("in process");
+        let admin = h.proxy.admin_addr().expect("admin listener");
+        get(&format!("http://{admin}/readyz")).await
+    };
     let mut b = s.browser();
     signed_in(&mut b, &s.url("app.test", "/")).await;
+    assert_eq!(
+        ready().await.status,
+        StatusCode::OK,
+        "{}",
+        ready().await.body
+    );
     s.up.clear();
     redis.stop();
+    // Readiness names the store that does not answer.
+    let r = ready().await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.contains("session store (redis)"), "{}", r.body);
     // Within `cache_ttl` the instance still knows the session it just read; past it, the
     // session is not trusted without the store.
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
@@ -360,6 +376,7 @@ async fn with_redis_down_sessions_and_sign_ins_are_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ok, "sign-in works again once Redis is back");
+    assert_eq!(ready().await.status, StatusCode::OK);
 }
 
 #[tokio::test]

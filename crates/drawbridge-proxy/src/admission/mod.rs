@@ -8,9 +8,11 @@
 pub mod ask;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use drawbridge_identity::Principal;
 use drawbridge_policy::{Action, Decision};
+use drawbridge_telemetry::metrics::Timed;
 
 pub use ask::{Ask, Kind, Proof};
 
@@ -93,17 +95,22 @@ pub async fn admit(
     ask: &Ask<'_>,
 ) -> Result<Admitted, Refused> {
     // 5 authenticate
-    let principal =
-        match crate::authenticate::caller(snapshot, &route, proof, ask.host, ask.headers).await {
-            Ok(p) => p,
-            Err(error) => {
-                return Err(Refused {
-                    error,
-                    route: Some(route),
-                    decided: None,
-                });
-            }
-        };
+    let started = Instant::now();
+    let caller = crate::authenticate::caller(snapshot, &route, proof, ask.host, ask.headers).await;
+    if !route.authenticators.is_empty() {
+        route.metrics.phase(Timed::Authenticate, started.elapsed());
+        crate::authenticate::count(&route, &caller);
+    }
+    let principal = match caller {
+        Ok(p) => p,
+        Err(error) => {
+            return Err(Refused {
+                error,
+                route: Some(route),
+                decided: None,
+            });
+        }
+    };
     // 6 verify: the route's own requirement comes before any policy.
     let required = crate::verify::route(&route, principal.as_deref(), ask.time);
     if let Some(check) = required.as_ref().filter(|c| !c.satisfied) {
@@ -133,7 +140,9 @@ pub async fn admit(
     let asked = principal
         .clone()
         .unwrap_or_else(|| crate::authenticate::anonymous().clone());
+    let started = Instant::now();
     let (action, decision, error) = crate::authorize::decide(snapshot, &route, &asked, ask);
+    route.metrics.phase(Timed::Authorize, started.elapsed());
     // Admitted only on an allowing decision, whatever else was said.
     let mut error = match error {
         None if !decision.allowed() => Some(ProxyError::Forbidden(crate::authorize::reason(

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -62,6 +63,8 @@ pub struct Record {
     pub in_flight: Option<InFlight>,
     /// Keeps the request open on its connection until the response ends.
     pub stream: crate::io::StreamGuard,
+    /// Where the request is counted: its route's counters.
+    pub metrics: Arc<drawbridge_telemetry::metrics::RouteMetrics>,
 }
 
 impl Record {
@@ -74,10 +77,13 @@ impl Record {
             start,
             in_flight,
             stream,
+            metrics,
         } = self;
         drop((in_flight, stream));
         complete(&mut event);
-        event.duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let elapsed = start.elapsed();
+        metrics.request(&event.method, event.status, elapsed);
+        event.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         log.record(event);
     }
 }
