@@ -52,6 +52,11 @@ for f in $(grep -l '^tests = ' examples/*.toml); do
   ./target/debug/drawbridge test --config "$f"
 done
 
+echo "==> promtool: the shipped alerting rules, and their unit tests"
+promtool check rules deploy/prometheus/drawbridge-rules.yml
+(cd deploy/prometheus && promtool test rules drawbridge-rules-test.yml)
+python3 -c 'import json, sys; json.load(open(sys.argv[1]))' deploy/grafana/drawbridge-dashboard.json
+
 echo "==> cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 # Print one closing line that sums every test binary's results.

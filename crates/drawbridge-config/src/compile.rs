@@ -107,6 +107,7 @@ pub(crate) fn compile(
         .map(|(i, a)| (a.get_ref().name.get_ref().as_str(), i))
         .collect();
     let admin = cx.admin(raw.admin.as_ref(), &raw.listeners, &authenticators);
+    let audit = cx.audit(raw.audit.as_ref(), &server);
     let policy = cx.policy(raw.policy.as_ref());
     if let Some(names) = raw
         .policy
@@ -261,6 +262,7 @@ pub(crate) fn compile(
         identity,
         policy,
         admin,
+        audit,
         sessions,
         mfa,
         warnings,
@@ -380,6 +382,51 @@ impl Cx<'_> {
     }
 
     /// `stdout`, `stderr`, `off` or a file path (relative to the config's directory).
+    /// `[audit]`: rotation only for a trail written to a file.
+    fn audit(&mut self, raw: Option<&Spanned<RawAudit>>, server: &Server) -> Audit {
+        let Some(raw) = raw else {
+            return Audit::default();
+        };
+        let r = raw.get_ref();
+        let rotate_bytes = r.rotate_bytes.as_ref().map(|_| {
+            self.int(
+                "audit.rotate_bytes",
+                r.rotate_bytes.as_ref(),
+                64 * 1024,
+                i64::MAX,
+                0,
+            ) as u64
+        });
+        let rotate_every = r
+            .rotate_every
+            .as_ref()
+            .map(|d| self.duration("audit.rotate_every", Some(d), Duration::from_secs(86_400)));
+        if (rotate_bytes.is_some() || rotate_every.is_some())
+            && !matches!(server.audit_log, AccessLogTarget::File(_))
+        {
+            self.r.error_help(
+                raw.span().start,
+                "audit",
+                "the audit trail rotates only when it is written to a file",
+                "set `[server] audit_log` to a file path, or leave `rotate_bytes` and `rotate_every` out",
+            );
+        }
+        let required = r.required.unwrap_or(false);
+        if required && server.audit_log == AccessLogTarget::Off {
+            self.r.error_help(
+                raw.span().start,
+                "audit.required",
+                "a required audit trail that is off would refuse every decided request",
+                "set `[server] audit_log` to a file (or `stdout`), or leave `required` out",
+            );
+        }
+        Audit {
+            rotate_bytes,
+            rotate_every,
+            required,
+        }
+    }
+
     fn log_target(&mut self, field: &str, raw: Option<&Spanned<String>>) -> AccessLogTarget {
         match raw {
             None => AccessLogTarget::Stdout,

@@ -36,6 +36,8 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// Drawbridge's own listener for health checks, when `[admin]` is present.
     pub admin: Option<Admin>,
+    /// How the audit trail rotates, and whether requests wait on it (`[audit]`).
+    pub audit: Audit,
     /// Where people's sessions are kept, when an `oidc` authenticator signs them in.
     pub sessions: Option<Sessions>,
     /// Second factors Drawbridge enrols and verifies itself (`[mfa]`); present whenever
@@ -59,6 +61,18 @@ pub struct Admin {
     pub tls: Option<Tls>,
     /// Where it was declared.
     pub location: Location,
+}
+
+/// `[audit]`: the audit trail's rotation, and whether it must be written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Start a new file once the current one holds this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// Start a new file once the current one is this old.
+    pub rotate_every: Option<Duration>,
+    /// Refuse (503) requests whose decision cannot be written, instead of admitting them
+    /// unrecorded.
+    pub required: bool,
 }
 
 /// `[policy]`: where the Cedar policies are and what the schema holds beyond its fixed part.

@@ -21,6 +21,7 @@ pub(crate) struct RawConfig {
     pub identity: Option<Spanned<RawIdentity>>,
     pub policy: Option<Spanned<RawPolicy>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub audit: Option<Spanned<RawAudit>>,
     pub sessions: Option<Spanned<RawSessions>>,
     pub mfa: Option<Spanned<RawMfa>>,
 }
@@ -87,6 +88,15 @@ pub(crate) struct RawAdmin {
     pub authenticators: Option<Spanned<Vec<Spanned<String>>>>,
     pub groups: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[audit]`: how the audit trail's files rotate, and whether it must be written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub rotate_bytes: Option<Spanned<i64>>,
+    pub rotate_every: Option<Spanned<String>>,
+    pub required: Option<bool>,
 }
 
 /// `[policy]`: the Cedar policies that authorize requests.

@@ -122,6 +122,17 @@ impl Minter {
         &self.config
     }
 
+    /// `claims` signed with the instance's key as a compact JWS (a JWT with `iss` set to
+    /// the assertion issuer): what seals the audit trail's chain, checked later against
+    /// the key set at `/.drawbridge/jwks.json`.
+    pub fn sign_claims(&self, claims: &Value) -> Result<String, MintError> {
+        let mut claims = claims.clone();
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("iss".into(), json!(self.config.issuer));
+        }
+        jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(MintError::Signing)
+    }
+
     /// The public key as a JWK Set document, served at `/.drawbridge/jwks.json`.
     pub fn jwks(&self) -> &Bytes {
         &self.jwks

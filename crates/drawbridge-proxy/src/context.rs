@@ -33,6 +33,9 @@ pub struct Shared {
     pub config_path: std::path::PathBuf,
     /// The latest reloads, newest last.
     pub reload_history: std::sync::Mutex<std::collections::VecDeque<crate::reload::Reloaded>>,
+    /// The key the audit trail's seals are signed with: the identity assertion key in
+    /// force.
+    pub audit_key: Arc<ArcSwap<drawbridge_identity::Minter>>,
 }
 
 /// What is known of a connection.

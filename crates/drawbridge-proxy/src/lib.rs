@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use drawbridge_config::{AccessLogTarget, ConfigError};
+use drawbridge_identity::Minter;
 use drawbridge_telemetry::{AccessLog, AuditLog, JsonLog, Sink};
 use tokio::sync::{Mutex, mpsc, watch};
 
@@ -112,22 +113,48 @@ fn warn_about(snapshot: &Snapshot) {
 fn open_log<T: serde::Serialize + Send + 'static>(
     target: &AccessLogTarget,
     what: &str,
-    keep: usize,
 ) -> Result<JsonLog<T>, StartError> {
     match target {
-        AccessLogTarget::Stdout => JsonLog::start_keeping(Sink::Stdout, keep),
-        AccessLogTarget::Stderr => JsonLog::start_keeping(Sink::Stderr, keep),
+        AccessLogTarget::Stdout => JsonLog::start(Sink::Stdout),
+        AccessLogTarget::Stderr => JsonLog::start(Sink::Stderr),
         AccessLogTarget::Off => Ok(JsonLog::off()),
         AccessLogTarget::File(p) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
-            .and_then(|f| JsonLog::start_keeping(Sink::Writer(Box::new(f)), keep)),
+            .and_then(|f| JsonLog::start(Sink::Writer(Box::new(f)))),
     }
     .map_err(|source| StartError::Io {
         what: format!("opening the {what}"),
         source,
     })
+}
+
+/// The audit trail: hash-chained wherever it goes, its seals signed with the instance's
+/// key as `key` holds it (a reload may change it), rotated as `[audit]` says.
+fn open_audit(snapshot: &Snapshot, key: Arc<ArcSwap<Minter>>) -> Result<AuditLog, StartError> {
+    use drawbridge_telemetry::chain::{Chained, Rotation};
+    let signer: drawbridge_telemetry::chain::Signer =
+        Box::new(move |claims| key.load().sign_claims(claims).ok());
+    let chained = match &snapshot.server.audit_log {
+        AccessLogTarget::Off => return Ok(JsonLog::off()),
+        AccessLogTarget::Stdout => Ok(Chained::stream(Box::new(std::io::stdout()), signer)),
+        AccessLogTarget::Stderr => Ok(Chained::stream(Box::new(std::io::stderr()), signer)),
+        AccessLogTarget::File(p) => Chained::file(
+            p,
+            Rotation {
+                bytes: snapshot.audit.rotate_bytes,
+                every: snapshot.audit.rotate_every,
+            },
+            signer,
+        ),
+    };
+    chained
+        .and_then(|c| JsonLog::start_lines(Box::new(c), admin::RECENT_DECISIONS, true))
+        .map_err(|source| StartError::Io {
+            what: "opening the audit log".into(),
+            source,
+        })
 }
 
 /// Binds `address`, or takes the socket handed over for it; `what` says what was being
@@ -189,12 +216,9 @@ impl Proxy {
             what: "starting sessions".into(),
             source: std::io::Error::other(e),
         })?;
-        let log: AccessLog = open_log(&snapshot.server.access_log, "access log", 0)?;
-        let audit: AuditLog = open_log(
-            &snapshot.server.audit_log,
-            "audit log",
-            admin::RECENT_DECISIONS,
-        )?;
+        let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
+        let audit_key = Arc::new(ArcSwap::new(snapshot.minter.clone()));
+        let audit = open_audit(&snapshot, audit_key.clone())?;
 
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
@@ -241,6 +265,7 @@ impl Proxy {
             draining: Default::default(),
             config_path: config_path.to_path_buf(),
             reload_history: Default::default(),
+            audit_key,
         });
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
@@ -386,7 +411,7 @@ impl Proxy {
         // The last requests' records reach their sinks before the process ends.
         let (log, audit) = (self.shared.log.clone(), self.shared.audit.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            audit.flush(std::time::Duration::from_secs(2));
+            audit.seal(std::time::Duration::from_secs(2));
             log.flush(std::time::Duration::from_secs(2));
         })
         .await;

@@ -139,7 +139,12 @@ async fn run(
         Ok(Entry::Own) => None,
     };
     if let Some((route, d)) = decided {
-        crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
+        let written =
+            crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
+        // A trail that must be written: nothing is admitted before its decision is.
+        if snapshot.audit.required && entry.is_ok() && !written.confirmed(AUDIT_WAIT).await {
+            return Err(ProxyError::AuditUnavailable);
+        }
     }
     let (admitted, max_body) = match entry {
         Ok(Entry::Own) => {
@@ -222,6 +227,10 @@ async fn run(
     ctx.event.upstream = Some(forwarded.endpoint.clone());
     Ok(Outcome::Forwarded(forwarded))
 }
+
+/// How long an admitted request waits for its decision to be written to a `required`
+/// audit trail before it is refused.
+const AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a request's head leads, once parsed, sanitized and admitted.
 pub enum Entry {

@@ -65,15 +65,38 @@ pub struct Decisions<'a> {
     pub disagreements: &'a std::sync::atomic::AtomicU64,
 }
 
+/// What became of an audit event.
+pub enum Written {
+    /// Queued for the writer.
+    Queued,
+    /// Queued, and the writer will say whether it was written (`[audit] required`).
+    Waiting(tokio::sync::oneshot::Receiver<bool>),
+    /// Not queued: the trail is off, or its queue full.
+    Lost,
+}
+
+impl Written {
+    /// Whether the event is in the trail: waits for the writer's word when there is one
+    /// (`within` at most).
+    pub async fn confirmed(self, within: std::time::Duration) -> bool {
+        match self {
+            Written::Queued => true,
+            Written::Lost => false,
+            Written::Waiting(rx) => matches!(tokio::time::timeout(within, rx).await, Ok(Ok(true))),
+        }
+    }
+}
+
 /// Writes `decided` on `route` to the audit trail, and counts and logs a disagreement of
-/// the shadow policies.
+/// the shadow policies. Where the trail is `required`, the writer is asked to say when the
+/// event is written.
 pub fn decision(
     to: &Decisions<'_>,
     snapshot: &Snapshot,
     route: &RouteEntry,
     decided: &Decided,
     about: &About<'_>,
-) {
+) -> Written {
     let d = &decided.decision;
     let verdict = if d.enforced.allow {
         Decision::Allow
@@ -94,7 +117,7 @@ pub fn decision(
         );
     }
     if !to.audit.enabled() {
-        return;
+        return Written::Lost;
     }
     let mut event = audit_event(snapshot, route, &decided.principal, about);
     event.action = decided
@@ -110,7 +133,17 @@ pub fn decision(
         disagrees: s.allow != d.enforced.allow,
     });
     event.mfa = decided.mfa.as_ref().map(crate::verify::MfaCheck::audit);
-    to.audit.record(event);
+    if snapshot.audit.required {
+        return to
+            .audit
+            .record_acked(event)
+            .map_or(Written::Lost, Written::Waiting);
+    }
+    if to.audit.record(event) {
+        Written::Queued
+    } else {
+        Written::Lost
+    }
 }
 
 /// Writes an attempt at a second factor (`action` `mfa.verify`, `mfa.enrol` or

@@ -69,6 +69,7 @@ fn compile_next(shared: &Shared) -> Result<String, ReloadError> {
     let version = next.version.clone();
     crate::warn_about(&next);
     crate::prefetch(&next);
+    shared.audit_key.store(next.minter.clone());
     shared.snapshot.store(Arc::new(next));
     // Open tunnels check their credentials against what is now in force.
     shared.reloads.send_modify(|g| *g += 1);

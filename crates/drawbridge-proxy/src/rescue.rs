@@ -90,6 +90,10 @@ pub enum ProxyError {
     /// A browser that must prove a second factor: sent to do so (this location) and back.
     #[error("second factor required: sent to prove it")]
     ToMfa(String),
+    /// `[audit] required`: the decision could not be written to the audit trail, so the
+    /// request is refused rather than admitted unrecorded.
+    #[error("audit trail unavailable: the decision could not be recorded")]
+    AuditUnavailable,
 }
 
 /// What a caller must prove before it is let through: one of `methods`, within `max_age`.
@@ -209,7 +213,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::SignIn(_) | Self::ToMfa(_) => StatusCode::FOUND,
             Self::StepUp(_) => StatusCode::UNAUTHORIZED,
-            Self::SessionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SessionUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Csrf => StatusCode::FORBIDDEN,
         }
     }
@@ -229,7 +233,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) | Self::BodyTimeout(_) => 4, // DEADLINE_EXCEEDED
             Self::Internal(_) => 13,                              // INTERNAL
             Self::SignIn(_) | Self::ToMfa(_) | Self::StepUp(_) => 16, // UNAUTHENTICATED
-            Self::SessionUnavailable => 14,                       // UNAVAILABLE
+            Self::SessionUnavailable | Self::AuditUnavailable => 14, // UNAVAILABLE
             Self::Csrf => 7,                                      // PERMISSION_DENIED
         }
     }
@@ -254,6 +258,7 @@ impl ProxyError {
             | Self::UpstreamFailed(_)
             | Self::UpstreamTimeout(_) => Phase::Forward,
             Self::Internal(_) => Phase::Mutate,
+            Self::AuditUnavailable => Phase::Record,
         }
     }
 
@@ -305,7 +310,7 @@ impl ProxyError {
             Self::PolicyInput(_) => "bad request",
             Self::SignIn(_) => "sign in required",
             Self::StepUp(_) | Self::ToMfa(_) => "a second factor is required",
-            Self::SessionUnavailable => "service unavailable",
+            Self::SessionUnavailable | Self::AuditUnavailable => "service unavailable",
             Self::Csrf => "forbidden",
         };
         m.into()

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub admin: Option<drawbridge_config::Admin>,
     /// The admin listener's TLS, when `[admin.tls]` is set.
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The audit trail's rotation, and whether requests wait on it.
+    pub audit: drawbridge_config::Audit,
     /// Listeners in config order.
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
@@ -301,6 +303,7 @@ impl Snapshot {
             files: config.files,
             server: config.server,
             admin: config.admin,
+            audit: config.audit,
             admin_tls,
             listeners,
             upstreams,

@@ -12,7 +12,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub mod chain;
 pub mod metrics;
+
+pub use chain::LineSink;
 
 /// The phase of the pipeline that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,6 +39,8 @@ pub enum Phase {
     Mutate,
     /// The upstream failed or no endpoint was available.
     Forward,
+    /// The decision could not be recorded where it must be (`[audit] required`).
+    Record,
 }
 
 /// One access-log line. Holds no header values: nothing that could carry a secret.
@@ -200,27 +205,38 @@ pub enum Sink {
 
 /// A JSON-lines log's sending side: cheap to clone, never blocks.
 pub struct JsonLog<T> {
-    tx: Option<SyncSender<T>>,
-    dropped: Arc<AtomicU64>,
+    tx: Option<SyncSender<(T, Option<Ack>)>>,
+    state: Arc<State>,
+}
+
+/// Told whether an event was written (and flushed to the sink).
+type Ack = tokio::sync::oneshot::Sender<bool>;
+
+/// What the senders and the writer share.
+#[derive(Default)]
+struct State {
+    dropped: AtomicU64,
     /// Events queued and not yet written.
-    queued: Arc<AtomicU64>,
+    queued: AtomicU64,
     /// The latest lines written, newest last (the writer keeps them, off the request path).
-    recent: Arc<Recent>,
+    recent: Recent,
     /// Flushes asked for and flushes done: `flush` waits until the writer catches up.
-    flushes: Arc<(AtomicU64, AtomicU64)>,
+    flushes: (AtomicU64, AtomicU64),
+    /// A flush that also seals the sink was asked for (at shutdown).
+    seal: std::sync::atomic::AtomicBool,
     /// How the writer thread sleeps when there is nothing to write, and is woken.
-    wake: Arc<Wake>,
+    wake: Wake,
+    /// Cleared while the sink cannot be written (the last write or flush failed).
+    writable: std::sync::atomic::AtomicBool,
+    /// Record the drops as an event of their own when the queue drains.
+    note_drops: bool,
 }
 
 impl<T> Clone for JsonLog<T> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
-            dropped: self.dropped.clone(),
-            queued: self.queued.clone(),
-            recent: self.recent.clone(),
-            flushes: self.flushes.clone(),
-            wake: self.wake.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -264,9 +280,9 @@ impl Wake {
 impl<T> Drop for JsonLog<T> {
     fn drop(&mut self) {
         // The last sender (the writer holds the other reference): let the writer finish.
-        if self.tx.is_some() && Arc::strong_count(&self.wake) == 2 {
-            self.wake.closing.store(true, Ordering::SeqCst);
-            self.wake.wake_now();
+        if self.tx.is_some() && Arc::strong_count(&self.state) == 2 {
+            self.state.wake.closing.store(true, Ordering::SeqCst);
+            self.state.wake.wake_now();
         }
     }
 }
@@ -289,21 +305,34 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Starts a writer thread for `sink` that also keeps the latest `keep` lines in memory
     /// (the admin API's recent decisions).
     pub fn start_keeping(sink: Sink, keep: usize) -> std::io::Result<Self> {
-        let recent = Arc::new(Recent {
-            lines: Default::default(),
-            keep,
-        });
-        let dropped = Arc::new(AtomicU64::new(0));
-        let queued = Arc::new(AtomicU64::new(0));
-        let flushes = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let writer: Box<dyn Write + Send> = match sink {
             Sink::Off => return Ok(Self::off()),
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::Stderr => Box::new(std::io::stderr()),
             Sink::Writer(w) => w,
         };
+        let plain = chain::Plain(std::io::BufWriter::with_capacity(64 * 1024, writer));
+        Self::start_lines(Box::new(plain), keep, false)
+    }
+
+    /// Starts a writer thread for `sink` (a hash-chained trail, say), keeping the latest
+    /// `keep` lines in memory; with `note_drops`, events dropped for a full queue are
+    /// recorded as an event of their own (`"action": "audit.dropped"`) once it drains.
+    pub fn start_lines(
+        sink: Box<dyn LineSink>,
+        keep: usize,
+        note_drops: bool,
+    ) -> std::io::Result<Self> {
+        let state = Arc::new(State {
+            recent: Recent {
+                lines: Default::default(),
+                keep,
+            },
+            writable: true.into(),
+            note_drops,
+            ..State::default()
+        });
         let (tx, rx) = sync_channel(QUEUE);
-        let wake = Arc::new(Wake::default());
         let handle = std::thread::Builder::new()
             .name(format!(
                 "{}-log",
@@ -313,20 +342,13 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
                     .unwrap_or("json")
             ))
             .spawn({
-                let flushes = flushes.clone();
-                let wake = wake.clone();
-                let queued = queued.clone();
-                let recent = recent.clone();
-                move || write_loop(rx, writer, &flushes, &wake, &queued, &recent)
+                let state = state.clone();
+                move || write_loop(rx, sink, &state)
             })?;
-        let _ = wake.thread.set(handle.thread().clone());
+        let _ = state.wake.thread.set(handle.thread().clone());
         Ok(Self {
             tx: Some(tx),
-            dropped,
-            queued,
-            recent,
-            flushes,
-            wake,
+            state,
         })
     }
 
@@ -334,25 +356,42 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     pub fn off() -> Self {
         Self {
             tx: None,
-            dropped: Arc::new(AtomicU64::new(0)),
-            queued: Arc::new(AtomicU64::new(0)),
-            recent: Arc::new(Recent::default()),
-            flushes: Default::default(),
-            wake: Default::default(),
+            state: Arc::default(),
         }
     }
 
-    /// Queues one event; a full queue drops it and counts the drop.
-    pub fn record(&self, event: T) {
-        if let Some(tx) = &self.tx {
-            match tx.try_send(event) {
-                Ok(()) => {
-                    self.queued.fetch_add(1, Ordering::Relaxed);
-                    self.wake.nudge();
-                }
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+    /// Queues one event; a full queue drops it and counts the drop. Whether it was queued.
+    pub fn record(&self, event: T) -> bool {
+        let Some(tx) = &self.tx else {
+            return false;
+        };
+        match tx.try_send((event, None)) {
+            Ok(()) => {
+                self.state.queued.fetch_add(1, Ordering::Relaxed);
+                self.state.wake.nudge();
+                true
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Queues one event and wakes the writer at once; the answer says whether it was
+    /// written and flushed to the sink. `None` when it could not even be queued.
+    pub fn record_acked(&self, event: T) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        let tx = self.tx.as_ref()?;
+        let (ack, written) = tokio::sync::oneshot::channel();
+        match tx.try_send((event, Some(ack))) {
+            Ok(()) => {
+                self.state.queued.fetch_add(1, Ordering::Relaxed);
+                self.state.wake.wake_now();
+                Some(written)
+            }
+            Err(_) => {
+                self.state.dropped.fetch_add(1, Ordering::Relaxed);
+                None
             }
         }
     }
@@ -363,15 +402,21 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         self.tx.is_some()
     }
 
+    /// Whether the sink takes what is written: false from a failed write until a write
+    /// succeeds again.
+    pub fn writable(&self) -> bool {
+        self.tx.is_some() && self.state.writable.load(Ordering::Relaxed)
+    }
+
     /// Waits (up to `timeout`) until every event queued before the call is written and
     /// flushed: at shutdown, so the last decisions are not lost with the process.
     pub fn flush(&self, timeout: std::time::Duration) -> bool {
         if self.tx.is_none() {
             return true;
         }
-        let (asked, done) = &*self.flushes;
+        let (asked, done) = &self.state.flushes;
         let ticket = asked.fetch_add(1, Ordering::SeqCst) + 1;
-        self.wake.wake_now();
+        self.state.wake.wake_now();
         let deadline = std::time::Instant::now() + timeout;
         while done.load(Ordering::SeqCst) < ticket {
             if std::time::Instant::now() >= deadline {
@@ -382,24 +427,30 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         true
     }
 
+    /// As [`JsonLog::flush`], then seals what was written (a chained trail's signed head).
+    pub fn seal(&self, timeout: std::time::Duration) -> bool {
+        self.state.seal.store(true, Ordering::SeqCst);
+        self.flush(timeout)
+    }
+
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.state.dropped.load(Ordering::Relaxed)
     }
 
     /// The latest lines written (as many as it keeps), oldest first.
     pub fn recent(&self) -> Vec<Arc<str>> {
-        self.recent.lines().iter().cloned().collect()
+        self.state.recent.lines().iter().cloned().collect()
     }
 
     /// Events queued and not yet written.
     pub fn depth(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        self.state.queued.load(Ordering::Relaxed)
     }
 
     /// How often the writer woke from a sleep since it started.
     pub fn writer_wakes(&self) -> u64 {
-        self.wake.wakes.load(Ordering::Relaxed)
+        self.state.wake.wakes.load(Ordering::Relaxed)
     }
 }
 
@@ -435,22 +486,95 @@ impl Recent {
 /// sink within this interval.
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The writer's side: serializes each event into a reused buffer and hands it to the sink.
+struct Writer<'a> {
+    sink: Box<dyn LineSink>,
+    state: &'a State,
+    line: Vec<u8>,
+    /// Drops already recorded as an event.
+    noted: u64,
+    failed: bool,
+    /// Senders waiting to hear that their event was written, told at the next flush.
+    acks: Vec<Ack>,
+}
+
+impl Writer<'_> {
+    fn event<T: Serialize>(&mut self, event: &T) {
+        // Into a reused buffer first: serde_json writes many small pieces; one call per line.
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, event).is_ok() {
+            self.state.recent.keep(&self.line);
+            if let Err(e) = self.sink.line(&self.line) {
+                self.fail(&e);
+            }
+        } else {
+            self.failed = true;
+        }
+    }
+
+    /// Records drops not yet recorded, as an event of their own.
+    fn note_drops(&mut self) {
+        let dropped = self.state.dropped.load(Ordering::Relaxed);
+        if !self.state.note_drops || dropped == self.noted {
+            return;
+        }
+        let event = serde_json::json!({
+            "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "log": "audit",
+            "action": "audit.dropped",
+            "dropped": dropped - self.noted,
+            "reason": "the audit queue was full: these events were not recorded",
+        });
+        self.noted = dropped;
+        self.event(&event);
+    }
+
+    fn fail(&mut self, e: &std::io::Error) {
+        if !self.failed {
+            tracing::warn!(error = %e, "log write failed");
+        }
+        self.failed = true;
+        self.state.writable.store(false, Ordering::Relaxed);
+    }
+
+    fn flush(&mut self, seal: bool) {
+        let done = if seal {
+            self.sink.seal()
+        } else {
+            self.sink.flush()
+        };
+        match done {
+            Err(e) => self.fail(&e),
+            Ok(()) if !self.failed => self.state.writable.store(true, Ordering::Relaxed),
+            Ok(()) => {}
+        }
+        for ack in self.acks.drain(..) {
+            let _ = ack.send(!self.failed);
+        }
+        self.failed = false;
+    }
+}
+
 fn write_loop<T: Serialize>(
-    rx: Receiver<T>,
-    writer: Box<dyn Write + Send>,
-    flushes: &(AtomicU64, AtomicU64),
-    wake: &Wake,
-    queued: &AtomicU64,
-    recent: &Recent,
+    rx: Receiver<(T, Option<Ack>)>,
+    sink: Box<dyn LineSink>,
+    state: &State,
 ) {
     use std::sync::mpsc::TryRecvError;
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
-    let mut line: Vec<u8> = Vec::with_capacity(1024);
-    let mut pending: Option<T> = None;
+    let mut w = Writer {
+        sink,
+        state,
+        line: Vec::with_capacity(1024),
+        noted: 0,
+        failed: false,
+        acks: Vec::new(),
+    };
+    let wake = &state.wake;
+    let flushes = &state.flushes;
+    let mut pending: Option<(T, Option<Ack>)> = None;
     loop {
         // Read before draining: everything queued before this ask is drained below.
         let asked = flushes.0.load(Ordering::SeqCst);
-        let mut wrote = false;
         let mut written = 0u64;
         let closed = loop {
             let next = match pending.take() {
@@ -458,17 +582,10 @@ fn write_loop<T: Serialize>(
                 None => rx.try_recv(),
             };
             match next {
-                Ok(event) => {
-                    // Into a reused buffer first: serde_json writes many small pieces, and
-                    // each through `BufWriter` costs a call; one `write_all` per line.
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &event).is_ok() {
-                        recent.keep(&line);
-                        line.push(b'\n');
-                        let _ = out.write_all(&line);
-                    }
+                Ok((event, ack)) => {
+                    w.event(&event);
                     drop(event);
-                    wrote = true;
+                    w.acks.extend(ack);
                     written += 1;
                 }
                 Err(TryRecvError::Empty) => break false,
@@ -476,24 +593,27 @@ fn write_loop<T: Serialize>(
             }
         };
         if written > 0 {
-            queued.fetch_sub(written, Ordering::Relaxed);
+            state.queued.fetch_sub(written, Ordering::Relaxed);
         }
-        if wrote && let Err(e) = out.flush() {
-            tracing::warn!(error = %e, log = std::any::type_name::<T>(), "log write failed");
-        }
-        flushes.1.store(asked, Ordering::SeqCst);
-        if closed || wake.closing.load(Ordering::SeqCst) {
-            // No sender is left: what was queued is written (drained above).
-            while let Ok(event) = rx.try_recv() {
-                line.clear();
-                if serde_json::to_writer(&mut line, &event).is_ok() {
-                    line.push(b'\n');
-                    let _ = out.write_all(&line);
-                }
+        w.note_drops();
+        let closing = closed || wake.closing.load(Ordering::SeqCst);
+        if closing {
+            // No sender is left: what was queued is written (drained above), then sealed.
+            while let Ok((event, ack)) = rx.try_recv() {
+                w.event(&event);
+                w.acks.extend(ack);
             }
+            w.flush(true);
+            flushes.1.store(asked, Ordering::SeqCst);
             break;
         }
-        if wrote {
+        let seal =
+            asked > flushes.1.load(Ordering::SeqCst) && state.seal.swap(false, Ordering::SeqCst);
+        if written > 0 || seal || asked > flushes.1.load(Ordering::SeqCst) {
+            w.flush(seal);
+        }
+        flushes.1.store(asked, Ordering::SeqCst);
+        if written > 0 {
             // Busy: collect the next batch after an interval, unless a flush is waited for.
             if flushes.0.load(Ordering::SeqCst) == asked {
                 std::thread::park_timeout(POLL_EVERY);
@@ -522,7 +642,7 @@ fn write_loop<T: Serialize>(
         wake.parked.store(false, Ordering::Relaxed);
         wake.wakes.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = out.flush();
+    let _ = w.sink.flush();
 }
 
 #[cfg(test)]

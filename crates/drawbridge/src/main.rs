@@ -1,7 +1,9 @@
 //! `drawbridge`: the identity-aware access proxy. A thin CLI over the library crates.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod apikey;
+mod audit;
 mod demo;
 mod notify;
 mod out;
@@ -80,6 +82,13 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// The audit trail: check that nothing was removed, moved or edited.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Ask a running instance's admin API (its address from `--config` or `--address`).
+    Admin(admin::AdminArgs),
     /// Run a self-contained demo: Drawbridge in front of a built-in sample upstream.
     Demo {
         /// Where the demo proxy listens.
@@ -88,6 +97,25 @@ enum Command {
         /// Where the demo's HTTPS listener (people signing in) listens.
         #[arg(long, default_value = "127.0.0.1:8443")]
         tls_listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit trail and the signatures of its seals; exit 1 at
+    /// the first event removed, moved or edited, or a trail cut short.
+    Verify {
+        /// The trail's files (`audit.jsonl*`: rotated files are put in their order, the
+        /// live one after them).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The instance's public keys (`/.drawbridge/jwks.json`), to check the seals'
+        /// signatures.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// Accept a trail that does not end in a seal: a file still being written.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -187,6 +215,10 @@ fn main() -> ExitCode {
             session.as_deref(),
             user.as_deref(),
         )),
+        Command::Audit {
+            command: AuditCommand::Verify { files, jwks, live },
+        } => audit::verify(&files, jwks.as_ref(), live),
+        Command::Admin(args) => runtime().block_on(admin::run(args)),
         Command::Demo { listen, tls_listen } => runtime().block_on(demo::run(listen, tls_listen)),
     }
 }

@@ -72,9 +72,11 @@ async fn through_admin(
     if let Some(u) = user {
         query.append_pair("user", u);
     }
-    match post(
+    match crate::admin::call(
         admin.address,
+        "POST",
         &format!("/sessions/revoke?{}", query.finish()),
+        None,
     )
     .await
     {
@@ -95,36 +97,4 @@ async fn through_admin(
             ExitCode::FAILURE
         }
     }
-}
-
-async fn post(addr: std::net::SocketAddr, target: &str) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Empty<bytes::Bytes>,
-        >(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::post(target)
-            .header(http::header::HOST, addr.to_string())
-            .body(http_body_util::Empty::new())
-            .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = res.status().as_u16();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| "no answer within 10s".to_string())?
 }

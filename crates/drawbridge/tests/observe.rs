@@ -530,3 +530,41 @@ async fn the_admin_api_reloads_and_shows_recent_decisions() {
     );
     assert_eq!(history[1]["version"], s.h.proxy.version());
 }
+
+/// Every metric the shipped alerting rules and dashboard name is one Drawbridge exports:
+/// a renamed metric cannot leave them watching nothing.
+#[tokio::test]
+async fn the_shipped_rules_and_dashboard_name_only_exported_metrics() {
+    let s = setup("127.0.0.1:0", "").await;
+    let text = s.call("GET", &s.admin("/metrics"), None).await.body;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+    let mut named = std::collections::BTreeSet::new();
+    for file in [
+        "prometheus/drawbridge-rules.yml",
+        "grafana/drawbridge-dashboard.json",
+    ] {
+        let body = std::fs::read_to_string(format!("{root}/{file}")).expect("deploy file");
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("drawbridge_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            rest = &rest[i + name.len()..];
+            named.insert(name);
+        }
+    }
+    // The dashboard's uid and title are not metrics.
+    named.retain(|n| n != "drawbridge_");
+    assert!(named.len() >= 15, "{named:?}");
+    for name in &named {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "`{name}` is named in deploy/ but not exported"
+        );
+    }
+}
