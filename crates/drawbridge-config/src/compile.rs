@@ -14,6 +14,7 @@ use crate::diag::Reporter;
 use crate::model::*;
 use crate::raw::*;
 
+mod alerts;
 mod authn;
 pub use authn::parse_url as https_url;
 mod mfa;
@@ -191,8 +192,14 @@ pub(crate) fn compile(
     let signs_in = authenticators
         .iter()
         .any(|a| matches!(a.kind, AuthenticatorKind::Oidc(_)));
-    let sessions = cx.sessions(raw.sessions.as_ref(), signs_in);
-    let mfa = cx.mfa(raw.mfa.as_ref(), sessions.is_some());
+    let alerts = cx.alerts(raw.alerts.as_ref());
+    // Blocks live in the session store: one is kept for them when nobody signs in.
+    let blocks = alerts.detectors.iter().any(|d| d.block.is_some());
+    let sessions = cx.sessions(raw.sessions.as_ref(), signs_in || blocks);
+    let mfa = cx.mfa(
+        raw.mfa.as_ref(),
+        sessions.is_some() && (signs_in || raw.sessions.is_some()),
+    );
     cx.mfa_routes(&routes, &raw.routes, &authenticators, mfa.is_some());
     cx.sign_in_routes(&routes, &raw.routes, &listeners, &authenticators);
     cx.context_credentials(&routes, &raw.routes, &authenticators, &identity.header);
@@ -263,6 +270,7 @@ pub(crate) fn compile(
         policy,
         admin,
         audit,
+        alerts,
         sessions,
         mfa,
         warnings,

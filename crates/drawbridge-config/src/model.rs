@@ -38,6 +38,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// How the audit trail rotates, and whether requests wait on it (`[audit]`).
     pub audit: Audit,
+    /// Detectors over the stream of decisions, and where their firings go (`[alerts]`).
+    pub alerts: Alerts,
     /// Where people's sessions are kept, when an `oidc` authenticator signs them in.
     pub sessions: Option<Sessions>,
     /// Second factors Drawbridge enrols and verifies itself (`[mfa]`); present whenever
@@ -61,6 +63,93 @@ pub struct Admin {
     pub tls: Option<Tls>,
     /// Where it was declared.
     pub location: Location,
+}
+
+/// `[alerts]`: detectors, and the webhook their firings are posted to.
+#[derive(Debug, Clone, Default)]
+pub struct Alerts {
+    /// Where firings are posted, signed.
+    pub webhook: Option<Webhook>,
+    /// The detectors, in the order written.
+    pub detectors: Vec<Detector>,
+}
+
+/// A webhook: a JSON body per firing, signed with HMAC-SHA256.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Where: `https://`, or `http://` to a loopback address.
+    pub url: JwksUrl,
+    /// The HMAC key, from its file.
+    pub secret: Secret,
+}
+
+/// One detector: `threshold` signals `on` one key (`by`) within `window` fire it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detector {
+    /// Its name, in alerts and metrics.
+    pub name: String,
+    /// What it counts.
+    pub on: Signal,
+    /// What it counts per.
+    pub by: AlertKey,
+    /// How many within `window` fire it (for `principal_addresses`: distinct addresses).
+    pub threshold: u64,
+    /// The sliding window.
+    pub window: Duration,
+    /// Block the key for this long when it fires.
+    pub block: Option<Duration>,
+    /// Where it was declared.
+    pub location: Location,
+}
+
+/// What a detector counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Credentials missing or refused (401).
+    FailedAuthentication,
+    /// Requests refused by authentication or policy (401 and 403).
+    Denial,
+    /// Wrong or refused second-factor attempts.
+    MfaFailure,
+    /// Client addresses one principal is seen from (distinct ones).
+    PrincipalAddresses,
+    /// Requests the shadow policies would refuse while the enforced ones allow them.
+    ShadowDenial,
+}
+
+impl Signal {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::FailedAuthentication => "failed_authentication",
+            Signal::Denial => "denial",
+            Signal::MfaFailure => "mfa_failure",
+            Signal::PrincipalAddresses => "principal_addresses",
+            Signal::ShadowDenial => "shadow_denial",
+        }
+    }
+}
+
+/// What a detector counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKey {
+    /// The client's address.
+    Client,
+    /// The principal (authenticator and id).
+    Principal,
+    /// The route.
+    Route,
+}
+
+impl AlertKey {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKey::Client => "client",
+            AlertKey::Principal => "principal",
+            AlertKey::Route => "route",
+        }
+    }
 }
 
 /// `[audit]`: the audit trail's rotation, and whether it must be written.

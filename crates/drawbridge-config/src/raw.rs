@@ -22,6 +22,7 @@ pub(crate) struct RawConfig {
     pub policy: Option<Spanned<RawPolicy>>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub audit: Option<Spanned<RawAudit>>,
+    pub alerts: Option<Spanned<RawAlerts>>,
     pub sessions: Option<Spanned<RawSessions>>,
     pub mfa: Option<Spanned<RawMfa>>,
 }
@@ -88,6 +89,29 @@ pub(crate) struct RawAdmin {
     pub authenticators: Option<Spanned<Vec<Spanned<String>>>>,
     pub groups: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[alerts]`: detectors over the stream of decisions, and where firings go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlerts {
+    pub webhook_url: Option<Spanned<String>>,
+    pub webhook_secret_file: Option<Spanned<String>>,
+    pub webhook_ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub detectors: Vec<Spanned<RawDetector>>,
+}
+
+/// `[[alerts.detectors]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDetector {
+    pub name: Spanned<String>,
+    pub on: Spanned<String>,
+    pub by: Option<Spanned<String>>,
+    pub threshold: Spanned<i64>,
+    pub window: Option<Spanned<String>>,
+    pub block: Option<Spanned<String>>,
 }
 
 /// `[audit]`: how the audit trail's files rotate, and whether it must be written.

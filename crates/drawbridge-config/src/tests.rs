@@ -1126,3 +1126,87 @@ fn second_factor_mistakes_are_named() {
         "{e:?}"
     );
 }
+
+/// `[alerts]`: each signal is counted per what it can be, a block needs a client or a
+/// principal, a webhook needs its secret; a detector that blocks keeps a store for blocks
+/// even where nobody signs in.
+#[test]
+fn alert_detectors_are_checked() {
+    let detector = |body: &str| format!("{BASE}\n[[alerts.detectors]]\nname = \"d\"\n{body}\n");
+    let cfg = check(&detector(
+        "on = \"failed_authentication\"\nthreshold = 20\nwindow = \"1m\"\nblock = \"15m\"",
+    ))
+    .expect("valid");
+    let d = &cfg.alerts.detectors[0];
+    assert_eq!(
+        (
+            d.on,
+            d.by,
+            d.threshold,
+            d.window.as_secs(),
+            d.block.map(|b| b.as_secs())
+        ),
+        (
+            Signal::FailedAuthentication,
+            AlertKey::Client,
+            20,
+            60,
+            Some(900)
+        )
+    );
+    assert!(
+        matches!(
+            cfg.sessions.as_ref().map(|s| &s.store),
+            Some(SessionStore::Embedded { .. })
+        ),
+        "blocks get a store"
+    );
+    assert!(cfg.mfa.is_none(), "no second factors where nobody signs in");
+    let cfg = check(&detector("on = \"denial\"\nthreshold = 100")).expect("valid");
+    assert_eq!(cfg.alerts.detectors[0].by, AlertKey::Route);
+    assert!(cfg.sessions.is_none(), "no block, no store");
+    for (body, field, why) in [
+        (
+            "on = \"stampede\"\nthreshold = 1",
+            "alerts.detectors[0].on",
+            "unknown signal",
+        ),
+        (
+            "on = \"failed_authentication\"\nby = \"route\"\nthreshold = 1",
+            "alerts.detectors[0].by",
+            "counted per client",
+        ),
+        (
+            "on = \"denial\"\nthreshold = 1\nblock = \"1m\"",
+            "alerts.detectors[0].block",
+            "a route is not blocked",
+        ),
+        (
+            "on = \"denial\"\nthreshold = 0",
+            "alerts.detectors[0].threshold",
+            "out of range",
+        ),
+        (
+            "on = \"denial\"\nthreshold = 5\nwindow = \"2d\"",
+            "alerts.detectors[0].window",
+            "longer than a day",
+        ),
+    ] {
+        let e = errors(&detector(body));
+        assert_eq!(e.len(), 1, "{body}: {e:?}");
+        assert_eq!(e[0].field, field, "{body}");
+        assert!(e[0].message.contains(why), "{body}: {}", e[0].message);
+    }
+    let e = errors(&format!(
+        "{BASE}\n[alerts]\nwebhook_url = \"https://hooks.example.com/x\"\n"
+    ));
+    assert_eq!(e[0].field, "alerts.webhook_secret_file");
+    let e = errors(&format!(
+        "{BASE}\n[alerts]\nwebhook_url = \"http://hooks.example.com/x\"\nwebhook_secret_file = \"/nonexistent\"\n"
+    ));
+    assert!(e.iter().any(|d| d.field == "alerts.webhook_url"), "{e:?}");
+    let e = errors(&format!(
+        "{BASE}\n[[alerts.detectors]]\nname = \"d\"\non = \"denial\"\nthreshold = 1\n[[alerts.detectors]]\nname = \"d\"\non = \"denial\"\nthreshold = 2\n"
+    ));
+    assert!(e[0].message.contains("names two detectors"), "{e:?}");
+}

@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 /// Largest JWK Set accepted; real ones are a few kilobytes.
 pub(crate) const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-/// Fetches one address.
-pub(crate) struct Fetcher {
+/// Fetches one address (or posts to it).
+pub struct Fetcher {
     url: JwksUrl,
     timeout: Duration,
     /// The TLS settings for an `https` address, made once when the configuration is
@@ -29,7 +29,8 @@ pub(crate) struct Fetcher {
 }
 
 impl Fetcher {
-    pub(crate) fn new(url: JwksUrl, timeout: Duration) -> Self {
+    /// A client for `url`, each exchange bounded by `timeout`.
+    pub fn new(url: JwksUrl, timeout: Duration) -> Self {
         let tls = url.tls.then(|| tls_config(&url).map_err(Arc::new));
         Self { url, timeout, tls }
     }
@@ -43,9 +44,10 @@ impl Fetcher {
     pub(crate) async fn get(&self) -> Result<Bytes, FetchError> {
         let (status, body) = self
             .send(Call {
-                form: None,
+                body: None,
                 authorization: None,
                 accept: "application/jwk-set+json, application/json",
+                headers: &[],
             })
             .await?;
         if status != StatusCode::OK {
@@ -62,11 +64,28 @@ impl Fetcher {
         authorization: Option<&str>,
     ) -> Result<(StatusCode, Bytes), FetchError> {
         self.send(Call {
-            form: Some(form),
+            body: Some(("application/x-www-form-urlencoded", Bytes::from(form))),
             authorization,
             accept: "application/json",
+            headers: &[],
         })
         .await
+    }
+
+    /// POSTs `body` (`application/json`) with `headers`; the status the server answered.
+    pub async fn post_json(
+        &self,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+    ) -> Result<StatusCode, FetchError> {
+        self.send(Call {
+            body: Some(("application/json", body)),
+            authorization: None,
+            accept: "*/*",
+            headers,
+        })
+        .await
+        .map(|(status, _)| status)
     }
 
     async fn send(&self, call: Call<'_>) -> Result<(StatusCode, Bytes), FetchError> {
@@ -122,12 +141,15 @@ impl Fetcher {
         if let Some(a) = call.authorization {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let body = match call.form {
-            Some(form) => {
+        for (name, value) in call.headers {
+            req = req.header(*name, value.as_str());
+        }
+        let body = match call.body {
+            Some((kind, body)) => {
                 req = req
                     .method(http::Method::POST)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-                Full::new(Bytes::from(form))
+                    .header(header::CONTENT_TYPE, kind);
+                Full::new(body)
             }
             None => Full::new(Bytes::new()),
         };
@@ -147,11 +169,12 @@ impl Fetcher {
     }
 }
 
-/// One request: a GET, or a POST of a form.
+/// One request: a GET, or a POST of a body of some type.
 struct Call<'a> {
-    form: Option<String>,
+    body: Option<(&'static str, Bytes)>,
     authorization: Option<&'a str>,
     accept: &'static str,
+    headers: &'a [(&'static str, String)],
 }
 
 /// Why a JWK Set could not be fetched, with its cause.

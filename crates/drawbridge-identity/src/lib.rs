@@ -12,7 +12,7 @@ mod assertion;
 mod authn;
 mod cache;
 mod error;
-mod fetch;
+pub mod fetch;
 mod jwks;
 mod jwt;
 mod mtls;

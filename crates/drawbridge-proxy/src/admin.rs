@@ -59,6 +59,7 @@ fn router(shared: Arc<Shared>) -> Router<()> {
         .route("/api/reload", post(reload))
         .route("/api/decisions", get(decisions))
         .route("/api/sessions/revoke", post(revoke))
+        .route("/api/blocks", get(blocks).delete(unblock))
         // The path `drawbridge sessions revoke` has always called.
         .route("/sessions/revoke", post(revoke))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
@@ -377,6 +378,50 @@ async fn decisions(State(shared): State<Arc<Shared>>, Query(f): Query<Filter>) -
         }
     }
     axum::Json(out).into_response()
+}
+
+async fn blocks(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.alerter.list(&shared).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// What `DELETE /api/blocks` takes: one of them.
+#[derive(serde::Deserialize)]
+struct Unblock {
+    client: Option<String>,
+    principal: Option<String>,
+}
+
+async fn unblock(
+    State(shared): State<Arc<Shared>>,
+    by: Option<Extension<Arc<Principal>>>,
+    Query(u): Query<Unblock>,
+) -> (StatusCode, String) {
+    use drawbridge_config::AlertKey;
+    let (kind, key) = match (u.client, u.principal) {
+        (Some(c), None) => (AlertKey::Client, c),
+        (None, Some(p)) => (AlertKey::Principal, p),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "name one block: ?client=ADDRESS or ?principal=AUTHENTICATOR/ID\n".into(),
+            );
+        }
+    };
+    let by = by.map_or_else(|| "loopback".to_string(), |Extension(p)| p.id.clone());
+    match shared.alerter.lift(&shared, kind, &key).await {
+        Ok(true) => {
+            tracing::info!(by, block = %key, "block lifted through the admin API");
+            (
+                StatusCode::OK,
+                format!("lifted the block of {} {key}\n", kind.as_str()),
+            )
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "no such block\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
 }
 
 /// What `/sessions/revoke` takes.

@@ -36,6 +36,8 @@ pub struct Shared {
     /// The key the audit trail's seals are signed with: the identity assertion key in
     /// force.
     pub audit_key: Arc<ArcSwap<drawbridge_identity::Minter>>,
+    /// The detectors' queue, and the blocks in force.
+    pub alerter: crate::alerts::Alerter,
 }
 
 /// What is known of a connection.
@@ -70,6 +72,7 @@ impl Shared {
         crate::record::Decisions {
             audit: &self.audit,
             disagreements: &self.shadow_disagreements,
+            alerter: &self.alerter,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod verify;
 
 // What they run over.
 pub mod admin;
+pub mod alerts;
 pub mod body;
 pub mod context;
 pub mod deadline;
@@ -266,7 +267,9 @@ impl Proxy {
             config_path: config_path.to_path_buf(),
             reload_history: Default::default(),
             audit_key,
+            alerter: Default::default(),
         });
+        alerts::start(&shared);
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
         let mut tasks = Vec::new();

@@ -282,6 +282,7 @@ impl Pages<'_> {
                 time: self.ctx.time(),
                 path: &self.ctx.path.decoded,
                 client: &client,
+                ip: self.ctx.client,
             },
             action,
             method,

@@ -23,6 +23,7 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
+use drawbridge_config::AlertKey;
 use drawbridge_telemetry::metrics::Timed;
 
 use crate::admission::{Admitted, Ask, Kind, Proof, Refused};
@@ -130,8 +131,10 @@ async fn run(
         conn.sni.as_deref(),
         &mut req,
         proof,
+        Some(&shared.alerter),
     )
     .await;
+    crate::alerts::observe(&shared.alerter, snapshot, ctx, &entry);
     // 11 record, for the policies' part: every decision, allowing or not, is audited.
     let decided = match &entry {
         Ok(Entry::Route { admitted, .. }) => Some(&admitted.route).zip(admitted.decided.as_ref()),
@@ -246,7 +249,9 @@ pub enum Entry {
 }
 
 /// Phases 2 to 8 on an HTTP request's head: everything `serve` decides before it mutates and
-/// forwards, and all that `drawbridge test` decides. `req` is left sanitized.
+/// forwards, and all that `drawbridge test` decides. `req` is left sanitized. With
+/// `blocks`, a blocked client is refused before anything else is asked of the request, and
+/// a blocked principal as soon as it is known.
 pub async fn admit(
     ctx: &mut Ctx,
     snapshot: &Snapshot,
@@ -254,10 +259,18 @@ pub async fn admit(
     sni: Option<&str>,
     req: &mut Parts,
     proof: Proof<'_>,
+    blocks: Option<&crate::alerts::Alerter>,
 ) -> Result<Entry, Refused> {
     // 2 parse, 3 sanitize
     crate::parse::request(ctx, listener, req)?;
     crate::sanitize::request(ctx, snapshot, listener, req)?;
+    if let Some(b) = blocks
+        && b.any_blocks()
+        && b.blocked(AlertKey::Client, &ctx.client.to_string())
+    {
+        snapshot.metrics.blocked("client");
+        return Err(ProxyError::Blocked("client address").into());
+    }
     // Drawbridge's own paths come first; no route can shadow them.
     if drawbridge_config::prefix_matches(drawbridge_config::RESERVED_PREFIX, &ctx.path.decoded) {
         return Ok(Entry::Own);
@@ -307,6 +320,22 @@ pub async fn admit(
         Ok(a) => a.principal.as_deref(),
         Err(r) => r.decided.as_ref().map(|d| &*d.principal),
     };
+    if let (Some(b), Ok(a)) = (blocks, &admitted)
+        && b.any_blocks()
+        && let Some(p) = &a.principal
+        && b.blocked(
+            AlertKey::Principal,
+            &format!("{}/{}", p.authenticator, p.id),
+        )
+    {
+        snapshot.metrics.blocked("principal");
+        ctx.event.principal = Some(format!("{}:{}", p.authenticator, p.id));
+        return Err(Refused {
+            error: ProxyError::Blocked("principal"),
+            route: Some(a.route.clone()),
+            decided: None,
+        });
+    }
     ctx.event.principal = principal
         .filter(|p| p.kind != drawbridge_config::PrincipalKind::Anonymous)
         .map(|p| format!("{}:{}", p.authenticator, p.id));
@@ -319,6 +348,7 @@ fn about<'a>(ctx: &'a Ctx, conn: &'a ConnInfo) -> crate::record::About<'a> {
         time: ctx.time(),
         path: &ctx.path.decoded,
         client: &conn.peer_label,
+        ip: ctx.client,
     }
 }
 

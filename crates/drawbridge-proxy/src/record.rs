@@ -55,6 +55,8 @@ pub struct About<'a> {
     pub path: &'a str,
     /// The client as the access log names it.
     pub client: &'a Arc<str>,
+    /// The client's address (the nearest a trusted proxy named).
+    pub ip: std::net::IpAddr,
 }
 
 /// Where decisions are recorded: the audit trail, and the count of shadow disagreements.
@@ -63,6 +65,8 @@ pub struct Decisions<'a> {
     pub audit: &'a AuditLog,
     /// Decisions where the shadow policies disagreed with the enforced ones.
     pub disagreements: &'a std::sync::atomic::AtomicU64,
+    /// The detectors, which count refusals, shadow denials and second-factor failures.
+    pub alerter: &'a crate::alerts::Alerter,
 }
 
 /// What became of an audit event.
@@ -106,6 +110,18 @@ pub fn decision(
         Decision::Deny
     };
     route.metrics.decision(verdict, d.disagrees());
+    if d.enforced.allow && d.shadow.as_ref().is_some_and(|s| !s.allow) {
+        to.alerter.observe(
+            &snapshot.alerts.detectors,
+            || crate::alerts::Observed {
+                signal: drawbridge_config::Signal::ShadowDenial,
+                client: about.ip,
+                principal: None,
+                route: Some(route.name.clone()),
+            },
+            drawbridge_config::Signal::ShadowDenial,
+        );
+    }
     if d.disagrees() {
         to.disagreements.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -162,6 +178,18 @@ pub fn mfa_attempt(
         method.map_or("none", drawbridge_config::MfaMethod::as_str),
         outcome.err().unwrap_or("ok"),
     );
+    if outcome.is_err() {
+        to.alerter.observe(
+            &snapshot.alerts.detectors,
+            || crate::alerts::Observed {
+                signal: drawbridge_config::Signal::MfaFailure,
+                client: about.ip,
+                principal: Some(format!("{}/{}", principal.authenticator, principal.id)),
+                route: None,
+            },
+            drawbridge_config::Signal::MfaFailure,
+        );
+    }
     if !to.audit.enabled() {
         return;
     }
@@ -188,6 +216,75 @@ pub fn mfa_attempt(
             age: Some(0),
             satisfied: outcome.is_ok(),
         }),
+    });
+}
+
+/// Writes a detector's firing to the audit trail (`action` `alert`): which detector, on
+/// what key, how many signals, and the block it set.
+pub fn alert(
+    shared: &crate::context::Shared,
+    snapshot: &Snapshot,
+    d: &drawbridge_config::Detector,
+    key: &str,
+    count: u64,
+    blocked_until: Option<u64>,
+) {
+    if !shared.audit.enabled() {
+        return;
+    }
+    let principal = match d.by {
+        drawbridge_config::AlertKey::Principal => key.split_once('/').map_or_else(
+            || (key.to_string(), String::new()),
+            |(a, id)| (id.to_string(), a.to_string()),
+        ),
+        _ => ("(none)".to_string(), String::new()),
+    };
+    let mut reason = format!(
+        "{} `{}` {} times within {}s (threshold {})",
+        d.on.as_str(),
+        key,
+        count,
+        d.window.as_secs(),
+        d.threshold
+    );
+    if let Some(until) = blocked_until {
+        reason.push_str(&format!(
+            "; {} blocked until {}",
+            d.by.as_str(),
+            humantime::format_rfc3339_seconds(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(until)
+            )
+        ));
+    }
+    shared.audit.record(AuditEvent {
+        time: std::time::SystemTime::now(),
+        log: "audit",
+        request_id: String::new(),
+        version: snapshot.version_label.clone(),
+        principal: AuditPrincipal {
+            id: principal.0,
+            kind: "user",
+            authenticator: principal.1.into(),
+            groups: Vec::new(),
+        },
+        action: "alert",
+        resource: d.name.as_str().into(),
+        upstream: "".into(),
+        path: String::new(),
+        client: match d.by {
+            drawbridge_config::AlertKey::Client => key.into(),
+            _ => "".into(),
+        },
+        decision: if blocked_until.is_some() {
+            "block"
+        } else {
+            "alert"
+        },
+        reason: Some(reason),
+        policies: Vec::new(),
+        errors: Vec::new(),
+        shadow: None,
+        mfa: None,
     });
 }
 

@@ -94,6 +94,9 @@ pub enum ProxyError {
     /// request is refused rather than admitted unrecorded.
     #[error("audit trail unavailable: the decision could not be recorded")]
     AuditUnavailable,
+    /// The client address, or the principal, is blocked for now.
+    #[error("blocked: {0}")]
+    Blocked(&'static str),
 }
 
 /// What a caller must prove before it is let through: one of `methods`, within `max_age`.
@@ -214,7 +217,7 @@ impl ProxyError {
             Self::SignIn(_) | Self::ToMfa(_) => StatusCode::FOUND,
             Self::StepUp(_) => StatusCode::UNAUTHORIZED,
             Self::SessionUnavailable | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Csrf => StatusCode::FORBIDDEN,
+            Self::Csrf | Self::Blocked(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -234,7 +237,7 @@ impl ProxyError {
             Self::Internal(_) => 13,                              // INTERNAL
             Self::SignIn(_) | Self::ToMfa(_) | Self::StepUp(_) => 16, // UNAUTHENTICATED
             Self::SessionUnavailable | Self::AuditUnavailable => 14, // UNAVAILABLE
-            Self::Csrf => 7,                                      // PERMISSION_DENIED
+            Self::Csrf | Self::Blocked(_) => 7,                   // PERMISSION_DENIED
         }
     }
 
@@ -259,6 +262,7 @@ impl ProxyError {
             | Self::UpstreamTimeout(_) => Phase::Forward,
             Self::Internal(_) => Phase::Mutate,
             Self::AuditUnavailable => Phase::Record,
+            Self::Blocked(_) => Phase::Block,
         }
     }
 
@@ -311,7 +315,7 @@ impl ProxyError {
             Self::SignIn(_) => "sign in required",
             Self::StepUp(_) | Self::ToMfa(_) => "a second factor is required",
             Self::SessionUnavailable | Self::AuditUnavailable => "service unavailable",
-            Self::Csrf => "forbidden",
+            Self::Csrf | Self::Blocked(_) => "forbidden",
         };
         m.into()
     }

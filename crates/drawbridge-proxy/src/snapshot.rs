@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// The audit trail's rotation, and whether requests wait on it.
     pub audit: drawbridge_config::Audit,
+    /// The detectors, and the webhook they post to.
+    pub alerts: drawbridge_config::Alerts,
     /// Listeners in config order.
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
@@ -304,6 +306,7 @@ impl Snapshot {
             server: config.server,
             admin: config.admin,
             audit: config.audit,
+            alerts: config.alerts,
             admin_tls,
             listeners,
             upstreams,

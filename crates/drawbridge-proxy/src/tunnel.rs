@@ -60,6 +60,7 @@ impl Lease {
                 time: a.ctx.time(),
                 path: &a.ctx.path.decoded,
                 client: &a.conn.peer_label,
+                ip: a.ctx.client,
             };
             let mut event = crate::record::audit_event(a.snapshot, route, p, &about);
             event.action = drawbridge_policy::Action::WebSocket.id();
@@ -158,6 +159,7 @@ impl Recheck {
             time: ask.time,
             path: &self.path,
             client: &self.client_label,
+            ip: self.client,
         };
         let (admitted, decided) = match &outcome {
             Ok(a) => (a.principal.as_ref(), a.decided.as_ref()),

@@ -84,4 +84,12 @@ pub trait Backend: Send + Sync {
         value: u64,
         expires_at: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every live entry whose key starts with `prefix`, with its value, at most `limit` of
+    /// them: for small sets kept under one prefix (blocks).
+    fn scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }

@@ -76,6 +76,17 @@ impl Store {
             Store::Redis(r) => r.delete(key).await,
         }
     }
+    /// See [`Backend::scan`].
+    pub async fn scan(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            Store::Embedded(e) => e.scan(prefix, limit).await,
+            Store::Redis(r) => r.scan(prefix, limit).await,
+        }
+    }
     /// See [`Backend::put_if_absent`].
     pub async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         match self {
@@ -191,6 +202,26 @@ impl Backend for Embedded {
         blocking(move || {
             let t = db.begin_read()?.open_table(ENTRIES)?;
             Ok(t.get(key.as_str())?.and_then(|v| live(v.value(), now)))
+        })
+        .await
+    }
+
+    async fn scan(&self, prefix: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (db, prefix) = (self.db.clone(), prefix.to_string());
+        let now = drawbridge_identity::unix_now();
+        blocking(move || {
+            let t = db.begin_read()?.open_table(ENTRIES)?;
+            let mut out = Vec::new();
+            for row in t.range(prefix.as_str()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(prefix.as_str()) || out.len() == limit {
+                    break;
+                }
+                if let Some(v) = live(v.value(), now) {
+                    out.push((k.value().to_string(), v));
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -41,6 +41,8 @@ pub enum Phase {
     Forward,
     /// The decision could not be recorded where it must be (`[audit] required`).
     Record,
+    /// The client address or the principal is blocked (a detector fired, or an operator).
+    Block,
 }
 
 /// One access-log line. Holds no header values: nothing that could carry a secret.

@@ -309,6 +309,10 @@ pub struct Metrics {
     /// Reloads that took effect, and reloads refused.
     reloads: [AtomicU64; 2],
     tally: Tally,
+    /// Firings, by detector.
+    alerts: Named<AtomicU64>,
+    /// Blocks in force, as last read.
+    blocks: AtomicU64,
 }
 
 /// The route name of requests no route took.
@@ -344,6 +348,26 @@ impl Metrics {
     /// `wrong_code`, `locked`...).
     pub fn mfa_attempt(&self, method: &'static str, outcome: &'static str) {
         self.tally.add("mfa", [method, outcome]);
+    }
+
+    /// A detector fired.
+    pub fn alert_fired(&self, detector: &str) {
+        self.alerts.get(detector).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A webhook delivery's end: `delivered`, `failed` (after its retries) or `dropped`.
+    pub fn webhook(&self, result: &'static str) {
+        self.tally.add("webhook", [result, ""]);
+    }
+
+    /// A request refused for a block, of a `client` or a `principal`.
+    pub fn blocked(&self, by: &'static str) {
+        self.tally.add("blocked", [by, ""]);
+    }
+
+    /// Blocks in force.
+    pub fn set_blocks(&self, n: usize) {
+        self.blocks.store(n as u64, Ordering::Relaxed);
     }
 
     /// Every metric, with `scrape`'s values read now: in the OpenMetrics text format, or
@@ -709,6 +733,51 @@ impl Collector for Collect {
                 .rows("mfa")
                 .into_iter()
                 .map(|(l, n)| ([("method", l[0]), ("outcome", l[1])], Sample::Counter(n))),
+        )?;
+        let fired: Vec<(Arc<str>, u64)> = m
+            .alerts
+            .all()
+            .into_iter()
+            .map(|(n, c)| (n, load(&c)))
+            .collect();
+        family(
+            &mut enc,
+            "drawbridge_alerts_fired",
+            "Detectors that fired, by detector.",
+            MetricType::Counter,
+            fired
+                .iter()
+                .map(|(n, c)| ([("detector", &**n)], Sample::Counter(*c))),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_webhook_deliveries",
+            "Alerts posted to the webhook, by result (delivered, failed after retries, dropped for a full queue).",
+            MetricType::Counter,
+            m.tally
+                .rows("webhook")
+                .into_iter()
+                .map(|(l, n)| ([("result", l[0])], Sample::Counter(n))),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_blocked_requests",
+            "Requests refused because their client address or principal is blocked.",
+            MetricType::Counter,
+            m.tally
+                .rows("blocked")
+                .into_iter()
+                .map(|(l, n)| ([("by", l[0])], Sample::Counter(n))),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_blocks",
+            "Blocks in force, as last read from the store.",
+            MetricType::Gauge,
+            [(
+                [],
+                Sample::Gauge(i64::try_from(load(&m.blocks)).unwrap_or(i64::MAX)),
+            )],
         )?;
         for (name, help, v) in &s.gauges {
             family(

@@ -47,6 +47,21 @@ enum AdminCommand {
     },
     /// The metrics, as Prometheus reads them.
     Metrics,
+    /// Blocks in force (client addresses and principals), with their end and detector.
+    Blocks,
+    /// Lift a block before its end.
+    Unblock {
+        /// The client address.
+        #[arg(
+            long,
+            conflicts_with = "principal",
+            required_unless_present = "principal"
+        )]
+        client: Option<String>,
+        /// The principal, as AUTHENTICATOR/ID.
+        #[arg(long)]
+        principal: Option<String>,
+    },
 }
 
 pub async fn run(args: AdminArgs) -> ExitCode {
@@ -75,6 +90,17 @@ pub async fn run(args: AdminArgs) -> ExitCode {
         AdminCommand::Reloads => ("GET", "/api/reloads".to_string()),
         AdminCommand::Reload => ("POST", "/api/reload".to_string()),
         AdminCommand::Metrics => ("GET", "/metrics".to_string()),
+        AdminCommand::Blocks => ("GET", "/api/blocks".to_string()),
+        AdminCommand::Unblock { client, principal } => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(c) = client {
+                q.append_pair("client", c);
+            }
+            if let Some(p) = principal {
+                q.append_pair("principal", p);
+            }
+            ("DELETE", format!("/api/blocks?{}", q.finish()))
+        }
         AdminCommand::Decisions {
             principal,
             route,

@@ -450,6 +450,7 @@ async fn decide(
         conn.sni.as_deref(),
         &mut parts,
         Proof::Simulated(caller),
+        None,
     )
     .await;
     let verdicts = |route: &RouteEntry, d: &Decided| Verdicts {
