@@ -193,6 +193,7 @@ pub(crate) fn compile(
         .iter()
         .any(|a| matches!(a.kind, AuthenticatorKind::Oidc(_)));
     let alerts = cx.alerts(raw.alerts.as_ref());
+    let tracing = raw.tracing.as_ref().and_then(|t| cx.tracing(t));
     // Blocks live in the session store: one is kept for them when nobody signs in.
     let blocks = alerts.detectors.iter().any(|d| d.block.is_some());
     let sessions = cx.sessions(raw.sessions.as_ref(), signs_in || blocks);
@@ -271,6 +272,7 @@ pub(crate) fn compile(
         admin,
         audit,
         alerts,
+        tracing,
         sessions,
         mfa,
         warnings,

@@ -40,6 +40,8 @@ pub struct Config {
     pub audit: Audit,
     /// Detectors over the stream of decisions, and where their firings go (`[alerts]`).
     pub alerts: Alerts,
+    /// OpenTelemetry traces, when `[tracing]` is present.
+    pub tracing: Option<Tracing>,
     /// Where people's sessions are kept, when an `oidc` authenticator signs them in.
     pub sessions: Option<Sessions>,
     /// Second factors Drawbridge enrols and verifies itself (`[mfa]`); present whenever
@@ -63,6 +65,21 @@ pub struct Admin {
     pub tls: Option<Tls>,
     /// Where it was declared.
     pub location: Location,
+}
+
+/// `[tracing]`: a span per request, exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP traces address (`.../v1/traces`).
+    pub endpoint: JwksUrl,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// The share of traces started here that are recorded (0 to 1); a trusted caller's
+    /// own decision is followed.
+    pub sample_ratio: f64,
+    /// Peers whose `traceparent` and `tracestate` are continued; any other caller's are
+    /// replaced.
+    pub trusted_sources: Vec<IpNet>,
 }
 
 /// `[alerts]`: detectors, and the webhook their firings are posted to.

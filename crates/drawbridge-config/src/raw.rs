@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<Spanned<RawAdmin>>,
     pub audit: Option<Spanned<RawAudit>>,
     pub alerts: Option<Spanned<RawAlerts>>,
+    pub tracing: Option<Spanned<RawTracing>>,
     pub sessions: Option<Spanned<RawSessions>>,
     pub mfa: Option<Spanned<RawMfa>>,
 }
@@ -89,6 +90,18 @@ pub(crate) struct RawAdmin {
     pub authenticators: Option<Spanned<Vec<Spanned<String>>>>,
     pub groups: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[tracing]`: OpenTelemetry traces.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub otlp_endpoint: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    pub sample_ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub trusted_sources: Vec<Spanned<String>>,
 }
 
 /// `[alerts]`: detectors over the stream of decisions, and where firings go.

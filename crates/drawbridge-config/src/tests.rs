@@ -1210,3 +1210,37 @@ fn alert_detectors_are_checked() {
     ));
     assert!(e[0].message.contains("names two detectors"), "{e:?}");
 }
+
+/// `[tracing]`: an OTLP/HTTP address (https, or http on loopback), a ratio between 0 and 1,
+/// addresses and ranges whose trace context is continued.
+#[test]
+fn tracing_is_checked() {
+    let cfg = check(&format!(
+        "{BASE}\n[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 0.25\ntrusted_sources = [\"10.0.0.0/8\", \"192.0.2.7\"]\n"
+    ))
+    .expect("valid");
+    let t = cfg.tracing.expect("tracing");
+    assert_eq!(
+        (t.service_name.as_str(), t.sample_ratio),
+        ("drawbridge", 0.25)
+    );
+    assert_eq!(t.trusted_sources.len(), 2);
+    for (body, field) in [
+        (
+            "otlp_endpoint = \"http://otel.example.com:4318/v1/traces\"",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "otlp_endpoint = \"https://otel.example.com/v1/traces\"\nsample_ratio = 1.5",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"https://otel.example.com/v1/traces\"\ntrusted_sources = [\"everyone\"]",
+            "tracing.trusted_sources[0]",
+        ),
+    ] {
+        let e = errors(&format!("{BASE}\n[tracing]\n{body}\n"));
+        assert_eq!(e.len(), 1, "{body}: {e:?}");
+        assert_eq!(e[0].field, field);
+    }
+}

@@ -78,14 +78,25 @@ impl Fetcher {
         body: Bytes,
         headers: &[(&'static str, String)],
     ) -> Result<StatusCode, FetchError> {
+        self.post("application/json", body, headers)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// POSTs `body` of type `kind` with `headers`; the status and body answered.
+    pub async fn post(
+        &self,
+        kind: &'static str,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+    ) -> Result<(StatusCode, Bytes), FetchError> {
         self.send(Call {
-            body: Some(("application/json", body)),
+            body: Some((kind, body)),
             authorization: None,
             accept: "*/*",
             headers,
         })
         .await
-        .map(|(status, _)| status)
     }
 
     async fn send(&self, call: Call<'_>) -> Result<(StatusCode, Bytes), FetchError> {

@@ -417,6 +417,7 @@ fn record_refused(shared: &Shared, index: usize, peer: SocketAddr, r: Refused) {
     shared.log.record(drawbridge_telemetry::AccessEvent {
         time: std::time::SystemTime::now() - r.duration,
         request_id: shared.ids.next(),
+        trace_id: None,
         listener,
         host: None,
         route: None,

@@ -140,6 +140,8 @@ pub struct Ctx {
     pub original_host: Option<HeaderValue>,
     /// The route's counters, once a route took the request.
     pub metrics: Option<Arc<drawbridge_telemetry::metrics::RouteMetrics>>,
+    /// The request's span, when `[tracing]` is on.
+    pub trace: Option<Box<crate::trace::Trace>>,
 }
 
 impl Ctx {
@@ -169,6 +171,7 @@ impl Ctx {
             client: conn.peer.ip(),
             original_host: None,
             metrics: None,
+            trace: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod route;
 pub mod signin;
 pub mod snapshot;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;
@@ -215,6 +216,10 @@ impl Proxy {
         let mut snapshot = compile(config_path, None)?;
         session::attach(&mut snapshot, None).map_err(|e| StartError::Io {
             what: "starting sessions".into(),
+            source: std::io::Error::other(e),
+        })?;
+        trace::attach(&mut snapshot, None).map_err(|e| StartError::Io {
+            what: "starting the trace exporter".into(),
             source: std::io::Error::other(e),
         })?;
         let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
@@ -413,7 +418,11 @@ impl Proxy {
         }
         // The last requests' records reach their sinks before the process ends.
         let (log, audit) = (self.shared.log.clone(), self.shared.audit.clone());
+        let tracing = self.shared.snapshot.load().tracing.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(t) = tracing {
+                t.flush();
+            }
             audit.seal(std::time::Duration::from_secs(2));
             log.flush(std::time::Duration::from_secs(2));
         })

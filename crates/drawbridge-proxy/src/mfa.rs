@@ -283,6 +283,7 @@ impl Pages<'_> {
                 path: &self.ctx.path.decoded,
                 client: &client,
                 ip: self.ctx.client,
+                trace_id: self.ctx.event.trace_id.as_deref(),
             },
             action,
             method,

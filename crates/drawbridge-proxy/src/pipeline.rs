@@ -50,6 +50,11 @@ pub async fn handle(
         &parts.method,
         parts.version,
     );
+    if let Some(tracing) = &snapshot.tracing {
+        let trace = tracing.begin(conn.peer.ip(), &parts.headers);
+        ctx.event.trace_id = Some(trace.trace_id());
+        ctx.trace = Some(Box::new(trace));
+    }
     let outcome = run(&shared, &snapshot, listener, &conn, parts, body, &mut ctx).await;
     let (res, in_flight, tunnel) = match outcome {
         Ok(Outcome::Forwarded(Forwarded {
@@ -87,6 +92,7 @@ pub async fn handle(
         mut event,
         arrived,
         metrics,
+        trace,
         ..
     } = ctx;
     event.status = res.status().as_u16();
@@ -97,6 +103,7 @@ pub async fn handle(
         in_flight,
         stream,
         metrics: metrics.unwrap_or_else(|| snapshot.unrouted.clone()),
+        trace,
     };
     match tunnel {
         // A tunnel's line is written when it ends, with the bytes of both directions.
@@ -135,6 +142,9 @@ async fn run(
     )
     .await;
     crate::alerts::observe(&shared.alerter, snapshot, ctx, &entry);
+    if let Some(t) = &mut ctx.trace {
+        t.event(if entry.is_ok() { "admitted" } else { "refused" });
+    }
     // 11 record, for the policies' part: every decision, allowing or not, is audited.
     let decided = match &entry {
         Ok(Entry::Route { admitted, .. }) => Some(&admitted.route).zip(admitted.decided.as_ref()),
@@ -199,6 +209,9 @@ async fn run(
     // 9 mutate
     let headers = std::mem::take(&mut req.headers);
     let mut up = crate::mutate::request(ctx, snapshot, conn, &admitted, headers, &req.uri)?;
+    if let (Some(t), Some(tracing)) = (&ctx.trace, &snapshot.tracing) {
+        t.inject(tracing, &mut up.headers);
+    }
 
     // 10 forward
     let idle = listener.limits.body_idle_timeout;
@@ -222,6 +235,9 @@ async fn run(
     let sent = std::time::Instant::now();
     let forwarded = forward::forward(&route.upstream, out).await;
     route.metrics.phase(Timed::Upstream, sent.elapsed());
+    if let Some(t) = &mut ctx.trace {
+        t.event("upstream.response");
+    }
     let mut forwarded = forwarded?;
     if !route.response_edits.is_empty() {
         route.response_edits.apply(forwarded.response.headers_mut());
@@ -349,6 +365,7 @@ fn about<'a>(ctx: &'a Ctx, conn: &'a ConnInfo) -> crate::record::About<'a> {
         path: &ctx.path.decoded,
         client: &conn.peer_label,
         ip: ctx.client,
+        trace_id: ctx.event.trace_id.as_deref(),
     }
 }
 

@@ -25,6 +25,7 @@ pub fn access_event(
     AccessEvent {
         time,
         request_id,
+        trace_id: None,
         listener,
         host: None,
         route: None,
@@ -57,6 +58,8 @@ pub struct About<'a> {
     pub client: &'a Arc<str>,
     /// The client's address (the nearest a trusted proxy named).
     pub ip: std::net::IpAddr,
+    /// The request's trace, when traced.
+    pub trace_id: Option<&'a str>,
 }
 
 /// Where decisions are recorded: the audit trail, and the count of shadow disagreements.
@@ -197,6 +200,7 @@ pub fn mfa_attempt(
         time: about.time,
         log: "audit",
         request_id: about.request_id.to_string(),
+        trace_id: about.trace_id.map(str::to_string),
         version: snapshot.version_label.clone(),
         principal: audit_principal(principal),
         action,
@@ -260,6 +264,7 @@ pub fn alert(
         time: std::time::SystemTime::now(),
         log: "audit",
         request_id: String::new(),
+        trace_id: None,
         version: snapshot.version_label.clone(),
         principal: AuditPrincipal {
             id: principal.0,
@@ -303,6 +308,7 @@ pub fn audit_event(
         time: about.time,
         log: "audit",
         request_id: about.request_id.to_string(),
+        trace_id: about.trace_id.map(str::to_string),
         version: snapshot.version_label.clone(),
         principal: audit_principal(principal),
         action: "(none)",

@@ -66,6 +66,7 @@ fn compile_next(shared: &Shared) -> Result<String, ReloadError> {
         return Err(ReloadError::ListenersChanged);
     }
     crate::session::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
+    crate::trace::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
     let version = next.version.clone();
     crate::warn_about(&next);
     crate::prefetch(&next);

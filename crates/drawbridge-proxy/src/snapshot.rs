@@ -29,6 +29,10 @@ pub struct Snapshot {
     pub audit: drawbridge_config::Audit,
     /// The detectors, and the webhook they post to.
     pub alerts: drawbridge_config::Alerts,
+    /// `[tracing]` as configured.
+    pub tracing_config: Option<drawbridge_config::Tracing>,
+    /// The tracer: attached with the sessions, once the snapshot is to be served.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
     /// Listeners in config order.
     pub listeners: Vec<ListenerEntry>,
     /// Upstream pools by config order.
@@ -307,6 +311,8 @@ impl Snapshot {
             admin: config.admin,
             audit: config.audit,
             alerts: config.alerts,
+            tracing_config: config.tracing,
+            tracing: None,
             admin_tls,
             listeners,
             upstreams,

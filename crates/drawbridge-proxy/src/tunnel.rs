@@ -61,6 +61,7 @@ impl Lease {
                 path: &a.ctx.path.decoded,
                 client: &a.conn.peer_label,
                 ip: a.ctx.client,
+                trace_id: a.ctx.event.trace_id.as_deref(),
             };
             let mut event = crate::record::audit_event(a.snapshot, route, p, &about);
             event.action = drawbridge_policy::Action::WebSocket.id();
@@ -160,6 +161,7 @@ impl Recheck {
             path: &self.path,
             client: &self.client_label,
             ip: self.client,
+            trace_id: None,
         };
         let (admitted, decided) = match &outcome {
             Ok(a) => (a.principal.as_ref(), a.decided.as_ref()),

@@ -53,6 +53,9 @@ pub struct AccessEvent {
     pub time: SystemTime,
     /// The id Drawbridge gave the request (sent upstream as `X-Request-Id`).
     pub request_id: String,
+    /// The request's trace, when `[tracing]` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Listener name.
     pub listener: Arc<str>,
     /// The host the client asked for (`Host` or `:authority`, without port), as far as the
@@ -109,6 +112,9 @@ pub struct AuditEvent {
     pub log: &'static str,
     /// The request id (also in the access log and sent upstream as `X-Request-Id`).
     pub request_id: String,
+    /// The request's trace, when `[tracing]` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The configuration version (a hash of the config and its policy files).
     pub version: Arc<str>,
     /// Who asked.
@@ -672,6 +678,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH,
             log: "audit",
             request_id: format!("r{i}"),
+            trace_id: None,
             version: "v".into(),
             principal: AuditPrincipal {
                 id: "alice".into(),
@@ -772,6 +779,7 @@ mod tests {
             host: Some("api.example.com".into()),
             time: SystemTime::UNIX_EPOCH,
             request_id: "r1".into(),
+            trace_id: None,
             listener: "main".into(),
             route: None,
             client: "127.0.0.1:1".into(),

@@ -14,6 +14,65 @@ use crate::raw::*;
 const MIN_SECRET: usize = 32;
 
 impl Cx<'_> {
+    /// `[tracing]`: where spans go, how many, and whose trace context is continued.
+    pub(super) fn tracing(&mut self, raw: &Spanned<RawTracing>) -> Option<Tracing> {
+        let t = raw.get_ref();
+        let endpoint = match parse_url(t.otlp_endpoint.get_ref()) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                self.r.error_help(
+                    t.otlp_endpoint.span().start,
+                    "tracing.otlp_endpoint",
+                    e,
+                    "write the collector's OTLP/HTTP traces address: `https://otel.internal:4318/v1/traces`, or `http://127.0.0.1:4318/v1/traces` for a collector beside Drawbridge",
+                );
+                None
+            }
+        };
+        let ca = match &t.ca_file {
+            Some(f) => self.read_certs("tracing.ca_file", f),
+            None => None,
+        };
+        let sample_ratio = match &t.sample_ratio {
+            None => 1.0,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                self.r.error_help(
+                    r.span().start,
+                    "tracing.sample_ratio",
+                    format!("{} is not between 0 and 1", r.get_ref()),
+                    "write the share of requests to record: `0.1` for one in ten",
+                );
+                1.0
+            }
+        };
+        let mut trusted_sources = Vec::new();
+        for (i, s) in t.trusted_sources.iter().enumerate() {
+            let text = s.get_ref();
+            match text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => trusted_sources.push(net.trunc()),
+                Err(_) => self.r.error_help(
+                    s.span().start,
+                    format!("tracing.trusted_sources[{i}]"),
+                    format!("`{text}` is not an IP address or CIDR range"),
+                    "write an address (`10.0.0.7`) or a range (`10.0.0.0/8`)",
+                ),
+            }
+        }
+        Some(Tracing {
+            endpoint: JwksUrl { ca, ..endpoint? },
+            service_name: t
+                .service_name
+                .as_ref()
+                .map_or_else(|| "drawbridge".to_string(), |s| s.get_ref().clone()),
+            sample_ratio,
+            trusted_sources,
+        })
+    }
+
     pub(super) fn alerts(&mut self, raw: Option<&Spanned<RawAlerts>>) -> Alerts {
         let Some(raw) = raw else {
             return Alerts::default();

@@ -65,6 +65,8 @@ pub struct Record {
     pub stream: crate::io::StreamGuard,
     /// Where the request is counted: its route's counters.
     pub metrics: Arc<drawbridge_telemetry::metrics::RouteMetrics>,
+    /// The request's span, ended with the record.
+    pub trace: Option<Box<crate::trace::Trace>>,
 }
 
 impl Record {
@@ -78,12 +80,16 @@ impl Record {
             in_flight,
             stream,
             metrics,
+            trace,
         } = self;
         drop((in_flight, stream));
         complete(&mut event);
         let elapsed = start.elapsed();
         metrics.request(&event.method, event.status, elapsed);
         event.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(t) = trace {
+            t.end(&event);
+        }
         log.record(event);
     }
 }
