@@ -303,29 +303,7 @@ impl Cx<'_> {
             raw.shutdown_timeout.as_ref(),
             Duration::from_secs(30),
         );
-        let trusted_proxies = raw
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let text = s.get_ref().trim();
-                let parsed = text
-                    .parse::<IpNet>()
-                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
-                match parsed {
-                    Ok(net) => Some(net.trunc()),
-                    Err(_) => {
-                        self.r.error_help(
-                            s.span().start,
-                            format!("server.trusted_proxies[{i}]"),
-                            format!("`{text}` is not an IP address or CIDR range"),
-                            "write an address (`10.0.0.7`) or a range (`10.0.0.0/8`)",
-                        );
-                        None
-                    }
-                }
-            })
-            .collect();
+        let trusted_proxies = self.ip_nets("server.trusted_proxies", &raw.trusted_proxies);
         let access_log = self.log_target("server.access_log", raw.access_log.as_ref());
         let audit_log = self.log_target("server.audit_log", raw.audit_log.as_ref());
         let strip_headers = raw
@@ -435,6 +413,27 @@ impl Cx<'_> {
             rotate_every,
             required,
         }
+    }
+
+    /// A list of addresses and CIDR ranges (`field[i]` names a bad one).
+    fn ip_nets(&mut self, field: &str, raw: &[Spanned<String>]) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            let text = s.get_ref().trim();
+            match text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.r.error_help(
+                    s.span().start,
+                    format!("{field}[{i}]"),
+                    format!("`{text}` is not an IP address or CIDR range"),
+                    "write an address (`10.0.0.7`) or a range (`10.0.0.0/8`)",
+                ),
+            }
+        }
+        out
     }
 
     fn log_target(&mut self, field: &str, raw: Option<&Spanned<String>>) -> AccessLogTarget {

@@ -381,7 +381,8 @@ async fn decisions(State(shared): State<Arc<Shared>>, Query(f): Query<Filter>) -
 }
 
 async fn blocks(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.alerter.list(&shared).await {
+    let snapshot = shared.snapshot.load_full();
+    match shared.alerter.list(snapshot.sessions.as_deref()).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
@@ -411,7 +412,12 @@ async fn unblock(
         }
     };
     let by = by.map_or_else(|| "loopback".to_string(), |Extension(p)| p.id.clone());
-    match shared.alerter.lift(&shared, kind, &key).await {
+    let snapshot = shared.snapshot.load_full();
+    match shared
+        .alerter
+        .lift(snapshot.sessions.as_deref(), kind, &key)
+        .await
+    {
         Ok(true) => {
             tracing::info!(by, block = %key, "block lifted through the admin API");
             (

@@ -32,12 +32,26 @@ pub struct Shared {
     /// The config file, read again at every reload.
     pub config_path: std::path::PathBuf,
     /// The latest reloads, newest last.
-    pub reload_history: std::sync::Mutex<std::collections::VecDeque<crate::reload::Reloaded>>,
+    pub reload_history: std::sync::Mutex<std::collections::VecDeque<Reloaded>>,
     /// The key the audit trail's seals are signed with: the identity assertion key in
     /// force.
     pub audit_key: Arc<ArcSwap<drawbridge_identity::Minter>>,
     /// The detectors' queue, and the blocks in force.
     pub alerter: crate::alerts::Alerter,
+}
+
+/// One reload, as the admin API reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// When it was tried, RFC 3339.
+    pub time: String,
+    /// Whether the new configuration took effect.
+    pub ok: bool,
+    /// The version in force afterwards.
+    pub version: String,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What is known of a connection.

@@ -22,6 +22,7 @@ pub mod alerts;
 pub mod body;
 pub mod context;
 pub mod deadline;
+pub mod detect;
 pub mod inherit;
 pub mod io;
 pub mod mfa;
@@ -218,10 +219,11 @@ impl Proxy {
             what: "starting sessions".into(),
             source: std::io::Error::other(e),
         })?;
-        trace::attach(&mut snapshot, None).map_err(|e| StartError::Io {
-            what: "starting the trace exporter".into(),
-            source: std::io::Error::other(e),
-        })?;
+        snapshot.tracing =
+            trace::build(snapshot.tracing_config.as_ref(), None).map_err(|e| StartError::Io {
+                what: "starting the trace exporter".into(),
+                source: std::io::Error::other(e),
+            })?;
         let log: AccessLog = open_log(&snapshot.server.access_log, "access log")?;
         let audit_key = Arc::new(ArcSwap::new(snapshot.minter.clone()));
         let audit = open_audit(&snapshot, audit_key.clone())?;
@@ -274,7 +276,7 @@ impl Proxy {
             audit_key,
             alerter: Default::default(),
         });
-        alerts::start(&shared);
+        detect::start(&shared);
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
         let mut tasks = Vec::new();

@@ -141,7 +141,7 @@ async fn run(
         Some(&shared.alerter),
     )
     .await;
-    crate::alerts::observe(&shared.alerter, snapshot, ctx, &entry);
+    observe(&shared.alerter, snapshot, ctx, &entry);
     if let Some(t) = &mut ctx.trace {
         t.event(if entry.is_ok() { "admitted" } else { "refused" });
     }
@@ -366,6 +366,61 @@ fn about<'a>(ctx: &'a Ctx, conn: &'a ConnInfo) -> crate::record::About<'a> {
         client: &conn.peer_label,
         ip: ctx.client,
         trace_id: ctx.event.trace_id.as_deref(),
+    }
+}
+
+/// Hands what the request path learnt of a request's admission to the detectors: a
+/// refused credential, a refusal, a principal's address.
+fn observe(
+    alerter: &crate::alerts::Alerter,
+    snapshot: &Snapshot,
+    ctx: &Ctx,
+    entry: &Result<Entry, Refused>,
+) {
+    let detectors = &snapshot.alerts.detectors;
+    if detectors.is_empty() {
+        return;
+    }
+    let principal = || {
+        ctx.event
+            .principal
+            .as_deref()
+            .map(|p| p.replacen(':', "/", 1))
+    };
+    let seen = |signal| crate::alerts::Observed {
+        signal,
+        client: ctx.client,
+        principal: principal(),
+        route: ctx.event.route.clone(),
+    };
+    match entry {
+        Err(r) => {
+            if let ProxyError::Unauthenticated(..) = r.error {
+                alerter.observe(
+                    detectors,
+                    || seen(drawbridge_config::Signal::FailedAuthentication),
+                    drawbridge_config::Signal::FailedAuthentication,
+                );
+            }
+            if matches!(
+                r.error,
+                ProxyError::Unauthenticated(..) | ProxyError::Forbidden(_)
+            ) {
+                alerter.observe(
+                    detectors,
+                    || seen(drawbridge_config::Signal::Denial),
+                    drawbridge_config::Signal::Denial,
+                );
+            }
+        }
+        Ok(Entry::Route { admitted, .. }) if admitted.principal.is_some() => {
+            alerter.observe(
+                detectors,
+                || seen(drawbridge_config::Signal::PrincipalAddresses),
+                drawbridge_config::Signal::PrincipalAddresses,
+            );
+        }
+        Ok(_) => {}
     }
 }
 

@@ -226,14 +226,14 @@ pub fn mfa_attempt(
 /// Writes a detector's firing to the audit trail (`action` `alert`): which detector, on
 /// what key, how many signals, and the block it set.
 pub fn alert(
-    shared: &crate::context::Shared,
+    audit: &AuditLog,
     snapshot: &Snapshot,
     d: &drawbridge_config::Detector,
     key: &str,
     count: u64,
     blocked_until: Option<u64>,
 ) {
-    if !shared.audit.enabled() {
+    if !audit.enabled() {
         return;
     }
     let principal = match d.by {
@@ -260,7 +260,7 @@ pub fn alert(
             )
         ));
     }
-    shared.audit.record(AuditEvent {
+    audit.record(AuditEvent {
         time: std::time::SystemTime::now(),
         log: "audit",
         request_id: String::new(),

@@ -18,25 +18,11 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::context::Shared;
+use crate::context::{Reloaded, Shared};
 use crate::{Proxy, ReloadError};
 
 /// Reloads kept for the admin API.
 const HISTORY: usize = 20;
-
-/// One reload, as the admin API reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Reloaded {
-    /// When it was tried, RFC 3339.
-    pub time: String,
-    /// Whether the new configuration took effect.
-    pub ok: bool,
-    /// The version in force afterwards.
-    pub version: String,
-    /// Why it was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Recompiles the config file and swaps it in only if it is valid; requests in flight keep
 /// the snapshot they started with. Counted, and kept in the reload history, either way.
@@ -66,7 +52,8 @@ fn compile_next(shared: &Shared) -> Result<String, ReloadError> {
         return Err(ReloadError::ListenersChanged);
     }
     crate::session::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
-    crate::trace::attach(&mut next, Some(&current)).map_err(ReloadError::Failed)?;
+    next.tracing = crate::trace::build(next.tracing_config.as_ref(), current.tracing.as_ref())
+        .map_err(ReloadError::Failed)?;
     let version = next.version.clone();
     crate::warn_about(&next);
     crate::prefetch(&next);

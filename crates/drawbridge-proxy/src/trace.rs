@@ -24,8 +24,6 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 
-use crate::snapshot::Snapshot;
-
 /// How often queued spans are sent; and the most kept waiting.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
 const MAX_QUEUED: usize = 8192;
@@ -188,19 +186,17 @@ impl Trace {
     }
 }
 
-/// Builds the tracer the configuration asks for, keeping `previous`'s when its settings
-/// did not change. Called where the snapshot comes into force (it starts the exporter's
-/// thread), never by `check`.
-pub fn attach(next: &mut Snapshot, previous: Option<&Snapshot>) -> Result<(), String> {
-    next.tracing = match (
-        &next.tracing_config,
-        previous.and_then(|p| p.tracing.as_ref()),
-    ) {
+/// The tracer `config` asks for: `previous` when its settings did not change. Built where a
+/// snapshot comes into force (it starts the exporter's thread), never by `check`.
+pub fn build(
+    config: Option<&drawbridge_config::Tracing>,
+    previous: Option<&Arc<Tracing>>,
+) -> Result<Option<Arc<Tracing>>, String> {
+    Ok(match (config, previous) {
         (None, _) => None,
         (Some(c), Some(prev)) if prev.config == *c => Some(prev.clone()),
         (Some(c), _) => Some(Arc::new(Tracing::new(c)?)),
-    };
-    Ok(())
+    })
 }
 
 /// The exporter's HTTP client: Drawbridge's own (rustls on aws-lc-rs, bounded in time),

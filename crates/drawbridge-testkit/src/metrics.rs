@@ -48,20 +48,11 @@ print(json.dumps({"samples": out, "classic": classic}))
 /// Parses `text` with both of the Prometheus client's parsers; panics with the parser's
 /// own error when either refuses it.
 pub fn parse(text: &str) -> Samples {
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("Debian's python3 (with python3-prometheus-client) runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics");
-    let out = child.wait_with_output().expect("parser ran");
+    let out = fed(
+        Command::new("/usr/bin/python3").args(["-c", PARSE]),
+        text,
+        "Debian's python3 (with python3-prometheus-client)",
+    );
     assert!(
         out.status.success(),
         "the Prometheus parser refused the metrics:\n{}\n---\n{text}",
@@ -81,20 +72,11 @@ pub fn parse(text: &str) -> Samples {
 /// `promtool check metrics` on `text` (Prometheus's own linter); its complaints, empty
 /// when it has none.
 pub fn lint(text: &str) -> String {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package) runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write metrics");
-    let out = child.wait_with_output().expect("promtool ran");
+    let out = fed(
+        Command::new("promtool").args(["check", "metrics"]),
+        text,
+        "promtool (Debian's prometheus package)",
+    );
     let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
     said.push_str(&String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
@@ -102,4 +84,21 @@ pub fn lint(text: &str) -> String {
     } else {
         said
     }
+}
+
+/// Runs `cmd` with `text` on its standard input; what it did.
+fn fed(cmd: &mut Command, text: &str, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics");
+    child.wait_with_output().expect("it ran")
 }

@@ -46,22 +46,7 @@ impl Cx<'_> {
                 1.0
             }
         };
-        let mut trusted_sources = Vec::new();
-        for (i, s) in t.trusted_sources.iter().enumerate() {
-            let text = s.get_ref();
-            match text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            {
-                Ok(net) => trusted_sources.push(net.trunc()),
-                Err(_) => self.r.error_help(
-                    s.span().start,
-                    format!("tracing.trusted_sources[{i}]"),
-                    format!("`{text}` is not an IP address or CIDR range"),
-                    "write an address (`10.0.0.7`) or a range (`10.0.0.0/8`)",
-                ),
-            }
-        }
+        let trusted_sources = self.ip_nets("tracing.trusted_sources", &t.trusted_sources);
         Some(Tracing {
             endpoint: JwksUrl { ca, ..endpoint? },
             service_name: t
