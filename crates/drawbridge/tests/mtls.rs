@@ -106,9 +106,19 @@ async fn open_tls(
     s: &Setup,
     cert: Option<&Leaf>,
 ) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
+    open_tls_at(s.h.addr, &s.server_ca, cert).await
+}
+
+/// A TLS connection to `addr`, whose certificate `server_ca` issued, presenting `cert` when
+/// given.
+async fn open_tls_at(
+    addr: std::net::SocketAddr,
+    server_ca: &TestCa,
+    cert: Option<&Leaf>,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(s.server_ca.cert_pem.as_bytes()).expect("ca"))
+        .add(CertificateDer::from_pem_slice(server_ca.cert_pem.as_bytes()).expect("ca"))
         .expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -128,9 +138,7 @@ async fn open_tls(
             .expect("client auth"),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(s.h.addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let tls = TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("gw.test").expect("name"), tcp)
         .await
@@ -339,4 +347,76 @@ fn base64_url_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .expect("base64url")
+}
+
+/// The admin listener off loopback, over its own TLS, guarded by an `mtls` authenticator:
+/// a workload of the trust domain gets the metrics, anyone else only the probes.
+#[tokio::test]
+async fn the_admin_listener_takes_client_certificates() {
+    let server_ca = TestCa::new("server ca");
+    let client_ca = TestCa::new("client ca");
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = server_ca.leaf(&["gw.test"]);
+    let d = dir.path();
+    drawbridge_testkit::write_file(d, "gw.crt", &leaf.cert_pem);
+    drawbridge_testkit::write_file(d, "gw.key", &leaf.key_pem);
+    drawbridge_testkit::write_file(d, "clients.pem", &client_ca.cert_pem);
+    let d = d.display();
+    let cfg = config(&format!(
+        r#"[admin]
+address = "0.0.0.0:0"
+authenticators = ["ops"]
+
+[admin.tls]
+client_ca_file = "{d}/clients.pem"
+client_auth = "request"
+[[admin.tls.certificates]]
+cert = "{d}/gw.crt"
+key = "{d}/gw.key"
+
+[[authenticators]]
+name = "ops"
+type = "mtls"
+trust_domain = "ops.test"
+ca_file = "{d}/clients.pem"
+
+{}"#,
+        upstream_and_route("app", &up.url())
+    ));
+    let h = Harness::start(&cfg).await;
+    let admin =
+        std::net::SocketAddr::from(([127, 0, 0, 1], h.proxy.admin_addr().expect("admin").port()));
+    let operator = client_ca.client(&["spiffe://ops.test/sre/olga"], false);
+    let outsider = client_ca.client(&["spiffe://billing.test/api"], false);
+    async fn get_at(
+        admin: std::net::SocketAddr,
+        server_ca: &TestCa,
+        cert: Option<&Leaf>,
+        path: &str,
+    ) -> Result<StatusCode, String> {
+        let mut sender = open_tls_at(admin, server_ca, cert).await?;
+        send_on(&mut sender, path).await
+    }
+    let get = |cert, path| get_at(admin, &server_ca, cert, path);
+    assert_eq!(get(Some(&operator), "/metrics").await, Ok(StatusCode::OK));
+    assert_eq!(
+        get(Some(&operator), "/api/config").await,
+        Ok(StatusCode::OK)
+    );
+    assert_eq!(get(None, "/metrics").await, Ok(StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        get(Some(&outsider), "/metrics").await,
+        Ok(StatusCode::UNAUTHORIZED),
+        "a certificate outside the trust domain"
+    );
+    assert_eq!(get(None, "/healthz").await, Ok(StatusCode::OK));
+    // Plain HTTP to a TLS admin listener gets nothing.
+    let plain = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n",
+        std::time::Duration::from_millis(500),
+    )
+    .await;
+    assert!(!plain.contains("drawbridge_"), "{plain}");
 }
