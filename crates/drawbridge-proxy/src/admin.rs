@@ -58,6 +58,7 @@ fn router(shared: Arc<Shared>) -> Router<()> {
         .route("/api/reloads", get(reloads))
         .route("/api/reload", post(reload))
         .route("/api/decisions", get(decisions))
+        .route("/api/sessions", get(sessions))
         .route("/api/sessions/revoke", post(revoke))
         .route("/api/blocks", get(blocks).delete(unblock))
         // The path `drawbridge sessions revoke` has always called.
@@ -427,6 +428,27 @@ async fn unblock(
         }
         Ok(false) => (StatusCode::NOT_FOUND, "no such block\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// What `/api/sessions` filters by.
+#[derive(serde::Deserialize)]
+struct SessionFilter {
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>, Query(f): Query<SessionFilter>) -> Response {
+    let snapshot = shared.snapshot.load_full();
+    let Some(sessions) = &snapshot.sessions else {
+        return (StatusCode::NOT_FOUND, "no sessions configured\n").into_response();
+    };
+    match sessions
+        .list(f.user.as_deref(), f.limit.unwrap_or(100).min(1000))
+        .await
+    {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 

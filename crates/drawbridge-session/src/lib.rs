@@ -26,8 +26,8 @@ pub use redis_store::Redis;
 pub use return_to::{Origin, OriginError, ReturnTo, Served};
 pub use secret::{SealKey, SecretError, SessionId};
 pub use sessions::{
-    Added, Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, LoginState,
-    Record, RevokeError, SESSION_COOKIE, Session, Sessions, SsoError, csrf_token, csrf_valid,
-    revoke,
+    Added, Begun, CALLBACK_PATH, Callback, Finished, LOGIN_COOKIE, LOGIN_MAX_AGE, Listed,
+    LoginState, Record, RevokeError, SESSION_COOKIE, Session, Sessions, SsoError, csrf_token,
+    csrf_valid, revoke,
 };
 pub use store::{Backend, Embedded, NEVER, Store, StoreError};

@@ -143,6 +143,28 @@ pub struct Record {
     pub factors: Vec<Factor>,
 }
 
+/// Most sessions read for a listing.
+const MAX_LISTED: usize = 10_000;
+
+/// A session as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    /// Its handle (what `revoke` takes).
+    pub handle: String,
+    /// `AUTHENTICATOR/ID`.
+    pub user: String,
+    /// The host its cookie is for.
+    pub host: String,
+    /// When it began, Unix seconds.
+    pub created_at: u64,
+    /// When it was last used (to within a minute).
+    pub last_seen: u64,
+    /// When it ends.
+    pub expires_at: u64,
+    /// The second factors proved in it.
+    pub factors: Vec<&'static str>,
+}
+
 /// A sign-in handed from the central sign-in host to another host.
 #[derive(Serialize, Deserialize)]
 struct HandOver {
@@ -721,6 +743,42 @@ impl Sessions {
             .ok()
             .and_then(|k| k.id_token);
         Ok(Some((record, id_token)))
+    }
+
+    /// The sessions in the store (of `user`, `AUTHENTICATOR/ID`, when given), at most
+    /// `limit`: who, on which host, since and until when, which factors; never a token.
+    /// Sessions a revocation of their person ended are left out.
+    pub async fn list(&self, user: Option<&str>, limit: usize) -> Result<Vec<Listed>, SsoError> {
+        let rows = self.store.scan("session:", MAX_LISTED).await?;
+        let mut out = Vec::new();
+        for (key, bytes) in rows {
+            let Ok(r) = serde_json::from_slice::<Record>(&bytes) else {
+                continue;
+            };
+            let person = format!("{}/{}", r.authenticator, r.user);
+            if user.is_some_and(|u| u != person) {
+                continue;
+            }
+            if let Some(revoked) = self.store.get(&revoked_key(&r)).await?
+                && let Ok(at) = <[u8; 8]>::try_from(revoked.as_slice())
+                && u64::from_be_bytes(at) >= r.created_ms
+            {
+                continue;
+            }
+            out.push(Listed {
+                handle: key.trim_start_matches("session:").to_string(),
+                user: person,
+                host: r.host,
+                created_at: r.created_at,
+                last_seen: r.last_seen,
+                expires_at: r.expires_at,
+                factors: r.factors.iter().map(|f| f.method.as_str()).collect(),
+            });
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Revokes one session by its handle; whether it existed.

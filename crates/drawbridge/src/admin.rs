@@ -47,6 +47,12 @@ enum AdminCommand {
     },
     /// The metrics, as Prometheus reads them.
     Metrics,
+    /// People's sessions (of one person with --user), newest data the store holds.
+    Sessions {
+        /// Only this person's, as AUTHENTICATOR/ID.
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Blocks in force (client addresses and principals), with their end and detector.
     Blocks,
     /// Lift a block before its end.
@@ -91,6 +97,13 @@ pub async fn run(args: AdminArgs) -> ExitCode {
         AdminCommand::Reload => ("POST", "/api/reload".to_string()),
         AdminCommand::Metrics => ("GET", "/metrics".to_string()),
         AdminCommand::Blocks => ("GET", "/api/blocks".to_string()),
+        AdminCommand::Sessions { user } => {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(u) = user {
+                q.append_pair("user", u);
+            }
+            ("GET", format!("/api/sessions?{}", q.finish()))
+        }
         AdminCommand::Unblock { client, principal } => {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             if let Some(c) = client {

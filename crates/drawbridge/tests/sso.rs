@@ -492,6 +492,24 @@ async fn signs_in_and_returns(s: &Sso) {
     b.set_cookie("app.test", "theme", "dark");
     let landed = signed_in(&mut b, &s.url("app.test", "/reports/q3?year=2026&x=%2F")).await;
     assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
+    // The admin API lists the session: who, where, never a token.
+    if let Some(h) = &s._h {
+        let admin = h.proxy.admin_addr().expect("admin");
+        let listed = get(&format!("http://{admin}/api/sessions?user=corp/alice")).await;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&listed.body).expect("json");
+        assert_eq!(list.len(), 1, "{}", listed.body);
+        assert_eq!(
+            (&list[0]["user"], &list[0]["host"]),
+            (
+                &serde_json::json!("corp/alice"),
+                &serde_json::json!("app.test")
+            )
+        );
+        assert_eq!(list[0]["handle"].as_str().map(str::len), Some(64));
+        assert!(!listed.body.contains("token") && !listed.body.contains("sealed"));
+        let none = get(&format!("http://{admin}/api/sessions?user=corp/bob")).await;
+        assert_eq!(none.body.trim(), "[]");
+    }
     assert_eq!(landed.url, s.url("app.test", "/reports/q3?year=2026&x=%2F"));
     // The way there: sign-in, the provider, the callback, back.
     assert!(b.visited[1].starts_with(&s.url("app.test", "/.drawbridge/sign_in?rd=")));
