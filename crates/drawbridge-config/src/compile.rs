@@ -399,6 +399,25 @@ impl Cx<'_> {
                 "set `[server] audit_log` to a file path, or leave `rotate_bytes` and `rotate_every` out",
             );
         }
+        let syslog = r.syslog.as_ref().and_then(|s| {
+            let text = s.get_ref();
+            let target = if let Some(addr) = text.strip_prefix("udp://") {
+                addr.parse().ok().map(SyslogTarget::Udp)
+            } else {
+                text.strip_prefix("unix://")
+                    .filter(|p| p.starts_with('/'))
+                    .map(|p| SyslogTarget::Unix(PathBuf::from(p)))
+            };
+            if target.is_none() {
+                self.r.error_help(
+                    s.span().start,
+                    "audit.syslog",
+                    format!("`{text}` is not a syslog receiver"),
+                    "write `udp://10.0.0.9:514` or `unix:///dev/log`",
+                );
+            }
+            target
+        });
         let required = r.required.unwrap_or(false);
         if required && server.audit_log == AccessLogTarget::Off {
             self.r.error_help(
@@ -412,6 +431,7 @@ impl Cx<'_> {
             rotate_bytes,
             rotate_every,
             required,
+            syslog,
         }
     }
 

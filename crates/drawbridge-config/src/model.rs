@@ -179,6 +179,17 @@ pub struct Audit {
     /// Refuse (503) requests whose decision cannot be written, instead of admitting them
     /// unrecorded.
     pub required: bool,
+    /// A copy of every line to a syslog receiver.
+    pub syslog: Option<SyslogTarget>,
+}
+
+/// Where syslog messages go (RFC 5424 over a datagram).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// A UDP receiver.
+    Udp(SocketAddr),
+    /// A local datagram socket (`/dev/log`).
+    Unix(PathBuf),
 }
 
 /// `[policy]`: where the Cedar policies are and what the schema holds beyond its fixed part.

@@ -134,6 +134,7 @@ pub(crate) struct RawAudit {
     pub rotate_bytes: Option<Spanned<i64>>,
     pub rotate_every: Option<Spanned<String>>,
     pub required: Option<bool>,
+    pub syslog: Option<Spanned<String>>,
 }
 
 /// `[policy]`: the Cedar policies that authorize requests.

@@ -152,6 +152,15 @@ fn open_audit(snapshot: &Snapshot, key: Arc<ArcSwap<Minter>>) -> Result<AuditLog
             signer,
         ),
     };
+    let chained = chained.and_then(|c| match &snapshot.audit.syslog {
+        None => Ok(c),
+        Some(drawbridge_config::SyslogTarget::Udp(a)) => {
+            drawbridge_telemetry::chain::Syslog::udp(*a).map(|s| c.with_syslog(s))
+        }
+        Some(drawbridge_config::SyslogTarget::Unix(p)) => {
+            drawbridge_telemetry::chain::Syslog::unix(p).map(|s| c.with_syslog(s))
+        }
+    });
     chained
         .and_then(|c| JsonLog::start_lines(Box::new(c), admin::RECENT_DECISIONS, true))
         .map_err(|source| StartError::Io {

@@ -121,11 +121,82 @@ fn open_locked(path: &Path) -> std::io::Result<File> {
     }
 }
 
+/// A copy of each line of the trail to a syslog receiver: RFC 5424 (`authpriv.info`,
+/// app `drawbridge`, msgid `audit`), one datagram per line, sent without waiting; a
+/// receiver that is not there loses its copy, never the trail its line.
+pub struct Syslog {
+    socket: SyslogSocket,
+    header_tail: String,
+    /// Copies that could not be sent.
+    pub failed: u64,
+}
+
+enum SyslogSocket {
+    Udp(std::net::UdpSocket, std::net::SocketAddr),
+    Unix(std::os::unix::net::UnixDatagram, PathBuf),
+}
+
+impl Syslog {
+    /// A sender to `addr` over UDP.
+    pub fn udp(addr: std::net::SocketAddr) -> std::io::Result<Syslog> {
+        let bind: std::net::SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = std::net::UdpSocket::bind(bind)?;
+        s.set_nonblocking(true)?;
+        Ok(Self::new(SyslogSocket::Udp(s, addr)))
+    }
+
+    /// A sender to the local datagram socket at `path` (`/dev/log`).
+    pub fn unix(path: &Path) -> std::io::Result<Syslog> {
+        let s = std::os::unix::net::UnixDatagram::unbound()?;
+        s.set_nonblocking(true)?;
+        Ok(Self::new(SyslogSocket::Unix(s, path.to_path_buf())))
+    }
+
+    fn new(socket: SyslogSocket) -> Syslog {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or_else(|| "-".into());
+        Syslog {
+            socket,
+            header_tail: format!(" {host} drawbridge {} audit - ", std::process::id()),
+            failed: 0,
+        }
+    }
+
+    /// `<86>` is facility authpriv (10), severity info (6).
+    fn send(&mut self, line: &[u8]) {
+        let mut msg = Vec::with_capacity(line.len() + 96);
+        msg.extend_from_slice(b"<86>1 ");
+        msg.extend_from_slice(
+            humantime::format_rfc3339_micros(SystemTime::now())
+                .to_string()
+                .as_bytes(),
+        );
+        msg.extend_from_slice(self.header_tail.as_bytes());
+        msg.extend_from_slice(line);
+        let sent = match &self.socket {
+            SyslogSocket::Udp(s, to) => s.send_to(&msg, to),
+            SyslogSocket::Unix(s, to) => s.send_to(&msg, to),
+        };
+        if sent.is_err() {
+            self.failed += 1;
+        }
+    }
+}
+
 /// A hash-chained audit trail.
 pub struct Chained {
     out: Out,
     link: Link,
     signer: Signer,
+    /// Where each line is copied, besides.
+    syslog: Option<Syslog>,
     /// Lines since the last seal: a seal with nothing new to seal is not written.
     unsealed: u64,
     line: Vec<u8>,
@@ -147,9 +218,16 @@ impl Chained {
             },
             link: Link::GENESIS,
             signer,
+            syslog: None,
             unsealed: 0,
             line: Vec::with_capacity(1024),
         })
+    }
+
+    /// Copies each line to `syslog` too.
+    pub fn with_syslog(mut self, syslog: Syslog) -> Chained {
+        self.syslog = Some(syslog);
+        self
     }
 
     /// The live file, opened and locked, and the chain resumed, on first use.
@@ -177,6 +255,7 @@ impl Chained {
             out: Out::Stream(BufWriter::with_capacity(64 * 1024, w)),
             link: Link::GENESIS,
             signer,
+            syslog: None,
             unsealed: 0,
             line: Vec::with_capacity(1024),
         }
@@ -216,6 +295,9 @@ impl Chained {
             seq,
             hash: hash(&self.line),
         };
+        if let Some(s) = &mut self.syslog {
+            s.send(&self.line);
+        }
         Ok(())
     }
 

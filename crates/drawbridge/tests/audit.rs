@@ -282,3 +282,35 @@ async fn a_required_trail_holds_each_decision_before_the_request_goes_on() {
         assert_eq!(text.lines().count(), i + 1, "written before the answer");
     }
 }
+
+/// `[audit] syslog`: each line of the trail, as written to the file, also goes to a syslog
+/// receiver (RFC 5424, authpriv.info).
+#[tokio::test]
+async fn the_trail_is_copied_to_syslog() {
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let s = setup(
+        "audit.jsonl",
+        &format!(
+            "[audit]\nsyslog = \"udp://{}\"",
+            receiver.local_addr().expect("addr")
+        ),
+    )
+    .await;
+    assert_eq!(s.call("GET", "/orders/1").await.status, StatusCode::OK);
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::task::spawn_blocking(move || receiver.recv(&mut buf).map(|n| (n, buf)))
+        .await
+        .expect("join")
+        .expect("a datagram");
+    let msg = String::from_utf8_lossy(&n.1[..n.0]).into_owned();
+    assert!(msg.starts_with("<86>1 "), "{msg}");
+    assert!(msg.contains(" drawbridge "), "{msg}");
+    let json = &msg[msg.find('{').expect("json")..];
+    let lines = json_lines(&s.h.dir.path().join("audit.jsonl"), 1, |_| true).await;
+    let copy: serde_json::Value = serde_json::from_str(json).expect("json");
+    assert_eq!(copy, lines[0], "the copy is the line the chain holds");
+    assert_eq!(copy["seq"], 1);
+}
