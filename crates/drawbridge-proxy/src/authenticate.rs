@@ -80,10 +80,9 @@ pub fn count(route: &RouteEntry, caller: &Result<Option<Arc<Principal>>, ProxyEr
     let (metrics, outcome) = match caller {
         Ok(None) => return,
         Ok(Some(p)) => (
-            by(route
-                .authenticators
-                .iter()
-                .position(|a| *a.name() == p.authenticator)),
+            by(route.authenticators.iter().position(|a| {
+                Arc::ptr_eq(a.name(), &p.authenticator) || *a.name() == p.authenticator
+            })),
             AuthnOutcome::Ok,
         ),
         Err(ProxyError::Unauthenticated(e, _)) => {

@@ -87,7 +87,7 @@ fn status_class(status: u16) -> usize {
 pub enum Timed {
     /// Phase 5, the authenticators (a cached token, a session lookup, a JWKS fetch).
     Authenticate,
-    /// Phase 7, the policies.
+    /// Phases 6 and 7, the second factor's check and the policies.
     Authorize,
     /// Phase 10, until the upstream's response head.
     Upstream,
