@@ -727,6 +727,68 @@ mod tests {
         assert_eq!(log.writer_wakes(), after, "woke while idle again");
     }
 
+    /// A sink that waits until it is let go: the queue fills behind it.
+    struct Gated {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        out: Shared,
+    }
+
+    impl LineSink for Gated {
+        fn line(&mut self, json: &[u8]) -> std::io::Result<()> {
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            while !*open {
+                open = cv
+                    .wait(open)
+                    .map_err(|_| std::io::Error::other("poisoned"))?;
+            }
+            self.out.write_all(json)?;
+            self.out.write_all(b"\n")
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Events dropped for a full queue are counted, and recorded as an event of their own
+    /// once the queue drains: the trail says what it lacks.
+    #[test]
+    fn drops_are_recorded_when_the_queue_drains() {
+        let open: Arc<(Mutex<bool>, std::sync::Condvar)> = Arc::default();
+        let out = Shared::default();
+        let log: AuditLog = JsonLog::start_lines(
+            Box::new(Gated {
+                open: open.clone(),
+                out: out.clone(),
+            }),
+            0,
+            true,
+        )
+        .expect("start");
+        for i in 0..QUEUE + 100 {
+            log.record(event(i));
+        }
+        let dropped = log.dropped();
+        assert!(dropped >= 99, "{dropped}");
+        *open.0.lock().expect("lock") = true;
+        open.1.notify_all();
+        assert!(log.flush(std::time::Duration::from_secs(10)));
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        let noted: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["action"] == "audit.dropped")
+            .collect();
+        assert_eq!(noted.len(), 1, "one record of the drops");
+        assert_eq!(noted[0]["dropped"], dropped);
+        assert_eq!(noted[0]["log"], "audit");
+        assert_eq!(
+            text.lines().count() as u64,
+            (QUEUE + 100) as u64 - dropped + 1
+        );
+    }
+
     /// The last sender dropped: what it queued is still written.
     #[test]
     fn dropping_the_last_sender_writes_what_was_queued() {

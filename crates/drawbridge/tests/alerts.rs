@@ -58,15 +58,34 @@ prefix = "/api"
 upstream = "app"
 authenticate = ["corp"]
 authorize = false
+
+[[routes]]
+name = "guarded"
+prefix = "/guarded"
+upstream = "app"
+authenticate = ["corp"]
+authorize = {authorize}
 "#,
-        up.url()
+        up.url(),
+        authorize = extra.contains("[policy]"),
     ))
     .server("audit_log", "audit.jsonl")
     .server("trusted_proxies", strings(&["127.0.0.1"]));
     let set = jwks(&[&key]);
     let h = Harness::start_with(
         &cfg,
-        &[("corp.json", set.as_str()), ("webhook.secret", SECRET)],
+        &[
+            ("corp.json", set.as_str()),
+            ("webhook.secret", SECRET),
+            (
+                "allow.cedar",
+                "permit (principal, action, resource == Route::\"guarded\");\n",
+            ),
+            (
+                "strict.cedar",
+                "permit (principal, action == Action::\"DELETE\", resource == Route::\"guarded\");\n",
+            ),
+        ],
     )
     .await;
     Setup { h, up, key }
@@ -390,5 +409,70 @@ block = "1h"
             a.call(&good, Some("203.0.113.50")).await.status == StatusCode::OK
         })
         .await
+    );
+}
+
+/// A spike of refusals on a route, and requests the shadow policies would refuse, fire
+/// detectors that only alert: the audit trail and the metrics say so, nothing is blocked.
+#[tokio::test]
+async fn refusal_spikes_and_shadow_refusals_alert() {
+    let s = setup(
+        r#"[[alerts.detectors]]
+name = "denial-spike"
+on = "denial"
+threshold = 4
+window = "1m"
+
+[[alerts.detectors]]
+name = "shadow-would-refuse"
+on = "shadow_denial"
+threshold = 2
+window = "1m"
+"#,
+        "[policy]\nfiles = [\"allow.cedar\"]\nshadow = [\"strict.cedar\"]\nplain_names = [\"corp\"]\n",
+    )
+    .await;
+    // The api route asks no policies (authorize = false): refusals are 401s here.
+    for _ in 0..4 {
+        assert_eq!(s.call("nope", None).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let audit = s.h.dir.path().join("audit.jsonl");
+    let fired = json_lines(&audit, 1, |l| l["resource"] == "denial-spike").await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0]["decision"], "alert", "it blocks nothing");
+    assert!(
+        fired[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("denial `api` 4 times"))
+    );
+    // The guarded route: allowed by the enforced policies, refused by the shadow ones.
+    let good = s.token("alice");
+    for _ in 0..2 {
+        let r = send(
+            &h1_client(),
+            Request::get(s.h.url("/guarded/x"))
+                .header("authorization", format!("Bearer {good}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let fired = json_lines(&audit, 1, |l| l["resource"] == "shadow-would-refuse").await;
+    assert_eq!(fired.len(), 1);
+    assert!(
+        fired[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shadow_denial `guarded`"))
+    );
+    assert_eq!(
+        s.call(&good, None).await.status,
+        StatusCode::OK,
+        "nothing blocked"
+    );
+    let m = s.admin_call("GET", "/metrics").await.body;
+    assert!(
+        m.contains("drawbridge_alerts_fired_total{detector=\"denial-spike\"} 1"),
+        "{m}"
     );
 }

@@ -179,6 +179,12 @@ key_file = "session.key"
 [mfa]
 issuer = "Drawbridge Test"
 
+[[alerts.detectors]]
+name = "guessing-codes"
+on = "mfa_failure"
+threshold = 5
+window = "10m"
+
 [policy]
 files = ["mfa.cedar"]
 plain_names = ["corp", "ci"]
@@ -905,6 +911,19 @@ async fn failed_attempts_lock_the_account_and_one_code_admits_one_request() {
         .audit_events(|e| e.iter().filter(|e| bob_locked(e)).count() >= 3)
         .await;
     assert_eq!(events.iter().filter(|e| bob_locked(e)).count(), 3);
+    // Five failed attempts of one account trip the detector: an alert in the trail.
+    let guessing = |e: &serde_json::Value| {
+        e["action"] == "alert" && e["resource"] == "guessing-codes" && e["principal"]["id"] == "bob"
+    };
+    let events = m.audit_events(|e| e.iter().any(&guessing)).await;
+    let alert = events.iter().find(|e| guessing(e)).expect("an alert");
+    assert_eq!(alert["principal"]["authenticator"], "corp");
+    assert!(
+        alert["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("mfa_failure `corp/bob` 5 times")),
+        "{alert}"
+    );
 }
 
 #[tokio::test]

@@ -568,3 +568,43 @@ async fn the_shipped_rules_and_dashboard_name_only_exported_metrics() {
         );
     }
 }
+
+/// `drawbridge admin` (the binary) run against `addr` with `args`: whether it succeeded,
+/// and what it printed.
+async fn admin_command(addr: String, args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(drawbridge_binary())
+            .arg("admin")
+            .args(["--address", addr.as_str()])
+            .args(&args)
+            .output()
+            .expect("drawbridge admin runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+/// `drawbridge admin` (the binary) calls a running instance's API.
+#[tokio::test]
+async fn the_admin_command_asks_the_running_instance() {
+    let s = setup("127.0.0.1:0", "").await;
+    let addr = s.h.proxy.admin_addr().expect("admin").to_string();
+    let (ok, said) = admin_command(addr.clone(), &["status"]).await;
+    assert!(ok, "{said}");
+    let v: Value = serde_json::from_str(&said).expect("json");
+    assert_eq!(v["version"], s.h.proxy.version());
+    let (ok, said) = admin_command(addr.clone(), &["reload"]).await;
+    assert!(ok && said.contains("\"ok\": true"), "{said}");
+    let (ok, said) = admin_command(addr.clone(), &["metrics"]).await;
+    assert!(
+        ok && said.contains("drawbridge_config_reloads_total{result=\"ok\"} 1"),
+        "{said}"
+    );
+    let (ok, said) = admin_command(addr, &["unblock", "--client", "192.0.2.1"]).await;
+    assert!(!ok, "no such block: {said}");
+}
