@@ -64,8 +64,11 @@ pub struct Alerter {
     tx: mpsc::Sender<Observed>,
     /// Taken once by the detectors.
     pub(crate) rx: std::sync::Mutex<Option<mpsc::Receiver<Observed>>>,
-    /// Blocks in force, by `by:key`, with their end (Unix seconds).
-    pub(crate) blocks: ArcSwap<HashMap<String, u64>>,
+    /// Blocks in force, by `by:key`, with their end (Unix seconds). Set through
+    /// [`Alerter::install`] only, which keeps `any` true of it.
+    blocks: ArcSwap<HashMap<String, u64>>,
+    /// Whether `blocks` holds any: what every request reads (one load, not the map's).
+    any: std::sync::atomic::AtomicBool,
     /// Signals dropped for a full queue.
     dropped: AtomicU64,
     /// Changes whenever this instance sets or lifts a block: a read of the store that
@@ -80,6 +83,7 @@ impl Default for Alerter {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             blocks: ArcSwap::default(),
+            any: std::sync::atomic::AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
@@ -111,21 +115,27 @@ impl Alerter {
 
     /// Whether any block is in force: lets the request path skip building keys.
     pub fn any_blocks(&self) -> bool {
-        !self.blocks.load().is_empty()
+        self.any.load(Ordering::Relaxed)
+    }
+
+    /// Puts `blocks` in force.
+    pub(crate) fn install(&self, blocks: HashMap<String, u64>) {
+        self.any.store(!blocks.is_empty(), Ordering::Relaxed);
+        self.blocks.store(Arc::new(blocks));
     }
 
     pub(crate) fn set_local(&self, by: &str, key: &str, until: u64) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut next = (**self.blocks.load()).clone();
         next.insert(format!("{by}:{key}"), until);
-        self.blocks.store(Arc::new(next));
+        self.install(next);
     }
 
     fn lift_local(&self, by: &str, key: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut next = (**self.blocks.load()).clone();
         next.remove(&format!("{by}:{key}"));
-        self.blocks.store(Arc::new(next));
+        self.install(next);
     }
 
     /// Blocks in force (from the store, where blocks are kept).

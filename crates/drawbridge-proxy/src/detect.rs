@@ -298,7 +298,7 @@ async fn refresh(shared: Arc<Shared>) {
                     .map(|b| (format!("{}:{}", b.by, b.key), b.until))
                     .collect();
                 snapshot.metrics.set_blocks(map.len());
-                shared.alerter.blocks.store(Arc::new(map));
+                shared.alerter.install(map);
             }
             // Blocks read before stay in force; new ones wait for the store.
             Err(e) => tracing::warn!(error = %e, "blocks could not be read from the store"),
