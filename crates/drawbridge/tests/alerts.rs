@@ -24,9 +24,7 @@ struct Setup {
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    std::net::SocketAddr::from(([127, 0, 0, 1], drawbridge_testkit::reserved_port()))
 }
 
 async fn setup(alerts: &str, extra: &str) -> Setup {

@@ -96,10 +96,7 @@ impl Mfa {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    drawbridge_testkit::reserved_port()
 }
 
 /// Drawbridge (`instances` of it, sharing `redis` when given) in front of a recording

@@ -12,10 +12,7 @@ use drawbridge_testkit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    drawbridge_testkit::reserved_port()
 }
 
 #[derive(Default)]
