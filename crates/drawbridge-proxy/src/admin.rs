@@ -212,6 +212,9 @@ pub fn not_ready(shared: &Shared) -> Option<Vec<String>> {
     if shared.draining.load(Ordering::Relaxed) {
         missing.push("draining: the server is shutting down".to_string());
     }
+    if shared.audit.enabled() && !shared.audit.writable() {
+        missing.push("audit trail: the last write failed".to_string());
+    }
     let snapshot = shared.snapshot.load();
     for a in &snapshot.authenticators {
         if let Err(why) = a.ready() {

@@ -13,17 +13,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use drawbridge_config::{AlertKey, Detector, Signal};
+use drawbridge_config::{AlertKey, Signal};
 use drawbridge_session::Sessions;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::snapshot::Snapshot;
+
 /// Signals queued between the request path and the detectors.
 const QUEUE: usize = 64 * 1024;
 /// Where blocks are kept in the store.
-pub(crate) const PREFIX: &str = "block:";
+const PREFIX: &str = "block:";
 /// Most blocks read from the store.
-pub(crate) const MAX_BLOCKS: usize = 100_000;
+const MAX_BLOCKS: usize = 100_000;
 
 /// One thing seen on the request path that a detector may count.
 #[derive(Debug, Clone)]
@@ -69,8 +71,6 @@ pub struct Alerter {
     blocks: ArcSwap<HashMap<String, u64>>,
     /// Whether `blocks` holds any: what every request reads (one load, not the map's).
     any: std::sync::atomic::AtomicBool,
-    /// Signals dropped for a full queue.
-    dropped: AtomicU64,
     /// Changes whenever this instance sets or lifts a block: a read of the store that
     /// began before is not installed over it.
     pub(crate) generation: AtomicU64,
@@ -84,20 +84,20 @@ impl Default for Alerter {
             rx: std::sync::Mutex::new(Some(rx)),
             blocks: ArcSwap::default(),
             any: std::sync::atomic::AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
     }
 }
 
 impl Alerter {
-    /// Hands `o` to the detectors when one of `detectors` counts its signal.
-    pub fn observe(&self, detectors: &[Detector], o: impl FnOnce() -> Observed, signal: Signal) {
-        if !detectors.iter().any(|d| d.on == signal) {
+    /// Hands `o` to the detectors when one of `snapshot`'s counts its signal; a full queue
+    /// drops it and counts the drop.
+    pub fn observe(&self, snapshot: &Snapshot, o: impl FnOnce() -> Observed, signal: Signal) {
+        if !snapshot.alerts.detectors.iter().any(|d| d.on == signal) {
             return;
         }
         if self.tx.try_send(o()).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            snapshot.metrics.signal_dropped();
         }
     }
 

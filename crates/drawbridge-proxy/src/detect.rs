@@ -17,7 +17,7 @@ use drawbridge_config::{AlertKey, Detector, Signal, Webhook};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::alerts::{Block, MAX_BLOCKS, Observed, PREFIX};
+use crate::alerts::{Block, Observed};
 use crate::context::Shared;
 
 /// Keys a detector keeps windows for; past this, new keys wait until old ones lapse.
@@ -286,15 +286,12 @@ async fn refresh(shared: Arc<Shared>) {
             continue;
         };
         let generation = shared.alerter.generation.load(Ordering::SeqCst);
-        match sessions.store().scan(PREFIX, MAX_BLOCKS).await {
+        match shared.alerter.list(Some(sessions)).await {
             // This instance set or lifted a block meanwhile: read again at the next tick.
             Ok(_) if shared.alerter.generation.load(Ordering::SeqCst) != generation => {}
-            Ok(rows) => {
-                let now = drawbridge_identity::unix_now();
-                let map: HashMap<String, u64> = rows
+            Ok(blocks) => {
+                let map: HashMap<String, u64> = blocks
                     .into_iter()
-                    .filter_map(|(_, v)| serde_json::from_slice::<Block>(&v).ok())
-                    .filter(|b| b.until > now)
                     .map(|b| (format!("{}:{}", b.by, b.key), b.until))
                     .collect();
                 snapshot.metrics.set_blocks(map.len());

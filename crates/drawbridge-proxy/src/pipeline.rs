@@ -377,8 +377,7 @@ fn observe(
     ctx: &Ctx,
     entry: &Result<Entry, Refused>,
 ) {
-    let detectors = &snapshot.alerts.detectors;
-    if detectors.is_empty() {
+    if snapshot.alerts.detectors.is_empty() {
         return;
     }
     let principal = || {
@@ -397,7 +396,7 @@ fn observe(
         Err(r) => {
             if let ProxyError::Unauthenticated(..) = r.error {
                 alerter.observe(
-                    detectors,
+                    snapshot,
                     || seen(drawbridge_config::Signal::FailedAuthentication),
                     drawbridge_config::Signal::FailedAuthentication,
                 );
@@ -407,7 +406,7 @@ fn observe(
                 ProxyError::Unauthenticated(..) | ProxyError::Forbidden(_)
             ) {
                 alerter.observe(
-                    detectors,
+                    snapshot,
                     || seen(drawbridge_config::Signal::Denial),
                     drawbridge_config::Signal::Denial,
                 );
@@ -415,7 +414,7 @@ fn observe(
         }
         Ok(Entry::Route { admitted, .. }) if admitted.principal.is_some() => {
             alerter.observe(
-                detectors,
+                snapshot,
                 || seen(drawbridge_config::Signal::PrincipalAddresses),
                 drawbridge_config::Signal::PrincipalAddresses,
             );

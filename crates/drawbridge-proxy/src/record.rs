@@ -115,7 +115,7 @@ pub fn decision(
     route.metrics.decision(verdict, d.disagrees());
     if d.enforced.allow && d.shadow.as_ref().is_some_and(|s| !s.allow) {
         to.alerter.observe(
-            &snapshot.alerts.detectors,
+            snapshot,
             || crate::alerts::Observed {
                 signal: drawbridge_config::Signal::ShadowDenial,
                 client: about.ip,
@@ -183,7 +183,7 @@ pub fn mfa_attempt(
     );
     if outcome.is_err() {
         to.alerter.observe(
-            &snapshot.alerts.detectors,
+            snapshot,
             || crate::alerts::Observed {
                 signal: drawbridge_config::Signal::MfaFailure,
                 client: about.ip,

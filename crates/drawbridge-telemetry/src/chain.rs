@@ -127,8 +127,8 @@ fn open_locked(path: &Path) -> std::io::Result<File> {
 pub struct Syslog {
     socket: SyslogSocket,
     header_tail: String,
-    /// Copies that could not be sent.
-    pub failed: u64,
+    /// A copy that could not be sent was said (once, until one is sent again).
+    warned: bool,
 }
 
 enum SyslogSocket {
@@ -165,7 +165,7 @@ impl Syslog {
         Syslog {
             socket,
             header_tail: format!(" {host} drawbridge {} audit - ", std::process::id()),
-            failed: 0,
+            warned: false,
         }
     }
 
@@ -184,8 +184,13 @@ impl Syslog {
             SyslogSocket::Udp(s, to) => s.send_to(&msg, to),
             SyslogSocket::Unix(s, to) => s.send_to(&msg, to),
         };
-        if sent.is_err() {
-            self.failed += 1;
+        match sent {
+            Err(e) if !self.warned => {
+                self.warned = true;
+                tracing::warn!(error = %e, "the audit trail's syslog copy could not be sent; the trail itself is written");
+            }
+            Err(_) => {}
+            Ok(_) => self.warned = false,
         }
     }
 }

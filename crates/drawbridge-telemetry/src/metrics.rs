@@ -138,15 +138,6 @@ impl RouteMetrics {
             self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
         }
     }
-
-    /// Requests that ended with a status of class `status` (`4` for 4xx), any method.
-    pub fn requests_of_class(&self, status: u16) -> u64 {
-        let c = status_class(status * 100);
-        self.requests
-            .iter()
-            .map(|m| m[c].load(Ordering::Relaxed))
-            .sum()
-    }
 }
 
 /// Outcome classes of authentication, the `outcome` label.
@@ -360,6 +351,11 @@ impl Metrics {
         self.tally.add("webhook", [result, ""]);
     }
 
+    /// A signal the detectors' queue had no room for.
+    pub fn signal_dropped(&self) {
+        self.tally.add("signals_dropped", ["", ""]);
+    }
+
     /// A request refused for a block, of a `client` or a `principal`.
     pub fn blocked(&self, by: &'static str) {
         self.tally.add("blocked", [by, ""]);
@@ -400,8 +396,6 @@ pub struct Scrape {
     pub endpoints: Vec<(String, String, bool, u64)>,
     /// Per log (`access`, `audit`): queued events and events dropped so far.
     pub logs: Vec<(&'static str, u64, u64)>,
-    /// Named gauges read at scrape time: (metric, help, value).
-    pub gauges: Vec<(&'static str, &'static str, i64)>,
 }
 
 /// An issuer's key set, as a scrape reads it.
@@ -771,6 +765,16 @@ impl Collector for Collect {
         )?;
         family(
             &mut enc,
+            "drawbridge_alert_signals_dropped",
+            "Signals the detectors never saw: their queue was full.",
+            MetricType::Counter,
+            [(
+                [],
+                Sample::Counter(m.tally.rows("signals_dropped").first().map_or(0, |r| r.1)),
+            )],
+        )?;
+        family(
+            &mut enc,
             "drawbridge_blocks",
             "Blocks in force, as last read from the store.",
             MetricType::Gauge,
@@ -779,15 +783,6 @@ impl Collector for Collect {
                 Sample::Gauge(i64::try_from(load(&m.blocks)).unwrap_or(i64::MAX)),
             )],
         )?;
-        for (name, help, v) in &s.gauges {
-            family(
-                &mut enc,
-                name,
-                help,
-                MetricType::Gauge,
-                [([], Sample::Gauge(*v))],
-            )?;
-        }
         Ok(())
     }
 }

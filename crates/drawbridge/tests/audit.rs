@@ -253,6 +253,12 @@ async fn a_required_trail_that_cannot_be_written_refuses_requests() {
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     }
     assert_eq!(s.up.count(), 0, "nothing reached the upstream unrecorded");
+    // Readiness says so: an orchestrator stops sending traffic here.
+    let missing = s.h.proxy.not_ready().unwrap_or_default();
+    assert!(
+        missing.iter().any(|m| m.contains("audit trail")),
+        "{missing:?}"
+    );
     // A refusal needs no record to be safe: still 403, not 503.
     assert_eq!(
         s.call("DELETE", "/orders/1").await.status,
