@@ -95,6 +95,9 @@ pub async fn run(proxy: Arc<Proxy>) {
         // unnoticed until the next one: look once now.
         let _ = tx.try_send("watch started");
     }
+    // Likewise when a reload moves the watch to a new directory (a ConfigMap's swapped
+    // data): what changed there before it was watched is looked at once.
+    let recheck = tx.downgrade();
     drop(tx);
     let mut last_refusal: Option<String> = None;
     while let Some(mut cause) = rx.recv().await {
@@ -129,8 +132,11 @@ pub async fn run(proxy: Arc<Proxy>) {
                 last_refusal = Some(text);
             }
         }
-        if let Some(w) = watched.as_mut() {
-            w.follow(&proxy);
+        if let Some(w) = watched.as_mut()
+            && w.follow(&proxy)
+            && let Some(tx) = recheck.upgrade()
+        {
+            let _ = tx.try_send("watch moved");
         }
     }
 }
@@ -182,7 +188,10 @@ impl Watched {
 
     /// Watches the files the configuration in force is made of: the config file (and where
     /// its symlink leads) and every file it names.
-    fn follow(&mut self, proxy: &Proxy) {
+    /// Watches the directories of the files the configuration in force is made of; whether
+    /// a directory was added.
+    fn follow(&mut self, proxy: &Proxy) -> bool {
+        let mut added = false;
         let mut paths = vec![proxy.config_path().to_path_buf()];
         paths.extend(proxy.files());
         let mut files = HashSet::new();
@@ -201,6 +210,7 @@ impl Watched {
                 match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         self.dirs.insert(dir.clone());
+                        added = true;
                     }
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a directory the config reads from; reload with SIGHUP")
@@ -212,6 +222,7 @@ impl Watched {
             .files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = files;
+        added
     }
 }
 
