@@ -34,6 +34,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts connections on `listener` until `stop` turns true, serving each through the
 /// pipeline. Each connection holds a clone of `drain` until it ends, so shutdown can wait
 /// for them; when `stop` turns true they finish gracefully.
+///
+/// A full listener (`max_connections` open) closes its longest-idle connections to admit a
+/// new one, and so does a process out of file descriptors, any listener's; when nothing is
+/// idle the new connection is closed at once (shed), never left waiting in the kernel's
+/// queue. Both are counted, and logged once per [`PRESSURE_LOG_EVERY`].
 pub async fn accept_loop(
     shared: Arc<Shared>,
     index: usize,
@@ -46,37 +51,49 @@ pub async fn accept_loop(
             .limits
             .max_connections,
     );
-    let mut reloads = shared.reloads.subscribe();
+    let mut pressure = Pressure::default();
+    let mut spare = Spare::open();
     loop {
-        // A reload may have changed the cap: it applies from the next connection on.
-        slots.resize(
-            shared.snapshot.load().listeners[index]
-                .limits
-                .max_connections,
-        );
-        let permit = tokio::select! {
-            p = slots.sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = reloads.changed() => continue,
-            _ = stop.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let snapshot = shared.snapshot.load_full();
+                    let entry = &snapshot.listeners[index];
+                    out_of_room(&shared, entry, &listener, &mut spare, &mut pressure, e).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
+        };
+        let snapshot = shared.snapshot.load_full();
+        let entry = &snapshot.listeners[index];
+        // A reload may have changed the cap: it applies from this connection on.
+        slots.resize(entry.limits.max_connections);
+        let permit = match slots.sem.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match make_room(&shared, index, entry, &slots, &mut pressure).await {
+                    Some(p) => p,
+                    None => {
+                        // Closed at once: the client sees the connection end, not a wait.
+                        drop(stream);
+                        entry.metrics.shed();
+                        pressure.shed += 1;
+                        pressure.report(&entry.name, Some(entry.limits.max_connections));
+                        continue;
+                    }
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let drain = drain.clone();
         let stop = stop.clone();
         // The connection's slot and its place in the drain go with it, to a tunnel too.
-        let metrics = shared.snapshot.load().listeners[index].metrics.clone();
+        let metrics = entry.metrics.clone();
+        drop(snapshot);
         metrics.opened();
         let held = Held {
             permit: Some(permit),
@@ -85,6 +102,150 @@ pub async fn accept_loop(
             metrics,
         };
         tokio::spawn(serve_connection(shared, index, stream, peer, stop, held));
+    }
+}
+
+/// How often a listener under pressure (full, or out of descriptors) says so at most.
+pub const PRESSURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a new connection waits for the idle ones asked to close to be gone.
+const ROOM_WAIT: Duration = Duration::from_millis(250);
+
+/// The listener is full: asks its longest-idle connections to close and waits for a slot.
+/// `None` when nothing is idle, or no slot came free in time.
+async fn make_room(
+    shared: &Shared,
+    index: usize,
+    entry: &crate::snapshot::ListenerEntry,
+    slots: &Slots,
+    pressure: &mut Pressure,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let evicted = shared.roster.evict(Some(index));
+    if evicted == 0 {
+        return None;
+    }
+    entry.metrics.evicted(evicted);
+    pressure.evicted += evicted as u64;
+    pressure.report(&entry.name, Some(entry.limits.max_connections));
+    tokio::time::timeout(ROOM_WAIT, slots.sem.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// An accept failed. Out of file descriptors: idle connections of any listener are asked to
+/// close and the accept is tried again once one has; with none idle, the spare descriptor is
+/// given up to take the waiting connection and close it (and taken again). Other failures
+/// back off briefly. Said once per [`PRESSURE_LOG_EVERY`].
+async fn out_of_room(
+    shared: &Shared,
+    entry: &crate::snapshot::ListenerEntry,
+    listener: &TcpListener,
+    spare: &mut Spare,
+    pressure: &mut Pressure,
+    e: std::io::Error,
+) {
+    if !crate::io::out_of_descriptors(&e) {
+        pressure.failed(e);
+        pressure.report(&entry.name, None);
+        // A transient failure (the peer gave up before its accept, say): go on, after a
+        // pause that keeps a failing listener from spinning.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return;
+    }
+    pressure.out_of_descriptors += 1;
+    let left = shared.roster.left();
+    let mut left = std::pin::pin!(left.notified());
+    left.as_mut().enable();
+    let evicted = shared.roster.evict(None);
+    if evicted > 0 {
+        entry.metrics.evicted(evicted);
+        pressure.evicted += evicted as u64;
+        pressure.report(&entry.name, None);
+        let _ = tokio::time::timeout(ROOM_WAIT, left).await;
+        return;
+    }
+    if spare.shed(listener) {
+        entry.metrics.shed();
+        pressure.shed += 1;
+        pressure.report(&entry.name, None);
+        return;
+    }
+    pressure.failed(e);
+    pressure.report(&entry.name, None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// A descriptor kept open (on `/dev/null`) so that a process out of descriptors can still
+/// take a waiting connection and close it, instead of leaving it in the kernel's queue.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Spare {
+        Spare(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Gives the spare up for an accept, closes what came, and takes the spare again.
+    /// Whether a connection was taken.
+    fn shed(&mut self, listener: &TcpListener) -> bool {
+        if self.0.take().is_none() {
+            *self = Spare::open();
+            return false;
+        }
+        let taken = match futures_util::FutureExt::now_or_never(listener.accept()) {
+            Some(Ok((stream, _))) => {
+                drop(stream);
+                true
+            }
+            _ => false,
+        };
+        *self = Spare::open();
+        taken
+    }
+}
+
+/// What a listener under pressure has to say, said at most once per
+/// [`PRESSURE_LOG_EVERY`].
+#[derive(Default)]
+struct Pressure {
+    last: Option<std::time::Instant>,
+    evicted: u64,
+    shed: u64,
+    out_of_descriptors: u64,
+    failures: u64,
+    error: Option<std::io::Error>,
+}
+
+impl Pressure {
+    fn failed(&mut self, e: std::io::Error) {
+        self.failures += 1;
+        self.error = Some(e);
+    }
+
+    /// Logs what happened since the last report, if that was long enough ago.
+    fn report(&mut self, listener: &str, max_connections: Option<usize>) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < PRESSURE_LOG_EVERY)
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let error = self.error.take().map(|e| e.to_string());
+        tracing::warn!(
+            listener,
+            max_connections,
+            idle_closed = self.evicted,
+            new_closed = self.shed,
+            out_of_descriptors = self.out_of_descriptors,
+            accept_failures = self.failures,
+            error,
+            "listener under pressure: idle connections closed to admit new ones, or new ones closed (counts since the last report)"
+        );
+        self.evicted = 0;
+        self.shed = 0;
+        self.out_of_descriptors = 0;
+        self.failures = 0;
     }
 }
 
@@ -188,7 +349,12 @@ async fn serve_connection(
     drop(snapshot);
 
     let is_tls = tls.is_some();
-    let streams = Arc::new(Streams::on(held.metrics.clone()));
+    let streams = Arc::new(Streams::with(
+        held.metrics.clone(),
+        shared.roster.eviction(),
+    ));
+    // Listed while hyper serves it, so a full listener can close it when idle.
+    let _listed = shared.roster.enter(index, streams.clone());
     // Until the handshake is done the connection holds its slot here; then its `ConnInfo`
     // does, for as long as anything (its requests, a tunnel) holds that.
     let mut held = Some(held);
@@ -229,30 +395,34 @@ async fn serve_connection(
         }
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let tls_stream =
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        record_refused(
-                            &shared,
-                            index,
-                            peer,
-                            Refused {
-                                status: 0,
-                                protocol: "TLS",
-                                phase: drawbridge_telemetry::Phase::Accept,
-                                reason: format!("TLS handshake refused: {e}"),
-                                duration: Duration::ZERO,
-                            },
-                        );
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)) => r,
+                // Closed to admit another connection before saying anything.
+                () = streams.eviction.evicted() => return,
+            };
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    record_refused(
+                        &shared,
+                        index,
+                        peer,
+                        Refused {
+                            status: 0,
+                            protocol: "TLS",
+                            phase: drawbridge_telemetry::Phase::Accept,
+                            reason: format!("TLS handshake refused: {e}"),
+                            duration: Duration::ZERO,
+                        },
+                    );
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             let mut tls_stream = tls_stream;
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             // The first request's clock starts when the handshake is done.
@@ -305,6 +475,8 @@ where
     C: std::future::Future<Output = R>,
 {
     let mut conn = std::pin::pin!(conn);
+    let evicted = std::pin::pin!(streams.eviction.evicted());
+    let mut evicted = evicted;
     let aged = tokio::time::sleep(limits.max_connection_age);
     let mut aged = std::pin::pin!(aged);
     let grace = FIRST_REQUEST_GRACE.min(limits.header_read_timeout);
@@ -326,6 +498,12 @@ where
         tokio::select! {
             r = conn.as_mut() => return r,
             _ = aged.as_mut(), if !closing => {
+                closing = true;
+                shutdown(conn.as_mut());
+            }
+            // Idle, and closed to admit a new connection: hyper closes an idle HTTP/1.1
+            // connection at once, and IdleIo ends one that would wait for bytes.
+            () = evicted.as_mut(), if !closing => {
                 closing = true;
                 shutdown(conn.as_mut());
             }

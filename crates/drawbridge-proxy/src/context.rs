@@ -38,6 +38,8 @@ pub struct Shared {
     pub audit_key: Arc<ArcSwap<drawbridge_identity::Minter>>,
     /// The detectors' queue, and the blocks in force.
     pub alerter: crate::alerts::Alerter,
+    /// The open connections, to close idle ones when a listener or the process is full.
+    pub roster: Arc<crate::roster::Roster>,
 }
 
 /// One reload, as the admin API reports it.

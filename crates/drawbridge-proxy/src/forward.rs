@@ -158,6 +158,16 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
             Ok(Err(Failure::Client(e))) => return Err(e),
             Ok(Err(Failure::Upstream(e))) => match client_fault() {
                 Some(client) => return Err(client),
+                // No socket to be had here: the endpoint's health is not in question.
+                None if matches!(
+                    e,
+                    ProxyError::UpstreamFailed(UpstreamError::Connect(
+                        crate::transport::ConnectError::OutOfDescriptors(_)
+                    ))
+                ) =>
+                {
+                    e
+                }
                 None => {
                     in_flight.failed();
                     e

@@ -79,6 +79,8 @@ pub struct Streams {
     open: AtomicUsize,
     /// The listener's counters, where open requests are counted too.
     listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
+    /// When the connection last went idle, and whether it was chosen to close.
+    pub eviction: crate::roster::Eviction,
 }
 
 /// One open request of a connection; closes it when dropped.
@@ -88,10 +90,25 @@ pub struct StreamGuard(Arc<Streams>);
 impl Streams {
     /// The requests of a connection on the listener counted by `listener`.
     pub fn on(listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>) -> Self {
+        Streams::with(listener, crate::roster::Eviction::default())
+    }
+
+    /// The requests of a connection a [`crate::roster::Roster`] may close when idle.
+    pub fn with(
+        listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
+        eviction: crate::roster::Eviction,
+    ) -> Self {
         Streams {
             listener,
-            ..Streams::default()
+            eviction,
+            started: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether no request is open on the connection.
+    pub fn is_idle(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0
     }
 
     /// Counts a request that started; it stays open until the guard is dropped.
@@ -110,9 +127,20 @@ impl Streams {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.eviction.idle_now();
+        }
         self.0.listener.stream_closed();
     }
+}
+
+/// Whether `e` says the process ran out of file descriptors (or the kernel of socket
+/// memory): a failure of this process, never of the peer.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
@@ -177,8 +205,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> IdleIo<T> {
         }
     }
 
-    /// Called when a read would wait: fails once a whole period passed without traffic.
+    /// Called when a read would wait: fails once a whole period passed without traffic, or
+    /// when the connection, idle, was chosen to close to admit another.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.streams.eviction.is_evicted() && self.streams.is_idle() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "idle connection closed to admit a new one",
+            )));
+        }
         loop {
             let armed = self
                 .armed_for

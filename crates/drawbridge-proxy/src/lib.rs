@@ -30,6 +30,7 @@ pub mod page;
 pub mod pipeline;
 pub mod reload;
 pub mod rescue;
+pub mod roster;
 pub mod route;
 pub mod signin;
 pub mod snapshot;
@@ -284,6 +285,7 @@ impl Proxy {
             reload_history: Default::default(),
             audit_key,
             alerter: Default::default(),
+            roster: Default::default(),
         });
         detect::start(&shared);
         let (stop, stop_rx) = watch::channel(false);

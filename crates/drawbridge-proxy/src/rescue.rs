@@ -211,6 +211,10 @@ impl ProxyError {
             Self::Unauthenticated(AuthError::Malformed(_), _) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(..) => StatusCode::UNAUTHORIZED,
             Self::NoHealthyEndpoint | Self::UpstreamAtCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            // Out of descriptors here: the gateway is overloaded, the upstream is not at fault.
+            Self::UpstreamFailed(UpstreamError::Connect(
+                crate::transport::ConnectError::OutOfDescriptors(_),
+            )) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

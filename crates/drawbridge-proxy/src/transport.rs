@@ -176,7 +176,13 @@ impl Transport {
     ) -> Result<Sender, ConnectError> {
         let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
             .await
-            .map_err(ConnectError::Connect)?;
+            .map_err(|e| {
+                if crate::io::out_of_descriptors(&e) {
+                    ConnectError::OutOfDescriptors(e)
+                } else {
+                    ConnectError::Connect(e)
+                }
+            })?;
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
             let h2 = self.protocol == UpstreamProtocol::Http2 && !http1;
@@ -279,6 +285,10 @@ pub enum ConnectError {
     /// The TCP connection failed.
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// This process had no descriptor (or the kernel no memory) for another socket: not the
+    /// endpoint's failure.
+    #[error("connect: no socket to be had here: {0}")]
+    OutOfDescriptors(#[source] std::io::Error),
     /// An `https` endpoint without TLS settings (the config check prevents it).
     #[error("connect: no TLS settings for an https endpoint")]
     NoTls,

@@ -218,6 +218,10 @@ pub struct ListenerMetrics {
     accepted: AtomicU64,
     open: AtomicI64,
     streams: AtomicI64,
+    /// Idle connections closed to admit new ones.
+    evicted: AtomicU64,
+    /// New connections closed at once: the listener was full and nothing idle to close.
+    shed: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -240,6 +244,16 @@ impl ListenerMetrics {
     /// A request ended.
     pub fn stream_closed(&self) {
         self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `n` idle connections asked to close to admit new ones.
+    pub fn evicted(&self, n: usize) {
+        self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A new connection closed at once, the listener (or the process) being full.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -684,6 +698,24 @@ impl Collector for Collect {
                     Sample::Gauge(l.open.load(Ordering::Relaxed)),
                 )
             }),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_connections_evicted",
+            "Idle connections closed to admit new ones (at max_connections or out of file descriptors), by listener.",
+            MetricType::Counter,
+            listeners
+                .iter()
+                .map(|(n, l)| ([("listener", &**n)], Sample::Counter(load(&l.evicted)))),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_connections_shed",
+            "New connections closed at once because the listener was full and no connection idle, by listener.",
+            MetricType::Counter,
+            listeners
+                .iter()
+                .map(|(n, l)| ([("listener", &**n)], Sample::Counter(load(&l.shed)))),
         )?;
         family(
             &mut enc,

@@ -178,6 +178,26 @@ pub fn status_of(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A connection to `addr` whose request is in flight: a `POST` to `path` whose 4-byte body
+/// is still to come, admitted (the proxy asked for the body with `100 Continue`). `None`
+/// when the connection was closed or answered otherwise.
+pub async fn in_flight(addr: SocketAddr, path: &str) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .starts_with("HTTP/1.1 100")
+        .then_some(s)
+}
+
 /// The `drawbridge` binary cargo built beside the running test (`target/<profile>/`; the
 /// test itself runs from `deps/` below it).
 pub fn drawbridge_binary() -> std::path::PathBuf {
@@ -213,10 +233,26 @@ impl Binary {
 
     /// The same, with `DRAWBRIDGE_LOG` set to `filter`.
     pub fn serve_logging(path: &std::path::Path, filter: &str) -> Binary {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(drawbridge_binary())
+        let mut cmd = std::process::Command::new(drawbridge_binary());
+        cmd.args(["serve", "--config"]).arg(path);
+        Self::spawn(cmd, filter)
+    }
+
+    /// The same, allowed at most `descriptors` open file descriptors (by util-linux's
+    /// `prlimit`, which runs it in its own place).
+    pub fn serve_limited(path: &std::path::Path, filter: &str, descriptors: u64) -> Binary {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={descriptors}:{descriptors}"))
+            .arg("--")
+            .arg(drawbridge_binary())
             .args(["serve", "--config"])
-            .arg(path)
+            .arg(path);
+        Self::spawn(cmd, filter)
+    }
+
+    fn spawn(mut cmd: std::process::Command, filter: &str) -> Binary {
+        use std::io::BufRead;
+        let mut child = cmd
             .env("DRAWBRIDGE_LOG", filter)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

@@ -306,6 +306,12 @@ async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitC
     // The path this binary was started from, for a successor: a new binary installed there
     // is the one an upgrade runs.
     let exe = std::env::current_exe();
+    // Every connection is a descriptor: take all the hard limit allows (the soft limit is
+    // often 1,024). At the limit, idle connections make room for new ones.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(descriptors = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let proxy = match Proxy::start_with(&config, inherited).await {
         Ok(p) => p,
         Err(e) => {

@@ -316,57 +316,41 @@ async fn only_the_configs_own_files_reload_and_a_refusal_is_said_once() {
 }
 
 /// Opens a connection and has one request answered on it; `None` if not served in time.
-async fn served(addr: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /old/x HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&buf[..n])
-        .starts_with("HTTP/1.1 200")
-        .then_some(s)
-}
-
 /// `max_connections` is applied by a reload (it was read once per listener and a changed
-/// value silently ignored): raised, waiting connections are served; lowered, the new cap
-/// holds once enough connections closed.
+/// value silently ignored): raised, more requests are served at once; lowered, the new cap
+/// holds once enough connections closed. The connections hold requests in flight (idle
+/// ones would be closed to make room).
 #[tokio::test]
 async fn a_reload_applies_a_new_connection_cap() {
     let up = RecordingUpstream::start().await;
     let cfg = |cap: usize| two_routes(&up.url(), "").limits("max_connections", cap as i64);
     let h = Harness::start(&cfg(2)).await;
-    let a = served(h.addr).await.expect("first");
-    let b = served(h.addr).await.expect("second");
-    assert!(served(h.addr).await.is_none(), "served past the cap of 2");
+    let busy = || in_flight(h.addr, "/old/x");
+    let a = busy().await.expect("first");
+    let b = busy().await.expect("second");
+    assert!(busy().await.is_none(), "admitted past the cap of 2");
     std::fs::write(h.config_path(), cfg(4).text()).expect("write");
     h.proxy.reload().expect("reload");
-    let c = served(h.addr).await.expect("served under the cap of 4");
-    let d = served(h.addr).await;
+    let c = busy().await.expect("admitted under the cap of 4");
+    let d = busy().await;
     assert!(d.is_some(), "the fourth slot");
+    assert!(busy().await.is_none(), "admitted past the cap of 4");
     // Lowered to 1 with 4 open: nothing new until three have closed.
     std::fs::write(h.config_path(), cfg(1).text()).expect("write");
     h.proxy.reload().expect("reload");
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        served(h.addr).await.is_none(),
-        "served past the lowered cap"
-    );
+    assert!(busy().await.is_none(), "admitted past the lowered cap");
     drop((c, d));
     let e = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
-            if let Some(s) = served(h.addr).await {
+            if let Some(s) = busy().await {
                 return s;
             }
         }
     })
     .await
-    .expect("served once every connection over the cap closed");
-    assert!(served(h.addr).await.is_none(), "one at a time");
+    .expect("admitted once every connection over the cap closed");
+    assert!(busy().await.is_none(), "one at a time");
     drop(e);
 }

@@ -1,0 +1,221 @@
+//! The connections the process serves, so that a full listener, or a process out of file
+//! descriptors, can close the longest idle of them to admit a new client, as nginx does with
+//! its reusable connections: ten thousand idle keep-alive connections never lock an active
+//! client out.
+//!
+//! Idle means no request open on the connection (between keep-alive requests, before the
+//! first one, or an HTTP/2 connection without a stream). Connections are entered and left
+//! once each; a request costs one relaxed store of the idle clock, which moves once per
+//! accepted connection, so "longest idle" is told apart to the nearest accept.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::io::Streams;
+
+/// The open connections of every listener.
+#[derive(Default)]
+pub struct Roster {
+    conns: Mutex<slab::Slab<Listed>>,
+    /// Moves once per connection entered: when a connection last went idle.
+    clock: Arc<AtomicU64>,
+    /// Woken whenever a connection leaves.
+    left: Notify,
+}
+
+struct Listed {
+    listener: usize,
+    streams: Arc<Streams>,
+}
+
+/// A connection's place in the roster; leaves it when dropped.
+pub struct Entry {
+    roster: Arc<Roster>,
+    key: usize,
+}
+
+/// What a connection shares with the roster: when it last went idle, and the request to
+/// close it.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    /// The idle clock when the connection's last request ended (or it was accepted).
+    pub(crate) idle_since: AtomicU64,
+    /// Set when the connection is to close; `closing` wakes its task.
+    pub(crate) evicted: AtomicBool,
+    pub(crate) closing: Notify,
+    pub(crate) clock: Arc<AtomicU64>,
+}
+
+impl Eviction {
+    /// Marks the connection idle from now.
+    pub(crate) fn idle_now(&self) {
+        self.idle_since
+            .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the connection was chosen to close.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the connection was chosen to close.
+    pub async fn evicted(&self) {
+        let notified = self.closing.notified();
+        if self.is_evicted() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl Roster {
+    /// The eviction state for a new connection, on this roster's idle clock.
+    pub fn eviction(&self) -> Eviction {
+        let e = Eviction {
+            clock: self.clock.clone(),
+            ..Eviction::default()
+        };
+        e.idle_now();
+        e
+    }
+
+    /// Enters a connection of `listener`; it stays listed until the entry is dropped.
+    pub fn enter(self: &Arc<Self>, listener: usize, streams: Arc<Streams>) -> Entry {
+        self.clock.fetch_add(1, Ordering::Relaxed);
+        let key = self.lock().insert(Listed { listener, streams });
+        Entry {
+            roster: self.clone(),
+            key,
+        }
+    }
+
+    /// Asks the longest-idle connections (of `listener`, or of any listener) to close: at
+    /// most 32, and at most an eighth of the idle ones (at least one). Returns how many were
+    /// asked; each closes at once, its request slot and descriptor given back.
+    pub fn evict(&self, listener: Option<usize>) -> usize {
+        let conns = self.lock();
+        let mut idle: Vec<(u64, &Arc<Streams>)> = conns
+            .iter()
+            .filter(|(_, l)| listener.is_none_or(|want| want == l.listener))
+            .filter(|(_, l)| l.streams.is_idle() && !l.streams.eviction.is_evicted())
+            .map(|(_, l)| {
+                (
+                    l.streams.eviction.idle_since.load(Ordering::Relaxed),
+                    &l.streams,
+                )
+            })
+            .collect();
+        let n = (idle.len() / 8).clamp(1, 32).min(idle.len());
+        if n == 0 {
+            return 0;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable_by_key(n - 1, |(since, _)| *since);
+        }
+        for (_, streams) in &idle[..n] {
+            streams.eviction.evicted.store(true, Ordering::Relaxed);
+            streams.eviction.closing.notify_one();
+        }
+        n
+    }
+
+    /// Woken whenever a connection leaves.
+    pub fn left(&self) -> &Notify {
+        &self.left
+    }
+
+    /// How many connections are listed.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<Listed>> {
+        // The slab is never left half-updated: a poisoned lock is still usable.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.roster.lock().try_remove(self.key);
+        self.roster.left.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(roster: &Arc<Roster>, listener: usize) -> (Arc<Streams>, Entry) {
+        let streams = Arc::new(Streams::with(Default::default(), roster.eviction()));
+        let entry = roster.enter(listener, streams.clone());
+        (streams, entry)
+    }
+
+    #[test]
+    fn the_longest_idle_is_evicted_first_and_busy_ones_never() {
+        let roster = Arc::new(Roster::default());
+        let (oldest, _a) = conn(&roster, 0);
+        let (busy, _b) = conn(&roster, 0);
+        let (newer, _c) = conn(&roster, 0);
+        let (other_listener, _d) = conn(&roster, 1);
+        // The busy connection went idle first, then took a request it is still serving.
+        let guard = busy.open();
+        assert_eq!(roster.evict(Some(0)), 1);
+        assert!(oldest.eviction.is_evicted());
+        assert!(!newer.eviction.is_evicted() && !busy.eviction.is_evicted());
+        assert!(!other_listener.eviction.is_evicted());
+        // The next one; the busy connection and the evicted one are passed over.
+        assert_eq!(roster.evict(Some(0)), 1);
+        assert!(newer.eviction.is_evicted());
+        assert!(!busy.eviction.is_evicted());
+        assert_eq!(roster.evict(Some(0)), 0, "nothing idle left on listener 0");
+        drop(guard);
+        assert_eq!(
+            roster.evict(Some(0)),
+            1,
+            "idle again once its request ended"
+        );
+        assert_eq!(roster.evict(None), 1, "any listener: the other one's");
+        assert!(other_listener.eviction.is_evicted());
+    }
+
+    #[test]
+    fn a_request_that_ends_makes_its_connection_the_most_recently_idle() {
+        let roster = Arc::new(Roster::default());
+        let (first, _a) = conn(&roster, 0);
+        let (second, _b) = conn(&roster, 0);
+        drop(first.open());
+        let (_third, _c) = conn(&roster, 0);
+        // `first` went idle after `second` was accepted: `second` is the longest idle.
+        roster.evict(Some(0));
+        assert!(second.eviction.is_evicted());
+        assert!(!first.eviction.is_evicted());
+    }
+
+    #[test]
+    fn an_eighth_of_the_idle_at_most_32_are_evicted_at_once() {
+        let roster = Arc::new(Roster::default());
+        let conns: Vec<_> = (0..400).map(|_| conn(&roster, 0)).collect();
+        assert_eq!(roster.evict(Some(0)), 32);
+        let evicted = conns
+            .iter()
+            .filter(|(s, _)| s.eviction.is_evicted())
+            .count();
+        assert_eq!(evicted, 32);
+        // The 32 accepted first.
+        assert!(conns[..32].iter().all(|(s, _)| s.eviction.is_evicted()));
+        drop(conns);
+        assert!(roster.is_empty(), "dropped entries leave");
+        let few: Vec<_> = (0..20).map(|_| conn(&roster, 0)).collect();
+        assert_eq!(roster.evict(Some(0)), 2);
+        drop(few);
+    }
+}

@@ -1,0 +1,326 @@
+//! Connection exhaustion: a listener at `max_connections`, or a process out of file
+//! descriptors, closes its longest-idle keep-alive connections to admit new clients; with
+//! nothing idle a new connection is closed at once (never left waiting in the kernel's
+//! queue); each connection holds one descriptor.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drawbridge_testkit::RecordingUpstream;
+use drawbridge_testkit::harness::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn proxied(up: &RecordingUpstream) -> Config {
+    config(&upstream_and_route("app", &up.url()))
+}
+
+/// One GET on `s`; the status line, or `None` when the connection closed or nothing came
+/// within two seconds.
+async fn exchange(s: &mut TcpStream) -> Option<String> {
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    read_response(s).await
+}
+
+/// Reads one whole response (head and `content-length` body).
+async fn read_response(s: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text.lines().next().map(str::to_string);
+            }
+        }
+    }
+}
+
+/// A new connection that was served one request and is now idle.
+async fn idle(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let status = exchange(&mut s).await.expect("served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    s
+}
+
+/// Whether the proxy closed `s` (EOF or reset) within two seconds.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn metric(h: &Harness, name: &str) -> f64 {
+    let port = h.proxy.admin_addr().expect("admin listener").port();
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).await.body;
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{listener=\"main\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+fn with_admin(c: Config) -> Config {
+    c.with("[admin]\naddress = \"127.0.0.1:0\"\n")
+}
+
+#[tokio::test]
+async fn a_full_listener_closes_its_longest_idle_connection_to_serve_a_new_client() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up).limits("max_connections", 4))).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(idle(h.addr).await);
+    }
+    // A fifth client is served at once: the connection idle longest made room.
+    let mut fifth = TcpStream::connect(h.addr).await.expect("connect");
+    let status = exchange(&mut fifth)
+        .await
+        .expect("the new client is served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(closed(&mut held[0]).await, "the longest idle was closed");
+    // The others were left alone, and are served.
+    for s in &mut held[1..] {
+        let status = exchange(s).await.expect("still open");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    assert_eq!(
+        metric(&h, "drawbridge_connections_evicted_total").await,
+        1.0
+    );
+    assert_eq!(metric(&h, "drawbridge_connections_shed_total").await, 0.0);
+    // Nothing reached the upstream but the exchanges: 4 + 1 + 3.
+    assert_eq!(up.count(), 8);
+}
+
+#[tokio::test]
+async fn a_full_listener_with_nothing_idle_closes_a_new_connection_at_once() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up).limits("max_connections", 2))).await;
+    let mut a = in_flight(h.addr, "/x").await.expect("first admitted");
+    let _b = in_flight(h.addr, "/x").await.expect("second admitted");
+    // Both slots serve a request in flight: a third connection is closed, not kept waiting.
+    let started = std::time::Instant::now();
+    let mut third = TcpStream::connect(h.addr).await.expect("connect");
+    assert_eq!(exchange(&mut third).await, None, "served past the cap");
+    assert!(started.elapsed() < Duration::from_secs(1), "left waiting");
+    assert_eq!(metric(&h, "drawbridge_connections_shed_total").await, 1.0);
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    // The first request completes; its connection, idle, makes room for the next client.
+    a.write_all(b"body").await.expect("body");
+    let status = read_response(&mut a).await.expect("answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(&up.last().expect("forwarded").body[..], b"body");
+    let mut fourth = TcpStream::connect(h.addr).await.expect("connect");
+    let status = exchange(&mut fourth).await.expect("served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(closed(&mut a).await, "the idle one made room");
+    assert_eq!(
+        metric(&h, "drawbridge_connections_evicted_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn idle_clients_filling_the_limit_never_lock_out_new_ones() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&proxied(&up).limits("max_connections", 200)).await;
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(idle(h.addr).await);
+    }
+    // Two hundred more clients, one after another: every one is served.
+    for i in 0..200 {
+        let mut s = TcpStream::connect(h.addr).await.expect("connect");
+        let status = exchange(&mut s)
+            .await
+            .unwrap_or_else(|| panic!("new client {i} not served"));
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        held.push(s);
+    }
+    assert_eq!(up.count(), 400);
+}
+
+#[tokio::test]
+async fn connections_that_never_sent_a_request_count_as_idle() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up).limits("max_connections", 2))).await;
+    let mut silent = TcpStream::connect(h.addr).await.expect("connect");
+    // Half a request head, the rest never sent (a slow client holding a slot).
+    let mut slow = TcpStream::connect(h.addr).await.expect("connect");
+    slow.write_all(b"GET /x HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut served = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(h.addr).await.expect("connect");
+        let status = exchange(&mut s)
+            .await
+            .unwrap_or_else(|| panic!("client {i} not served"));
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        served.push(s);
+    }
+    assert!(closed(&mut silent).await, "silent");
+    assert!(closed(&mut slow).await, "slow");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn idle_http2_connections_make_room_too() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up).limits("max_connections", 2))).await;
+    // Each client keeps its HTTP/2 connection open after its request.
+    let clients: Vec<_> = (0..3).map(|_| h2_client()).collect();
+    for c in &clients {
+        let req = http::Request::get(h.url("/x"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        assert_eq!(send(c, req).await.status, 200);
+    }
+    assert_eq!(
+        metric(&h, "drawbridge_connections_evicted_total").await,
+        1.0
+    );
+    assert_eq!(up.count(), 3);
+}
+
+/// Descriptors the process has open.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc")
+        .count()
+}
+
+#[tokio::test]
+async fn a_process_out_of_descriptors_closes_idle_connections_for_new_clients() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, proxied(&up).text()).expect("config");
+    // 128 descriptors in all: about a hundred connections' worth.
+    let bin = Binary::serve_limited(&path, "info", 128);
+    let pid = bin.child.id();
+    let mut held = Vec::new();
+    // Three hundred clients, each served in turn and then left idle: once the process has
+    // no descriptor left, the longest-idle connections are closed to admit the next.
+    for i in 0..300 {
+        let mut s = TcpStream::connect(bin.addr).await.expect("connect");
+        let status = exchange(&mut s)
+            .await
+            .unwrap_or_else(|| panic!("client {i} not served:\n{}", bin.log()));
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        held.push(s);
+        assert!(descriptors(pid) <= 128);
+    }
+    let mut closed_early = 0;
+    for s in &mut held[..100] {
+        if closed(s).await {
+            closed_early += 1;
+        }
+    }
+    assert!(closed_early > 0, "no idle connection was closed");
+    assert_eq!(up.count(), 300);
+    // Said once per interval, not at every failed accept.
+    let log = bin.log();
+    let reports = log.matches("listener under pressure").count();
+    assert!((1..=2).contains(&reports), "{reports} reports:\n{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+}
+
+#[tokio::test]
+async fn a_process_out_of_descriptors_with_nothing_idle_closes_new_connections() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, proxied(&up).text()).expect("config");
+    let bin = Binary::serve_limited(&path, "info", 64);
+    // Requests in flight on every connection the process can hold.
+    let mut held = Vec::new();
+    loop {
+        match in_flight(bin.addr, "/x").await {
+            Some(s) => held.push(s),
+            None => break,
+        }
+        assert!(held.len() < 64, "admitted more than the descriptors allow");
+    }
+    assert!(held.len() > 20, "only {} admitted", held.len());
+    // The next clients are closed at once, or answered 503 when no descriptor is left for
+    // the upstream connection (which is not held against the upstream's health), again and
+    // again: never left waiting.
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(bin.addr).await.expect("connect");
+        if let Some(status) = exchange(&mut s).await {
+            assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "left waiting");
+    }
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    // One request completes: its connection, idle now, makes room.
+    let mut first = held.remove(0);
+    first.write_all(b"body").await.expect("body");
+    assert!(read_response(&mut first).await.is_some());
+    let mut s = TcpStream::connect(bin.addr).await.expect("connect");
+    let status = exchange(&mut s)
+        .await
+        .expect("served once a connection is idle");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(
+        up.count(),
+        2,
+        "only the completed requests reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn each_connection_holds_one_descriptor() {
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, proxied(&up).text()).expect("config");
+    let bin = Binary::serve(&path);
+    let pid = bin.child.id();
+    // The upstream connection is pooled by the first exchange.
+    let first = idle(bin.addr).await;
+    let before = descriptors(pid);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(idle(bin.addr).await);
+    }
+    assert_eq!(descriptors(pid) - before, 100);
+    // Closed, they give their descriptors back.
+    drop((first, held));
+    let settled = eventually(Duration::from_secs(5), || async {
+        descriptors(pid) + 1 == before
+    })
+    .await;
+    assert!(
+        settled,
+        "{} descriptors, {} before",
+        descriptors(pid),
+        before
+    );
+}
