@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Load benchmark: the direct path, nginx and Drawbridge in one run, on this machine.
+# Load benchmark: the direct path, nginx, the floor and Drawbridge in one run, on this machine.
 #
 #   bench/run.sh                 # full run: 10 s per measurement, 3 repeats
-#   DURATION=3 REPEATS=1 bench/run.sh   # a quick look
+#   DURATION=3 REPEATS=1 IDLE=0 bench/run.sh   # a quick look, without the idle phase
 #
+# The floor (bench/floor) is the least a reverse proxy on hyper 1 can do, on Drawbridge's
+# runtime and allocator: Drawbridge's distance from it is Drawbridge's own work.
 # Layout (2 cores): the load generator runs alone on CPU 0; the upstream and the proxy under
 # test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
-# proxy uses upstream keep-alive; both proxies log nothing, so the proxying itself is compared.
+# proxy uses upstream keep-alive; the proxies log nothing, so the proxying itself is compared.
+# The full access path is compared over TLS 1.3: nginx with TLS alone, nginx's full path (an
+# RS256 token checked in process by Lua through OpenSSL on every request, limit_req, a
+# buffered access log), and a second Drawbridge with TLS, the cached JWT, 100 Cedar policies,
+# the access log and the audit trail written to files.
 # The same Drawbridge also serves JWT routes (RS256 and ES256, verified-token cache on and
 # off), measured like the public route and reported against it, and the cached JWT routes
 # again with authorization: 100 Cedar policies over 50 routes, the caller in 20 groups.
@@ -18,6 +24,9 @@
 #   ONLY="drawbridge-jwt-rs256 drawbridge-jwt-rs256-authz" bench/run.sh   # some paths only
 # Throughput: wrk at 32 and 256 keep-alive connections, median of the repeats.
 # Latency without saturation: hey at a fixed 2,000 requests/s.
+# Idle phase (IDLE connections, 10,000 by default): each server holds that many idle
+# keep-alive connections (python3 bench/idle.py); its memory per connection, then new clients'
+# throughput while they are held, then its memory once they closed.
 # CPU µs/request: user + system time of the process serving that path (for the proxies, the
 # proxy alone; for direct, the upstream) over the run, divided by the requests it served.
 set -euo pipefail
@@ -28,11 +37,14 @@ REPEATS=${REPEATS:-3}
 RATE=${RATE:-2000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
+IDLE=${IDLE:-10000}
 UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102; TLS_PORT=18103
-DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106
+DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106; FLOOR_PORT=18107
+NGINX_TLS_PORT=18108; NGINX_FULL_PORT=18109; FULL_PORT=18110
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
 command -v wrk >/dev/null || need+=(wrk)
 command -v hey >/dev/null || need+=(hey)
 command -v node >/dev/null || need+=(nodejs)
@@ -46,7 +58,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release -p drawbridge --quiet
+cargo build --release -p drawbridge -p drawbridge-floor --quiet
+# Ten thousand idle connections and more: as many descriptors as the hard limit allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (cd crates/drawbridge/tests/js && npm ci --no-audit --no-fund --silent)
 WORK=$(mktemp -d)
 OUT="$ROOT/bench/results"
@@ -67,19 +81,49 @@ http {
   server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
 }
 CONF
+# One nginx worker serves the plain proxy, TLS alone and the full access path.
 cat > "$WORK/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 worker_processes 1;
+worker_rlimit_nofile 40000;
 daemon off;
 pid $WORK/nginx.pid;
 error_log $WORK/logs/nginx.err warn;
-events { worker_connections 4096; }
+events { worker_connections 20000; }
 http {
   access_log off;
   keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  ssl_protocols TLSv1.3;
+  ssl_certificate $WORK/tls.crt;
+  ssl_certificate_key $WORK/tls.key;
+  lua_package_path "$ROOT/bench/?.lua;;";
+  init_by_lua_block { require("nginx-jwt").init("$WORK/rs256.pem", "$ISS", "bench") }
+  limit_req_zone \$binary_remote_addr zone=perclient:10m rate=1000000r/s;
   upstream backend { server 127.0.0.1:$UP_PORT; keepalive 256; keepalive_requests 10000000; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_FULL_PORT ssl;
+    access_log $WORK/logs/nginx-access.log combined buffer=64k flush=1s;
+    location / {
+      limit_req zone=perclient burst=1000000 nodelay;
+      access_by_lua_block { require("nginx-jwt").access() }
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -91,6 +135,9 @@ CONF
 ISS="https://bench.invalid/"
 declare -A TOKEN
 while read -r alg token; do TOKEN[$alg]=$token; done < <(node crates/drawbridge/tests/js/mint-jwt.mjs "$WORK/jwks.json" "$ISS" bench)
+# The RS256 key as PEM, for nginx's check.
+node -e 'const c = require("crypto"); const k = JSON.parse(require("fs").readFileSync(process.argv[1])).keys.find(k => k.kty === "RSA");
+process.stdout.write(c.createPublicKey({ key: k, format: "jwk" }).export({ type: "spki", format: "pem" }))' "$WORK/jwks.json" > "$WORK/rs256.pem"
 jwt_authenticator() {  # name, algorithm, cache
   printf '[[authenticators]]\nname = "%s"\ntype = "jwt"\nissuer = "%s"\naudiences = ["bench"]\nalgorithms = ["%s"]\njwks_file = "%s"\ncache = %s\nclaims = { groups = "groups", attributes = ["tenant"] }\n\n' "$1" "$ISS" "$2" "$WORK/jwks.json" "$3"
 }
@@ -175,6 +222,8 @@ watch = false
 [[listeners]]
 name = "bench"
 address = "127.0.0.1:$DB_PORT"
+# Room for the idle phase's connections, kept alive as long as nginx keeps them.
+limits = { max_connections = 20000, header_read_timeout = "300s", idle_timeout = "300s" }
 
 [[upstreams]]
 name = "upstream"
@@ -205,6 +254,36 @@ $(jwt_route jwt-rs256-authz rs256 true)
 $(jwt_route jwt-es256-authz es256 true)
 $(other_routes)
 CONF
+# The full access path: TLS, the cached RS256 JWT, the policies, the access log and the
+# audit trail written to files.
+cat > "$WORK/drawbridge-full.toml" <<CONF
+[server]
+access_log = "$WORK/logs/access.jsonl"
+audit_log = "$WORK/logs/audit.jsonl"
+watch = false
+
+[[listeners]]
+name = "full"
+address = "127.0.0.1:$FULL_PORT"
+[[listeners.tls.certificates]]
+cert = "$WORK/tls.crt"
+key = "$WORK/tls.key"
+
+[[upstreams]]
+name = "upstream"
+endpoints = ["http://127.0.0.1:$UP_PORT"]
+protocol = "http1"
+max_idle_connections = 512
+
+[policy]
+files = ["$WORK/policies.cedar"]
+attributes = { tenant = "String" }
+plain_names = ["rs256"]
+
+$(jwt_authenticator rs256 RS256 true)
+$(jwt_route jwt-rs256-authz rs256 true)
+$(other_routes)
+CONF
 # The same proxy twice: sessions in the embedded store, and in Redis read on every request.
 cp "$WORK/drawbridge.toml" "$WORK/drawbridge-redis.toml"
 tls_part "$TLS_PORT" "path = \"$WORK/sessions.redb\"" >> "$WORK/drawbridge.toml"
@@ -219,15 +298,23 @@ DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" s
 DB_PID=$!
 DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" serve --config "$WORK/drawbridge-redis.toml" 2>"$WORK/logs/drawbridge-redis.err" & pids+=($!)
 DB2_PID=$!
-for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT; do
+DRAWBRIDGE_LOG=warn taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge" serve --config "$WORK/drawbridge-full.toml" 2>"$WORK/logs/drawbridge-full.err" & pids+=($!)
+FULL_PID=$!
+taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$UP_PORT" & pids+=($!)
+FLOOR_PID=$!
+for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT $FLOOR_PORT; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "server on $port did not start"; cat "$WORK"/logs/*; exit 1; }
 done
 
 # The processes whose CPU time is charged to each path (nginx: its worker).
-declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)" [drawbridge]="$DB_PID")
+NGINX_WORKER="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)"
+declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$NGINX_WORKER" [drawbridge]="$DB_PID" [floor]="$FLOOR_PID"
+  [nginx-tls]="$NGINX_WORKER" [nginx-full]="$NGINX_WORKER" [drawbridge-full]="$FULL_PID")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/")
+declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/"
+  [floor]="http://127.0.0.1:$FLOOR_PORT/" [nginx-tls]="https://localhost:$NGINX_TLS_PORT/" [nginx-full]="https://localhost:$NGINX_FULL_PORT/"
+  [drawbridge-full]="https://localhost:$FULL_PORT/jwt-rs256-authz")
 # JWT routes: the same proxy process, a bearer token on every request.
 declare -A AUTH=()
 for v in rs256 rs256-nocache es256 es256-nocache rs256-authz es256-authz; do
@@ -246,13 +333,18 @@ URL[drawbridge-tls-session]="https://localhost:$TLS_PORT/tls-session"; PID[drawb
 AUTH[drawbridge-tls-session]="Cookie: __Host-drawbridge-session=$SESSION"
 URL[drawbridge-tls-session-redis]="https://localhost:$TLS2_PORT/tls-session"; PID[drawbridge-tls-session-redis]=$DB2_PID
 AUTH[drawbridge-tls-session-redis]="Cookie: __Host-drawbridge-session=$SESSION2"
-TARGETS=(direct nginx drawbridge drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
-if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx drawbridge $ONLY"; fi
-# Refuse to measure a JWT route that does not admit its token.
+AUTH[nginx-full]="Authorization: Bearer ${TOKEN[RS256]}"
+AUTH[drawbridge-full]="Authorization: Bearer ${TOKEN[RS256]}"
+TARGETS=(direct nginx floor drawbridge nginx-tls nginx-full drawbridge-full drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
+if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx floor drawbridge $ONLY"; fi
+# Refuse to measure a route that does not admit its token, or one that admits no token.
 for t in "${TARGETS[@]}"; do
   [ -n "${AUTH[$t]:-}" ] || continue
   code=$(curl -sk -o /dev/null -w '%{http_code}' -H "${AUTH[$t]}" "${URL[$t]}")
   [ "$code" = 200 ] || { echo "$t answered $code, not 200"; cat "$WORK"/logs/*; exit 1; }
+  case "$t" in *-tls-session*) continue ;; esac
+  code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN[RS256]}x" "${URL[$t]}")
+  [ "$code" = 401 ] || { echo "$t answered $code to a forged token, not 401"; exit 1; }
 done
 hdr() { if [ -n "${AUTH[$1]:-}" ]; then printf '%s\n' -H "${AUTH[$1]}"; fi; }
 RAW="$WORK/raw.tsv"
@@ -287,7 +379,7 @@ PY
   done
 done
 for t in "${TARGETS[@]}"; do
-  case "$t" in drawbridge-tls-*) continue ;; esac   # hey checks certificates: plain HTTP only
+  case "${URL[$t]}" in https:*) continue ;; esac   # hey checks certificates: plain HTTP only
   mapfile -t H < <(hdr "$t")
   taskset -c "$LOADGEN_CPU" hey -z "${DURATION}s" -c 20 -q $((RATE / 20)) "${H[@]}" "${URL[$t]}" > "$WORK/hey.txt"
   python3 - "$t" "$WORK/hey.txt" >> "$RAW" <<'PY'
@@ -311,6 +403,31 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 print(f"signin\tdrawbridge-tls-sign-in\t32\t{rps:.0f}")
 PY
 
+# Idle phase: memory per idle keep-alive connection, and new clients' throughput meanwhile.
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_phase() {  # name, port, pid, tls|plain, wrk URL
+  local name=$1 port=$2 pid=$3 mode=$4 url=$5 held before during after rps
+  before=$(rss_kb "$pid")
+  coproc HOLD { taskset -c "$LOADGEN_CPU" python3 "$ROOT/bench/idle.py" 127.0.0.1 "$port" "$IDLE" "$mode"; }
+  read -r _ held <&"${HOLD[0]}"
+  sleep 2
+  during=$(rss_kb "$pid")
+  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "$url" > "$WORK/wrk.txt"
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+  sleep 3
+  after=$(rss_kb "$pid")
+  printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$held" "$before" "$during" "$after" "$rps" >> "$RAW"
+}
+if [ "$IDLE" -gt 0 ]; then
+  idle_phase nginx "$NGINX_PORT" "$NGINX_WORKER" plain "${URL[nginx]}"
+  idle_phase floor "$FLOOR_PORT" "$FLOOR_PID" plain "${URL[floor]}"
+  idle_phase drawbridge "$DB_PORT" "$DB_PID" plain "${URL[drawbridge]}"
+  idle_phase nginx-tls "$NGINX_TLS_PORT" "$NGINX_WORKER" tls "${URL[nginx-tls]}"
+  idle_phase drawbridge-tls "$TLS_PORT" "$DB_PID" tls "https://localhost:$TLS_PORT/"
+fi
+
 python3 - "$RAW" "$DURATION" "$REPEATS" "$RATE" > "$OUT/latest.md" <<'PY'
 import statistics, sys, platform, subprocess
 raw, duration, repeats, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -319,7 +436,7 @@ def median_run(kind, target, conns):
     runs = [r for r in rows if r[0] == kind and r[1] == target and r[2] == conns]
     runs.sort(key=lambda r: float(r[3]))
     return runs[len(runs) // 2]
-targets = ["direct", "nginx", "drawbridge"]
+targets = ["direct", "nginx", "floor", "drawbridge"]
 jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache",
                    "drawbridge-jwt-rs256-authz", "drawbridge-jwt-es256-authz"]
        if any(r[1] == t for r in rows)]
@@ -328,14 +445,30 @@ print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=Tru
       f"{duration} s per measurement, median of {repeats}; fixed rate {rate} requests/s.\n")
 for conns in ["32", "256"]:
     print(f"### Throughput, {conns} keep-alive connections (wrk)\n")
-    print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs direct | vs nginx | CPU µs/request |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs direct | vs nginx | vs floor | CPU µs/request | CPU vs floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = {t: median_run("throughput", t, conns) for t in targets}
     for t in targets:
         r = base[t]
         print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
-              f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
+              f"{float(r[3]) / float(base['direct'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | "
+              f"{float(r[3]) / float(base['floor'][3]):.2f} | {r[7]} | {float(r[7]) / float(base['floor'][7]):.2f} |")
     print()
+    spread = {t: sorted(float(r[3]) for r in rows if r[0] == "throughput" and r[1] == t and r[2] == conns) for t in targets}
+    print("Spread across repeats (requests/s, lowest to highest): " + "; ".join(
+        f"{t} {' / '.join(f'{v:,.0f}' for v in vs)}" for t, vs in spread.items()) + "\n")
+    full = [t for t in ["nginx-tls", "nginx-full", "drawbridge-full"] if any(r[1] == t for r in rows)]
+    if len(full) == 3:
+        print(f"Full access path over TLS 1.3, {conns} connections (nginx: TLS alone; TLS + Lua RS256 check + limit_req + "
+              "buffered access log. Drawbridge: TLS + cached RS256 JWT + 100 Cedar policies + access log and audit trail to files):\n")
+        print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs nginx TLS | vs nginx full | CPU µs/request |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        f = {t: median_run("throughput", t, conns) for t in full}
+        for t in full:
+            r = f[t]
+            print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
+                  f"{float(r[3]) / float(f['nginx-tls'][3]):.2f} | {float(r[3]) / float(f['nginx-full'][3]):.2f} | {r[7]} |")
+        print()
     if jwt:
         print(f"JWT routes, {conns} connections (the same proxy; a bearer token on every request):\n")
         print("| route | requests/s | p50 ms | p99 ms | non-2xx | vs public route | vs nginx | CPU µs/request |")
@@ -371,6 +504,18 @@ if tls:
 signin = [r for r in rows if r[0] == "signin"]
 if signin:
     print(f"Sign-ins started: {float(signin[0][3]):,.0f} per second (32 connections; each a 302 to the provider and a sign-in state written to the embedded store).\n")
+idle = [r for r in rows if r[0] == "idle"]
+if idle:
+    print("### Idle keep-alive connections\n")
+    print("Each server holds the idle connections (one request served on each, then nothing); memory is the "
+          "serving process's resident set; new clients: wrk at 32 connections meanwhile.\n")
+    print("| server | held | memory per connection | still held after close | new clients' requests/s while held |")
+    print("|---|---:|---:|---:|---:|")
+    for r in idle:
+        held, before, during, after, rps = int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6])
+        per = (during - before) * 1024 / max(held, 1)
+        print(f"| {r[1]} | {held:,} | {per / 1024:.1f} KB | {(after - before) / 1024:+.1f} MB | {rps:,.0f} |")
+    print()
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")
 print("|---|---:|---:|---:|---:|")

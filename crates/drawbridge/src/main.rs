@@ -308,10 +308,7 @@ async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitC
     let exe = std::env::current_exe();
     // Every connection is a descriptor: take all the hard limit allows (the soft limit is
     // often 1,024). At the limit, idle connections make room for new ones.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(descriptors = n, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
-    }
+    let descriptors = rlimit::increase_nofile_limit(u64::MAX);
     let proxy = match Proxy::start_with(&config, inherited).await {
         Ok(p) => p,
         Err(e) => {
@@ -319,6 +316,10 @@ async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    match descriptors {
+        Ok(n) => tracing::info!(descriptors = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     // Ready: to systemd (`Type=notify`), or to the process this one replaces.
     let notify = notify::Notify::from_env();
     notify.ready();

@@ -1,0 +1,152 @@
+//! The benchmark's floor: the least a reverse proxy on hyper 1 can do. A server connection
+//! per client, a pool of kept-alive HTTP/1.1 connections to one upstream, the request sent
+//! on as it came and the response streamed back; nothing else (no routing, no checks, no
+//! logs). Same runtime (multi-threaded, one worker per CPU) and allocator (mimalloc) as
+//! Drawbridge, so that the benchmark's distance between the two is Drawbridge's own work.
+//!
+//! ```text
+//! drawbridge-floor LISTEN UPSTREAM      # drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
+//! ```
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Idle upstream connections.
+struct Pool {
+    upstream: SocketAddr,
+    idle: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+impl Pool {
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, s: SendRequest<Incoming>) {
+        if s.is_ready() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<SendRequest<Incoming>> {
+        let tcp = tokio::net::TcpStream::connect(self.upstream).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+}
+
+/// The upstream's response body; its connection goes back to the pool once the body ends.
+struct Returning {
+    body: Incoming,
+    conn: Option<(SendRequest<Incoming>, Arc<Pool>)>,
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if (matches!(polled, Poll::Ready(None)) || self.body.is_end_stream())
+            && let Some((s, pool)) = self.conn.take()
+        {
+            pool.give_back(s);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn proxy(
+    pool: Arc<Pool>,
+    mut req: http::Request<Incoming>,
+) -> Result<http::Response<Returning>, std::io::Error> {
+    let mut sender = match pool.take() {
+        Some(s) => s,
+        None => pool.connect().await?,
+    };
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = pq.into();
+    }
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
+    let (parts, body) = res.into_parts();
+    let body = Returning {
+        body,
+        conn: Some((sender, pool)),
+    };
+    Ok(http::Response::from_parts(parts, body))
+}
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let usage = || std::io::Error::other("usage: drawbridge-floor LISTEN UPSTREAM");
+    let listen: SocketAddr = args
+        .next()
+        .ok_or_else(usage)?
+        .parse()
+        .map_err(|_| usage())?;
+    let upstream: SocketAddr = args
+        .next()
+        .ok_or_else(usage)?
+        .parse()
+        .map_err(|_| usage())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let pool = Arc::new(Pool {
+                upstream,
+                idle: Mutex::new(Vec::new()),
+            });
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(pair) => pair,
+                    Err(_) => continue,
+                };
+                let _ = stream.set_nodelay(true);
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        })
+}
