@@ -1,21 +1,22 @@
 """Holds idle keep-alive connections open on a server, for the benchmark's idle phase.
 
-    python3 bench/idle.py HOST PORT COUNT [tls]
+    python3 bench/idle.py HOST PORT COUNT plain|tls [PATH]
 
 Opens COUNT connections (TLS 1.3 when `tls`, certificates unchecked: a throwaway one on
-localhost), sends one `GET /` on each and reads its whole response, prints `held N` (the
-connections still open), then keeps them open and idle until stdin closes or it is killed.
+localhost), sends one `GET PATH` (`/` by default) on each and reads its whole response,
+prints `held N` (the connections answered 200 and still open), then keeps them open and
+idle until stdin closes or it is killed.
 """
 import asyncio
 import ssl
 import sys
 
 
-async def one(host, port, ctx, opened, gate):
+async def one(host, port, path, ctx, opened, gate):
     async with gate:
         try:
             reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host if ctx else None)
-            writer.write(b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")
+            writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
@@ -32,6 +33,7 @@ async def one(host, port, ctx, opened, gate):
 
 async def main():
     host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    path = sys.argv[5] if len(sys.argv) > 5 else "/"
     ctx = None
     if len(sys.argv) > 4 and sys.argv[4] == "tls":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -41,7 +43,7 @@ async def main():
         ctx.set_alpn_protocols(["http/1.1"])
     opened = []
     gate = asyncio.Semaphore(256)
-    await asyncio.gather(*(one(host, port, ctx, opened, gate) for _ in range(count)))
+    await asyncio.gather(*(one(host, port, path, ctx, opened, gate) for _ in range(count)))
     print(f"held {len(opened)}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

@@ -38,6 +38,7 @@ RATE=${RATE:-2000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 IDLE=${IDLE:-10000}
+ISS="https://bench.invalid/"   # the JWT routes' issuer
 UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102; TLS_PORT=18103
 DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106; FLOOR_PORT=18107
 NGINX_TLS_PORT=18108; NGINX_FULL_PORT=18109; FULL_PORT=18110
@@ -45,6 +46,7 @@ NGINX_TLS_PORT=18108; NGINX_FULL_PORT=18109; FULL_PORT=18110
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
+dpkg -s lua-cjson >/dev/null 2>&1 || need+=(lua-cjson)
 command -v wrk >/dev/null || need+=(wrk)
 command -v hey >/dev/null || need+=(hey)
 command -v node >/dev/null || need+=(nodejs)
@@ -132,7 +134,6 @@ http {
 }
 CONF
 # An issuer for the JWT routes: RS256 and ES256 keys, their JWK Set, a token for each.
-ISS="https://bench.invalid/"
 declare -A TOKEN
 while read -r alg token; do TOKEN[$alg]=$token; done < <(node crates/drawbridge/tests/js/mint-jwt.mjs "$WORK/jwks.json" "$ISS" bench)
 # The RS256 key as PEM, for nginx's check.
@@ -283,6 +284,12 @@ plain_names = ["rs256"]
 $(jwt_authenticator rs256 RS256 true)
 $(jwt_route jwt-rs256-authz rs256 true)
 $(other_routes)
+
+[[routes]]
+name = "public"
+prefix = "/public"
+upstream = "upstream"
+public = true
 CONF
 # The same proxy twice: sessions in the embedded store, and in Redis read on every request.
 cp "$WORK/drawbridge.toml" "$WORK/drawbridge-redis.toml"
@@ -350,6 +357,35 @@ hdr() { if [ -n "${AUTH[$1]:-}" ]; then printf '%s\n' -H "${AUTH[$1]}"; fi; }
 RAW="$WORK/raw.tsv"
 : > "$RAW"
 
+# Idle phase: memory per idle keep-alive connection, and new clients' throughput meanwhile.
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Run first, on processes that served nothing yet (nginx's TLS server after its plain one:
+# one worker serves both), so memory freed by earlier phases is not counted as reused.
+idle_phase() {  # name, port, pid, tls|plain, path
+  local name=$1 port=$2 pid=$3 mode=$4 path=$5 held before during after rps non2xx url
+  url="http://127.0.0.1:$port$path"; [ "$mode" = tls ] && url="https://localhost:$port$path"
+  before=$(rss_kb "$pid")
+  coproc HOLD { taskset -c "$LOADGEN_CPU" python3 "$ROOT/bench/idle.py" 127.0.0.1 "$port" "$IDLE" "$mode" "$path"; }
+  read -r _ held <&"${HOLD[0]}"
+  sleep 3   # idle a while (Drawbridge parks idle HTTP/1.1 connections after a second or two)
+  during=$(rss_kb "$pid")
+  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "$url" > "$WORK/wrk.txt"
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.txt"); non2xx=${non2xx:-0}
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+  sleep 5
+  after=$(rss_kb "$pid")
+  printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$held" "$before" "$during" "$after" "$rps" "$non2xx" >> "$RAW"
+}
+if [ "$IDLE" -gt 0 ]; then
+  idle_phase nginx "$NGINX_PORT" "$NGINX_WORKER" plain /
+  idle_phase nginx-tls "$NGINX_TLS_PORT" "$NGINX_WORKER" tls /
+  idle_phase floor "$FLOOR_PORT" "$FLOOR_PID" plain /
+  idle_phase drawbridge "$DB_PORT" "$DB_PID" plain /
+  idle_phase drawbridge-tls "$FULL_PORT" "$FULL_PID" tls /public
+fi
+
 for t in "${TARGETS[@]}"; do
   mapfile -t H < <(hdr "$t")
   taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d2s "${H[@]}" "${URL[$t]}" >/dev/null   # warm-up: pools, caches
@@ -402,31 +438,6 @@ text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 print(f"signin\tdrawbridge-tls-sign-in\t32\t{rps:.0f}")
 PY
-
-# Idle phase: memory per idle keep-alive connection, and new clients' throughput meanwhile.
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-idle_phase() {  # name, port, pid, tls|plain, wrk URL
-  local name=$1 port=$2 pid=$3 mode=$4 url=$5 held before during after rps
-  before=$(rss_kb "$pid")
-  coproc HOLD { taskset -c "$LOADGEN_CPU" python3 "$ROOT/bench/idle.py" 127.0.0.1 "$port" "$IDLE" "$mode"; }
-  read -r _ held <&"${HOLD[0]}"
-  sleep 2
-  during=$(rss_kb "$pid")
-  taskset -c "$LOADGEN_CPU" wrk -t1 -c32 -d"${DURATION}s" "$url" > "$WORK/wrk.txt"
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-  exec {HOLD[1]}>&-
-  wait "$HOLD_PID" 2>/dev/null || true
-  sleep 3
-  after=$(rss_kb "$pid")
-  printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$held" "$before" "$during" "$after" "$rps" >> "$RAW"
-}
-if [ "$IDLE" -gt 0 ]; then
-  idle_phase nginx "$NGINX_PORT" "$NGINX_WORKER" plain "${URL[nginx]}"
-  idle_phase floor "$FLOOR_PORT" "$FLOOR_PID" plain "${URL[floor]}"
-  idle_phase drawbridge "$DB_PORT" "$DB_PID" plain "${URL[drawbridge]}"
-  idle_phase nginx-tls "$NGINX_TLS_PORT" "$NGINX_WORKER" tls "${URL[nginx-tls]}"
-  idle_phase drawbridge-tls "$TLS_PORT" "$DB_PID" tls "https://localhost:$TLS_PORT/"
-fi
 
 python3 - "$RAW" "$DURATION" "$REPEATS" "$RATE" > "$OUT/latest.md" <<'PY'
 import statistics, sys, platform, subprocess
@@ -509,12 +520,12 @@ if idle:
     print("### Idle keep-alive connections\n")
     print("Each server holds the idle connections (one request served on each, then nothing); memory is the "
           "serving process's resident set; new clients: wrk at 32 connections meanwhile.\n")
-    print("| server | held | memory per connection | still held after close | new clients' requests/s while held |")
-    print("|---|---:|---:|---:|---:|")
+    print("| server | held | memory per connection | kept 5 s after they closed | new clients' requests/s while held | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in idle:
         held, before, during, after, rps = int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6])
         per = (during - before) * 1024 / max(held, 1)
-        print(f"| {r[1]} | {held:,} | {per / 1024:.1f} KB | {(after - before) / 1024:+.1f} MB | {rps:,.0f} |")
+        print(f"| {r[1]} | {held:,} | {per / 1024:.2f} KB | {(after - before) / 1024:+.1f} MB | {rps:,.0f} | {r[7]} |")
     print()
 print(f"### Latency at a fixed {rate} requests/s (hey)\n")
 print("| path | achieved rps | p50 ms | p99 ms | p99 vs nginx |")

@@ -333,6 +333,17 @@ async fn serve_connection(
         .max_headers(limits.max_headers)
         .half_close(false)
         .keep_alive(true);
+    // The same HTTP/1.1 settings, for connections known to speak it.
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        // Checked on a whole head too, not only while one is arriving.
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .half_close(false)
+        .keep_alive(true);
+    let offers_h2 = entry.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -349,6 +360,7 @@ async fn serve_connection(
     drop(snapshot);
 
     let is_tls = tls.is_some();
+    let held_metrics = held.metrics.clone();
     let streams = Arc::new(Streams::with(
         held.metrics.clone(),
         shared.roster.eviction(),
@@ -383,14 +395,86 @@ async fn serve_connection(
         tls.is_none(),
         streams.clone(),
     );
+    let aged_at = tokio::time::Instant::now() + limits.max_connection_age;
     match tls {
         None => {
-            let c =
-                builder.serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
-            let started = std::time::Instant::now();
-            if let Err(e) = drive(c, stop, &limits, &streams, |c| c.graceful_shutdown()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                refused_by_parser(&shared, index, peer, &*e, started);
+            let mut stop = stop;
+            // HTTP/1.1 unless the first bytes may be HTTP/2's preface (prior knowledge).
+            let speaks_h1 = !offers_h2
+                || {
+                    let first = tokio::select! {
+                        r = tokio::time::timeout(limits.header_read_timeout, first_bytes_h2(io.get_ref())) => r,
+                        () = streams.eviction.evicted() => return,
+                    };
+                    match first {
+                        Ok(Some(h2)) => !h2,
+                        // Nothing in time, or closed: as IdleIo would, without a word.
+                        Ok(None) | Err(_) => return,
+                    }
+                };
+            if !speaks_h1 {
+                let c = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
+                let c = std::pin::pin!(c);
+                let started = std::time::Instant::now();
+                if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
+                    c.graceful_shutdown()
+                })
+                .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    refused_by_parser(&shared, index, peer, &*e, started);
+                }
+                return;
+            }
+            // HTTP/1.1, parked whenever it is idle for a sweep of the roster: hyper's
+            // connection (its state and buffers) goes, and is made again when the client
+            // next sends.
+            let conn_info = info(None, None);
+            let mut io = io;
+            io.set_parkable();
+            loop {
+                let mut c = Box::new(
+                    h1.serve_connection(TokioIo::new(io), service(conn_info.clone()))
+                        .with_upgrades(),
+                );
+                let started = std::time::Instant::now();
+                if let Err(e) = drive(
+                    std::pin::Pin::new(&mut *c),
+                    &mut stop,
+                    &limits,
+                    &streams,
+                    aged_at,
+                    |c| c.graceful_shutdown(),
+                )
+                .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    refused_by_parser(&shared, index, peer, &e, started);
+                    return;
+                }
+                // Upgraded (the tunnel has the socket), or closed.
+                let Some(parts) = c.into_parts() else { return };
+                if !parts.io.inner().is_parked() || !parts.read_buf.is_empty() {
+                    return;
+                }
+                let mut back = parts.io.into_inner();
+                drop(parts.service);
+                back.unpark();
+                held_metrics.parked(true);
+                let woke = wait_parked(
+                    &back,
+                    &mut stop,
+                    &streams,
+                    aged_at,
+                    limits.header_read_timeout,
+                )
+                .await;
+                held_metrics.parked(false);
+                if !woke {
+                    return;
+                }
+                io = back;
             }
         }
         Some(cfg) => {
@@ -425,6 +509,7 @@ async fn serve_connection(
             };
             let mut tls_stream = tls_stream;
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn_h1 = tls_stream.get_ref().1.alpn_protocol() == Some(b"http/1.1");
             // The first request's clock starts when the handshake is done.
             tls_stream.get_mut().0.handshake_done(h2);
             let session = tls_stream.get_ref().1;
@@ -440,13 +525,35 @@ async fn serve_connection(
                     }
                 },
             };
+            let started = std::time::Instant::now();
+            let mut stop = stop;
+            if alpn_h1 {
+                // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone.
+                let c = h1
+                    .serve_connection(TokioIo::new(tls_stream), service(info(client_cert, sni)))
+                    .with_upgrades();
+                let c = std::pin::pin!(c);
+                if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
+                    c.graceful_shutdown()
+                })
+                .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    refused_by_parser(&shared, index, peer, &e, started);
+                }
+                return;
+            }
             let builder = if h2 { builder.http2_only() } else { builder };
             let c = builder.serve_connection_with_upgrades(
                 TokioIo::new(tls_stream),
                 service(info(client_cert, sni)),
             );
-            let started = std::time::Instant::now();
-            if let Err(e) = drive(c, stop, &limits, &streams, |c| c.graceful_shutdown()).await {
+            let c = std::pin::pin!(c);
+            if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
+                c.graceful_shutdown()
+            })
+            .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                 refused_by_parser(&shared, index, peer, &*e, started);
             }
@@ -465,19 +572,18 @@ async fn serve_connection(
 /// [`FIRST_REQUEST_GRACE`] (or its head timeout, if shorter), and is then asked to finish
 /// like any other.
 async fn drive<C, R>(
-    conn: C,
-    mut stop: watch::Receiver<bool>,
+    mut conn: std::pin::Pin<&mut C>,
+    stop: &mut watch::Receiver<bool>,
     limits: &drawbridge_config::Limits,
     streams: &Streams,
+    aged_at: tokio::time::Instant,
     shutdown: impl Fn(std::pin::Pin<&mut C>),
 ) -> R
 where
     C: std::future::Future<Output = R>,
 {
-    let mut conn = std::pin::pin!(conn);
-    let evicted = std::pin::pin!(streams.eviction.evicted());
-    let mut evicted = evicted;
-    let aged = tokio::time::sleep(limits.max_connection_age);
+    let mut woken = std::pin::pin!(streams.eviction.woken());
+    let aged = tokio::time::sleep_until(aged_at);
     let mut aged = std::pin::pin!(aged);
     let grace = FIRST_REQUEST_GRACE.min(limits.header_read_timeout);
     // Stopping, and until when a first request may still start.
@@ -501,11 +607,15 @@ where
                 closing = true;
                 shutdown(conn.as_mut());
             }
-            // Idle, and closed to admit a new connection: hyper closes an idle HTTP/1.1
-            // connection at once, and IdleIo ends one that would wait for bytes.
-            () = evicted.as_mut(), if !closing => {
-                closing = true;
-                shutdown(conn.as_mut());
+            // Asked by the roster: to close, idle, to admit a new connection (hyper closes an
+            // idle HTTP/1.1 connection at once, and IdleIo ends one that would wait for
+            // bytes); or to park (the connection, polled again, reads an end of input).
+            () = woken.as_mut(), if !closing => {
+                woken.set(streams.eviction.woken());
+                if streams.eviction.is_evicted() {
+                    closing = true;
+                    shutdown(conn.as_mut());
+                }
             }
             changed = stop.changed(), if stopping.is_none() => {
                 if changed.is_err() {
@@ -515,6 +625,37 @@ where
             // Looks again for a first request (the pipeline counts it) every 10 ms.
             _ = tokio::time::sleep(Duration::from_millis(10)), if stopping.is_some() && !closing => {}
         }
+    }
+}
+
+/// Whether the first bytes on `stream` may be HTTP/2's preface (what arrived so far matches
+/// its start); `None` when the peer closed without sending anything.
+async fn first_bytes_h2(stream: &TcpStream) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    let n = stream.peek(&mut buf).await.ok()?;
+    (n > 0).then(|| buf[..n] == PREFACE[..n])
+}
+
+/// A parked connection waits for its client's next bytes, holding nothing but its socket.
+/// `false` when it is to close instead: evicted, the proxy stopping, too old, or no new
+/// request within `within` (a kept-alive connection's wait for its next request).
+async fn wait_parked(
+    io: &IdleIo<TcpStream>,
+    stop: &mut watch::Receiver<bool>,
+    streams: &Streams,
+    aged_at: tokio::time::Instant,
+    within: Duration,
+) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    let until = aged_at.min(tokio::time::Instant::now() + within);
+    tokio::select! {
+        r = io.get_ref().readable() => r.is_ok(),
+        () = streams.eviction.evicted() => false,
+        _ = stop.changed() => false,
+        () = tokio::time::sleep_until(until) => false,
     }
 }
 

@@ -60,6 +60,11 @@ pub struct IdleIo<T> {
     head_pending: Option<(u64, u64, bool)>,
     /// The socket is the client's own (no TLS above it): a `408` can be written to it.
     plaintext: bool,
+    /// HTTP/1.1 served by a connection that can be rebuilt: asked to park while idle, a read
+    /// ends (EOF) so that hyper lets the connection go.
+    parkable: bool,
+    /// The read ended to park: the shutdown that follows is not passed on.
+    parked: bool,
 }
 
 /// The error a connection ends with when a request head did not arrive in time; the
@@ -104,6 +109,11 @@ impl Streams {
             started: AtomicU64::new(0),
             open: AtomicUsize::new(0),
         }
+    }
+
+    /// How many requests started on the connection.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Whether no request is open on the connection.
@@ -175,7 +185,29 @@ impl<T> IdleIo<T> {
             writes: 0,
             head_pending: None,
             plaintext,
+            parkable: false,
+            parked: false,
         }
+    }
+
+    /// Lets the connection park when the roster asks (plaintext HTTP/1.1 only).
+    pub fn set_parkable(&mut self) {
+        self.parkable = true;
+    }
+
+    /// Whether the last read ended to park the connection.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Back from parking: reads and shutdowns are the socket's again.
+    pub fn unpark(&mut self) {
+        self.parked = false;
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 }
 
@@ -336,6 +368,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
                 }
                 Poll::Ready(r)
             }
+            // Idle between requests and asked to park: an end of input, on which hyper
+            // finishes the connection cleanly and its state and buffers can go.
+            Poll::Pending
+                if this.parkable
+                    && !this.reading
+                    && !this.h2
+                    && this.streams.is_idle()
+                    && this.streams.eviction.take_park() =>
+            {
+                this.parked = true;
+                Poll::Ready(Ok(()))
+            }
             Poll::Pending => this.poll_idle(cx),
         }
     }
@@ -383,6 +427,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // The connection parks: the socket stays open for the client's next request.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

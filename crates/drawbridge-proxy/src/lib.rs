@@ -288,6 +288,10 @@ impl Proxy {
             roster: Default::default(),
         });
         detect::start(&shared);
+        tokio::spawn(roster::sweep_every(
+            Arc::downgrade(&shared.roster),
+            roster::SWEEP_EVERY,
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
         let mut tasks = Vec::new();

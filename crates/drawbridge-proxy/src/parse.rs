@@ -17,6 +17,10 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
     let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     let host = if target_len > limits.max_uri_bytes {
         Err(ProxyError::UriTooLong(limits.max_uri_bytes))
+    } else if head_len(req, target_len) > limits.max_header_bytes {
+        // HTTP/1.1's parser checks this only while a head is incomplete, so a head that
+        // arrives whole in one read could pass; HTTP/2's is the header list size.
+        Err(ProxyError::HeadersTooLarge(limits.max_header_bytes))
     } else {
         request_host(req)
     };
@@ -61,6 +65,22 @@ pub fn for_route(
         ));
     }
     Ok(max_body)
+}
+
+/// The size of an HTTP/1.1 request head as it came (`name: value\r\n` per field), or of
+/// an HTTP/2 header list as RFC 9113 counts it (32 bytes more per field).
+fn head_len(req: &Parts, target_len: usize) -> usize {
+    let per_field = if req.version == http::Version::HTTP_2 {
+        32
+    } else {
+        4
+    };
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + per_field)
+        .sum();
+    req.method.as_str().len() + target_len + fields + 12
 }
 
 /// Refuses framing that two parsers could read differently.

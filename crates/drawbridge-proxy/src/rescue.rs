@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// The request target is longer than the listener allows.
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
+    /// The request line and headers are larger than the listener allows.
+    #[error("request line and headers larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// The body is larger than the route allows.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
@@ -203,6 +206,7 @@ impl ProxyError {
             | Self::PolicyInput(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
@@ -229,9 +233,9 @@ impl ProxyError {
     pub fn grpc_status(&self) -> u16 {
         match self {
             Self::Path(_) | Self::BadRequest(_) | Self::Header(_) | Self::Framing(_) => 13, // INTERNAL, as gRPC maps HTTP 400
-            Self::Query(_) => 3,                              // INVALID_ARGUMENT
-            Self::UriTooLong(_) | Self::BodyTooLarge(_) => 8, // RESOURCE_EXHAUSTED
-            Self::NoRoute | Self::MethodNotAllowed(_) => 12,  // UNIMPLEMENTED
+            Self::Query(_) => 3, // INVALID_ARGUMENT
+            Self::UriTooLong(_) | Self::HeadersTooLarge(_) | Self::BodyTooLarge(_) => 8, // RESOURCE_EXHAUSTED
+            Self::NoRoute | Self::MethodNotAllowed(_) => 12, // UNIMPLEMENTED
             Self::Misdirected => 14, // UNAVAILABLE: retry on a connection for that host
             Self::Unauthenticated(..) => 16, // UNAUTHENTICATED
             Self::Forbidden(_) => 7, // PERMISSION_DENIED
@@ -249,6 +253,7 @@ impl ProxyError {
     pub fn phase(&self) -> Phase {
         match self {
             Self::UriTooLong(_)
+            | Self::HeadersTooLarge(_)
             | Self::BodyTooLarge(_)
             | Self::BodyTimeout(_)
             | Self::BadRequest(_) => Phase::Parse,
@@ -281,6 +286,7 @@ impl ProxyError {
                 | Self::Path(_)
                 | Self::BadRequest(_)
                 | Self::UriTooLong(_)
+                | Self::HeadersTooLarge(_)
         )
     }
 
@@ -302,6 +308,7 @@ impl ProxyError {
             Self::Query(_) => "malformed query",
             Self::BadRequest(m) | Self::Framing(m) => m,
             Self::UriTooLong(_) => "request target too long",
+            Self::HeadersTooLarge(_) => "request headers too large",
             Self::BodyTooLarge(_) => "request body too large",
             Self::BodyTimeout(_) => "request body not received in time",
             Self::NoRoute => "not found",

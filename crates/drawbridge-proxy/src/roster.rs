@@ -7,6 +7,11 @@
 //! first one, or an HTTP/2 connection without a stream). Connections are entered and left
 //! once each; a request costs one relaxed store of the idle clock, which moves once per
 //! accepted connection, so "longest idle" is told apart to the nearest accept.
+//!
+//! The roster is also swept once a second: an HTTP/1.1 connection that took no request
+//! since the previous sweep is asked to park, letting its HTTP state and buffers go until
+//! the client sends again (see [`crate::accept`]), so an idle connection costs little more
+//! than its socket.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +33,8 @@ pub struct Roster {
 struct Listed {
     listener: usize,
     streams: Arc<Streams>,
+    /// Requests started as of the previous sweep.
+    seen: u64,
 }
 
 /// A connection's place in the roster; leaves it when dropped.
@@ -36,15 +43,17 @@ pub struct Entry {
     key: usize,
 }
 
-/// What a connection shares with the roster: when it last went idle, and the request to
-/// close it.
+/// What a connection shares with the roster: when it last went idle, and the requests to
+/// close it or to park it.
 #[derive(Debug, Default)]
 pub struct Eviction {
     /// The idle clock when the connection's last request ended (or it was accepted).
     pub(crate) idle_since: AtomicU64,
-    /// Set when the connection is to close; `closing` wakes its task.
+    /// Set when the connection is to close; `wake` wakes its task.
     pub(crate) evicted: AtomicBool,
-    pub(crate) closing: Notify,
+    /// Set when the connection, idle since the previous sweep, is to park.
+    pub(crate) park: AtomicBool,
+    pub(crate) wake: Notify,
     pub(crate) clock: Arc<AtomicU64>,
 }
 
@@ -62,11 +71,23 @@ impl Eviction {
 
     /// Resolves once the connection was chosen to close.
     pub async fn evicted(&self) {
-        let notified = self.closing.notified();
-        if self.is_evicted() {
-            return;
+        loop {
+            let notified = self.wake.notified();
+            if self.is_evicted() {
+                return;
+            }
+            notified.await;
         }
-        notified.await;
+    }
+
+    /// Resolves when the roster asks something of the connection (to close or to park).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes a request to park, if there is one.
+    pub fn take_park(&self) -> bool {
+        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -84,7 +105,11 @@ impl Roster {
     /// Enters a connection of `listener`; it stays listed until the entry is dropped.
     pub fn enter(self: &Arc<Self>, listener: usize, streams: Arc<Streams>) -> Entry {
         self.clock.fetch_add(1, Ordering::Relaxed);
-        let key = self.lock().insert(Listed { listener, streams });
+        let key = self.lock().insert(Listed {
+            listener,
+            streams,
+            seen: 0,
+        });
         Entry {
             roster: self.clone(),
             key,
@@ -116,9 +141,31 @@ impl Roster {
         }
         for (_, streams) in &idle[..n] {
             streams.eviction.evicted.store(true, Ordering::Relaxed);
-            streams.eviction.closing.notify_one();
+            streams.eviction.wake.notify_one();
         }
         n
+    }
+
+    /// Asks every connection that took no request since the previous sweep and has none
+    /// open to park (those that can: plaintext HTTP/1.1). Returns how many were asked.
+    pub fn sweep(&self) -> usize {
+        let mut conns = self.lock();
+        let mut asked = 0;
+        for (_, l) in conns.iter_mut() {
+            let started = l.streams.started();
+            let e = &l.streams.eviction;
+            if started == l.seen
+                && l.streams.is_idle()
+                && !e.is_evicted()
+                && !e.park.load(Ordering::Relaxed)
+            {
+                e.park.store(true, Ordering::Relaxed);
+                e.wake.notify_one();
+                asked += 1;
+            }
+            l.seen = started;
+        }
+        asked
     }
 
     /// Woken whenever a connection leaves.
@@ -139,6 +186,22 @@ impl Roster {
     fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<Listed>> {
         // The slab is never left half-updated: a poisoned lock is still usable.
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often idle connections are asked to park: one idle for a whole period parks.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sweeps `roster` every `every` until it is dropped.
+pub async fn sweep_every(roster: std::sync::Weak<Roster>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match roster.upgrade() {
+            Some(r) => {
+                r.sweep();
+            }
+            None => return,
+        }
     }
 }
 
@@ -198,6 +261,31 @@ mod tests {
         roster.evict(Some(0));
         assert!(second.eviction.is_evicted());
         assert!(!first.eviction.is_evicted());
+    }
+
+    #[test]
+    fn a_sweep_asks_connections_idle_since_the_last_one_to_park() {
+        let roster = Arc::new(Roster::default());
+        let (quiet, _a) = conn(&roster, 0);
+        let (busy, _b) = conn(&roster, 0);
+        let (serving, _c) = conn(&roster, 0);
+        let _open = serving.open();
+        // The first sweep sees every count at zero: the quiet and busy ones are idle.
+        assert_eq!(roster.sweep(), 2);
+        assert!(quiet.eviction.take_park() && busy.eviction.take_park());
+        assert!(!serving.eviction.take_park(), "a request is open");
+        // The busy one took a request since; the quiet one did not.
+        drop(busy.open());
+        assert_eq!(roster.sweep(), 1);
+        assert!(quiet.eviction.take_park());
+        assert!(!busy.eviction.take_park());
+        // Asked once until it parks: not again while the request stands.
+        assert_eq!(
+            roster.sweep(),
+            2,
+            "quiet (parked since) and busy (idle now)"
+        );
+        assert_eq!(roster.sweep(), 0);
     }
 
     #[test]

@@ -222,6 +222,8 @@ pub struct ListenerMetrics {
     evicted: AtomicU64,
     /// New connections closed at once: the listener was full and nothing idle to close.
     shed: AtomicU64,
+    /// Idle connections parked: their HTTP state and buffers let go until the client sends.
+    parked: AtomicI64,
 }
 
 impl ListenerMetrics {
@@ -254,6 +256,12 @@ impl ListenerMetrics {
     /// A new connection closed at once, the listener (or the process) being full.
     pub fn shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection parked (`true`) or woke (`false`).
+    pub fn parked(&self, parked: bool) {
+        self.parked
+            .fetch_add(if parked { 1 } else { -1 }, Ordering::Relaxed);
     }
 }
 
@@ -716,6 +724,18 @@ impl Collector for Collect {
             listeners
                 .iter()
                 .map(|(n, l)| ([("listener", &**n)], Sample::Counter(load(&l.shed)))),
+        )?;
+        family(
+            &mut enc,
+            "drawbridge_connections_parked",
+            "Idle HTTP/1.1 connections holding no HTTP state or buffers until their client sends again, by listener.",
+            MetricType::Gauge,
+            listeners.iter().map(|(n, l)| {
+                (
+                    [("listener", &**n)],
+                    Sample::Gauge(l.parked.load(Ordering::Relaxed)),
+                )
+            }),
         )?;
         family(
             &mut enc,

@@ -1,7 +1,8 @@
-//! Connection exhaustion: a listener at `max_connections`, or a process out of file
-//! descriptors, closes its longest-idle keep-alive connections to admit new clients; with
-//! nothing idle a new connection is closed at once (never left waiting in the kernel's
-//! queue); each connection holds one descriptor.
+//! Idle connections and exhaustion: an idle HTTP/1.1 connection parks (its HTTP state and
+//! buffers let go) and serves its next request; a listener at `max_connections`, or a
+//! process out of file descriptors, closes its longest-idle keep-alive connections to admit
+//! new clients; with nothing idle a new connection is closed at once (never left waiting in
+//! the kernel's queue); each connection holds one descriptor.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -205,6 +206,83 @@ async fn idle_http2_connections_make_room_too() {
         1.0
     );
     assert_eq!(up.count(), 3);
+}
+
+/// Waits until `name` reads `want` (the roster sweeps once a second).
+async fn until_metric(h: &Harness, name: &str, want: f64) {
+    let mut last = -1.0;
+    for _ in 0..80 {
+        last = metric(h, name).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} is {last}, not {want}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_parks_and_serves_its_next_requests() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up))).await;
+    let mut s = idle(h.addr).await;
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    // The next request on the same connection is served, and the connection is back.
+    let status = exchange(&mut s).await.expect("served after parking");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(metric(&h, "drawbridge_connections_parked").await, 0.0);
+    // Parked again; then two requests in one write (pipelined), both answered in order.
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    for _ in 0..2 {
+        let status = read_response(&mut s).await.expect("answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/x", "/x", "/first", "/second"]);
+    // A request head sent in pieces across a park is one request.
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(b"GET /pieces HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"Host: x\r\n\r\n").await.expect("write");
+    let status = read_response(&mut s).await.expect("answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(up.last().expect("forwarded").target, "/pieces");
+}
+
+#[tokio::test]
+async fn a_parked_connection_closes_when_no_request_comes_and_makes_room_when_full() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(
+        proxied(&up)
+            .limits("header_read_timeout", "2s")
+            .limits("max_connections", 2),
+    ))
+    .await;
+    let mut quiet = idle(h.addr).await;
+    let mut other = idle(h.addr).await;
+    until_metric(&h, "drawbridge_connections_parked", 2.0).await;
+    // Full, and both parked: a new client is served, the longest idle making room.
+    let mut third = TcpStream::connect(h.addr).await.expect("connect");
+    let status = exchange(&mut third).await.expect("served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        closed(&mut quiet).await,
+        "the longest idle, parked, made room"
+    );
+    // The other parked one sends nothing: closed quietly, as a kept-alive connection that
+    // brings no request within header_read_timeout is.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(6), other.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
 }
 
 /// Descriptors the process has open.

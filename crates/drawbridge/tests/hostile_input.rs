@@ -723,3 +723,62 @@ async fn form_fields_that_override_the_method_or_carry_a_credential_are_screened
     assert_eq!(&got.body[..], b"a=1&b=2");
     assert_eq!(got.method, http::Method::POST);
 }
+
+/// `max_header_bytes` holds however the head arrives: HTTP/1.1's parser looked at the size
+/// only while a head was incomplete, so a head that came whole in one read (or in reads
+/// that happened to end at its end) went through; HTTP/2's header lists likewise.
+#[tokio::test]
+async fn heads_over_max_header_bytes_are_refused_however_they_arrive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(
+        &config(&upstream_and_route("app", &up.url())).limits("max_header_bytes", 16384),
+    )
+    .await;
+    let head = |value_len: usize| {
+        format!(
+            "GET /x HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(value_len)
+        )
+        .into_bytes()
+    };
+    let over = head(17_000);
+    // Whole, in one write; and in pieces of every size the reads might take.
+    for piece in [over.len(), 8192, 4096, 1000, 16384, 16385] {
+        let mut s = tokio::net::TcpStream::connect(h.addr)
+            .await
+            .expect("connect");
+        for chunk in over.chunks(piece) {
+            if s.write_all(chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 431"),
+            "pieces of {piece}: {reply}"
+        );
+    }
+    // Just under the limit: served.
+    let under = head(16_000);
+    let reply = raw(h.addr, &under, Duration::from_secs(2)).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    // HTTP/2: a header list over the limit.
+    let client = h2_client();
+    let req = Request::get(h.url("/x"))
+        .header("x-big", "a".repeat(17_000))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    match client.request(req).await {
+        Ok(res) => assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(e.to_string().contains("header"), "{e}"),
+    }
+    assert_eq!(
+        up.count(),
+        1,
+        "only the request under the limit was forwarded"
+    );
+}
