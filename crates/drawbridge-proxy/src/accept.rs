@@ -312,6 +312,107 @@ impl Drop for Held {
     }
 }
 
+/// One accepted connection, as its protocol's server needs it.
+struct Accepted {
+    shared: Arc<Shared>,
+    index: usize,
+    peer: SocketAddr,
+    limits: drawbridge_config::Limits,
+    streams: Arc<Streams>,
+    stop: watch::Receiver<bool>,
+    /// The slot and drain place, until `info` hands them to the connection's `ConnInfo`.
+    held: Option<Held>,
+    aged_at: tokio::time::Instant,
+}
+
+impl Accepted {
+    /// What the pipeline knows of the connection; it holds the slot from now on.
+    fn info(
+        &mut self,
+        tls: bool,
+        client_cert: Option<drawbridge_identity::ClientCert>,
+        sni: Option<Box<str>>,
+    ) -> Arc<ConnInfo> {
+        let conn = ConnInfo::new(
+            self.index,
+            self.peer,
+            tls,
+            client_cert,
+            sni,
+            self.streams.clone(),
+        );
+        Arc::new(match self.held.take() {
+            Some(h) => conn.holding(self.stop.clone(), Box::new(h)),
+            None => conn,
+        })
+    }
+
+    /// The pipeline, as hyper's service for `conn`.
+    fn service(
+        &self,
+        conn: Arc<ConnInfo>,
+    ) -> impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<crate::body::ResponseBody>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    >
+    + Clone
+    + Send
+    + 'static
+    + use<> {
+        pipeline(self.shared.clone(), conn)
+    }
+
+    /// Serves `c` (boxed: a task keeps the size of its largest state for as long as it
+    /// lives, parked and idle included) until it ends, recording what the parser refused.
+    async fn run<C, E>(
+        &mut self,
+        mut c: std::pin::Pin<Box<C>>,
+        shutdown: impl Fn(std::pin::Pin<&mut C>),
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = std::time::Instant::now();
+        if let Err(e) = drive(
+            c.as_mut(),
+            &mut self.stop,
+            &self.limits,
+            &self.streams,
+            self.aged_at,
+            shutdown,
+        )
+        .await
+        {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+            refused_by_parser(&self.shared, self.index, self.peer, &*e, started);
+        }
+    }
+}
+
+/// The pipeline, as hyper's service for one connection.
+fn pipeline(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::ResponseBody>,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(crate::pipeline::handle(shared, conn, req).await)
+        }
+    })
+}
+
 async fn serve_connection(
     shared: Arc<Shared>,
     index: usize,
@@ -323,19 +424,45 @@ async fn serve_connection(
     let snapshot = shared.snapshot.load_full();
     let entry = &snapshot.listeners[index];
     let limits = entry.limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Heads are timed by IdleIo, which answers 408 on the connection's own socket.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .half_close(false)
-        .keep_alive(true);
-    // The same HTTP/1.1 settings, for connections known to speak it.
+    let offers_h2 = entry.http2;
+    let tls = entry.tls.clone();
+    drop(snapshot);
+    let streams = Arc::new(Streams::with(
+        held.metrics.clone(),
+        shared.roster.eviction(),
+    ));
+    // Listed while hyper serves it, so a full listener can close it when idle.
+    let _listed = shared.roster.enter(index, streams.clone());
+    let io = IdleIo::new(
+        stream,
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        tls.is_none(),
+        streams.clone(),
+    );
+    let aged_at = tokio::time::Instant::now() + limits.max_connection_age;
+    let conn = Accepted {
+        shared,
+        index,
+        peer,
+        limits,
+        streams,
+        stop,
+        held: Some(held),
+        aged_at,
+    };
+    // Each protocol's state in a box of its own, so that no connection carries another's.
+    match tls {
+        None => Box::pin(serve_plain(conn, io, offers_h2)).await,
+        Some(cfg) => Box::pin(serve_tls(conn, io, cfg, offers_h2)).await,
+    }
+}
+
+/// hyper's HTTP/1.1 server with the listener's limits.
+fn h1_server(limits: &drawbridge_config::Limits) -> hyper::server::conn::http1::Builder {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
+        // Heads are timed by IdleIo, which answers 408 on the connection's own socket.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         // Checked on a whole head too, not only while one is arriving.
@@ -343,7 +470,23 @@ async fn serve_connection(
         .max_headers(limits.max_headers)
         .half_close(false)
         .keep_alive(true);
-    let offers_h2 = entry.http2;
+    h1
+}
+
+/// hyper's auto-detecting server (HTTP/1.1 and HTTP/2) with the listener's limits.
+fn auto_server(
+    limits: &drawbridge_config::Limits,
+    offers_h2: bool,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .half_close(false)
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -353,212 +496,167 @@ async fn serve_connection(
         .max_local_error_reset_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    if !entry.http2 {
+    if !offers_h2 {
         builder = builder.http1_only();
     }
-    let tls = entry.tls.clone();
-    drop(snapshot);
+    builder
+}
 
-    let is_tls = tls.is_some();
-    let held_metrics = held.metrics.clone();
-    let streams = Arc::new(Streams::with(
-        held.metrics.clone(),
-        shared.roster.eviction(),
-    ));
-    // Listed while hyper serves it, so a full listener can close it when idle.
-    let _listed = shared.roster.enter(index, streams.clone());
-    // Until the handshake is done the connection holds its slot here; then its `ConnInfo`
-    // does, for as long as anything (its requests, a tunnel) holds that.
-    let mut held = Some(held);
-    let stop_for_info = stop.clone();
-    let mut info = |client_cert, sni: Option<Box<str>>| {
-        let conn = ConnInfo::new(index, peer, is_tls, client_cert, sni, streams.clone());
-        Arc::new(match held.take() {
-            Some(h) => conn.holding(stop_for_info.clone(), Box::new(h)),
-            None => conn,
-        })
-    };
-    let service = |conn: Arc<ConnInfo>| {
-        let shared = shared.clone();
-        service_fn(move |req| {
-            let shared = shared.clone();
-            let conn = conn.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(crate::pipeline::handle(shared, conn, req).await)
-            }
-        })
-    };
-    let io = IdleIo::new(
-        stream,
-        limits.idle_timeout,
-        limits.header_read_timeout,
-        tls.is_none(),
-        streams.clone(),
-    );
-    let aged_at = tokio::time::Instant::now() + limits.max_connection_age;
-    match tls {
-        None => {
-            let mut stop = stop;
-            // HTTP/1.1 unless the first bytes may be HTTP/2's preface (prior knowledge).
-            let speaks_h1 = !offers_h2
-                || {
-                    let first = tokio::select! {
-                        r = tokio::time::timeout(limits.header_read_timeout, first_bytes_h2(io.get_ref())) => r,
-                        () = streams.eviction.evicted() => return,
-                    };
-                    match first {
-                        Ok(Some(h2)) => !h2,
-                        // Nothing in time, or closed: as IdleIo would, without a word.
-                        Ok(None) | Err(_) => return,
-                    }
-                };
-            if !speaks_h1 {
-                let c = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service(info(None, None)));
-                let c = std::pin::pin!(c);
-                let started = std::time::Instant::now();
-                if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
-                    c.graceful_shutdown()
-                })
-                .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    refused_by_parser(&shared, index, peer, &*e, started);
-                }
-                return;
-            }
-            // HTTP/1.1, parked whenever it is idle for a sweep of the roster: hyper's
-            // connection (its state and buffers) goes, and is made again when the client
-            // next sends.
-            let conn_info = info(None, None);
-            let mut io = io;
-            io.set_parkable();
-            loop {
-                let mut c = Box::new(
-                    h1.serve_connection(TokioIo::new(io), service(conn_info.clone()))
-                        .with_upgrades(),
-                );
-                let started = std::time::Instant::now();
-                if let Err(e) = drive(
-                    std::pin::Pin::new(&mut *c),
-                    &mut stop,
-                    &limits,
-                    &streams,
-                    aged_at,
-                    |c| c.graceful_shutdown(),
-                )
-                .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    refused_by_parser(&shared, index, peer, &e, started);
-                    return;
-                }
-                // Upgraded (the tunnel has the socket), or closed.
-                let Some(parts) = c.into_parts() else { return };
-                if !parts.io.inner().is_parked() || !parts.read_buf.is_empty() {
-                    return;
-                }
-                let mut back = parts.io.into_inner();
-                drop(parts.service);
-                back.unpark();
-                held_metrics.parked(true);
-                let woke = wait_parked(
-                    &back,
-                    &mut stop,
-                    &streams,
-                    aged_at,
-                    limits.header_read_timeout,
-                )
-                .await;
-                held_metrics.parked(false);
-                if !woke {
-                    return;
-                }
-                io = back;
-            }
-        }
-        Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let handshake = tokio::select! {
-                r = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)) => r,
-                // Closed to admit another connection before saying anything.
-                () = streams.eviction.evicted() => return,
+/// A plaintext connection: HTTP/1.1 unless its first bytes may be HTTP/2's preface (prior
+/// knowledge); HTTP/1.1 parks whenever it is idle for a sweep of the roster: hyper's
+/// connection (its state and buffers) goes, and is made again when the client next sends.
+async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool) {
+    let speaks_h1 = !offers_h2
+        || {
+            let first = tokio::select! {
+                r = tokio::time::timeout(conn.limits.header_read_timeout, first_bytes_h2(io.get_ref())) => r,
+                () = conn.streams.eviction.evicted() => return,
             };
-            let tls_stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    record_refused(
-                        &shared,
-                        index,
-                        peer,
-                        Refused {
-                            status: 0,
-                            protocol: "TLS",
-                            phase: drawbridge_telemetry::Phase::Accept,
-                            reason: format!("TLS handshake refused: {e}"),
-                            duration: Duration::ZERO,
-                        },
-                    );
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let mut tls_stream = tls_stream;
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let alpn_h1 = tls_stream.get_ref().1.alpn_protocol() == Some(b"http/1.1");
-            // The first request's clock starts when the handshake is done.
-            tls_stream.get_mut().0.handshake_done(h2);
-            let session = tls_stream.get_ref().1;
-            let sni: Option<Box<str>> = session.server_name().map(Into::into);
-            // The handshake verified the chain; its names are read once, here.
-            let client_cert = match session.peer_certificates().filter(|c| !c.is_empty()) {
-                None => None,
-                Some(chain) => match drawbridge_identity::ClientCert::from_chain(chain) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "unreadable client certificate");
-                        return;
-                    }
-                },
-            };
-            let started = std::time::Instant::now();
-            let mut stop = stop;
-            if alpn_h1 {
-                // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone.
-                let c = h1
-                    .serve_connection(TokioIo::new(tls_stream), service(info(client_cert, sni)))
-                    .with_upgrades();
-                let c = std::pin::pin!(c);
-                if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
-                    c.graceful_shutdown()
-                })
-                .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    refused_by_parser(&shared, index, peer, &e, started);
-                }
-                return;
+            match first {
+                Ok(Some(h2)) => !h2,
+                // Nothing in time, or closed: as IdleIo would, without a word.
+                Ok(None) | Err(_) => return,
             }
-            let builder = if h2 { builder.http2_only() } else { builder };
-            let c = builder.serve_connection_with_upgrades(
-                TokioIo::new(tls_stream),
-                service(info(client_cert, sni)),
-            );
-            let c = std::pin::pin!(c);
-            if let Err(e) = drive(c, &mut stop, &limits, &streams, aged_at, |c| {
-                c.graceful_shutdown()
-            })
-            .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                refused_by_parser(&shared, index, peer, &*e, started);
-            }
-        }
+        };
+    if !speaks_h1 {
+        let info = conn.info(false, None, None);
+        let c = auto_server(&conn.limits, offers_h2)
+            .serve_connection_with_upgrades(TokioIo::new(io), conn.service(info))
+            .into_owned();
+        conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
+        return;
     }
+    let h1 = h1_server(&conn.limits);
+    let info = conn.info(false, None, None);
+    let metrics = info.streams.listener().clone();
+    let mut io = io;
+    io.set_parkable();
+    loop {
+        let mut c = Box::new(
+            h1.serve_connection(TokioIo::new(io), conn.service(info.clone()))
+                .with_upgrades(),
+        );
+        let started = std::time::Instant::now();
+        if let Err(e) = drive(
+            std::pin::Pin::new(&mut *c),
+            &mut conn.stop,
+            &conn.limits,
+            &conn.streams,
+            conn.aged_at,
+            |c| c.graceful_shutdown(),
+        )
+        .await
+        {
+            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+            refused_by_parser(&conn.shared, conn.index, conn.peer, &e, started);
+            return;
+        }
+        let Some(back) = parked(*c) else { return };
+        metrics.parked(true);
+        let woke = wait_parked(
+            &back,
+            &mut conn.stop,
+            &conn.streams,
+            conn.aged_at,
+            conn.limits.header_read_timeout,
+        )
+        .await;
+        metrics.parked(false);
+        if !woke {
+            return;
+        }
+        io = back;
+    }
+}
+
+/// The socket of a connection hyper finished because it parked, hyper's state let go;
+/// `None` when it finished otherwise: upgraded (a tunnel has the socket), or closed.
+fn parked<S>(
+    c: hyper::server::conn::http1::UpgradeableConnection<TokioIo<IdleIo<TcpStream>>, S>,
+) -> Option<IdleIo<TcpStream>>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
+{
+    let parts = c.into_parts()?;
+    if !parts.io.inner().is_parked() || !parts.read_buf.is_empty() {
+        return None;
+    }
+    let mut io = parts.io.into_inner();
+    io.unpark();
+    Some(io)
+}
+
+/// A TLS connection: the handshake (its client certificate and SNI read once, here), then
+/// HTTP/2 or HTTP/1.1 as ALPN agreed.
+async fn serve_tls(
+    mut conn: Accepted,
+    io: IdleIo<TcpStream>,
+    cfg: Arc<rustls::ServerConfig>,
+    offers_h2: bool,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(conn.limits.header_read_timeout, acceptor.accept(io)) => r,
+        // Closed to admit another connection before saying anything.
+        () = conn.streams.eviction.evicted() => return,
+    };
+    let mut tls_stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            record_refused(
+                &conn.shared,
+                conn.index,
+                conn.peer,
+                Refused {
+                    status: 0,
+                    protocol: "TLS",
+                    phase: drawbridge_telemetry::Phase::Accept,
+                    reason: format!("TLS handshake refused: {e}"),
+                    duration: Duration::ZERO,
+                },
+            );
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let alpn = tls_stream.get_ref().1.alpn_protocol();
+    let h2 = alpn == Some(b"h2");
+    let alpn_h1 = alpn == Some(b"http/1.1");
+    // The first request's clock starts when the handshake is done.
+    tls_stream.get_mut().0.handshake_done(h2);
+    let session = tls_stream.get_ref().1;
+    let sni: Option<Box<str>> = session.server_name().map(Into::into);
+    // The handshake verified the chain; its names are read once, here.
+    let client_cert = match session.peer_certificates().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(chain) => match drawbridge_identity::ClientCert::from_chain(chain) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "unreadable client certificate");
+                return;
+            }
+        },
+    };
+    let info = conn.info(true, client_cert, sni);
+    let service = conn.service(info);
+    if alpn_h1 {
+        // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone.
+        let c = h1_server(&conn.limits)
+            .serve_connection(TokioIo::new(tls_stream), service)
+            .with_upgrades();
+        conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
+        return;
+    }
+    let builder = auto_server(&conn.limits, offers_h2);
+    let builder = if h2 { builder.http2_only() } else { builder };
+    let c = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+        .into_owned();
+    conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
 }
 
 /// Serves `conn` until it ends. It is asked to finish gracefully (HTTP/2 `GOAWAY`, HTTP/1.1

@@ -111,6 +111,11 @@ impl Streams {
         }
     }
 
+    /// The listener's counters.
+    pub fn listener(&self) -> &Arc<drawbridge_telemetry::metrics::ListenerMetrics> {
+        &self.listener
+    }
+
     /// How many requests started on the connection.
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
