@@ -347,23 +347,6 @@ impl Accepted {
         })
     }
 
-    /// The pipeline, as hyper's service for `conn`.
-    fn service(
-        &self,
-        conn: Arc<ConnInfo>,
-    ) -> impl hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-        Response = http::Response<crate::body::ResponseBody>,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    >
-    + Clone
-    + Send
-    + 'static
-    + use<> {
-        pipeline(self.shared.clone(), conn)
-    }
-
     /// Serves `c` (boxed: a task keeps the size of its largest state for as long as it
     /// lives, parked and idle included) until it ends, recording what the parser refused.
     async fn run<C, E>(
@@ -521,7 +504,7 @@ async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool)
     if !speaks_h1 {
         let info = conn.info(false, None, None);
         let c = auto_server(&conn.limits, offers_h2)
-            .serve_connection_with_upgrades(TokioIo::new(io), conn.service(info))
+            .serve_connection_with_upgrades(TokioIo::new(io), pipeline(conn.shared.clone(), info))
             .into_owned();
         conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
         return;
@@ -533,8 +516,11 @@ async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool)
     io.set_parkable();
     loop {
         let mut c = Box::new(
-            h1.serve_connection(TokioIo::new(io), conn.service(info.clone()))
-                .with_upgrades(),
+            h1.serve_connection(
+                TokioIo::new(io),
+                pipeline(conn.shared.clone(), info.clone()),
+            )
+            .with_upgrades(),
         );
         let started = std::time::Instant::now();
         if let Err(e) = drive(
@@ -642,7 +628,7 @@ async fn serve_tls(
         },
     };
     let info = conn.info(true, client_cert, sni);
-    let service = conn.service(info);
+    let service = pipeline(conn.shared.clone(), info);
     if alpn_h1 {
         // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone.
         let c = h1_server(&conn.limits)

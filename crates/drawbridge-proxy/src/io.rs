@@ -17,11 +17,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// Wraps a connection and fails reads once it was idle too long, or a request head took
@@ -85,7 +86,7 @@ pub struct Streams {
     /// The listener's counters, where open requests are counted too.
     listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
     /// When the connection last went idle, and whether it was chosen to close.
-    pub eviction: crate::roster::Eviction,
+    pub eviction: Eviction,
 }
 
 /// One open request of a connection; closes it when dropped.
@@ -95,13 +96,13 @@ pub struct StreamGuard(Arc<Streams>);
 impl Streams {
     /// The requests of a connection on the listener counted by `listener`.
     pub fn on(listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>) -> Self {
-        Streams::with(listener, crate::roster::Eviction::default())
+        Streams::with(listener, Eviction::default())
     }
 
     /// The requests of a connection a [`crate::roster::Roster`] may close when idle.
     pub fn with(
         listener: Arc<drawbridge_telemetry::metrics::ListenerMetrics>,
-        eviction: crate::roster::Eviction,
+        eviction: Eviction,
     ) -> Self {
         Streams {
             listener,
@@ -156,6 +157,64 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// What a connection shares with the roster: when it last went idle, and the requests to
+/// close it or to park it.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    /// The idle clock when the connection's last request ended (or it was accepted).
+    pub(crate) idle_since: AtomicU64,
+    /// Set when the connection is to close; `wake` wakes its task.
+    pub(crate) evicted: AtomicBool,
+    /// Set when the connection, idle since the previous sweep, is to park.
+    pub(crate) park: AtomicBool,
+    pub(crate) wake: Notify,
+    pub(crate) clock: Arc<AtomicU64>,
+}
+
+impl Eviction {
+    /// A connection's, on the roster's idle `clock`; idle from now.
+    pub fn on(clock: Arc<AtomicU64>) -> Eviction {
+        let e = Eviction {
+            clock,
+            ..Eviction::default()
+        };
+        e.idle_now();
+        e
+    }
+
+    /// Marks the connection idle from now.
+    pub(crate) fn idle_now(&self) {
+        self.idle_since
+            .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the connection was chosen to close.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the connection was chosen to close.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.is_evicted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves when the roster asks something of the connection (to close or to park).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Takes a request to park, if there is one.
+    pub fn take_park(&self) -> bool {
+        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).

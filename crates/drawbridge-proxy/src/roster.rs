@@ -13,12 +13,12 @@
 //! the client sends again (see [`crate::accept`]), so an idle connection costs little more
 //! than its socket.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::io::Streams;
+use crate::io::{Eviction, Streams};
 
 /// The open connections of every listener.
 #[derive(Default)]
@@ -43,63 +43,10 @@ pub struct Entry {
     key: usize,
 }
 
-/// What a connection shares with the roster: when it last went idle, and the requests to
-/// close it or to park it.
-#[derive(Debug, Default)]
-pub struct Eviction {
-    /// The idle clock when the connection's last request ended (or it was accepted).
-    pub(crate) idle_since: AtomicU64,
-    /// Set when the connection is to close; `wake` wakes its task.
-    pub(crate) evicted: AtomicBool,
-    /// Set when the connection, idle since the previous sweep, is to park.
-    pub(crate) park: AtomicBool,
-    pub(crate) wake: Notify,
-    pub(crate) clock: Arc<AtomicU64>,
-}
-
-impl Eviction {
-    /// Marks the connection idle from now.
-    pub(crate) fn idle_now(&self) {
-        self.idle_since
-            .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    /// Whether the connection was chosen to close.
-    pub fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Relaxed)
-    }
-
-    /// Resolves once the connection was chosen to close.
-    pub async fn evicted(&self) {
-        loop {
-            let notified = self.wake.notified();
-            if self.is_evicted() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Resolves when the roster asks something of the connection (to close or to park).
-    pub async fn woken(&self) {
-        self.wake.notified().await;
-    }
-
-    /// Takes a request to park, if there is one.
-    pub fn take_park(&self) -> bool {
-        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
-    }
-}
-
 impl Roster {
     /// The eviction state for a new connection, on this roster's idle clock.
     pub fn eviction(&self) -> Eviction {
-        let e = Eviction {
-            clock: self.clock.clone(),
-            ..Eviction::default()
-        };
-        e.idle_now();
-        e
+        Eviction::on(self.clock.clone())
     }
 
     /// Enters a connection of `listener`; it stays listed until the entry is dropped.
