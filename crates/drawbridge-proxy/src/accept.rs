@@ -347,30 +347,36 @@ impl Accepted {
         })
     }
 
-    /// Serves `c` (boxed: a task keeps the size of its largest state for as long as it
-    /// lives, parked and idle included) until it ends, recording what the parser refused.
+    /// Serves `c` (boxed by the caller: a task keeps the size of its largest state for as
+    /// long as it lives, parked and idle included) until it ends, recording what the parser
+    /// refused. Whether it ended without an error.
     async fn run<C, E>(
         &mut self,
-        mut c: std::pin::Pin<Box<C>>,
+        c: std::pin::Pin<&mut C>,
         shutdown: impl Fn(std::pin::Pin<&mut C>),
-    ) where
+    ) -> bool
+    where
         C: std::future::Future<Output = Result<(), E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
-        if let Err(e) = drive(
-            c.as_mut(),
+        let ended = drive(
+            c,
             &mut self.stop,
             &self.limits,
             &self.streams,
             self.aged_at,
             shutdown,
         )
-        .await
-        {
-            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
-            refused_by_parser(&self.shared, self.index, self.peer, &*e, started);
+        .await;
+        match ended {
+            Ok(()) => true,
+            Err(e) => {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                refused_by_parser(&self.shared, self.index, self.peer, &*e, started);
+                false
+            }
         }
     }
 }
@@ -489,24 +495,32 @@ fn auto_server(
 /// knowledge); HTTP/1.1 parks whenever it is idle for a sweep of the roster: hyper's
 /// connection (its state and buffers) goes, and is made again when the client next sends.
 async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool) {
-    let speaks_h1 = !offers_h2
-        || {
-            let first = tokio::select! {
-                r = tokio::time::timeout(conn.limits.header_read_timeout, first_bytes_h2(io.get_ref())) => r,
-                () = conn.streams.eviction.evicted() => return,
-            };
-            match first {
-                Ok(Some(h2)) => !h2,
-                // Nothing in time, or closed: as IdleIo would, without a word.
-                Ok(None) | Err(_) => return,
+    let speaks_h1 = !offers_h2 || {
+        let sniff = first_bytes_h2(io.get_ref());
+        let mut sniff = std::pin::pin!(sniff);
+        let first = tokio::select! {
+            r = tokio::time::timeout(conn.limits.header_read_timeout, sniff.as_mut()) => r,
+            () = conn.streams.eviction.evicted() => return,
+            // Draining: a connection accepted just before has as long as `drive` gives
+            // one whose first request has not started, not a whole head timeout.
+            () = draining(&mut conn.stop) => {
+                let grace = FIRST_REQUEST_GRACE.min(conn.limits.header_read_timeout);
+                tokio::time::timeout(grace, sniff.as_mut()).await
             }
         };
+        match first {
+            Ok(Some(h2)) => !h2,
+            // Nothing in time, or closed: as IdleIo would, without a word.
+            Ok(None) | Err(_) => return,
+        }
+    };
     if !speaks_h1 {
         let info = conn.info(false, None, None);
         let c = auto_server(&conn.limits, offers_h2)
             .serve_connection_with_upgrades(TokioIo::new(io), pipeline(conn.shared.clone(), info))
             .into_owned();
-        conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
+        conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())
+            .await;
         return;
     }
     let h1 = h1_server(&conn.limits);
@@ -522,19 +536,10 @@ async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool)
             )
             .with_upgrades(),
         );
-        let started = std::time::Instant::now();
-        if let Err(e) = drive(
-            std::pin::Pin::new(&mut *c),
-            &mut conn.stop,
-            &conn.limits,
-            &conn.streams,
-            conn.aged_at,
-            |c| c.graceful_shutdown(),
-        )
-        .await
+        if !conn
+            .run(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())
+            .await
         {
-            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
-            refused_by_parser(&conn.shared, conn.index, conn.peer, &e, started);
             return;
         }
         let Some(back) = parked(*c) else { return };
@@ -634,7 +639,8 @@ async fn serve_tls(
         let c = h1_server(&conn.limits)
             .serve_connection(TokioIo::new(tls_stream), service)
             .with_upgrades();
-        conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
+        conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())
+            .await;
         return;
     }
     let builder = auto_server(&conn.limits, offers_h2);
@@ -642,7 +648,8 @@ async fn serve_tls(
     let c = builder
         .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
         .into_owned();
-    conn.run(Box::pin(c), |c| c.graceful_shutdown()).await;
+    conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())
+        .await;
 }
 
 /// Serves `conn` until it ends. It is asked to finish gracefully (HTTP/2 `GOAWAY`, HTTP/1.1
@@ -710,6 +717,11 @@ where
             _ = tokio::time::sleep(Duration::from_millis(10)), if stopping.is_some() && !closing => {}
         }
     }
+}
+
+/// Resolves once the proxy is stopping (or its stop signal is gone).
+async fn draining(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await.map(|_| ());
 }
 
 /// Whether the first bytes on `stream` may be HTTP/2's preface (what arrived so far matches

@@ -285,6 +285,27 @@ async fn a_parked_connection_closes_when_no_request_comes_and_makes_room_when_fu
     until_metric(&h, "drawbridge_connections_parked", 1.0).await;
 }
 
+/// A connection that has sent nothing yet holds a drain for the first request's grace, not
+/// for a whole `header_read_timeout`; one that was served and parked, not at all.
+#[tokio::test]
+async fn silent_and_parked_connections_do_not_hold_a_drain() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&proxied(&up).limits("header_read_timeout", "30s")).await;
+    let mut parked = idle(h.addr).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut silent = TcpStream::connect(h.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    h.proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited {:?}",
+        started.elapsed()
+    );
+    assert!(closed(&mut silent).await && closed(&mut parked).await);
+    assert_eq!(up.count(), 1);
+}
+
 /// Descriptors the process has open.
 fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
