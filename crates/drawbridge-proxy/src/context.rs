@@ -231,13 +231,15 @@ impl RequestIds {
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for word in [self.prefix, n] {
-            for shift in (0..16).rev() {
-                id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
-            }
+        let id = (u128::from(self.prefix) << 64) | u128::from(n);
+        let mut digits = [0u8; 32];
+        for (i, d) in digits.iter_mut().enumerate() {
+            *d = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
         }
-        id
+        // Hex digits are ASCII: this never falls back.
+        std::str::from_utf8(&digits)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 }
 

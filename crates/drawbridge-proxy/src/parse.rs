@@ -144,7 +144,7 @@ fn request_host(req: &Parts) -> Result<String, ProxyError> {
         (Some(a), _) if a.as_str().contains('@') => {
             return Err(ProxyError::BadRequest("user info in the request target"));
         }
-        (Some(a), _) => a.host().to_string(),
+        (Some(a), _) => a.host().to_ascii_lowercase(),
         (None, Some(h)) => {
             let s = h
                 .to_str()
@@ -155,14 +155,14 @@ fn request_host(req: &Parts) -> Result<String, ProxyError> {
             if s.contains('@') {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
-            a.host().to_string()
+            a.host().to_ascii_lowercase()
         }
         (None, None) if req.version == http::Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
         (None, None) => String::new(),
     };
-    let mut host = raw.to_ascii_lowercase();
+    let mut host = raw;
     if host.ends_with('.') {
         host.pop();
     }

@@ -241,6 +241,10 @@ fn connection_tokens(value: &HeaderValue, doomed: &mut Vec<HeaderName>) -> bool 
     for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if token.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        } else if token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+        {
+            // `close`, `keep-alive`: options, or names removed as hop-by-hop anyway.
         } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
             // Framing and routing headers are not the client's to remove.
             if name != header::HOST
@@ -257,22 +261,29 @@ fn connection_tokens(value: &HeaderValue, doomed: &mut Vec<HeaderName>) -> bool 
 /// Removes hop-by-hop headers from an upstream response (and the headers its `Connection`
 /// names). `keep_upgrade` keeps `Upgrade`/`Connection` for a `101 Switching Protocols`.
 pub fn strip_response_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // Which hop-by-hop names are present (bit `i` for `HOP_BY_HOP[i]`), and the other names
+    // `Connection` lists: nothing is allocated unless it lists one.
+    let mut present = 0u16;
+    let mut listed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
         let n = name.as_str();
         if keep_upgrade && (n == "upgrade" || n == "connection") {
             continue;
         }
-        if n == "connection" {
-            connection_tokens(value, &mut doomed);
-        } else if !HOP_BY_HOP.contains(&n) {
+        let Some(i) = HOP_BY_HOP.iter().position(|h| *h == n) else {
             continue;
+        };
+        if n == "connection" {
+            connection_tokens(value, &mut listed);
         }
-        if doomed.last() != Some(name) {
-            doomed.push(name.clone());
+        present |= 1 << i;
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
         }
     }
-    for name in doomed {
+    for name in listed {
         headers.remove(&name);
     }
 }

@@ -240,6 +240,68 @@ mod tests {
         }
     }
 
+    /// An upstream's hop-by-hop headers and the ones its `Connection` lists stop here, in
+    /// any case and order; a `101` keeps `Upgrade` and `Connection`.
+    #[test]
+    fn response_hop_by_hop_headers_stop_at_the_proxy() {
+        let response = |connection: &'static str| {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("content-type", "text/plain"),
+                ("connection", connection),
+                ("keep-alive", "timeout=5"),
+                ("x-internal", "1"),
+                ("x-other", "2"),
+                ("proxy-authenticate", "Basic"),
+                ("trailer", "x-checksum"),
+                ("upgrade", "h2c"),
+                ("transfer-encoding", "chunked"),
+                ("set-cookie", "a=b"),
+            ] {
+                h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+            }
+            h
+        };
+        let left = |h: &HeaderMap| {
+            let mut names: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+            names.sort_unstable();
+            names
+        };
+        for connection in [
+            "keep-alive, X-Internal",
+            "x-internal,close",
+            "Close , X-INTERNAL , Keep-Alive",
+            "upgrade, x-internal, te",
+        ] {
+            let mut h = response(connection);
+            strip_response_headers(&mut h, false);
+            assert_eq!(
+                left(&h),
+                ["content-type", "set-cookie", "x-other"],
+                "{connection}"
+            );
+        }
+        let mut h = response("upgrade");
+        strip_response_headers(&mut h, true);
+        assert_eq!(
+            left(&h),
+            [
+                "connection",
+                "content-type",
+                "set-cookie",
+                "upgrade",
+                "x-internal",
+                "x-other"
+            ]
+        );
+        // A Connection header naming only options removes nothing else.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_response_headers(&mut h, false);
+        assert_eq!(left(&h), ["content-length"]);
+    }
+
     #[test]
     fn strips_spoofed_and_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
