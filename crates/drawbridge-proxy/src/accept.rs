@@ -360,7 +360,20 @@ impl Accepted {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = std::time::Instant::now();
-        let ended = drive(
+        let ended = self.drive(c, shutdown).await;
+        self.ended(ended, started)
+    }
+
+    /// Drives `c` to its end (see [`drive`]).
+    async fn drive<C, E>(
+        &mut self,
+        c: std::pin::Pin<&mut C>,
+        shutdown: impl Fn(std::pin::Pin<&mut C>),
+    ) -> Result<(), E>
+    where
+        C: std::future::Future<Output = Result<(), E>>,
+    {
+        drive(
             c,
             &mut self.stop,
             &self.limits,
@@ -368,7 +381,15 @@ impl Accepted {
             self.aged_at,
             shutdown,
         )
-        .await;
+        .await
+    }
+
+    /// Whether the connection `started` then ended cleanly; what the parser refused is
+    /// recorded.
+    fn ended<E>(&self, ended: Result<(), E>, started: std::time::Instant) -> bool
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         match ended {
             Ok(()) => true,
             Err(e) => {
@@ -536,13 +557,22 @@ async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool)
             )
             .with_upgrades(),
         );
-        if !conn
-            .run(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())
-            .await
-        {
+        let started = std::time::Instant::now();
+        let ended = conn
+            .drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())
+            .await;
+        let Some((mut back, held)) = parked(*c) else {
+            conn.ended(ended, started);
             return;
+        };
+        // The end of input hyper saw was the park's: an error it made of that (a pipelined
+        // head cut short) is not the client's. A head already begun goes on at once.
+        if !held.is_empty() {
+            back.unpark(held);
+            io = back;
+            continue;
         }
-        let Some(back) = parked(*c) else { return };
+        back.unpark(held);
         metrics.parked(true);
         let woke = wait_parked(
             &back,
@@ -560,21 +590,20 @@ async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool)
     }
 }
 
-/// The socket of a connection hyper finished because it parked, hyper's state let go;
-/// `None` when it finished otherwise: upgraded (a tunnel has the socket), or closed.
+/// The socket of a connection hyper finished because it parked, hyper's state let go, and
+/// the bytes it had read and not parsed; `None` when it finished otherwise: upgraded (a
+/// tunnel has the socket), or closed.
 fn parked<S>(
     c: hyper::server::conn::http1::UpgradeableConnection<TokioIo<IdleIo<TcpStream>>, S>,
-) -> Option<IdleIo<TcpStream>>
+) -> Option<(IdleIo<TcpStream>, bytes::Bytes)>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
 {
     let parts = c.into_parts()?;
-    if !parts.io.inner().is_parked() || !parts.read_buf.is_empty() {
+    if !parts.io.inner().is_parked() {
         return None;
     }
-    let mut io = parts.io.into_inner();
-    io.unpark();
-    Some(io)
+    Some((parts.io.into_inner(), parts.read_buf))
 }
 
 /// A TLS connection: the handshake (its client certificate and SNI read once, here), then

@@ -66,6 +66,9 @@ pub struct IdleIo<T> {
     parkable: bool,
     /// The read ended to park: the shutdown that follows is not passed on.
     parked: bool,
+    /// Bytes the previous HTTP/1.1 connection had read but not parsed when it parked (the
+    /// start of a pipelined head), given to the next one before the socket's.
+    replay: Option<Box<bytes::Bytes>>,
 }
 
 /// The error a connection ends with when a request head did not arrive in time; the
@@ -251,6 +254,7 @@ impl<T> IdleIo<T> {
             plaintext,
             parkable: false,
             parked: false,
+            replay: None,
         }
     }
 
@@ -264,9 +268,11 @@ impl<T> IdleIo<T> {
         self.parked
     }
 
-    /// Back from parking: reads and shutdowns are the socket's again.
-    pub fn unpark(&mut self) {
+    /// Back from parking: reads and shutdowns are the socket's again, after `held`, the
+    /// bytes the parked connection had read and not parsed.
+    pub fn unpark(&mut self, held: bytes::Bytes) {
         self.parked = false;
+        self.replay = (!held.is_empty()).then(|| Box::new(held));
     }
 
     /// The socket.
@@ -415,6 +421,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(held) = this.replay.as_deref_mut() {
+            // A head that began before the park: reading it is a request arriving, so the
+            // connection does not park again until it is answered.
+            let n = held.len().min(buf.remaining());
+            buf.put_slice(&held[..n]);
+            bytes::Buf::advance(held, n);
+            if held.is_empty() {
+                this.replay = None;
+            }
+            this.active = true;
+            this.read_any = true;
+            this.reading = true;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {

@@ -254,6 +254,32 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
     assert_eq!(up.last().expect("forwarded").target, "/pieces");
 }
 
+/// A pipelined request followed by half of the next head in the same write: the half waits
+/// in the server's buffer while the roster asks the idle connection to park; it is kept, and
+/// the client's next bytes complete it.
+#[tokio::test]
+async fn a_half_head_behind_a_pipelined_request_outlives_a_park() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up))).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost")
+        .await
+        .expect("write");
+    let status = read_response(&mut s).await.expect("first answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Two sweeps of the roster: asked to park with the half head held.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b": x\r\n\r\n").await.expect("write");
+    let status = read_response(&mut s).await.expect("second answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/one", "/two"]);
+    // Served, it parks as any idle connection does, and serves again.
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    let status = exchange(&mut s).await.expect("served after parking");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
 #[tokio::test]
 async fn a_parked_connection_closes_when_no_request_comes_and_makes_room_when_full() {
     let up = RecordingUpstream::start().await;
