@@ -317,7 +317,7 @@ struct Accepted {
     shared: Arc<Shared>,
     index: usize,
     peer: SocketAddr,
-    limits: drawbridge_config::Limits,
+    limits: Arc<drawbridge_config::Limits>,
     streams: Arc<Streams>,
     stop: watch::Receiver<bool>,
     /// The slot and drain place, until `info` hands them to the connection's `ConnInfo`.
@@ -515,79 +515,102 @@ fn auto_server(
 /// A plaintext connection: HTTP/1.1 unless its first bytes may be HTTP/2's preface (prior
 /// knowledge); HTTP/1.1 parks whenever it is idle for a sweep of the roster: hyper's
 /// connection (its state and buffers) goes, and is made again when the client next sends.
-async fn serve_plain(mut conn: Accepted, io: IdleIo<TcpStream>, offers_h2: bool) {
-    let speaks_h1 = !offers_h2 || {
-        let sniff = first_bytes_h2(io.get_ref());
-        let mut sniff = std::pin::pin!(sniff);
-        let first = tokio::select! {
-            r = tokio::time::timeout(conn.limits.header_read_timeout, sniff.as_mut()) => r,
-            () = conn.streams.eviction.evicted() => return,
-            // Draining: a connection accepted just before has as long as `drive` gives
-            // one whose first request has not started, not a whole head timeout.
-            () = draining(&mut conn.stop) => {
-                let grace = FIRST_REQUEST_GRACE.min(conn.limits.header_read_timeout);
-                tokio::time::timeout(grace, sniff.as_mut()).await
+/// A plaintext connection: HTTP/2 with prior knowledge, or HTTP/1.1 served by hyper's
+/// HTTP/1.1 server directly and parked while idle.
+///
+/// A plain function around an `async move` block that uses its arguments in place (an
+/// `async fn` would keep a second copy of each), and whatever lives only while a request
+/// is served (the sniff, hyper's connection and its driver) is boxed: a parked connection's
+/// state is its socket, what it was accepted with, and the wait for its next bytes.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a copy of each argument beside the one it moves"
+)]
+fn serve_plain(
+    mut conn: Accepted,
+    mut io: IdleIo<TcpStream>,
+    offers_h2: bool,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        if offers_h2 {
+            match Box::pin(sniff_h2(&mut conn, &io)).await {
+                Some(false) => {}
+                Some(true) => {
+                    let info = conn.info(false, None, None);
+                    let c = auto_server(&conn.limits, offers_h2)
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(io),
+                            pipeline(conn.shared.clone(), info),
+                        )
+                        .into_owned();
+                    Box::pin(conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())).await;
+                    return;
+                }
+                None => return,
             }
-        };
-        match first {
-            Ok(Some(h2)) => !h2,
-            // Nothing in time, or closed: as IdleIo would, without a word.
-            Ok(None) | Err(_) => return,
+        }
+        let info = conn.info(false, None, None);
+        io.set_parkable();
+        loop {
+            let mut c = Box::new(
+                h1_server(&conn.limits)
+                    .serve_connection(
+                        TokioIo::new(io),
+                        pipeline(conn.shared.clone(), info.clone()),
+                    )
+                    .with_upgrades(),
+            );
+            let started = std::time::Instant::now();
+            let ended =
+                Box::pin(conn.drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())).await;
+            let Some((back, held)) = parked(*c) else {
+                conn.ended(ended, started);
+                return;
+            };
+            io = back;
+            // The end of input hyper saw was the park's: an error it made of that (a
+            // pipelined head cut short) is not the client's. A head already begun goes on
+            // at once.
+            let begun = !held.is_empty();
+            io.unpark(held);
+            if begun {
+                continue;
+            }
+            let metrics = info.streams.listener();
+            metrics.parked(true);
+            let woke = wait_parked(
+                &io,
+                &mut conn.stop,
+                &conn.streams,
+                conn.aged_at,
+                conn.limits.header_read_timeout,
+            )
+            .await;
+            metrics.parked(false);
+            if !woke {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether a plaintext connection speaks HTTP/2 with prior knowledge (its first bytes are the
+/// preface's); `None` when it is to close: nothing came in time, it closed, or it was evicted.
+async fn sniff_h2(conn: &mut Accepted, io: &IdleIo<TcpStream>) -> Option<bool> {
+    let sniff = first_bytes_h2(io.get_ref());
+    let mut sniff = std::pin::pin!(sniff);
+    let first = tokio::select! {
+        r = tokio::time::timeout(conn.limits.header_read_timeout, sniff.as_mut()) => r,
+        () = conn.streams.eviction.evicted() => return None,
+        // Draining: a connection accepted just before has as long as `drive` gives
+        // one whose first request has not started, not a whole head timeout.
+        () = draining(&mut conn.stop) => {
+            let grace = FIRST_REQUEST_GRACE.min(conn.limits.header_read_timeout);
+            tokio::time::timeout(grace, sniff.as_mut()).await
         }
     };
-    if !speaks_h1 {
-        let info = conn.info(false, None, None);
-        let c = auto_server(&conn.limits, offers_h2)
-            .serve_connection_with_upgrades(TokioIo::new(io), pipeline(conn.shared.clone(), info))
-            .into_owned();
-        conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())
-            .await;
-        return;
-    }
-    let h1 = h1_server(&conn.limits);
-    let info = conn.info(false, None, None);
-    let metrics = info.streams.listener().clone();
-    let mut io = io;
-    io.set_parkable();
-    loop {
-        let mut c = Box::new(
-            h1.serve_connection(
-                TokioIo::new(io),
-                pipeline(conn.shared.clone(), info.clone()),
-            )
-            .with_upgrades(),
-        );
-        let started = std::time::Instant::now();
-        let ended = conn
-            .drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())
-            .await;
-        let Some((mut back, held)) = parked(*c) else {
-            conn.ended(ended, started);
-            return;
-        };
-        // The end of input hyper saw was the park's: an error it made of that (a pipelined
-        // head cut short) is not the client's. A head already begun goes on at once.
-        if !held.is_empty() {
-            back.unpark(held);
-            io = back;
-            continue;
-        }
-        back.unpark(held);
-        metrics.parked(true);
-        let woke = wait_parked(
-            &back,
-            &mut conn.stop,
-            &conn.streams,
-            conn.aged_at,
-            conn.limits.header_read_timeout,
-        )
-        .await;
-        metrics.parked(false);
-        if !woke {
-            return;
-        }
-        io = back;
-    }
+    // Nothing in time, or closed: as IdleIo would, without a word.
+    first.ok().flatten()
 }
 
 /// The socket of a connection hyper finished because it parked, hyper's state let go, and

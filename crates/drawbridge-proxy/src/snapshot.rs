@@ -82,8 +82,8 @@ pub struct ListenerEntry {
     /// Which certificate serves which name, to tell a request for another virtual host than
     /// its connection's SNI.
     pub sni: Option<Arc<crate::tls::SniResolver>>,
-    /// Limits applied to its connections.
-    pub limits: Limits,
+    /// Limits applied to its connections (shared by each of them).
+    pub limits: Arc<Limits>,
     /// What becomes of header names with `_` or `.`.
     pub nonstandard_header_names: drawbridge_config::NonstandardHeaderNames,
     /// Only redirects to HTTPS, on this port.
@@ -269,7 +269,7 @@ impl Snapshot {
                 http2: l.http2,
                 tls,
                 sni,
-                limits: l.limits.clone(),
+                limits: Arc::new(l.limits.clone()),
                 nonstandard_header_names: l.nonstandard_header_names,
                 redirect_to_https: l.redirect_to_https,
                 hsts: l
