@@ -158,6 +158,9 @@ pub struct Ctx {
     pub metrics: Option<Arc<drawbridge_telemetry::metrics::RouteMetrics>>,
     /// The request's span, when `[tracing]` is on.
     pub trace: Option<Box<crate::trace::Trace>>,
+    /// `host` was read (parse), `path` was (sanitize): the record takes them from here when
+    /// the request ends, rather than a copy made when they were read.
+    pub read: (bool, bool),
 }
 
 impl Ctx {
@@ -188,6 +191,7 @@ impl Ctx {
             original_host: None,
             metrics: None,
             trace: None,
+            read: (false, false),
         }
     }
 

@@ -26,8 +26,9 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
     };
     match host {
         Ok(h) => {
-            ctx.event.host = Some(h.clone());
+            // The record takes it from `ctx` when the request ends.
             ctx.host = h;
+            ctx.read.0 = true;
         }
         Err(e) => {
             // The record names what the client asked for, even unusable.

@@ -93,8 +93,17 @@ pub async fn handle(
         arrived,
         metrics,
         trace,
+        host,
+        path,
+        read,
         ..
     } = ctx;
+    if read.0 {
+        event.host = Some(host);
+    }
+    if read.1 {
+        event.path = path.decoded;
+    }
     event.status = res.status().as_u16();
     let record = Record {
         log: shared.log.clone(),

@@ -7,7 +7,7 @@ use drawbridge_config::NonstandardHeaderNames;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -18,6 +18,26 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The index in [`HOP_BY_HOP`] of a header name (lower-case, as `HeaderName`s are): one
+/// comparison by length and bytes, not one per hop-by-hop name, as every header of every
+/// request and response is looked up here.
+pub(crate) fn hop_by_hop(name: &str) -> Option<usize> {
+    let i = match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i], name);
+    Some(i)
+}
 
 /// Which client headers never reach an upstream, for one snapshot: the built-in identity,
 /// address and verdict headers of [`drawbridge_config::headers`], the names
@@ -58,7 +78,7 @@ impl HeaderRules {
         {
             return false;
         }
-        if HOP_BY_HOP.contains(&n) {
+        if hop_by_hop(n).is_some() {
             return true;
         }
         let folded = drawbridge_config::headers::fold(n);
@@ -270,7 +290,7 @@ pub fn strip_response_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
         if keep_upgrade && (n == "upgrade" || n == "connection") {
             continue;
         }
-        let Some(i) = HOP_BY_HOP.iter().position(|h| *h == n) else {
+        let Some(i) = hop_by_hop(n) else {
             continue;
         };
         if n == "connection" {

@@ -40,8 +40,9 @@ pub fn request(
     ctx.grpc = is_grpc(&req.headers);
     match normalize_path(req.uri.path()) {
         Ok(p) => {
-            ctx.event.path.clone_from(&p.decoded);
+            // The record takes it from `ctx` when the request ends.
             ctx.path = p;
+            ctx.read.1 = true;
         }
         Err(e) => {
             // A refused path is logged as received (bounded), for whoever investigates it.
@@ -237,6 +238,22 @@ mod tests {
             let once = normalize_path(raw).expect("valid");
             let twice = normalize_path(&once.encoded).expect("valid");
             assert_eq!(once, twice, "{raw}");
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_found_and_no_other() {
+        for (i, name) in headers::HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(headers::hop_by_hop(name), Some(i), "{name}");
+        }
+        for name in [
+            "host",
+            "connections",
+            "te2",
+            "upgrade-insecure-requests",
+            "",
+        ] {
+            assert_eq!(headers::hop_by_hop(name), None, "{name}");
         }
     }
 
