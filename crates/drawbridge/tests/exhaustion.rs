@@ -280,6 +280,27 @@ async fn a_half_head_behind_a_pipelined_request_outlives_a_park() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
 
+/// The same half head, never completed: it is a head arriving, answered `408` once the head
+/// timeout passes, and never forwarded.
+#[tokio::test]
+async fn a_half_head_behind_a_pipelined_request_times_out_as_any_head() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&proxied(&up).limits("header_read_timeout", "2s")).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost")
+        .await
+        .expect("write");
+    let status = read_response(&mut s).await.expect("first answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(read.is_ok(), "still open after 10 s");
+    assert!(rest.starts_with("HTTP/1.1 408"), "{rest:?}");
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/one"]);
+}
+
 #[tokio::test]
 async fn a_parked_connection_closes_when_no_request_comes_and_makes_room_when_full() {
     let up = RecordingUpstream::start().await;
