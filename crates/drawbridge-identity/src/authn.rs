@@ -291,17 +291,19 @@ pub async fn authenticate(
         .filter(|a| matches!(&***a, Authenticator::Jwt(_)))
         .count();
     let mut issuer: Option<Result<String, Refusal>> = None;
+    // A token not in the cache is verified in a box: the verification (keys fetched when
+    // unknown) is kilobytes of state every request's future would otherwise carry.
     for a in authenticators {
         let outcome = match &**a {
             Authenticator::Jwt(j) if issuers == 1 => match creds.bearer {
-                Some(token) => Some(j.verify(token).await),
+                Some(token) => Some(Box::pin(j.verify(token)).await),
                 None => continue,
             },
             Authenticator::Jwt(j) => {
                 let Some(token) = creds.bearer else { continue };
                 match issuer.get_or_insert_with(|| peek_issuer(token)) {
                     Err(r) => Some(Err(r.clone())),
-                    Ok(iss) if iss == j.issuer() => Some(j.verify(token).await),
+                    Ok(iss) if iss == j.issuer() => Some(Box::pin(j.verify(token)).await),
                     Ok(_) => None,
                 }
             }

@@ -35,8 +35,9 @@ pub struct Outgoing {
     pub body: RequestBody,
     /// The client's side of an admitted WebSocket upgrade.
     pub upgrade: Option<OnUpgrade>,
-    /// How long an upgraded tunnel may live, and what ends it.
-    pub lease: Option<Lease>,
+    /// How long an upgraded tunnel may live, and what ends it (boxed: a kilobyte that only
+    /// upgrades carry).
+    pub lease: Option<Box<Lease>>,
 }
 
 /// What came back from the upstream.
@@ -435,7 +436,7 @@ fn relay_upgrade(
     mut response: Response<Incoming>,
     client: OnUpgrade,
     in_flight: InFlight,
-    lease: Option<Lease>,
+    lease: Option<Box<Lease>>,
 ) -> Result<Forwarded, ProxyError> {
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // The upstream declined the upgrade; its answer goes back as an ordinary response.
@@ -454,7 +455,7 @@ fn relay_upgrade(
     let endpoint = in_flight.endpoint().label.clone();
     // The tunnel holds the endpoint's in-flight count (and, through its record, the
     // connection) for as long as it lives.
-    let tunnel = crate::websocket::relay(client, upstream, in_flight, lease);
+    let tunnel = crate::websocket::relay(client, upstream, in_flight, lease.map(|l| *l));
     Ok(Forwarded {
         response,
         endpoint,

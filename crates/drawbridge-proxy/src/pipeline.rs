@@ -170,16 +170,27 @@ async fn run(
     }
     let (admitted, max_body) = match entry {
         Ok(Entry::Own) => {
-            return crate::signin::own(snapshot, listener, ctx, &req, body, &shared.decisions())
-                .await
-                .map(Outcome::Local);
+            // Drawbridge's own pages (kilobytes of state) in a box: every request's future
+            // would carry them otherwise.
+            return Box::pin(crate::signin::own(
+                snapshot,
+                listener,
+                ctx,
+                &req,
+                body,
+                &shared.decisions(),
+            ))
+            .await
+            .map(Outcome::Local);
         }
         Ok(Entry::Route { admitted, max_body }) => (admitted, max_body),
         Err(refused) => {
             // A person's browser is shown how to prove the factor, not a bare challenge.
             if let ProxyError::StepUp(challenge) = &refused.error
-                && let Some(answer) =
-                    crate::mfa::for_browser(snapshot, listener, ctx, &req, challenge).await
+                && let Some(answer) = Box::pin(crate::mfa::for_browser(
+                    snapshot, listener, ctx, &req, challenge,
+                ))
+                .await
             {
                 return answer.map(Outcome::Local);
             }
@@ -201,7 +212,7 @@ async fn run(
         .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     let lease = upgrade.as_ref().map(|_| {
-        crate::tunnel::Lease::new(
+        Box::new(crate::tunnel::Lease::new(
             deadline,
             crate::tunnel::Admitted {
                 shared: shared.clone(),
@@ -212,7 +223,7 @@ async fn run(
                 headers: &req.headers,
                 conn,
             },
-        )
+        ))
     });
 
     // 9 mutate

@@ -486,7 +486,9 @@ impl Sessions {
                 let Some(id) = SessionId::from_cookie(cookie) else {
                     return Ok(None);
                 };
-                match self.read(&id, now, authenticators).await? {
+                // Boxed: the store's read is kilobytes of state that every request's future
+                // would otherwise carry, taken only when the cache has no fresh entry.
+                match Box::pin(self.read(&id, now, authenticators)).await? {
                     Some(s) => {
                         self.cache.insert(
                             key,
