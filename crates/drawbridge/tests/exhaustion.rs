@@ -254,6 +254,18 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
     assert_eq!(up.last().expect("forwarded").target, "/pieces");
 }
 
+/// A connection that sent a request and half of the next head in one write, and was answered
+/// the first.
+async fn first_and_half_of_second(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost")
+        .await
+        .expect("write");
+    let status = read_response(&mut s).await.expect("first answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    s
+}
+
 /// A pipelined request followed by half of the next head in the same write: the half waits
 /// in the server's buffer while the roster asks the idle connection to park; it is kept, and
 /// the client's next bytes complete it.
@@ -261,12 +273,7 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
 async fn a_half_head_behind_a_pipelined_request_outlives_a_park() {
     let up = RecordingUpstream::start().await;
     let h = Harness::start(&with_admin(proxied(&up))).await;
-    let mut s = TcpStream::connect(h.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost")
-        .await
-        .expect("write");
-    let status = read_response(&mut s).await.expect("first answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut s = first_and_half_of_second(h.addr).await;
     // Two sweeps of the roster: asked to park with the half head held.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     s.write_all(b": x\r\n\r\n").await.expect("write");
@@ -286,12 +293,7 @@ async fn a_half_head_behind_a_pipelined_request_outlives_a_park() {
 async fn a_half_head_behind_a_pipelined_request_times_out_as_any_head() {
     let up = RecordingUpstream::start().await;
     let h = Harness::start(&proxied(&up).limits("header_read_timeout", "2s")).await;
-    let mut s = TcpStream::connect(h.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost")
-        .await
-        .expect("write");
-    let status = read_response(&mut s).await.expect("first answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut s = first_and_half_of_second(h.addr).await;
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
     let rest = String::from_utf8_lossy(&rest);
