@@ -158,9 +158,11 @@ pub struct Ctx {
     pub metrics: Option<Arc<drawbridge_telemetry::metrics::RouteMetrics>>,
     /// The request's span, when `[tracing]` is on.
     pub trace: Option<Box<crate::trace::Trace>>,
-    /// `host` was read (parse), `path` was (sanitize): the record takes them from here when
-    /// the request ends, rather than a copy made when they were read.
-    pub read: (bool, bool),
+    /// `host` was read (parse): the record takes it from here when the request ends,
+    /// rather than a copy made when it was read.
+    pub host_read: bool,
+    /// `path` was read (sanitize), likewise.
+    pub path_read: bool,
 }
 
 impl Ctx {
@@ -191,7 +193,8 @@ impl Ctx {
             original_host: None,
             metrics: None,
             trace: None,
-            read: (false, false),
+            host_read: false,
+            path_read: false,
         }
     }
 

@@ -28,7 +28,7 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
         Ok(h) => {
             // The record takes it from `ctx` when the request ends.
             ctx.host = h;
-            ctx.read.0 = true;
+            ctx.host_read = true;
         }
         Err(e) => {
             // The record names what the client asked for, even unusable.

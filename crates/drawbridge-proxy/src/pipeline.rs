@@ -95,13 +95,14 @@ pub async fn handle(
         trace,
         host,
         path,
-        read,
+        host_read,
+        path_read,
         ..
     } = ctx;
-    if read.0 {
+    if host_read {
         event.host = Some(host);
     }
-    if read.1 {
+    if path_read {
         event.path = path.decoded;
     }
     event.status = res.status().as_u16();

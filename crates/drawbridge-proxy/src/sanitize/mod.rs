@@ -42,7 +42,7 @@ pub fn request(
         Ok(p) => {
             // The record takes it from `ctx` when the request ends.
             ctx.path = p;
-            ctx.read.1 = true;
+            ctx.path_read = true;
         }
         Err(e) => {
             // A refused path is logged as received (bounded), for whoever investigates it.
