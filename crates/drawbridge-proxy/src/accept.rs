@@ -512,11 +512,10 @@ fn auto_server(
     builder
 }
 
-/// A plaintext connection: HTTP/1.1 unless its first bytes may be HTTP/2's preface (prior
-/// knowledge); HTTP/1.1 parks whenever it is idle for a sweep of the roster: hyper's
-/// connection (its state and buffers) goes, and is made again when the client next sends.
-/// A plaintext connection: HTTP/2 with prior knowledge, or HTTP/1.1 served by hyper's
-/// HTTP/1.1 server directly and parked while idle.
+/// A plaintext connection: HTTP/2 with prior knowledge (its first bytes may be the
+/// preface's), or HTTP/1.1 served by hyper's HTTP/1.1 server directly, which parks whenever
+/// it is idle for a sweep of the roster: hyper's connection (its state and buffers) goes,
+/// and is made again when the client next sends.
 ///
 /// A plain function around an `async move` block that uses its arguments in place (an
 /// `async fn` would keep a second copy of each), and whatever lives only while a request

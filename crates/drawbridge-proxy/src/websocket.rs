@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
 use crate::body::Record;
@@ -29,6 +29,10 @@ use crate::upstream::InFlight;
 /// How long a tunnel being ended may take to reach a frame boundary in each direction
 /// before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long each side has, once its close frame went, to answer with its own before its
+/// socket closes anyway.
+const CLOSE_REPLY: Duration = Duration::from_secs(1);
 
 /// What the request leaves with its tunnel: its access-log record (written when the tunnel
 /// ends) and its connection (holding its slot and its place in the drain).
@@ -158,15 +162,15 @@ where
     let _ = end.send(Some(ending));
     // Each direction sends its close frame at its next frame boundary; one that does not
     // reach a boundary in time is cut.
-    match tokio::time::timeout(CLOSE_GRACE, &mut both).await {
+    match tokio::time::timeout(CLOSE_GRACE + CLOSE_REPLY, &mut both).await {
         Ok(bytes) => (bytes, Some(why)),
         Err(_) => ((0, 0), Some(why)),
     }
 }
 
 /// Copies frames from `from` to `to` verbatim until `from` ends (then shuts `to` down) or
-/// an ending is asked for at a frame boundary (then sends the close frame and stops).
-/// Returns the bytes copied.
+/// an ending is asked for at a frame boundary (then sends the close frame, and waits for
+/// `from`'s own close frame before it stops). Returns the bytes copied.
 async fn pump<R, W>(
     mut from: R,
     mut to: W,
@@ -203,6 +207,10 @@ where
         if boundary && let Some(e) = asked {
             let _ = to.write_all(&close_frame(e, masked)).await;
             let _ = to.shutdown().await;
+            // The side this pump reads answers the close frame sent to it (by the other
+            // pump) with its own: read up to it, so that the socket does not close with
+            // bytes unread (a reset, which can take the close frame with it).
+            let _ = tokio::time::timeout(CLOSE_REPLY, until_close(&mut from, &mut buf)).await;
             return copied;
         }
         tokio::select! {
@@ -214,6 +222,41 @@ where
                 Ok(_) => {}
             },
             _ = ending.changed(), if boundary => {}
+        }
+    }
+}
+
+/// Reads and drops frames from `from` (`buf` holds what was read past the last boundary)
+/// until a close frame has arrived whole, `from` ends, or its bytes are not WebSocket framing.
+async fn until_close<R: AsyncRead + Unpin>(from: &mut R, buf: &mut BytesMut) {
+    // Payload bytes still to drop of the frame being read, and whether it is the close.
+    let mut remaining: u64 = 0;
+    let mut closing = false;
+    loop {
+        loop {
+            let drop = (remaining.min(buf.len() as u64)) as usize;
+            buf.advance(drop);
+            remaining -= drop as u64;
+            if remaining > 0 {
+                break;
+            }
+            if closing {
+                return;
+            }
+            let mut cursor = Cursor::new(&buf[..]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, len))) => {
+                    buf.advance(cursor.position() as usize);
+                    remaining = len;
+                    closing = header.opcode == OpCode::Control(Control::Close);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        match from.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
@@ -277,7 +320,7 @@ fn close_frame(e: Ending, masked: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::coding::Data;
 
     fn frame(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let header = FrameHeader {
@@ -336,6 +379,7 @@ mod tests {
             .write_all(&frame(OpCode::Data(Data::Text), b"late", None))
             .await
             .expect("write");
+        drop(client);
         pump.await.expect("join");
         let mut out = Vec::new();
         upstream.read_to_end(&mut out).await.expect("read");
@@ -356,6 +400,62 @@ mod tests {
             *b ^= mask[i % 4];
         }
         assert_eq!(payload, [0x03, 0xe9, b'b', b'y', b'e']);
+    }
+
+    /// Once its close frame went, a pump reads (and drops) what its side still sends until
+    /// that side's own close frame has arrived whole, and only then lets the socket go.
+    #[tokio::test]
+    async fn an_ending_waits_for_the_close_reply() {
+        let (mut client, relay_in) = tokio::io::duplex(1 << 16);
+        let (relay_out, mut upstream) = tokio::io::duplex(1 << 16);
+        let (end, ending) = watch::channel(None);
+        let pump = tokio::spawn(pump(relay_in, relay_out, false, ending));
+        let _ = end.send(Some(Ending {
+            code: 1001,
+            reason: "bye",
+        }));
+        let mut out = Vec::new();
+        upstream.read_to_end(&mut out).await.expect("read");
+        assert_eq!(
+            out,
+            close_frame(
+                Ending {
+                    code: 1001,
+                    reason: "bye"
+                },
+                false
+            )
+        );
+        // A frame in flight, then the reply cut in the middle of its header and payload.
+        let reply = frame(OpCode::Control(Control::Close), &[0x03, 0xe9], Some([7; 4]));
+        client
+            .write_all(&frame(
+                OpCode::Data(Data::Binary),
+                &[1u8; 300],
+                Some([1; 4]),
+            ))
+            .await
+            .expect("write");
+        client.write_all(&reply[..1]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pump.is_finished(), "gone before the reply");
+        client
+            .write_all(&reply[1..reply.len() - 1])
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pump.is_finished(), "gone before the whole reply");
+        let started = std::time::Instant::now();
+        client
+            .write_all(&reply[reply.len() - 1..])
+            .await
+            .expect("write");
+        assert_eq!(pump.await.expect("join"), 0);
+        assert!(
+            started.elapsed() < CLOSE_REPLY / 2,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Walks `input` in chunks of `cut` bytes as the relay does, asking for an ending once
