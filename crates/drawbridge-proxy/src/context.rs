@@ -216,7 +216,8 @@ impl Ctx {
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits, written once.
+    prefix: [u8; 16],
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -226,8 +227,10 @@ impl RequestIds {
         let mut seed = [0u8; 8];
         // A failing OS random source leaves a zero prefix: ids stay unique within the process.
         let _ = getrandom::fill(&mut seed);
+        let mut prefix = [0u8; 16];
+        hex(&mut prefix, u64::from_le_bytes(seed));
         Self {
-            prefix: u64::from_le_bytes(seed),
+            prefix,
             counter: Default::default(),
         }
     }
@@ -237,16 +240,22 @@ impl RequestIds {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let id = (u128::from(self.prefix) << 64) | u128::from(n);
         let mut digits = [0u8; 32];
-        for (i, d) in digits.iter_mut().enumerate() {
-            *d = HEX[((id >> (4 * (31 - i))) & 0xf) as usize];
-        }
+        digits[..16].copy_from_slice(&self.prefix);
+        hex(&mut digits[16..], n);
         // Hex digits are ASCII: this never falls back.
         std::str::from_utf8(&digits)
             .map(str::to_owned)
             .unwrap_or_default()
+    }
+}
+
+/// Writes `n` into `out` as lower-case hex digits, the last digit last.
+fn hex(out: &mut [u8], n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let last = out.len().saturating_sub(1);
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((n >> (4 * (last - i))) & 0xf) as usize];
     }
 }
 

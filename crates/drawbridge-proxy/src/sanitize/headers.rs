@@ -6,17 +6,18 @@ use std::sync::Arc;
 use drawbridge_config::NonstandardHeaderNames;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. Names, not strings: removing a
+/// header by a string parses the string first.
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// The index in [`HOP_BY_HOP`] of a header name (lower-case, as `HeaderName`s are): one
@@ -35,7 +36,7 @@ pub(crate) fn hop_by_hop(name: &str) -> Option<usize> {
         "upgrade" => 8,
         _ => return None,
     };
-    debug_assert_eq!(HOP_BY_HOP[i], name);
+    debug_assert_eq!(HOP_BY_HOP[i], *name);
     Some(i)
 }
 
@@ -262,7 +263,9 @@ fn connection_tokens(value: &HeaderValue, doomed: &mut Vec<HeaderName>) -> bool 
         if token.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         } else if token.eq_ignore_ascii_case("close")
-            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h))
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
         {
             // `close`, `keep-alive`: options, or names removed as hop-by-hop anyway.
         } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -300,7 +303,7 @@ pub fn strip_response_headers(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
-            headers.remove(*name);
+            headers.remove(name);
         }
     }
     for name in listed {
