@@ -157,7 +157,21 @@ where
             extra,
         };
         let (owner, value) = self.cache.get(&probe)?;
-        (Arc::ptr_eq(&owner, principal) || owner.same_as(principal)).then_some(value)
+        if Arc::ptr_eq(&owner, principal) {
+            return Some(value);
+        }
+        if !owner.same_as(principal) {
+            return None;
+        }
+        // Another copy of the same principal: requests that verified one credential at
+        // once each made their own, and the credential cache keeps one of them. The entry
+        // moves to the copy asking, so that its next lookups compare one pointer instead
+        // of every field (two copies in use by turns would move it each time: equal
+        // principals from two credentials are rare, as they differ in expiry).
+        if let Some((key, (_, kept))) = self.cache.remove(&probe) {
+            self.cache.insert(key, (principal.clone(), kept));
+        }
+        Some(value)
     }
 
     /// Keeps `value` for `principal` and `extra`, in place of any value kept before.
@@ -267,6 +281,40 @@ mod tests {
         let mut other = (*alice).clone();
         other.authenticator = "partner".into();
         assert_eq!(cache.get(&Arc::new(other), &"orders"), None);
+    }
+
+    /// A lookup by another copy of the kept principal moves the entry to that copy: its
+    /// next lookups compare a pointer.
+    #[test]
+    fn principal_cache_moves_to_the_copy_in_use() {
+        let cache: PrincipalCache<&str, u32> = PrincipalCache::new(100);
+        let owner = |c: &PrincipalCache<&str, u32>, p: &Principal| {
+            let probe = Probe {
+                authenticator: &p.authenticator,
+                id: &p.id,
+                extra: &"orders",
+            };
+            c.cache.peek(&probe).map(|(o, _)| o)
+        };
+        let first = caller("alice", &["dev"]);
+        cache.insert(&first, "orders", 1);
+        let second = caller("alice", &["dev"]);
+        assert_eq!(cache.get(&second, &"orders"), Some(1));
+        let kept = owner(&cache, &second).expect("kept");
+        assert!(Arc::ptr_eq(&kept, &second), "moved to the copy asking");
+        assert_eq!(cache.get(&second, &"orders"), Some(1));
+        assert_eq!(
+            cache.get(&first, &"orders"),
+            Some(1),
+            "the first copy still finds it"
+        );
+        let other = caller("alice", &["ops"]);
+        assert_eq!(cache.get(&other, &"orders"), None);
+        let kept = owner(&cache, &first).expect("kept");
+        assert!(
+            Arc::ptr_eq(&kept, &first),
+            "not moved by a principal saying otherwise"
+        );
     }
 
     /// A full principal cache evicts some entries, never all, and stays at its capacity.
