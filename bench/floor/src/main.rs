@@ -4,8 +4,11 @@
 //! logs). Same runtime (multi-threaded, one worker per CPU) and allocator (mimalloc) as
 //! Drawbridge, so that the benchmark's distance between the two is Drawbridge's own work.
 //!
+//! With a certificate and its key it serves TLS (1.3 and 1.2, HTTP/1.1 by ALPN) with the
+//! crypto provider Drawbridge uses (aws-lc-rs): the floor of a TLS listener.
+//!
 //! ```text
-//! drawbridge-floor LISTEN UPSTREAM      # drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
+//! drawbridge-floor LISTEN UPSTREAM [CERT KEY]   # drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
 //! ```
 #![forbid(unsafe_code)]
 
@@ -112,9 +115,39 @@ async fn proxy(
     Ok(http::Response::from_parts(parts, body))
 }
 
+/// A TLS server configuration from PEM files, as Drawbridge's listeners make theirs.
+fn tls_config(cert: &str, key: &str) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(std::io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(std::io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(std::io::Error::other)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves one client connection until it ends.
+async fn serve<S>(io: S, pool: Arc<Pool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = || std::io::Error::other("usage: drawbridge-floor LISTEN UPSTREAM");
+    let usage = || std::io::Error::other("usage: drawbridge-floor LISTEN UPSTREAM [CERT KEY]");
     let listen: SocketAddr = args
         .next()
         .ok_or_else(usage)?
@@ -125,6 +158,11 @@ fn main() -> std::io::Result<()> {
         .ok_or_else(usage)?
         .parse()
         .map_err(|_| usage())?;
+    let tls = match (args.next(), args.next()) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls_config(&cert, &key)?)),
+        (None, None) => None,
+        _ => return Err(usage()),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -141,12 +179,19 @@ fn main() -> std::io::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let pool = pool.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, pool));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            if let Ok(tls) = accept.await {
+                                serve(tls, pool).await;
+                            }
+                        });
+                    }
+                }
             }
         })
 }
