@@ -11,7 +11,9 @@
 //! The roster is also swept once a second: an HTTP/1.1 connection that took no request
 //! since the previous sweep is asked to park, letting its HTTP state and buffers go until
 //! the client sends again (see [`crate::accept`]), so an idle connection costs little more
-//! than its socket.
+//! than its socket. A sweep after which many connections let their state go (parked, or
+//! closed) says so through [`releases`]: the process can then give the freed memory back to
+//! the system, which an allocator otherwise keeps for a while, or until it is next busy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,20 @@ pub struct Roster {
     clock: Arc<AtomicU64>,
     /// Woken whenever a connection leaves.
     left: Notify,
+    /// Connections that left since the previous sweep.
+    departed: AtomicU64,
+}
+
+/// Connections parked or closed in one sweep's time for the process to give memory back.
+const RELEASE_AFTER: u64 = 64;
+
+/// Moves once for each sweep after which many connections had let their state go.
+static RELEASES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times many connections have let their state go (parked, or closed): when this
+/// moves, memory they held was freed, and the process may give it back to the system.
+pub fn releases() -> u64 {
+    RELEASES.load(Ordering::Relaxed)
 }
 
 struct Listed {
@@ -139,22 +155,32 @@ impl Roster {
 /// How often idle connections are asked to park: one idle for a whole period parks.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Sweeps `roster` every `every` until it is dropped.
+/// Sweeps `roster` every `every` until it is dropped. Connections asked to park let their
+/// state go after the sweep, so they count as released at the next one too.
 pub async fn sweep_every(roster: std::sync::Weak<Roster>, every: std::time::Duration) {
+    let mut parking = 0;
     loop {
         tokio::time::sleep(every).await;
-        match roster.upgrade() {
-            Some(r) => {
-                r.sweep();
-            }
-            None => return,
+        let Some(r) = roster.upgrade() else { return };
+        let asked = r.sweep() as u64;
+        let closed = r.departed.swap(0, Ordering::Relaxed);
+        if released(asked, closed, parking) {
+            RELEASES.fetch_add(1, Ordering::Relaxed);
         }
+        parking = asked;
     }
+}
+
+/// Whether a sweep that asked `asked` connections to park and saw `closed` leave, after one
+/// that asked `parking`, says memory was freed.
+fn released(asked: u64, closed: u64, parking: u64) -> bool {
+    asked + closed >= RELEASE_AFTER || parking >= RELEASE_AFTER
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
         self.roster.lock().try_remove(self.key);
+        self.roster.departed.fetch_add(1, Ordering::Relaxed);
         self.roster.left.notify_waiters();
     }
 }
@@ -208,6 +234,35 @@ mod tests {
         roster.evict(Some(0));
         assert!(second.eviction.is_evicted());
         assert!(!first.eviction.is_evicted());
+    }
+
+    /// Many connections parking (at the sweep that asks them and the next, when they have
+    /// let go) or closing move the release count; a few do not.
+    #[tokio::test]
+    async fn many_connections_parking_or_closing_say_memory_was_freed() {
+        assert!(released(RELEASE_AFTER, 0, 0) && released(0, 0, RELEASE_AFTER));
+        assert!(released(RELEASE_AFTER / 2, RELEASE_AFTER / 2, 0));
+        assert!(!released(RELEASE_AFTER - 1, 0, RELEASE_AFTER - 1));
+        let every = std::time::Duration::from_millis(20);
+        // The count moves within a few sweeps.
+        let moves = |before: u64| async move {
+            for _ in 0..100 {
+                if releases() > before {
+                    return true;
+                }
+                tokio::time::sleep(every).await;
+            }
+            false
+        };
+        let roster = Arc::new(Roster::default());
+        let conns: Vec<_> = (0..RELEASE_AFTER).map(|_| conn(&roster, 0)).collect();
+        let before = releases();
+        tokio::spawn(sweep_every(Arc::downgrade(&roster), every));
+        assert!(moves(before).await, "all asked to park");
+        assert!(conns.iter().all(|(s, _)| s.eviction.take_park()));
+        drop(conns);
+        let before = releases();
+        assert!(moves(before).await, "all closed");
     }
 
     #[test]
