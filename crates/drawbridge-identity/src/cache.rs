@@ -167,8 +167,13 @@ where
         // once each made their own, and the credential cache keeps one of them. The entry
         // moves to the copy asking, so that its next lookups compare one pointer instead
         // of every field (two copies in use by turns would move it each time: equal
-        // principals from two credentials are rare, as they differ in expiry).
-        if let Some((key, (_, kept))) = self.cache.remove(&probe) {
+        // principals from two credentials are rare, as they differ in expiry). Only the
+        // entry compared moves: one that another request put there meanwhile (for a
+        // principal whose groups changed) is never handed to this one.
+        if let Some((key, (_, kept))) = self
+            .cache
+            .remove_if(&probe, |(o, _)| Arc::ptr_eq(o, &owner))
+        {
             self.cache.insert(key, (principal.clone(), kept));
         }
         Some(value)

@@ -227,10 +227,8 @@ impl RequestIds {
         let mut seed = [0u8; 8];
         // A failing OS random source leaves a zero prefix: ids stay unique within the process.
         let _ = getrandom::fill(&mut seed);
-        let mut prefix = [0u8; 16];
-        hex(&mut prefix, u64::from_le_bytes(seed));
         Self {
-            prefix,
+            prefix: hex(u64::from_le_bytes(seed)),
             counter: Default::default(),
         }
     }
@@ -242,7 +240,7 @@ impl RequestIds {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut digits = [0u8; 32];
         digits[..16].copy_from_slice(&self.prefix);
-        hex(&mut digits[16..], n);
+        digits[16..].copy_from_slice(&hex(n));
         // Hex digits are ASCII: this never falls back.
         std::str::from_utf8(&digits)
             .map(str::to_owned)
@@ -250,13 +248,10 @@ impl RequestIds {
     }
 }
 
-/// Writes `n` into `out` as lower-case hex digits, the last digit last.
-fn hex(out: &mut [u8], n: u64) {
+/// `n` as 16 lower-case hex digits.
+fn hex(n: u64) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let last = out.len().saturating_sub(1);
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = HEX[((n >> (4 * (last - i))) & 0xf) as usize];
-    }
+    std::array::from_fn(|i| HEX[((n >> (4 * (15 - i))) & 0xf) as usize])
 }
 
 impl Default for RequestIds {
