@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::context::{ConnInfo, Shared};
-use crate::io::{HeadTimeout, IdleIo, Streams};
+use crate::io::{HeadTimeout, IdleIo, Parks, Streams, TlsParking};
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -416,9 +416,15 @@ fn pipeline(
 + 'static {
     service_fn(move |req| {
         let shared = shared.clone();
+        // Open from the moment the server has the request, not from the future's first
+        // poll: an HTTP/1.1 server reads on (to see the client leave) before it polls the
+        // request's future, and such a read must not find the connection idle and park it.
+        let stream = conn.streams.open();
         let conn = conn.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(crate::pipeline::handle(shared, conn, req).await)
+            Ok::<_, std::convert::Infallible>(
+                crate::pipeline::handle(shared, conn, stream, req).await,
+            )
         }
     })
 }
@@ -513,43 +519,78 @@ fn auto_server(
 }
 
 /// A plaintext connection: HTTP/2 with prior knowledge (its first bytes may be the
-/// preface's), or HTTP/1.1 served by hyper's HTTP/1.1 server directly, which parks whenever
-/// it is idle for a sweep of the roster: hyper's connection (its state and buffers) goes,
-/// and is made again when the client next sends.
+/// preface's), or HTTP/1.1 served by [`serve_h1`], which parks it while idle.
+///
+/// The sniff, and an HTTP/2 connection, are served in a box: once the connection is known
+/// to speak HTTP/1.1 it goes on without them, and a parked connection's state is its
+/// socket, what it was accepted with, and the wait for its next bytes.
+fn serve_plain(
+    conn: Accepted,
+    io: IdleIo<TcpStream>,
+    offers_h2: bool,
+) -> impl std::future::Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    if !offers_h2 {
+        return Either::Left(plain_h1(conn, io));
+    }
+    Either::Right(
+        Box::pin(h2_by_prior_knowledge(conn, io)).then(|h1| match h1 {
+            Some((conn, io)) => Either::Left(plain_h1(conn, io)),
+            None => Either::Right(std::future::ready(())),
+        }),
+    )
+}
+
+/// Serves a plaintext connection known to speak HTTP/2 with prior knowledge; hands it back
+/// when it speaks HTTP/1.1 instead. Nothing when it is to close.
+async fn h2_by_prior_knowledge(
+    mut conn: Accepted,
+    io: IdleIo<TcpStream>,
+) -> Option<(Accepted, IdleIo<TcpStream>)> {
+    match sniff_h2(&mut conn, &io).await? {
+        false => Some((conn, io)),
+        true => {
+            let info = conn.info(false, None, None);
+            let c = auto_server(&conn.limits, true)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(io),
+                    pipeline(conn.shared.clone(), info),
+                )
+                .into_owned();
+            Box::pin(conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())).await;
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 on a plaintext connection, parking while idle.
+fn plain_h1(
+    mut conn: Accepted,
+    mut io: IdleIo<TcpStream>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let info = conn.info(false, None, None);
+    io.set_parkable();
+    serve_h1(conn, io, info)
+}
+
+/// HTTP/1.1 by hyper's HTTP/1.1 server directly, parking whenever the connection is idle
+/// for a sweep of the roster: hyper's connection (its state and buffers) goes, and is made
+/// again when the client next sends.
 ///
 /// A plain function around an `async move` block that uses its arguments in place (an
-/// `async fn` would keep a second copy of each), and whatever lives only while a request
-/// is served (the sniff, hyper's connection and its driver) is boxed: a parked connection's
-/// state is its socket, what it was accepted with, and the wait for its next bytes.
+/// `async fn` would keep a second copy of each), and hyper's connection and its driver,
+/// which live only while requests are served, are boxed.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps a copy of each argument beside the one it moves"
 )]
-fn serve_plain(
+fn serve_h1<P: Parks>(
     mut conn: Accepted,
-    mut io: IdleIo<TcpStream>,
-    offers_h2: bool,
+    mut io: P,
+    info: Arc<ConnInfo>,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        if offers_h2 {
-            match Box::pin(sniff_h2(&mut conn, &io)).await {
-                Some(false) => {}
-                Some(true) => {
-                    let info = conn.info(false, None, None);
-                    let c = auto_server(&conn.limits, offers_h2)
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(io),
-                            pipeline(conn.shared.clone(), info),
-                        )
-                        .into_owned();
-                    Box::pin(conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())).await;
-                    return;
-                }
-                None => return,
-            }
-        }
-        let info = conn.info(false, None, None);
-        io.set_parkable();
         loop {
             let mut c = Box::new(
                 h1_server(&conn.limits)
@@ -578,7 +619,7 @@ fn serve_plain(
             let metrics = info.streams.listener();
             metrics.parked(true);
             let woke = wait_parked(
-                &io,
+                io.idle_io(),
                 &mut conn.stop,
                 &conn.streams,
                 conn.aged_at,
@@ -615,9 +656,9 @@ async fn sniff_h2(conn: &mut Accepted, io: &IdleIo<TcpStream>) -> Option<bool> {
 /// The socket of a connection hyper finished because it parked, hyper's state let go, and
 /// the bytes it had read and not parsed; `None` when it finished otherwise: upgraded (a
 /// tunnel has the socket), or closed.
-fn parked<S>(
-    c: hyper::server::conn::http1::UpgradeableConnection<TokioIo<IdleIo<TcpStream>>, S>,
-) -> Option<(IdleIo<TcpStream>, bytes::Bytes)>
+fn parked<P: Parks, S>(
+    c: hyper::server::conn::http1::UpgradeableConnection<TokioIo<P>, S>,
+) -> Option<(P, bytes::Bytes)>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
 {
@@ -684,16 +725,13 @@ async fn serve_tls(
         },
     };
     let info = conn.info(true, client_cert, sni);
-    let service = pipeline(conn.shared.clone(), info);
     if alpn_h1 {
-        // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone.
-        let c = h1_server(&conn.limits)
-            .serve_connection(TokioIo::new(tls_stream), service)
-            .with_upgrades();
-        conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())
-            .await;
+        // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone, above TLS, and
+        // parking while idle as over plaintext (the TLS session stays; hyper's state goes).
+        serve_h1(conn, TlsParking::new(tls_stream), info).await;
         return;
     }
+    let service = pipeline(conn.shared.clone(), info);
     let builder = auto_server(&conn.limits, offers_h2);
     let builder = if h2 { builder.http2_only() } else { builder };
     let c = builder

@@ -61,14 +61,27 @@ pub struct IdleIo<T> {
     head_pending: Option<(u64, u64, bool)>,
     /// The socket is the client's own (no TLS above it): a `408` can be written to it.
     plaintext: bool,
-    /// HTTP/1.1 served by a connection that can be rebuilt: asked to park while idle, a read
-    /// ends (EOF) so that hyper lets the connection go.
-    parkable: bool,
-    /// The read ended to park: the shutdown that follows is not passed on.
+    /// HTTP/1.1 served by a connection that can be rebuilt: how it parks when asked while
+    /// idle.
+    parking: Parking,
+    /// Asked to park and idle: the read ended (or, under TLS, the layer above ends it) and
+    /// the shutdown that follows is not passed on.
     parked: bool,
     /// Bytes the previous HTTP/1.1 connection had read but not parsed when it parked (the
     /// start of a pipelined head), given to the next one before the socket's.
     replay: Option<Box<bytes::Bytes>>,
+}
+
+/// How an idle HTTP/1.1 connection parks when the roster asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parking {
+    /// It does not (HTTP/2, or not yet known).
+    No,
+    /// Hyper reads this socket: the read ends (EOF) and hyper lets the connection go.
+    Here,
+    /// TLS is above: ending the read here would be a TLS error; [`TlsParking`] ends it
+    /// above TLS when TLS has nothing either.
+    Above,
 }
 
 /// The error a connection ends with when a request head did not arrive in time; the
@@ -252,15 +265,41 @@ impl<T> IdleIo<T> {
             writes: 0,
             head_pending: None,
             plaintext,
-            parkable: false,
+            parking: Parking::No,
             parked: false,
             replay: None,
         }
     }
 
-    /// Lets the connection park when the roster asks (plaintext HTTP/1.1 only).
+    /// Lets the connection park when the roster asks (plaintext HTTP/1.1).
     pub fn set_parkable(&mut self) {
-        self.parkable = true;
+        self.parking = Parking::Here;
+    }
+
+    /// Lets the connection park when the roster asks, HTTP/1.1 over TLS read through a
+    /// [`TlsParking`].
+    pub fn set_parkable_under_tls(&mut self) {
+        self.parking = Parking::Above;
+    }
+
+    /// Whether to park now, when a read would wait: idle between requests (nothing of a
+    /// request read since the last response was written) and asked to. Marks it parked.
+    fn park_now(&mut self) -> bool {
+        self.parked = self.parking != Parking::No
+            && !self.reading
+            && !self.h2
+            && self.streams.is_idle()
+            && self.streams.eviction.take_park();
+        self.parked
+    }
+
+    /// A request arrives from above (bytes replayed after a park, or decrypted by TLS):
+    /// the connection does not park again until it is answered, and the head timeout
+    /// applies.
+    fn arriving(&mut self) {
+        self.active = true;
+        self.read_any = true;
+        self.reading = true;
     }
 
     /// Whether the last read ended to park the connection.
@@ -421,18 +460,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(held) = this.replay.as_deref_mut() {
+        if replayed(&mut this.replay, buf) {
             // A head that began before the park: reading it is a request arriving, so the
             // connection does not park again until it is answered.
-            let n = held.len().min(buf.remaining());
-            buf.put_slice(&held[..n]);
-            bytes::Buf::advance(held, n);
-            if held.is_empty() {
-                this.replay = None;
-            }
-            this.active = true;
-            this.read_any = true;
-            this.reading = true;
+            this.arriving();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -454,14 +485,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
             }
             // Idle between requests and asked to park: an end of input, on which hyper
             // finishes the connection cleanly and its state and buffers can go.
-            Poll::Pending
-                if this.parkable
-                    && !this.reading
-                    && !this.h2
-                    && this.streams.is_idle()
-                    && this.streams.eviction.take_park() =>
-            {
-                this.parked = true;
+            Poll::Pending if this.parking == Parking::Here && this.park_now() => {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => this.poll_idle(cx),
@@ -527,7 +551,152 @@ impl<T> IdleIo<T> {
     }
 }
 
+/// Reads into `buf` from `replay` (bytes read before a park, to be read again first), if
+/// there are any left; whether it did.
+fn replayed(replay: &mut Option<Box<bytes::Bytes>>, buf: &mut ReadBuf<'_>) -> bool {
+    let Some(held) = replay.as_deref_mut() else {
+        return false;
+    };
+    let n = held.len().min(buf.remaining());
+    buf.put_slice(&held[..n]);
+    bytes::Buf::advance(held, n);
+    if held.is_empty() {
+        *replay = None;
+    }
+    true
+}
+
 /// A waker that does nothing: the `408` is written in one attempt that never waits.
 fn futures_noop_waker() -> Waker {
     Waker::noop().clone()
+}
+
+/// The I/O of an HTTP/1.1 connection that parks while idle: hyper's connection is let go
+/// when a read ends to park, and a new one made over the same I/O when the client sends
+/// again.
+pub trait Parks: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection's own socket and deadlines, to wait on while parked.
+    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream>;
+    /// Whether the last read ended to park.
+    fn is_parked(&self) -> bool;
+    /// Back from parking, with `held`, the bytes hyper had read and not parsed: they are
+    /// read again first.
+    fn unpark(&mut self, held: bytes::Bytes);
+}
+
+impl Parks for IdleIo<tokio::net::TcpStream> {
+    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream> {
+        self
+    }
+
+    fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    fn unpark(&mut self, held: bytes::Bytes) {
+        IdleIo::unpark(self, held);
+    }
+}
+
+type TlsOverIdle = tokio_rustls::server::TlsStream<IdleIo<tokio::net::TcpStream>>;
+
+/// HTTP/1.1 over TLS, parking: hyper reads through this, above TLS. When a read would wait
+/// (nothing from the socket, nothing decrypted and unread) and the socket below (an
+/// [`IdleIo`] set to park under TLS) is idle and asked to park, the read ends here, so that
+/// hyper lets its connection go while the TLS session stays as it is; the shutdown that
+/// follows is not passed on (no `close_notify`: the connection stays open).
+pub struct TlsParking {
+    inner: TlsOverIdle,
+    /// The start of a pipelined head hyper had read when it parked, read again first.
+    replay: Option<Box<bytes::Bytes>>,
+}
+
+impl TlsParking {
+    /// `inner`, its socket set to park under TLS.
+    pub fn new(mut inner: TlsOverIdle) -> Self {
+        inner.get_mut().0.set_parkable_under_tls();
+        Self {
+            inner,
+            replay: None,
+        }
+    }
+}
+
+impl Parks for TlsParking {
+    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream> {
+        self.inner.get_ref().0
+    }
+
+    fn is_parked(&self) -> bool {
+        self.inner.get_ref().0.parked
+    }
+
+    fn unpark(&mut self, held: bytes::Bytes) {
+        let below = &mut self.inner.get_mut().0;
+        below.unpark(bytes::Bytes::new());
+        if !held.is_empty() {
+            below.arriving();
+            self.replay = Some(Box::new(held));
+        }
+    }
+}
+
+impl AsyncRead for TlsParking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if replayed(&mut this.replay, buf) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            // Nothing from the socket nor in the TLS session's buffers, idle and asked to
+            // park: an end of input for hyper.
+            Poll::Pending if this.inner.get_mut().0.park_now() => Poll::Ready(Ok(())),
+            // Bytes of a request, which the socket below may have delivered long before (a
+            // request sent with the handshake's last flight is decrypted with it, and the
+            // session tickets written after it): a request is arriving from here on.
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.inner.get_mut().0.arriving();
+                Poll::Ready(Ok(()))
+            }
+            polled => polled,
+        }
+    }
+}
+
+impl AsyncWrite for TlsParking {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.inner.get_ref().0.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

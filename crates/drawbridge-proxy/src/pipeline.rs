@@ -34,12 +34,15 @@ use crate::rescue::{self, ProxyError};
 use crate::snapshot::{ListenerEntry, Snapshot};
 
 /// Runs one request through the pipeline; never fails: errors become responses (rescue).
+/// `stream` counts the request open on its connection: taken when the server handed the
+/// request over, before this future is first polled, so that a connection is never taken
+/// for idle while a request it read waits to be served.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
+    stream: crate::io::StreamGuard,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let stream = conn.streams.open();
     let snapshot = shared.snapshot.load_full();
     let listener = &snapshot.listeners[conn.listener];
     let (parts, body) = req.into_parts();

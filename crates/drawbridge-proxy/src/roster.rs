@@ -110,7 +110,8 @@ impl Roster {
     }
 
     /// Asks every connection that took no request since the previous sweep and has none
-    /// open to park (those that can: plaintext HTTP/1.1). Returns how many were asked.
+    /// open to park (those that can: HTTP/1.1, over plaintext or TLS). Returns how many
+    /// were asked.
     pub fn sweep(&self) -> usize {
         let mut conns = self.lock();
         let mut asked = 0;

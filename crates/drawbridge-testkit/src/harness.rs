@@ -359,3 +359,64 @@ pub async fn json_lines(
     }
     lines
 }
+
+/// A TLS listener for `a.test` with `limits_toml` (and `extra`, more of the config), in
+/// front of a recording upstream: its CA, the proxy, the certificates' directory, the
+/// upstream.
+pub async fn tls_listener(
+    limits_toml: &str,
+    extra: &str,
+) -> (
+    crate::certs::TestCa,
+    Harness,
+    tempfile::TempDir,
+    crate::RecordingUpstream,
+) {
+    let ca = crate::certs::TestCa::new("test ca");
+    let up = crate::RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf = ca.leaf(&["a.test"]);
+    crate::write_file(dir.path(), "a.crt", &leaf.cert_pem);
+    crate::write_file(dir.path(), "a.key", &leaf.key_pem);
+    let d = dir.path().display();
+    let cfg = config(&upstream_and_route("app", &up.url()))
+        .with(extra)
+        .listener("limits", table(limits_toml))
+        .listener(
+            "tls",
+            table(&format!(
+                "[[certificates]]\ncert = \"{d}/a.crt\"\nkey = \"{d}/a.key\"\n"
+            )),
+        );
+    let h = Harness::start(&cfg).await;
+    (ca, h, dir, up)
+}
+
+/// A TLS connection to `h`'s first listener as `a.test`, offering `alpn`, trusting `ca`.
+pub async fn tls_connect(
+    ca: &crate::certs::TestCa,
+    h: &Harness,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(h.addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("a.test").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake")
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use drawbridge_testkit::RecordingUpstream;
 use drawbridge_testkit::harness::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn proxied(up: &RecordingUpstream) -> Config {
@@ -18,7 +18,7 @@ fn proxied(up: &RecordingUpstream) -> Config {
 
 /// One GET on `s`; the status line, or `None` when the connection closed or nothing came
 /// within two seconds.
-async fn exchange(s: &mut TcpStream) -> Option<String> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Option<String> {
     s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .ok()?;
@@ -26,7 +26,7 @@ async fn exchange(s: &mut TcpStream) -> Option<String> {
 }
 
 /// Reads one whole response (head and `content-length` body).
-async fn read_response(s: &mut TcpStream) -> Option<String> {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -252,6 +252,148 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
     let status = read_response(&mut s).await.expect("answered");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(up.last().expect("forwarded").target, "/pieces");
+}
+
+/// HTTP/1.1 over TLS parks too: hyper's state goes while the TLS session stays, and the
+/// same session serves the next requests, pipelined ones and a head split across the park
+/// included.
+#[tokio::test]
+async fn an_idle_tls_connection_parks_and_serves_its_next_requests() {
+    let (ca, h, _dir, up) = tls_listener(
+        "idle_timeout = \"1m\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let mut s = tls_connect(&ca, &h, b"http/1.1").await;
+    let status = exchange(&mut s).await.expect("served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    let status = exchange(&mut s).await.expect("served after parking");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\nGET /second HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    for _ in 0..2 {
+        let status = read_response(&mut s).await.expect("answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(b"GET /pieces HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    s.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"Host: a.test\r\n\r\n").await.expect("write");
+    let status = read_response(&mut s).await.expect("answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/x", "/x", "/first", "/second", "/pieces"]);
+    // A pipelined request and half of the next in one write, parked with the half held.
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost")
+        .await
+        .expect("write");
+    let status = read_response(&mut s).await.expect("first answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b": a.test\r\n\r\n").await.expect("write");
+    let status = read_response(&mut s).await.expect("second answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(up.last().expect("forwarded").target, "/two");
+}
+
+/// Requests the server has read but not yet begun to serve keep a connection busy: two
+/// pipelined requests arrive on a connection asked to park before it spoke (while the server
+/// looked for HTTP/2's preface); the second waits in the server's buffer while the first is
+/// answered, and the read the server makes meanwhile must not park the connection under it.
+#[tokio::test]
+async fn pipelined_requests_on_a_connection_asked_to_park_are_all_served() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&proxied(&up)).await;
+    let mut s = TcpStream::connect(h.addr).await.expect("connect");
+    // Listed and silent through a sweep of the roster: asked to park.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    for _ in 0..2 {
+        let status = read_response(&mut s).await.expect("answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/first", "/second"]);
+}
+
+/// A request sent in the handshake's last flight, on a connection asked to park while it
+/// shook hands: TLS decrypts the request with the client's `Finished`, the session tickets
+/// are written after it, and the server reads on before it serves the request. None of that
+/// may pass for an idle connection: the request is served, on that connection.
+#[tokio::test]
+async fn a_request_sent_with_the_handshake_is_served_on_a_connection_asked_to_park() {
+    let (ca, h, _dir, up) = tls_listener("idle_timeout = \"1m\"", "").await;
+    for n in 0..3 {
+        let tcp = std::net::TcpStream::connect(h.addr).expect("connect");
+        // Listed and idle through a sweep of the roster: asked to park before the handshake.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let ca_pem = ca.cert_pem.clone();
+        let target = format!("/early-{n}");
+        let status =
+            tokio::task::spawn_blocking(move || request_with_finished(tcp, &ca_pem, &target))
+                .await
+                .expect("client");
+        assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "request {n}");
+        assert_eq!(up.last().expect("forwarded").target, format!("/early-{n}"));
+    }
+    assert_eq!(up.count(), 3);
+}
+
+/// A TLS client that writes `GET target` before the handshake is done, so that it leaves in
+/// the same write as its `Finished`; the response's status line, `None` if the connection
+/// ended first (or nothing came within 5 s).
+fn request_with_finished(
+    mut tcp: std::net::TcpStream,
+    ca_pem: &str,
+    target: &str,
+) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("client");
+    // Held until the handshake is done, then sent with the client's last flight.
+    tls.writer()
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+        .expect("buffered");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).ok()?;
+    }
+    let mut got = Vec::new();
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    head.lines().next().map(str::to_owned)
 }
 
 /// A connection that sent a request and half of the next head in one write, and was answered

@@ -108,62 +108,6 @@ async fn a_trickling_body_past_the_deadline_is_the_clients_fault() {
     assert!(up.count() >= 1);
 }
 
-/// A TLS listener for `a.test` with `limits_toml`, in front of a recording upstream.
-async fn tls_listener(
-    limits_toml: &str,
-) -> (
-    drawbridge_testkit::certs::TestCa,
-    Harness,
-    tempfile::TempDir,
-    RecordingUpstream,
-) {
-    let ca = drawbridge_testkit::certs::TestCa::new("test ca");
-    let up = RecordingUpstream::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let leaf = ca.leaf(&["a.test"]);
-    drawbridge_testkit::write_file(dir.path(), "a.crt", &leaf.cert_pem);
-    drawbridge_testkit::write_file(dir.path(), "a.key", &leaf.key_pem);
-    let d = dir.path().display();
-    let cfg = config(&upstream_and_route("app", &up.url()))
-        .listener("limits", table(limits_toml))
-        .listener(
-            "tls",
-            table(&format!(
-                "[[certificates]]\ncert = \"{d}/a.crt\"\nkey = \"{d}/a.key\"\n"
-            )),
-        );
-    let h = Harness::start(&cfg).await;
-    (ca, h, dir, up)
-}
-
-async fn tls_connect(
-    ca: &drawbridge_testkit::certs::TestCa,
-    h: &Harness,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca"))
-        .expect("root");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(h.addr).await.expect("connect");
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls_pki_types::ServerName::try_from("a.test").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake")
-}
-
 /// How long until the server closes `s` (reads return 0 or fail), at most `limit`.
 async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
@@ -184,7 +128,7 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
 #[tokio::test]
 async fn connections_that_bring_no_request_are_closed_at_the_header_timeout() {
     let limits = "header_read_timeout = \"500ms\"\nidle_timeout = \"1m\"";
-    let (ca, h, _d, up) = tls_listener(limits).await;
+    let (ca, h, _d, up) = tls_listener(limits, "").await;
     // Handshake done, then silence: over HTTP/1.1 and HTTP/2 alike.
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let mut s = tls_connect(&ca, &h, alpn).await;
