@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::context::{ConnInfo, Shared};
 use crate::io::{HeadTimeout, IdleIo, Parks, Streams, TlsParking};
+use crate::placement;
 
 /// Binds a listener socket.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -55,7 +56,8 @@ pub async fn accept_loop(
     let mut spare = Spare::open();
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            // The new socket's registration lives as long as the connection.
+            r = std::future::poll_fn(|cx| placement::long_lived(|| listener.poll_accept(cx))) => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     let snapshot = shared.snapshot.load_full();
@@ -101,7 +103,11 @@ pub async fn accept_loop(
             _drain: drain,
             metrics,
         };
-        tokio::spawn(serve_connection(shared, index, stream, peer, stop, held));
+        // The connection's task and what it keeps while it lives are made here, apart from
+        // what its requests will allocate (see `placement`).
+        placement::long_lived(|| {
+            tokio::spawn(serve_connection(shared, index, stream, peer, stop, held))
+        });
     }
 }
 
@@ -429,14 +435,17 @@ fn pipeline(
     })
 }
 
-async fn serve_connection(
+/// A new connection's state, made at once (its task is spawned with what it returns), and
+/// the future that serves it.
+fn serve_connection(
     shared: Arc<Shared>,
     index: usize,
     stream: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     held: Held,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
+    use futures_util::future::Either;
     let snapshot = shared.snapshot.load_full();
     let entry = &snapshot.listeners[index];
     let limits = entry.limits.clone();
@@ -448,7 +457,7 @@ async fn serve_connection(
         shared.roster.eviction(),
     ));
     // Listed while hyper serves it, so a full listener can close it when idle.
-    let _listed = shared.roster.enter(index, streams.clone());
+    let listed = shared.roster.enter(index, streams.clone());
     let io = IdleIo::new(
         stream,
         limits.idle_timeout,
@@ -468,9 +477,13 @@ async fn serve_connection(
         aged_at,
     };
     // Each protocol's state in a box of its own, so that no connection carries another's.
-    match tls {
-        None => Box::pin(serve_plain(conn, io, offers_h2)).await,
-        Some(cfg) => Box::pin(serve_tls(conn, io, cfg, offers_h2)).await,
+    let serving = match tls {
+        None => Either::Left(Box::pin(serve_plain(conn, io, offers_h2))),
+        Some(cfg) => Either::Right(Box::pin(serve_tls(conn, io, cfg, offers_h2))),
+    };
+    async move {
+        let _listed = listed;
+        serving.await
     }
 }
 
@@ -551,7 +564,7 @@ async fn h2_by_prior_knowledge(
     match sniff_h2(&mut conn, &io).await? {
         false => Some((conn, io)),
         true => {
-            let info = conn.info(false, None, None);
+            let info = placement::long_lived(|| conn.info(false, None, None));
             let c = auto_server(&conn.limits, true)
                 .serve_connection_with_upgrades(
                     TokioIo::new(io),
@@ -569,7 +582,7 @@ fn plain_h1(
     mut conn: Accepted,
     mut io: IdleIo<TcpStream>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let info = conn.info(false, None, None);
+    let info = placement::long_lived(|| conn.info(false, None, None));
     io.set_parkable();
     serve_h1(conn, io, info)
 }
@@ -724,7 +737,7 @@ async fn serve_tls(
             }
         },
     };
-    let info = conn.info(true, client_cert, sni);
+    let info = placement::long_lived(|| conn.info(true, client_cert, sni));
     if alpn_h1 {
         // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone, above TLS, and
         // parking while idle as over plaintext (the TLS session stays; hyper's state goes).

@@ -28,6 +28,7 @@ pub mod io;
 pub mod mfa;
 pub mod page;
 pub mod pipeline;
+pub mod placement;
 pub mod reload;
 pub mod rescue;
 pub mod roster;
