@@ -95,7 +95,6 @@ pub async fn accept_loop(
         let stop = stop.clone();
         // The connection's slot and its place in the drain go with it, to a tunnel too.
         let metrics = entry.metrics.clone();
-        drop(snapshot);
         metrics.opened();
         let held = Held {
             permit: Some(permit),
@@ -106,7 +105,9 @@ pub async fn accept_loop(
         // The connection's task and what it keeps while it lives are made here, apart from
         // what its requests will allocate (see `placement`).
         placement::long_lived(|| {
-            tokio::spawn(serve_connection(shared, index, stream, peer, stop, held))
+            tokio::spawn(serve_connection(
+                shared, index, entry, stream, peer, stop, held,
+            ))
         });
     }
 }
@@ -436,22 +437,21 @@ fn pipeline(
 }
 
 /// A new connection's state, made at once (its task is spawned with what it returns), and
-/// the future that serves it.
+/// the future that serves it; `entry` is its listener as the snapshot it was accepted under
+/// has it.
 fn serve_connection(
     shared: Arc<Shared>,
     index: usize,
+    entry: &crate::snapshot::ListenerEntry,
     stream: TcpStream,
     peer: SocketAddr,
     stop: watch::Receiver<bool>,
     held: Held,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> impl std::future::Future<Output = ()> + Send + use<> {
     use futures_util::future::Either;
-    let snapshot = shared.snapshot.load_full();
-    let entry = &snapshot.listeners[index];
     let limits = entry.limits.clone();
     let offers_h2 = entry.http2;
     let tls = entry.tls.clone();
-    drop(snapshot);
     let streams = Arc::new(Streams::with(
         held.metrics.clone(),
         shared.roster.eviction(),
