@@ -221,37 +221,45 @@ async fn until_metric(h: &Harness, name: &str, want: f64) {
     panic!("{name} is {last}, not {want}");
 }
 
+/// On `s`, served one `GET /x`: parked, it serves the next request and is back; parked
+/// again, two requests in one write (pipelined), answered in order; parked again, a head
+/// sent in pieces across the park is one request. The upstream receives each.
+async fn serves_across_parks<S: AsyncRead + AsyncWrite + Unpin>(
+    h: &Harness,
+    up: &RecordingUpstream,
+    s: &mut S,
+) {
+    until_metric(h, "drawbridge_connections_parked", 1.0).await;
+    let status = exchange(s).await.expect("served after parking");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(metric(h, "drawbridge_connections_parked").await, 0.0);
+    until_metric(h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    for _ in 0..2 {
+        let status = read_response(s).await.expect("answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    }
+    until_metric(h, "drawbridge_connections_parked", 1.0).await;
+    s.write_all(b"GET /pieces HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    s.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"Host: x\r\n\r\n").await.expect("write");
+    let status = read_response(s).await.expect("answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/x", "/x", "/first", "/second", "/pieces"]);
+}
+
 #[tokio::test]
 async fn an_idle_connection_parks_and_serves_its_next_requests() {
     let up = RecordingUpstream::start().await;
     let h = Harness::start(&with_admin(proxied(&up))).await;
     let mut s = idle(h.addr).await;
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    // The next request on the same connection is served, and the connection is back.
-    let status = exchange(&mut s).await.expect("served after parking");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    assert_eq!(metric(&h, "drawbridge_connections_parked").await, 0.0);
-    // Parked again; then two requests in one write (pipelined), both answered in order.
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    for _ in 0..2 {
-        let status = read_response(&mut s).await.expect("answered");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    }
-    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
-    assert_eq!(targets, ["/x", "/x", "/first", "/second"]);
-    // A request head sent in pieces across a park is one request.
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    s.write_all(b"GET /pieces HTTP/1.1\r\n")
-        .await
-        .expect("write");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    s.write_all(b"Host: x\r\n\r\n").await.expect("write");
-    let status = read_response(&mut s).await.expect("answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    assert_eq!(up.last().expect("forwarded").target, "/pieces");
+    serves_across_parks(&h, &up, &mut s).await;
 }
 
 /// HTTP/1.1 over TLS parks too: hyper's state goes while the TLS session stays, and the
@@ -267,30 +275,7 @@ async fn an_idle_tls_connection_parks_and_serves_its_next_requests() {
     let mut s = tls_connect(&ca, &h, b"http/1.1").await;
     let status = exchange(&mut s).await.expect("served");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    let status = exchange(&mut s).await.expect("served after parking");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    s.write_all(
-        b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\nGET /second HTTP/1.1\r\nHost: a.test\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    for _ in 0..2 {
-        let status = read_response(&mut s).await.expect("answered");
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    }
-    until_metric(&h, "drawbridge_connections_parked", 1.0).await;
-    s.write_all(b"GET /pieces HTTP/1.1\r\n")
-        .await
-        .expect("write");
-    s.flush().await.expect("flush");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    s.write_all(b"Host: a.test\r\n\r\n").await.expect("write");
-    let status = read_response(&mut s).await.expect("answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    let targets: Vec<String> = up.received().into_iter().map(|r| r.target).collect();
-    assert_eq!(targets, ["/x", "/x", "/first", "/second", "/pieces"]);
+    serves_across_parks(&h, &up, &mut s).await;
     // A pipelined request and half of the next in one write, parked with the half held.
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost")
         .await
