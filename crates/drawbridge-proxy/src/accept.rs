@@ -616,7 +616,7 @@ fn serve_h1<P: Parks>(
             let started = std::time::Instant::now();
             let ended =
                 Box::pin(conn.drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())).await;
-            let Some((back, held)) = parked(*c) else {
+            let Some((back, held)) = parked(c) else {
                 conn.ended(ended, started);
                 return;
             };
@@ -633,8 +633,7 @@ fn serve_h1<P: Parks>(
             metrics.parked(true);
             let woke = wait_parked(
                 io.idle_io(),
-                &mut conn.stop,
-                &conn.streams,
+                &conn.stop,
                 conn.aged_at,
                 conn.limits.header_read_timeout,
             )
@@ -669,13 +668,20 @@ async fn sniff_h2(conn: &mut Accepted, io: &IdleIo<TcpStream>) -> Option<bool> {
 /// The socket of a connection hyper finished because it parked, hyper's state let go, and
 /// the bytes it had read and not parsed; `None` when it finished otherwise: upgraded (a
 /// tunnel has the socket), or closed.
+///
+/// Takes hyper's connection boxed, so that the box is freed here, before the connection
+/// waits parked, and not kept (empty) until the loop around it goes on.
+#[expect(
+    clippy::boxed_local,
+    reason = "the box is freed here, not in the caller's parked wait"
+)]
 fn parked<P: Parks, S>(
-    c: hyper::server::conn::http1::UpgradeableConnection<TokioIo<P>, S>,
+    c: Box<hyper::server::conn::http1::UpgradeableConnection<TokioIo<P>, S>>,
 ) -> Option<(P, bytes::Bytes)>
 where
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ResponseBody>,
 {
-    let parts = c.into_parts()?;
+    let parts = (*c).into_parts()?;
     if !parts.io.inner().is_parked() {
         return None;
     }
@@ -775,7 +781,7 @@ async fn drive<C, R>(
 where
     C: std::future::Future<Output = R>,
 {
-    let mut woken = std::pin::pin!(streams.eviction.woken());
+    let mut asked = streams.eviction.asks();
     let aged = tokio::time::sleep_until(aged_at);
     let mut aged = std::pin::pin!(aged);
     let grace = FIRST_REQUEST_GRACE.min(limits.header_read_timeout);
@@ -803,8 +809,8 @@ where
             // Asked by the roster: to close, idle, to admit a new connection (hyper closes an
             // idle HTTP/1.1 connection at once, and IdleIo ends one that would wait for
             // bytes); or to park (the connection, polled again, reads an end of input).
-            () = woken.as_mut(), if !closing => {
-                woken.set(streams.eviction.woken());
+            () = std::future::poll_fn(|cx| streams.eviction.poll_asked_since(asked, cx)), if !closing => {
+                asked = streams.eviction.asks();
                 if streams.eviction.is_evicted() {
                     closing = true;
                     shutdown(conn.as_mut());
@@ -839,9 +845,8 @@ async fn first_bytes_h2(stream: &TcpStream) -> Option<bool> {
 /// `false` when it is to close instead: evicted, the proxy stopping, too old, or no new
 /// request within `within` (a kept-alive connection's wait for its next request).
 async fn wait_parked(
-    io: &IdleIo<TcpStream>,
-    stop: &mut watch::Receiver<bool>,
-    streams: &Streams,
+    io: &mut IdleIo<TcpStream>,
+    stop: &watch::Receiver<bool>,
     aged_at: tokio::time::Instant,
     within: Duration,
 ) -> bool {
@@ -849,12 +854,7 @@ async fn wait_parked(
         return false;
     }
     let until = aged_at.min(tokio::time::Instant::now() + within);
-    tokio::select! {
-        r = io.get_ref().readable() => r.is_ok(),
-        () = streams.eviction.evicted() => false,
-        _ = stop.changed() => false,
-        () = tokio::time::sleep_until(until) => false,
-    }
+    io.parked_until(until, || *stop.borrow()).await
 }
 
 /// How long a connection accepted just before a drain has for its first request to start.

@@ -17,12 +17,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// Wraps a connection and fails reads once it was idle too long, or a request head took
@@ -160,7 +160,7 @@ impl Streams {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.eviction.idle_now();
+            self.0.eviction.went_idle();
         }
         self.0.listener.stream_closed();
     }
@@ -177,15 +177,21 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// What a connection shares with the roster: when it last went idle, and the requests to
 /// close it or to park it.
+///
+/// Only the connection's own task waits on it (one waker, not a list of waiters): a request
+/// moves `asks` and wakes that task, which looks at the flags.
 #[derive(Debug, Default)]
 pub struct Eviction {
     /// The idle clock when the connection's last request ended (or it was accepted).
     pub(crate) idle_since: AtomicU64,
-    /// Set when the connection is to close; `wake` wakes its task.
+    /// Set when the connection is to close.
     pub(crate) evicted: AtomicBool,
     /// Set when the connection, idle since the previous sweep, is to park.
     pub(crate) park: AtomicBool,
-    pub(crate) wake: Notify,
+    /// Moves each time the roster asks something of the connection.
+    asks: AtomicU32,
+    /// The connection's task, woken when the roster asks.
+    waker: AtomicWaker,
     pub(crate) clock: Arc<AtomicU64>,
 }
 
@@ -206,25 +212,55 @@ impl Eviction {
             .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// The connection's last open request ended. Asked to park meanwhile, its task looks
+    /// again: the server may have looked for the next request before this one ended (and
+    /// found it busy), and the roster asks only once.
+    fn went_idle(&self) {
+        self.idle_now();
+        if self.park.load(Ordering::Relaxed) {
+            self.waker.wake();
+        }
+    }
+
     /// Whether the connection was chosen to close.
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Resolves once the connection was chosen to close.
-    pub async fn evicted(&self) {
-        loop {
-            let notified = self.wake.notified();
-            if self.is_evicted() {
-                return;
-            }
-            notified.await;
+    /// Asks something of the connection (the flags say what: to close, to park, or to look
+    /// at the stop signal) and wakes its task.
+    pub(crate) fn ask(&self) {
+        self.asks.fetch_add(1, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// How many times the roster asked so far, for [`Eviction::poll_asked_since`].
+    pub fn asks(&self) -> u32 {
+        self.asks.load(Ordering::Acquire)
+    }
+
+    /// Ready once the roster asked something of the connection since it had asked `seen`
+    /// times; the task polling is woken then.
+    pub fn poll_asked_since(&self, seen: u32, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.asks() == seen {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
         }
     }
 
-    /// Resolves when the roster asks something of the connection (to close or to park).
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Resolves once the connection was chosen to close.
+    pub async fn evicted(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.is_evicted() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Takes a request to park, if there is one.
@@ -317,6 +353,37 @@ impl<T> IdleIo<T> {
     /// The socket.
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+}
+
+impl IdleIo<tokio::net::TcpStream> {
+    /// Parked: waits, on the connection's own deadline (set to `until`), for the client's
+    /// next bytes. `true` when they arrive; `false` when the connection is to close:
+    /// evicted, `stopping` (looked at whenever the roster wakes the connection), `until`
+    /// passed, or the socket failed.
+    ///
+    /// The wait holds no state of its own (no timer, no waiter list entry beside the
+    /// connection's), so a parked connection costs what its socket and deadline do.
+    pub async fn parked_until(&mut self, until: Instant, stopping: impl Fn() -> bool) -> bool {
+        self.armed_for = None;
+        self.deadline.as_mut().reset(until);
+        let woke = std::future::poll_fn(|cx| {
+            self.streams.eviction.waker.register(cx.waker());
+            if stopping() || self.streams.eviction.is_evicted() {
+                return Poll::Ready(false);
+            }
+            if let Poll::Ready(r) = self.inner.poll_read_ready(cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if self.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await;
+        // The deadline is the connection's again: the next head's, or the idle window's.
+        self.rearm();
+        woke
     }
 }
 
@@ -576,7 +643,7 @@ fn futures_noop_waker() -> Waker {
 /// again.
 pub trait Parks: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The connection's own socket and deadlines, to wait on while parked.
-    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream>;
+    fn idle_io(&mut self) -> &mut IdleIo<tokio::net::TcpStream>;
     /// Whether the last read ended to park.
     fn is_parked(&self) -> bool;
     /// Back from parking, with `held`, the bytes hyper had read and not parsed: they are
@@ -585,7 +652,7 @@ pub trait Parks: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Parks for IdleIo<tokio::net::TcpStream> {
-    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream> {
+    fn idle_io(&mut self) -> &mut IdleIo<tokio::net::TcpStream> {
         self
     }
 
@@ -623,8 +690,8 @@ impl TlsParking {
 }
 
 impl Parks for TlsParking {
-    fn idle_io(&self) -> &IdleIo<tokio::net::TcpStream> {
-        self.inner.get_ref().0
+    fn idle_io(&mut self) -> &mut IdleIo<tokio::net::TcpStream> {
+        self.inner.get_mut().0
     }
 
     fn is_parked(&self) -> bool {

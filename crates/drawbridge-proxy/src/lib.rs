@@ -413,6 +413,8 @@ impl Proxy {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         let _ = self.stop.send(true);
+        // Parked connections wait on their sockets alone: woken, they see the stop.
+        self.shared.roster.drain();
         for t in self.tasks.lock().await.drain(..) {
             let _ = t.await;
         }

@@ -104,7 +104,7 @@ impl Roster {
         }
         for (_, streams) in &idle[..n] {
             streams.eviction.evicted.store(true, Ordering::Relaxed);
-            streams.eviction.wake.notify_one();
+            streams.eviction.ask();
         }
         n
     }
@@ -124,12 +124,20 @@ impl Roster {
                 && !e.park.load(Ordering::Relaxed)
             {
                 e.park.store(true, Ordering::Relaxed);
-                e.wake.notify_one();
+                e.ask();
                 asked += 1;
             }
             l.seen = started;
         }
         asked
+    }
+
+    /// Wakes every connection to look at the stop signal (sent before): a parked
+    /// connection, which waits on nothing else of the server's, closes.
+    pub fn drain(&self) {
+        for (_, l) in self.lock().iter() {
+            l.streams.eviction.ask();
+        }
     }
 
     /// Woken whenever a connection leaves.

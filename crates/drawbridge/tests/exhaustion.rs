@@ -311,6 +311,26 @@ async fn pipelined_requests_on_a_connection_asked_to_park_are_all_served() {
     assert_eq!(targets, ["/first", "/second"]);
 }
 
+/// A connection asked to park while silent, which then takes a request, parks once the
+/// request is answered: the request ends after the server last looked for the next one, and
+/// the roster, having asked once, does not ask again.
+#[tokio::test]
+async fn a_connection_asked_to_park_before_its_request_parks_after_it() {
+    let up = RecordingUpstream::start().await;
+    let h = Harness::start(&with_admin(proxied(&up))).await;
+    let mut conns = Vec::new();
+    for n in 0..4 {
+        let mut s = TcpStream::connect(h.addr).await.expect("connect");
+        // Listed and silent through a sweep of the roster: asked to park.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let status = exchange(&mut s).await.expect("served");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        conns.push(s);
+        until_metric(&h, "drawbridge_connections_parked", f64::from(n + 1)).await;
+    }
+    assert_eq!(up.count(), 4);
+}
+
 /// A request sent in the handshake's last flight, on a connection asked to park while it
 /// shook hands: TLS decrypts the request with the client's `Finished`, the session tickets
 /// are written after it, and the server reads on before it serves the request. None of that
