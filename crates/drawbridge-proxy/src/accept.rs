@@ -613,9 +613,16 @@ fn serve_h1<P: Parks>(
                     )
                     .with_upgrades(),
             );
-            let started = std::time::Instant::now();
-            let ended =
-                Box::pin(conn.drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())).await;
+            // Boxed with what it needs while requests are served (when it began), so that the
+            // state every idle connection keeps does not carry it.
+            let (ended, started) = Box::pin(async {
+                let started = std::time::Instant::now();
+                let ended = conn
+                    .drive(std::pin::Pin::new(&mut *c), |c| c.graceful_shutdown())
+                    .await;
+                (ended, started)
+            })
+            .await;
             let Some((back, held)) = parked(c) else {
                 conn.ended(ended, started);
                 return;
@@ -631,13 +638,13 @@ fn serve_h1<P: Parks>(
             }
             let metrics = info.streams.listener();
             metrics.parked(true);
-            let woke = wait_parked(
-                io.idle_io(),
-                &conn.stop,
-                conn.aged_at,
-                conn.limits.header_read_timeout,
-            )
-            .await;
+            // Until the next head's deadline: a kept-alive connection's wait for its next
+            // request, at most until the connection's age is up.
+            let until = conn
+                .aged_at
+                .min(tokio::time::Instant::now() + conn.limits.header_read_timeout);
+            let stop = &conn.stop;
+            let woke = io.idle_io().parked_until(until, || *stop.borrow()).await;
             metrics.parked(false);
             if !woke {
                 return;
@@ -839,22 +846,6 @@ async fn first_bytes_h2(stream: &TcpStream) -> Option<bool> {
     let mut buf = [0u8; PREFACE.len()];
     let n = stream.peek(&mut buf).await.ok()?;
     (n > 0).then(|| buf[..n] == PREFACE[..n])
-}
-
-/// A parked connection waits for its client's next bytes, holding nothing but its socket.
-/// `false` when it is to close instead: evicted, the proxy stopping, too old, or no new
-/// request within `within` (a kept-alive connection's wait for its next request).
-async fn wait_parked(
-    io: &mut IdleIo<TcpStream>,
-    stop: &watch::Receiver<bool>,
-    aged_at: tokio::time::Instant,
-    within: Duration,
-) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    let until = aged_at.min(tokio::time::Instant::now() + within);
-    io.parked_until(until, || *stop.borrow()).await
 }
 
 /// How long a connection accepted just before a drain has for its first request to start.

@@ -68,8 +68,9 @@ pub struct ConnInfo {
     pub peer_label: Arc<str>,
     /// The peer's IP as a header value, made once per connection.
     pub peer_ip: HeaderValue,
-    /// The client certificate the TLS handshake verified, read once per connection.
-    pub client_cert: Option<drawbridge_identity::ClientCert>,
+    /// The client certificate the TLS handshake verified, read once per connection (boxed:
+    /// most connections have none, and each idle one keeps this).
+    pub client_cert: Option<Box<drawbridge_identity::ClientCert>>,
     /// The connection's requests, for its idle deadline.
     pub streams: Arc<crate::io::Streams>,
     /// The server name the TLS handshake asked for.
@@ -93,6 +94,15 @@ impl Shared {
     }
 }
 
+/// `v`, its bytes made shared now: a header value made from text owns its bytes until first
+/// cloned, and the first clone (in a request, for the upstream) moves them into a shared
+/// allocation made then. Made here, with the connection, it lives with the connection's
+/// state rather than among the request's short-lived allocations.
+fn shared_now(v: HeaderValue) -> HeaderValue {
+    drop(v.clone());
+    v
+}
+
 impl ConnInfo {
     /// A connection accepted on listener `listener` from `peer`.
     pub fn new(
@@ -108,9 +118,11 @@ impl ConnInfo {
             peer,
             tls,
             peer_label: peer.to_string().into(),
-            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            client_cert,
+            peer_ip: shared_now(
+                HeaderValue::from_str(&peer.ip().to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            ),
+            client_cert: client_cert.map(Box::new),
             streams,
             sni,
             stop: None,

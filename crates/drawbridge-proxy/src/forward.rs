@@ -10,7 +10,6 @@ use drawbridge_telemetry::metrics::UpstreamFailure;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 
 use crate::body::{BodyError, RequestBody};
@@ -50,7 +49,7 @@ pub struct Forwarded {
     /// holds it instead).
     pub in_flight: Option<InFlight>,
     /// The HTTP/1.1 connection, to return to the pool once the body was read to its end.
-    pub reuse: Option<http1::SendRequest<RequestBody>>,
+    pub reuse: Option<crate::transport::Http1>,
     /// When the response stream must end at the latest.
     pub deadline: Option<Deadline>,
     /// An upgraded tunnel's relay, waiting for the request's record and connection.
@@ -239,7 +238,7 @@ struct Exchange<'a> {
     http1_only: bool,
 }
 
-type Exchanged = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+type Exchanged = (Response<Incoming>, Option<crate::transport::Http1>);
 
 /// Where a request goes and as what, to build it for whichever connection takes it.
 struct Target<'a> {

@@ -359,8 +359,8 @@ impl<T> IdleIo<T> {
 impl IdleIo<tokio::net::TcpStream> {
     /// Parked: waits, on the connection's own deadline (set to `until`), for the client's
     /// next bytes. `true` when they arrive; `false` when the connection is to close:
-    /// evicted, `stopping` (looked at whenever the roster wakes the connection), `until`
-    /// passed, or the socket failed.
+    /// evicted, `stopping` (looked at first, and whenever the roster wakes the connection:
+    /// at a drain it wakes them all), `until` passed, or the socket failed.
     ///
     /// The wait holds no state of its own (no timer, no waiter list entry beside the
     /// connection's), so a parked connection costs what its socket and deadline do.

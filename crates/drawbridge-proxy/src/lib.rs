@@ -293,6 +293,10 @@ impl Proxy {
             Arc::downgrade(&shared.roster),
             roster::SWEEP_EVERY,
         ));
+        tokio::spawn(park_upstreams_every(
+            Arc::downgrade(&shared),
+            roster::SWEEP_EVERY,
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let (drain, drained) = mpsc::channel(1);
         let mut tasks = Vec::new();
@@ -448,5 +452,20 @@ impl Proxy {
         })
         .await;
         let _ = self.admin_stop.send(true);
+    }
+}
+
+/// Parks the upstreams' pooled connections idle for a sweep's time, every sweep, until the
+/// server is gone: a burst that opened many connections leaves their sockets, not their
+/// buffers.
+async fn park_upstreams_every(shared: std::sync::Weak<Shared>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for u in &shared.snapshot.load().upstreams {
+            u.park_idle(every);
+        }
     }
 }

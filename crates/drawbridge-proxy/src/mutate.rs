@@ -90,7 +90,7 @@ pub fn request(
         ctx.request_id(),
     );
     if let (Some(cert), true) = (
-        conn.client_cert.as_ref(),
+        conn.client_cert.as_deref(),
         route.config.forward_client_cert != ForwardClientCert::Off,
     ) {
         let with_subject = route.config.forward_client_cert == ForwardClientCert::WithSubject;

@@ -142,7 +142,7 @@ async fn run(
         return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
     }
     let proof = Proof::Presented {
-        client_cert: conn.client_cert.as_ref(),
+        client_cert: conn.client_cert.as_deref(),
     };
     let entry = admit(
         ctx,

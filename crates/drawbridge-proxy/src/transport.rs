@@ -1,11 +1,20 @@
 //! Upstream connections: TCP, TLS with ALPN, HTTP/1.1 connections pooled per endpoint and
 //! reused only after a complete exchange, and one multiplexed HTTP/2 connection per endpoint.
 //!
+//! A pooled HTTP/1.1 connection idle for a sweep's time parks, as an idle client connection
+//! does: hyper's state for it (its buffers, its request channel, its task) goes, and the
+//! pool keeps the socket alone (and its TLS session), made into a connection again when a
+//! request needs it. A burst of requests that opened hundreds of connections leaves
+//! hundreds of sockets, not hundreds of sets of buffers.
+//!
 //! Built on hyper's connection API rather than a general-purpose client: the proxy already
 //! knows the endpoint, so a checkout is a pop from a short list, with no pool keys to hash
 //! and no connect race.
 
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use drawbridge_config::{Endpoint, UpstreamProtocol};
@@ -14,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -39,8 +49,41 @@ struct UpstreamTls {
 /// One endpoint's connections.
 #[derive(Default)]
 pub struct Connections {
-    idle: Mutex<Vec<(http1::SendRequest<RequestBody>, Instant)>>,
+    /// Ready for a request, with when their last exchange ended; the most recent last.
+    idle: Mutex<Vec<(Http1, Instant)>>,
+    /// Parked: sockets alone, given back by their connections' tasks.
+    parked: Arc<Parked>,
     shared_h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// The sockets of parked connections, with when their last exchange ended.
+#[derive(Default)]
+struct Parked {
+    socks: Mutex<Vec<(UpstreamIo, Instant)>>,
+    /// `socks.len()`, read without the lock when a connection is given back.
+    len: AtomicUsize,
+}
+
+/// An HTTP/1.1 connection: hyper's handle on it, and where its task leaves the socket when
+/// the pool parks it (none for a connection made for an upgrade, which never goes back).
+pub struct Http1 {
+    send: http1::SendRequest<RequestBody>,
+    park: Option<Arc<ParkAsk>>,
+}
+
+/// Set by the pool when it parks a connection (to when its last exchange ended): its task,
+/// seeing hyper finish, keeps the socket for the pool instead of closing it. Finished for
+/// any other reason (the upstream closed, an exchange cut short, a misbehaving upstream),
+/// a connection is never parked.
+#[derive(Default)]
+struct ParkAsk(Mutex<Option<Instant>>);
+
+/// A connection's socket: TCP, or TLS over TCP.
+pub enum UpstreamIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (boxed: a TLS session's state is large, and most pools are plain).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// A connection ready for one request, and how long it sat idle before (zero when new).
@@ -55,7 +98,7 @@ pub struct Checkout {
 /// A connection ready for one request.
 pub enum Sender {
     /// An HTTP/1.1 connection, taken out of the pool for this exchange.
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(Http1),
     /// A handle on the endpoint's shared HTTP/2 connection.
     Http2(http2::SendRequest<RequestBody>),
 }
@@ -72,7 +115,7 @@ impl Sender {
         req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
         match self {
-            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http1(s) => s.send.try_send_request(req).await,
             Sender::Http2(s) => s.try_send_request(req).await,
         }
     }
@@ -132,20 +175,10 @@ impl Transport {
                 });
             }
         }
-        loop {
-            let popped = lock(&conns.idle).pop();
-            let Some((mut s, since)) = popped else { break };
-            if since.elapsed() >= self.idle_timeout || s.is_closed() {
-                continue;
-            }
-            // A connection that just finished an exchange may not have noticed yet; it will in
-            // a moment, or report that it closed.
-            if s.is_ready() || s.ready().await.is_ok() {
-                return Ok(Checkout {
-                    sender: Sender::Http1(s),
-                    idle_for: since.elapsed(),
-                });
-            }
+        // An upgrade takes a connection of its own: hyper hands over an upgraded socket only
+        // from a connection made for it, and pooled ones park instead.
+        if !http1 && let Some(pooled) = self.pooled(conns).await {
+            return Ok(pooled);
         }
         // Boxed: the connect path is rare, and its state would otherwise enlarge (and make
         // every move of) each request's future.
@@ -154,6 +187,39 @@ impl Transport {
             sender,
             idle_for: Duration::ZERO,
         })
+    }
+
+    /// A pooled connection: a ready one (the most recently used first), else a parked one
+    /// made into a connection again; `None` when neither is left.
+    async fn pooled(&self, conns: &Connections) -> Option<Checkout> {
+        loop {
+            let popped = lock(&conns.idle).pop();
+            let Some((mut s, since)) = popped else { break };
+            if since.elapsed() >= self.idle_timeout || s.send.is_closed() {
+                continue;
+            }
+            // A connection that just finished an exchange may not have noticed yet; it will in
+            // a moment, or report that it closed.
+            if s.send.is_ready() || s.send.ready().await.is_ok() {
+                return Some(Checkout {
+                    sender: Sender::Http1(s),
+                    idle_for: since.elapsed(),
+                });
+            }
+        }
+        loop {
+            let (io, since) = conns.parked.pop()?;
+            // Closed by the upstream meanwhile (or sending unasked): dropped, closed.
+            if since.elapsed() >= self.idle_timeout || !io.is_quiet() {
+                continue;
+            }
+            if let Ok(Sender::Http1(s)) = self.handshake(io, false, conns, false).await {
+                return Some(Checkout {
+                    sender: Sender::Http1(s),
+                    idle_for: since.elapsed(),
+                });
+            }
+        }
     }
 
     /// A new connection, never pooled ones (after a pooled one turned out stale).
@@ -186,7 +252,9 @@ impl Transport {
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
             let h2 = self.protocol == UpstreamProtocol::Http2 && !http1;
-            return self.handshake(TokioIo::new(tcp), h2, conns).await;
+            return self
+                .handshake(UpstreamIo::Plain(tcp), h2, conns, http1)
+                .await;
         }
         let Some(tls) = &self.tls else {
             return Err(ConnectError::NoTls);
@@ -209,18 +277,20 @@ impl Transport {
         if self.protocol == UpstreamProtocol::Http2 && !h2 && !http1 {
             return Err(ConnectError::NoHttp2);
         }
-        self.handshake(TokioIo::new(stream), h2, conns).await
+        self.handshake(UpstreamIo::Tls(Box::new(stream)), h2, conns, http1)
+            .await
     }
 
-    async fn handshake<T>(
+    /// hyper's connection over `io`, its task spawned. An HTTP/1.1 connection made for an
+    /// `upgrade` can hand its socket to a tunnel; any other can park.
+    async fn handshake(
         &self,
-        io: T,
+        io: UpstreamIo,
         h2: bool,
         conns: &Connections,
-    ) -> Result<Sender, ConnectError>
-    where
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
+        upgrade: bool,
+    ) -> Result<Sender, ConnectError> {
+        let io = TokioIo::new(io);
         if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -240,33 +310,183 @@ impl Transport {
             *lock(&conns.shared_h2) = Some(sender.clone());
             Ok(Sender::Http2(sender))
         } else {
-            let (sender, conn) = http1::Builder::new()
+            let (send, conn) = http1::Builder::new()
                 .handshake(io)
                 .await
                 .map_err(|source| ConnectError::Handshake {
                     protocol: "http1",
                     source,
                 })?;
+            if upgrade {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream http1 connection ended");
+                    }
+                });
+                return Ok(Sender::Http1(Http1 { send, park: None }));
+            }
+            let ask = Arc::new(ParkAsk::default());
+            let parked = Arc::downgrade(&conns.parked);
+            let (max, asked) = (self.max_idle, ask.clone());
             tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream http1 connection ended");
+                // Ends when the connection closes, or once idle with its handle dropped: not
+                // shut down then, so that a parked socket stays open.
+                match conn.without_shutdown().await {
+                    Ok(parts) => park(&parked, &asked, parts, max),
+                    Err(e) => tracing::debug!(error = %e, "upstream http1 connection ended"),
                 }
             });
-            Ok(Sender::Http1(sender))
+            Ok(Sender::Http1(Http1 {
+                send,
+                park: Some(ask),
+            }))
         }
     }
 
     /// Returns an HTTP/1.1 connection whose exchange completed, for the next request.
-    pub fn give_back(&self, conns: &Connections, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    pub fn give_back(&self, conns: &Connections, sender: Http1) {
+        if sender.send.is_closed() || sender.park.is_none() {
             return;
         }
         let mut idle = lock(&conns.idle);
-        // Oldest first: drop the ones idle too long, then keep at most `max_idle`.
+        // Oldest first: drop the ones idle too long, then keep at most `max_idle` (parked
+        // ones included).
         let now = Instant::now();
         idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
-        if idle.len() < self.max_idle {
+        if idle.len() + conns.parked.len.load(Ordering::Relaxed) < self.max_idle {
             idle.push((sender, now));
+        }
+    }
+
+    /// Parks the connections of `conns` idle for `after` or longer (their tasks leave their
+    /// sockets with the pool), and closes those, parked or not, idle for the upstream's
+    /// `idle_timeout`. Returns how many were asked to park.
+    pub fn park_idle(&self, conns: &Connections, after: Duration) -> usize {
+        let now = Instant::now();
+        let mut asked = 0;
+        lock(&conns.idle).retain(|(c, since)| {
+            let idle = now.duration_since(*since);
+            if idle < after {
+                return true;
+            }
+            if let Some(ask) = c.park.as_ref().filter(|_| idle < self.idle_timeout) {
+                *lock(&ask.0) = Some(*since);
+                asked += 1;
+            }
+            // Dropped: hyper finishes the connection, which parks if asked.
+            false
+        });
+        let mut socks = lock(&conns.parked.socks);
+        socks.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        conns.parked.len.store(socks.len(), Ordering::Relaxed);
+        asked
+    }
+}
+
+impl Parked {
+    fn pop(&self) -> Option<(UpstreamIo, Instant)> {
+        let mut socks = lock(&self.socks);
+        let popped = socks.pop();
+        self.len.store(socks.len(), Ordering::Relaxed);
+        popped
+    }
+}
+
+/// Keeps the socket of a connection that hyper finished, when the pool asked it to park and
+/// it ended between exchanges (nothing read and not parsed): a socket in any other state is
+/// closed.
+fn park(
+    parked: &Weak<Parked>,
+    ask: &ParkAsk,
+    parts: http1::Parts<TokioIo<UpstreamIo>>,
+    max: usize,
+) {
+    let Some(since) = *lock(&ask.0) else { return };
+    let Some(parked) = parked.upgrade() else {
+        return;
+    };
+    if !parts.read_buf.is_empty() {
+        return;
+    }
+    let mut socks = lock(&parked.socks);
+    if socks.len() < max {
+        socks.push((parts.io.into_inner(), since));
+        parked.len.store(socks.len(), Ordering::Relaxed);
+    }
+}
+
+impl UpstreamIo {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Whether nothing came from the upstream while the socket was parked: neither its close
+    /// nor bytes it was not asked for. Looked at without reading.
+    fn is_quiet(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.tcp().poll_peek(&mut cx, &mut buf).is_pending()
+    }
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -406,6 +626,156 @@ mod tests {
         );
         give_back(&t, &conns, second);
         assert_eq!(lock(&conns.idle).len(), 1);
+    }
+
+    /// Waits until `conns` holds `n` parked sockets (their tasks give them back).
+    async fn until_parked(conns: &Connections, n: usize) {
+        for _ in 0..100 {
+            if conns.parked.len.load(Ordering::Relaxed) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{} parked, not {n}",
+            conns.parked.len.load(Ordering::Relaxed)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_parks_and_its_socket_serves_the_next_request() {
+        let (ep, accepted) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 8),
+            Connections::default(),
+        );
+        let first = exchange(&t, &ep, &conns).await;
+        give_back(&t, &conns, first);
+        // Not idle long enough: stays as it is.
+        assert_eq!(t.park_idle(&conns, Duration::from_secs(5)), 0);
+        assert_eq!(lock(&conns.idle).len(), 1);
+        assert_eq!(t.park_idle(&conns, Duration::ZERO), 1);
+        assert!(lock(&conns.idle).is_empty());
+        until_parked(&conns, 1).await;
+        // Parked ones count against `max_idle`.
+        let full = transport(Duration::from_secs(30), 1);
+        let mut other = full.connect(&ep, &conns, false).await.expect("connect");
+        let req = Request::get("/")
+            .body(RequestBody::empty())
+            .expect("request");
+        let res = other
+            .send(req)
+            .await
+            .map_err(|e| e.into_error())
+            .expect("send");
+        let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+        let other = Checkout {
+            sender: other,
+            idle_for: Duration::ZERO,
+        };
+        give_back(&full, &conns, other);
+        assert!(lock(&conns.idle).is_empty(), "one parked already: not kept");
+        let second = exchange(&t, &ep, &conns).await;
+        assert!(
+            second.idle_for > Duration::ZERO,
+            "idle since the first exchange"
+        );
+        assert_eq!(conns.parked.len.load(Ordering::Relaxed), 0);
+        // One for the first and second exchanges (the parked socket), one for `other`.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the parked socket");
+        // Parks again, and again serves.
+        give_back(&t, &conns, second);
+        assert_eq!(t.park_idle(&conns, Duration::ZERO), 1);
+        until_parked(&conns, 1).await;
+        let _ = exchange(&t, &ep, &conns).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An upstream that answers one request per connection with `200` (keep-alive), then
+    /// closes the connection a moment later, as one whose idle timeout is short does.
+    async fn closing_upstream() -> (Endpoint, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                });
+            }
+        });
+        let ep = Endpoint {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        (ep, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_parked_socket_the_upstream_closed_is_not_reused() {
+        let (ep, accepted) = closing_upstream().await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 8),
+            Connections::default(),
+        );
+        let first = exchange(&t, &ep, &conns).await;
+        give_back(&t, &conns, first);
+        assert_eq!(t.park_idle(&conns, Duration::ZERO), 1);
+        until_parked(&conns, 1).await;
+        // Closed by the upstream while parked: the next request gets a new connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = exchange(&t, &ep, &conns).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(conns.parked.len.load(Ordering::Relaxed), 0, "dropped");
+    }
+
+    #[tokio::test]
+    async fn a_connection_not_given_back_never_parks_and_upgrades_take_their_own() {
+        let (ep, accepted) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_secs(30), 8),
+            Connections::default(),
+        );
+        // Dropped without going back to the pool (an exchange cut short, say): closed.
+        drop(exchange(&t, &ep, &conns).await);
+        assert_eq!(t.park_idle(&conns, Duration::ZERO), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(conns.parked.len.load(Ordering::Relaxed), 0);
+        // An upgrade never takes a pooled connection, and its own never goes back.
+        let pooled = exchange(&t, &ep, &conns).await;
+        give_back(&t, &conns, pooled);
+        let upgrade = t.checkout(&ep, &conns, true).await.expect("checkout");
+        // Counted once the upstream's accept loop has run.
+        for _ in 0..100 {
+            if accepted.load(Ordering::SeqCst) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "a connection of its own"
+        );
+        give_back(&t, &conns, upgrade);
+        assert_eq!(lock(&conns.idle).len(), 1, "only the pooled one");
     }
 
     #[tokio::test]

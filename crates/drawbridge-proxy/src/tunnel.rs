@@ -76,7 +76,7 @@ impl Lease {
             headers: a.headers.clone(),
             client: a.ctx.client,
             client_label: a.conn.peer_label.clone(),
-            client_cert: a.conn.client_cert.clone(),
+            client_cert: a.conn.client_cert.as_deref().cloned(),
             principal: a
                 .admitted
                 .principal

@@ -106,7 +106,7 @@ impl InFlight {
     }
 
     /// Returns an HTTP/1.1 connection whose exchange completed to the endpoint's pool.
-    pub fn give_back(&self, sender: hyper::client::conn::http1::SendRequest<RequestBody>) {
+    pub fn give_back(&self, sender: crate::transport::Http1) {
         self.pool
             .transport
             .give_back(&self.endpoint().conns, sender);
@@ -169,6 +169,14 @@ pub enum PoolError {
 }
 
 impl UpstreamPool {
+    /// Parks the endpoints' HTTP/1.1 connections idle for `after` or longer, and closes
+    /// those idle past the upstream's `idle_timeout` (see [`Transport::park_idle`]).
+    pub fn park_idle(&self, after: Duration) -> usize {
+        self.endpoints
+            .iter()
+            .map(|ep| self.transport.park_idle(&ep.conns, after))
+            .sum()
+    }
     /// Builds the pool for `cfg`.
     pub fn new(cfg: &Upstream) -> Result<Self, PoolError> {
         let check = match &cfg.health.check {

@@ -354,3 +354,38 @@ async fn active_checks_take_a_down_endpoint_out_and_bring_it_back() {
         .expect("checked");
     assert_eq!(check.header("host"), Some(later.to_string().as_str()));
 }
+
+/// A pooled connection idle for a sweep parks (hyper's state for it goes, the socket and its
+/// TLS session stay), and the next request goes out on that same connection, over plain TCP
+/// and over TLS.
+#[tokio::test]
+async fn idle_upstream_connections_park_and_carry_the_next_request() {
+    let ca = TestCa::new("upstream ca");
+    let plain = RecordingUpstream::start().await;
+    let tls = RecordingUpstream::start_tls(&ca.leaf(&["upstream.test"])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    drawbridge_testkit::write_file(dir.path(), "ca.pem", &ca.cert_pem);
+    let (d, port) = (dir.path().display(), tls.addr().port());
+    let h = Harness::start(&config(&format!(
+        "{}[[upstreams]]\nname = \"tls\"\nendpoints = [\"https://127.0.0.1:{port}\"]\nca_file = \"{d}/ca.pem\"\ntls_server_name = \"upstream.test\"\nprotocol = \"http1\"\n\n\
+         [[routes]]\nname = \"tls\"\nprefix = \"/tls\"\nupstream = \"tls\"\npublic = true\n",
+        upstream_and_route("plain", &plain.url())
+    )))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&h.url("/x")).await.status, StatusCode::OK);
+        assert_eq!(get(&h.url("/tls")).await.status, StatusCode::OK);
+        // Two sweeps: idle through one, parked at the next.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+    }
+    for up in [&plain, &tls] {
+        let got = up.received();
+        assert_eq!(got.len(), 3);
+        assert!(
+            got.windows(2).all(|w| w[0].peer == w[1].peer),
+            "a parked connection was not reused: {:?}",
+            got.iter().map(|r| r.peer).collect::<Vec<_>>()
+        );
+        assert_eq!(got[2].version, Version::HTTP_11);
+    }
+}

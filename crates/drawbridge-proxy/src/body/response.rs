@@ -12,10 +12,8 @@ use bytes::Bytes;
 use drawbridge_telemetry::{AccessEvent, AccessLog};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use tokio::time::Sleep;
 
-use crate::body::request::RequestBody;
 use crate::deadline::Deadline;
 use crate::upstream::InFlight;
 
@@ -24,7 +22,7 @@ pub struct ResponseBody {
     kind: Kind,
     record: Option<Box<Record>>,
     /// The upstream connection, returned to its pool only if the body is read to its end.
-    reuse: Option<http1::SendRequest<RequestBody>>,
+    reuse: Option<crate::transport::Http1>,
 }
 
 enum Kind {
@@ -100,7 +98,7 @@ impl ResponseBody {
     /// `deadline`: the credential that admitted it expired, or its lifetime ran out.
     pub fn upstream(
         body: Incoming,
-        reuse: Option<http1::SendRequest<RequestBody>>,
+        reuse: Option<crate::transport::Http1>,
         deadline: Option<Deadline>,
     ) -> Self {
         Self {
