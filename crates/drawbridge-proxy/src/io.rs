@@ -188,6 +188,9 @@ pub struct Eviction {
     pub(crate) evicted: AtomicBool,
     /// Set when the connection, idle since the previous sweep, is to park.
     pub(crate) park: AtomicBool,
+    /// Whether the connection can park (HTTP/1.1 served by a connection that can be
+    /// rebuilt); an HTTP/2 one is asked too, and never does.
+    parkable: AtomicBool,
     /// Moves each time the roster asks something of the connection.
     asks: AtomicU32,
     /// The connection's task, woken when the roster asks.
@@ -212,12 +215,12 @@ impl Eviction {
             .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// The connection's last open request ended. Asked to park meanwhile, its task looks
-    /// again: the server may have looked for the next request before this one ended (and
-    /// found it busy), and the roster asks only once.
+    /// The connection's last open request ended. Asked to park meanwhile, and able to,
+    /// its task looks again: the server may have looked for the next request before this
+    /// one ended (and found it busy), and the roster asks only once.
     fn went_idle(&self) {
         self.idle_now();
-        if self.park.load(Ordering::Relaxed) {
+        if self.park.load(Ordering::Relaxed) && self.parkable.load(Ordering::Relaxed) {
             self.waker.wake();
         }
     }
@@ -310,12 +313,20 @@ impl<T> IdleIo<T> {
     /// Lets the connection park when the roster asks (plaintext HTTP/1.1).
     pub fn set_parkable(&mut self) {
         self.parking = Parking::Here;
+        self.streams
+            .eviction
+            .parkable
+            .store(true, Ordering::Relaxed);
     }
 
     /// Lets the connection park when the roster asks, HTTP/1.1 over TLS read through a
     /// [`TlsParking`].
     pub fn set_parkable_under_tls(&mut self) {
         self.parking = Parking::Above;
+        self.streams
+            .eviction
+            .parkable
+            .store(true, Ordering::Relaxed);
     }
 
     /// Whether to park now, when a read would wait: idle between requests (nothing of a
@@ -765,5 +776,70 @@ impl AsyncWrite for TlsParking {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection's requests with its task's waker registered; the waker's count.
+    fn waiting(parkable: bool) -> (Arc<Streams>, Arc<Wakes>) {
+        let streams = Arc::new(Streams::on(Default::default()));
+        streams.eviction.parkable.store(parkable, Ordering::Relaxed);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let seen = streams.eviction.asks();
+        let pending = streams
+            .eviction
+            .poll_asked_since(seen, &mut Context::from_waker(&waker));
+        assert!(pending.is_pending());
+        (streams, wakes)
+    }
+
+    #[test]
+    fn a_request_that_ends_wakes_a_connection_asked_to_park_that_can() {
+        let (streams, wakes) = waiting(true);
+        let guard = streams.open();
+        streams.eviction.park.store(true, Ordering::Relaxed);
+        drop(guard);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken to park");
+        // Not asked: no wake.
+        let (streams, wakes) = waiting(true);
+        drop(streams.open());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        // Asked, but it cannot park (HTTP/2): no wake at each request's end.
+        let (streams, wakes) = waiting(false);
+        streams.eviction.park.store(true, Ordering::Relaxed);
+        drop(streams.open());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn the_roster_asking_wakes_the_connection_once_per_ask() {
+        let (streams, wakes) = waiting(false);
+        let seen = streams.eviction.asks();
+        streams.eviction.ask();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(streams.eviction.poll_asked_since(seen, &mut cx).is_ready());
+        let seen = streams.eviction.asks();
+        assert!(
+            streams
+                .eviction
+                .poll_asked_since(seen, &mut cx)
+                .is_pending()
+        );
     }
 }
