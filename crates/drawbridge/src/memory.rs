@@ -55,6 +55,15 @@ fn long_lived_heap() -> *mut mi_heap_t {
     }
 }
 
+/// Whether an allocation of alignment `align` can take mimalloc's plain `mi_malloc`, whose
+/// every block is aligned to a word: its size classes are all multiples of one. (The
+/// aligned calls, which `mimalloc::MiMalloc` always makes, check and re-check alignment on
+/// every allocation; most of a request's allocations need no more than a word's.)
+#[inline]
+fn plain(align: usize) -> bool {
+    align <= std::mem::size_of::<usize>()
+}
+
 /// The heap for the allocation being made, when it is marked long-lived (and the heap
 /// could be made).
 #[inline]
@@ -67,7 +76,9 @@ fn marked_heap() -> Option<*mut mi_heap_t> {
 }
 
 // SAFETY: every block comes from mimalloc, aligned as `layout` asks (`mi_heap_*_aligned`
-// and `MiMalloc` both honour size and alignment), and every block is freed or reallocated by
+// and `MiMalloc` both honour size and alignment; `mi_malloc`, `mi_zalloc` and `mi_realloc`
+// are used only for alignments of a word or less, which every mimalloc block has), and every
+// block is freed or reallocated by
 // mimalloc, which finds a block's heap from its address: `mi_free` and `mi_realloc_aligned`
 // accept a block of any heap, from any thread. mimalloc's heaps may allocate on any thread,
 // and the long-lived heap is never deleted once published.
@@ -83,6 +94,7 @@ unsafe impl GlobalAlloc for Allocator {
                     libmimalloc_sys::mi_heap_malloc_aligned(heap, layout.size(), layout.align())
                         .cast()
                 }
+                None if plain(layout.align()) => libmimalloc_sys::mi_malloc(layout.size()).cast(),
                 None => mimalloc::MiMalloc.alloc(layout),
             }
         }
@@ -97,6 +109,7 @@ unsafe impl GlobalAlloc for Allocator {
                     libmimalloc_sys::mi_heap_zalloc_aligned(heap, layout.size(), layout.align())
                         .cast()
                 }
+                None if plain(layout.align()) => libmimalloc_sys::mi_zalloc(layout.size()).cast(),
                 None => mimalloc::MiMalloc.alloc_zeroed(layout),
             }
         }
@@ -121,6 +134,9 @@ unsafe impl GlobalAlloc for Allocator {
                     layout.align(),
                 )
                 .cast(),
+                None if plain(layout.align()) => {
+                    libmimalloc_sys::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+                }
                 None => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
             }
         }
@@ -182,6 +198,36 @@ mod tests {
         // SAFETY: integers only; reads this process's flag.
         let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
         assert_eq!(disabled, 1);
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn blocks_of_every_size_and_alignment_are_aligned_zeroed_and_kept_across_realloc() {
+        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
+            for size in [1, 7, 8, 24, 100, 1000, 5000, 70_000] {
+                let layout = Layout::from_size_align(size, align).expect("layout");
+                // SAFETY: a valid non-zero layout; each block is freed once, with its layout.
+                unsafe {
+                    let p = Allocator.alloc(layout);
+                    assert!(
+                        !p.is_null() && (p as usize).is_multiple_of(align),
+                        "{layout:?}"
+                    );
+                    std::ptr::write_bytes(p, 0xA5, size);
+                    let grown = Allocator.realloc(p, layout, size * 3);
+                    assert!((grown as usize).is_multiple_of(align), "{layout:?} grown");
+                    assert!((0..size).all(|i| *grown.add(i) == 0xA5), "{layout:?} kept");
+                    Allocator.dealloc(
+                        grown,
+                        Layout::from_size_align(size * 3, align).expect("layout"),
+                    );
+                    let z = Allocator.alloc_zeroed(layout);
+                    assert!((z as usize).is_multiple_of(align), "{layout:?} zeroed");
+                    assert!((0..size).all(|i| *z.add(i) == 0), "{layout:?} zeroed");
+                    Allocator.dealloc(z, layout);
+                }
+            }
+        }
     }
 
     #[test]
