@@ -349,10 +349,15 @@ impl Transport {
             return;
         }
         let mut idle = lock(&conns.idle);
-        // Oldest first: drop the ones idle too long, then keep at most `max_idle` (parked
-        // ones included).
+        // Oldest first (each is pushed with the time it came back, and taken from the end):
+        // drop the ones idle too long, which lead, looking no further than the first that is
+        // not; then keep at most `max_idle` (parked ones included).
         let now = Instant::now();
-        idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        let expired = idle
+            .iter()
+            .position(|(_, since)| now.duration_since(*since) < self.idle_timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..expired);
         if idle.len() + conns.parked.len.load(Ordering::Relaxed) < self.max_idle {
             idle.push((sender, now));
         }
@@ -602,6 +607,14 @@ mod tests {
         c
     }
 
+    /// A new connection, no exchange on it yet.
+    async fn fresh(t: &Transport, ep: &Endpoint, conns: &Connections) -> Checkout {
+        Checkout {
+            sender: t.connect(ep, conns, false).await.expect("connect"),
+            idle_for: Duration::ZERO,
+        }
+    }
+
     fn give_back(t: &Transport, conns: &Connections, c: Checkout) {
         if let Sender::Http1(s) = c.sender {
             t.give_back(conns, s);
@@ -776,6 +789,27 @@ mod tests {
         );
         give_back(&t, &conns, upgrade);
         assert_eq!(lock(&conns.idle).len(), 1, "only the pooled one");
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_dropped_when_another_comes_back() {
+        let (ep, _) = upstream(false).await;
+        let (t, conns) = (
+            transport(Duration::from_millis(100), 8),
+            Connections::default(),
+        );
+        let a = fresh(&t, &ep, &conns).await;
+        let b = fresh(&t, &ep, &conns).await;
+        give_back(&t, &conns, a);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        give_back(&t, &conns, b);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // `a` is past the idle timeout, `b` is not: only `a` goes.
+        give_back(&t, &conns, fresh(&t, &ep, &conns).await);
+        assert_eq!(lock(&conns.idle).len(), 2);
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        give_back(&t, &conns, fresh(&t, &ep, &conns).await);
+        assert_eq!(lock(&conns.idle).len(), 1, "all the older ones went");
     }
 
     #[tokio::test]
