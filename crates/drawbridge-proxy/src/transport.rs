@@ -589,6 +589,11 @@ mod tests {
         )
     }
 
+    /// A transport with these settings and an empty pool.
+    fn pool(idle_timeout: Duration, max_idle: usize) -> (Transport, Connections) {
+        (transport(idle_timeout, max_idle), Connections::default())
+    }
+
     /// One exchange on a checked-out connection; the connection, to give back.
     async fn exchange(t: &Transport, ep: &Endpoint, conns: &Connections) -> Checkout {
         let mut c = t.checkout(ep, conns, false).await.expect("checkout");
@@ -624,10 +629,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_given_back_is_reused() {
         let (ep, accepted) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 8);
         let first = exchange(&t, &ep, &conns).await;
         assert_eq!(first.idle_for, Duration::ZERO, "new");
         give_back(&t, &conns, first);
@@ -658,10 +660,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_parks_and_its_socket_serves_the_next_request() {
         let (ep, accepted) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 8);
         let first = exchange(&t, &ep, &conns).await;
         give_back(&t, &conns, first);
         // Not idle long enough: stays as it is.
@@ -744,10 +743,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_socket_the_upstream_closed_is_not_reused() {
         let (ep, accepted) = closing_upstream().await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 8);
         let first = exchange(&t, &ep, &conns).await;
         give_back(&t, &conns, first);
         assert_eq!(t.park_idle(&conns, Duration::ZERO), 1);
@@ -762,10 +758,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_not_given_back_never_parks_and_upgrades_take_their_own() {
         let (ep, accepted) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 8);
         // Dropped without going back to the pool (an exchange cut short, say): closed.
         drop(exchange(&t, &ep, &conns).await);
         assert_eq!(t.park_idle(&conns, Duration::ZERO), 0);
@@ -794,10 +787,7 @@ mod tests {
     #[tokio::test]
     async fn connections_idle_too_long_are_dropped_when_another_comes_back() {
         let (ep, _) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_millis(100), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_millis(100), 8);
         let a = fresh(&t, &ep, &conns).await;
         let b = fresh(&t, &ep, &conns).await;
         give_back(&t, &conns, a);
@@ -815,10 +805,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_too_long_is_not_reused() {
         let (ep, accepted) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_millis(50), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_millis(50), 8);
         let first = exchange(&t, &ep, &conns).await;
         give_back(&t, &conns, first);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -829,10 +816,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused() {
         let (ep, accepted) = upstream(true).await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 8),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 8);
         let first = exchange(&t, &ep, &conns).await;
         // Closed by the upstream (`Connection: close`): noticed now or at the next checkout.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -844,10 +828,7 @@ mod tests {
     #[tokio::test]
     async fn at_most_max_idle_connections_are_kept() {
         let (ep, accepted) = upstream(false).await;
-        let (t, conns) = (
-            transport(Duration::from_secs(30), 2),
-            Connections::default(),
-        );
+        let (t, conns) = pool(Duration::from_secs(30), 2);
         // Three exchanges at once: three connections.
         let a = exchange(&t, &ep, &conns).await;
         let b = exchange(&t, &ep, &conns).await;
