@@ -10,6 +10,7 @@ use drawbridge_telemetry::metrics::UpstreamFailure;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 
 use crate::body::{BodyError, RequestBody};
@@ -288,32 +289,8 @@ impl Exchange<'_> {
         }
         let (sender, result) = match sent {
             Ok(res) => (sender, Ok(res)),
-            Err(mut e) => {
-                // Never written (the connection closed first), or written to a connection the
-                // upstream closed while it sat idle: a new connection gets it, once.
-                let unsent = e.take_message();
-                let stale = kept.filter(|_| unsent.is_none() && is_stale(e.error()));
-                if unsent.is_none() && stale.is_none() {
-                    (sender, Err(e.into_error()))
-                } else {
-                    let mut fresh =
-                        Box::pin(transport.connect(&ep.endpoint, &ep.conns, http1_only))
-                            .await
-                            .map_err(connect_failed)?;
-                    let req = match (unsent, stale) {
-                        (Some(req), _) => {
-                            let (parts, body) = req.into_parts();
-                            target.build(&fresh, ep, parts.headers, body)?
-                        }
-                        (None, Some(headers)) => {
-                            target.build(&fresh, ep, headers, RequestBody::empty())?
-                        }
-                        (None, None) => unreachable_exchange()?,
-                    };
-                    let r = fresh.send(req).await.map_err(|e| e.into_error());
-                    (fresh, r)
-                }
-            }
+            // Boxed: rare, and its state would otherwise enlarge every request's future.
+            Err(e) => Box::pin(resend(&target, pool, ep, http1_only, e, kept, sender)).await?,
         };
         match (result, sender) {
             (Ok(res), Sender::Http1(s)) if !http1_only => Ok((res, Some(s))),
@@ -367,6 +344,41 @@ impl Target<'_> {
     }
 }
 
+/// A request `sender` failed to send: never written (the connection closed first), or
+/// written to a connection the upstream closed while it sat idle (`kept`, its headers, when
+/// it is safe to send again). A new connection gets it, once; any other failure stands.
+async fn resend(
+    target: &Target<'_>,
+    pool: &UpstreamPool,
+    ep: &crate::upstream::EndpointState,
+    http1_only: bool,
+    mut e: TrySendError<Request<RequestBody>>,
+    kept: Option<HeaderMap>,
+    sender: Sender,
+) -> Result<(Sender, Result<Response<Incoming>, hyper::Error>), Failure> {
+    let unsent = e.take_message();
+    let stale = kept.filter(|_| unsent.is_none() && is_stale(e.error()));
+    if unsent.is_none() && stale.is_none() {
+        return Ok((sender, Err(e.into_error())));
+    }
+    drop(sender);
+    let mut fresh = pool
+        .transport
+        .connect(&ep.endpoint, &ep.conns, http1_only)
+        .await
+        .map_err(|e| Failure::Upstream(ProxyError::UpstreamFailed(UpstreamError::Connect(e))))?;
+    let req = match (unsent, stale) {
+        (Some(req), _) => {
+            let (parts, body) = req.into_parts();
+            target.build(&fresh, ep, parts.headers, body)?
+        }
+        (None, Some(headers)) => target.build(&fresh, ep, headers, RequestBody::empty())?,
+        (None, None) => unreachable_exchange()?,
+    };
+    let r = fresh.send(req).await.map_err(|e| e.into_error());
+    Ok((fresh, r))
+}
+
 /// The retry branch is entered only with a request to send; this keeps it total.
 fn unreachable_exchange() -> Result<Request<RequestBody>, Failure> {
     Err(Failure::Upstream(UpstreamError::NothingToResend.into()))
@@ -405,11 +417,20 @@ fn classify(e: hyper::Error) -> Failure {
 /// beside `Content-Length` (RFC 9112 §6.3 calls it a smuggling attempt to be treated as an
 /// error by a proxy), or `Content-Length` values that do not agree.
 fn ambiguous_framing(h: &HeaderMap) -> bool {
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
-    let first = lengths.next();
-    (first.is_some() && h.contains_key(header::TRANSFER_ENCODING))
-        || lengths.any(|v| Some(v) != first)
-        || first.is_some_and(|v| v.as_bytes().contains(&b','))
+    // One walk over the few headers of a response, rather than a lookup per name.
+    let mut length: Option<&HeaderValue> = None;
+    let mut chunked = false;
+    for (name, value) in h {
+        if name == header::CONTENT_LENGTH {
+            if length.is_some_and(|first| first != value) || value.as_bytes().contains(&b',') {
+                return true;
+            }
+            length = Some(value);
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = true;
+        }
+    }
+    length.is_some() && chunked
 }
 
 /// What the client is told when its body failed.
@@ -463,4 +484,42 @@ fn relay_upgrade(
         deadline: None,
         tunnel: Some(tunnel),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn framing_two_readers_could_take_two_ways_is_ambiguous() {
+        let ambiguous = [
+            &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            &[("content-length", "5"), ("content-length", "6")],
+            &[("content-length", "5, 5")],
+            &[("content-length", "5"), ("content-length", "5, 5")],
+            &[("server", "x"), ("content-length", "5,6"), ("date", "y")],
+        ];
+        for fields in ambiguous {
+            assert!(ambiguous_framing(&headers(fields)), "{fields:?}");
+        }
+        let clear = [
+            &[][..],
+            &[("content-length", "5")],
+            &[("content-length", "5"), ("content-length", "5")],
+            &[("transfer-encoding", "chunked")],
+            &[("server", "x"), ("content-length", "0"), ("date", "y")],
+        ];
+        for fields in clear {
+            assert!(!ambiguous_framing(&headers(fields)), "{fields:?}");
+        }
+    }
 }

@@ -95,6 +95,17 @@ pub struct Checkout {
     pub idle_for: Duration,
 }
 
+/// What the pool has at once for a request.
+enum Ready {
+    /// A ready connection.
+    Now(Checkout),
+    /// A connection still finishing its exchange, to wait for (and how long it had been
+    /// idle), or only parked ones (`None`).
+    Busy(Option<Http1>, Duration),
+    /// Nothing pooled.
+    None,
+}
+
 /// A connection ready for one request.
 pub enum Sender {
     /// An HTTP/1.1 connection, taken out of the pool for this exchange.
@@ -177,11 +188,20 @@ impl Transport {
         }
         // An upgrade takes a connection of its own: hyper hands over an upgraded socket only
         // from a connection made for it, and pooled ones park instead.
-        if !http1 && let Some(pooled) = self.pooled(conns).await {
-            return Ok(pooled);
+        if !http1 {
+            // Most requests find a ready connection and never wait here.
+            match self.ready(conns) {
+                Ready::Now(c) => return Ok(c),
+                Ready::Busy(s, idle_for) => {
+                    if let Some(c) = Box::pin(self.pooled(conns, Some((s, idle_for)))).await {
+                        return Ok(c);
+                    }
+                }
+                Ready::None => {}
+            }
         }
-        // Boxed: the connect path is rare, and its state would otherwise enlarge (and make
-        // every move of) each request's future.
+        // Boxed, as the waits above: these paths are rare, and their state would otherwise
+        // enlarge (and make every move of) each request's future.
         let sender = Box::pin(self.connect(ep, conns, http1)).await?;
         Ok(Checkout {
             sender,
@@ -189,17 +209,54 @@ impl Transport {
         })
     }
 
-    /// A pooled connection: a ready one (the most recently used first), else a parked one
-    /// made into a connection again; `None` when neither is left.
-    async fn pooled(&self, conns: &Connections) -> Option<Checkout> {
+    /// A ready pooled connection (the most recently used first), without waiting; or one
+    /// that finished its exchange and has not noticed yet, to wait for.
+    fn ready(&self, conns: &Connections) -> Ready {
+        loop {
+            let popped = lock(&conns.idle).pop();
+            let Some((s, since)) = popped else {
+                return if conns.parked.is_empty() {
+                    Ready::None
+                } else {
+                    Ready::Busy(None, Duration::ZERO)
+                };
+            };
+            let idle_for = since.elapsed();
+            if idle_for >= self.idle_timeout || s.send.is_closed() {
+                continue;
+            }
+            if s.send.is_ready() {
+                return Ready::Now(Checkout {
+                    sender: Sender::Http1(s),
+                    idle_for,
+                });
+            }
+            return Ready::Busy(Some(s), idle_for);
+        }
+    }
+
+    /// A pooled connection, waiting if need be: `first` (one that has not noticed its
+    /// exchange ended: it will in a moment, or report that it closed), another ready one,
+    /// else a parked one made into a connection again; `None` when none is left.
+    async fn pooled(
+        &self,
+        conns: &Connections,
+        first: Option<(Option<Http1>, Duration)>,
+    ) -> Option<Checkout> {
+        if let Some((Some(mut s), idle_for)) = first
+            && s.send.ready().await.is_ok()
+        {
+            return Some(Checkout {
+                sender: Sender::Http1(s),
+                idle_for,
+            });
+        }
         loop {
             let popped = lock(&conns.idle).pop();
             let Some((mut s, since)) = popped else { break };
             if since.elapsed() >= self.idle_timeout || s.send.is_closed() {
                 continue;
             }
-            // A connection that just finished an exchange may not have noticed yet; it will in
-            // a moment, or report that it closed.
             if s.send.is_ready() || s.send.ready().await.is_ok() {
                 return Some(Checkout {
                     sender: Sender::Http1(s),
@@ -389,6 +446,12 @@ impl Transport {
 }
 
 impl Parked {
+    /// Whether no socket is parked (read without the lock: a socket parked meanwhile is
+    /// found by the next request).
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Relaxed) == 0
+    }
+
     fn pop(&self) -> Option<(UpstreamIo, Instant)> {
         let mut socks = lock(&self.socks);
         let popped = socks.pop();
