@@ -271,8 +271,6 @@ impl Exchange<'_> {
         };
         let ep = in_flight.endpoint();
         let transport = &pool.transport;
-        let connect_failed =
-            |e| Failure::Upstream(ProxyError::UpstreamFailed(UpstreamError::Connect(e)));
         let checkout = transport
             .checkout(&ep.endpoint, &ep.conns, http1_only)
             .await
@@ -366,7 +364,7 @@ async fn resend(
         .transport
         .connect(&ep.endpoint, &ep.conns, http1_only)
         .await
-        .map_err(|e| Failure::Upstream(ProxyError::UpstreamFailed(UpstreamError::Connect(e))))?;
+        .map_err(connect_failed)?;
     let req = match (unsent, stale) {
         (Some(req), _) => {
             let (parts, body) = req.into_parts();
@@ -377,6 +375,11 @@ async fn resend(
     };
     let r = fresh.send(req).await.map_err(|e| e.into_error());
     Ok((fresh, r))
+}
+
+/// A connection that could not be had is the upstream's failure.
+fn connect_failed(e: crate::transport::ConnectError) -> Failure {
+    Failure::Upstream(ProxyError::UpstreamFailed(UpstreamError::Connect(e)))
 }
 
 /// The retry branch is entered only with a request to send; this keeps it total.

@@ -312,17 +312,17 @@ impl<T> IdleIo<T> {
 
     /// Lets the connection park when the roster asks (plaintext HTTP/1.1).
     pub fn set_parkable(&mut self) {
-        self.parking = Parking::Here;
-        self.streams
-            .eviction
-            .parkable
-            .store(true, Ordering::Relaxed);
+        self.parks(Parking::Here);
     }
 
     /// Lets the connection park when the roster asks, HTTP/1.1 over TLS read through a
     /// [`TlsParking`].
     pub fn set_parkable_under_tls(&mut self) {
-        self.parking = Parking::Above;
+        self.parks(Parking::Above);
+    }
+
+    fn parks(&mut self, how: Parking) {
+        self.parking = how;
         self.streams
             .eviction
             .parkable

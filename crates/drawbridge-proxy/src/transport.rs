@@ -99,11 +99,13 @@ pub struct Checkout {
 enum Ready {
     /// A ready connection.
     Now(Checkout),
-    /// A connection still finishing its exchange, to wait for (and how long it had been
-    /// idle), or only parked ones (`None`).
-    Busy(Option<Http1>, Duration),
+    /// A connection that has not yet noticed its exchange ended, to wait for, and how long
+    /// it had been idle.
+    Finishing(Http1, Duration),
+    /// No pooled connection, but parked sockets.
+    Parked,
     /// Nothing pooled.
-    None,
+    Empty,
 }
 
 /// A connection ready for one request.
@@ -192,12 +194,12 @@ impl Transport {
             // Most requests find a ready connection and never wait here.
             match self.ready(conns) {
                 Ready::Now(c) => return Ok(c),
-                Ready::Busy(s, idle_for) => {
-                    if let Some(c) = Box::pin(self.pooled(conns, Some((s, idle_for)))).await {
+                Ready::Empty => {}
+                first => {
+                    if let Some(c) = Box::pin(self.pooled(conns, first)).await {
                         return Ok(c);
                     }
                 }
-                Ready::None => {}
             }
         }
         // Boxed, as the waits above: these paths are rare, and their state would otherwise
@@ -209,16 +211,16 @@ impl Transport {
         })
     }
 
-    /// A ready pooled connection (the most recently used first), without waiting; or one
-    /// that finished its exchange and has not noticed yet, to wait for.
+    /// What the pool has at once, without waiting: a ready connection (the most recently
+    /// used first), one still finishing its exchange, parked sockets, or nothing.
     fn ready(&self, conns: &Connections) -> Ready {
         loop {
             let popped = lock(&conns.idle).pop();
             let Some((s, since)) = popped else {
                 return if conns.parked.is_empty() {
-                    Ready::None
+                    Ready::Empty
                 } else {
-                    Ready::Busy(None, Duration::ZERO)
+                    Ready::Parked
                 };
             };
             let idle_for = since.elapsed();
@@ -231,38 +233,29 @@ impl Transport {
                     idle_for,
                 });
             }
-            return Ready::Busy(Some(s), idle_for);
+            return Ready::Finishing(s, idle_for);
         }
     }
 
-    /// A pooled connection, waiting if need be: `first` (one that has not noticed its
-    /// exchange ended: it will in a moment, or report that it closed), another ready one,
-    /// else a parked one made into a connection again; `None` when none is left.
-    async fn pooled(
-        &self,
-        conns: &Connections,
-        first: Option<(Option<Http1>, Duration)>,
-    ) -> Option<Checkout> {
-        if let Some((Some(mut s), idle_for)) = first
-            && s.send.ready().await.is_ok()
-        {
-            return Some(Checkout {
-                sender: Sender::Http1(s),
-                idle_for,
-            });
-        }
+    /// A pooled connection, waiting if need be, starting from what [`Transport::ready`]
+    /// found (`next`): a connection still finishing its exchange is waited for (it notices
+    /// in a moment, or reports that it closed), then the next pooled one is looked at; with
+    /// none left, a parked socket is made into a connection again. `None` when none is left.
+    async fn pooled(&self, conns: &Connections, mut next: Ready) -> Option<Checkout> {
         loop {
-            let popped = lock(&conns.idle).pop();
-            let Some((mut s, since)) = popped else { break };
-            if since.elapsed() >= self.idle_timeout || s.send.is_closed() {
-                continue;
+            match next {
+                Ready::Now(c) => return Some(c),
+                Ready::Finishing(mut s, idle_for) => {
+                    if s.send.ready().await.is_ok() {
+                        return Some(Checkout {
+                            sender: Sender::Http1(s),
+                            idle_for,
+                        });
+                    }
+                }
+                Ready::Parked | Ready::Empty => break,
             }
-            if s.send.is_ready() || s.send.ready().await.is_ok() {
-                return Some(Checkout {
-                    sender: Sender::Http1(s),
-                    idle_for: since.elapsed(),
-                });
-            }
+            next = self.ready(conns);
         }
         loop {
             let (io, since) = conns.parked.pop()?;

@@ -177,6 +177,7 @@ impl UpstreamPool {
             .map(|ep| self.transport.park_idle(&ep.conns, after))
             .sum()
     }
+
     /// Builds the pool for `cfg`.
     pub fn new(cfg: &Upstream) -> Result<Self, PoolError> {
         let check = match &cfg.health.check {
