@@ -777,6 +777,12 @@ async fn serve_tls(
 /// listening socket, sees an error. It gets until its first request starts, for at most
 /// [`FIRST_REQUEST_GRACE`] (or its head timeout, if shorter), and is then asked to finish
 /// like any other.
+///
+/// The connection is polled first, every time its task wakes (twice a request); the waits
+/// beside it (its age, the roster's asks, the stop signal) registered their wakers on the
+/// first poll and are polled again only when a cheap look says one may be over: what a
+/// `select!` over all of them cost every request (a timer, a watch and a random order
+/// polled at each wake) is a few loads.
 async fn drive<C, R>(
     mut conn: std::pin::Pin<&mut C>,
     stop: &mut watch::Receiver<bool>,
@@ -788,50 +794,81 @@ async fn drive<C, R>(
 where
     C: std::future::Future<Output = R>,
 {
+    use std::task::Poll;
     let mut asked = streams.eviction.asks();
-    let aged = tokio::time::sleep_until(aged_at);
-    let mut aged = std::pin::pin!(aged);
+    let mut aged = std::pin::pin!(tokio::time::sleep_until(aged_at));
+    // The stop signal looked at without waiting on it; `changed` waits, once (the signal
+    // only ever turns on).
+    let signal = stop.clone();
+    let mut changed = std::pin::pin!(stop.changed());
+    let mut watching = true;
     let grace = FIRST_REQUEST_GRACE.min(limits.header_read_timeout);
     // Stopping, and until when a first request may still start.
     let mut stopping: Option<tokio::time::Instant> = None;
+    // While stopping, a look for a first request (the pipeline counts it) every 10 ms.
+    let mut recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut closing = false;
-    loop {
-        if !closing
-            && let Some(until) = stopping
-            && (!streams.none_started() || tokio::time::Instant::now() >= until)
-        {
-            closing = true;
-            shutdown(conn.as_mut());
-        }
-        if !closing && stopping.is_none() && *stop.borrow() {
-            stopping = Some(tokio::time::Instant::now() + grace);
-            continue;
-        }
-        tokio::select! {
-            r = conn.as_mut() => return r,
-            _ = aged.as_mut(), if !closing => {
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        loop {
+            if !closing
+                && let Some(until) = stopping
+                && (!streams.none_started() || tokio::time::Instant::now() >= until)
+            {
                 closing = true;
                 shutdown(conn.as_mut());
             }
+            if !closing && stopping.is_none() && *signal.borrow() {
+                stopping = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            let registering = first;
+            if !closing && (registering || aged.is_elapsed()) && aged.as_mut().poll(cx).is_ready() {
+                closing = true;
+                shutdown(conn.as_mut());
+                continue;
+            }
             // Asked by the roster: to close, idle, to admit a new connection (hyper closes an
             // idle HTTP/1.1 connection at once, and IdleIo ends one that would wait for
-            // bytes); or to park (the connection, polled again, reads an end of input).
-            () = std::future::poll_fn(|cx| streams.eviction.poll_asked_since(asked, cx)), if !closing => {
+            // bytes); to park (the connection, polled again, reads an end of input); or to
+            // look at the stop signal (a drain).
+            if !closing && streams.eviction.poll_asked_since(asked, cx).is_ready() {
                 asked = streams.eviction.asks();
                 if streams.eviction.is_evicted() {
                     closing = true;
                     shutdown(conn.as_mut());
                 }
+                continue;
             }
-            changed = stop.changed(), if stopping.is_none() => {
-                if changed.is_err() {
+            // Sent, or its sender gone (then stopping all the same).
+            if watching
+                && stopping.is_none()
+                && (registering || !matches!(signal.has_changed(), Ok(false)))
+                && let Poll::Ready(r) = changed.as_mut().poll(cx)
+            {
+                watching = false;
+                if r.is_err() || *signal.borrow() {
                     stopping = Some(tokio::time::Instant::now() + grace);
                 }
+                continue;
             }
-            // Looks again for a first request (the pipeline counts it) every 10 ms.
-            _ = tokio::time::sleep(Duration::from_millis(10)), if stopping.is_some() && !closing => {}
+            if stopping.is_some() && !closing {
+                let tick = recheck
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(10))));
+                if tick.as_mut().poll(cx).is_ready() {
+                    recheck = None;
+                    continue;
+                }
+            }
+            // Every wait has its waker now: from here on each is looked at first.
+            first = false;
+            return Poll::Pending;
         }
-    }
+    })
+    .await
 }
 
 /// Resolves once the proxy is stopping (or its stop signal is gone).

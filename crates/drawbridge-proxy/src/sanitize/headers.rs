@@ -257,6 +257,10 @@ pub fn media_type(headers: &HeaderMap) -> Option<&[u8]> {
 /// Adds the header names a `Connection` value lists to `doomed`; returns whether it listed
 /// `upgrade`.
 fn connection_tokens(value: &HeaderValue, doomed: &mut Vec<HeaderName>) -> bool {
+    // What nearly every peer sends names no header: nothing to split or look up.
+    if matches!(value.as_bytes(), b"keep-alive" | b"close") {
+        return false;
+    }
     let Ok(s) = value.to_str() else { return false };
     let mut upgrade = false;
     for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
