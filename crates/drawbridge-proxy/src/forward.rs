@@ -3,7 +3,6 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use drawbridge_telemetry::metrics::UpstreamFailure;
@@ -199,29 +198,6 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
 /// Most interim (1xx) responses an upstream may send before its final one.
 const MAX_INTERIM: u32 = 8;
 
-/// Counts the interim responses an HTTP/1.1 upstream sends for one request (hyper reads
-/// past them; a flood of them is bounded in time by the request timeout).
-struct Interim {
-    seen: Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl Interim {
-    fn watch(req: &mut Request<RequestBody>) -> Self {
-        let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let count = seen.clone();
-        hyper::ext::on_informational(req, move |_| {
-            count.fetch_add(1, Ordering::Relaxed);
-        });
-        Self { seen }
-    }
-
-    /// Whether more interim responses came than allowed (a final one may have followed
-    /// them in the same read).
-    fn exceeded(&self) -> bool {
-        self.seen.load(Ordering::Relaxed) > MAX_INTERIM
-    }
-}
-
 /// Why an exchange failed: the client's fault (its body) or the upstream's.
 enum Failure {
     Client(ProxyError),
@@ -278,10 +254,17 @@ impl Exchange<'_> {
         let mut sender = checkout.sender;
         let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
         let mut req = target.build(&sender, ep, headers, body)?;
-        let interim = (!sender.is_http2()).then(|| Interim::watch(&mut req));
+        // An HTTP/1.1 upstream's interim responses are counted (hyper reads past them; a
+        // flood of them is bounded in time by the request timeout).
+        if let Sender::Http1(s) = &sender {
+            s.watch_interims(&mut req);
+        }
         let flood = || Failure::Upstream(UpstreamError::InterimFlood(MAX_INTERIM).into());
         let sent = sender.send(req).await;
-        if interim.as_ref().is_some_and(Interim::exceeded) {
+        // More than allowed (a final one may have followed them in the same read).
+        if let Sender::Http1(s) = &sender
+            && s.interims() > MAX_INTERIM
+        {
             // The connection goes with the sender: never reused.
             return Err(flood());
         }

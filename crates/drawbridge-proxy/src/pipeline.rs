@@ -124,7 +124,10 @@ pub async fn handle(
             let _ = tunnel.send(crate::websocket::Kept { record, conn });
             res
         }
-        None => res.map(|b| b.with_record(record)),
+        None => {
+            res.body_mut().attach(record);
+            res
+        }
     }
 }
 

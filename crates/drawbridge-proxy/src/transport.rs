@@ -12,7 +12,7 @@
 //! and no connect race.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -69,6 +69,52 @@ struct Parked {
 pub struct Http1 {
     send: http1::SendRequest<RequestBody>,
     park: Option<Arc<ParkAsk>>,
+    interims: Interims,
+}
+
+/// The interim (1xx) responses of the exchange in progress, counted: hyper reads past them
+/// and tells only a callback the request carries in its extensions. The callback is made
+/// once for the connection (which has one exchange at a time) and each request gets a copy
+/// of it, not a new one.
+struct Interims {
+    seen: Arc<AtomicU32>,
+    callback: http::Extensions,
+}
+
+impl Interims {
+    fn new() -> Self {
+        let seen = Arc::new(AtomicU32::new(0));
+        let count = seen.clone();
+        let mut carrier = Request::new(());
+        hyper::ext::on_informational(&mut carrier, move |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        Self {
+            seen,
+            callback: std::mem::take(carrier.extensions_mut()),
+        }
+    }
+}
+
+impl Http1 {
+    fn new(send: http1::SendRequest<RequestBody>, park: Option<Arc<ParkAsk>>) -> Self {
+        Self {
+            send,
+            park,
+            interims: Interims::new(),
+        }
+    }
+
+    /// Counts the interim responses to `req`, from none.
+    pub fn watch_interims(&self, req: &mut Request<RequestBody>) {
+        self.interims.seen.store(0, Ordering::Relaxed);
+        req.extensions_mut().extend(self.interims.callback.clone());
+    }
+
+    /// How many interim responses came for the request last watched.
+    pub fn interims(&self) -> u32 {
+        self.interims.seen.load(Ordering::Relaxed)
+    }
 }
 
 /// Set by the pool when it parks a connection (to when its last exchange ended): its task,
@@ -373,7 +419,7 @@ impl Transport {
                         tracing::debug!(error = %e, "upstream http1 connection ended");
                     }
                 });
-                return Ok(Sender::Http1(Http1 { send, park: None }));
+                return Ok(Sender::Http1(Http1::new(send, None)));
             }
             let ask = Arc::new(ParkAsk::default());
             let parked = Arc::downgrade(&conns.parked);
@@ -386,10 +432,7 @@ impl Transport {
                     Err(e) => tracing::debug!(error = %e, "upstream http1 connection ended"),
                 }
             });
-            Ok(Sender::Http1(Http1 {
-                send,
-                park: Some(ask),
-            }))
+            Ok(Sender::Http1(Http1::new(send, Some(ask))))
         }
     }
 

@@ -88,6 +88,32 @@ async fn ambiguous_upstream_framing_is_502_and_the_connection_is_dropped() {
     }
 }
 
+/// Interim responses are counted per exchange, not per connection: a kept-alive upstream
+/// connection that sends a few before each final response serves every request on it.
+#[tokio::test]
+async fn a_few_interim_responses_before_each_answer_pass_on_a_reused_connection() {
+    let mut reply = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n".repeat(6);
+    reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let (url, conns) = canned(reply).await;
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\nretries = 0\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+    ));
+    let h = Harness::start(&cfg).await;
+    for i in 0..3 {
+        let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let reply = raw(h.addr, req, Duration::from_secs(3)).await;
+        assert_eq!(status_of(&reply), 200, "request {i}: {reply}");
+        assert!(reply.ends_with("ok"), "request {i}: {reply}");
+    }
+    // Six a request, eighteen in all on the one connection: more than a flood's eight.
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the connection was not reused"
+    );
+}
+
 /// An HTTP/1.0 upstream's version is its own: the client keeps HTTP/1.1 and its kept-alive
 /// connection, whatever the upstream speaks.
 #[tokio::test]

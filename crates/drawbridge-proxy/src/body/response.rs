@@ -132,10 +132,10 @@ impl ResponseBody {
         }
     }
 
-    /// Attaches the access event, written when the body ends or is dropped.
-    pub fn with_record(mut self, record: Record) -> Self {
+    /// Attaches the access event, written when the body ends or is dropped (in place: the
+    /// response around the body is not moved for it).
+    pub fn attach(&mut self, record: Record) {
         self.record = Some(Box::new(record));
-        self
     }
 
     fn count(&mut self, n: usize) {
