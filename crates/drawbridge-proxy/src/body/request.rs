@@ -34,10 +34,24 @@ pub enum BodyError {
 }
 
 /// A client's request body, streamed upstream, cut off past its limit.
-pub struct RequestBody {
+///
+/// A tag and a pointer: the request it travels in is moved a dozen times on its way
+/// through hyper's client, so what only a streamed body needs is boxed, and a request
+/// without a body (most of them) carries none of it.
+pub struct RequestBody(Source);
+
+enum Source {
+    /// Nothing (left) to send.
+    Empty,
+    /// A body read whole before it left (a screened form); never empty.
+    Full(Box<Bytes>),
+    /// The client's body, streamed.
+    Streaming(Box<Streaming>),
+}
+
+struct Streaming {
+    /// `None` once the body ended, failed or was cut off.
     inner: Option<Incoming>,
-    /// A body read whole before it left (a screened form).
-    buffered: Option<Bytes>,
     limit: u64,
     seen: u64,
     /// How the client's trailers are filtered; dropped whole when `None`.
@@ -48,7 +62,7 @@ pub struct RequestBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// How reading the body went; shared with forward, which tells a slow or failing client
     /// from a failing upstream by it.
-    progress: Option<Arc<BodyProgress>>,
+    progress: Arc<BodyProgress>,
 }
 
 /// How far a request body got: still arriving, read whole, or failed on the client's side
@@ -91,67 +105,125 @@ impl RequestBody {
     /// Streams `inner`, failing once more than `limit` bytes were read; its trailers are
     /// filtered by `trailers`, or dropped when `None`.
     /// A client that sends nothing for `idle` is given up on ([`BodyError::Stalled`]).
+    /// A body that has nothing to send from the start is [`RequestBody::empty`].
     pub fn limited(
         inner: Incoming,
         limit: u64,
         trailers: Option<Arc<TrailerFilter>>,
         idle: Duration,
     ) -> Self {
-        let progress = (!inner.is_end_stream()).then(Arc::default);
-        Self {
+        if inner.is_end_stream() {
+            return Self::empty();
+        }
+        Self(Source::Streaming(Box::new(Streaming {
             inner: Some(inner),
-            buffered: None,
             limit,
             seen: 0,
             trailers,
             idle,
             timer: None,
-            progress,
-        }
+            progress: Arc::default(),
+        })))
     }
 
     /// A body already read whole.
     pub fn full(bytes: Bytes) -> Self {
-        Self {
-            buffered: (!bytes.is_empty()).then_some(bytes),
-            ..Self::empty()
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            Self(Source::Full(Box::new(bytes)))
         }
     }
 
     /// No body.
     pub fn empty() -> Self {
-        Self {
-            inner: None,
-            buffered: None,
-            limit: 0,
-            seen: 0,
-            trailers: None,
-            idle: Duration::ZERO,
-            timer: None,
-            progress: None,
-        }
+        Self(Source::Empty)
     }
 
     /// How reading the body goes, for a body still to be read; `None` when there was
     /// nothing to read.
     pub fn progress(&self) -> Option<Arc<BodyProgress>> {
-        self.progress.clone()
+        match &self.0 {
+            Source::Streaming(s) => Some(s.progress.clone()),
+            Source::Empty | Source::Full(_) => None,
+        }
     }
 
     /// The limit and idle time, to name a client fault recorded in [`BodyProgress`].
     pub fn bounds(&self) -> (u64, Duration) {
-        (self.limit, self.idle)
+        match &self.0 {
+            Source::Streaming(s) => (s.limit, s.idle),
+            Source::Empty | Source::Full(_) => (0, Duration::ZERO),
+        }
     }
+}
 
+impl Streaming {
     fn finished(&mut self) {
         self.inner = None;
         self.timer = None;
-        self.record(BodyProgress::DONE);
+        self.progress.set(BodyProgress::DONE);
     }
 
-    fn record(&self, state: u8) {
-        if let Some(p) = &self.progress {
-            p.set(state);
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = self.timer.as_mut() {
+                    t.as_mut().reset(TokioInstant::now() + self.idle);
+                }
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        self.inner = None;
+                        self.progress.set(BodyProgress::TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(self.limit))));
+                    }
+                    if self.inner.as_ref().is_some_and(Body::is_end_stream) {
+                        self.finished();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // Trailers end the body: filtered, or dropped with the route's leave.
+                self.finished();
+                match (frame.into_trailers(), &self.trailers) {
+                    (Ok(mut t), Some(filter)) => {
+                        strip_request_trailers(&mut t, &filter.rules, &filter.credentials);
+                        if t.is_empty() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Ok(Frame::trailers(t))))
+                        }
+                    }
+                    _ => Poll::Ready(None),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.progress.set(BodyProgress::CLIENT);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.inner = None;
+                    self.timer = None;
+                    self.progress.set(BodyProgress::STALLED);
+                    return Poll::Ready(Some(Err(BodyError::Stalled(idle))));
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -165,73 +237,32 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(this.buffered.take().map(|b| Ok(Frame::data(b))));
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(TokioInstant::now() + this.idle);
-                }
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.seen > this.limit {
-                        this.inner = None;
-                        this.record(BodyProgress::TOO_LARGE);
-                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
-                    }
-                    if this.inner.as_ref().is_some_and(Body::is_end_stream) {
-                        this.finished();
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                // Trailers end the body: filtered, or dropped with the route's leave.
-                this.finished();
-                match (frame.into_trailers(), &this.trailers) {
-                    (Ok(mut t), Some(filter)) => {
-                        strip_request_trailers(&mut t, &filter.rules, &filter.credentials);
-                        if t.is_empty() {
-                            Poll::Ready(None)
-                        } else {
-                            Poll::Ready(Some(Ok(Frame::trailers(t))))
-                        }
-                    }
-                    _ => Poll::Ready(None),
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.record(BodyProgress::CLIENT);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.finished();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.inner = None;
-                    this.timer = None;
-                    this.record(BodyProgress::STALLED);
-                    return Poll::Ready(Some(Err(BodyError::Stalled(idle))));
-                }
-                Poll::Pending
-            }
+        match &mut this.0 {
+            Source::Empty => Poll::Ready(None),
+            Source::Full(_) => match std::mem::replace(&mut this.0, Source::Empty) {
+                Source::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
+                Source::Empty | Source::Streaming(_) => Poll::Ready(None),
+            },
+            Source::Streaming(s) => s.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.0 {
+            Source::Empty => true,
+            Source::Full(_) => false,
+            Source::Streaming(s) => s.inner.as_ref().is_none_or(Body::is_end_stream),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.inner, &self.buffered) {
-            (Some(inner), _) => inner.size_hint(),
-            (None, Some(b)) => SizeHint::with_exact(b.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
+        match &self.0 {
+            Source::Empty => SizeHint::with_exact(0),
+            Source::Full(b) => SizeHint::with_exact(b.len() as u64),
+            Source::Streaming(s) => s
+                .inner
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
         }
     }
 }
