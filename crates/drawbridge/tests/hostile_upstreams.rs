@@ -44,6 +44,15 @@ async fn canned(reply: Vec<u8>) -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), conns)
 }
 
+/// Drawbridge with one public route to `url`, which it never retries.
+async fn without_retries(url: &str) -> Harness {
+    let cfg = config(&format!(
+        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\nretries = 0\n\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
+    ));
+    Harness::start(&cfg).await
+}
+
 #[tokio::test]
 async fn ambiguous_upstream_framing_is_502_and_the_connection_is_dropped() {
     let cases: [(&str, Vec<u8>); 3] = [
@@ -66,11 +75,7 @@ async fn ambiguous_upstream_framing_is_502_and_the_connection_is_dropped() {
     ];
     for (name, reply) in cases {
         let (url, conns) = canned(reply).await;
-        let cfg = config(&format!(
-            "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\nretries = 0\n\n\
-             [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
-        ));
-        let h = Harness::start(&cfg).await;
+        let h = without_retries(&url).await;
         for i in 0..2 {
             let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
             let reply = raw(h.addr, req, Duration::from_secs(3)).await;
@@ -95,11 +100,7 @@ async fn a_few_interim_responses_before_each_answer_pass_on_a_reused_connection(
     let mut reply = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n".repeat(6);
     reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     let (url, conns) = canned(reply).await;
-    let cfg = config(&format!(
-        "[[upstreams]]\nname = \"app\"\nendpoints = [\"{url}\"]\nretries = 0\n\n\
-         [[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n"
-    ));
-    let h = Harness::start(&cfg).await;
+    let h = without_retries(&url).await;
     for i in 0..3 {
         let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let reply = raw(h.addr, req, Duration::from_secs(3)).await;
