@@ -253,21 +253,9 @@ impl Exchange<'_> {
             .map_err(connect_failed)?;
         let mut sender = checkout.sender;
         let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
-        let mut req = target.build(&sender, ep, headers, body)?;
-        // An HTTP/1.1 upstream's interim responses are counted (hyper reads past them; a
-        // flood of them is bounded in time by the request timeout).
-        if let Sender::Http1(s) = &sender {
-            s.watch_interims(&mut req);
-        }
-        let flood = || Failure::Upstream(UpstreamError::InterimFlood(MAX_INTERIM).into());
+        let req = target.build(&sender, ep, headers, body)?;
         let sent = sender.send(req).await;
-        // More than allowed (a final one may have followed them in the same read).
-        if let Sender::Http1(s) = &sender
-            && s.interims() > MAX_INTERIM
-        {
-            // The connection goes with the sender: never reused.
-            return Err(flood());
-        }
+        flooded(&sender)?;
         let (sender, result) = match sent {
             Ok(res) => (sender, Ok(res)),
             // Boxed: rare, and its state would otherwise enlarge every request's future.
@@ -321,6 +309,8 @@ impl Target<'_> {
             *req.version_mut() = Version::HTTP_11;
         }
         *req.headers_mut() = headers;
+        // Whichever connection takes it, its interim responses are counted.
+        sender.watch_interims(&mut req);
         Ok(req)
     }
 }
@@ -357,7 +347,21 @@ async fn resend(
         (None, None) => unreachable_exchange()?,
     };
     let r = fresh.send(req).await.map_err(|e| e.into_error());
+    flooded(&fresh)?;
     Ok((fresh, r))
+}
+
+/// Fails the exchange `sender` just made when the upstream sent more interim responses
+/// than allowed before its answer (a final one may have followed them in the same read; a
+/// flood without one is bounded in time by the request timeout). The connection goes with
+/// the sender: never reused.
+fn flooded(sender: &Sender) -> Result<(), Failure> {
+    if sender.interims() > MAX_INTERIM {
+        return Err(Failure::Upstream(
+            UpstreamError::InterimFlood(MAX_INTERIM).into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A connection that could not be had is the upstream's failure.

@@ -105,15 +105,9 @@ impl Http1 {
         }
     }
 
-    /// Counts the interim responses to `req`, from none.
-    pub fn watch_interims(&self, req: &mut Request<RequestBody>) {
+    fn watch_interims(&self, req: &mut Request<RequestBody>) {
         self.interims.seen.store(0, Ordering::Relaxed);
         req.extensions_mut().extend(self.interims.callback.clone());
-    }
-
-    /// How many interim responses came for the request last watched.
-    pub fn interims(&self) -> u32 {
-        self.interims.seen.load(Ordering::Relaxed)
     }
 }
 
@@ -166,6 +160,22 @@ impl Sender {
     /// Whether requests go out as HTTP/2.
     pub fn is_http2(&self) -> bool {
         matches!(self, Sender::Http2(_))
+    }
+
+    /// Counts the interim responses to `req` from none (an HTTP/1.1 connection: hyper reads
+    /// past them and reports them only to a callback; HTTP/2 ones it does not report).
+    pub fn watch_interims(&self, req: &mut Request<RequestBody>) {
+        if let Sender::Http1(s) = self {
+            s.watch_interims(req);
+        }
+    }
+
+    /// How many interim responses came for the request last watched.
+    pub fn interims(&self) -> u32 {
+        match self {
+            Sender::Http1(s) => s.interims.seen.load(Ordering::Relaxed),
+            Sender::Http2(_) => 0,
+        }
     }
 
     /// Sends `req`. A request the connection could not take comes back in the error.

@@ -12,17 +12,28 @@ use tokio::net::TcpListener;
 /// An upstream that answers every request on every connection with `reply`; counts the
 /// connections it accepted.
 async fn canned(reply: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    scripted(move |_, _| Some(reply.clone())).await
+}
+
+/// An upstream that answers the `n`th request on its `c`th connection (both from 0) with
+/// `reply(c, n)`, and closes that connection unanswered at `None`; counts the connections
+/// it accepted.
+async fn scripted(
+    reply: impl Fn(usize, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
     let c = conns.clone();
+    let reply = Arc::new(reply);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            c.fetch_add(1, Ordering::SeqCst);
+            let conn = c.fetch_add(1, Ordering::SeqCst);
             let reply = reply.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
+                let mut served = 0;
                 loop {
                     let Ok(n) = s.read(&mut chunk).await else {
                         return;
@@ -33,7 +44,11 @@ async fn canned(reply: Vec<u8>) -> (String, Arc<AtomicUsize>) {
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
-                        if s.write_all(&reply).await.is_err() {
+                        let Some(r) = reply(conn, served) else {
+                            return;
+                        };
+                        served += 1;
+                        if s.write_all(&r).await.is_err() {
                             return;
                         }
                     }
@@ -112,6 +127,38 @@ async fn a_few_interim_responses_before_each_answer_pass_on_a_reused_connection(
         conns.load(Ordering::SeqCst),
         1,
         "the connection was not reused"
+    );
+}
+
+/// A request sent again on a new connection (its pooled one had been closed by the
+/// upstream while idle) is held to the same interim-response limit as the first attempt.
+#[tokio::test]
+async fn an_interim_flood_on_the_resend_after_a_stale_connection_is_502() {
+    let (url, conns) = scripted(|conn, served| match (conn, served) {
+        // The first connection answers once, then closes on the next request unanswered:
+        // what a pooled connection the upstream timed out looks like.
+        (0, 0) => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        (0, _) => None,
+        _ => {
+            let mut r = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(1000);
+            r.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            Some(r)
+        }
+    })
+    .await;
+    let h = without_retries(&url).await;
+    let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let first = raw(h.addr, req, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&first), 200, "{first}");
+    // Idle long enough for the pooled connection to be sent again on failure.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = raw(h.addr, req, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&second), 502, "{second}");
+    assert!(!second.ends_with("ok"), "{second}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "the request was not sent again"
     );
 }
 

@@ -237,13 +237,13 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match &mut this.0 {
-            Source::Empty => Poll::Ready(None),
-            Source::Full(_) => match std::mem::replace(&mut this.0, Source::Empty) {
-                Source::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
-                Source::Empty | Source::Streaming(_) => Poll::Ready(None),
-            },
-            Source::Streaming(s) => s.poll_frame(cx),
+        if let Source::Streaming(s) = &mut this.0 {
+            return s.poll_frame(cx);
+        }
+        // A whole body goes in one frame, and nothing is left after it.
+        match std::mem::replace(&mut this.0, Source::Empty) {
+            Source::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
+            _ => Poll::Ready(None),
         }
     }
 
