@@ -254,10 +254,7 @@ pub(crate) fn compile(
         parts.push(path.as_os_str().as_encoded_bytes());
         parts.push(digest);
     }
-    let version: String = crate::sha256(&parts)[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let version = base16ct::lower::encode_string(&crate::sha256(&parts)[..16]);
     Ok(Config {
         source: file.to_path_buf(),
         version,

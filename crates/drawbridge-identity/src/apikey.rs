@@ -189,13 +189,13 @@ pub fn new_key(secret: &[u8]) -> Result<NewKey, String> {
     let mut body = [0u8; 32];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| "no randomness".to_string())?;
     aws_lc_rs::rand::fill(&mut body).map_err(|_| "no randomness".to_string())?;
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = base16ct::lower::encode_string(&id);
     let key = format!(
         "{KEY_PREFIX}{id}_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
     );
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), key.as_bytes());
-    let hash = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = base16ct::lower::encode_string(tag.as_ref());
     Ok(NewKey { key, id, hash })
 }
 

@@ -187,7 +187,7 @@ impl Minter {
             iat: now,
             nbf: now,
             exp: self.expiry(p, now),
-            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            jti: base16ct::lower::encode_string(&jti),
             kind: p.kind.as_str(),
             authn: &p.authenticator,
             idp: p.issuer.as_deref(),

@@ -418,7 +418,7 @@ impl OidcAuthenticator {
                 let claims = serde_json::json!({
                     "iss": self.config.client_id, "sub": self.config.client_id,
                     "aud": d.token_endpoint, "iat": now, "exp": now + 60,
-                    "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "jti": base16ct::lower::encode_string(&jti),
                 });
                 let assertion = jsonwebtoken::encode(header, &claims, key).map_err(|e| {
                     OidcError::Provider {

@@ -536,7 +536,7 @@ fn recovery_key(account: Account<'_>, digest: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 #[cfg(test)]

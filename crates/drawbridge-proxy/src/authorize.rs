@@ -88,7 +88,12 @@ fn with_view<T>(
     action: Action,
     f: impl FnOnce(&RequestView<'_>) -> T,
 ) -> T {
-    let params = route.config.path.capture(ask.path).unwrap_or_default();
+    // A pattern without parameters captures nothing: not split on every request.
+    let params = if route.config.params.is_empty() {
+        Vec::new()
+    } else {
+        route.config.path.capture(ask.path).unwrap_or_default()
+    };
     let grpc = (ask.kind == Kind::Grpc).then(|| grpc_names(ask.path));
     f(&RequestView {
         action,

@@ -267,7 +267,7 @@ fn signed(hook: &Webhook, body: &[u8]) -> Vec<(&'static str, String)> {
     ctx.update(b".");
     ctx.update(body);
     let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = base16ct::lower::encode_string(tag.as_ref());
     vec![
         ("x-drawbridge-timestamp", ts),
         ("x-drawbridge-signature", format!("sha256={hex}")),

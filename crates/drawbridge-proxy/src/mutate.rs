@@ -160,7 +160,6 @@ const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded
 /// the DER, hex), `Subject` when asked for, each `URI` and `DNS` SAN; values holding `,`,
 /// `;`, `=` or `"` are quoted.
 fn xfcc(cert: &drawbridge_identity::ClientCert, with_subject: bool) -> String {
-    use std::fmt::Write as _;
     fn value(out: &mut String, v: &str) {
         if v.contains([',', ';', '=', '"']) {
             out.push('"');
@@ -176,9 +175,7 @@ fn xfcc(cert: &drawbridge_identity::ClientCert, with_subject: bool) -> String {
         }
     }
     let mut out = String::from("Hash=");
-    for b in cert.fingerprint {
-        let _ = write!(out, "{b:02x}");
-    }
+    out.push_str(&base16ct::lower::encode_string(&cert.fingerprint));
     if with_subject {
         out.push_str(";Subject=");
         value(&mut out, &cert.subject);

@@ -25,10 +25,11 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
         request_host(req)
     };
     match host {
-        Ok(h) => {
+        Ok((h, sent)) => {
             // The record takes it from `ctx` when the request ends.
             ctx.host = h;
             ctx.host_read = true;
+            ctx.original_host = sent.cloned();
         }
         Err(e) => {
             // The record names what the client asked for, even unusable.
@@ -36,7 +37,6 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
             return Err(e);
         }
     }
-    ctx.original_host = req.headers.get(header::HOST).cloned();
     check_framing(&req.headers)
 }
 
@@ -86,13 +86,17 @@ fn head_len(req: &Parts, target_len: usize) -> usize {
 
 /// Refuses framing that two parsers could read differently.
 fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if lengths.next().is_none() {
+        return Ok(());
+    }
+    if lengths.next().is_some() {
+        return Err(ProxyError::Framing("more than one Content-Length"));
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::Framing(
             "both Transfer-Encoding and Content-Length",
         ));
-    }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(ProxyError::Framing("more than one Content-Length"));
     }
     Ok(())
 }
@@ -133,8 +137,9 @@ fn asked_host(req: &Parts) -> Option<String> {
     )
 }
 
-/// The request's host, lower-case, without port or trailing dot.
-fn request_host(req: &Parts) -> Result<String, ProxyError> {
+/// The request's host, lower-case, without port or trailing dot, and the `Host` header it
+/// came in (one look at the header for both).
+fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), ProxyError> {
     let mut hosts = req.headers.get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
@@ -145,18 +150,18 @@ fn request_host(req: &Parts) -> Result<String, ProxyError> {
         (Some(a), _) if a.as_str().contains('@') => {
             return Err(ProxyError::BadRequest("user info in the request target"));
         }
-        (Some(a), _) => a.host().to_ascii_lowercase(),
+        (Some(a), _) => host_of(a.as_str()).to_ascii_lowercase(),
         (None, Some(h)) => {
             let s = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            let a: http::uri::Authority = s
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            if s.contains('@') {
+            if s.as_bytes().contains(&b'@') {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
-            a.host().to_ascii_lowercase()
+            // The authority grammar is http's to check; what passes has no user info.
+            s.parse::<http::uri::Authority>()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            host_of(s).to_ascii_lowercase()
         }
         (None, None) if req.version == http::Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
@@ -167,5 +172,96 @@ fn request_host(req: &Parts) -> Result<String, ProxyError> {
     if host.ends_with('.') {
         host.pop();
     }
-    Ok(host)
+    Ok((host, header_host))
+}
+
+/// The host of an authority that parsed and holds no user info: an IP literal with its
+/// brackets, or what comes before the port.
+fn host_of(authority: &str) -> &str {
+    let bytes = authority.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
+        bytes
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(bytes.len(), |i| i + 1)
+    } else {
+        bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len())
+    };
+    &authority[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, hosts: &[&str]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).map(|r| r.into_parts().0).expect("request")
+    }
+
+    #[test]
+    fn the_host_is_the_authority_without_port_in_lower_case() {
+        for (host, want) in [
+            ("Example.COM", "example.com"),
+            ("example.com:8443", "example.com"),
+            ("example.com.", "example.com"),
+            ("example.com.:80", "example.com"),
+            ("10.0.0.1:80", "10.0.0.1"),
+            ("[::1]:8080", "[::1]"),
+            ("[FE80::1]", "[fe80::1]"),
+        ] {
+            let req = parts("/", &[host]);
+            let (got, sent) = request_host(&req).expect(host);
+            assert_eq!(got, want, "{host}");
+            assert_eq!(sent.map(|v| v.as_bytes()), Some(host.as_bytes()));
+            let absolute = parts(&format!("http://{host}/x"), &["other.example"]);
+            assert_eq!(request_host(&absolute).expect(host).0, want, "{host}");
+        }
+    }
+
+    #[test]
+    fn hosts_with_user_info_or_bad_grammar_or_twice_are_refused() {
+        for hosts in [
+            &["user@example.com"][..],
+            &["user:pw@example.com:80"],
+            &["exa mple.com"],
+            &["[::1"],
+            &["a.example", "b.example"],
+        ] {
+            assert!(request_host(&parts("/", hosts)).is_err(), "{hosts:?}");
+        }
+        assert!(request_host(&parts("http://u@example.com/", &[])).is_err());
+        assert!(
+            request_host(&parts("/", &[])).is_err(),
+            "HTTP/1.1 needs a host"
+        );
+    }
+
+    #[test]
+    fn framing_two_parsers_could_read_differently_is_refused() {
+        let framing = |fields: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.append(
+                    http::HeaderName::from_static(n),
+                    http::HeaderValue::from_static(v),
+                );
+            }
+            check_framing(&h)
+        };
+        assert!(framing(&[]).is_ok());
+        assert!(framing(&[("content-length", "5")]).is_ok());
+        assert!(framing(&[("transfer-encoding", "chunked")]).is_ok());
+        for refused in [
+            &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+            &[("content-length", "5"), ("content-length", "5")],
+            &[("content-length", "5"), ("content-length", "6")],
+        ] {
+            assert!(framing(refused).is_err(), "{refused:?}");
+        }
+    }
 }

@@ -130,8 +130,13 @@ impl SniResolver {
         let Some(name) = name else {
             return self.default.as_ref();
         };
-        let name = name.to_ascii_lowercase();
-        if let Some(ck) = self.exact.get(&name) {
+        // Names are mostly lower-case already: folded into a copy only when they are not.
+        let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
+        };
+        if let Some(ck) = self.exact.get(&*name) {
             return Some(ck);
         }
         if let Some((_, parent)) = name.split_once('.')
@@ -146,6 +151,10 @@ impl SniResolver {
     /// both are served by the same certificate (the listener's client-certificate settings
     /// are one for all its names).
     pub fn same_virtual_host(&self, sni: Option<&str>, host: &str) -> bool {
+        // The name the handshake gave, the usual case: one certificate, looked up once.
+        if sni.is_some_and(|s| s.eq_ignore_ascii_case(host)) {
+            return self.pick(sni).is_some();
+        }
         match (self.pick(sni), self.pick(Some(host))) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,

@@ -1033,7 +1033,7 @@ pub fn csrf_valid(cookie: &str, token: &str) -> bool {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    base16ct::lower::encode_string(b)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

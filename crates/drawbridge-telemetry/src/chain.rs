@@ -76,7 +76,7 @@ pub fn hash(line: &[u8]) -> [u8; 32] {
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 /// How the chained file rotates.
@@ -273,9 +273,13 @@ impl Chained {
         };
         let seq = self.link.seq + 1;
         self.line.clear();
-        self.line.extend_from_slice(
-            format!("{{\"seq\":{seq},\"prev\":\"{}\"", hex(&self.link.hash)).as_bytes(),
-        );
+        // Written in place: this runs for every audited decision.
+        write!(self.line, "{{\"seq\":{seq},\"prev\":\"")?;
+        let mut prev = [0u8; 64];
+        let prev = base16ct::lower::encode(&self.link.hash, &mut prev)
+            .map_err(|_| std::io::Error::other("hex buffer too small"))?;
+        self.line.extend_from_slice(prev);
+        self.line.push(b'"');
         if rest != b"}" {
             self.line.push(b',');
         }
