@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -213,7 +213,7 @@ pub enum Sink {
 
 /// A JSON-lines log's sending side: cheap to clone, never blocks.
 pub struct JsonLog<T> {
-    tx: Option<SyncSender<(T, Option<Ack>)>>,
+    tx: Option<Sender<(T, Option<Ack>)>>,
     state: Arc<State>,
 }
 
@@ -301,7 +301,11 @@ pub type AccessLog = JsonLog<AccessEvent>;
 /// The audit trail: one line per authorization decision.
 pub type AuditLog = JsonLog<AuditEvent>;
 
-/// Queue length between the request path and the writer thread.
+/// Queue length between the request path and the writer thread: events queued and not yet
+/// written, counted in [`State::queued`]. The queue itself is a list of small blocks, not
+/// a ring of this many slots made up front: the request path writes each event into memory
+/// the writer freed a moment ago, still in cache, rather than into a slot last used
+/// sixteen thousand events before.
 pub const QUEUE: usize = 16 * 1024;
 
 impl<T: Serialize + Send + 'static> JsonLog<T> {
@@ -340,7 +344,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             note_drops,
             ..State::default()
         });
-        let (tx, rx) = sync_channel(QUEUE);
+        let (tx, rx) = channel();
         let handle = std::thread::Builder::new()
             .name(format!(
                 "{}-log",
@@ -370,38 +374,38 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
 
     /// Queues one event; a full queue drops it and counts the drop. Whether it was queued.
     pub fn record(&self, event: T) -> bool {
+        if !self.enqueue((event, None)) {
+            return false;
+        }
+        self.state.wake.nudge();
+        true
+    }
+
+    /// Queues an event unless the queue is full or the writer gone (a drop, counted). Its
+    /// place is counted before it is sent, so the writer never counts it out first.
+    fn enqueue(&self, queued: (T, Option<Ack>)) -> bool {
         let Some(tx) = &self.tx else {
             return false;
         };
-        match tx.try_send((event, None)) {
-            Ok(()) => {
-                self.state.queued.fetch_add(1, Ordering::Relaxed);
-                self.state.wake.nudge();
-                true
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.state.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+        let before = self.state.queued.fetch_add(1, Ordering::Relaxed);
+        if before >= QUEUE as u64 || tx.send(queued).is_err() {
+            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     /// Queues one event and wakes the writer at once; the answer says whether it was
     /// written and flushed to the sink. `None` when it could not even be queued.
     pub fn record_acked(&self, event: T) -> Option<tokio::sync::oneshot::Receiver<bool>> {
-        let tx = self.tx.as_ref()?;
+        self.tx.as_ref()?;
         let (ack, written) = tokio::sync::oneshot::channel();
-        match tx.try_send((event, Some(ack))) {
-            Ok(()) => {
-                self.state.queued.fetch_add(1, Ordering::Relaxed);
-                self.state.wake.wake_now();
-                Some(written)
-            }
-            Err(_) => {
-                self.state.dropped.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        if !self.enqueue((event, Some(ack))) {
+            return None;
         }
+        self.state.wake.wake_now();
+        Some(written)
     }
 
     /// Whether events go anywhere (`off` drops them unwritten): lets a caller skip building
@@ -448,7 +452,12 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
 
     /// The latest lines written (as many as it keeps), oldest first.
     pub fn recent(&self) -> Vec<Arc<str>> {
-        self.state.recent.lines().iter().cloned().collect()
+        self.state
+            .recent
+            .lines()
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into())
+            .collect()
     }
 
     /// Events queued and not yet written.
@@ -462,15 +471,16 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     }
 }
 
-/// The latest lines a log wrote.
+/// The latest lines a log wrote, as written (JSON, so UTF-8): each kept line reuses the
+/// buffer of the one it replaces, as this runs for every line.
 #[derive(Default)]
 struct Recent {
-    lines: std::sync::Mutex<std::collections::VecDeque<Arc<str>>>,
+    lines: std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>,
     keep: usize,
 }
 
 impl Recent {
-    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Arc<str>>> {
+    fn lines(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Vec<u8>>> {
         self.lines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -478,14 +488,15 @@ impl Recent {
         if self.keep == 0 {
             return;
         }
-        let Ok(text) = std::str::from_utf8(line) else {
-            return;
-        };
         let mut lines = self.lines();
-        if lines.len() == self.keep {
-            lines.pop_front();
-        }
-        lines.push_back(text.into());
+        let mut kept = if lines.len() == self.keep {
+            lines.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        kept.clear();
+        kept.extend_from_slice(line);
+        lines.push_back(kept);
     }
 }
 
