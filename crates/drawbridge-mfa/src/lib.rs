@@ -109,7 +109,10 @@ impl Account<'_> {
     }
 
     fn key(&self, what: &str) -> String {
-        format!("mfa-{what}:{}", hex(&self.digest()))
+        format!(
+            "mfa-{what}:{}",
+            base16ct::lower::encode_string(&self.digest())
+        )
     }
 }
 
@@ -524,7 +527,7 @@ impl Code {
 
 /// A recovery code's digest, salted by its account.
 fn recovery_digest(account: Account<'_>, code: &str) -> String {
-    hex(&drawbridge_config::sha256(&[
+    base16ct::lower::encode_string(&drawbridge_config::sha256(&[
         b"drawbridge recovery code\0",
         &account.digest(),
         code.as_bytes(),
@@ -533,10 +536,6 @@ fn recovery_digest(account: Account<'_>, code: &str) -> String {
 
 fn recovery_key(account: Account<'_>, digest: &str) -> String {
     format!("{}:{digest}", account.key("recovery"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    base16ct::lower::encode_string(bytes)
 }
 
 #[cfg(test)]

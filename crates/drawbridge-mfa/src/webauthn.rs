@@ -53,7 +53,10 @@ impl Registered {
 }
 
 fn owner_key(cred_id: &[u8]) -> String {
-    format!("mfa-webauthn-credential:{}", crate::hex(cred_id))
+    format!(
+        "mfa-webauthn-credential:{}",
+        base16ct::lower::encode_string(cred_id)
+    )
 }
 
 impl Key {
@@ -157,10 +160,10 @@ impl Mfa {
             .store()
             .put_if_absent(
                 &owner_key(key.cred_id()),
-                crate::hex(&account.digest()).as_bytes(),
+                base16ct::lower::encode_string(&account.digest()).as_bytes(),
             )
             .await?;
-        if owner != crate::hex(&account.digest()).as_bytes() {
+        if owner != base16ct::lower::encode_string(&account.digest()).as_bytes() {
             return Err(MfaError::Wrong);
         }
         let now = drawbridge_identity::unix_now();

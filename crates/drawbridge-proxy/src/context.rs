@@ -262,8 +262,10 @@ impl RequestIds {
 
 /// `n` as 16 lower-case hex digits.
 fn hex(n: u64) -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    std::array::from_fn(|i| HEX[((n >> (4 * (15 - i))) & 0xf) as usize])
+    let mut digits = [0u8; 16];
+    // Sixteen digits for eight bytes: the buffer always fits.
+    let _ = base16ct::lower::encode(&n.to_be_bytes(), &mut digits);
+    digits
 }
 
 impl Default for RequestIds {

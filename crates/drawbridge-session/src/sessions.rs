@@ -355,7 +355,7 @@ impl Sessions {
             redirect_uri,
             return_to: target.url,
             host: from.host().to_string(),
-            browser: hex(&digest("login", browser.as_bytes())),
+            browser: base16ct::lower::encode_string(&digest("login", browser.as_bytes())),
         };
         let value = serde_json::to_vec(&login).map_err(|e| SsoError::Corrupt(e.to_string()))?;
         self.store
@@ -391,7 +391,8 @@ impl Sessions {
             .ok_or(SsoError::UnknownState)?;
         let login: LoginState =
             serde_json::from_slice(&stored).map_err(|e| SsoError::Corrupt(e.to_string()))?;
-        let browser = login_cookie.map(|c| hex(&digest("login", c.as_bytes())));
+        let browser =
+            login_cookie.map(|c| base16ct::lower::encode_string(&digest("login", c.as_bytes())));
         if !browser.is_some_and(|b| constant_time_eq(b.as_bytes(), login.browser.as_bytes())) {
             return Err(SsoError::OtherBrowser);
         }
@@ -544,7 +545,7 @@ impl Sessions {
         }
         Ok(Some(Arc::new(Session {
             principal: Arc::new(principal_of(&record)),
-            handle: hex(id.lookup()),
+            handle: base16ct::lower::encode_string(id.lookup()),
             record,
         })))
     }
@@ -988,15 +989,21 @@ fn unix_ms() -> u64 {
 }
 
 fn handover_key(code: &str) -> String {
-    format!("handover:{}", hex(&digest("handover", code.as_bytes())))
+    format!(
+        "handover:{}",
+        base16ct::lower::encode_string(&digest("handover", code.as_bytes()))
+    )
 }
 
 fn state_key(state: &str) -> String {
-    format!("login:{}", hex(&digest("state", state.as_bytes())))
+    format!(
+        "login:{}",
+        base16ct::lower::encode_string(&digest("state", state.as_bytes()))
+    )
 }
 
 fn session_key(lookup: &[u8; 32]) -> String {
-    format!("session:{}", hex(lookup))
+    format!("session:{}", base16ct::lower::encode_string(lookup))
 }
 
 fn revoked_key(r: &Record) -> String {
@@ -1024,16 +1031,12 @@ fn well_formed(s: &str) -> bool {
 /// A value's anti-forgery token for a form: a digest of a cookie the page's own browser
 /// holds (and a forging page cannot read).
 pub fn csrf_token(cookie: &str) -> String {
-    hex(&digest("csrf", cookie.as_bytes()))[..32].to_string()
+    base16ct::lower::encode_string(&digest("csrf", cookie.as_bytes()))[..32].to_string()
 }
 
 /// Whether `token` is the anti-forgery token of `cookie`.
 pub fn csrf_valid(cookie: &str, token: &str) -> bool {
     constant_time_eq(csrf_token(cookie).as_bytes(), token.as_bytes())
-}
-
-fn hex(b: &[u8]) -> String {
-    base16ct::lower::encode_string(b)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
@@ -1124,8 +1127,16 @@ mod tests {
         let later = stored(&s, "alice", "app.test").await;
         assert!(s.read(&later, now, none).await.expect("read").is_some());
         // One session by its handle.
-        assert!(s.revoke(&hex(bob.lookup())).await.expect("revoke"));
+        assert!(
+            s.revoke(&base16ct::lower::encode_string(bob.lookup()))
+                .await
+                .expect("revoke")
+        );
         assert!(s.read(&bob, now, none).await.expect("read").is_none());
-        assert!(!s.revoke(&hex(bob.lookup())[..16]).await.expect("revoke"));
+        assert!(
+            !s.revoke(&base16ct::lower::encode_string(bob.lookup())[..16])
+                .await
+                .expect("revoke")
+        );
     }
 }

@@ -74,11 +74,6 @@ pub fn hash(line: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    base16ct::lower::encode_string(bytes)
-}
-
 /// How the chained file rotates.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rotation {
@@ -357,7 +352,7 @@ impl Chained {
     fn seal_now(&mut self, why: &str) -> std::io::Result<()> {
         let claims = serde_json::json!({
             "seq": self.link.seq + 1,
-            "prev": hex(&self.link.hash),
+            "prev": base16ct::lower::encode_string(&self.link.hash),
             "iat": SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -542,7 +537,7 @@ pub fn verify(
             match prev {
                 None => {
                     sum.first = seq;
-                    if seq == 1 && recorded != hex(&Link::GENESIS.hash) {
+                    if seq == 1 && recorded != base16ct::lower::encode_string(&Link::GENESIS.hash) {
                         return Err(broken("the first event records a predecessor".into()));
                     }
                 }
@@ -568,7 +563,7 @@ pub fn verify(
                             p.seq + 1
                         )));
                     }
-                    if recorded != hex(&p.hash) {
+                    if recorded != base16ct::lower::encode_string(&p.hash) {
                         return Err(broken(format!(
                             "event #{seq} does not follow #{} as recorded: #{} (at {}:{}) was edited",
                             p.seq, p.seq, at.0, at.1
