@@ -41,6 +41,11 @@ fn is_param_segment(seg: &str) -> bool {
 /// The path prefix Drawbridge keeps for itself on every listener.
 pub const RESERVED_PREFIX: &str = "/.drawbridge";
 
+/// The longest duration a setting takes (humantime's 100 years): every timeout, age and
+/// lifetime becomes a deadline on a clock, and a duration past the clock's reach would
+/// overflow it.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 pub(crate) fn compile(
     file: &Path,
     source: &str,
@@ -1579,6 +1584,7 @@ impl Cx<'_> {
         }
     }
 
+    /// A duration in the configuration, at most [`MAX_DURATION`]; zero is refused.
     fn duration(
         &mut self,
         field: &str,
@@ -1587,7 +1593,17 @@ impl Cx<'_> {
     ) -> Duration {
         let Some(raw) = raw else { return default };
         match humantime::parse_duration(raw.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
+            Ok(d) if !d.is_zero() => {
+                // Deadlines are points on the clock: one past its reach cannot be set.
+                self.r.error_help(
+                    raw.span().start,
+                    field,
+                    format!("`{}` is longer than 100 years", raw.get_ref()),
+                    "give at most `100years`, or leave the field out for its default",
+                );
+                default
+            }
             Ok(_) => {
                 self.r.error_help(
                     raw.span().start,

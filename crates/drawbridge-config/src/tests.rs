@@ -762,6 +762,35 @@ fn active_health_checks_need_a_path() {
     }
 }
 
+/// Every timeout becomes a deadline on a clock: one past its reach is refused by name, the
+/// longest allowed one compiles.
+#[test]
+fn durations_stop_at_a_hundred_years() {
+    let up = |setting: &str| {
+        BASE.replace(
+            "endpoints = [\"http://127.0.0.1:9000\"]",
+            &format!("endpoints = [\"http://127.0.0.1:9000\"]\n{setting}"),
+        )
+    };
+    for too_long in ["300000000000years", "101years", "36600days"] {
+        let e = errors(&up(&format!("request_timeout = \"{too_long}\"")));
+        assert_eq!(e.len(), 1, "{too_long}");
+        assert_eq!(e[0].field, "upstreams[0].request_timeout", "{too_long}");
+        assert!(e[0].message.contains("longer than 100 years"), "{e:?}");
+    }
+    let cfg = check(&up("request_timeout = \"100years\"")).expect("valid");
+    assert_eq!(
+        cfg.upstreams[0].request_timeout,
+        std::time::Duration::from_secs(100 * 31_557_600)
+    );
+    let listener = BASE.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nlimits = { max_connection_age = \"200years\" }",
+    );
+    let e = errors(&listener);
+    assert_eq!(e[0].field, "listeners[0].limits.max_connection_age");
+}
+
 /// A route's header edits never touch Drawbridge's own headers, in either list.
 #[test]
 fn route_header_edits_leave_drawbridges_own_alone() {

@@ -60,8 +60,13 @@ pub struct Forwarded {
 /// is safe to repeat is kept so that it can go again on a new connection.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// Sends `out` to `pool`.
-pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarded, ProxyError> {
+/// Sends `out` to `pool`; `sent` is when the forward step began (the first attempt's
+/// timeout runs from it, read once for the step and its timing).
+pub async fn forward(
+    pool: &Arc<UpstreamPool>,
+    out: Outgoing,
+    sent: std::time::Instant,
+) -> Result<Forwarded, ProxyError> {
     let Outgoing {
         method,
         path_and_query,
@@ -98,6 +103,7 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
             .map(|e| body_failure(&e))
     };
     let mut body = Some(body);
+    let mut path_and_query = Some(path_and_query);
     let mut last_endpoint = None;
     let mut last_err = None;
     for attempt in 0..attempts {
@@ -110,9 +116,24 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
         };
         last_endpoint = Some(in_flight.index());
         let last = attempt + 1 == attempts;
+        // The last attempt takes the target and headers; earlier ones send copies.
+        let target = if last {
+            path_and_query.take()
+        } else {
+            path_and_query.clone()
+        };
+        // Only the last attempt takes it: there is always one to send.
+        let Some(target) = target else {
+            break;
+        };
+        let started = if attempt == 0 {
+            sent
+        } else {
+            std::time::Instant::now()
+        };
         let exchange = Exchange {
             method: &method,
-            path_and_query: &path_and_query,
+            path_and_query: target,
             host: host.as_ref(),
             headers: if last {
                 std::mem::take(&mut headers)
@@ -126,9 +147,13 @@ pub async fn forward(pool: &Arc<UpstreamPool>, out: Outgoing) -> Result<Forwarde
             },
             repeatable,
             http1_only: upgrade.is_some(),
+            started,
         };
-        let outcome =
-            tokio::time::timeout(pool.request_timeout, exchange.run(pool, &in_flight)).await;
+        let outcome = tokio::time::timeout_at(
+            (started + pool.request_timeout).into(),
+            exchange.run(pool, &in_flight),
+        )
+        .await;
         let err = match outcome {
             Ok(Ok((response, _))) if ambiguous_framing(response.headers()) => {
                 // Two readers could take the body two ways: the answer is not forwarded and
@@ -207,12 +232,14 @@ enum Failure {
 /// One request to one endpoint.
 struct Exchange<'a> {
     method: &'a Method,
-    path_and_query: &'a PathAndQuery,
+    path_and_query: PathAndQuery,
     host: Option<&'a HeaderValue>,
     headers: HeaderMap,
     body: RequestBody,
     repeatable: bool,
     http1_only: bool,
+    /// When the attempt began.
+    started: std::time::Instant,
 }
 
 type Exchanged = (Response<Incoming>, Option<crate::transport::Http1>);
@@ -220,7 +247,6 @@ type Exchanged = (Response<Incoming>, Option<crate::transport::Http1>);
 /// Where a request goes and as what, to build it for whichever connection takes it.
 struct Target<'a> {
     method: &'a Method,
-    path_and_query: &'a PathAndQuery,
     host: Option<&'a HeaderValue>,
 }
 
@@ -234,26 +260,24 @@ impl Exchange<'_> {
             body,
             repeatable,
             http1_only,
+            started,
         } = self;
         if pool.settings.host_header == drawbridge_config::HostHeader::Endpoint {
             // The endpoint's own authority; the client's went as X-Forwarded-Host.
             host = None;
             headers.remove(header::HOST);
         }
-        let target = Target {
-            method,
-            path_and_query,
-            host,
-        };
+        let target = Target { method, host };
         let ep = in_flight.endpoint();
         let transport = &pool.transport;
         let checkout = transport
-            .checkout(&ep.endpoint, &ep.conns, http1_only)
+            .checkout(&ep.endpoint, &ep.conns, http1_only, started)
             .await
             .map_err(connect_failed)?;
         let mut sender = checkout.sender;
-        let kept = (repeatable && checkout.idle_for >= STALE_AFTER).then(|| headers.clone());
-        let req = target.build(&sender, ep, headers, body)?;
+        let kept = (repeatable && checkout.idle_for >= STALE_AFTER)
+            .then(|| (path_and_query.clone(), headers.clone()));
+        let req = target.build(&sender, ep, path_and_query, headers, body)?;
         let sent = sender.send(req).await;
         flooded(&sender)?;
         let (sender, result) = match sent {
@@ -276,6 +300,7 @@ impl Target<'_> {
         &self,
         sender: &Sender,
         ep: &crate::upstream::EndpointState,
+        path_and_query: PathAndQuery,
         mut headers: HeaderMap,
         body: RequestBody,
     ) -> Result<Request<RequestBody>, Failure> {
@@ -292,7 +317,7 @@ impl Target<'_> {
             *req.uri_mut() = Uri::builder()
                 .scheme(ep.scheme.clone())
                 .authority(authority)
-                .path_and_query(self.path_and_query.clone())
+                .path_and_query(path_and_query)
                 .build()
                 .map_err(|_| bad_target())?;
             *req.version_mut() = Version::HTTP_2;
@@ -305,7 +330,7 @@ impl Target<'_> {
                     .ok_or_else(bad_target)?;
                 headers.insert(header::HOST, host);
             }
-            *req.uri_mut() = Uri::from(self.path_and_query.clone());
+            *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
         }
         *req.headers_mut() = headers;
@@ -316,15 +341,15 @@ impl Target<'_> {
 }
 
 /// A request `sender` failed to send: never written (the connection closed first), or
-/// written to a connection the upstream closed while it sat idle (`kept`, its headers, when
-/// it is safe to send again). A new connection gets it, once; any other failure stands.
+/// written to a connection the upstream closed while it sat idle (`kept`, its target and
+/// headers, when it is safe to send again). A new connection gets it, once; any other failure stands.
 async fn resend(
     target: &Target<'_>,
     pool: &UpstreamPool,
     ep: &crate::upstream::EndpointState,
     http1_only: bool,
     mut e: TrySendError<Request<RequestBody>>,
-    kept: Option<HeaderMap>,
+    kept: Option<(PathAndQuery, HeaderMap)>,
     sender: Sender,
 ) -> Result<(Sender, Result<Response<Incoming>, hyper::Error>), Failure> {
     let unsent = e.take_message();
@@ -341,9 +366,15 @@ async fn resend(
     let req = match (unsent, stale) {
         (Some(req), _) => {
             let (parts, body) = req.into_parts();
-            target.build(&fresh, ep, parts.headers, body)?
+            // The target it was built with, in either form (origin or absolute).
+            let path_and_query = parts.uri.path_and_query().cloned().ok_or(Failure::Client(
+                ProxyError::BadRequest("unrepresentable request target"),
+            ))?;
+            target.build(&fresh, ep, path_and_query, parts.headers, body)?
         }
-        (None, Some(headers)) => target.build(&fresh, ep, headers, RequestBody::empty())?,
+        (None, Some((path_and_query, headers))) => {
+            target.build(&fresh, ep, path_and_query, headers, RequestBody::empty())?
+        }
         (None, None) => unreachable_exchange()?,
     };
     let r = fresh.send(req).await.map_err(|e| e.into_error());

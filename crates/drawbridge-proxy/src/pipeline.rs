@@ -260,7 +260,7 @@ async fn run(
         lease,
     };
     let sent = std::time::Instant::now();
-    let forwarded = forward::forward(&route.upstream, out).await;
+    let forwarded = forward::forward(&route.upstream, out, sent).await;
     route.metrics.phase(Timed::Upstream, sent.elapsed());
     if let Some(t) = &mut ctx.trace {
         t.event("upstream.response");

@@ -225,12 +225,14 @@ impl Transport {
     }
 
     /// A connection to `ep`: the shared HTTP/2 one, an idle HTTP/1.1 one, or a new one.
-    /// `http1` insists on HTTP/1.1 (WebSocket upgrades).
+    /// `http1` insists on HTTP/1.1 (WebSocket upgrades); `now` is the time the request
+    /// asks (idle times are measured to it).
     pub async fn checkout(
         &self,
         ep: &Endpoint,
         conns: &Connections,
         http1: bool,
+        now: Instant,
     ) -> Result<Checkout, ConnectError> {
         if !http1 {
             let shared = lock(&conns.shared_h2)
@@ -248,7 +250,7 @@ impl Transport {
         // from a connection made for it, and pooled ones park instead.
         if !http1 {
             // Most requests find a ready connection and never wait here.
-            match self.ready(conns) {
+            match self.ready(conns, now) {
                 Ready::Now(c) => return Ok(c),
                 Ready::Empty => {}
                 first => {
@@ -269,7 +271,7 @@ impl Transport {
 
     /// What the pool has at once, without waiting: a ready connection (the most recently
     /// used first), one still finishing its exchange, parked sockets, or nothing.
-    fn ready(&self, conns: &Connections) -> Ready {
+    fn ready(&self, conns: &Connections, now: Instant) -> Ready {
         loop {
             let popped = lock(&conns.idle).pop();
             let Some((s, since)) = popped else {
@@ -279,7 +281,7 @@ impl Transport {
                     Ready::Parked
                 };
             };
-            let idle_for = since.elapsed();
+            let idle_for = now.saturating_duration_since(since);
             if idle_for >= self.idle_timeout || s.send.is_closed() {
                 continue;
             }
@@ -311,7 +313,7 @@ impl Transport {
                 }
                 Ready::Parked | Ready::Empty => break,
             }
-            next = self.ready(conns);
+            next = self.ready(conns, Instant::now());
         }
         loop {
             let (io, since) = conns.parked.pop()?;
@@ -446,8 +448,9 @@ impl Transport {
         }
     }
 
-    /// Returns an HTTP/1.1 connection whose exchange completed, for the next request.
-    pub fn give_back(&self, conns: &Connections, sender: Http1) {
+    /// Returns an HTTP/1.1 connection whose exchange completed (`now`, when its response
+    /// ended), for the next request.
+    pub fn give_back(&self, conns: &Connections, sender: Http1, now: Instant) {
         if sender.send.is_closed() || sender.park.is_none() {
             return;
         }
@@ -455,7 +458,6 @@ impl Transport {
         // Oldest first (each is pushed with the time it came back, and taken from the end):
         // drop the ones idle too long, which lead, looking no further than the first that is
         // not; then keep at most `max_idle` (parked ones included).
-        let now = Instant::now();
         let expired = idle
             .iter()
             .position(|(_, since)| now.duration_since(*since) < self.idle_timeout)
@@ -705,7 +707,10 @@ mod tests {
 
     /// One exchange on a checked-out connection; the connection, to give back.
     async fn exchange(t: &Transport, ep: &Endpoint, conns: &Connections) -> Checkout {
-        let mut c = t.checkout(ep, conns, false).await.expect("checkout");
+        let mut c = t
+            .checkout(ep, conns, false, Instant::now())
+            .await
+            .expect("checkout");
         let req = Request::get("/")
             .body(RequestBody::empty())
             .expect("request");
@@ -731,7 +736,7 @@ mod tests {
 
     fn give_back(t: &Transport, conns: &Connections, c: Checkout) {
         if let Sender::Http1(s) = c.sender {
-            t.give_back(conns, s);
+            t.give_back(conns, s, Instant::now());
         }
     }
 
@@ -876,7 +881,10 @@ mod tests {
         // An upgrade never takes a pooled connection, and its own never goes back.
         let pooled = exchange(&t, &ep, &conns).await;
         give_back(&t, &conns, pooled);
-        let upgrade = t.checkout(&ep, &conns, true).await.expect("checkout");
+        let upgrade = t
+            .checkout(&ep, &conns, true, Instant::now())
+            .await
+            .expect("checkout");
         // Counted once the upstream's accept loop has run.
         for _ in 0..100 {
             if accepted.load(Ordering::SeqCst) == 3 {

@@ -105,11 +105,12 @@ impl InFlight {
         }
     }
 
-    /// Returns an HTTP/1.1 connection whose exchange completed to the endpoint's pool.
-    pub fn give_back(&self, sender: crate::transport::Http1) {
+    /// Returns an HTTP/1.1 connection whose exchange completed (`now`, when its response
+    /// ended) to the endpoint's pool.
+    pub fn give_back(&self, sender: crate::transport::Http1, now: Instant) {
         self.pool
             .transport
-            .give_back(&self.endpoint().conns, sender);
+            .give_back(&self.endpoint().conns, sender, now);
     }
 
     /// Records a success: the failure streak ends.

@@ -82,7 +82,7 @@ fn finish(kept: Option<Kept>, (up, down): (u64, u64), why: Option<&str>) {
     let Some(Kept { record, conn }) = kept else {
         return;
     };
-    record.write(|event| {
+    record.write(std::time::Instant::now(), |event| {
         event.bytes_sent = down;
         event.bytes_received = Some(up);
         if let Some(why) = why {

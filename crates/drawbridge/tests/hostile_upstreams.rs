@@ -12,14 +12,14 @@ use tokio::net::TcpListener;
 /// An upstream that answers every request on every connection with `reply`; counts the
 /// connections it accepted.
 async fn canned(reply: Vec<u8>) -> (String, Arc<AtomicUsize>) {
-    scripted(move |_, _| Some(reply.clone())).await
+    scripted(move |_, _, _| Some(reply.clone())).await
 }
 
-/// An upstream that answers the `n`th request on its `c`th connection (both from 0) with
-/// `reply(c, n)`, and closes that connection unanswered at `None`; counts the connections
-/// it accepted.
+/// An upstream that answers the `n`th request on its `c`th connection (both from 0), whose
+/// head is `h`, with `reply(c, n, h)`, and closes that connection unanswered at `None`;
+/// counts the connections it accepted.
 async fn scripted(
-    reply: impl Fn(usize, usize) -> Option<Vec<u8>> + Send + Sync + 'static,
+    reply: impl Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
 ) -> (String, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -43,8 +43,8 @@ async fn scripted(
                     }
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let Some(r) = reply(conn, served) else {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let Some(r) = reply(conn, served, &String::from_utf8_lossy(&head)) else {
                             return;
                         };
                         served += 1;
@@ -134,7 +134,7 @@ async fn a_few_interim_responses_before_each_answer_pass_on_a_reused_connection(
 /// upstream while idle) is held to the same interim-response limit as the first attempt.
 #[tokio::test]
 async fn an_interim_flood_on_the_resend_after_a_stale_connection_is_502() {
-    let (url, conns) = scripted(|conn, served| match (conn, served) {
+    let (url, conns) = scripted(|conn, served, _| match (conn, served) {
         // The first connection answers once, then closes on the next request unanswered:
         // what a pooled connection the upstream timed out looks like.
         (0, 0) => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
@@ -160,6 +160,52 @@ async fn an_interim_flood_on_the_resend_after_a_stale_connection_is_502() {
         2,
         "the request was not sent again"
     );
+}
+
+/// A request sent again on a new connection (its pooled one closed by the upstream while
+/// idle) is the request the route admitted: same target, query and headers.
+#[tokio::test]
+async fn a_request_sent_again_after_a_stale_connection_is_the_same_request() {
+    let (url, conns) = scripted(|conn, served, head| match (conn, served) {
+        (0, 0) => Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        (0, _) => None,
+        _ => {
+            // Echo the head the upstream was sent.
+            let body = head.replace("\r\n", "|");
+            Some(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )
+        }
+    })
+    .await;
+    let h = without_retries(&url).await;
+    let first = raw(
+        h.addr,
+        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&first), 200, "{first}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = raw(
+        h.addr,
+        b"GET /a/%7e/../b?q=1&r=%20 HTTP/1.1\r\nHost: x\r\nX-Custom: kept\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&second), 200, "{second}");
+    let echoed = second.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(
+        echoed.starts_with("GET /a/b?q=1&r=%20 HTTP/1.1|"),
+        "resent as: {echoed}"
+    );
+    assert!(echoed.contains("|x-custom: kept|"), "resent as: {echoed}");
+    assert!(echoed.contains("|host: x|"), "resent as: {echoed}");
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "not sent again");
 }
 
 /// An HTTP/1.0 upstream's version is its own: the client keeps HTTP/1.1 and its kept-alive

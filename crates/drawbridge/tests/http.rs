@@ -361,7 +361,9 @@ async fn upstream_failures_map_to_502_503_504() {
         "[[upstreams]]\nname = \"dead\"\nendpoints = [\"http://{dead}\"]\nretries = 0\n[upstreams.health]\nmax_failures = 2\nejection = \"1m\"\n\n\
          [[upstreams]]\nname = \"slow\"\nendpoints = [\"{u}\"]\nrequest_timeout = \"200ms\"\n\n\
          [[upstreams]]\nname = \"app\"\nendpoints = [\"{u}\"]\nretries = 0\n\n\
+         [[upstreams]]\nname = \"patient\"\nendpoints = [\"{u}\"]\nrequest_timeout = \"100years\"\n\n\
          [[routes]]\nname = \"dead\"\nprefix = \"/dead\"\nupstream = \"dead\"\npublic = true\n\n\
+         [[routes]]\nname = \"patient\"\nprefix = \"/patient\"\nupstream = \"patient\"\npublic = true\n\n\
          [[routes]]\nname = \"slow\"\nprefix = \"/__upstream/sleep\"\nupstream = \"slow\"\npublic = true\n\n\
          [[routes]]\nname = \"app\"\nprefix = \"/\"\nupstream = \"app\"\npublic = true\n",
         u = up.url()
@@ -378,6 +380,8 @@ async fn upstream_failures_map_to_502_503_504() {
         get(&h.url("/__upstream/sleep/2000")).await.status,
         StatusCode::GATEWAY_TIMEOUT
     );
+    // The longest timeout the configuration takes is a deadline like any other.
+    assert_eq!(get(&h.url("/patient")).await.status, StatusCode::OK);
     // The upstream dropping the connection mid-request: 502, and a POST is not retried.
     let before = up.count();
     let r = send(

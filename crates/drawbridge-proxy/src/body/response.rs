@@ -68,9 +68,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// Ends the request: lets go of its endpoint count and its place on the connection, then
-    /// writes the event, completed by `complete`, with the request's whole duration.
-    pub fn write(self, complete: impl FnOnce(&mut AccessEvent)) {
+    /// Ends the request at `now`: lets go of its endpoint count and its place on the
+    /// connection, then writes the event, completed by `complete`, with the request's whole
+    /// duration.
+    pub fn write(self, now: Instant, complete: impl FnOnce(&mut AccessEvent)) {
         let Record {
             log,
             mut event,
@@ -82,7 +83,7 @@ impl Record {
         } = self;
         drop((in_flight, stream));
         complete(&mut event);
-        let elapsed = start.elapsed();
+        let elapsed = now.saturating_duration_since(start);
         metrics.request(&event.method, event.status, elapsed);
         event.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         if let Some(t) = trace {
@@ -149,10 +150,12 @@ impl ResponseBody {
     fn finish(&mut self, complete: bool) {
         let reuse = self.reuse.take();
         if let Some(r) = self.record.take() {
+            // One reading of the clock for both the pool and the record.
+            let now = Instant::now();
             if let (true, Some(sender), Some(f)) = (complete, reuse, r.in_flight.as_ref()) {
-                f.give_back(sender);
+                f.give_back(sender, now);
             }
-            r.write(|_| {});
+            r.write(now, |_| {});
         }
     }
 }
