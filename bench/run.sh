@@ -7,7 +7,9 @@
 # The floor (bench/floor) is the least a reverse proxy on hyper 1 can do, on Drawbridge's
 # runtime and allocator: Drawbridge's distance from it is Drawbridge's own work. The same
 # floor behind rustls (floor-tls, the crypto provider Drawbridge uses) is the floor of a TLS
-# listener, measured beside the full access path.
+# listener, measured beside the full access path; floor-full is that floor checking and
+# recording each request as the full path does (token, policies, audit and access lines), the
+# least way on the same crates: the floor of the full path.
 # Layout (2 cores): the load generator runs alone on CPU 0; the upstream and the proxy under
 # test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
 # proxy uses upstream keep-alive; the proxies log nothing, so the proxying itself is compared.
@@ -44,6 +46,7 @@ ISS="https://bench.invalid/"   # the JWT routes' issuer
 UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102; TLS_PORT=18103
 DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106; FLOOR_PORT=18107
 NGINX_TLS_PORT=18108; NGINX_FULL_PORT=18109; FULL_PORT=18110; FLOOR_TLS_PORT=18111
+FLOOR_FULL_PORT=18112
 
 need=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -314,6 +317,11 @@ FLOOR_PID=$!
 # The floor of a TLS listener: the same proxy behind rustls, with the benchmark's certificate.
 taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_TLS_PORT" "127.0.0.1:$UP_PORT" "$WORK/tls.crt" "$WORK/tls.key" & pids+=($!)
 FLOOR_TLS_PID=$!
+# The floor of the full path: the TLS floor that also checks the token, asks the policies and
+# writes an audit and an access line, the least way on the same crates.
+taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_FULL_PORT" "127.0.0.1:$UP_PORT" "$WORK/tls.crt" "$WORK/tls.key" \
+  "$WORK/jwks.json" "$WORK/policies.cedar" "$WORK/logs/floor-full" "$ISS" & pids+=($!)
+FLOOR_FULL_PID=$!
 for _ in $(seq 100); do curl -sfk "https://localhost:$FLOOR_TLS_PORT/" >/dev/null && break; sleep 0.1; done
 curl -sfk "https://localhost:$FLOOR_TLS_PORT/" >/dev/null || { echo "the TLS floor did not start"; exit 1; }
 for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT $FLOOR_PORT; do
@@ -324,11 +332,13 @@ done
 # The processes whose CPU time is charged to each path (nginx: its worker).
 NGINX_WORKER="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)"
 declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$NGINX_WORKER" [drawbridge]="$DB_PID" [floor]="$FLOOR_PID"
-  [nginx-tls]="$NGINX_WORKER" [nginx-full]="$NGINX_WORKER" [drawbridge-full]="$FULL_PID" [floor-tls]="$FLOOR_TLS_PID")
+  [nginx-tls]="$NGINX_WORKER" [nginx-full]="$NGINX_WORKER" [drawbridge-full]="$FULL_PID" [floor-tls]="$FLOOR_TLS_PID"
+  [floor-full]="$FLOOR_FULL_PID")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/"
   [floor]="http://127.0.0.1:$FLOOR_PORT/" [nginx-tls]="https://localhost:$NGINX_TLS_PORT/" [nginx-full]="https://localhost:$NGINX_FULL_PORT/"
-  [drawbridge-full]="https://localhost:$FULL_PORT/jwt-rs256-authz" [floor-tls]="https://localhost:$FLOOR_TLS_PORT/")
+  [drawbridge-full]="https://localhost:$FULL_PORT/jwt-rs256-authz" [floor-tls]="https://localhost:$FLOOR_TLS_PORT/"
+  [floor-full]="https://localhost:$FLOOR_FULL_PORT/jwt-rs256-authz")
 # JWT routes: the same proxy process, a bearer token on every request.
 declare -A AUTH=()
 for v in rs256 rs256-nocache es256 es256-nocache rs256-authz es256-authz; do
@@ -349,7 +359,8 @@ URL[drawbridge-tls-session-redis]="https://localhost:$TLS2_PORT/tls-session"; PI
 AUTH[drawbridge-tls-session-redis]="Cookie: __Host-drawbridge-session=$SESSION2"
 AUTH[nginx-full]="Authorization: Bearer ${TOKEN[RS256]}"
 AUTH[drawbridge-full]="Authorization: Bearer ${TOKEN[RS256]}"
-TARGETS=(direct nginx floor drawbridge nginx-tls floor-tls nginx-full drawbridge-full drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
+AUTH[floor-full]="Authorization: Bearer ${TOKEN[RS256]}"
+TARGETS=(direct nginx floor drawbridge nginx-tls floor-tls nginx-full floor-full drawbridge-full drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
 if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx floor drawbridge $ONLY"; fi
 # Refuse to measure a route that does not admit its token, or one that admits no token.
 for t in "${TARGETS[@]}"; do
@@ -476,11 +487,13 @@ for conns in ["32", "256"]:
     spread = {t: sorted(float(r[3]) for r in rows if r[0] == "throughput" and r[1] == t and r[2] == conns) for t in targets}
     print("Spread across repeats (requests/s, lowest to highest): " + "; ".join(
         f"{t} {' / '.join(f'{v:,.0f}' for v in vs)}" for t, vs in spread.items()) + "\n")
-    full = [t for t in ["nginx-tls", "floor-tls", "nginx-full", "drawbridge-full"] if any(r[1] == t for r in rows)]
+    full = [t for t in ["nginx-tls", "floor-tls", "nginx-full", "floor-full", "drawbridge-full"] if any(r[1] == t for r in rows)]
     if {"nginx-tls", "nginx-full", "drawbridge-full"} <= set(full):
         print(f"Full access path over TLS 1.3, {conns} connections (nginx: TLS alone; TLS + Lua RS256 check + limit_req + "
               "buffered access log. Drawbridge: TLS + cached RS256 JWT + 100 Cedar policies + access log and audit trail to files. "
-              "floor-tls: the floor behind rustls, the least a TLS listener on hyper and rustls can do):\n")
+              "floor-tls: the floor behind rustls, the least a TLS listener on hyper and rustls can do. "
+              "floor-full: floor-tls that also checks the cached RS256 JWT, asks the same 100 policies and writes a "
+              "hash-chained audit line and an access line, the least way on the crates Drawbridge uses):\n")
         print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs nginx TLS | vs floor TLS | vs nginx full | CPU µs/request |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         f = {t: median_run("throughput", t, conns) for t in full}

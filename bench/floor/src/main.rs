@@ -5,10 +5,14 @@
 //! Drawbridge, so that the benchmark's distance between the two is Drawbridge's own work.
 //!
 //! With a certificate and its key it serves TLS (1.3 and 1.2, HTTP/1.1 by ALPN) with the
-//! crypto provider Drawbridge uses (aws-lc-rs): the floor of a TLS listener.
+//! crypto provider Drawbridge uses (aws-lc-rs): the floor of a TLS listener. Given a JWKS,
+//! policies, a log directory and an issuer as well, it also checks and records every
+//! request the way the benchmark's full access path does, the least way (see [`full`]):
+//! the floor of that path.
 //!
 //! ```text
-//! drawbridge-floor LISTEN UPSTREAM [CERT KEY]   # drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
+//! drawbridge-floor LISTEN UPSTREAM [CERT KEY [JWKS POLICIES LOGDIR ISSUER]]
+//! drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
 //! ```
 #![forbid(unsafe_code)]
 
@@ -22,6 +26,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+
+mod full;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,9 +66,10 @@ impl Pool {
     }
 }
 
-/// The upstream's response body; its connection goes back to the pool once the body ends.
+/// The upstream's response body (none for a refusal); its connection goes back to the pool
+/// once the body ends.
 struct Returning {
-    body: Incoming,
+    body: Option<Incoming>,
     conn: Option<(SendRequest<Incoming>, Arc<Pool>)>,
 }
 
@@ -74,8 +81,11 @@ impl Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if (matches!(polled, Poll::Ready(None)) || self.body.is_end_stream())
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        if (matches!(polled, Poll::Ready(None)) || body.is_end_stream())
             && let Some((s, pool)) = self.conn.take()
         {
             pool.give_back(s);
@@ -84,15 +94,44 @@ impl Body for Returning {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
 async fn proxy(
+    pool: Arc<Pool>,
+    gate: Option<Arc<full::Gate>>,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Returning>, std::io::Error> {
+    let Some(gate) = gate else {
+        return forward(pool, req).await;
+    };
+    let path = req.uri().path().to_owned();
+    match gate.admit(req.headers(), req.method(), &path) {
+        Ok(caller) => {
+            let res = forward(pool, req).await?;
+            gate.answered(Some(&caller), &path, res.status());
+            Ok(res)
+        }
+        Err(status) => {
+            gate.answered(None, &path, status);
+            let mut res = http::Response::new(Returning {
+                body: None,
+                conn: None,
+            });
+            *res.status_mut() = status;
+            Ok(res)
+        }
+    }
+}
+
+async fn forward(
     pool: Arc<Pool>,
     mut req: http::Request<Incoming>,
 ) -> Result<http::Response<Returning>, std::io::Error> {
@@ -109,7 +148,7 @@ async fn proxy(
         .map_err(std::io::Error::other)?;
     let (parts, body) = res.into_parts();
     let body = Returning {
-        body,
+        body: Some(body),
         conn: Some((sender, pool)),
     };
     Ok(http::Response::from_parts(parts, body))
@@ -135,11 +174,11 @@ fn tls_config(cert: &str, key: &str) -> std::io::Result<Arc<rustls::ServerConfig
 }
 
 /// Serves one client connection until it ends.
-async fn serve<S>(io: S, pool: Arc<Pool>)
+async fn serve<S>(io: S, pool: Arc<Pool>, gate: Option<Arc<full::Gate>>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), req));
+    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), gate.clone(), req));
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
         .await;
@@ -147,7 +186,11 @@ where
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = || std::io::Error::other("usage: drawbridge-floor LISTEN UPSTREAM [CERT KEY]");
+    let usage = || {
+        std::io::Error::other(
+            "usage: drawbridge-floor LISTEN UPSTREAM [CERT KEY [JWKS POLICIES LOGDIR ISSUER]]",
+        )
+    };
     let listen: SocketAddr = args
         .next()
         .ok_or_else(usage)?
@@ -161,6 +204,14 @@ fn main() -> std::io::Result<()> {
     let tls = match (args.next(), args.next()) {
         (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(tls_config(&cert, &key)?)),
         (None, None) => None,
+        _ => return Err(usage()),
+    };
+    let rest: Vec<String> = args.collect();
+    let gate = match rest.as_slice() {
+        [] => None,
+        [jwks, policies, dir, issuer] if tls.is_some() => {
+            Some(Arc::new(full::Gate::new(jwks, policies, dir, issuer)?))
+        }
         _ => return Err(usage()),
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -179,15 +230,16 @@ fn main() -> std::io::Result<()> {
                 };
                 let _ = stream.set_nodelay(true);
                 let pool = pool.clone();
+                let gate = gate.clone();
                 match &tls {
                     None => {
-                        tokio::spawn(serve(stream, pool));
+                        tokio::spawn(serve(stream, pool, gate));
                     }
                     Some(acceptor) => {
                         let accept = acceptor.accept(stream);
                         tokio::spawn(async move {
                             if let Ok(tls) = accept.await {
-                                serve(tls, pool).await;
+                                serve(tls, pool, gate).await;
                             }
                         });
                     }
