@@ -211,10 +211,13 @@ pub enum Sink {
     Off,
 }
 
-/// A JSON-lines log's sending side: cheap to clone, never blocks.
+/// A JSON-lines log's sending side: cheap to clone, never blocks. Events are serialized
+/// where they are recorded, and the writer gets their lines: the event's own data is freed
+/// on the thread that built it, and the queue holds a line, not the event.
 pub struct JsonLog<T> {
-    tx: Option<Sender<(T, Option<Ack>)>>,
+    tx: Option<Sender<(Vec<u8>, Option<Ack>)>>,
     state: Arc<State>,
+    events: std::marker::PhantomData<fn(T)>,
 }
 
 /// Told whether an event was written (and flushed to the sink).
@@ -245,6 +248,7 @@ impl<T> Clone for JsonLog<T> {
         Self {
             tx: self.tx.clone(),
             state: self.state.clone(),
+            events: std::marker::PhantomData,
         }
     }
 }
@@ -308,6 +312,9 @@ pub type AuditLog = JsonLog<AuditEvent>;
 /// sixteen thousand events before.
 pub const QUEUE: usize = 16 * 1024;
 
+/// Room made for a line up front: most access and audit lines fit.
+const LINE: usize = 512;
+
 impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
@@ -355,12 +362,13 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             ))
             .spawn({
                 let state = state.clone();
-                move || write_loop(rx, sink, &state)
+                move || write_loop(&rx, sink, &state)
             })?;
         let _ = state.wake.thread.set(handle.thread().clone());
         Ok(Self {
             tx: Some(tx),
             state,
+            events: std::marker::PhantomData,
         })
     }
 
@@ -369,26 +377,33 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         Self {
             tx: None,
             state: Arc::default(),
+            events: std::marker::PhantomData,
         }
     }
 
     /// Queues one event; a full queue drops it and counts the drop. Whether it was queued.
     pub fn record(&self, event: T) -> bool {
-        if !self.enqueue((event, None)) {
+        if !self.enqueue(&event, None) {
             return false;
         }
         self.state.wake.nudge();
         true
     }
 
-    /// Queues an event unless the queue is full or the writer gone (a drop, counted). Its
-    /// place is counted before it is sent, so the writer never counts it out first.
-    fn enqueue(&self, queued: (T, Option<Ack>)) -> bool {
+    /// Queues an event's line unless the queue is full, the writer gone or the event cannot
+    /// be serialized (a drop, counted). Its place is counted before it is sent, so the
+    /// writer never counts it out first.
+    fn enqueue(&self, event: &T, ack: Option<Ack>) -> bool {
         let Some(tx) = &self.tx else {
             return false;
         };
+        let mut line = Vec::with_capacity(LINE);
+        if serde_json::to_writer(&mut line, event).is_err() {
+            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let before = self.state.queued.fetch_add(1, Ordering::Relaxed);
-        if before >= QUEUE as u64 || tx.send(queued).is_err() {
+        if before >= QUEUE as u64 || tx.send((line, ack)).is_err() {
             self.state.queued.fetch_sub(1, Ordering::Relaxed);
             self.state.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -401,7 +416,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     pub fn record_acked(&self, event: T) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         self.tx.as_ref()?;
         let (ack, written) = tokio::sync::oneshot::channel();
-        if !self.enqueue((event, Some(ack))) {
+        if !self.enqueue(&event, Some(ack)) {
             return None;
         }
         self.state.wake.wake_now();
@@ -518,17 +533,25 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Writes a line serialized by the sender.
+    fn line(&mut self, line: &[u8]) {
+        self.state.recent.keep(line);
+        if let Err(e) = self.sink.line(line) {
+            self.fail(&e);
+        }
+    }
+
+    /// Writes an event of the writer's own.
     fn event<T: Serialize>(&mut self, event: &T) {
         // Into a reused buffer first: serde_json writes many small pieces; one call per line.
-        self.line.clear();
-        if serde_json::to_writer(&mut self.line, event).is_ok() {
-            self.state.recent.keep(&self.line);
-            if let Err(e) = self.sink.line(&self.line) {
-                self.fail(&e);
-            }
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        if serde_json::to_writer(&mut line, event).is_ok() {
+            self.line(&line);
         } else {
             self.failed = true;
         }
+        self.line = line;
     }
 
     /// Records drops not yet recorded, as an event of their own.
@@ -574,11 +597,7 @@ impl Writer<'_> {
     }
 }
 
-fn write_loop<T: Serialize>(
-    rx: Receiver<(T, Option<Ack>)>,
-    sink: Box<dyn LineSink>,
-    state: &State,
-) {
+fn write_loop(rx: &Receiver<(Vec<u8>, Option<Ack>)>, sink: Box<dyn LineSink>, state: &State) {
     use std::sync::mpsc::TryRecvError;
     let mut w = Writer {
         sink,
@@ -590,7 +609,7 @@ fn write_loop<T: Serialize>(
     };
     let wake = &state.wake;
     let flushes = &state.flushes;
-    let mut pending: Option<(T, Option<Ack>)> = None;
+    let mut pending: Option<(Vec<u8>, Option<Ack>)> = None;
     loop {
         // Read before draining: everything queued before this ask is drained below.
         let asked = flushes.0.load(Ordering::SeqCst);
@@ -601,9 +620,9 @@ fn write_loop<T: Serialize>(
                 None => rx.try_recv(),
             };
             match next {
-                Ok((event, ack)) => {
-                    w.event(&event);
-                    drop(event);
+                Ok((line, ack)) => {
+                    w.line(&line);
+                    drop(line);
                     w.acks.extend(ack);
                     written += 1;
                 }
@@ -618,8 +637,8 @@ fn write_loop<T: Serialize>(
         let closing = closed || wake.closing.load(Ordering::SeqCst);
         if closing {
             // No sender is left: what was queued is written (drained above), then sealed.
-            while let Ok((event, ack)) = rx.try_recv() {
-                w.event(&event);
+            while let Ok((line, ack)) = rx.try_recv() {
+                w.line(&line);
                 w.acks.extend(ack);
             }
             w.flush(true);
