@@ -304,8 +304,6 @@ impl Target<'_> {
         mut headers: HeaderMap,
         body: RequestBody,
     ) -> Result<Request<RequestBody>, Failure> {
-        let bad_target =
-            || Failure::Client(ProxyError::BadRequest("unrepresentable request target"));
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         if sender.is_http2() {
@@ -342,7 +340,8 @@ impl Target<'_> {
 
 /// A request `sender` failed to send: never written (the connection closed first), or
 /// written to a connection the upstream closed while it sat idle (`kept`, its target and
-/// headers, when it is safe to send again). A new connection gets it, once; any other failure stands.
+/// headers, when it is safe to send again). A new connection gets it, once; any other
+/// failure stands.
 async fn resend(
     target: &Target<'_>,
     pool: &UpstreamPool,
@@ -367,9 +366,7 @@ async fn resend(
         (Some(req), _) => {
             let (parts, body) = req.into_parts();
             // The target it was built with, in either form (origin or absolute).
-            let path_and_query = parts.uri.path_and_query().cloned().ok_or(Failure::Client(
-                ProxyError::BadRequest("unrepresentable request target"),
-            ))?;
+            let path_and_query = parts.uri.path_and_query().cloned().ok_or_else(bad_target)?;
             target.build(&fresh, ep, path_and_query, parts.headers, body)?
         }
         (None, Some((path_and_query, headers))) => {
@@ -393,6 +390,11 @@ fn flooded(sender: &Sender) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// A target the request line cannot carry is the client's.
+fn bad_target() -> Failure {
+    Failure::Client(ProxyError::BadRequest("unrepresentable request target"))
 }
 
 /// A connection that could not be had is the upstream's failure.

@@ -520,11 +520,10 @@ impl Recent {
 /// sink within this interval.
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The writer's side: serializes each event into a reused buffer and hands it to the sink.
+/// The writer's side: hands each line (serialized by its sender) to the sink.
 struct Writer<'a> {
     sink: Box<dyn LineSink>,
     state: &'a State,
-    line: Vec<u8>,
     /// Drops already recorded as an event.
     noted: u64,
     failed: bool,
@@ -541,17 +540,12 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes an event of the writer's own.
+    /// Writes an event of the writer's own (a note of drops: rare).
     fn event<T: Serialize>(&mut self, event: &T) {
-        // Into a reused buffer first: serde_json writes many small pieces; one call per line.
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        if serde_json::to_writer(&mut line, event).is_ok() {
-            self.line(&line);
-        } else {
-            self.failed = true;
+        match serde_json::to_vec(event) {
+            Ok(line) => self.line(&line),
+            Err(_) => self.failed = true,
         }
-        self.line = line;
     }
 
     /// Records drops not yet recorded, as an event of their own.
@@ -602,7 +596,6 @@ fn write_loop(rx: &Receiver<(Vec<u8>, Option<Ack>)>, sink: Box<dyn LineSink>, st
     let mut w = Writer {
         sink,
         state,
-        line: Vec::with_capacity(1024),
         noted: 0,
         failed: false,
         acks: Vec::new(),
@@ -820,6 +813,30 @@ mod tests {
     }
 
     /// The last sender dropped: what it queued is still written.
+    /// An event that cannot be serialized.
+    struct Unwritable;
+
+    impl Serialize for Unwritable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("unwritable"))
+        }
+    }
+
+    /// An event serialized where it is recorded and failing there is a drop, counted, and
+    /// one that must be acknowledged is never acknowledged as written: a required trail
+    /// refuses its request. Nothing reaches the sink.
+    #[test]
+    fn an_event_that_cannot_be_serialized_is_a_counted_drop() {
+        let buf = Shared::default();
+        let log: JsonLog<Unwritable> =
+            JsonLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
+        assert!(!log.record(Unwritable));
+        assert!(log.record_acked(Unwritable).is_none());
+        assert_eq!(log.dropped(), 2);
+        assert!(log.flush(std::time::Duration::from_secs(2)));
+        assert!(buf.0.lock().expect("lock").is_empty());
+    }
+
     #[test]
     fn dropping_the_last_sender_writes_what_was_queued() {
         let buf = Shared::default();
