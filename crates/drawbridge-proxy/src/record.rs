@@ -143,12 +143,12 @@ pub fn decision(
         .action
         .map_or("(none)", drawbridge_policy::Action::id);
     event.decision = word(d.enforced.allow);
-    event.policies = d.enforced.policies.clone();
-    event.errors = d.enforced.errors.clone();
+    event.policies = Cow::Borrowed(&d.enforced.policies);
+    event.errors = Cow::Borrowed(&d.enforced.errors);
     event.shadow = d.shadow.as_ref().map(|s| AuditShadow {
         decision: word(s.allow),
-        policies: s.policies.clone(),
-        errors: s.errors.clone(),
+        policies: Cow::Borrowed(&s.policies),
+        errors: Cow::Borrowed(&s.errors),
         disagrees: s.allow != d.enforced.allow,
     });
     event.mfa = decided.mfa.as_ref().map(crate::verify::MfaCheck::audit);
@@ -199,19 +199,19 @@ pub fn mfa_attempt(
     to.audit.record(AuditEvent {
         time: about.time,
         log: "audit",
-        request_id: about.request_id.to_string(),
-        trace_id: about.trace_id.map(str::to_string),
-        version: snapshot.version_label.clone(),
+        request_id: about.request_id.into(),
+        trace_id: about.trace_id.map(Cow::Borrowed),
+        version: Cow::Borrowed(&snapshot.version_label),
         principal: audit_principal(principal),
         action,
-        resource: MFA_RESOURCE.clone(),
-        upstream: MFA_RESOURCE.clone(),
-        path: about.path.to_string(),
-        client: about.client.clone(),
+        resource: MFA_RESOURCE.into(),
+        upstream: MFA_RESOURCE.into(),
+        path: about.path.into(),
+        client: Cow::Borrowed(about.client),
         decision: word(outcome.is_ok()),
-        reason: outcome.err().map(String::from),
-        policies: Vec::new(),
-        errors: Vec::new(),
+        reason: outcome.err().map(Cow::Borrowed),
+        policies: Cow::Borrowed(&[]),
+        errors: Cow::Borrowed(&[]),
         shadow: None,
         mfa: method.map(|m| drawbridge_telemetry::AuditMfa {
             required: vec![m.as_str()],
@@ -263,19 +263,19 @@ pub fn alert(
     audit.record(AuditEvent {
         time: std::time::SystemTime::now(),
         log: "audit",
-        request_id: String::new(),
+        request_id: "".into(),
         trace_id: None,
-        version: snapshot.version_label.clone(),
+        version: Cow::Borrowed(&snapshot.version_label),
         principal: AuditPrincipal {
-            id: principal.0,
+            id: principal.0.into(),
             kind: "user",
             authenticator: principal.1.into(),
-            groups: Vec::new(),
+            groups: Cow::Borrowed(&[]),
         },
         action: "alert",
         resource: d.name.as_str().into(),
         upstream: "".into(),
-        path: String::new(),
+        path: "".into(),
         client: match d.by {
             drawbridge_config::AlertKey::Client => key.into(),
             _ => "".into(),
@@ -285,41 +285,40 @@ pub fn alert(
         } else {
             "alert"
         },
-        reason: Some(reason),
-        policies: Vec::new(),
-        errors: Vec::new(),
+        reason: Some(reason.into()),
+        policies: Cow::Borrowed(&[]),
+        errors: Cow::Borrowed(&[]),
         shadow: None,
         mfa: None,
     });
 }
 
 /// What MFA attempts are recorded against: Drawbridge's own pages.
-static MFA_RESOURCE: std::sync::LazyLock<Arc<str>> =
-    std::sync::LazyLock::new(|| Arc::from("/.drawbridge/mfa"));
+const MFA_RESOURCE: &str = "/.drawbridge/mfa";
 
 /// An audit event about `principal` on `route`, its decision still to be said.
-pub fn audit_event(
-    snapshot: &Snapshot,
-    route: &RouteEntry,
-    principal: &Principal,
-    about: &About<'_>,
-) -> AuditEvent {
+pub fn audit_event<'a>(
+    snapshot: &'a Snapshot,
+    route: &'a RouteEntry,
+    principal: &'a Principal,
+    about: &About<'a>,
+) -> AuditEvent<'a> {
     AuditEvent {
         time: about.time,
         log: "audit",
-        request_id: about.request_id.to_string(),
-        trace_id: about.trace_id.map(str::to_string),
-        version: snapshot.version_label.clone(),
+        request_id: about.request_id.into(),
+        trace_id: about.trace_id.map(Cow::Borrowed),
+        version: Cow::Borrowed(&snapshot.version_label),
         principal: audit_principal(principal),
         action: "(none)",
-        resource: route.name.clone(),
-        upstream: route.upstream.name.clone(),
-        path: about.path.to_string(),
-        client: about.client.clone(),
+        resource: Cow::Borrowed(&route.name),
+        upstream: Cow::Borrowed(&route.upstream.name),
+        path: about.path.into(),
+        client: Cow::Borrowed(about.client),
         decision: "deny",
         reason: None,
-        policies: Vec::new(),
-        errors: Vec::new(),
+        policies: Cow::Borrowed(&[]),
+        errors: Cow::Borrowed(&[]),
         shadow: None,
         mfa: None,
     }
@@ -330,12 +329,12 @@ fn word(allow: bool) -> &'static str {
 }
 
 /// The caller as the audit trail names it.
-pub fn audit_principal(principal: &Principal) -> AuditPrincipal {
+pub fn audit_principal(principal: &Principal) -> AuditPrincipal<'_> {
     AuditPrincipal {
-        id: principal.id.clone(),
+        id: Cow::Borrowed(&principal.id),
         kind: principal.kind.as_str(),
-        authenticator: principal.authenticator.clone(),
-        groups: principal.groups.clone(),
+        authenticator: Cow::Borrowed(&principal.authenticator),
+        groups: Cow::Borrowed(&principal.groups),
     }
 }
 

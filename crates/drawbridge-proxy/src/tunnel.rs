@@ -24,7 +24,7 @@ pub struct Lease {
     /// The admitted request, decided again after each reload.
     pub recheck: Option<Recheck>,
     /// The audit event written when the tunnel is ended (its decision and time filled then).
-    pub audit: Option<(AuditLog, AuditEvent)>,
+    pub audit: Option<(AuditLog, AuditEvent<'static>)>,
 }
 
 /// The request a tunnel was admitted as, seen from the pipeline.
@@ -65,7 +65,7 @@ impl Lease {
             };
             let mut event = crate::record::audit_event(a.snapshot, route, p, &about);
             event.action = drawbridge_policy::Action::WebSocket.id();
-            (a.shared.audit.clone(), event)
+            (a.shared.audit.clone(), event.into_owned())
         });
         let recheck = Recheck {
             route: route.name.clone(),
@@ -97,7 +97,7 @@ impl Lease {
         if let Some((log, mut event)) = self.audit {
             event.time = SystemTime::now();
             event.decision = "close";
-            event.reason = Some(why.to_string());
+            event.reason = Some(why.to_string().into());
             log.record(event);
         }
     }

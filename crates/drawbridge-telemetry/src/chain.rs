@@ -27,11 +27,65 @@ pub type Signer = Box<dyn Fn(&serde_json::Value) -> Option<String> + Send>;
 pub trait LineSink: Send {
     /// Writes one line.
     fn line(&mut self, json: &[u8]) -> std::io::Result<()>;
+    /// Writes a batch of lines. A line that fails does not stop the next; the first
+    /// failure is returned.
+    fn lines(&mut self, lines: Lines<'_>) -> std::io::Result<()> {
+        let mut first = Ok(());
+        for line in lines.each(0) {
+            if let Err(e) = self.line(line)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
     /// Makes what was written durable enough for the sink (a file's buffer written out).
     fn flush(&mut self) -> std::io::Result<()>;
     /// Seals what was written (the chain's head, signed); nothing for a plain log.
     fn seal(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Lines as a log's batch holds them: one buffer, each line ended by a newline (a JSON line
+/// holds no raw one), and where each ends, so that nothing scans for them.
+#[derive(Clone, Copy)]
+pub struct Lines<'a> {
+    bytes: &'a [u8],
+    /// The offset just past each line's newline.
+    ends: &'a [usize],
+}
+
+impl<'a> Lines<'a> {
+    /// `bytes` cut at `ends`.
+    pub(crate) fn new(bytes: &'a [u8], ends: &'a [usize]) -> Self {
+        Self { bytes, ends }
+    }
+
+    /// Every line with its newline, as a file takes them.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// How many lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each line from the `skip`th on, without its newline.
+    pub fn each(&self, skip: usize) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let bytes = self.bytes;
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .skip(skip)
+            .map(move |(start, end)| bytes.get(start..end.saturating_sub(1)).unwrap_or_default())
     }
 }
 
@@ -42,6 +96,11 @@ impl LineSink for Plain {
     fn line(&mut self, json: &[u8]) -> std::io::Result<()> {
         self.0.write_all(json)?;
         self.0.write_all(b"\n")
+    }
+
+    /// Already lines as the file takes them: written whole.
+    fn lines(&mut self, lines: Lines<'_>) -> std::io::Result<()> {
+        self.0.write_all(lines.bytes())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

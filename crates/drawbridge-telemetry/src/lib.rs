@@ -1,13 +1,16 @@
 //! Drawbridge's records: the access log (one JSON line per request) and the audit trail (one
-//! JSON line per authorization decision), each written off the request path through a bounded
-//! queue that counts what it had to drop.
+//! JSON line per authorization decision). Each event is serialized where it is recorded and
+//! its line appended to its log's batch; a writer thread takes whole batches off the request
+//! path. The batch is bounded, and what it had to drop is counted.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -15,7 +18,7 @@ use serde::Serialize;
 pub mod chain;
 pub mod metrics;
 
-pub use chain::LineSink;
+pub use chain::{LineSink, Lines};
 
 /// The phase of the pipeline that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,7 +75,7 @@ pub struct AccessEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
     /// HTTP method.
-    pub method: std::borrow::Cow<'static, str>,
+    pub method: Cow<'static, str>,
     /// Normalised path (no query: queries can carry secrets).
     pub path: String,
     /// HTTP version the client spoke.
@@ -102,47 +105,49 @@ pub struct AccessEvent {
 }
 
 /// One authorization decision (`"log": "audit"`). Says who asked to do what to which route,
-/// what was decided and by which policies; never a credential.
+/// what was decided and by which policies; never a credential. It borrows what the request
+/// already holds: it is serialized where it is recorded, so nothing is copied for it
+/// ([`AuditEvent::into_owned`] keeps one for later).
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
+pub struct AuditEvent<'a> {
     /// When the request arrived, RFC 3339 in UTC.
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     /// Always `audit`, to tell these lines from access-log lines in a shared stream.
     pub log: &'static str,
     /// The request id (also in the access log and sent upstream as `X-Request-Id`).
-    pub request_id: String,
+    pub request_id: Cow<'a, str>,
     /// The request's trace, when `[tracing]` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Cow<'a, str>>,
     /// The configuration version (a hash of the config and its policy files).
-    pub version: Arc<str>,
+    pub version: Cow<'a, str>,
     /// Who asked.
-    pub principal: AuditPrincipal,
+    pub principal: AuditPrincipal<'a>,
     /// The Cedar action (`GET`, `connect`, `grpc`...).
     pub action: &'static str,
     /// The route (the Cedar resource).
-    pub resource: Arc<str>,
+    pub resource: Cow<'a, str>,
     /// The upstream the route leads to.
-    pub upstream: Arc<str>,
+    pub upstream: Cow<'a, str>,
     /// Normalised path (no query).
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// Client address.
-    pub client: Arc<str>,
+    pub client: Cow<'a, str>,
     /// `allow` or `deny`; `close` when an admitted tunnel was ended (its credential expired
     /// or was revoked, or it reached its maximum lifetime).
     pub decision: &'static str,
     /// Why a tunnel was closed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
     /// The policies that decided (permits when allowed, forbids when forbidden).
-    pub policies: Vec<String>,
+    pub policies: Cow<'a, [String]>,
     /// Policies that failed to evaluate, or why no evaluation was possible.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub errors: Cow<'a, [String]>,
     /// The shadow policies' verdict, when a shadow set is loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<AuditShadow>,
+    pub shadow: Option<AuditShadow<'a>>,
     /// The second factor the request needed (by the route's `mfa` or by the policies), and
     /// the one the caller presented.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,29 +175,70 @@ pub struct AuditMfa {
 
 /// The caller in an audit event.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditPrincipal {
+pub struct AuditPrincipal<'a> {
     /// Its id.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// `user`, `service` or `api_key`.
     pub kind: &'static str,
     /// The authenticator that admitted it.
-    pub authenticator: Arc<str>,
+    pub authenticator: Cow<'a, str>,
     /// Its groups.
-    pub groups: Vec<String>,
+    pub groups: Cow<'a, [String]>,
 }
 
 /// The shadow policies' verdict.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditShadow {
+pub struct AuditShadow<'a> {
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// The shadow policies that decided.
-    pub policies: Vec<String>,
+    pub policies: Cow<'a, [String]>,
     /// Shadow policies that failed to evaluate.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub errors: Cow<'a, [String]>,
     /// Whether it differs from the enforced decision.
     pub disagrees: bool,
+}
+
+/// An owned copy of what `c` borrows.
+fn owned<T: ToOwned + ?Sized>(c: Cow<'_, T>) -> Cow<'static, T> {
+    Cow::Owned(c.into_owned())
+}
+
+impl AuditEvent<'_> {
+    /// The event with nothing borrowed, to keep past the request (a tunnel's, written when
+    /// it ends).
+    pub fn into_owned(self) -> AuditEvent<'static> {
+        AuditEvent {
+            time: self.time,
+            log: self.log,
+            request_id: owned(self.request_id),
+            trace_id: self.trace_id.map(owned),
+            version: owned(self.version),
+            principal: AuditPrincipal {
+                id: owned(self.principal.id),
+                kind: self.principal.kind,
+                authenticator: owned(self.principal.authenticator),
+                groups: owned(self.principal.groups),
+            },
+            action: self.action,
+            resource: owned(self.resource),
+            upstream: owned(self.upstream),
+            path: owned(self.path),
+            client: owned(self.client),
+            decision: self.decision,
+            reason: self.reason.map(owned),
+            policies: owned(self.policies),
+            errors: owned(self.errors),
+            shadow: self.shadow.map(|s| AuditShadow {
+                decision: s.decision,
+                policies: owned(s.policies),
+                errors: owned(s.errors),
+                disagrees: s.disagrees,
+            }),
+            mfa: self.mfa,
+        }
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -211,13 +257,49 @@ pub enum Sink {
     Off,
 }
 
-/// A JSON-lines log's sending side: cheap to clone, never blocks. Events are serialized
-/// where they are recorded, and the writer gets their lines: the event's own data is freed
-/// on the thread that built it, and the queue holds a line, not the event.
+/// A JSON-lines log's sending side: cheap to clone, never waits on the sink. Events are
+/// serialized where they are recorded and their lines appended to one batch, which the
+/// writer takes whole: a line costs its serialization and a copy under a lock held for the
+/// copy alone, with no allocation and no hand-over per event.
 pub struct JsonLog<T> {
-    tx: Option<Sender<(Vec<u8>, Option<Ack>)>>,
+    /// Shared by every clone; `None` for a log that writes nothing.
+    senders: Option<Arc<Senders>>,
     state: Arc<State>,
-    events: std::marker::PhantomData<fn(T)>,
+    /// Covariant: a log of events that may borrow for any lifetime takes ones that borrow
+    /// for a shorter one (they are serialized before `record` returns).
+    events: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Held by a log's senders: when the last one goes, its writer writes what is queued, seals
+/// it and ends.
+struct Senders(Arc<State>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.wake.closing.store(true, Ordering::SeqCst);
+        self.0.wake.wake_now();
+    }
+}
+
+/// Lines queued for the writer, and the senders waiting to hear that theirs was written.
+#[derive(Default)]
+struct Batch {
+    /// Each line ended by a newline (a JSON line never holds a raw one).
+    lines: Vec<u8>,
+    /// The offset just past each line's newline.
+    ends: Vec<usize>,
+    /// Told at the flush after their lines are written.
+    acks: Vec<Ack>,
+}
+
+impl Batch {
+    fn with_room() -> Self {
+        Self {
+            lines: Vec::with_capacity(BATCH),
+            ends: Vec::with_capacity(BATCH / LINE),
+            ..Self::default()
+        }
+    }
 }
 
 /// Told whether an event was written (and flushed to the sink).
@@ -226,6 +308,8 @@ type Ack = tokio::sync::oneshot::Sender<bool>;
 /// What the senders and the writer share.
 #[derive(Default)]
 struct State {
+    /// The lines the senders append to and the writer takes.
+    batch: Mutex<Batch>,
     dropped: AtomicU64,
     /// Events queued and not yet written.
     queued: AtomicU64,
@@ -243,10 +327,16 @@ struct State {
     note_drops: bool,
 }
 
+impl State {
+    fn batch(&self) -> MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl<T> Clone for JsonLog<T> {
     fn clone(&self) -> Self {
         Self {
-            tx: self.tx.clone(),
+            senders: self.senders.clone(),
             state: self.state.clone(),
             events: std::marker::PhantomData,
         }
@@ -289,33 +379,30 @@ impl Wake {
     }
 }
 
-impl<T> Drop for JsonLog<T> {
-    fn drop(&mut self) {
-        // The last sender (the writer holds the other reference): let the writer finish.
-        if self.tx.is_some() && Arc::strong_count(&self.state) == 2 {
-            self.state.wake.closing.store(true, Ordering::SeqCst);
-            self.state.wake.wake_now();
-        }
-    }
-}
-
 /// The access log: one line per request.
 pub type AccessLog = JsonLog<AccessEvent>;
 
 /// The audit trail: one line per authorization decision.
-pub type AuditLog = JsonLog<AuditEvent>;
+pub type AuditLog = JsonLog<AuditEvent<'static>>;
 
 /// Queue length between the request path and the writer thread: events queued and not yet
-/// written, counted in [`State::queued`]. The queue itself is a list of small blocks, not
-/// a ring of this many slots made up front: the request path writes each event into memory
-/// the writer freed a moment ago, still in cache, rather than into a slot last used
-/// sixteen thousand events before.
+/// written, counted in [`State::queued`]; past it, events are dropped and counted.
 pub const QUEUE: usize = 16 * 1024;
 
 /// Room made for a line up front: most access and audit lines fit.
 const LINE: usize = 512;
 
-impl<T: Serialize + Send + 'static> JsonLog<T> {
+/// Room a batch starts with, and keeps between bursts (a busy log's batch grows to what it
+/// takes, and is let back down to this once written).
+const BATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// Where this thread serializes an event before appending its line to a batch: the
+    /// lock is held for the copy, not the serialization.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE));
+}
+
+impl<T: Serialize> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
         Self::start_keeping(sink, 0)
@@ -347,11 +434,11 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
                 lines: Default::default(),
                 keep,
             },
+            batch: Mutex::new(Batch::with_room()),
             writable: true.into(),
             note_drops,
             ..State::default()
         });
-        let (tx, rx) = channel();
         let handle = std::thread::Builder::new()
             .name(format!(
                 "{}-log",
@@ -362,11 +449,11 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
             ))
             .spawn({
                 let state = state.clone();
-                move || write_loop(&rx, sink, &state)
+                move || write_loop(sink, &state)
             })?;
         let _ = state.wake.thread.set(handle.thread().clone());
         Ok(Self {
-            tx: Some(tx),
+            senders: Some(Arc::new(Senders(state.clone()))),
             state,
             events: std::marker::PhantomData,
         })
@@ -375,7 +462,7 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// A log that writes nothing.
     pub fn off() -> Self {
         Self {
-            tx: None,
+            senders: None,
             state: Arc::default(),
             events: std::marker::PhantomData,
         }
@@ -390,31 +477,53 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
         true
     }
 
-    /// Queues an event's line unless the queue is full, the writer gone or the event cannot
-    /// be serialized (a drop, counted). Its place is counted before it is sent, so the
+    /// Appends an event's line to the batch unless the queue is full or the event cannot be
+    /// serialized (a drop, counted). Its place is counted before it is appended, so the
     /// writer never counts it out first.
     fn enqueue(&self, event: &T, ack: Option<Ack>) -> bool {
-        let Some(tx) = &self.tx else {
-            return false;
-        };
-        let mut line = Vec::with_capacity(LINE);
-        if serde_json::to_writer(&mut line, event).is_err() {
-            self.state.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.senders.is_none() {
             return false;
         }
-        let before = self.state.queued.fetch_add(1, Ordering::Relaxed);
-        if before >= QUEUE as u64 || tx.send((line, ack)).is_err() {
-            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+        let queued = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut line) => self.append(&mut line, event, ack),
+            // Serializing an event recorded another: it gets a line of its own.
+            Err(_) => self.append(&mut Vec::with_capacity(LINE), event, ack),
+        });
+        if !queued {
             self.state.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Serializes `event` into `line`, then appends it to the batch if there is room.
+    fn append(&self, line: &mut Vec<u8>, event: &T, ack: Option<Ack>) -> bool {
+        line.clear();
+        if serde_json::to_writer(&mut *line, event).is_err() {
             return false;
         }
-        true
+        line.push(b'\n');
+        let state = &*self.state;
+        let room = state.queued.fetch_add(1, Ordering::Relaxed) < QUEUE as u64;
+        if room {
+            let mut batch = state.batch();
+            batch.lines.extend_from_slice(line);
+            let end = batch.lines.len();
+            batch.ends.push(end);
+            batch.acks.extend(ack);
+        } else {
+            state.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        if line.capacity() > BATCH {
+            // One outsized event does not keep its room on every thread that saw one.
+            *line = Vec::with_capacity(LINE);
+        }
+        room
     }
 
     /// Queues one event and wakes the writer at once; the answer says whether it was
     /// written and flushed to the sink. `None` when it could not even be queued.
     pub fn record_acked(&self, event: T) -> Option<tokio::sync::oneshot::Receiver<bool>> {
-        self.tx.as_ref()?;
+        self.senders.as_ref()?;
         let (ack, written) = tokio::sync::oneshot::channel();
         if !self.enqueue(&event, Some(ack)) {
             return None;
@@ -426,19 +535,19 @@ impl<T: Serialize + Send + 'static> JsonLog<T> {
     /// Whether events go anywhere (`off` drops them unwritten): lets a caller skip building
     /// them.
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.senders.is_some()
     }
 
     /// Whether the sink takes what is written: false from a failed write until a write
     /// succeeds again.
     pub fn writable(&self) -> bool {
-        self.tx.is_some() && self.state.writable.load(Ordering::Relaxed)
+        self.senders.is_some() && self.state.writable.load(Ordering::Relaxed)
     }
 
     /// Waits (up to `timeout`) until every event queued before the call is written and
     /// flushed: at shutdown, so the last decisions are not lost with the process.
     pub fn flush(&self, timeout: std::time::Duration) -> bool {
-        if self.tx.is_none() {
+        if self.senders.is_none() {
             return true;
         }
         let (asked, done) = &self.state.flushes;
@@ -499,19 +608,22 @@ impl Recent {
         self.lines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn keep(&self, line: &[u8]) {
+    /// Keeps the last of `lines`.
+    fn keep(&self, lines: Lines<'_>) {
         if self.keep == 0 {
             return;
         }
-        let mut lines = self.lines();
-        let mut kept = if lines.len() == self.keep {
-            lines.pop_front().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        kept.clear();
-        kept.extend_from_slice(line);
-        lines.push_back(kept);
+        let mut kept = self.lines();
+        for line in lines.each(lines.len().saturating_sub(self.keep)) {
+            let mut slot = if kept.len() == self.keep {
+                kept.pop_front().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            slot.clear();
+            slot.extend_from_slice(line);
+            kept.push_back(slot);
+        }
     }
 }
 
@@ -532,18 +644,37 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Writes a line serialized by the sender.
-    fn line(&mut self, line: &[u8]) {
-        self.state.recent.keep(line);
-        if let Err(e) = self.sink.line(line) {
-            self.fail(&e);
+    /// Writes a batch taken from the senders (its lines serialized by them), and takes its
+    /// senders' acknowledgements to tell at the next flush. How many lines it held.
+    fn batch(&mut self, batch: &mut Batch) -> u64 {
+        let lines = Lines::new(&batch.lines, &batch.ends);
+        if !lines.is_empty() {
+            self.state.recent.keep(lines);
+            if let Err(e) = self.sink.lines(lines) {
+                self.fail(&e);
+            }
         }
+        let count = lines.len() as u64;
+        self.acks.append(&mut batch.acks);
+        batch.lines.clear();
+        batch.lines.shrink_to(BATCH);
+        batch.ends.clear();
+        batch.ends.shrink_to(BATCH / LINE);
+        count
     }
 
     /// Writes an event of the writer's own (a note of drops: rare).
     fn event<T: Serialize>(&mut self, event: &T) {
         match serde_json::to_vec(event) {
-            Ok(line) => self.line(&line),
+            Ok(mut line) => {
+                line.push(b'\n');
+                let end = [line.len()];
+                let lines = Lines::new(&line, &end);
+                self.state.recent.keep(lines);
+                if let Err(e) = self.sink.lines(lines) {
+                    self.fail(&e);
+                }
+            }
             Err(_) => self.failed = true,
         }
     }
@@ -591,8 +722,7 @@ impl Writer<'_> {
     }
 }
 
-fn write_loop(rx: &Receiver<(Vec<u8>, Option<Ack>)>, sink: Box<dyn LineSink>, state: &State) {
-    use std::sync::mpsc::TryRecvError;
+fn write_loop(sink: Box<dyn LineSink>, state: &State) {
     let mut w = Writer {
         sink,
         state,
@@ -602,38 +732,23 @@ fn write_loop(rx: &Receiver<(Vec<u8>, Option<Ack>)>, sink: Box<dyn LineSink>, st
     };
     let wake = &state.wake;
     let flushes = &state.flushes;
-    let mut pending: Option<(Vec<u8>, Option<Ack>)> = None;
+    // The batch the senders append to and the one being written trade places.
+    let mut taken = Batch::with_room();
     loop {
-        // Read before draining: everything queued before this ask is drained below.
+        // Read before taking: everything queued before this ask is in the batch taken.
         let asked = flushes.0.load(Ordering::SeqCst);
-        let mut written = 0u64;
-        let closed = loop {
-            let next = match pending.take() {
-                Some(event) => Ok(event),
-                None => rx.try_recv(),
-            };
-            match next {
-                Ok((line, ack)) => {
-                    w.line(&line);
-                    drop(line);
-                    w.acks.extend(ack);
-                    written += 1;
-                }
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
-            }
-        };
+        std::mem::swap(&mut *state.batch(), &mut taken);
+        let written = w.batch(&mut taken);
         if written > 0 {
             state.queued.fetch_sub(written, Ordering::Relaxed);
         }
         w.note_drops();
-        let closing = closed || wake.closing.load(Ordering::SeqCst);
-        if closing {
-            // No sender is left: what was queued is written (drained above), then sealed.
-            while let Ok((line, ack)) = rx.try_recv() {
-                w.line(&line);
-                w.acks.extend(ack);
-            }
+        if wake.closing.load(Ordering::SeqCst) {
+            // No sender is left: what they queued since the batch above is written too,
+            // then sealed.
+            std::mem::swap(&mut *state.batch(), &mut taken);
+            let last = w.batch(&mut taken);
+            state.queued.fetch_sub(last, Ordering::Relaxed);
             w.flush(true);
             flushes.1.store(asked, Ordering::SeqCst);
             break;
@@ -655,14 +770,9 @@ fn write_loop(rx: &Receiver<(Vec<u8>, Option<Ack>)>, sink: Box<dyn LineSink>, st
         // Idle: park until a sender or a flush wakes us.
         wake.parked.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
-        match rx.try_recv() {
-            Ok(event) => {
-                wake.parked.store(false, Ordering::Relaxed);
-                pending = Some(event);
-                continue;
-            }
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {}
+        if !state.batch().ends.is_empty() {
+            wake.parked.store(false, Ordering::Relaxed);
+            continue;
         }
         while wake.parked.load(Ordering::Acquire)
             && flushes.0.load(Ordering::SeqCst) == asked
@@ -696,18 +806,18 @@ mod tests {
         }
     }
 
-    fn event(i: usize) -> AuditEvent {
+    fn event(i: usize) -> AuditEvent<'static> {
         AuditEvent {
             time: SystemTime::UNIX_EPOCH,
             log: "audit",
-            request_id: format!("r{i}"),
+            request_id: format!("r{i}").into(),
             trace_id: None,
             version: "v".into(),
             principal: AuditPrincipal {
                 id: "alice".into(),
                 kind: "user",
                 authenticator: "corp".into(),
-                groups: vec!["staff".into()],
+                groups: vec!["staff".into()].into(),
             },
             action: "GET",
             resource: "orders".into(),
@@ -716,8 +826,8 @@ mod tests {
             client: "127.0.0.1:1".into(),
             decision: "deny",
             reason: None,
-            policies: Vec::new(),
-            errors: Vec::new(),
+            policies: Cow::Borrowed(&[]),
+            errors: Cow::Borrowed(&[]),
             shadow: None,
             mfa: None,
         }
@@ -835,6 +945,68 @@ mod tests {
         assert_eq!(log.dropped(), 2);
         assert!(log.flush(std::time::Duration::from_secs(2)));
         assert!(buf.0.lock().expect("lock").is_empty());
+    }
+
+    /// The admin API's recent lines are the last written, oldest first, across batches, and
+    /// no more than asked for.
+    #[test]
+    fn recent_lines_are_the_last_written_across_batches() {
+        let buf = Shared::default();
+        let plain = chain::Plain(std::io::BufWriter::new(Box::new(buf.clone())));
+        let log: AuditLog = JsonLog::start_lines(Box::new(plain), 3, false).expect("start");
+        let ids = |log: &AuditLog| -> Vec<String> {
+            log.recent()
+                .iter()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                    v["request_id"].as_str().expect("id").to_string()
+                })
+                .collect()
+        };
+        for i in 0..10 {
+            log.record(event(i));
+        }
+        assert!(log.flush(std::time::Duration::from_secs(5)));
+        assert_eq!(ids(&log), ["r7", "r8", "r9"]);
+        log.record(event(10));
+        assert!(log.flush(std::time::Duration::from_secs(5)));
+        assert_eq!(ids(&log), ["r8", "r9", "r10"]);
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 11);
+        assert_eq!(log.depth(), 0);
+    }
+
+    /// A sink whose writes fail.
+    struct Broken;
+
+    impl LineSink for Broken {
+        fn line(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("disk full"))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sender waiting on its event hears `true` only once the line is in the sink, and
+    /// `false` when the sink failed it.
+    #[test]
+    fn an_acknowledged_event_is_told_whether_it_was_written() {
+        let buf = Shared::default();
+        let plain = chain::Plain(std::io::BufWriter::new(Box::new(buf.clone())));
+        let log: AuditLog = JsonLog::start_lines(Box::new(plain), 0, false).expect("start");
+        log.record(event(1));
+        let written = log.record_acked(event(2)).expect("queued");
+        assert_eq!(written.blocking_recv(), Ok(true));
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(text.ends_with("\n") && text.lines().count() == 2, "{text}");
+        assert!(text.lines().nth(1).expect("line").contains("\"r2\""));
+
+        let log: AuditLog = JsonLog::start_lines(Box::new(Broken), 0, false).expect("start");
+        let written = log.record_acked(event(1)).expect("queued");
+        assert_eq!(written.blocking_recv(), Ok(false));
+        assert!(!log.writable());
     }
 
     #[test]
