@@ -242,7 +242,49 @@ impl AuditEvent<'_> {
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_rfc3339_micros(*t).to_string())
+    let mut text = [0u8; STAMP];
+    match stamp(*t, &mut text) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&humantime::format_rfc3339_micros(*t).to_string()),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`.
+const STAMP: usize = 27;
+
+thread_local! {
+    /// The second last written on this thread and its `YYYY-MM-DDTHH:MM:SS`: every event of
+    /// that second starts the same, so the date is worked out once a second, not per event.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `t` as RFC 3339 in UTC with microseconds, as humantime writes it, into `out`; `None`
+/// for a time humantime is left to write (before 1970 or past 9999).
+fn stamp(t: SystemTime, out: &mut [u8; STAMP]) -> Option<&str> {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let secs = since.as_secs();
+    if secs >= YEAR_10000 {
+        return None;
+    }
+    let (cached, mut date) = SECOND.get();
+    if cached != secs {
+        let whole = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + since);
+        let whole = whole.to_string();
+        date.copy_from_slice(whole.as_bytes().get(..19)?);
+        SECOND.set((secs, date));
+    }
+    out[..19].copy_from_slice(&date);
+    out[19] = b'.';
+    let mut micros = since.subsec_micros();
+    for digit in out[20..26].iter_mut().rev() {
+        // A digit: the remainder of a division by ten.
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out[26] = b'Z';
+    std::str::from_utf8(out).ok()
 }
 
 /// Where access-log lines are written.
@@ -858,6 +900,58 @@ mod tests {
         assert!(after <= idle + 2, "{idle} -> {after}");
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert_eq!(log.writer_wakes(), after, "woke while idle again");
+    }
+
+    /// Log times are written as humantime writes them, across second, day, year and
+    /// century boundaries, at whole seconds and at the last microsecond; the times the
+    /// cached date does not cover (before 1970, from the year 10000) are left to humantime.
+    #[test]
+    fn timestamps_are_written_as_humantime_writes_them() {
+        use std::time::Duration;
+        let at = |secs: u64, micros: u32| {
+            SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000 + 999)
+        };
+        let mut times = vec![SystemTime::UNIX_EPOCH];
+        for secs in [
+            0,
+            59,
+            86_399,
+            86_400,
+            951_782_399, // 2000-02-28T23:59:59
+            951_868_800, // 2000-03-01
+            1_796_083_199,
+            1_796_083_200,
+            4_102_444_799, // 2099-12-31T23:59:59
+            253_402_300_799,
+        ] {
+            for micros in [0, 1, 10, 123_456, 999_999] {
+                times.push(at(secs, micros));
+            }
+        }
+        // Back and forth over one second, so the cached date is replaced and reused.
+        times.extend([at(100, 5), at(101, 5), at(100, 6), at(100, 7)]);
+        for t in times {
+            let mut out = [0u8; STAMP];
+            let want = humantime::format_rfc3339_micros(t).to_string();
+            assert_eq!(stamp(t, &mut out), Some(want.as_str()), "{t:?}");
+            let json = serde_json::to_string(&AccessEventTime(t)).expect("json");
+            assert_eq!(json, format!("\"{want}\""));
+        }
+        let mut out = [0u8; STAMP];
+        assert_eq!(stamp(at(253_402_300_800, 0), &mut out), None);
+        assert_eq!(
+            stamp(SystemTime::UNIX_EPOCH - Duration::from_secs(1), &mut out),
+            None
+        );
+    }
+
+    /// A time as the logs serialize it.
+    struct AccessEventTime(SystemTime);
+
+    impl Serialize for AccessEventTime {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            rfc3339(&self.0, s)
+        }
     }
 
     /// A sink that waits until it is let go: the queue fills behind it.
