@@ -102,9 +102,7 @@ pub fn request(
         // gRPC over HTTP/2 needs it; it is the one `TE` value HTTP/2 allows.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let target = upstream_target(route, &ctx.path, ctx.query(uri.query()));
-    let path_and_query = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
-        .map_err(|_| ProxyError::BadRequest("unrepresentable request target"))?;
+    let path_and_query = upstream_target(route, &ctx.path, ctx.query(uri.query()), uri)?;
     Ok(Upstream {
         headers,
         path_and_query,
@@ -216,19 +214,51 @@ fn set_forwarding(
     }
 }
 
-fn upstream_target(route: &RouteEntry, path: &NormalPath, query: Option<&str>) -> String {
+/// The target the upstream receives: the normalised path, less a stripped prefix, and the
+/// query as forwarded. When that is exactly what the client sent (a path already in normal
+/// form, its query untouched), the client's target is forwarded as it was parsed rather
+/// than rebuilt and parsed again.
+fn upstream_target(
+    route: &RouteEntry,
+    path: &NormalPath,
+    query: Option<&str>,
+    uri: &http::Uri,
+) -> Result<PathAndQuery, ProxyError> {
+    let strips = matches!(
+        (&route.config.path, route.config.strip_prefix),
+        (drawbridge_config::PathMatch::Prefix(prefix), true) if prefix != "/"
+    );
+    if !strips
+        && let Some(sent) = uri.path_and_query()
+        && sent.path() == path.encoded()
+        && sent.query() == query
+        && sent.as_str().len() == path.encoded().len() + query.map_or(0, |q| q.len() + 1)
+    {
+        return Ok(sent.clone());
+    }
+    let target = build_target(route, path, query);
+    PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+        .map_err(|_| ProxyError::BadRequest("unrepresentable request target"))
+}
+
+/// [`upstream_target`] written out.
+fn build_target(route: &RouteEntry, path: &NormalPath, query: Option<&str>) -> String {
     let mut target = match (&route.config.path, route.config.strip_prefix) {
         (drawbridge_config::PathMatch::Prefix(prefix), true) if prefix != "/" => {
             // The encoded prefix is the decoded one re-encoded; strip by segment count.
             let depth = prefix.matches('/').count();
-            let rest: String = path.encoded.split_inclusive('/').skip(depth + 1).collect();
+            let rest: String = path
+                .encoded()
+                .split_inclusive('/')
+                .skip(depth + 1)
+                .collect();
             if rest.is_empty() {
                 "/".to_string()
             } else {
                 format!("/{rest}")
             }
         }
-        _ => path.encoded.clone(),
+        _ => path.encoded().to_string(),
     };
     if let Some(q) = query {
         target.push('?');

@@ -98,6 +98,15 @@ async fn paths_are_normalised_once_and_forwarded_as_matched() {
         ("/public/x#frag", 200, Some("/public/x")),
         ("/public/../admin", 404, None),
         ("//admin", 404, None),
+        // The query travels as sent, after a path in normal form or one made so.
+        ("/public/x?a=1&b=%20c", 200, Some("/public/x?a=1&b=%20c")),
+        ("/public/./y?a=/../z", 200, Some("/public/y?a=/../z")),
+        ("/public/x?", 200, Some("/public/x?")),
+        ("/public/x?q#frag", 200, Some("/public/x?q")),
+        ("http://x/public/x?q", 200, Some("/public/x?q")),
+        ("http://x//public/x?q", 200, Some("/public/x?q")),
+        // Rewritten to the same length: still the normal form that goes.
+        ("/public/%c3%a9?q", 200, Some("/public/%C3%A9?q")),
     ] {
         up.clear();
         let req = format!("GET {sent} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

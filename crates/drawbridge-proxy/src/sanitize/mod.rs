@@ -187,7 +187,8 @@ mod tests {
 
     fn ok(raw: &str) -> (String, String) {
         let p = normalize_path(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
-        (p.decoded, p.encoded)
+        let encoded = p.encoded().to_string();
+        (p.decoded, encoded)
     }
 
     #[test]
@@ -236,7 +237,7 @@ mod tests {
     fn encoded_form_is_a_fixed_point() {
         for raw in ["/a%20b/c", "/caf%C3%A9/", "/x/%3B/y", "/%7E~"] {
             let once = normalize_path(raw).expect("valid");
-            let twice = normalize_path(&once.encoded).expect("valid");
+            let twice = normalize_path(once.encoded()).expect("valid");
             assert_eq!(once, twice, "{raw}");
         }
     }
@@ -646,8 +647,8 @@ mod tests {
                     prop_assert!(p.decoded.starts_with('/'));
                     let inner = p.decoded.trim_end_matches('/');
                     prop_assert!(inner.is_empty() || inner[1..].split('/').all(|s| !s.is_empty() && s != "." && s != ".."), "{:?}", p);
-                    prop_assert!(!p.encoded.to_ascii_lowercase().contains("%2e") && !p.encoded.to_ascii_lowercase().contains("%2f"));
-                    let again = normalize_path(&p.encoded);
+                    prop_assert!(!p.encoded().to_ascii_lowercase().contains("%2e") && !p.encoded().to_ascii_lowercase().contains("%2f"));
+                    let again = normalize_path(p.encoded());
                     prop_assert_eq!(again.as_ref(), Ok(&p));
                 }
             }
