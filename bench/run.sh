@@ -466,6 +466,15 @@ def median_run(kind, target, conns):
     runs = [r for r in rows if r[0] == kind and r[1] == target and r[2] == conns]
     runs.sort(key=lambda r: float(r[3]))
     return runs[len(runs) // 2]
+def rounds(target, conns):
+    """A target's throughput rows in the order they ran: one per repeat."""
+    return [r for r in rows if r[0] == "throughput" and r[1] == target and r[2] == conns]
+def per_repeat(label, a, b, conns, col):
+    """`a` over `b` in each repeat (measured minutes apart, not hours): column 3 is
+    requests/s, 7 CPU µs a request."""
+    ra, rb = rounds(a, conns), rounds(b, conns)
+    ratios = sorted(float(x[col]) / float(y[col]) for x, y in zip(ra, rb))
+    return f"{label} " + " / ".join(f"{v:.2f}" for v in ratios)
 targets = ["direct", "nginx", "floor", "drawbridge"]
 jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache",
                    "drawbridge-jwt-rs256-authz", "drawbridge-jwt-es256-authz"]
@@ -487,6 +496,8 @@ for conns in ["32", "256"]:
     spread = {t: sorted(float(r[3]) for r in rows if r[0] == "throughput" and r[1] == t and r[2] == conns) for t in targets}
     print("Spread across repeats (requests/s, lowest to highest): " + "; ".join(
         f"{t} {' / '.join(f'{v:,.0f}' for v in vs)}" for t, vs in spread.items()) + "\n")
+    print("Per repeat, lowest to highest: " + per_repeat("Drawbridge's CPU a request vs the floor's", "drawbridge", "floor", conns, 7)
+          + "; " + per_repeat("requests/s vs nginx", "drawbridge", "nginx", conns, 3) + "\n")
     full = [t for t in ["nginx-tls", "floor-tls", "nginx-full", "floor-full", "drawbridge-full"] if any(r[1] == t for r in rows)]
     if {"nginx-tls", "nginx-full", "drawbridge-full"} <= set(full):
         print(f"Full access path over TLS 1.3, {conns} connections (nginx: TLS alone; TLS + Lua RS256 check + limit_req + "
@@ -503,6 +514,9 @@ for conns in ["32", "256"]:
             print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
                   f"{float(r[3]) / float(f['nginx-tls'][3]):.2f} | {vs_floor} | {float(r[3]) / float(f['nginx-full'][3]):.2f} | {r[7]} |")
         print()
+        print("Per repeat, requests/s, lowest to highest: " + "; ".join(
+            per_repeat(f"{t} vs nginx TLS", t, "nginx-tls", conns, 3) for t in full if t != "nginx-tls")
+            + "; " + per_repeat("drawbridge-full vs nginx full", "drawbridge-full", "nginx-full", conns, 3) + "\n")
     if jwt:
         print(f"JWT routes, {conns} connections (the same proxy; a bearer token on every request):\n")
         print("| route | requests/s | p50 ms | p99 ms | non-2xx | vs public route | vs nginx | CPU µs/request |")
@@ -512,6 +526,8 @@ for conns in ["32", "256"]:
             print(f"| {t.removeprefix('drawbridge-')} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {r[6]} | "
                   f"{float(r[3]) / float(base['drawbridge'][3]):.2f} | {float(r[3]) / float(base['nginx'][3]):.2f} | {r[7]} |")
         print()
+        print("Per repeat, requests/s vs the public route, lowest to highest: " + "; ".join(
+            per_repeat(t.removeprefix("drawbridge-"), t, "drawbridge", conns, 3) for t in jwt) + "\n")
         pairs = [(t, t.removesuffix("-authz")) for t in jwt if t.endswith("-authz") and t.removesuffix("-authz") in jwt]
         if pairs:
             print(f"Authorization's cost, {conns} connections (the same JWT route with and without its policies):\n")
@@ -558,4 +574,5 @@ for t in targets + jwt:
     r = rate_rows[t]
     print(f"| {t} | {float(r[3]):,.0f} | {float(r[4]):.3f} | {float(r[5]):.3f} | {float(r[5]) / float(rate_rows['nginx'][5]):.2f} |")
 PY
+cp "$RAW" "$OUT/raw.tsv"
 cat "$OUT/latest.md"
