@@ -482,13 +482,7 @@ impl<T: Serialize> JsonLog<T> {
             ..State::default()
         });
         let handle = std::thread::Builder::new()
-            .name(format!(
-                "{}-log",
-                std::any::type_name::<T>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or("json")
-            ))
+            .name(writer_name(std::any::type_name::<T>()))
             .spawn({
                 let state = state.clone();
                 move || write_loop(sink, &state)
@@ -635,6 +629,13 @@ impl<T: Serialize> JsonLog<T> {
     pub fn writer_wakes(&self) -> u64 {
         self.state.wake.wakes.load(Ordering::Relaxed)
     }
+}
+
+/// The writer thread's name: its events' type, without path or parameters, then `-log`
+/// (`AuditEvent-log`), short enough for the system to show whole.
+fn writer_name(events: &str) -> String {
+    let plain = events.split('<').next().unwrap_or(events);
+    format!("{}-log", plain.rsplit("::").next().unwrap_or("json"))
 }
 
 /// The latest lines a log wrote, as written (JSON, so UTF-8): each kept line reuses the
@@ -952,6 +953,20 @@ mod tests {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             rfc3339(&self.0, s)
         }
+    }
+
+    /// Writer threads are named after their events, lifetimes and paths left out.
+    #[test]
+    fn writer_threads_are_named_after_their_events() {
+        assert_eq!(
+            writer_name(std::any::type_name::<AuditEvent<'static>>()),
+            "AuditEvent-log"
+        );
+        assert_eq!(
+            writer_name(std::any::type_name::<AccessEvent>()),
+            "AccessEvent-log"
+        );
+        assert_eq!(writer_name("a::B<c::D>"), "B-log");
     }
 
     /// A sink that waits until it is let go: the queue fills behind it.
