@@ -230,9 +230,11 @@ fn upstream_target(
     );
     if !strips
         && let Some(sent) = uri.path_and_query()
-        && sent.path() == path.encoded()
-        && sent.query() == query
-        && sent.as_str().len() == path.encoded().len() + query.map_or(0, |q| q.len() + 1)
+        && let Some(rest) = sent.as_str().strip_prefix(path.encoded())
+        && match query {
+            None => rest.is_empty(),
+            Some(q) => rest.strip_prefix('?') == Some(q),
+        }
     {
         return Ok(sent.clone());
     }
