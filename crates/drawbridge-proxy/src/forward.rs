@@ -149,7 +149,7 @@ pub async fn forward(
             http1_only: upgrade.is_some(),
             started,
         };
-        let outcome = tokio::time::timeout_at(
+        let outcome = crate::timer::within(
             (started + pool.request_timeout).into(),
             exchange.run(pool, &in_flight),
         )

@@ -35,6 +35,7 @@ pub mod roster;
 pub mod route;
 pub mod signin;
 pub mod snapshot;
+pub mod timer;
 pub mod tls;
 pub mod trace;
 pub mod transport;

@@ -152,6 +152,9 @@ fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), Pro
         }
         (Some(a), _) => host_of(a.as_str()).to_ascii_lowercase(),
         (None, Some(h)) => {
+            if let Some(host) = LAST_HOST.with_borrow(|last| last.host_of(h.as_bytes())) {
+                return Ok((host, header_host));
+            }
             let s = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
@@ -161,7 +164,12 @@ fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), Pro
             // The authority grammar is http's to check; what passes has no user info.
             s.parse::<http::uri::Authority>()
                 .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            host_of(s).to_ascii_lowercase()
+            let mut host = host_of(s).to_ascii_lowercase();
+            if host.ends_with('.') {
+                host.pop();
+            }
+            LAST_HOST.with_borrow_mut(|last| last.keep(h.as_bytes(), &host));
+            return Ok((host, header_host));
         }
         (None, None) if req.version == http::Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
@@ -173,6 +181,39 @@ fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), Pro
         host.pop();
     }
     Ok((host, header_host))
+}
+
+/// The last `Host` header a thread found valid, and the host it names. A connection's
+/// requests repeat their `Host`, and so do most of a listener's: checking the authority
+/// grammar again (which copies the value) and lower-casing it again would find the same.
+/// Kept as its own copy, never the request's value (which shares the connection's read
+/// buffer).
+#[derive(Default)]
+struct LastHost {
+    sent: Vec<u8>,
+    host: String,
+}
+
+impl LastHost {
+    /// The host `sent` names, when it is the value last found valid.
+    fn host_of(&self, sent: &[u8]) -> Option<String> {
+        (!self.sent.is_empty() && self.sent == sent).then(|| self.host.clone())
+    }
+
+    /// Remembers that `sent` was found valid and names `host` (values of a bounded size:
+    /// a long one is checked each time).
+    fn keep(&mut self, sent: &[u8], host: &str) {
+        if sent.len() <= 256 {
+            self.sent.clear();
+            self.sent.extend_from_slice(sent);
+            self.host.clear();
+            self.host.push_str(host);
+        }
+    }
+}
+
+thread_local! {
+    static LAST_HOST: std::cell::RefCell<LastHost> = std::cell::RefCell::new(LastHost::default());
 }
 
 /// The host of an authority that parsed and holds no user info: an IP literal with its
@@ -238,6 +279,31 @@ mod tests {
             request_host(&parts("/", &[])).is_err(),
             "HTTP/1.1 needs a host"
         );
+    }
+
+    #[test]
+    fn a_remembered_host_answers_only_for_the_same_value() {
+        let host = |h: &str| request_host(&parts("/", &[h])).map(|(got, _)| got);
+        for _ in 0..2 {
+            assert_eq!(
+                host("Example.COM.:8080").ok().as_deref(),
+                Some("example.com")
+            );
+            // Right after a valid value, others are checked as if it had never been seen.
+            for refused in [
+                "exa mple.com",
+                "Example.COM.:8080@evil",
+                "user@Example.COM.:8080",
+            ] {
+                assert!(host(refused).is_err(), "{refused}");
+            }
+            assert_eq!(
+                host("Example.COM.:8080").ok().as_deref(),
+                Some("example.com")
+            );
+            assert_eq!(host("other.example").ok().as_deref(), Some("other.example"));
+            assert_eq!(host("[FE80::1]:80").ok().as_deref(), Some("[fe80::1]"));
+        }
     }
 
     #[test]
