@@ -10,9 +10,14 @@
 //! request the way the benchmark's full access path does, the least way (see [`full`]):
 //! the floor of that path.
 //!
+//! With `FLOOR_WORK_NS` set, it also spends that many nanoseconds busy on every request
+//! before sending it on: a floor with a fixed amount of work of its own, to show in the same
+//! run what that much work costs a proxy where the benchmark measures it.
+//!
 //! ```text
 //! drawbridge-floor LISTEN UPSTREAM [CERT KEY [JWKS POLICIES LOGDIR ISSUER]]
 //! drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
+//! FLOOR_WORK_NS=500 drawbridge-floor 127.0.0.1:18113 127.0.0.1:18100
 //! ```
 #![forbid(unsafe_code)]
 
@@ -20,6 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -36,6 +42,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Pool {
     upstream: SocketAddr,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
+    /// Time spent busy on every request (`FLOOR_WORK_NS`; none by default).
+    work: Duration,
+}
+
+/// Keeps the thread busy for `work`, as a proxy's own work on a request would.
+fn busy(work: Duration) {
+    if work.is_zero() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < work {
+        std::hint::spin_loop();
+    }
 }
 
 impl Pool {
@@ -109,6 +128,7 @@ async fn proxy(
     gate: Option<Arc<full::Gate>>,
     req: http::Request<Incoming>,
 ) -> Result<http::Response<Returning>, std::io::Error> {
+    busy(pool.work);
     let Some(gate) = gate else {
         return forward(pool, req).await;
     };
@@ -214,6 +234,10 @@ fn main() -> std::io::Result<()> {
         }
         _ => return Err(usage()),
     };
+    let work = match std::env::var("FLOOR_WORK_NS") {
+        Ok(ns) => Duration::from_nanos(ns.parse().map_err(|_| usage())?),
+        Err(_) => Duration::ZERO,
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -222,6 +246,7 @@ fn main() -> std::io::Result<()> {
             let pool = Arc::new(Pool {
                 upstream,
                 idle: Mutex::new(Vec::new()),
+                work,
             });
             loop {
                 let (stream, _) = match listener.accept().await {
