@@ -121,17 +121,18 @@ impl Drop for Lent {
         let Some(mut timer) = self.timer.take() else {
             return;
         };
-        // The timer lets go of the waker of the task that used it now, not when it next
-        // fires: a kept timer must not keep a finished connection's task allocated.
-        let _ = timer
-            .as_mut()
-            .poll(&mut Context::from_waker(std::task::Waker::noop()));
-        // A thread that is exiting keeps nothing; the timer is dropped.
-        let _ = KEPT_TIMERS.try_with(|k| {
+        // Kept only by a thread that keeps this runtime's timers and has room; otherwise
+        // (another runtime's thread, a full pool, a thread that is exiting) it is dropped.
+        let _ = KEPT_TIMERS.try_with(move |k| {
             if let Ok(mut k) = k.try_borrow_mut()
                 && k.runtime == Some(self.runtime)
                 && k.timers.len() < KEPT
             {
+                // It lets go of the waker of the task that used it now, not when it next
+                // fires: a kept timer must not keep a finished connection's task allocated.
+                let _ = timer
+                    .as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()));
                 k.timers.push(timer);
             }
         });
