@@ -234,10 +234,13 @@ fn main() -> std::io::Result<()> {
         }
         _ => return Err(usage()),
     };
-    let work = match std::env::var("FLOOR_WORK_NS") {
-        Ok(ns) => Duration::from_nanos(ns.parse().map_err(|_| usage())?),
-        Err(_) => Duration::ZERO,
-    };
+    let work =
+        match std::env::var("FLOOR_WORK_NS") {
+            Ok(ns) => Duration::from_nanos(ns.parse().map_err(|_| {
+                std::io::Error::other("FLOOR_WORK_NS: a whole number of nanoseconds")
+            })?),
+            Err(_) => Duration::ZERO,
+        };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

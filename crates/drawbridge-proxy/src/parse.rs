@@ -145,7 +145,9 @@ fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), Pro
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    let raw = match (req.uri.authority(), header_host) {
+    // The `Host` header whose host is worked out below, to be remembered once it is.
+    let mut checked = None;
+    let mut host = match (req.uri.authority(), header_host) {
         // User info in an absolute-form target is never forwarded, nor quietly dropped.
         (Some(a), _) if a.as_str().contains('@') => {
             return Err(ProxyError::BadRequest("user info in the request target"));
@@ -164,21 +166,19 @@ fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), Pro
             // The authority grammar is http's to check; what passes has no user info.
             s.parse::<http::uri::Authority>()
                 .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            let mut host = host_of(s).to_ascii_lowercase();
-            if host.ends_with('.') {
-                host.pop();
-            }
-            LAST_HOST.with_borrow_mut(|last| last.keep(h.as_bytes(), &host));
-            return Ok((host, header_host));
+            checked = Some(h);
+            host_of(s).to_ascii_lowercase()
         }
         (None, None) if req.version == http::Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
         (None, None) => String::new(),
     };
-    let mut host = raw;
     if host.ends_with('.') {
         host.pop();
+    }
+    if let Some(h) = checked {
+        LAST_HOST.with_borrow_mut(|last| last.keep(h.as_bytes(), &host));
     }
     Ok((host, header_host))
 }
