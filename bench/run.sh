@@ -12,6 +12,11 @@
 # least way on the same crates: the floor of the full path. floor-work is the plain floor
 # kept busy FLOOR_WORK_NS (500 by default) nanoseconds a request: what that much work of a
 # proxy's own costs in this layout, where the proxy shares its CPU with the upstream.
+# floor-duties is the plain floor doing what a gateway owes every request on a public route
+# (head limits, one valid host, the client's headers screened against Drawbridge's list, a
+# path in normal form, forwarding headers and a request id, a request timeout, the response's
+# hop-by-hop headers removed, a count), the least way on the same crates: the floor of the
+# public route.
 # Layout (2 cores): the load generator runs alone on CPU 0; the upstream and the proxy under
 # test share CPU 1. The upstream is nginx answering `200 ok` from memory. nginx as a reverse
 # proxy uses upstream keep-alive; the proxies log nothing, so the proxying itself is compared.
@@ -48,7 +53,7 @@ ISS="https://bench.invalid/"   # the JWT routes' issuer
 UP_PORT=18100; NGINX_PORT=18101; DB_PORT=18102; TLS_PORT=18103
 DB2_PORT=18104; TLS2_PORT=18105; REDIS_PORT=18106; FLOOR_PORT=18107
 NGINX_TLS_PORT=18108; NGINX_FULL_PORT=18109; FULL_PORT=18110; FLOOR_TLS_PORT=18111
-FLOOR_FULL_PORT=18112; FLOOR_WORK_PORT=18113
+FLOOR_FULL_PORT=18112; FLOOR_WORK_PORT=18113; FLOOR_DUTIES_PORT=18114
 FLOOR_WORK_NS=${FLOOR_WORK_NS:-500}
 
 need=()
@@ -320,6 +325,9 @@ FLOOR_PID=$!
 # The floor with a fixed amount of its own work a request.
 FLOOR_WORK_NS="$FLOOR_WORK_NS" taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_WORK_PORT" "127.0.0.1:$UP_PORT" & pids+=($!)
 FLOOR_WORK_PID=$!
+# The floor doing a public route's duties.
+FLOOR_DUTIES=1 taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_DUTIES_PORT" "127.0.0.1:$UP_PORT" & pids+=($!)
+FLOOR_DUTIES_PID=$!
 # The floor of a TLS listener: the same proxy behind rustls, with the benchmark's certificate.
 taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_TLS_PORT" "127.0.0.1:$UP_PORT" "$WORK/tls.crt" "$WORK/tls.key" & pids+=($!)
 FLOOR_TLS_PID=$!
@@ -330,7 +338,7 @@ taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLO
 FLOOR_FULL_PID=$!
 for _ in $(seq 100); do curl -sfk "https://localhost:$FLOOR_TLS_PORT/" >/dev/null && break; sleep 0.1; done
 curl -sfk "https://localhost:$FLOOR_TLS_PORT/" >/dev/null || { echo "the TLS floor did not start"; exit 1; }
-for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT $FLOOR_PORT $FLOOR_WORK_PORT; do
+for port in $UP_PORT $NGINX_PORT $DB_PORT $DB2_PORT $FLOOR_PORT $FLOOR_WORK_PORT $FLOOR_DUTIES_PORT; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$port/" >/dev/null || { echo "server on $port did not start"; cat "$WORK"/logs/*; exit 1; }
 done
@@ -339,12 +347,13 @@ done
 NGINX_WORKER="$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)"
 declare -A PID=([direct]="$(pgrep -P "$(cat "$WORK/upstream.pid")" | head -1)" [nginx]="$NGINX_WORKER" [drawbridge]="$DB_PID" [floor]="$FLOOR_PID"
   [nginx-tls]="$NGINX_WORKER" [nginx-full]="$NGINX_WORKER" [drawbridge-full]="$FULL_PID" [floor-tls]="$FLOOR_TLS_PID"
-  [floor-full]="$FLOOR_FULL_PID" [floor-work]="$FLOOR_WORK_PID")
+  [floor-full]="$FLOOR_FULL_PID" [floor-work]="$FLOOR_WORK_PID" [floor-duties]="$FLOOR_DUTIES_PID")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A URL=([direct]="http://127.0.0.1:$UP_PORT/" [nginx]="http://127.0.0.1:$NGINX_PORT/" [drawbridge]="http://127.0.0.1:$DB_PORT/"
   [floor]="http://127.0.0.1:$FLOOR_PORT/" [nginx-tls]="https://localhost:$NGINX_TLS_PORT/" [nginx-full]="https://localhost:$NGINX_FULL_PORT/"
   [drawbridge-full]="https://localhost:$FULL_PORT/jwt-rs256-authz" [floor-tls]="https://localhost:$FLOOR_TLS_PORT/"
-  [floor-full]="https://localhost:$FLOOR_FULL_PORT/jwt-rs256-authz" [floor-work]="http://127.0.0.1:$FLOOR_WORK_PORT/")
+  [floor-full]="https://localhost:$FLOOR_FULL_PORT/jwt-rs256-authz" [floor-work]="http://127.0.0.1:$FLOOR_WORK_PORT/"
+  [floor-duties]="http://127.0.0.1:$FLOOR_DUTIES_PORT/")
 # JWT routes: the same proxy process, a bearer token on every request.
 declare -A AUTH=()
 for v in rs256 rs256-nocache es256 es256-nocache rs256-authz es256-authz; do
@@ -366,8 +375,8 @@ AUTH[drawbridge-tls-session-redis]="Cookie: __Host-drawbridge-session=$SESSION2"
 AUTH[nginx-full]="Authorization: Bearer ${TOKEN[RS256]}"
 AUTH[drawbridge-full]="Authorization: Bearer ${TOKEN[RS256]}"
 AUTH[floor-full]="Authorization: Bearer ${TOKEN[RS256]}"
-TARGETS=(direct nginx floor floor-work drawbridge nginx-tls floor-tls nginx-full floor-full drawbridge-full drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
-if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx floor floor-work drawbridge $ONLY"; fi
+TARGETS=(direct nginx floor floor-work floor-duties drawbridge nginx-tls floor-tls nginx-full floor-full drawbridge-full drawbridge-jwt-rs256 drawbridge-jwt-rs256-nocache drawbridge-jwt-es256 drawbridge-jwt-es256-nocache drawbridge-jwt-rs256-authz drawbridge-jwt-es256-authz drawbridge-tls-jwt drawbridge-tls-session drawbridge-tls-session-redis)
+if [ -n "${ONLY:-}" ]; then read -r -a TARGETS <<< "direct nginx floor floor-work floor-duties drawbridge $ONLY"; fi
 # Refuse to measure a route that does not admit its token, or one that admits no token.
 for t in "${TARGETS[@]}"; do
   [ -n "${AUTH[$t]:-}" ] || continue
@@ -481,7 +490,7 @@ def per_repeat(label, a, b, conns, col):
     ra, rb = rounds(a, conns), rounds(b, conns)
     ratios = sorted(float(x[col]) / float(y[col]) for x, y in zip(ra, rb))
     return f"{label} " + " / ".join(f"{v:.2f}" for v in ratios)
-targets = [t for t in ["direct", "nginx", "floor", "floor-work", "drawbridge"] if any(r[1] == t for r in rows)]
+targets = [t for t in ["direct", "nginx", "floor", "floor-work", "floor-duties", "drawbridge"] if any(r[1] == t for r in rows)]
 jwt = [t for t in ["drawbridge-jwt-rs256", "drawbridge-jwt-rs256-nocache", "drawbridge-jwt-es256", "drawbridge-jwt-es256-nocache",
                    "drawbridge-jwt-rs256-authz", "drawbridge-jwt-es256-authz"]
        if any(r[1] == t for r in rows)]
@@ -505,7 +514,10 @@ for conns in ["32", "256"]:
     print("Per repeat, lowest to highest: " + per_repeat("Drawbridge's CPU a request vs the floor's", "drawbridge", "floor", conns, 7)
           + "; " + per_repeat("requests/s vs nginx", "drawbridge", "nginx", conns, 3)
           + ("; " + per_repeat(f"floor-work's ({work_ns} ns busy a request) CPU vs the floor's", "floor-work", "floor", conns, 7)
-             if "floor-work" in targets else "") + "\n")
+             if "floor-work" in targets else "")
+          + ("; " + per_repeat("floor-duties' CPU vs the floor's", "floor-duties", "floor", conns, 7)
+             + "; " + per_repeat("Drawbridge's CPU vs floor-duties'", "drawbridge", "floor-duties", conns, 7)
+             if "floor-duties" in targets else "") + "\n")
     full = [t for t in ["nginx-tls", "floor-tls", "nginx-full", "floor-full", "drawbridge-full"] if any(r[1] == t for r in rows)]
     if {"nginx-tls", "nginx-full", "drawbridge-full"} <= set(full):
         print(f"Full access path over TLS 1.3, {conns} connections (nginx: TLS alone; TLS + Lua RS256 check + limit_req + "

@@ -14,10 +14,17 @@
 //! before sending it on: a floor with a fixed amount of work of its own, to show in the same
 //! run what that much work costs a proxy where the benchmark measures it.
 //!
+//! With `FLOOR_DUTIES=1`, it does what a gateway owes every request on a public route (the
+//! head's limits, one valid host, the client's headers screened, a path in normal form,
+//! the forwarding headers and a request id, a request timeout, the response's hop-by-hop
+//! headers removed, a count and a time), the least way on the same crates (see [`duties`]):
+//! the floor of Drawbridge's public route.
+//!
 //! ```text
 //! drawbridge-floor LISTEN UPSTREAM [CERT KEY [JWKS POLICIES LOGDIR ISSUER]]
 //! drawbridge-floor 127.0.0.1:18107 127.0.0.1:18100
 //! FLOOR_WORK_NS=500 drawbridge-floor 127.0.0.1:18113 127.0.0.1:18100
+//! FLOOR_DUTIES=1 drawbridge-floor 127.0.0.1:18114 127.0.0.1:18100
 //! ```
 #![forbid(unsafe_code)]
 
@@ -33,6 +40,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+mod duties;
 mod full;
 
 #[global_allocator]
@@ -123,12 +131,30 @@ impl Body for Returning {
     }
 }
 
-async fn proxy(
+/// What a connection's requests are served with.
+#[derive(Clone)]
+struct Serving {
     pool: Arc<Pool>,
     gate: Option<Arc<full::Gate>>,
+    duties: Option<Arc<duties::Duties>>,
+    /// The client's address as a header value, made once per connection.
+    peer: http::HeaderValue,
+}
+
+async fn proxy(
+    serving: Serving,
     req: http::Request<Incoming>,
 ) -> Result<http::Response<Returning>, std::io::Error> {
+    let Serving {
+        pool,
+        gate,
+        duties,
+        peer,
+    } = serving;
     busy(pool.work);
+    if let Some(duties) = duties {
+        return dutiful(pool, &duties, &peer, req).await;
+    }
     let Some(gate) = gate else {
         return forward(pool, req).await;
     };
@@ -141,14 +167,46 @@ async fn proxy(
         }
         Err(status) => {
             gate.answered(None, &path, status);
-            let mut res = http::Response::new(Returning {
-                body: None,
-                conn: None,
-            });
-            *res.status_mut() = status;
-            Ok(res)
+            Ok(refusal(status))
         }
     }
+}
+
+/// The request, checked and rewritten by the duties, sent on within their timeout.
+async fn dutiful(
+    pool: Arc<Pool>,
+    duties: &duties::Duties,
+    peer: &http::HeaderValue,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Returning>, std::io::Error> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let res = match duties.request(&mut parts, peer) {
+        Ok(()) => {
+            let req = http::Request::from_parts(parts, body);
+            match tokio::time::timeout(duties.timeout, forward(pool, req)).await {
+                Ok(Ok(mut res)) => {
+                    duties::Duties::response(res.headers_mut());
+                    res
+                }
+                Ok(Err(_)) => refusal(http::StatusCode::BAD_GATEWAY),
+                Err(_) => refusal(http::StatusCode::GATEWAY_TIMEOUT),
+            }
+        }
+        Err(status) => refusal(status),
+    };
+    duties.count(started.elapsed());
+    Ok(res)
+}
+
+/// An answer of the proxy's own, without a body.
+fn refusal(status: http::StatusCode) -> http::Response<Returning> {
+    let mut res = http::Response::new(Returning {
+        body: None,
+        conn: None,
+    });
+    *res.status_mut() = status;
+    res
 }
 
 async fn forward(
@@ -194,11 +252,11 @@ fn tls_config(cert: &str, key: &str) -> std::io::Result<Arc<rustls::ServerConfig
 }
 
 /// Serves one client connection until it ends.
-async fn serve<S>(io: S, pool: Arc<Pool>, gate: Option<Arc<full::Gate>>)
+async fn serve<S>(io: S, serving: Serving)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| proxy(pool.clone(), gate.clone(), req));
+    let service = hyper::service::service_fn(move |req| proxy(serving.clone(), req));
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
         .await;
@@ -241,6 +299,11 @@ fn main() -> std::io::Result<()> {
             })?),
             Err(_) => Duration::ZERO,
         };
+    let duties = match std::env::var("FLOOR_DUTIES").as_deref() {
+        Ok("1") => Some(Arc::new(duties::Duties::new(Duration::from_secs(30)))),
+        Ok("0") | Err(_) => None,
+        Ok(_) => return Err(std::io::Error::other("FLOOR_DUTIES: 1 or 0")),
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -252,22 +315,27 @@ fn main() -> std::io::Result<()> {
                 work,
             });
             loop {
-                let (stream, _) = match listener.accept().await {
+                let (stream, peer) = match listener.accept().await {
                     Ok(pair) => pair,
                     Err(_) => continue,
                 };
                 let _ = stream.set_nodelay(true);
-                let pool = pool.clone();
-                let gate = gate.clone();
+                let serving = Serving {
+                    pool: pool.clone(),
+                    gate: gate.clone(),
+                    duties: duties.clone(),
+                    peer: http::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or(http::HeaderValue::from_static("unknown")),
+                };
                 match &tls {
                     None => {
-                        tokio::spawn(serve(stream, pool, gate));
+                        tokio::spawn(serve(stream, serving));
                     }
                     Some(acceptor) => {
                         let accept = acceptor.accept(stream);
                         tokio::spawn(async move {
                             if let Ok(tls) = accept.await {
-                                serve(tls, pool, gate).await;
+                                serve(tls, serving).await;
                             }
                         });
                     }
