@@ -101,6 +101,9 @@ pub struct ClientHeaders {
     pub websocket: bool,
     /// `TE: trailers` was sent (gRPC needs it passed to HTTP/2 upstreams).
     pub te_trailers: bool,
+    /// The one `Content-Type` names a gRPC media type: the call is answered with gRPC
+    /// statuses.
+    pub grpc: bool,
     /// Stripped headers that some route lets through, kept until the route is known.
     pub held: Vec<(HeaderName, HeaderValue)>,
 }
@@ -131,9 +134,11 @@ pub enum HeaderError {
     RepeatedContentType,
 }
 
-/// Removes hop-by-hop headers, headers named in `Connection`, every identity, address or
-/// verdict header in any spelling, and header names with `_` or `.` (as the listener says).
-/// One pass over the headers; nothing is allocated unless something must go.
+/// Removes hop-by-hop headers, headers named in `Connection`, `Expect` (the server answers
+/// it; the upstream gets the body), every identity, address or verdict header in any
+/// spelling, and header names with `_` or `.` (as the listener says), and reads whether the
+/// request is a gRPC call from its `Content-Type`. One pass over the headers; nothing is
+/// allocated unless something must go.
 pub fn strip_request_headers(
     headers: &mut HeaderMap,
     rules: &HeaderRules,
@@ -171,7 +176,10 @@ pub fn strip_request_headers(
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
         } else if n == "content-type" {
             content_types += 1;
+            seen.grpc = is_grpc(media_type(value));
             continue;
+        } else if n == "expect" {
+            // Removed below, as every name that reaches the end of this chain.
         } else if drawbridge_config::headers::is_nonstandard(n) {
             match nonstandard {
                 NonstandardHeaderNames::Refuse => return Err(HeaderError::NonstandardName),
@@ -195,6 +203,8 @@ pub fn strip_request_headers(
         seen.forwarded_for = Some(xff.join(", "));
     }
     seen.websocket = connection_upgrade && upgrade_websocket;
+    // Read from the `Content-Type` that is forwarded: none, when `Connection` named it.
+    seen.grpc &= !doomed.contains(&header::CONTENT_TYPE);
     for name in doomed {
         headers.remove(&name);
     }
@@ -243,15 +253,24 @@ pub fn strip_request_trailers(
     }
 }
 
-/// The media type of the request's `Content-Type` (`type/subtype`, parameters and white
-/// space left out), as sent: compare it without case.
-pub fn media_type(headers: &HeaderMap) -> Option<&[u8]> {
-    let v = headers.get(header::CONTENT_TYPE)?.as_bytes();
+/// The media type of a `Content-Type` value (`type/subtype`, parameters and white space
+/// left out), as sent: compare it without case.
+pub fn media_type(value: &HeaderValue) -> &[u8] {
+    let v = value.as_bytes();
     let end = v
         .iter()
         .position(|&b| b == b';' || b == b' ' || b == b'\t')
         .unwrap_or(v.len());
-    Some(&v[..end])
+    &v[..end]
+}
+
+/// Whether a media type is gRPC's: `application/grpc`, alone or with a `+` or `-` suffix,
+/// in any case (media types are case-insensitive).
+pub fn is_grpc(media: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    media.len() >= GRPC.len()
+        && media[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(media.get(GRPC.len()), None | Some(b'+' | b'-'))
 }
 
 /// Adds the header names a `Connection` value lists to `doomed`; returns whether it listed

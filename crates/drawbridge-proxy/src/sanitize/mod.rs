@@ -35,9 +35,8 @@ pub fn request(
         &snapshot.header_rules,
         listener.nonstandard_header_names,
     )?;
-    req.headers.remove(header::EXPECT);
-    // Once, from the headers as they will be forwarded and decided about.
-    ctx.grpc = is_grpc(&req.headers);
+    // Read in the same pass, from the `Content-Type` that is forwarded and decided about.
+    ctx.grpc = ctx.headers.grpc;
     match normalize_path(req.uri.path()) {
         Ok(p) => {
             // The record takes it from `ctx` when the request ends.
@@ -134,20 +133,9 @@ pub async fn form(
 /// Whether the body is a URL-encoded form (`application/x-www-form-urlencoded`, any case,
 /// with or without parameters).
 fn is_form(headers: &HeaderMap) -> bool {
-    media_type(headers)
-        .is_some_and(|m| m.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
-}
-
-/// Whether a request is a gRPC call (answered with gRPC statuses): its media type is
-/// `application/grpc`, alone or with a `+` suffix, in any case (media types are
-/// case-insensitive; a second `Content-Type` is refused).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
-    media_type(headers).is_some_and(|m| {
-        m.len() >= GRPC.len()
-            && m[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-            && matches!(m.get(GRPC.len()), None | Some(b'+' | b'-'))
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| media_type(v).eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
 }
 
 /// The client's address for policies: the peer, or the nearest address a trusted proxy
@@ -189,6 +177,50 @@ mod tests {
         let p = normalize_path(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
         let encoded = p.encoded().to_string();
         (p.decoded, encoded)
+    }
+
+    #[test]
+    fn the_header_pass_removes_expect_and_reads_grpc_from_the_content_type() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in pairs {
+                map.append(
+                    HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            map
+        };
+        let mut sent = h(&[
+            ("expect", "100-continue"),
+            ("content-type", "application/grpc+proto"),
+            ("accept", "*/*"),
+        ]);
+        let seen = strip(&mut sent).expect("ok");
+        assert!(!sent.contains_key(header::EXPECT));
+        assert!(seen.grpc);
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        for (media, grpc) in [
+            ("application/grpc", true),
+            ("Application/GRPC-Web", true),
+            ("application/grpc; charset=utf-8", true),
+            ("application/grpcx", false),
+            ("application/json", false),
+            ("text/plain", false),
+        ] {
+            let mut sent = h(&[("content-type", media)]);
+            assert_eq!(strip(&mut sent).expect("ok").grpc, grpc, "{media}");
+            assert_eq!(sent.len(), 1);
+        }
+        let mut none = h(&[("accept", "*/*")]);
+        assert!(!strip(&mut none).expect("ok").grpc);
+        // Named in `Connection`, the type is removed: the call is not gRPC any more.
+        let mut named = h(&[
+            ("content-type", "application/grpc"),
+            ("connection", "content-type"),
+        ]);
+        assert!(!strip(&mut named).expect("ok").grpc);
+        assert!(!named.contains_key(header::CONTENT_TYPE));
     }
 
     #[test]
