@@ -4,7 +4,7 @@
 //! and, once a route is known, its body limit and the shape of an upgrade.
 
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use crate::context::Ctx;
 use crate::rescue::ProxyError;
@@ -15,14 +15,15 @@ use crate::snapshot::{ListenerEntry, RouteEntry};
 pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(), ProxyError> {
     let limits = &listener.limits;
     let target_len = req.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let head = Head::read(req, target_len);
     let host = if target_len > limits.max_uri_bytes {
         Err(ProxyError::UriTooLong(limits.max_uri_bytes))
-    } else if head_len(req, target_len) > limits.max_header_bytes {
+    } else if head.len > limits.max_header_bytes {
         // HTTP/1.1's parser checks this only while a head is incomplete, so a head that
         // arrives whole in one read could pass; HTTP/2's is the header list size.
         Err(ProxyError::HeadersTooLarge(limits.max_header_bytes))
     } else {
-        request_host(req)
+        request_host(req, &head)
     };
     match host {
         Ok((h, sent)) => {
@@ -37,7 +38,7 @@ pub fn request(ctx: &mut Ctx, listener: &ListenerEntry, req: &Parts) -> Result<(
             return Err(e);
         }
     }
-    check_framing(&req.headers)
+    head.check_framing()
 }
 
 /// What the route allows of the request's shape: a declared body within its limit, and a
@@ -68,37 +69,59 @@ pub fn for_route(
     Ok(max_body)
 }
 
-/// The size of an HTTP/1.1 request head as it came (`name: value\r\n` per field), or of
-/// an HTTP/2 header list as RFC 9113 counts it (32 bytes more per field).
-fn head_len(req: &Parts, target_len: usize) -> usize {
-    let per_field = if req.version == http::Version::HTTP_2 {
-        32
-    } else {
-        4
-    };
-    let fields: usize = req
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + per_field)
-        .sum();
-    req.method.as_str().len() + target_len + fields + 12
+/// What parse reads of a request's headers, in one pass over them: the head's size, its
+/// `Host` fields and its framing fields.
+struct Head<'a> {
+    /// The size of an HTTP/1.1 request head as it came (`name: value\r\n` per field), or
+    /// of an HTTP/2 header list as RFC 9113 counts it (32 bytes more per field).
+    len: usize,
+    /// The first `Host` field, and how many there are.
+    host: Option<&'a HeaderValue>,
+    hosts: usize,
+    /// How many `Content-Length` fields, and whether there is a `Transfer-Encoding`.
+    lengths: usize,
+    transfer_encoding: bool,
 }
 
-/// Refuses framing that two parsers could read differently.
-fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
-    if lengths.next().is_none() {
-        return Ok(());
+impl<'a> Head<'a> {
+    fn read(req: &'a Parts, target_len: usize) -> Self {
+        let per_field = if req.version == http::Version::HTTP_2 {
+            32
+        } else {
+            4
+        };
+        let mut head = Head {
+            len: req.method.as_str().len() + target_len + 12,
+            host: None,
+            hosts: 0,
+            lengths: 0,
+            transfer_encoding: false,
+        };
+        for (name, value) in &req.headers {
+            head.len += name.as_str().len() + value.len() + per_field;
+            if *name == header::HOST {
+                head.host.get_or_insert(value);
+                head.hosts += 1;
+            } else if *name == header::CONTENT_LENGTH {
+                head.lengths += 1;
+            } else if *name == header::TRANSFER_ENCODING {
+                head.transfer_encoding = true;
+            }
+        }
+        head
     }
-    if lengths.next().is_some() {
-        return Err(ProxyError::Framing("more than one Content-Length"));
+
+    /// Refuses framing that two parsers could read differently.
+    fn check_framing(&self) -> Result<(), ProxyError> {
+        match (self.lengths, self.transfer_encoding) {
+            (0, _) => Ok(()),
+            (1, false) => Ok(()),
+            (1, true) => Err(ProxyError::Framing(
+                "both Transfer-Encoding and Content-Length",
+            )),
+            _ => Err(ProxyError::Framing("more than one Content-Length")),
+        }
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::Framing(
-            "both Transfer-Encoding and Content-Length",
-        ));
-    }
-    Ok(())
 }
 
 fn declared_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
@@ -138,13 +161,15 @@ fn asked_host(req: &Parts) -> Option<String> {
 }
 
 /// The request's host, lower-case, without port or trailing dot, and the `Host` header it
-/// came in (one look at the header for both).
-fn request_host(req: &Parts) -> Result<(String, Option<&http::HeaderValue>), ProxyError> {
-    let mut hosts = req.headers.get_all(header::HOST).iter();
-    let header_host = hosts.next();
-    if hosts.next().is_some() {
+/// came in (`head` holds the request's `Host` fields).
+fn request_host<'a>(
+    req: &'a Parts,
+    head: &Head<'a>,
+) -> Result<(String, Option<&'a HeaderValue>), ProxyError> {
+    if head.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
+    let header_host = head.host;
     // The `Host` header whose host is worked out below, to be remembered once it is.
     let mut checked = None;
     let mut host = match (req.uri.authority(), header_host) {
@@ -235,6 +260,10 @@ fn host_of(authority: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn host_of_parts(req: &Parts) -> Result<(String, Option<&HeaderValue>), ProxyError> {
+        request_host(req, &Head::read(req, 0))
+    }
+
     fn parts(uri: &str, hosts: &[&str]) -> Parts {
         let mut b = http::Request::builder().uri(uri);
         for h in hosts {
@@ -255,11 +284,11 @@ mod tests {
             ("[FE80::1]", "[fe80::1]"),
         ] {
             let req = parts("/", &[host]);
-            let (got, sent) = request_host(&req).expect(host);
+            let (got, sent) = host_of_parts(&req).expect(host);
             assert_eq!(got, want, "{host}");
             assert_eq!(sent.map(|v| v.as_bytes()), Some(host.as_bytes()));
             let absolute = parts(&format!("http://{host}/x"), &["other.example"]);
-            assert_eq!(request_host(&absolute).expect(host).0, want, "{host}");
+            assert_eq!(host_of_parts(&absolute).expect(host).0, want, "{host}");
         }
     }
 
@@ -272,18 +301,18 @@ mod tests {
             &["[::1"],
             &["a.example", "b.example"],
         ] {
-            assert!(request_host(&parts("/", hosts)).is_err(), "{hosts:?}");
+            assert!(host_of_parts(&parts("/", hosts)).is_err(), "{hosts:?}");
         }
-        assert!(request_host(&parts("http://u@example.com/", &[])).is_err());
+        assert!(host_of_parts(&parts("http://u@example.com/", &[])).is_err());
         assert!(
-            request_host(&parts("/", &[])).is_err(),
+            host_of_parts(&parts("/", &[])).is_err(),
             "HTTP/1.1 needs a host"
         );
     }
 
     #[test]
     fn a_remembered_host_answers_only_for_the_same_value() {
-        let host = |h: &str| request_host(&parts("/", &[h])).map(|(got, _)| got);
+        let host = |h: &str| host_of_parts(&parts("/", &[h])).map(|(got, _)| got);
         for _ in 0..2 {
             assert_eq!(
                 host("Example.COM.:8080").ok().as_deref(),
@@ -309,14 +338,14 @@ mod tests {
     #[test]
     fn framing_two_parsers_could_read_differently_is_refused() {
         let framing = |fields: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
+            let mut req = parts("/", &["example.com"]);
             for (n, v) in fields {
-                h.append(
+                req.headers.append(
                     http::HeaderName::from_static(n),
                     http::HeaderValue::from_static(v),
                 );
             }
-            check_framing(&h)
+            Head::read(&req, 1).check_framing()
         };
         assert!(framing(&[]).is_ok());
         assert!(framing(&[("content-length", "5")]).is_ok());
