@@ -57,15 +57,21 @@ pub fn request(
             }
         }
     }
-    // Drawbridge's own cookies (sessions, sign-in) never reach an upstream, on any route.
-    drawbridge_session::cookies::strip_own(&mut headers);
+    // Drawbridge's own cookies (sessions, sign-in) never reach an upstream, on any route
+    // (cookies come only from the client: none sent, none to look for).
+    if ctx.headers.cookie {
+        drawbridge_session::cookies::strip_own(&mut headers);
+    }
     // The route's own edits, before Drawbridge's headers, which no edit can touch.
     if !route.request_edits.is_empty() {
         route.request_edits.apply(&mut headers);
     }
-    // Only Drawbridge speaks in the identity header (the `x-drawbridge-` ones went in
-    // sanitize; a configured name may be outside that namespace).
-    headers.remove(&snapshot.identity_header);
+    // Only Drawbridge speaks in the identity header. Sanitize removed it when the header
+    // rules always strip its name (the `x-drawbridge-` ones); a configured name outside
+    // them, or one the route's edits may have set, goes here.
+    if !snapshot.identity_header_stripped || !route.request_edits.is_empty() {
+        headers.remove(&snapshot.identity_header);
+    }
     if let Some(p) = &admitted.principal {
         set_identity(snapshot, route, p, ctx.request_id(), &mut headers)?;
     }

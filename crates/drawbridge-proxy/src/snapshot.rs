@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub minter: Arc<Minter>,
     /// The header the assertion travels in.
     pub identity_header: http::HeaderName,
+    /// Whether sanitize always removes a client's identity header (its name is among those
+    /// the header rules strip, and no route passes it).
+    pub identity_header_stripped: bool,
     /// Which client headers never reach an upstream.
     pub header_rules: Arc<crate::sanitize::headers::HeaderRules>,
     /// Every route, in config order.
@@ -318,6 +321,7 @@ impl Snapshot {
             upstreams,
             authenticators,
             minter,
+            identity_header_stripped: header_rules.always_strips(&identity_header),
             identity_header,
             header_rules,
             sessions_config: config.sessions,

@@ -702,6 +702,40 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_identity_header_named_outside_the_stripped_ones_is_never_the_clients() {
+    // No header rule strips this name: only the mutate step keeps a client's copy out.
+    let up = RecordingUpstream::start().await;
+    let key = SigningKey::generate(KeyType::Rsa, "k1");
+    let (_d, source) = jwks_file(&jwks(&[&key]));
+    let cfg = jwt_config(&up, &source, "")
+        .with("[identity]\nheader = \"X-Gateway-Assertion\"")
+        .with(
+            "[[routes]]\nname = \"open\"\nprefix = \"/open\"\nupstream = \"app\"\npublic = true\n",
+        );
+    let h = Harness::start(&cfg).await;
+    let auth = format!("Bearer {}", key.sign(&claims()));
+    let forged = ("x-gateway-assertion", "forged");
+    assert_eq!(
+        get_with(&h.url("/open"), &[forged]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&h.url("/api"), &[forged, ("authorization", &auth)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let seen = up.received();
+    assert_eq!(seen[0].header("x-gateway-assertion"), None, "public route");
+    let minted = seen[1].header("x-gateway-assertion");
+    assert_ne!(minted, Some("forged"));
+    assert!(
+        minted.is_some_and(|v| v.split('.').count() == 3),
+        "{minted:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_key_withdrawn_from_the_jwks_stops_its_cached_tokens() {
     let up = RecordingUpstream::start().await;
     let old = SigningKey::generate(KeyType::Rsa, "old");

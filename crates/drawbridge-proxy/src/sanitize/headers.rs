@@ -90,6 +90,13 @@ impl HeaderRules {
                 .any(|e| drawbridge_config::headers::matches_entry(e, &folded));
         stripped && !self.exempt.contains(name)
     }
+
+    /// Whether a client's header called `name` is removed and never put back for any route
+    /// (no route passes it): after sanitize, no request holds it.
+    pub fn always_strips(&self, name: &HeaderName) -> bool {
+        let folded = drawbridge_config::headers::fold(name.as_str());
+        self.strips(name) && !self.passable.iter().any(|p| *p == *folded)
+    }
 }
 
 /// What the client's headers said that Drawbridge acts on, taken before they are removed.
@@ -104,6 +111,8 @@ pub struct ClientHeaders {
     /// The one `Content-Type` names a gRPC media type: the call is answered with gRPC
     /// statuses.
     pub grpc: bool,
+    /// The client sent a `Cookie` header (whether or not it is removed here).
+    pub cookie: bool,
     /// Stripped headers that some route lets through, kept until the route is known.
     pub held: Vec<(HeaderName, HeaderValue)>,
 }
@@ -158,6 +167,7 @@ pub fn strip_request_headers(
             return Err(HeaderError::Whitespace);
         }
         let n = name.as_str();
+        seen.cookie |= n == "cookie";
         if n == "x-forwarded-for" {
             match value.to_str() {
                 Ok(v) => xff.push(v.trim()),

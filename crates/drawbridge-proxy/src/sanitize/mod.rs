@@ -224,6 +224,39 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_always_stripped_only_when_stripped_and_passed_by_no_route() {
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).expect("name");
+        let rules = HeaderRules::default();
+        assert!(rules.always_strips(&name("x-drawbridge-identity")));
+        assert!(rules.always_strips(&name("x-forwarded-user")));
+        for kept in ["authorization", "x-gateway-assertion", "accept"] {
+            assert!(!rules.strips(&name(kept)), "{kept}");
+            assert!(!rules.always_strips(&name(kept)), "{kept}");
+        }
+        // A route that lets it through puts it back: sanitize alone does not keep it out.
+        let passed = HeaderRules::new(vec![], vec![], vec!["x-drawbridge-identity".into()]);
+        assert!(passed.strips(&name("x-drawbridge-identity")));
+        assert!(!passed.always_strips(&name("x-drawbridge-identity")));
+        // A credential header the authenticators read is not removed in sanitize.
+        let exempt = HeaderRules::new(vec!["x-api-key".into()], vec![name("x-api-key")], vec![]);
+        assert!(!exempt.always_strips(&name("x-api-key")));
+    }
+
+    #[test]
+    fn the_header_pass_sees_a_cookie_whether_or_not_it_is_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!strip(&mut h).expect("ok").cookie);
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        assert!(strip(&mut h).expect("ok").cookie);
+        assert!(h.contains_key(header::COOKIE));
+        let rules = HeaderRules::new(vec!["cookie".into()], vec![], vec![]);
+        let seen = strip_request_headers(&mut h, &rules, NonstandardHeaderNames::Drop).expect("ok");
+        assert!(seen.cookie);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
     fn normalises() {
         assert_eq!(ok("/"), ("/".into(), "/".into()));
         assert_eq!(ok("//admin"), ("/admin".into(), "/admin".into()));
