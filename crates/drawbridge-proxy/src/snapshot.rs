@@ -43,8 +43,8 @@ pub struct Snapshot {
     pub minter: Arc<Minter>,
     /// The header the assertion travels in.
     pub identity_header: http::HeaderName,
-    /// Whether sanitize always removes a client's identity header (its name is among those
-    /// the header rules strip, and no route passes it).
+    /// Whether sanitize always removes a client's identity header (the header pass removes
+    /// its name on every listener and keeps it for no route to put back).
     pub identity_header_stripped: bool,
     /// Which client headers never reach an upstream.
     pub header_rules: Arc<crate::sanitize::headers::HeaderRules>,

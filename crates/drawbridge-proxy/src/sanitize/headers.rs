@@ -91,11 +91,16 @@ impl HeaderRules {
         stripped && !self.exempt.contains(name)
     }
 
-    /// Whether a client's header called `name` is removed and never put back for any route
-    /// (no route passes it): after sanitize, no request holds it.
+    /// Whether the header pass removes a client's header called `name` on every listener
+    /// and keeps it for no route to put back: after sanitize, no request holds it. Asked of
+    /// the pass itself, on the listener setting that forwards the most.
     pub fn always_strips(&self, name: &HeaderName) -> bool {
-        let folded = drawbridge_config::headers::fold(name.as_str());
-        self.strips(name) && !self.passable.iter().any(|p| *p == *folded)
+        let mut sent = HeaderMap::new();
+        sent.insert(name.clone(), HeaderValue::from_static("x"));
+        matches!(
+            strip_request_headers(&mut sent, self, NonstandardHeaderNames::Forward),
+            Ok(seen) if sent.is_empty() && seen.held.is_empty()
+        )
     }
 }
 

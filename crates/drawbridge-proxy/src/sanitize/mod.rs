@@ -240,6 +240,13 @@ mod tests {
         // A credential header the authenticators read is not removed in sanitize.
         let exempt = HeaderRules::new(vec!["x-api-key".into()], vec![name("x-api-key")], vec![]);
         assert!(!exempt.always_strips(&name("x-api-key")));
+        // A name the rules list but the pass keeps (it reads and forwards `Content-Type`).
+        let listed = HeaderRules::new(vec!["content-type".into()], vec![], vec![]);
+        assert!(listed.strips(&name("content-type")));
+        assert!(!listed.always_strips(&name("content-type")));
+        // Hop-by-hop names and names with `_` are removed on every listener.
+        assert!(rules.always_strips(&name("te")));
+        assert!(rules.always_strips(&name("x_drawbridge_identity")));
     }
 
     #[test]
