@@ -427,12 +427,12 @@ fn pipeline(
         // poll: an HTTP/1.1 server reads on (to see the client leave) before it polls the
         // request's future, and such a read must not find the connection idle and park it.
         let stream = conn.streams.open();
-        let conn = conn.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                crate::pipeline::handle(shared, conn, stream, req).await,
-            )
-        }
+        // hyper's service future is the pipeline's own, not one around it that would keep
+        // the request a second time.
+        futures_util::FutureExt::map(
+            crate::pipeline::handle(shared, conn.clone(), stream, req),
+            Ok::<_, std::convert::Infallible>,
+        )
     })
 }
 

@@ -2,6 +2,7 @@
 //! failures, and relay WebSocket upgrades once the request was admitted.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::body::{BodyError, RequestBody};
 use crate::deadline::Deadline;
 use crate::rescue::{ProxyError, UpstreamError};
 use crate::sanitize;
-use crate::transport::Sender;
+use crate::transport::{Checkout, Sender};
 use crate::tunnel::Lease;
 use crate::upstream::{InFlight, PickError, UpstreamPool};
 
@@ -62,162 +63,165 @@ const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Sends `out` to `pool`; `sent` is when the forward step began (the first attempt's
 /// timeout runs from it, read once for the step and its timing).
-pub async fn forward(
+///
+/// A plain function around an `async move` block that uses `out` in place: an `async fn`
+/// would keep each of its fields a second time, in every request's state, for as long as
+/// the upstream takes to answer.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a copy of each argument beside the one it moves"
+)]
+pub fn forward(
     pool: &Arc<UpstreamPool>,
-    out: Outgoing,
+    mut out: Outgoing,
     sent: std::time::Instant,
-) -> Result<Forwarded, ProxyError> {
-    let Outgoing {
-        method,
-        path_and_query,
-        host,
-        mut headers,
-        body,
-        upgrade,
-        lease,
-    } = out;
-    let mut lease = lease;
-    if upgrade.is_some() {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
-    // Safe to send twice: idempotent (RFC 9110 §9.2.2) and nothing to stream.
-    let repeatable =
-        is_idempotent(&method) && http_body::Body::is_end_stream(&body) && upgrade.is_none();
-    // Retries go to another endpoint, so only with more than one.
-    let attempts = if repeatable && pool.endpoints.len() > 1 {
-        1 + pool.retries
-    } else {
-        1
-    };
-    // Whether the client finished sending its body: a deadline missed before it did is the
-    // client's doing, never counted against the upstream.
-    let body_progress = body.progress();
-    let (body_limit, body_idle) = body.bounds();
-    // An exchange that failed because the client's body did is the client's failure, however
-    // the upstream connection reports it (HTTP/2 surfaces a reset without the cause).
-    let client_fault = || {
-        body_progress
-            .as_ref()
-            .and_then(|p| p.client_fault(body_limit, body_idle))
-            .map(|e| body_failure(&e))
-    };
-    let mut body = Some(body);
-    let mut path_and_query = Some(path_and_query);
-    let mut last_endpoint = None;
-    let mut last_err = None;
-    for attempt in 0..attempts {
-        let in_flight = match (pool.pick(last_endpoint), last_err.take()) {
-            (Ok(f), _) => f,
-            // Keep the failure that made us retry; it says more than "no endpoint left".
-            (Err(_), Some(prev)) => return Err(prev),
-            (Err(PickError::NoHealthy), None) => return Err(ProxyError::NoHealthyEndpoint),
-            (Err(PickError::AtCapacity), None) => return Err(ProxyError::UpstreamAtCapacity),
-        };
-        last_endpoint = Some(in_flight.index());
-        let last = attempt + 1 == attempts;
-        // The last attempt takes the target and headers; earlier ones send copies.
-        let target = if last {
-            path_and_query.take()
-        } else {
-            path_and_query.clone()
-        };
-        // Only the last attempt takes it: there is always one to send.
-        let Some(target) = target else {
-            break;
-        };
-        let started = if attempt == 0 {
-            sent
-        } else {
-            std::time::Instant::now()
-        };
-        let exchange = Exchange {
-            method: &method,
-            path_and_query: target,
-            host: host.as_ref(),
-            headers: if last {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            },
-            body: if last {
-                body.take().unwrap_or_else(RequestBody::empty)
-            } else {
-                RequestBody::empty()
-            },
-            repeatable,
-            http1_only: upgrade.is_some(),
-            started,
-        };
-        let outcome = crate::timer::within(
-            (started + pool.request_timeout).into(),
-            exchange.run(pool, &in_flight),
-        )
-        .await;
-        let err = match outcome {
-            Ok(Ok((response, _))) if ambiguous_framing(response.headers()) => {
-                // Two readers could take the body two ways: the answer is not forwarded and
-                // the connection, dropped here with its sender, is never reused.
-                in_flight.failed();
-                tracing::warn!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, "upstream response with ambiguous framing");
-                return Err(UpstreamError::AmbiguousFraming.into());
-            }
-            Ok(Ok((mut response, reuse))) => {
-                in_flight.succeeded();
-                if let Some(client) = upgrade {
-                    return relay_upgrade(response, client, in_flight, lease.take());
-                }
-                sanitize::strip_response_headers(response.headers_mut(), false);
-                // The upstream's protocol is its own: the client's connection keeps its
-                // version and keep-alive (hyper answers an HTTP/1.0 client in HTTP/1.0).
-                *response.version_mut() = Version::HTTP_11;
-                return Ok(Forwarded {
-                    response,
-                    endpoint: in_flight.endpoint().label.clone(),
-                    in_flight: Some(in_flight),
-                    reuse,
-                    deadline: None,
-                    tunnel: None,
-                });
-            }
-            Ok(Err(Failure::Client(e))) => return Err(e),
-            Ok(Err(Failure::Upstream(e))) => match client_fault() {
-                Some(client) => return Err(client),
-                // No socket to be had here: the endpoint's health is not in question.
-                None if matches!(
-                    e,
-                    ProxyError::UpstreamFailed(UpstreamError::Connect(
-                        crate::transport::ConnectError::OutOfDescriptors(_)
-                    ))
-                ) =>
-                {
-                    e
-                }
-                None => {
-                    in_flight.failed();
-                    e
-                }
-            },
-            Err(_) if body_progress.as_ref().is_some_and(|p| !p.done()) => {
-                return Err(client_fault().unwrap_or(ProxyError::BodyTimeout(pool.request_timeout)));
-            }
-            Err(_) => {
-                in_flight.failed();
-                ProxyError::UpstreamTimeout(pool.request_timeout)
-            }
-        };
-        pool.metrics.failure(match &err {
-            ProxyError::UpstreamFailed(UpstreamError::Connect(_)) => UpstreamFailure::Connect,
-            ProxyError::UpstreamTimeout(_) => UpstreamFailure::Timeout,
-            _ => UpstreamFailure::Failed,
-        });
-        if attempt + 1 < attempts {
-            pool.metrics.retry();
+) -> impl Future<Output = Result<Forwarded, ProxyError>> + Send + '_ {
+    async move {
+        if out.upgrade.is_some() {
+            out.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            out.headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        tracing::debug!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, attempt, error = %err, "upstream attempt failed");
-        last_err = Some(err);
+        // Safe to send twice: idempotent (RFC 9110 §9.2.2) and nothing to stream.
+        let repeatable = is_idempotent(&out.method)
+            && http_body::Body::is_end_stream(&out.body)
+            && out.upgrade.is_none();
+        // Retries go to another endpoint, so only with more than one.
+        let attempts = if repeatable && pool.endpoints.len() > 1 {
+            1 + pool.retries
+        } else {
+            1
+        };
+        // Whether the client finished sending its body: a deadline missed before it did is
+        // the client's doing, never counted against the upstream.
+        let body_progress = out.body.progress();
+        let (body_limit, body_idle) = out.body.bounds();
+        // An exchange that failed because the client's body did is the client's failure,
+        // however the upstream connection reports it (HTTP/2 surfaces a reset without the
+        // cause).
+        let client_fault = || {
+            body_progress
+                .as_ref()
+                .and_then(|p| p.client_fault(body_limit, body_idle))
+                .map(|e| body_failure(&e))
+        };
+        let mut last_endpoint = None;
+        let mut last_err = None;
+        for attempt in 0..attempts {
+            let in_flight = match (pool.pick(last_endpoint), last_err.take()) {
+                (Ok(f), _) => f,
+                // Keep the failure that made us retry; it says more than "no endpoint left".
+                (Err(_), Some(prev)) => return Err(prev),
+                (Err(PickError::NoHealthy), None) => return Err(ProxyError::NoHealthyEndpoint),
+                (Err(PickError::AtCapacity), None) => return Err(ProxyError::UpstreamAtCapacity),
+            };
+            last_endpoint = Some(in_flight.index());
+            let started = if attempt == 0 {
+                sent
+            } else {
+                std::time::Instant::now()
+            };
+            // The last attempt takes the target, headers and body; earlier ones (only ever
+            // of a request with nothing to stream) send copies.
+            let exchange = if attempt + 1 == attempts {
+                Exchange {
+                    method: &out.method,
+                    path_and_query: std::mem::replace(
+                        &mut out.path_and_query,
+                        PathAndQuery::from_static("/"),
+                    ),
+                    host: out.host.as_ref(),
+                    headers: std::mem::take(&mut out.headers),
+                    body: std::mem::replace(&mut out.body, RequestBody::empty()),
+                    repeatable,
+                    http1_only: out.upgrade.is_some(),
+                    started,
+                }
+            } else {
+                Exchange {
+                    method: &out.method,
+                    path_and_query: out.path_and_query.clone(),
+                    host: out.host.as_ref(),
+                    headers: out.headers.clone(),
+                    body: RequestBody::empty(),
+                    repeatable,
+                    http1_only: out.upgrade.is_some(),
+                    started,
+                }
+            };
+            let outcome = crate::timer::within(
+                (started + pool.request_timeout).into(),
+                exchange.run(pool, &in_flight),
+            )
+            .await;
+            let err = match outcome {
+                Ok(Ok((response, _))) if ambiguous_framing(response.headers()) => {
+                    // Two readers could take the body two ways: the answer is not forwarded
+                    // and the connection, dropped here with its sender, is never reused.
+                    in_flight.failed();
+                    tracing::warn!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, "upstream response with ambiguous framing");
+                    return Err(UpstreamError::AmbiguousFraming.into());
+                }
+                Ok(Ok((mut response, reuse))) => {
+                    in_flight.succeeded();
+                    if let Some(client) = out.upgrade.take() {
+                        return relay_upgrade(response, client, in_flight, out.lease.take());
+                    }
+                    sanitize::strip_response_headers(response.headers_mut(), false);
+                    // The upstream's protocol is its own: the client's connection keeps its
+                    // version and keep-alive (hyper answers an HTTP/1.0 client in HTTP/1.0).
+                    *response.version_mut() = Version::HTTP_11;
+                    return Ok(Forwarded {
+                        response,
+                        endpoint: in_flight.endpoint().label.clone(),
+                        in_flight: Some(in_flight),
+                        reuse,
+                        deadline: None,
+                        tunnel: None,
+                    });
+                }
+                Ok(Err(Failure::Client(e))) => return Err(e),
+                Ok(Err(Failure::Upstream(e))) => match client_fault() {
+                    Some(client) => return Err(client),
+                    // No socket to be had here: the endpoint's health is not in question.
+                    None if matches!(
+                        e,
+                        ProxyError::UpstreamFailed(UpstreamError::Connect(
+                            crate::transport::ConnectError::OutOfDescriptors(_)
+                        ))
+                    ) =>
+                    {
+                        e
+                    }
+                    None => {
+                        in_flight.failed();
+                        e
+                    }
+                },
+                Err(_) if body_progress.as_ref().is_some_and(|p| !p.done()) => {
+                    return Err(
+                        client_fault().unwrap_or(ProxyError::BodyTimeout(pool.request_timeout))
+                    );
+                }
+                Err(_) => {
+                    in_flight.failed();
+                    ProxyError::UpstreamTimeout(pool.request_timeout)
+                }
+            };
+            pool.metrics.failure(match &err {
+                ProxyError::UpstreamFailed(UpstreamError::Connect(_)) => UpstreamFailure::Connect,
+                ProxyError::UpstreamTimeout(_) => UpstreamFailure::Timeout,
+                _ => UpstreamFailure::Failed,
+            });
+            if attempt + 1 < attempts {
+                pool.metrics.retry();
+            }
+            tracing::debug!(upstream = %pool.name, endpoint = %in_flight.endpoint().label, attempt, error = %err, "upstream attempt failed");
+            last_err = Some(err);
+        }
+        Err(last_err.unwrap_or(ProxyError::NoHealthyEndpoint))
     }
-    Err(last_err.unwrap_or(ProxyError::NoHealthyEndpoint))
 }
 
 /// Most interim (1xx) responses an upstream may send before its final one.
@@ -250,45 +254,55 @@ struct Target<'a> {
     host: Option<&'a HeaderValue>,
 }
 
-impl Exchange<'_> {
-    async fn run(self, pool: &UpstreamPool, in_flight: &InFlight) -> Result<Exchanged, Failure> {
-        let Exchange {
-            method,
-            path_and_query,
-            mut host,
-            mut headers,
-            body,
-            repeatable,
-            http1_only,
-            started,
-        } = self;
-        if pool.settings.host_header == drawbridge_config::HostHeader::Endpoint {
-            // The endpoint's own authority; the client's went as X-Forwarded-Host.
-            host = None;
-            headers.remove(header::HOST);
-        }
-        let target = Target { method, host };
-        let ep = in_flight.endpoint();
-        let transport = &pool.transport;
-        let checkout = transport
-            .checkout(&ep.endpoint, &ep.conns, http1_only, started)
-            .await
-            .map_err(connect_failed)?;
-        let mut sender = checkout.sender;
-        let kept = (repeatable && checkout.idle_for >= STALE_AFTER)
-            .then(|| (path_and_query.clone(), headers.clone()));
-        let req = target.build(&sender, ep, path_and_query, headers, body)?;
-        let sent = sender.send(req).await;
-        flooded(&sender)?;
-        let (sender, result) = match sent {
-            Ok(res) => (sender, Ok(res)),
-            // Boxed: rare, and its state would otherwise enlarge every request's future.
-            Err(e) => Box::pin(resend(&target, pool, ep, http1_only, e, kept, sender)).await?,
-        };
-        match (result, sender) {
-            (Ok(res), Sender::Http1(s)) if !http1_only => Ok((res, Some(s))),
-            (Ok(res), _) => Ok((res, None)),
-            (Err(e), _) => Err(classify(e)),
+impl<'a> Exchange<'a> {
+    /// The exchange, its fields used in place (see [`forward`]); what is held while the
+    /// upstream answers is the connection, the request's copy for a resend (rarely, boxed)
+    /// and hyper's own future.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a copy of each argument beside the one it moves"
+    )]
+    fn run(
+        mut self,
+        pool: &'a UpstreamPool,
+        in_flight: &'a InFlight,
+    ) -> impl Future<Output = Result<Exchanged, Failure>> + Send + 'a {
+        async move {
+            if pool.settings.host_header == drawbridge_config::HostHeader::Endpoint {
+                // The endpoint's own authority; the client's went as X-Forwarded-Host.
+                self.host = None;
+                self.headers.remove(header::HOST);
+            }
+            let target = Target {
+                method: self.method,
+                host: self.host,
+            };
+            let ep = in_flight.endpoint();
+            let Checkout {
+                mut sender,
+                idle_for,
+            } = pool
+                .transport
+                .checkout(&ep.endpoint, &ep.conns, self.http1_only, self.started)
+                .await
+                .map_err(connect_failed)?;
+            let kept = (self.repeatable && idle_for >= STALE_AFTER)
+                .then(|| Box::new((self.path_and_query.clone(), self.headers.clone())));
+            let req = target.build(&sender, ep, self.path_and_query, self.headers, self.body)?;
+            let sent = sender.send(req).await;
+            flooded(&sender)?;
+            let (sender, result) = match sent {
+                Ok(res) => (sender, Ok(res)),
+                // Boxed: rare, and its state would otherwise enlarge every request's future.
+                Err(e) => {
+                    Box::pin(resend(&target, pool, ep, self.http1_only, e, kept, sender)).await?
+                }
+            };
+            match (result, sender) {
+                (Ok(res), Sender::Http1(s)) if !self.http1_only => Ok((res, Some(s))),
+                (Ok(res), _) => Ok((res, None)),
+                (Err(e), _) => Err(classify(e)),
+            }
         }
     }
 }
@@ -348,7 +362,7 @@ async fn resend(
     ep: &crate::upstream::EndpointState,
     http1_only: bool,
     mut e: TrySendError<Request<RequestBody>>,
-    kept: Option<(PathAndQuery, HeaderMap)>,
+    kept: Option<Box<(PathAndQuery, HeaderMap)>>,
     sender: Sender,
 ) -> Result<(Sender, Result<Response<Incoming>, hyper::Error>), Failure> {
     let unsent = e.take_message();
@@ -369,7 +383,8 @@ async fn resend(
             let path_and_query = parts.uri.path_and_query().cloned().ok_or_else(bad_target)?;
             target.build(&fresh, ep, path_and_query, parts.headers, body)?
         }
-        (None, Some((path_and_query, headers))) => {
+        (None, Some(kept)) => {
+            let (path_and_query, headers) = *kept;
             target.build(&fresh, ep, path_and_query, headers, RequestBody::empty())?
         }
         (None, None) => unreachable_exchange()?,

@@ -17,6 +17,7 @@
 //! record              the access-log line, written when the response ends (body.rs)
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -37,18 +38,22 @@ use crate::snapshot::{ListenerEntry, Snapshot};
 /// `stream` counts the request open on its connection: taken when the server handed the
 /// request over, before this future is first polled, so that a connection is never taken
 /// for idle while a request it read waits to be served.
-pub async fn handle(
+///
+/// What needs no waiting (the snapshot, the request's context) is done when the server
+/// hands the request over; the future keeps the request's head, its context and the phase
+/// in progress, each once (a future is copied whole wherever it moves, and written afresh
+/// for every request).
+pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     stream: crate::io::StreamGuard,
     req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
     let snapshot = shared.snapshot.load_full();
-    let listener = &snapshot.listeners[conn.listener];
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut ctx = Ctx::new(
         &conn,
-        listener.name.clone(),
+        snapshot.listeners[conn.listener].name.clone(),
         shared.ids.next(),
         &parts.method,
         parts.version,
@@ -58,7 +63,27 @@ pub async fn handle(
         ctx.event.trace_id = Some(trace.trace_id());
         ctx.trace = Some(Box::new(trace));
     }
-    let outcome = run(&shared, &snapshot, listener, &conn, parts, body, &mut ctx).await;
+    async move {
+        let listener = &snapshot.listeners[conn.listener];
+        let outcome = run(
+            &shared, &snapshot, listener, &conn, &mut parts, body, &mut ctx,
+        )
+        .await;
+        respond(shared, &snapshot, listener, conn, stream, ctx, outcome)
+    }
+}
+
+/// The response to a request the pipeline ran, its access-log record attached (or handed
+/// to the tunnel it opened).
+fn respond(
+    shared: Arc<Shared>,
+    snapshot: &Snapshot,
+    listener: &ListenerEntry,
+    conn: Arc<ConnInfo>,
+    stream: crate::io::StreamGuard,
+    mut ctx: Ctx,
+    outcome: Result<Outcome, ProxyError>,
+) -> Response<ResponseBody> {
     let (res, in_flight, tunnel) = match outcome {
         Ok(Outcome::Forwarded(Forwarded {
             response,
@@ -131,19 +156,137 @@ pub async fn handle(
     }
 }
 
+/// Phases 2 to 11 on a request. What admission and mutate needed is let go of before the
+/// upstream is asked: while it answers, the request's state is the forward step's and the
+/// route's.
 async fn run(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     listener: &ListenerEntry,
     conn: &ConnInfo,
-    mut req: Parts,
+    req: &mut Parts,
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<Outcome, ProxyError> {
     if let Some(port) = listener.redirect_to_https {
-        crate::parse::request(ctx, listener, &req)?;
+        crate::parse::request(ctx, listener, req)?;
         return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
     }
+    let (out, route, deadline) = {
+        let (admitted, max_body) = match admitted(shared, snapshot, listener, conn, req, ctx).await
+        {
+            Admission::Route { admitted, max_body } => (admitted, max_body),
+            Admission::Own => {
+                // Drawbridge's own pages (kilobytes of state) in a box: every request's
+                // future would carry them otherwise.
+                return Box::pin(crate::signin::own(
+                    snapshot,
+                    listener,
+                    ctx,
+                    req,
+                    body,
+                    &shared.decisions(),
+                ))
+                .await
+                .map(Outcome::Local);
+            }
+            Admission::Refused(error) => return Err(error),
+            Admission::Answered(answer) => return answer.map(Outcome::Local),
+        };
+        let route = &admitted.route;
+
+        // A tunnel or a stream lives no longer than the credential that admitted it.
+        let deadline = crate::deadline::Deadline::of(
+            route,
+            admitted.principal.as_deref(),
+            ctx.arrived,
+            ctx.time(),
+        );
+        let upgrade = ctx
+            .headers
+            .websocket
+            .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        let lease = upgrade.as_ref().map(|_| {
+            Box::new(crate::tunnel::Lease::new(
+                deadline,
+                crate::tunnel::Admitted {
+                    shared: shared.clone(),
+                    snapshot,
+                    admitted: &admitted,
+                    ctx,
+                    query: ctx.query(req.uri.query()),
+                    headers: &req.headers,
+                    conn,
+                },
+            ))
+        });
+
+        // 9 mutate
+        let headers = std::mem::take(&mut req.headers);
+        let mut up = crate::mutate::request(ctx, snapshot, conn, &admitted, headers, &req.uri)?;
+        if let (Some(t), Some(tracing)) = (&ctx.trace, &snapshot.tracing) {
+            t.inject(tracing, &mut up.headers);
+        }
+
+        // 10 forward: the body, screened when the route asks for it
+        let idle = listener.limits.body_idle_timeout;
+        let body = if upgrade.is_some() {
+            RequestBody::empty()
+        } else {
+            match crate::sanitize::form(route, body, max_body, idle, &mut up.headers).await? {
+                Ok(screened) => screened,
+                Err(body) => RequestBody::limited(body, max_body, route.trailers.clone(), idle),
+            }
+        };
+        let out = Outgoing {
+            method: std::mem::take(&mut req.method),
+            path_and_query: up.path_and_query,
+            host: up.host,
+            headers: up.headers,
+            body,
+            upgrade,
+            lease,
+        };
+        (out, admitted.route, deadline)
+    };
+    let sent = std::time::Instant::now();
+    let forwarded = forward::forward(&route.upstream, out, sent).await;
+    route.metrics.phase(Timed::Upstream, sent.elapsed());
+    if let Some(t) = &mut ctx.trace {
+        t.event("upstream.response");
+    }
+    let mut forwarded = forwarded?;
+    if !route.response_edits.is_empty() {
+        route.response_edits.apply(forwarded.response.headers_mut());
+    }
+    forwarded.deadline = Some(deadline);
+    ctx.event.upstream = Some(forwarded.endpoint.clone());
+    Ok(Outcome::Forwarded(forwarded))
+}
+
+/// How a request's admission ended, for [`run`].
+enum Admission {
+    /// A route admitted it.
+    Route { admitted: Admitted, max_body: u64 },
+    /// Drawbridge's own paths.
+    Own,
+    /// Refused.
+    Refused(ProxyError),
+    /// Refused, and a browser shown how to prove its second factor.
+    Answered(Result<Response<ResponseBody>, ProxyError>),
+}
+
+/// Phases 2 to 8 and 11, for the policies' part: every decision, allowing or not, is
+/// audited (and, for a trail that must be written, written before anything is admitted).
+async fn admitted(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    listener: &ListenerEntry,
+    conn: &ConnInfo,
+    req: &mut Parts,
+    ctx: &mut Ctx,
+) -> Admission {
     let proof = Proof::Presented {
         client_cert: conn.client_cert.as_deref(),
     };
@@ -152,7 +295,7 @@ async fn run(
         snapshot,
         listener,
         conn.sni.as_deref(),
-        &mut req,
+        req,
         proof,
         Some(&shared.alerter),
     )
@@ -172,106 +315,25 @@ async fn run(
             crate::record::decision(&shared.decisions(), snapshot, route, d, &about(ctx, conn));
         // A trail that must be written: nothing is admitted before its decision is.
         if snapshot.audit.required && entry.is_ok() && !written.confirmed(AUDIT_WAIT).await {
-            return Err(ProxyError::AuditUnavailable);
+            return Admission::Refused(ProxyError::AuditUnavailable);
         }
     }
-    let (admitted, max_body) = match entry {
-        Ok(Entry::Own) => {
-            // Drawbridge's own pages (kilobytes of state) in a box: every request's future
-            // would carry them otherwise.
-            return Box::pin(crate::signin::own(
-                snapshot,
-                listener,
-                ctx,
-                &req,
-                body,
-                &shared.decisions(),
-            ))
-            .await
-            .map(Outcome::Local);
-        }
-        Ok(Entry::Route { admitted, max_body }) => (admitted, max_body),
+    match entry {
+        Ok(Entry::Own) => Admission::Own,
+        Ok(Entry::Route { admitted, max_body }) => Admission::Route { admitted, max_body },
         Err(refused) => {
             // A person's browser is shown how to prove the factor, not a bare challenge.
             if let ProxyError::StepUp(challenge) = &refused.error
                 && let Some(answer) = Box::pin(crate::mfa::for_browser(
-                    snapshot, listener, ctx, &req, challenge,
+                    snapshot, listener, ctx, req, challenge,
                 ))
                 .await
             {
-                return answer.map(Outcome::Local);
+                return Admission::Answered(answer);
             }
-            return Err(refused.error);
+            Admission::Refused(refused.error)
         }
-    };
-    let route = &admitted.route;
-
-    // A tunnel or a stream lives no longer than the credential that admitted it.
-    let deadline = crate::deadline::Deadline::of(
-        route,
-        admitted.principal.as_deref(),
-        ctx.arrived,
-        ctx.time(),
-    );
-    let upgrade = ctx
-        .headers
-        .websocket
-        .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
-        .flatten();
-    let lease = upgrade.as_ref().map(|_| {
-        Box::new(crate::tunnel::Lease::new(
-            deadline,
-            crate::tunnel::Admitted {
-                shared: shared.clone(),
-                snapshot,
-                admitted: &admitted,
-                ctx,
-                query: ctx.query(req.uri.query()),
-                headers: &req.headers,
-                conn,
-            },
-        ))
-    });
-
-    // 9 mutate
-    let headers = std::mem::take(&mut req.headers);
-    let mut up = crate::mutate::request(ctx, snapshot, conn, &admitted, headers, &req.uri)?;
-    if let (Some(t), Some(tracing)) = (&ctx.trace, &snapshot.tracing) {
-        t.inject(tracing, &mut up.headers);
     }
-
-    // 10 forward
-    let idle = listener.limits.body_idle_timeout;
-    let body = if upgrade.is_some() {
-        RequestBody::empty()
-    } else {
-        match crate::sanitize::form(route, body, max_body, idle, &mut up.headers).await? {
-            Ok(screened) => screened,
-            Err(body) => RequestBody::limited(body, max_body, route.trailers.clone(), idle),
-        }
-    };
-    let out = Outgoing {
-        method: req.method,
-        path_and_query: up.path_and_query,
-        host: up.host,
-        headers: up.headers,
-        body,
-        upgrade,
-        lease,
-    };
-    let sent = std::time::Instant::now();
-    let forwarded = forward::forward(&route.upstream, out, sent).await;
-    route.metrics.phase(Timed::Upstream, sent.elapsed());
-    if let Some(t) = &mut ctx.trace {
-        t.event("upstream.response");
-    }
-    let mut forwarded = forwarded?;
-    if !route.response_edits.is_empty() {
-        route.response_edits.apply(forwarded.response.headers_mut());
-    }
-    forwarded.deadline = Some(deadline);
-    ctx.event.upstream = Some(forwarded.endpoint.clone());
-    Ok(Outcome::Forwarded(forwarded))
 }
 
 /// How long an admitted request waits for its decision to be written to a `required`

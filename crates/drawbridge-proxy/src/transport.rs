@@ -179,13 +179,19 @@ impl Sender {
     }
 
     /// Sends `req`. A request the connection could not take comes back in the error.
-    pub async fn send(
+    ///
+    /// hyper's own future, not one around it: an `async fn` here would keep the request a
+    /// second time beside the future that holds it, in every request's state.
+    pub fn send(
         &mut self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>>
+    + Send
+    + use<> {
+        use futures_util::future::Either;
         match self {
-            Sender::Http1(s) => s.send.try_send_request(req).await,
-            Sender::Http2(s) => s.try_send_request(req).await,
+            Sender::Http1(s) => Either::Left(s.send.try_send_request(req)),
+            Sender::Http2(s) => Either::Right(s.try_send_request(req)),
         }
     }
 }
