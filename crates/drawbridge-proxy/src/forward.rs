@@ -123,28 +123,28 @@ pub fn forward(
                 std::time::Instant::now()
             };
             // The last attempt takes the target, headers and body; earlier ones (only ever
-            // of a request with nothing to stream) send copies.
-            let exchange = if attempt + 1 == attempts {
+            // of a request with nothing to stream) send copies. In a block of its own, so
+            // that nothing of it is kept while the upstream answers.
+            let exchange = {
+                let (path_and_query, headers, body) = if attempt + 1 == attempts {
+                    (
+                        std::mem::replace(&mut out.path_and_query, PathAndQuery::from_static("/")),
+                        std::mem::take(&mut out.headers),
+                        std::mem::replace(&mut out.body, RequestBody::empty()),
+                    )
+                } else {
+                    (
+                        out.path_and_query.clone(),
+                        out.headers.clone(),
+                        RequestBody::empty(),
+                    )
+                };
                 Exchange {
                     method: &out.method,
-                    path_and_query: std::mem::replace(
-                        &mut out.path_and_query,
-                        PathAndQuery::from_static("/"),
-                    ),
+                    path_and_query,
                     host: out.host.as_ref(),
-                    headers: std::mem::take(&mut out.headers),
-                    body: std::mem::replace(&mut out.body, RequestBody::empty()),
-                    repeatable,
-                    http1_only: out.upgrade.is_some(),
-                    started,
-                }
-            } else {
-                Exchange {
-                    method: &out.method,
-                    path_and_query: out.path_and_query.clone(),
-                    host: out.host.as_ref(),
-                    headers: out.headers.clone(),
-                    body: RequestBody::empty(),
+                    headers,
+                    body,
                     repeatable,
                     http1_only: out.upgrade.is_some(),
                     started,

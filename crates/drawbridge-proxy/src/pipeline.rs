@@ -173,26 +173,26 @@ async fn run(
         return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
     }
     let (out, route, deadline) = {
-        let (admitted, max_body) = match admitted(shared, snapshot, listener, conn, req, ctx).await
-        {
-            Admission::Route { admitted, max_body } => (admitted, max_body),
-            Admission::Own => {
-                // Drawbridge's own pages (kilobytes of state) in a box: every request's
-                // future would carry them otherwise.
-                return Box::pin(crate::signin::own(
-                    snapshot,
-                    listener,
-                    ctx,
-                    req,
-                    body,
-                    &shared.decisions(),
-                ))
-                .await
-                .map(Outcome::Local);
-            }
-            Admission::Refused(error) => return Err(error),
-            Admission::Answered(answer) => return answer.map(Outcome::Local),
-        };
+        let (admitted, max_body) =
+            match admit_and_audit(shared, snapshot, listener, conn, req, ctx).await {
+                Admission::Route { admitted, max_body } => (admitted, max_body),
+                Admission::Own => {
+                    // Drawbridge's own pages (kilobytes of state) in a box: every request's
+                    // future would carry them otherwise.
+                    return Box::pin(crate::signin::own(
+                        snapshot,
+                        listener,
+                        ctx,
+                        req,
+                        body,
+                        &shared.decisions(),
+                    ))
+                    .await
+                    .map(Outcome::Local);
+                }
+                Admission::Refused(error) => return Err(error),
+                Admission::Answered(answer) => return answer.map(Outcome::Local),
+            };
         let route = &admitted.route;
 
         // A tunnel or a stream lives no longer than the credential that admitted it.
@@ -279,7 +279,7 @@ enum Admission {
 
 /// Phases 2 to 8 and 11, for the policies' part: every decision, allowing or not, is
 /// audited (and, for a trail that must be written, written before anything is admitted).
-async fn admitted(
+async fn admit_and_audit(
     shared: &Arc<Shared>,
     snapshot: &Snapshot,
     listener: &ListenerEntry,
