@@ -119,7 +119,7 @@ pub const PRESSURE_LOG_EVERY: Duration = Duration::from_secs(10);
 const ROOM_WAIT: Duration = Duration::from_millis(250);
 
 /// The listener is full: asks its longest-idle connections to close and waits for a slot.
-/// `None` when nothing is idle, or no slot came free in time.
+/// `None` when nothing is idle or already closing, or no slot came free in time.
 async fn make_room(
     shared: &Shared,
     index: usize,
@@ -128,12 +128,13 @@ async fn make_room(
     pressure: &mut Pressure,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let evicted = shared.roster.evict(Some(index));
-    if evicted == 0 {
+    if evicted > 0 {
+        entry.metrics.evicted(evicted);
+        pressure.evicted += evicted as u64;
+        pressure.report(&entry.name, Some(entry.limits.max_connections));
+    } else if !shared.roster.closing(Some(index)) {
         return None;
     }
-    entry.metrics.evicted(evicted);
-    pressure.evicted += evicted as u64;
-    pressure.report(&entry.name, Some(entry.limits.max_connections));
     tokio::time::timeout(ROOM_WAIT, slots.sem.clone().acquire_owned())
         .await
         .ok()?
@@ -141,7 +142,7 @@ async fn make_room(
 }
 
 /// An accept failed. Out of file descriptors: idle connections of any listener are asked to
-/// close and the accept is tried again once one has; with none idle, the spare descriptor is
+/// close and the accept is tried again once one has; with none idle or closing, the spare descriptor is
 /// given up to take the waiting connection and close it (and taken again). Other failures
 /// back off briefly. Said once per [`PRESSURE_LOG_EVERY`].
 async fn out_of_room(
@@ -169,6 +170,10 @@ async fn out_of_room(
         entry.metrics.evicted(evicted);
         pressure.evicted += evicted as u64;
         pressure.report(&entry.name, None);
+    }
+    // Connections asked to close earlier and not yet gone free their descriptors in a
+    // moment: the new client waits for them rather than being shed.
+    if evicted > 0 || shared.roster.closing(None) {
         let _ = tokio::time::timeout(ROOM_WAIT, left).await;
         return;
     }

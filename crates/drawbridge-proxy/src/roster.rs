@@ -109,6 +109,16 @@ impl Roster {
         n
     }
 
+    /// Whether a connection (of `listener`, or of any listener) asked to close while idle is
+    /// still listed: it is closing, and its descriptor and slot will be free in a moment.
+    pub fn closing(&self, listener: Option<usize>) -> bool {
+        self.lock().iter().any(|(_, l)| {
+            listener.is_none_or(|want| want == l.listener)
+                && l.streams.eviction.is_evicted()
+                && l.streams.is_idle()
+        })
+    }
+
     /// Asks every connection that took no request since the previous sweep and has none
     /// open to park (those that can: HTTP/1.1, over plaintext or TLS). Returns how many
     /// were asked.
@@ -213,6 +223,7 @@ mod tests {
         let (other_listener, _d) = conn(&roster, 1);
         // The busy connection went idle first, then took a request it is still serving.
         let guard = busy.open();
+        assert!(!roster.closing(None), "none asked to close yet");
         assert_eq!(roster.evict(Some(0)), 1);
         assert!(oldest.eviction.is_evicted());
         assert!(!newer.eviction.is_evicted() && !busy.eviction.is_evicted());
@@ -222,6 +233,8 @@ mod tests {
         assert!(newer.eviction.is_evicted());
         assert!(!busy.eviction.is_evicted());
         assert_eq!(roster.evict(Some(0)), 0, "nothing idle left on listener 0");
+        assert!(roster.closing(Some(0)), "the evicted ones are still listed");
+        assert!(!roster.closing(Some(1)), "none of listener 1's");
         drop(guard);
         assert_eq!(
             roster.evict(Some(0)),
@@ -230,6 +243,8 @@ mod tests {
         );
         assert_eq!(roster.evict(None), 1, "any listener: the other one's");
         assert!(other_listener.eviction.is_evicted());
+        drop((_a, _b, _c, _d));
+        assert!(!roster.closing(None), "closed ones are no longer listed");
     }
 
     #[test]

@@ -517,7 +517,6 @@ async fn a_process_out_of_descriptors_closes_idle_connections_for_new_clients() 
     std::fs::write(&path, proxied(&up).text()).expect("config");
     // 128 descriptors in all: about a hundred connections' worth.
     let bin = Binary::serve_limited(&path, "info", 128);
-    let pid = bin.child.id();
     let mut held = Vec::new();
     // Three hundred clients, each served in turn and then left idle: once the process has
     // no descriptor left, the longest-idle connections are closed to admit the next.
@@ -528,7 +527,6 @@ async fn a_process_out_of_descriptors_closes_idle_connections_for_new_clients() 
             .unwrap_or_else(|| panic!("client {i} not served:\n{}", bin.log()));
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         held.push(s);
-        assert!(descriptors(pid) <= 128);
     }
     let mut closed_early = 0;
     for s in &mut held[..100] {
@@ -581,7 +579,7 @@ async fn a_process_out_of_descriptors_with_nothing_idle_closes_new_connections()
     let mut s = TcpStream::connect(bin.addr).await.expect("connect");
     let status = exchange(&mut s)
         .await
-        .expect("served once a connection is idle");
+        .unwrap_or_else(|| panic!("not served once a connection is idle:\n{}", bin.log()));
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(
         up.count(),
