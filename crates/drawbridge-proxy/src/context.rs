@@ -260,12 +260,15 @@ impl RequestIds {
     }
 }
 
-/// `n` as 16 lower-case hex digits.
+/// `n` as 16 lower-case hex digits. A counter is no secret: a table lookup per digit (on
+/// every request), not the constant-time encoding keys and digests get.
 fn hex(n: u64) -> [u8; 16] {
-    let mut digits = [0u8; 16];
-    // Sixteen digits for eight bytes: the buffer always fits.
-    let _ = base16ct::lower::encode(&n.to_be_bytes(), &mut digits);
-    digits
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 impl Default for RequestIds {
@@ -291,5 +294,12 @@ mod tests {
         assert_eq!(a[..16], b[..16], "one process prefix");
         assert_eq!(&a[16..], "0000000000000000");
         assert_eq!(&b[16..], "0000000000000001");
+    }
+
+    #[test]
+    fn hex_digits_are_the_counter_in_order() {
+        assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex(u64::MAX), b"ffffffffffffffff");
+        assert_eq!(&hex(0xa0), b"00000000000000a0");
     }
 }

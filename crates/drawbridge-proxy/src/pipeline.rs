@@ -98,18 +98,7 @@ fn respond(
             tunnel,
         ),
         Ok(Outcome::Local(response)) => (response, None, None),
-        Err(err) => {
-            ctx.event.phase = Some(err.phase());
-            ctx.event.reason = Some(err.to_string());
-            if ctx.grpc {
-                ctx.event.grpc_status = Some(err.grpc_status());
-            }
-            (
-                rescue::respond(&err, ctx.grpc, ctx.request_id()),
-                None,
-                None,
-            )
-        }
+        Err(err) => (refusal(&mut ctx, &err), None, None),
     };
     let mut res = res;
     if let Some(hsts) = &listener.hsts {
@@ -156,6 +145,20 @@ fn respond(
     }
 }
 
+/// The answer to a request the pipeline refused, the reason noted on its access event.
+/// Out of line and marked cold (as are the other rare turns of the request path below), so
+/// that the instructions every request runs sit together in the instruction cache.
+#[cold]
+#[inline(never)]
+fn refusal(ctx: &mut Ctx, err: &ProxyError) -> Response<ResponseBody> {
+    ctx.event.phase = Some(err.phase());
+    ctx.event.reason = Some(err.to_string());
+    if ctx.grpc {
+        ctx.event.grpc_status = Some(err.grpc_status());
+    }
+    rescue::respond(err, ctx.grpc, ctx.request_id())
+}
+
 /// Phases 2 to 11 on a request. What admission and mutate needed is let go of before the
 /// upstream is asked: while it answers, the request's state is the forward step's and the
 /// route's.
@@ -177,18 +180,9 @@ async fn run(
             match admit_and_audit(shared, snapshot, listener, conn, req, ctx).await {
                 Admission::Route { admitted, max_body } => (admitted, max_body),
                 Admission::Own => {
-                    // Drawbridge's own pages (kilobytes of state) in a box: every request's
-                    // future would carry them otherwise.
-                    return Box::pin(crate::signin::own(
-                        snapshot,
-                        listener,
-                        ctx,
-                        req,
-                        body,
-                        &shared.decisions(),
-                    ))
-                    .await
-                    .map(Outcome::Local);
+                    return own_pages(shared, snapshot, listener, ctx, req, body)
+                        .await
+                        .map(Outcome::Local);
                 }
                 Admission::Refused(error) => return Err(error),
                 Admission::Answered(answer) => return answer.map(Outcome::Local),
@@ -265,6 +259,23 @@ async fn run(
     Ok(Outcome::Forwarded(forwarded))
 }
 
+/// Drawbridge's own pages (kilobytes of state) in a box: every request's future would carry
+/// them otherwise.
+#[cold]
+#[inline(never)]
+fn own_pages<'a>(
+    shared: &'a Arc<Shared>,
+    snapshot: &'a Snapshot,
+    listener: &'a ListenerEntry,
+    ctx: &'a Ctx,
+    req: &'a Parts,
+    body: Incoming,
+) -> std::pin::Pin<Box<impl Future<Output = Answer> + Send + 'a>> {
+    Box::pin(async move {
+        crate::signin::own(snapshot, listener, ctx, req, body, &shared.decisions()).await
+    })
+}
+
 /// How a request's admission ended, for [`run`].
 enum Admission {
     /// A route admitted it.
@@ -324,10 +335,7 @@ async fn admit_and_audit(
         Err(refused) => {
             // A person's browser is shown how to prove the factor, not a bare challenge.
             if let ProxyError::StepUp(challenge) = &refused.error
-                && let Some(answer) = Box::pin(crate::mfa::for_browser(
-                    snapshot, listener, ctx, req, challenge,
-                ))
-                .await
+                && let Some(answer) = factor_pages(snapshot, listener, ctx, req, challenge).await
             {
                 return Admission::Answered(answer);
             }
@@ -335,6 +343,25 @@ async fn admit_and_audit(
         }
     }
 }
+
+/// The pages that show a browser how to prove a second factor, in a box (as
+/// [`own_pages`]).
+#[cold]
+#[inline(never)]
+fn factor_pages<'a>(
+    snapshot: &'a Snapshot,
+    listener: &'a ListenerEntry,
+    ctx: &'a Ctx,
+    req: &'a Parts,
+    challenge: &'a crate::rescue::Challenge,
+) -> std::pin::Pin<Box<impl Future<Output = Option<Answer>> + Send + 'a>> {
+    Box::pin(crate::mfa::for_browser(
+        snapshot, listener, ctx, req, challenge,
+    ))
+}
+
+/// A response Drawbridge made itself, or the refusal to send.
+type Answer = Result<Response<ResponseBody>, ProxyError>;
 
 /// How long an admitted request waits for its decision to be written to a `required`
 /// audit trail before it is refused.
@@ -371,9 +398,8 @@ pub async fn admit(
     crate::sanitize::request(ctx, snapshot, listener, req)?;
     if let Some(b) = blocks
         && b.any_blocks()
-        && b.blocked(AlertKey::Client, &ctx.client.to_string())
+        && client_blocked(b, snapshot, ctx)
     {
-        snapshot.metrics.blocked("client");
         return Err(ProxyError::Blocked("client address").into());
     }
     // Drawbridge's own paths come first; no route can shadow them.
@@ -428,23 +454,50 @@ pub async fn admit(
     if let (Some(b), Ok(a)) = (blocks, &admitted)
         && b.any_blocks()
         && let Some(p) = &a.principal
-        && b.blocked(
-            AlertKey::Principal,
-            &format!("{}/{}", p.authenticator, p.id),
-        )
+        && let Some(refused) = principal_blocked(b, snapshot, ctx, a, p)
     {
-        snapshot.metrics.blocked("principal");
-        ctx.event.principal = Some(principal_label(p));
-        return Err(Refused {
-            error: ProxyError::Blocked("principal"),
-            route: Some(a.route.clone()),
-            decided: None,
-        });
+        return Err(refused);
     }
     ctx.event.principal = principal
         .filter(|p| p.kind != drawbridge_config::PrincipalKind::Anonymous)
         .map(principal_label);
     admitted.map(|admitted| Entry::Route { admitted, max_body })
+}
+
+/// Whether the detectors block the request's client (counted when they do).
+#[cold]
+#[inline(never)]
+fn client_blocked(b: &crate::alerts::Alerter, snapshot: &Snapshot, ctx: &Ctx) -> bool {
+    let blocked = b.blocked(AlertKey::Client, &ctx.client.to_string());
+    if blocked {
+        snapshot.metrics.blocked("client");
+    }
+    blocked
+}
+
+/// The refusal of a principal the detectors block (counted and logged), if they do.
+#[cold]
+#[inline(never)]
+fn principal_blocked(
+    b: &crate::alerts::Alerter,
+    snapshot: &Snapshot,
+    ctx: &mut Ctx,
+    a: &Admitted,
+    p: &drawbridge_identity::Principal,
+) -> Option<Refused> {
+    if !b.blocked(
+        AlertKey::Principal,
+        &format!("{}/{}", p.authenticator, p.id),
+    ) {
+        return None;
+    }
+    snapshot.metrics.blocked("principal");
+    ctx.event.principal = Some(principal_label(p));
+    Some(Refused {
+        error: ProxyError::Blocked("principal"),
+        route: Some(a.route.clone()),
+        decided: None,
+    })
 }
 
 /// `authenticator:id`, as the access log names a principal (built without the formatting
@@ -531,6 +584,8 @@ enum Outcome {
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS on `port`.
+#[cold]
+#[inline(never)]
 fn redirect_to_https(
     host: &str,
     port: u16,
