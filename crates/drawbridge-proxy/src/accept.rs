@@ -37,8 +37,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// for them; when `stop` turns true they finish gracefully.
 ///
 /// A full listener (`max_connections` open) closes its longest-idle connections to admit a
-/// new one, and so does a process out of file descriptors, any listener's; when nothing is
-/// idle the new connection is closed at once (shed), never left waiting in the kernel's
+/// new one, and so does a process out of file descriptors, any listener's, the new one
+/// waiting while they close (a few rounds of [`ROOM_WAIT`] at most); when nothing is idle or
+/// closing the new connection is closed at once (shed), never left waiting in the kernel's
 /// queue. Both are counted, and logged once per [`PRESSURE_LOG_EVERY`].
 pub async fn accept_loop(
     shared: Arc<Shared>,
@@ -89,6 +90,7 @@ pub async fn accept_loop(
                 }
             }
         };
+        pressure.closing_waits = 0;
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let drain = drain.clone();
@@ -118,8 +120,16 @@ pub const PRESSURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a new connection waits for the idle ones asked to close to be gone.
 const ROOM_WAIT: Duration = Duration::from_millis(250);
 
+/// Rounds of [`ROOM_WAIT`] new clients wait, one after another, for connections asked to
+/// close earlier and still closing, with nothing else to close; past them, new clients are
+/// shed until a connection is admitted again or more are asked to close. A connection that
+/// cannot finish closing (a client that reads nothing, so that even a TLS close waits)
+/// delays new clients by a second at most, never locks them out.
+const CLOSING_ROUNDS: u32 = 4;
+
 /// The listener is full: asks its longest-idle connections to close and waits for a slot.
-/// `None` when nothing is idle or already closing, or no slot came free in time.
+/// `None` when nothing is idle or still closing (within [`CLOSING_ROUNDS`]), or no slot came
+/// free in time.
 async fn make_room(
     shared: &Shared,
     index: usize,
@@ -132,7 +142,8 @@ async fn make_room(
         entry.metrics.evicted(evicted);
         pressure.evicted += evicted as u64;
         pressure.report(&entry.name, Some(entry.limits.max_connections));
-    } else if !shared.roster.closing(Some(index)) {
+        pressure.closing_waits = 0;
+    } else if !(shared.roster.closing(Some(index)) && pressure.wait_for_closing()) {
         return None;
     }
     tokio::time::timeout(ROOM_WAIT, slots.sem.clone().acquire_owned())
@@ -142,9 +153,10 @@ async fn make_room(
 }
 
 /// An accept failed. Out of file descriptors: idle connections of any listener are asked to
-/// close and the accept is tried again once one has; with none idle or closing, the spare descriptor is
-/// given up to take the waiting connection and close it (and taken again). Other failures
-/// back off briefly. Said once per [`PRESSURE_LOG_EVERY`].
+/// close and the accept is tried again once one has; with none idle or closing (or closing
+/// for longer than [`CLOSING_ROUNDS`] allow), the spare descriptor is given up to take the
+/// waiting connection and close it (and taken again). Other failures back off briefly. Said
+/// once per [`PRESSURE_LOG_EVERY`].
 async fn out_of_room(
     shared: &Shared,
     entry: &crate::snapshot::ListenerEntry,
@@ -170,10 +182,11 @@ async fn out_of_room(
         entry.metrics.evicted(evicted);
         pressure.evicted += evicted as u64;
         pressure.report(&entry.name, None);
+        pressure.closing_waits = 0;
     }
     // Connections asked to close earlier and not yet gone free their descriptors in a
-    // moment: the new client waits for them rather than being shed.
-    if evicted > 0 || shared.roster.closing(None) {
+    // moment: the new client waits for them rather than being shed (a few rounds at most).
+    if evicted > 0 || (shared.roster.closing(None) && pressure.wait_for_closing()) {
         let _ = tokio::time::timeout(ROOM_WAIT, left).await;
         return;
     }
@@ -226,9 +239,18 @@ struct Pressure {
     out_of_descriptors: u64,
     failures: u64,
     error: Option<std::io::Error>,
+    /// Rounds waited in a row for connections still closing, with none asked to close
+    /// since and none admitted.
+    closing_waits: u32,
 }
 
 impl Pressure {
+    /// Whether a new client may wait one more round for connections still closing.
+    fn wait_for_closing(&mut self) -> bool {
+        self.closing_waits += 1;
+        self.closing_waits <= CLOSING_ROUNDS
+    }
+
     fn failed(&mut self, e: std::io::Error) {
         self.failures += 1;
         self.error = Some(e);
@@ -1004,4 +1026,24 @@ fn parse_refusal(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
         cur = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_clients_wait_for_closing_connections_a_few_rounds_only() {
+        let mut p = Pressure::default();
+        for round in 1..=CLOSING_ROUNDS {
+            assert!(p.wait_for_closing(), "round {round} waits");
+        }
+        assert!(!p.wait_for_closing(), "past the bound: shed, not wait");
+        assert!(!p.wait_for_closing(), "and so on, while nothing changes");
+        p.closing_waits = 0;
+        assert!(
+            p.wait_for_closing(),
+            "after an admission or an eviction, waits again"
+        );
+    }
 }

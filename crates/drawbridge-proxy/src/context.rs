@@ -260,15 +260,12 @@ impl RequestIds {
     }
 }
 
-/// `n` as 16 lower-case hex digits. A counter is no secret: a table lookup per digit (on
-/// every request), not the constant-time encoding keys and digests get.
+/// `n` as 16 lower-case hex digits.
 fn hex(n: u64) -> [u8; 16] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 16];
-    for (i, d) in out.iter_mut().enumerate() {
-        *d = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    out
+    let mut digits = [0u8; 16];
+    // Sixteen digits for eight bytes: the buffer always fits.
+    let _ = base16ct::lower::encode(&n.to_be_bytes(), &mut digits);
+    digits
 }
 
 impl Default for RequestIds {
