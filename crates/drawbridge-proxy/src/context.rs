@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use drawbridge_telemetry::{AccessEvent, AccessLog, AuditLog};
+use drawbridge_telemetry::{AccessEvent, AccessLog, AuditLog, RequestId};
 use http::HeaderValue;
 
 use crate::sanitize::headers::ClientHeaders;
@@ -182,7 +182,7 @@ impl Ctx {
     pub fn new(
         conn: &ConnInfo,
         listener: Arc<str>,
-        request_id: String,
+        request_id: RequestId,
         method: &http::Method,
         version: http::Version,
     ) -> Ctx {
@@ -212,7 +212,7 @@ impl Ctx {
 
     /// The request's id.
     pub fn request_id(&self) -> &str {
-        &self.event.request_id
+        self.event.request_id.as_str()
     }
 
     /// When the request arrived, by the wall clock.
@@ -246,17 +246,15 @@ impl RequestIds {
     }
 
     /// The next id: 32 hex digits.
-    pub fn next(&self) -> String {
+    pub fn next(&self) -> RequestId {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut digits = [0u8; 32];
+        let mut digits = [0u8; RequestId::MAX];
         digits[..16].copy_from_slice(&self.prefix);
         digits[16..].copy_from_slice(&hex(n));
-        // Hex digits are ASCII: this never falls back.
-        std::str::from_utf8(&digits)
-            .map(str::to_owned)
-            .unwrap_or_default()
+        // 32 hex digits: ASCII, and as long as an id may be, so this never falls back.
+        RequestId::new(&digits).unwrap_or_default()
     }
 }
 
@@ -281,8 +279,8 @@ mod tests {
     #[test]
     fn request_ids_are_32_hex_digits_and_unique() {
         let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
+        let a = ids.next().to_string();
+        let b = ids.next().to_string();
         assert_eq!(a.len(), 32);
         assert!(
             a.bytes()

@@ -92,7 +92,7 @@ pub fn request(
         forwarded_for,
         conn.tls,
         host.as_ref(),
-        ctx.request_id(),
+        &ctx.event.request_id,
     );
     if let (Some(cert), true) = (
         conn.client_cert.as_deref(),
@@ -218,7 +218,7 @@ fn set_forwarding(
     forwarded_for: HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
-    request_id: &str,
+    request_id: &drawbridge_telemetry::RequestId,
 ) {
     h.insert(X_FORWARDED_FOR, forwarded_for);
     h.insert(
@@ -228,7 +228,7 @@ fn set_forwarding(
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
+    if let Ok(v) = HeaderValue::from_bytes(request_id.as_bytes()) {
         h.insert(X_REQUEST_ID, v);
     }
 }

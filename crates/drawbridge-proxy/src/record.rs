@@ -16,7 +16,7 @@ use crate::snapshot::{RouteEntry, Snapshot};
 /// The access-log record of a request that has just arrived; the phases complete it.
 pub fn access_event(
     time: SystemTime,
-    request_id: String,
+    request_id: drawbridge_telemetry::RequestId,
     listener: Arc<str>,
     client: Arc<str>,
     method: &http::Method,

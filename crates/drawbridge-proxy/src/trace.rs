@@ -159,7 +159,7 @@ impl Trace {
             KeyValue::new("url.path", event.path.clone()),
             KeyValue::new("http.response.status_code", i64::from(event.status)),
             KeyValue::new("network.protocol.name", event.protocol),
-            KeyValue::new("drawbridge.request_id", event.request_id.clone()),
+            KeyValue::new("drawbridge.request_id", event.request_id.to_string()),
             KeyValue::new("drawbridge.listener", event.listener.to_string()),
         ];
         if let Some(p) = &event.principal {

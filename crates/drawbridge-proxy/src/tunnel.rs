@@ -69,7 +69,7 @@ impl Lease {
         });
         let recheck = Recheck {
             route: route.name.clone(),
-            request_id: a.ctx.request_id().to_string(),
+            request_id: a.ctx.event.request_id,
             host: a.ctx.host.clone(),
             path: a.ctx.path.decoded.clone(),
             query: a.query.map(str::to_string),
@@ -109,7 +109,7 @@ impl Lease {
 pub struct Recheck {
     shared: Arc<Shared>,
     route: Arc<str>,
-    request_id: String,
+    request_id: drawbridge_telemetry::RequestId,
     host: String,
     path: String,
     query: Option<String>,
@@ -156,7 +156,7 @@ impl Recheck {
         // Admitted again as at first, by the same core; decided and audited as then.
         let outcome = crate::admission::admit(snapshot, route.clone(), proof, &ask).await;
         let about = crate::record::About {
-            request_id: &self.request_id,
+            request_id: self.request_id.as_str(),
             time: ask.time,
             path: &self.path,
             client: &self.client_label,

@@ -48,6 +48,63 @@ pub enum Phase {
     Block,
 }
 
+/// The id Drawbridge gives a request: ASCII, at most [`RequestId::MAX`] bytes, held in place.
+/// Every request is given one; a string of its own would be one more allocation, and one
+/// more line of memory, on every request's path.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; RequestId::MAX],
+}
+
+impl RequestId {
+    /// The longest id.
+    pub const MAX: usize = 32;
+
+    /// `id`, when it is ASCII and at most [`RequestId::MAX`] bytes long.
+    pub fn new(id: &[u8]) -> Option<Self> {
+        if id.len() > Self::MAX || !id.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; Self::MAX];
+        bytes[..id.len()].copy_from_slice(id);
+        Some(Self {
+            // At most 32: it fits.
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The id's bytes (ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        // ASCII, as `new` checked: always UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One access-log line. Holds no header values: nothing that could carry a secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessEvent {
@@ -55,7 +112,7 @@ pub struct AccessEvent {
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     /// The id Drawbridge gave the request (sent upstream as `X-Request-Id`).
-    pub request_id: String,
+    pub request_id: RequestId,
     /// The request's trace, when `[tracing]` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -1162,13 +1219,28 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_hold_short_ascii_only() {
+        let id = RequestId::new(b"0123456789abcdef0123456789abcdef").expect("32 bytes");
+        assert_eq!(id.as_str(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(id.to_string(), id.as_str());
+        assert_eq!(
+            serde_json::to_string(&id).expect("json"),
+            format!("\"{id}\"")
+        );
+        assert_eq!(RequestId::new(b"").expect("empty"), RequestId::default());
+        assert_eq!(RequestId::default().as_str(), "");
+        assert!(RequestId::new(&[b'a'; 33]).is_none(), "too long");
+        assert!(RequestId::new("é".as_bytes()).is_none(), "not ASCII");
+    }
+
+    #[test]
     fn writes_one_json_line_per_event() {
         let buf = Shared::default();
         let log = AccessLog::start(Sink::Writer(Box::new(buf.clone()))).expect("start");
         let event = AccessEvent {
             host: Some("api.example.com".into()),
             time: SystemTime::UNIX_EPOCH,
-            request_id: "r1".into(),
+            request_id: RequestId::new(b"r1").expect("id"),
             trace_id: None,
             listener: "main".into(),
             route: None,
@@ -1198,6 +1270,7 @@ mod tests {
                 assert_eq!(v["time"], "1970-01-01T00:00:00.000000Z");
                 assert_eq!(v["phase"], "route");
                 assert_eq!(v["status"], 404);
+                assert_eq!(v["request_id"], "r1");
                 assert!(v.get("grpc_status").is_none());
                 break;
             }

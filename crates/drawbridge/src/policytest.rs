@@ -438,7 +438,7 @@ async fn decide(
     let mut ctx = Ctx::new(
         &conn,
         listener.name.clone(),
-        String::new(),
+        drawbridge_telemetry::RequestId::default(),
         &parts.method,
         parts.version,
     );
