@@ -150,9 +150,9 @@ pub fn is_nonstandard(name: &str) -> bool {
     }
 }
 
-/// Whether any byte of `word` is `b`: a byte of `word ^ b…b` is zero exactly where `word`
-/// holds `b`, and subtracting one from each byte borrows into the high bit only from a
-/// zero byte that `!x` has not ruled out.
+/// Whether any byte of `word` is `b`. A byte of `x = word ^ b…b` is zero exactly where
+/// `word` holds `b`; `(x - 1…1) & !x & 80…80` is non-zero exactly when `x` has a zero byte
+/// (the lowest zero byte always sets its high bit; a borrow sets others only above it).
 fn has_byte(word: u64, b: u8) -> bool {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
@@ -221,12 +221,13 @@ mod tests {
 
     #[test]
     fn nonstandard_names_are_found_at_every_length_and_position() {
-        // Every byte a header name may hold, at every place in names up to three words
-        // long, against the plain byte-by-byte answer.
+        // Every byte a header name may hold, at every place in names of up to five words
+        // (short names, whole words, and every overlap of the last word), against the plain
+        // byte-by-byte answer.
         let tchar: Vec<u8> = (0x21u8..0x7f)
             .filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b))
             .collect();
-        for len in 1..=24 {
+        for len in 1..=40 {
             for at in 0..len {
                 for &b in &tchar {
                     let mut name = vec![b'a'; len];
@@ -251,6 +252,11 @@ mod tests {
             assert!(!is_nonstandard(name), "{name:?}");
         }
         assert!(!is_nonstandard(""));
+        // A long name, the byte in its last, overlapped word.
+        let mut long = "x-".repeat(100);
+        assert!(!is_nonstandard(&long));
+        long.push('_');
+        assert!(is_nonstandard(&long));
     }
 
     #[test]
