@@ -154,7 +154,7 @@ pub struct Ctx {
     /// gRPC statuses and authorized as `Action::"grpc"`.
     pub grpc: bool,
     /// The host the request is for, lower-case, without port or trailing dot (parse).
-    pub host: String,
+    pub host: Arc<str>,
     /// The one normalised path (sanitize).
     pub path: NormalPath,
     /// What sanitize learnt from the client's headers.
@@ -197,7 +197,7 @@ impl Ctx {
                 version,
             ),
             grpc: false,
-            host: String::new(),
+            host: Arc::default(),
             path: NormalPath::default(),
             headers: ClientHeaders::default(),
             query: None,

@@ -3,6 +3,8 @@
 //! length, framing two parsers could read differently, the one host the request is for,
 //! and, once a route is known, its body limit and the shape of an upgrade.
 
+use std::sync::Arc;
+
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, header};
 
@@ -139,7 +141,7 @@ fn declared_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 /// The host the client asked for, for the access log, whatever later checks make of it:
 /// the target's authority or the first `Host`, without port, lower-case, bounded and made
 /// printable.
-fn asked_host(req: &Parts) -> Option<String> {
+fn asked_host(req: &Parts) -> Option<Arc<str>> {
     let raw: &[u8] = match (req.uri.authority(), req.headers.get(header::HOST)) {
         (Some(a), _) => a.host().as_bytes(),
         (None, Some(h)) => h.as_bytes(),
@@ -156,7 +158,8 @@ fn asked_host(req: &Parts) -> Option<String> {
                 0x21..=0x7e => char::from(b.to_ascii_lowercase()),
                 _ => '?',
             })
-            .collect(),
+            .collect::<String>()
+            .into(),
     )
 }
 
@@ -165,7 +168,7 @@ fn asked_host(req: &Parts) -> Option<String> {
 fn request_host<'a>(
     req: &'a Parts,
     head: &Head<'a>,
-) -> Result<(String, Option<&'a HeaderValue>), ProxyError> {
+) -> Result<(Arc<str>, Option<&'a HeaderValue>), ProxyError> {
     if head.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
@@ -197,11 +200,12 @@ fn request_host<'a>(
         (None, None) if req.version == http::Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
-        (None, None) => String::new(),
+        (None, None) => return Ok((Arc::default(), None)),
     };
     if host.ends_with('.') {
         host.pop();
     }
+    let host = Arc::<str>::from(host);
     if let Some(h) = checked {
         LAST_HOST.with_borrow_mut(|last| last.keep(h.as_bytes(), &host));
     }
@@ -212,27 +216,26 @@ fn request_host<'a>(
 /// requests repeat their `Host`, and so do most of a listener's: checking the authority
 /// grammar again (which copies the value) and lower-casing it again would find the same.
 /// Kept as its own copy, never the request's value (which shares the connection's read
-/// buffer).
+/// buffer); the host is shared, so a request that repeats it copies nothing.
 #[derive(Default)]
 struct LastHost {
     sent: Vec<u8>,
-    host: String,
+    host: Arc<str>,
 }
 
 impl LastHost {
     /// The host `sent` names, when it is the value last found valid.
-    fn host_of(&self, sent: &[u8]) -> Option<String> {
+    fn host_of(&self, sent: &[u8]) -> Option<Arc<str>> {
         (!self.sent.is_empty() && self.sent == sent).then(|| self.host.clone())
     }
 
     /// Remembers that `sent` was found valid and names `host` (values of a bounded size:
     /// a long one is checked each time).
-    fn keep(&mut self, sent: &[u8], host: &str) {
+    fn keep(&mut self, sent: &[u8], host: &Arc<str>) {
         if sent.len() <= 256 {
             self.sent.clear();
             self.sent.extend_from_slice(sent);
-            self.host.clear();
-            self.host.push_str(host);
+            self.host = host.clone();
         }
     }
 }
@@ -260,7 +263,7 @@ fn host_of(authority: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn host_of_parts(req: &Parts) -> Result<(String, Option<&HeaderValue>), ProxyError> {
+    fn host_of_parts(req: &Parts) -> Result<(Arc<str>, Option<&HeaderValue>), ProxyError> {
         request_host(req, &Head::read(req, 0))
     }
 
@@ -285,10 +288,10 @@ mod tests {
         ] {
             let req = parts("/", &[host]);
             let (got, sent) = host_of_parts(&req).expect(host);
-            assert_eq!(got, want, "{host}");
+            assert_eq!(&*got, want, "{host}");
             assert_eq!(sent.map(|v| v.as_bytes()), Some(host.as_bytes()));
             let absolute = parts(&format!("http://{host}/x"), &["other.example"]);
-            assert_eq!(host_of_parts(&absolute).expect(host).0, want, "{host}");
+            assert_eq!(&*host_of_parts(&absolute).expect(host).0, want, "{host}");
         }
     }
 

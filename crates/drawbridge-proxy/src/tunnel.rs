@@ -110,7 +110,7 @@ pub struct Recheck {
     shared: Arc<Shared>,
     route: Arc<str>,
     request_id: drawbridge_telemetry::RequestId,
-    host: String,
+    host: Arc<str>,
     path: String,
     query: Option<String>,
     headers: HeaderMap,

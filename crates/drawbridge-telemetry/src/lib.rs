@@ -120,7 +120,7 @@ pub struct AccessEvent {
     pub listener: Arc<str>,
     /// The host the client asked for (`Host` or `:authority`, without port), as far as the
     /// request was read; `null` when it was refused before its headers were.
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// Route name, when one matched.
     pub route: Option<Arc<str>>,
     /// Client address (`ip:port` of the peer).
