@@ -355,7 +355,6 @@ mod tests {
         assert_eq!(read(b"BEARER abc"), bearer("abc"));
         assert_eq!(read(b"ApiKey dbk_x"), Ok((None, Some("dbk_x".into()))));
         assert_eq!(read(b"Basic dXNlcjpwYXNz"), Ok((None, None)));
-        // Every byte value: exactly the token68 set passes.
         // Every byte value at every position of tokens long enough for the vectorised loop
         // and its tail: exactly the token68 set passes.
         for b in 0u8..=255 {
