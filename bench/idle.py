@@ -1,9 +1,9 @@
 """Holds idle keep-alive connections open on a server, for the benchmark's idle phase.
 
-    python3 bench/idle.py HOST PORT COUNT plain|tls [PATH]
+    python3 bench/idle.py HOST PORT COUNT plain|tls|tls-no-alpn [PATH]
 
 Opens COUNT connections (TLS 1.3 when `tls`, certificates unchecked: a throwaway one on
-localhost), sends one `GET PATH` (`/` by default) on each and reads its whole response,
+localhost; ALPN offers `http/1.1`, or nothing with `tls-no-alpn`), sends one `GET PATH` (`/` by default) on each and reads its whole response,
 prints `held N` (the connections answered 200 and still open), then keeps them open and
 idle until stdin closes or it is killed.
 """
@@ -35,12 +35,13 @@ async def main():
     host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     path = sys.argv[5] if len(sys.argv) > 5 else "/"
     ctx = None
-    if len(sys.argv) > 4 and sys.argv[4] == "tls":
+    if len(sys.argv) > 4 and sys.argv[4] in ("tls", "tls-no-alpn"):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.set_alpn_protocols(["http/1.1"])
+        if sys.argv[4] == "tls":
+            ctx.set_alpn_protocols(["http/1.1"])
     opened = []
     gate = asyncio.Semaphore(256)
     await asyncio.gather(*(one(host, port, path, ctx, opened, gate) for _ in range(count)))

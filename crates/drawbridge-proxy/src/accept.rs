@@ -506,7 +506,7 @@ fn serve_connection(
     // Each protocol's state in a box of its own, so that no connection carries another's.
     let serving = match tls {
         None => Either::Left(Box::pin(serve_plain(conn, io, offers_h2))),
-        Some(cfg) => Either::Right(Box::pin(serve_tls(conn, io, cfg, offers_h2))),
+        Some(cfg) => Either::Right(Box::pin(serve_tls(conn, io, cfg))),
     };
     async move {
         let _listed = listed;
@@ -724,12 +724,7 @@ where
 
 /// A TLS connection: the handshake (its client certificate and SNI read once, here), then
 /// HTTP/2 or HTTP/1.1 as ALPN agreed.
-async fn serve_tls(
-    mut conn: Accepted,
-    io: IdleIo<TcpStream>,
-    cfg: Arc<rustls::ServerConfig>,
-    offers_h2: bool,
-) {
+async fn serve_tls(mut conn: Accepted, io: IdleIo<TcpStream>, cfg: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let handshake = tokio::select! {
         r = tokio::time::timeout(conn.limits.header_read_timeout, acceptor.accept(io)) => r,
@@ -759,9 +754,10 @@ async fn serve_tls(
             return;
         }
     };
-    let alpn = tls_stream.get_ref().1.alpn_protocol();
-    let h2 = alpn == Some(b"h2");
-    let alpn_h1 = alpn == Some(b"http/1.1");
+    // HTTP/2 over TLS is agreed in the handshake or not spoken (RFC 9113 §3.3: prior
+    // knowledge is for cleartext only); the handshake agrees on nothing the listener does
+    // not offer. Without ALPN, as with `http/1.1`, the client speaks HTTP/1.1.
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     // The first request's clock starts when the handshake is done.
     tls_stream.get_mut().0.handshake_done(h2);
     let session = tls_stream.get_ref().1;
@@ -778,16 +774,15 @@ async fn serve_tls(
         },
     };
     let info = placement::long_lived(|| conn.info(true, client_cert, sni));
-    if alpn_h1 {
-        // HTTP/1.1 agreed in the handshake: hyper's HTTP/1.1 server alone, above TLS, and
-        // parking while idle as over plaintext (the TLS session stays; hyper's state goes).
+    if !h2 {
+        // HTTP/1.1: hyper's HTTP/1.1 server alone, above TLS, and parking while idle as over
+        // plaintext (the TLS session stays; hyper's state goes).
         serve_h1(conn, TlsParking::new(tls_stream), info).await;
         return;
     }
     let service = pipeline(conn.shared.clone(), info);
-    let builder = auto_server(&conn.limits, offers_h2);
-    let builder = if h2 { builder.http2_only() } else { builder };
-    let c = builder
+    let c = auto_server(&conn.limits, true)
+        .http2_only()
         .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
         .into_owned();
     conn.run(Box::pin(c).as_mut(), |c| c.graceful_shutdown())

@@ -234,3 +234,55 @@ async fn a_tls_listener_sends_hsts_with_every_response() {
         );
     }
 }
+
+/// A client that agrees on no protocol in the handshake speaks HTTP/1.1: HTTP/2 over TLS is
+/// agreed by ALPN or not spoken (RFC 9113 §3.3), so an HTTP/2 preface without it is not
+/// served, and nothing reaches the upstream.
+#[tokio::test]
+async fn without_alpn_a_tls_client_speaks_http11_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = setup("1.2").await;
+    let s = connect(&t, "a.test", &[], &[&rustls::version::TLS13])
+        .await
+        .expect("tls");
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    for path in ["/one", "/two"] {
+        let req = http::Request::get(path)
+            .header("host", "a.test")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let res = send.send_request(req).await.expect("response");
+        assert_eq!(res.status(), 200, "{path}");
+        let _ = res.into_body().collect().await;
+        let got = t.up.last().expect("forwarded");
+        assert_eq!(got.target, path);
+        assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+    }
+    assert_eq!(t.up.count(), 2);
+
+    let mut s = connect(&t, "a.test", &[], &[&rustls::version::TLS13])
+        .await
+        .expect("tls");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered and closed");
+    // Closed unanswered (hyper's HTTP/1.1 server knows the preface for what it is), or
+    // refused as HTTP/1.1: never a SETTINGS frame.
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer:?}"
+    );
+    assert_eq!(t.up.count(), 2, "nothing more reached the upstream");
+}
