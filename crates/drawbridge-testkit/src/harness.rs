@@ -392,7 +392,8 @@ pub async fn tls_listener(
     (ca, h, dir, up)
 }
 
-/// A TLS connection to `h`'s first listener as `a.test`, offering `alpn`, trusting `ca`.
+/// A TLS connection to `h`'s first listener as `a.test`, offering `alpn` (nothing when
+/// empty), trusting `ca`.
 pub async fn tls_connect(
     ca: &crate::certs::TestCa,
     h: &Harness,
@@ -410,7 +411,11 @@ pub async fn tls_connect(
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.alpn_protocols = if alpn.is_empty() {
+        Vec::new()
+    } else {
+        vec![alpn.to_vec()]
+    };
     let tcp = TcpStream::connect(h.addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(

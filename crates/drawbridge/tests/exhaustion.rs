@@ -310,6 +310,22 @@ async fn an_idle_tls_connection_parks_and_serves_its_next_requests() {
     assert_eq!(up.last().expect("forwarded").target, "/two");
 }
 
+/// A TLS client that offers no ALPN speaks HTTP/1.1, and its idle connection parks as one
+/// that offered `http/1.1` does.
+#[tokio::test]
+async fn an_idle_tls_connection_without_alpn_parks_and_serves_its_next_requests() {
+    let (ca, h, _dir, up) = tls_listener(
+        "idle_timeout = \"1m\"",
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    let mut s = tls_connect(&ca, &h, b"").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), None);
+    let status = exchange(&mut s).await.expect("served");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    serves_across_parks(&h, &up, &mut s).await;
+}
+
 /// Requests the server has read but not yet begun to serve keep a connection busy: two
 /// pipelined requests arrive on a connection asked to park before it spoke (while the server
 /// looked for HTTP/2's preface); the second waits in the server's buffer while the first is
