@@ -285,45 +285,36 @@ async fn an_idle_connection_parks_and_serves_its_next_requests() {
 
 /// HTTP/1.1 over TLS parks too: hyper's state goes while the TLS session stays, and the
 /// same session serves the next requests, pipelined ones and a head split across the park
-/// included.
+/// included; for a client that agreed on `http/1.1` by ALPN and for one that offered no
+/// ALPN (and so speaks HTTP/1.1).
 #[tokio::test]
 async fn an_idle_tls_connection_parks_and_serves_its_next_requests() {
-    let (ca, h, _dir, up) = tls_listener(
-        "idle_timeout = \"1m\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\n",
-    )
-    .await;
-    let mut s = tls_connect(&ca, &h, b"http/1.1").await;
-    let status = exchange(&mut s).await.expect("served");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    serves_across_parks(&h, &up, &mut s).await;
-    // A pipelined request and half of the next in one write, parked with the half held.
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost")
-        .await
-        .expect("write");
-    let status = read_response(&mut s).await.expect("first answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    s.write_all(b": a.test\r\n\r\n").await.expect("write");
-    let status = read_response(&mut s).await.expect("second answered");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    assert_eq!(up.last().expect("forwarded").target, "/two");
-}
-
-/// A TLS client that offers no ALPN speaks HTTP/1.1, and its idle connection parks as one
-/// that offered `http/1.1` does.
-#[tokio::test]
-async fn an_idle_tls_connection_without_alpn_parks_and_serves_its_next_requests() {
-    let (ca, h, _dir, up) = tls_listener(
-        "idle_timeout = \"1m\"",
-        "[admin]\naddress = \"127.0.0.1:0\"\n",
-    )
-    .await;
-    let mut s = tls_connect(&ca, &h, b"").await;
-    assert_eq!(s.get_ref().1.alpn_protocol(), None);
-    let status = exchange(&mut s).await.expect("served");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    serves_across_parks(&h, &up, &mut s).await;
+    for alpn in [&b"http/1.1"[..], b""] {
+        let (ca, h, _dir, up) = tls_listener(
+            "idle_timeout = \"1m\"",
+            "[admin]\naddress = \"127.0.0.1:0\"\n",
+        )
+        .await;
+        let mut s = tls_connect(&ca, &h, alpn).await;
+        assert_eq!(
+            s.get_ref().1.alpn_protocol(),
+            Some(alpn).filter(|a| !a.is_empty())
+        );
+        let status = exchange(&mut s).await.expect("served");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        serves_across_parks(&h, &up, &mut s).await;
+        // A pipelined request and half of the next in one write, parked with the half held.
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost")
+            .await
+            .expect("write");
+        let status = read_response(&mut s).await.expect("first answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        s.write_all(b": a.test\r\n\r\n").await.expect("write");
+        let status = read_response(&mut s).await.expect("second answered");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(up.last().expect("forwarded").target, "/two");
+    }
 }
 
 /// Requests the server has read but not yet begun to serve keep a connection busy: two
