@@ -2,10 +2,11 @@
 
     python3 bench/idle.py HOST PORT COUNT plain|tls|tls-no-alpn [PATH]
 
-Opens COUNT connections (TLS 1.3 when `tls`, certificates unchecked: a throwaway one on
-localhost; ALPN offers `http/1.1`, or nothing with `tls-no-alpn`), sends one `GET PATH` (`/` by default) on each and reads its whole response,
-prints `held N` (the connections answered 200 and still open), then keeps them open and
-idle until stdin closes or it is killed.
+Opens COUNT connections (TLS 1.3 when `tls` or `tls-no-alpn`, certificates unchecked: a
+throwaway one on localhost; ALPN offers `http/1.1`, or nothing with `tls-no-alpn`), sends
+one `GET PATH` (`/` by default) on each and reads its whole response, prints `held N` (the
+connections answered 200 and still open), then keeps them open and idle until stdin
+closes or it is killed.
 """
 import asyncio
 import ssl

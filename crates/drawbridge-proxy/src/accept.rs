@@ -723,7 +723,7 @@ where
 }
 
 /// A TLS connection: the handshake (its client certificate and SNI read once, here), then
-/// HTTP/2 or HTTP/1.1 as ALPN agreed.
+/// HTTP/2 when ALPN agreed on `h2`, HTTP/1.1 otherwise.
 async fn serve_tls(mut conn: Accepted, io: IdleIo<TcpStream>, cfg: Arc<rustls::ServerConfig>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     let handshake = tokio::select! {
