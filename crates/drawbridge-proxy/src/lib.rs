@@ -116,7 +116,7 @@ fn warn_about(snapshot: &Snapshot) {
 }
 
 /// Starts the writer of a JSON-lines log (`what` names it in errors).
-fn open_log<T: serde::Serialize + Send + 'static>(
+fn open_log<T: drawbridge_telemetry::Line + Send + 'static>(
     target: &AccessLogTarget,
     what: &str,
 ) -> Result<JsonLog<T>, StartError> {

@@ -16,9 +16,11 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 pub mod chain;
+mod line;
 pub mod metrics;
 
 pub use chain::{LineSink, Lines};
+pub use line::Line;
 
 /// The phase of the pipeline that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -298,11 +300,13 @@ impl AuditEvent<'_> {
     }
 }
 
+/// `t` in RFC 3339; `null` for a time RFC 3339 cannot write (before 1970 or past 9999: a
+/// clock gone that wrong is not a reason to lose the event, nor to stop serving).
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     let mut text = [0u8; STAMP];
     match stamp(*t, &mut text) {
         Some(text) => s.serialize_str(text),
-        None => s.serialize_str(&humantime::format_rfc3339_micros(*t).to_string()),
+        None => s.serialize_none(),
     }
 }
 
@@ -316,7 +320,7 @@ thread_local! {
 }
 
 /// `t` as RFC 3339 in UTC with microseconds, as humantime writes it, into `out`; `None`
-/// for a time humantime is left to write (before 1970 or past 9999).
+/// for a time it cannot be written for (before 1970 or past 9999).
 fn stamp(t: SystemTime, out: &mut [u8; STAMP]) -> Option<&str> {
     /// 10000-01-01T00:00:00Z.
     const YEAR_10000: u64 = 253_402_300_800;
@@ -501,7 +505,7 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE));
 }
 
-impl<T: Serialize> JsonLog<T> {
+impl<T: Line> JsonLog<T> {
     /// Starts a writer thread for `sink`.
     pub fn start(sink: Sink) -> std::io::Result<Self> {
         Self::start_keeping(sink, 0)
@@ -591,7 +595,7 @@ impl<T: Serialize> JsonLog<T> {
     /// Serializes `event` into `line`, then appends it to the batch if there is room.
     fn append(&self, line: &mut Vec<u8>, event: &T, ack: Option<Ack>) -> bool {
         line.clear();
-        if serde_json::to_writer(&mut *line, event).is_err() {
+        if event.write_json(line).is_err() {
             return false;
         }
         line.push(b'\n');
@@ -961,8 +965,8 @@ mod tests {
     }
 
     /// Log times are written as humantime writes them, across second, day, year and
-    /// century boundaries, at whole seconds and at the last microsecond; the times the
-    /// cached date does not cover (before 1970, from the year 10000) are left to humantime.
+    /// century boundaries, at whole seconds and at the last microsecond. Times RFC 3339
+    /// cannot write (before 1970, from the year 10000) have no stamp.
     #[test]
     fn timestamps_are_written_as_humantime_writes_them() {
         use std::time::Duration;
@@ -1097,6 +1101,8 @@ mod tests {
             Err(serde::ser::Error::custom("unwritable"))
         }
     }
+
+    impl Line for Unwritable {}
 
     /// An event serialized where it is recorded and failing there is a drop, counted, and
     /// one that must be acknowledged is never acknowledged as written: a required trail
