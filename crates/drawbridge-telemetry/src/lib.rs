@@ -322,18 +322,32 @@ thread_local! {
 /// `t` as RFC 3339 in UTC with microseconds, as humantime writes it, into `out`; `None`
 /// for a time it cannot be written for (before 1970 or past 9999).
 fn stamp(t: SystemTime, out: &mut [u8; STAMP]) -> Option<&str> {
+    if !write_stamp(t, out) {
+        return None;
+    }
+    std::str::from_utf8(out).ok()
+}
+
+/// Writes `t` as [`stamp`] does (ASCII digits and punctuation); false, with nothing
+/// written, for a time it cannot be written for.
+fn write_stamp(t: SystemTime, out: &mut [u8; STAMP]) -> bool {
     /// 10000-01-01T00:00:00Z.
     const YEAR_10000: u64 = 253_402_300_800;
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        return false;
+    };
     let secs = since.as_secs();
     if secs >= YEAR_10000 {
-        return None;
+        return false;
     }
     let (cached, mut date) = SECOND.get();
     if cached != secs {
         let whole = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + since);
         let whole = whole.to_string();
-        date.copy_from_slice(whole.as_bytes().get(..19)?);
+        let Some(whole) = whole.as_bytes().get(..19) else {
+            return false;
+        };
+        date.copy_from_slice(whole);
         SECOND.set((secs, date));
     }
     out[..19].copy_from_slice(&date);
@@ -345,7 +359,7 @@ fn stamp(t: SystemTime, out: &mut [u8; STAMP]) -> Option<&str> {
         micros /= 10;
     }
     out[26] = b'Z';
-    std::str::from_utf8(out).ok()
+    true
 }
 
 /// Where access-log lines are written.

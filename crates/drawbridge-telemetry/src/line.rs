@@ -25,11 +25,25 @@ pub trait Line: Serialize {
 
 impl Line for serde_json::Value {}
 
-/// A JSON object being written into a line.
+/// A field's key as it is written when it opens its object: `"name":`.
+macro_rules! first {
+    ($name:literal) => {
+        concat!("\"", $name, "\":")
+    };
+}
+
+/// A field's key as it is written after another field: `,"name":`.
+macro_rules! then {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
+/// A JSON object being written into a line. Keys come whole, punctuation included (made by
+/// `first!` and `then!`), and the writing methods are inlined where they are called:
+/// each key is then copied as the constant it is.
 struct Object<'a> {
     out: &'a mut Vec<u8>,
-    /// Whether a field was written (the next one is preceded by a comma).
-    fields: bool,
     /// The first error met (serde_json escaping a value into a `Vec` has none to report).
     error: Option<io::Error>,
 }
@@ -37,25 +51,16 @@ struct Object<'a> {
 impl<'a> Object<'a> {
     fn new(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
-        Self {
-            out,
-            fields: false,
-            error: None,
-        }
+        Self { out, error: None }
     }
 
-    /// Starts a field. `key` is one of this module's constants: nothing in it is escaped.
+    #[inline(always)]
     fn key(&mut self, key: &'static str) {
-        debug_assert!(!needs_escape(key.as_bytes()), "{key}");
-        if self.fields {
-            self.out.push(b',');
-        }
-        self.fields = true;
-        self.out.push(b'"');
+        debug_assert!(key.ends_with("\":") && !key[..key.len() - 2].contains('\\'));
         self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     fn str(&mut self, key: &'static str, value: &str) {
         self.key(key);
         if let Err(e) = string(self.out, value) {
@@ -64,6 +69,7 @@ impl<'a> Object<'a> {
     }
 
     /// A field that is `null` when absent.
+    #[inline(always)]
     fn str_or_null(&mut self, key: &'static str, value: Option<&str>) {
         match value {
             Some(v) => self.str(key, v),
@@ -75,32 +81,41 @@ impl<'a> Object<'a> {
     }
 
     /// A field that is left out when absent.
+    #[inline(always)]
     fn str_if(&mut self, key: &'static str, value: Option<&str>) {
         if let Some(v) = value {
             self.str(key, v);
         }
     }
 
+    #[inline(always)]
     fn u64(&mut self, key: &'static str, value: u64) {
         self.key(key);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    #[inline(always)]
     fn u64_if(&mut self, key: &'static str, value: Option<u64>) {
         if let Some(v) = value {
             self.u64(key, v);
         }
     }
 
+    #[inline(always)]
     fn bool(&mut self, key: &'static str, value: bool) {
         self.key(key);
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
+    #[inline(always)]
     fn strs<S: AsRef<str>>(&mut self, key: &'static str, values: &[S]) {
         self.key(key);
+        self.list(values);
+    }
+
+    fn list<S: AsRef<str>>(&mut self, values: &[S]) {
         self.out.push(b'[');
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
@@ -114,16 +129,25 @@ impl<'a> Object<'a> {
     }
 
     /// A list that is left out when empty.
+    #[inline(always)]
     fn strs_if_any<S: AsRef<str>>(&mut self, key: &'static str, values: &[S]) {
         if !values.is_empty() {
             self.strs(key, values);
         }
     }
 
+    /// A time in RFC 3339 (its digits need no escaping), `null` when it has none.
+    #[inline(always)]
     fn time(&mut self, key: &'static str, t: SystemTime) {
+        self.key(key);
         let mut text = [0u8; crate::STAMP];
-        let text = crate::stamp(t, &mut text);
-        self.str_or_null(key, text);
+        if crate::write_stamp(t, &mut text) {
+            self.out.push(b'"');
+            self.out.extend_from_slice(&text);
+            self.out.push(b'"');
+        } else {
+            self.out.extend_from_slice(b"null");
+        }
     }
 
     /// A nested object, written by `fill`.
@@ -189,26 +213,26 @@ impl Phase {
 impl Line for AccessEvent {
     fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
         let mut o = Object::new(out);
-        o.time("time", self.time);
-        o.str("request_id", self.request_id.as_str());
-        o.str_if("trace_id", self.trace_id.as_deref());
-        o.str("listener", &self.listener);
-        o.str_or_null("host", self.host.as_deref());
-        o.str_or_null("route", self.route.as_deref());
-        o.str("client", &self.client);
-        o.str_if("forwarded_for", self.forwarded_for.as_deref());
-        o.str_if("principal", self.principal.as_deref());
-        o.str("method", &self.method);
-        o.str("path", &self.path);
-        o.str("protocol", self.protocol);
-        o.u64("status", self.status.into());
-        o.u64_if("grpc_status", self.grpc_status.map(u64::from));
-        o.u64("bytes_sent", self.bytes_sent);
-        o.u64_if("bytes_received", self.bytes_received);
-        o.str_or_null("upstream", self.upstream.as_deref());
-        o.u64("duration_us", self.duration_us);
-        o.str_if("phase", self.phase.map(Phase::as_str));
-        o.str_if("reason", self.reason.as_deref());
+        o.time(first!("time"), self.time);
+        o.str(then!("request_id"), self.request_id.as_str());
+        o.str_if(then!("trace_id"), self.trace_id.as_deref());
+        o.str(then!("listener"), &self.listener);
+        o.str_or_null(then!("host"), self.host.as_deref());
+        o.str_or_null(then!("route"), self.route.as_deref());
+        o.str(then!("client"), &self.client);
+        o.str_if(then!("forwarded_for"), self.forwarded_for.as_deref());
+        o.str_if(then!("principal"), self.principal.as_deref());
+        o.str(then!("method"), &self.method);
+        o.str(then!("path"), &self.path);
+        o.str(then!("protocol"), self.protocol);
+        o.u64(then!("status"), self.status.into());
+        o.u64_if(then!("grpc_status"), self.grpc_status.map(u64::from));
+        o.u64(then!("bytes_sent"), self.bytes_sent);
+        o.u64_if(then!("bytes_received"), self.bytes_received);
+        o.str_or_null(then!("upstream"), self.upstream.as_deref());
+        o.u64(then!("duration_us"), self.duration_us);
+        o.str_if(then!("phase"), self.phase.map(Phase::as_str));
+        o.str_if(then!("reason"), self.reason.as_deref());
         o.end()
     }
 }
@@ -216,51 +240,51 @@ impl Line for AccessEvent {
 impl Line for AuditEvent<'_> {
     fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
         let mut o = Object::new(out);
-        o.time("time", self.time);
-        o.str("log", self.log);
-        o.str("request_id", &self.request_id);
-        o.str_if("trace_id", self.trace_id.as_deref());
-        o.str("version", &self.version);
-        o.object("principal", |p| principal(p, &self.principal));
-        o.str("action", self.action);
-        o.str("resource", &self.resource);
-        o.str("upstream", &self.upstream);
-        o.str("path", &self.path);
-        o.str("client", &self.client);
-        o.str("decision", self.decision);
-        o.str_if("reason", self.reason.as_deref());
-        o.strs("policies", &self.policies);
-        o.strs_if_any("errors", &self.errors);
+        o.time(first!("time"), self.time);
+        o.str(then!("log"), self.log);
+        o.str(then!("request_id"), &self.request_id);
+        o.str_if(then!("trace_id"), self.trace_id.as_deref());
+        o.str(then!("version"), &self.version);
+        o.object(then!("principal"), |p| principal(p, &self.principal));
+        o.str(then!("action"), self.action);
+        o.str(then!("resource"), &self.resource);
+        o.str(then!("upstream"), &self.upstream);
+        o.str(then!("path"), &self.path);
+        o.str(then!("client"), &self.client);
+        o.str(then!("decision"), self.decision);
+        o.str_if(then!("reason"), self.reason.as_deref());
+        o.strs(then!("policies"), &self.policies);
+        o.strs_if_any(then!("errors"), &self.errors);
         if let Some(s) = &self.shadow {
-            o.object("shadow", |o| shadow(o, s));
+            o.object(then!("shadow"), |o| shadow(o, s));
         }
         if let Some(m) = &self.mfa {
-            o.object("mfa", |o| mfa(o, m));
+            o.object(then!("mfa"), |o| mfa(o, m));
         }
         o.end()
     }
 }
 
 fn principal(o: &mut Object<'_>, p: &AuditPrincipal<'_>) {
-    o.str("id", &p.id);
-    o.str("kind", p.kind);
-    o.str("authenticator", &p.authenticator);
-    o.strs("groups", &p.groups);
+    o.str(first!("id"), &p.id);
+    o.str(then!("kind"), p.kind);
+    o.str(then!("authenticator"), &p.authenticator);
+    o.strs(then!("groups"), &p.groups);
 }
 
 fn shadow(o: &mut Object<'_>, s: &AuditShadow<'_>) {
-    o.str("decision", s.decision);
-    o.strs("policies", &s.policies);
-    o.strs_if_any("errors", &s.errors);
-    o.bool("disagrees", s.disagrees);
+    o.str(first!("decision"), s.decision);
+    o.strs(then!("policies"), &s.policies);
+    o.strs_if_any(then!("errors"), &s.errors);
+    o.bool(then!("disagrees"), s.disagrees);
 }
 
 fn mfa(o: &mut Object<'_>, m: &AuditMfa) {
-    o.strs("required", &m.required);
-    o.u64_if("max_age", m.max_age);
-    o.str_if("presented", m.presented);
-    o.u64_if("age", m.age);
-    o.bool("satisfied", m.satisfied);
+    o.strs(first!("required"), &m.required);
+    o.u64_if(then!("max_age"), m.max_age);
+    o.str_if(then!("presented"), m.presented);
+    o.u64_if(then!("age"), m.age);
+    o.bool(then!("satisfied"), m.satisfied);
 }
 
 #[cfg(test)]
