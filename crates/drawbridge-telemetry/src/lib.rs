@@ -22,9 +22,8 @@ pub mod metrics;
 pub use chain::{LineSink, Lines};
 pub use line::Line;
 
-/// The phase of the pipeline that refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// The phase of the pipeline that refused a request (named in lines by [`Phase::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// The connection itself: a TLS handshake refused (a bad client certificate).
     Accept,
@@ -98,6 +97,12 @@ impl std::fmt::Display for RequestId {
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
