@@ -216,6 +216,13 @@ where
         tokio::select! {
             read = from.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => {
+                    // This side ended between frames just as an ending was asked (an
+                    // upstream that answers the other pump's close frame by closing its
+                    // socket, say): the close frame still goes, before the end.
+                    let asked = *ending.borrow();
+                    if boundary && let Some(e) = asked {
+                        let _ = to.write_all(&close_frame(e, masked)).await;
+                    }
                     let _ = to.shutdown().await;
                     return copied;
                 }
@@ -456,6 +463,53 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A side that ends at the moment an ending is asked: an upstream that closes its
+    /// socket as soon as the other pump's close frame reaches it, raced with the ending.
+    struct EndsWithTheEnding(watch::Sender<Option<Ending>>);
+
+    impl AsyncRead for EndsWithTheEnding {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let _ = self.0.send(Some(Ending {
+                code: 1001,
+                reason: "bye",
+            }));
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A side that ends just as an ending is asked does not take the close frame with it:
+    /// the other side still gets the close frame, then the end (not an end alone, which a
+    /// WebSocket client reads as a reset without the closing handshake).
+    #[tokio::test]
+    async fn an_ending_is_said_when_the_other_side_ends_with_it() {
+        let (end, ending) = watch::channel(None);
+        for masked in [false, true] {
+            let (relay_out, mut client) = tokio::io::duplex(1 << 16);
+            let copied = pump(
+                EndsWithTheEnding(end.clone()),
+                relay_out,
+                masked,
+                ending.clone(),
+            )
+            .await;
+            assert_eq!(copied, 0);
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.expect("read");
+            let mut cursor = Cursor::new(&out[..]);
+            let (header, len) = FrameHeader::parse(&mut cursor)
+                .expect("parse")
+                .expect("a close frame, whole");
+            assert_eq!(header.opcode, OpCode::Control(Control::Close));
+            assert_eq!(header.mask.is_some(), masked);
+            assert_eq!(cursor.position() as usize + len as usize, out.len());
+            let _ = end.send(None);
+        }
     }
 
     /// Walks `input` in chunks of `cut` bytes as the relay does, asking for an ending once

@@ -244,7 +244,11 @@ async fn closes_within(
             Ok(Some(Ok(Message::Close(frame)))) => {
                 return Some((start.elapsed(), frame.map(|f| u16::from(f.code))));
             }
-            Ok(None) | Ok(Some(Err(_))) => return Some((start.elapsed(), None)),
+            Ok(ended @ (None | Some(Err(_)))) => {
+                // Said, for a failure to show how the tunnel ended without a close frame.
+                eprintln!("tunnel ended without a close frame: {ended:?}");
+                return Some((start.elapsed(), None));
+            }
             Ok(Some(Ok(_))) => {}
         }
     }
@@ -533,14 +537,17 @@ async fn draining_closes_tunnels_with_going_away() {
     let started = std::time::Instant::now();
     bin.signal("TERM");
     let ended = closes_within(&mut ws, std::time::Duration::from_secs(5)).await;
-    assert!(
-        ended.is_some_and(|(_, code)| code == Some(1001)),
-        "{ended:?}\n{}",
-        bin.log()
-    );
+    let log = bin.stderr.clone();
     let status = tokio::task::spawn_blocking(move || bin.child.wait().expect("wait"))
         .await
         .expect("join");
+    // The process's whole log, for a failure to show: its stderr is read to its end.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(
+        ended.is_some_and(|(_, code)| code == Some(1001)),
+        "{ended:?}\n{log}"
+    );
     assert!(status.success());
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
