@@ -67,9 +67,31 @@ fn compile_next(shared: &Shared) -> Result<String, ReloadError> {
 /// How long events must stop before a reload: editors and ConfigMap swaps write in steps.
 const SETTLE: Duration = Duration::from_millis(200);
 
-/// Reloads `proxy` on SIGHUP and, when its configuration says `watch`, when a file it is
-/// made of changes. Runs until the process ends.
-pub async fn run(proxy: Arc<Proxy>) {
+/// SIGHUP as a stream, registered by the process before it listens: a hangup while it
+/// starts is a reload once [`run`] runs, not the signal's default action (which ends the
+/// process).
+#[cfg(unix)]
+pub type Hangups = tokio::signal::unix::Signal;
+/// No hangups where there are no Unix signals.
+#[cfg(not(unix))]
+pub type Hangups = std::convert::Infallible;
+
+/// SIGHUP registered now; `None` (and a warning) when it cannot be.
+pub fn hangups() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP"))
+            .ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads `proxy` on each of `hangups` and, when its configuration says `watch`, when a
+/// file it is made of changes. Runs until the process ends.
+pub async fn run(proxy: Arc<Proxy>, hangups: Option<Hangups>) {
     let (tx, mut rx) = mpsc::channel::<&'static str>(16);
     let mut watched = if proxy.watches() {
         Watched::start(&proxy, tx.clone())
@@ -77,19 +99,16 @@ pub async fn run(proxy: Arc<Proxy>) {
         None
     };
     #[cfg(unix)]
-    {
+    if let Some(mut hup) = hangups {
         let tx = tx.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP");
-                return;
-            };
             while hup.recv().await.is_some() {
                 let _ = tx.send("SIGHUP").await;
             }
         });
     }
+    #[cfg(not(unix))]
+    let _ = hangups;
     if watched.is_some() {
         // A change made between loading the config and installing the watcher would go
         // unnoticed until the next one: look once now.

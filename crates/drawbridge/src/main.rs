@@ -314,6 +314,7 @@ async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitC
     // Every connection is a descriptor: take all the hard limit allows (the soft limit is
     // often 1,024). At the limit, idle connections make room for new ones.
     let descriptors = rlimit::increase_nofile_limit(u64::MAX);
+    let mut signals = Signals::register();
     let proxy = match Proxy::start_with(&config, inherited).await {
         Ok(p) => p,
         Err(e) => {
@@ -328,10 +329,13 @@ async fn serve(config: PathBuf, inherited: drawbridge_proxy::Inherited) -> ExitC
     // Ready: to systemd (`Type=notify`), or to the process this one replaces.
     let notify = notify::Notify::from_env();
     notify.ready();
-    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone()));
-    let stop = wait_for_stop();
+    tokio::spawn(drawbridge_proxy::reload::run(
+        proxy.clone(),
+        signals.hangups.take(),
+    ));
+    let mut upgrades = signals.upgrades();
+    let stop = signals.stopped();
     tokio::pin!(stop);
-    let mut upgrades = upgrade_signals();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -375,52 +379,78 @@ fn start_error(e: &drawbridge_proxy::StartError) -> String {
     }
 }
 
-/// SIGUSR2s, one message each: each asks for an upgrade. Never one where there are no
-/// such signals.
-fn upgrade_signals() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+/// The signals a server answers, registered before it listens: one that arrives while it
+/// starts is answered once it runs. Unregistered, a signal takes its default action, and for
+/// each of these that ends the process at once: SIGTERM and SIGINT without draining,
+/// SIGHUP (a reload) and SIGUSR2 (an upgrade) where nothing should end at all.
+pub(crate) struct Signals {
+    /// SIGHUP, for the reloader.
+    pub(crate) hangups: Option<drawbridge_proxy::reload::Hangups>,
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::user_defined2()) {
-            Ok(mut usr2) => {
-                tokio::spawn(async move {
-                    while usr2.recv().await.is_some() {
-                        // One upgrade at a time: a signal during one is dropped.
-                        let _ = tx.try_send(());
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGUSR2; upgrades are off"),
-        }
-    }
-    #[cfg(not(unix))]
-    drop(tx);
-    rx
+    stop: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    #[cfg(unix)]
+    upgrade: Option<tokio::signal::unix::Signal>,
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
+impl Signals {
+    /// Registers them all now.
+    pub(crate) fn register() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let stop = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM and SIGINT; Ctrl-C stops");
+                    None
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            let upgrade = signal(SignalKind::user_defined2())
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot listen for SIGUSR2; upgrades are off"),
+                )
+                .ok();
+            Signals {
+                hangups: drawbridge_proxy::reload::hangups(),
+                stop,
+                upgrade,
             }
         }
+        #[cfg(not(unix))]
+        Signals {
+            hangups: drawbridge_proxy::reload::hangups(),
+        }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// One message per SIGUSR2, dropped while one waits (one upgrade at a time).
+    fn upgrades(&mut self) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        #[cfg(unix)]
+        if let Some(mut usr2) = self.upgrade.take() {
+            tokio::spawn(async move {
+                while usr2.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        #[cfg(not(unix))]
+        drop(tx);
+        rx
+    }
+
+    /// Resolves on SIGTERM or SIGINT (Ctrl-C where those cannot be listened for).
+    pub(crate) async fn stopped(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.stop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

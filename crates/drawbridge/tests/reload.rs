@@ -354,3 +354,37 @@ async fn a_reload_applies_a_new_connection_cap() {
     assert!(busy().await.is_none(), "one at a time");
     drop(e);
 }
+
+/// The signals the binary answers are answered from the moment it listens: a SIGHUP sent as
+/// soon as it says so does not end it (its default action would), and a SIGTERM right after
+/// drains it: it exits on its own, having said so, not killed.
+/// Repeated, because a process that registers its signals late loses this race only now
+/// and then.
+#[tokio::test]
+async fn signals_sent_as_soon_as_it_listens_are_answered() {
+    use std::os::unix::process::ExitStatusExt;
+    let up = RecordingUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("drawbridge.toml");
+    std::fs::write(&path, two_routes(&up.url(), "").text()).expect("write");
+    for round in 0..10 {
+        let mut bin = Binary::serve(&path);
+        for sig in ["HUP", "TERM"] {
+            bin.signal(sig);
+        }
+        let log = bin.stderr.clone();
+        let status = tokio::task::spawn_blocking(move || bin.child.wait().expect("wait"))
+            .await
+            .expect("join");
+        // Its stderr read to the end, for the assertions and a failure to show.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(
+            status.signal(),
+            None,
+            "round {round}: killed by a signal\n{log}"
+        );
+        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(log.contains("stopped"), "round {round}: {log}");
+    }
+}

@@ -294,6 +294,7 @@ identity_headers = true
     );
     dir.write("demo.cedar", DEMO_POLICIES)?;
     let path = dir.write("drawbridge.toml", &config)?;
+    let mut signals = crate::Signals::register();
     let proxy = Proxy::start(&path).await.map_err(|e| match &e {
         drawbridge_proxy::StartError::Io { source, .. }
             if source.kind() == std::io::ErrorKind::AddrInUse =>
@@ -303,7 +304,10 @@ identity_headers = true
         _ => e.to_string(),
     })?;
     // Edits to the demo's files apply as they do for `serve`; SIGHUP reloads.
-    tokio::spawn(drawbridge_proxy::reload::run(proxy.clone()));
+    tokio::spawn(drawbridge_proxy::reload::run(
+        proxy.clone(),
+        signals.hangups.take(),
+    ));
     let addr = proxy.addr("demo").unwrap_or(listen);
     eprintln!(
         r#"
@@ -395,7 +399,7 @@ Stop with Ctrl-C; the demo's directory is removed then.
             .collect::<Vec<_>>()
             .join("\n  "),
     );
-    crate::wait_for_stop().await;
+    signals.stopped().await;
     proxy.shutdown().await;
     drop(dir);
     Ok(())
