@@ -332,7 +332,8 @@ FLOOR_DUTIES_PID=$!
 taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_TLS_PORT" "127.0.0.1:$UP_PORT" "$WORK/tls.crt" "$WORK/tls.key" & pids+=($!)
 FLOOR_TLS_PID=$!
 # The floor of the full path: the TLS floor that also checks the token, asks the policies and
-# writes an audit and an access line, the least way on the same crates.
+# writes an audit and an access line saying what Drawbridge's say, the least way on the same
+# crates.
 taskset -c "$SERVER_CPU" "$ROOT/target/release/drawbridge-floor" "127.0.0.1:$FLOOR_FULL_PORT" "127.0.0.1:$UP_PORT" "$WORK/tls.crt" "$WORK/tls.key" \
   "$WORK/jwks.json" "$WORK/policies.cedar" "$WORK/logs/floor-full" "$ISS" & pids+=($!)
 FLOOR_FULL_PID=$!
@@ -524,7 +525,7 @@ for conns in ["32", "256"]:
               "buffered access log. Drawbridge: TLS + cached RS256 JWT + 100 Cedar policies + access log and audit trail to files. "
               "floor-tls: the floor behind rustls, the least a TLS listener on hyper and rustls can do. "
               "floor-full: floor-tls that also checks the cached RS256 JWT, asks the same 100 policies and writes a "
-              "hash-chained audit line and an access line, the least way on the crates Drawbridge uses):\n")
+              "hash-chained audit line and an access line with what Drawbridge's say, the least way on the crates Drawbridge uses):\n")
         print("| path | requests/s | p50 ms | p99 ms | non-2xx | vs nginx TLS | vs floor TLS | vs nginx full | CPU µs/request |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         f = {t: median_run("throughput", t, conns) for t in full}

@@ -11,8 +11,12 @@
 //! Every decision is an audit line (JSON, each line carrying the SHA-256 of the one before
 //! it) and every answer an access line (JSON), written where they happen into 64 KiB
 //! buffers that go to their files when full and every second (nginx's `buffer=` and
-//! `flush=`): no hand-over to another thread. Nothing else: no request id, no header rules,
-//! no metrics.
+//! `flush=`): no hand-over to another thread. The lines say what Drawbridge's say (a request
+//! id shared by the two, the configuration's version, the caller with its kind,
+//! authenticator and groups, the route, the upstream, the client's address and port, the
+//! policies that decided; the host, protocol, bytes and duration of the answer), so that the
+//! floor hashes and writes as much as Drawbridge does for the same request. Nothing else: no
+//! header rules, no metrics.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -41,12 +45,52 @@ struct Claims {
 /// A caller a token admitted, kept by the token's text.
 pub struct Caller {
     sub: String,
+    /// `rs256:` and the subject, as the access line names a caller.
+    named: String,
+    groups: Vec<String>,
     exp: u64,
     principal: EntityUid,
     /// The caller and its groups; the route and its upstream are added per decision.
     entities: Vec<Entity>,
-    /// Per route: whether the policies allow reading it, and writing it, once asked.
-    decisions: Mutex<HashMap<String, [Option<bool>; 2]>>,
+    /// Per route: whether the policies allow reading it, and writing it, and the policies
+    /// that decided, once asked.
+    decisions: Mutex<HashMap<String, [Option<Decided>; 2]>>,
+}
+
+/// The policies' answer for a caller, route and action.
+type Decided = (bool, Arc<[String]>);
+
+/// What a request asks, as its records name it.
+pub struct Asked {
+    id: String,
+    method: http::Method,
+    host: Option<String>,
+    path: String,
+    protocol: &'static str,
+    client: Arc<str>,
+}
+
+impl Asked {
+    /// The request's id (a per-process prefix and a count), its target and its client.
+    pub fn of<B>(req: &http::Request<B>, client: &Arc<str>, gate: &Gate) -> Asked {
+        let n = gate.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Asked {
+            id: format!("{}{n:016x}", gate.id_prefix),
+            method: req.method().clone(),
+            host: req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned),
+            path: req.uri().path().to_owned(),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            client: client.clone(),
+        }
+    }
 }
 
 /// The two logs, and the audit chain's last link.
@@ -69,6 +113,13 @@ pub struct Gate {
     write: EntityUid,
     upstream: EntityUid,
     logs: Arc<Mutex<Logs>>,
+    /// Request ids: this prefix, then a count.
+    id_prefix: String,
+    ids: std::sync::atomic::AtomicU64,
+    /// The policies' version, as Drawbridge's lines carry the configuration's.
+    version: String,
+    /// Where requests go, as the access line names it.
+    upstream_url: String,
 }
 
 fn uid(kind: &str, id: &str) -> std::io::Result<EntityUid> {
@@ -80,7 +131,13 @@ fn uid(kind: &str, id: &str) -> std::io::Result<EntityUid> {
 impl Gate {
     /// Keys from `jwks`, policies from `policies`, logs written to `dir`; tokens must be
     /// issued by `issuer` for the audience `bench`.
-    pub fn new(jwks: &str, policies: &str, dir: &str, issuer: &str) -> std::io::Result<Self> {
+    pub fn new(
+        jwks: &str,
+        policies: &str,
+        dir: &str,
+        issuer: &str,
+        upstream_url: String,
+    ) -> std::io::Result<Self> {
         let set: JwkSet =
             serde_json::from_str(&std::fs::read_to_string(jwks)?).map_err(std::io::Error::other)?;
         let mut keys = HashMap::new();
@@ -92,9 +149,19 @@ impl Gate {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&["bench"]);
-        let policies: PolicySet = std::fs::read_to_string(policies)?
-            .parse()
-            .map_err(std::io::Error::other)?;
+        let text = std::fs::read_to_string(policies)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        let mut hex = [0u8; 64];
+        let version = base16ct::lower::encode_str(&digest.as_ref()[..16], &mut hex)
+            .unwrap_or("")
+            .to_owned();
+        let mut prefix = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut prefix).map_err(|_| std::io::Error::other("no randomness"))?;
+        let mut hex = [0u8; 16];
+        let id_prefix = base16ct::lower::encode_str(&prefix, &mut hex)
+            .unwrap_or("")
+            .to_owned();
+        let policies: PolicySet = text.parse().map_err(std::io::Error::other)?;
         std::fs::create_dir_all(dir)?;
         let logs = Arc::new(Mutex::new(Logs {
             audit: open(&Path::new(dir).join("audit.jsonl"))?,
@@ -126,23 +193,25 @@ impl Gate {
             write: uid("Action", "write")?,
             upstream: uid("Upstream", "upstream")?,
             logs,
+            id_prefix,
+            ids: std::sync::atomic::AtomicU64::new(0),
+            version,
+            upstream_url,
         })
     }
 
-    /// The caller, when its token is good and the policies let it `method` `path`; the
-    /// status to answer with otherwise. The decision is audited.
-    pub fn admit(
-        &self,
-        headers: &HeaderMap,
-        method: &http::Method,
-        path: &str,
-    ) -> Result<Arc<Caller>, StatusCode> {
+    /// The caller, when its token is good and the policies let it do what `asked` asks;
+    /// the status to answer with otherwise. The decision is audited.
+    pub fn admit(&self, headers: &HeaderMap, asked: &Asked) -> Result<Arc<Caller>, StatusCode> {
         let caller = self.caller(headers).ok_or(StatusCode::UNAUTHORIZED)?;
         let read = matches!(
-            *method,
+            asked.method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
         );
-        let allow = self.allows(&caller, read, path).unwrap_or(false);
+        let route = route_of(&asked.path);
+        let (allow, policies) = self
+            .allows(&caller, read, route)
+            .unwrap_or_else(|| (false, Arc::from([])));
         let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let mut logs = lock(&self.logs);
         let Logs {
@@ -160,10 +229,22 @@ impl Gate {
                 seq: *seq,
                 prev: base16ct::lower::encode_str(&prev[..], &mut prev_hex).unwrap_or(""),
                 time,
-                principal: &caller.sub,
-                action: method.as_str(),
-                path,
+                log: "audit",
+                request_id: &asked.id,
+                version: &self.version,
+                principal: AuditPrincipal {
+                    id: &caller.sub,
+                    kind: "user",
+                    authenticator: "rs256",
+                    groups: &caller.groups,
+                },
+                action: asked.method.as_str(),
+                resource: route,
+                upstream: "upstream",
+                path: &asked.path,
+                client: &asked.client,
                 decision: if allow { "allow" } else { "deny" },
+                policies: &policies,
             },
         );
         line.push(b'\n');
@@ -178,9 +259,17 @@ impl Gate {
         }
     }
 
-    /// Records an answer.
-    pub fn answered(&self, caller: Option<&Caller>, path: &str, status: StatusCode) {
+    /// Records an answer: `sent` body bytes, `started` when the request arrived.
+    pub fn answered(
+        &self,
+        caller: Option<&Caller>,
+        asked: &Asked,
+        status: StatusCode,
+        sent: u64,
+        started: std::time::Instant,
+    ) {
         let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let admitted = caller.is_some();
         let mut logs = lock(&self.logs);
         let Logs { access, line, .. } = &mut *logs;
         line.clear();
@@ -188,9 +277,19 @@ impl Gate {
             &mut *line,
             &AccessLine {
                 time,
-                principal: caller.map(|c| c.sub.as_str()),
-                path,
+                request_id: &asked.id,
+                listener: "full",
+                host: asked.host.as_deref(),
+                route: admitted.then(|| route_of(&asked.path)),
+                client: &asked.client,
+                principal: caller.map(|c| c.named.as_str()),
+                method: asked.method.as_str(),
+                path: &asked.path,
+                protocol: asked.protocol,
                 status: status.as_u16(),
+                bytes_sent: sent,
+                upstream: admitted.then_some(self.upstream_url.as_str()),
+                duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             },
         );
         line.push(b'\n');
@@ -235,7 +334,9 @@ impl Gate {
         ];
         entities.extend(groups.into_iter().map(Entity::with_uid));
         let caller = Arc::new(Caller {
+            named: format!("rs256:{}", claims.sub),
             sub: claims.sub,
+            groups: claims.groups,
             exp: claims.exp,
             principal,
             entities,
@@ -245,11 +346,10 @@ impl Gate {
         (caller.exp > now).then_some(caller)
     }
 
-    fn allows(&self, caller: &Caller, read: bool, path: &str) -> Option<bool> {
-        let route = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    fn allows(&self, caller: &Caller, read: bool, route: &str) -> Option<Decided> {
         let known = lock(&caller.decisions)
             .get(route)
-            .and_then(|d| d[usize::from(read)]);
+            .and_then(|d| d[usize::from(read)].clone());
         if known.is_some() {
             return known;
         }
@@ -274,15 +374,26 @@ impl Gate {
             None,
         )
         .ok()?;
-        let allow = self
+        let answer = self
             .authorizer
-            .is_authorized(&request, &self.policies, &entities)
-            .decision()
-            == Decision::Allow;
+            .is_authorized(&request, &self.policies, &entities);
+        let decided: Decided = (
+            answer.decision() == Decision::Allow,
+            answer
+                .diagnostics()
+                .reason()
+                .map(ToString::to_string)
+                .collect(),
+        );
         lock(&caller.decisions).entry(route.to_owned()).or_default()[usize::from(read)] =
-            Some(allow);
-        Some(allow)
+            Some(decided.clone());
+        Some(decided)
     }
+}
+
+/// The route a path names: its first segment.
+fn route_of(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -304,16 +415,41 @@ struct AuditLine<'a> {
     seq: u64,
     prev: &'a str,
     time: String,
-    principal: &'a str,
+    log: &'static str,
+    request_id: &'a str,
+    version: &'a str,
+    principal: AuditPrincipal<'a>,
     action: &'a str,
+    resource: &'a str,
+    upstream: &'static str,
     path: &'a str,
+    client: &'a str,
     decision: &'static str,
+    policies: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct AuditPrincipal<'a> {
+    id: &'a str,
+    kind: &'static str,
+    authenticator: &'static str,
+    groups: &'a [String],
 }
 
 #[derive(serde::Serialize)]
 struct AccessLine<'a> {
     time: String,
+    request_id: &'a str,
+    listener: &'static str,
+    host: Option<&'a str>,
+    route: Option<&'a str>,
+    client: &'a str,
     principal: Option<&'a str>,
+    method: &'a str,
     path: &'a str,
+    protocol: &'static str,
     status: u16,
+    bytes_sent: u64,
+    upstream: Option<&'a str>,
+    duration_us: u64,
 }

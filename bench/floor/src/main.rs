@@ -139,6 +139,8 @@ struct Serving {
     duties: Option<Arc<duties::Duties>>,
     /// The client's address as a header value, made once per connection.
     peer: http::HeaderValue,
+    /// The client's address and port, for the full path's records.
+    client: Arc<str>,
 }
 
 async fn proxy(
@@ -150,6 +152,7 @@ async fn proxy(
         gate,
         duties,
         peer,
+        client,
     } = serving;
     busy(pool.work);
     if let Some(duties) = duties {
@@ -158,15 +161,17 @@ async fn proxy(
     let Some(gate) = gate else {
         return forward(pool, req).await;
     };
-    let path = req.uri().path().to_owned();
-    match gate.admit(req.headers(), req.method(), &path) {
+    let started = Instant::now();
+    let asked = full::Asked::of(&req, &client, &gate);
+    match gate.admit(req.headers(), &asked) {
         Ok(caller) => {
             let res = forward(pool, req).await?;
-            gate.answered(Some(&caller), &path, res.status());
+            let sent = res.body().size_hint().exact().unwrap_or(0);
+            gate.answered(Some(&caller), &asked, res.status(), sent, started);
             Ok(res)
         }
         Err(status) => {
-            gate.answered(None, &path, status);
+            gate.answered(None, &asked, status, 0, started);
             Ok(refusal(status))
         }
     }
@@ -287,9 +292,13 @@ fn main() -> std::io::Result<()> {
     let rest: Vec<String> = args.collect();
     let gate = match rest.as_slice() {
         [] => None,
-        [jwks, policies, dir, issuer] if tls.is_some() => {
-            Some(Arc::new(full::Gate::new(jwks, policies, dir, issuer)?))
-        }
+        [jwks, policies, dir, issuer] if tls.is_some() => Some(Arc::new(full::Gate::new(
+            jwks,
+            policies,
+            dir,
+            issuer,
+            format!("http://{upstream}"),
+        )?)),
         _ => return Err(usage()),
     };
     let work =
@@ -326,6 +335,7 @@ fn main() -> std::io::Result<()> {
                     duties: duties.clone(),
                     peer: http::HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(http::HeaderValue::from_static("unknown")),
+                    client: Arc::from(peer.to_string()),
                 };
                 match &tls {
                     None => {
