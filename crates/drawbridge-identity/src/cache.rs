@@ -20,6 +20,16 @@ pub(crate) struct TokenCache {
     cache: quick_cache::sync::Cache<Box<str>, Entry>,
 }
 
+/// What the token cache knows of a token.
+pub(crate) enum Known {
+    /// Verified, and valid now: its principal.
+    Valid(Arc<Principal>),
+    /// Verified, and expired since.
+    Expired,
+    /// Not verified with the current keys, or not valid yet.
+    Unknown,
+}
+
 #[derive(Clone)]
 struct Entry {
     principal: Arc<Principal>,
@@ -39,14 +49,30 @@ impl TokenCache {
 
     /// The principal of a token verified before, if it is still within its validity and
     /// was verified with the current keys.
+    #[cfg(test)]
     pub(crate) fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Principal>> {
-        let e = self.cache.get(token)?;
-        if e.generation == generation && now >= e.valid_from && now <= e.valid_until {
-            Some(e.principal)
-        } else {
-            // Expired, or verified with keys since replaced: never again.
+        match self.known(token, now, generation) {
+            Known::Valid(p) => Some(p),
+            Known::Expired | Known::Unknown => None,
+        }
+    }
+
+    /// What is known of `token` at `now` under the keys of `generation`. A token verified
+    /// with these keys whose `exp` (and leeway) has passed stays known as expired: time only
+    /// goes one way, and refusing it again costs a lookup, not a signature check (a client
+    /// that keeps sending its expired token costs what a valid one does). Verified with keys
+    /// since replaced, or not valid yet: forgotten, and verified afresh if it comes again.
+    pub(crate) fn known(&self, token: &str, now: u64, generation: u64) -> Known {
+        let Some(e) = self.cache.get(token) else {
+            return Known::Unknown;
+        };
+        if e.generation != generation || now < e.valid_from {
             self.cache.remove(token);
-            None
+            Known::Unknown
+        } else if now > e.valid_until {
+            Known::Expired
+        } else {
+            Known::Valid(e.principal)
         }
     }
 
@@ -238,19 +264,37 @@ mod tests {
         assert!(cache.get(&token(1499), 1, 1).is_some());
     }
 
-    /// An expired token, or one verified with replaced keys, is a miss (and gone).
+    /// An expired token, or one verified with replaced keys, is a miss; one verified with
+    /// replaced keys or not valid yet is gone, an expired one stays known as expired (for as
+    /// long as the keys that verified it stay).
     #[test]
     fn validity_and_generation_decide() {
         let cache = TokenCache::new(10);
         let p = Arc::new(Principal::anonymous());
         cache.insert("t", p.clone(), (100, 200), 7, 150);
         assert!(cache.get("t", 150, 7).is_some());
+        assert!(
+            cache.get("t", 200, 7).is_some(),
+            "valid through its last second"
+        );
         assert!(cache.get("t", 99, 7).is_none(), "not yet valid");
+        assert!(matches!(cache.known("t", 150, 7), Known::Unknown), "gone");
         cache.insert("t", p.clone(), (100, 200), 7, 150);
         assert!(cache.get("t", 150, 8).is_none(), "other keys");
         assert!(cache.get("t", 150, 7).is_none(), "removed once stale");
         cache.insert("t", p, (100, 200), 7, 150);
         assert!(cache.get("t", 201, 7).is_none(), "expired");
+        for now in [201, 202, u64::MAX] {
+            assert!(matches!(cache.known("t", now, 7), Known::Expired), "{now}");
+        }
+        assert!(
+            matches!(cache.known("t", 201, 8), Known::Unknown),
+            "other keys"
+        );
+        assert!(
+            matches!(cache.known("t", 201, 7), Known::Unknown),
+            "gone with them"
+        );
     }
 
     fn caller(id: &str, groups: &[&str]) -> Arc<Principal> {

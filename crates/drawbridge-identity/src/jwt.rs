@@ -12,7 +12,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use crate::cache::TokenCache;
+use crate::cache::{Known, TokenCache};
 use crate::error::{BuildError, Refusal};
 use crate::jwks::{FetchSettings, KeySource};
 use crate::principal::{AuthMethod, Factor, Principal};
@@ -89,17 +89,35 @@ impl JwtAuthenticator {
 
     /// The principal of a token verified earlier and still valid, without any other work.
     pub fn cached(&self, token: &str) -> Option<Arc<Principal>> {
-        let cache = self.cache.as_ref()?;
-        let p = cache.get(token, crate::unix_now(), self.keys.generation())?;
-        self.keys.usable().ok()?;
-        self.keys.refresh_if_due();
-        Some(p)
+        match self.known(token) {
+            Known::Valid(p) => Some(p),
+            Known::Expired | Known::Unknown => None,
+        }
+    }
+
+    /// What the cache knows of `token`: valid (while the keys are usable), expired since it
+    /// was verified, or nothing.
+    fn known(&self, token: &str) -> Known {
+        let Some(cache) = self.cache.as_ref() else {
+            return Known::Unknown;
+        };
+        match cache.known(token, crate::unix_now(), self.keys.generation()) {
+            Known::Valid(_) if self.keys.usable().is_err() => Known::Unknown,
+            Known::Valid(p) => {
+                self.keys.refresh_if_due();
+                Known::Valid(p)
+            }
+            other => other,
+        }
     }
 
     /// Verifies `token` fully and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Refusal> {
-        if let Some(p) = self.cached(token) {
-            return Ok(p);
+        match self.known(token) {
+            Known::Valid(p) => return Ok(p),
+            // Verified before and expired since: refused as verifying it again would.
+            Known::Expired => return Err(Refusal::Expired),
+            Known::Unknown => {}
         }
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::TooLong(MAX_TOKEN_BYTES));
