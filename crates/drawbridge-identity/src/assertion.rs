@@ -156,8 +156,12 @@ impl Minter {
             return Ok(v);
         }
         let v = self.sign(principal, audience, None)?;
-        let refresh_after =
-            (now + self.config.lifetime.as_secs() / 2).min(self.expiry(principal, now));
+        // Reused while half its lifetime remains, never past the credential's end. A
+        // credential already past its end (admitted within its authenticator's leeway) gets
+        // an assertion that expires with it: one made again would say no more, so it is
+        // made at most once a second, not for every request.
+        let refresh_after = (now + self.config.lifetime.as_secs() / 2)
+            .min(self.expiry(principal, now).max(now + 1));
         self.minted
             .insert(principal, audience.into(), (v.clone(), refresh_after));
         Ok(v)

@@ -104,3 +104,34 @@ fn an_assertion_never_outlives_the_credential() {
         assert_eq!(exp_of(&a), now + 5, "per_request {per_request}");
     }
 }
+
+/// A caller admitted within its authenticator's leeway, its credential's `exp` already
+/// past: its assertion expires with the credential (never later), and is reused within the
+/// second, not signed again for every request.
+#[test]
+fn a_credential_past_its_end_is_not_signed_for_on_every_request() {
+    let m = minter(false);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let started = now();
+    let mut p = Arc::unwrap_or_clone(principal(&["eng"]));
+    p.expires_at = Some(started - 5);
+    let p = Arc::new(p);
+    // Two in the same second (a second that turns between them is tried again).
+    for _ in 0..5 {
+        let before = now();
+        let a = m.assertion(&p, "orders", "r1").unwrap();
+        let b = m.assertion(&p, "orders", "r2").unwrap();
+        if now() != before {
+            continue;
+        }
+        assert_eq!(exp_of(&a), started - 5);
+        assert_eq!(a, b, "signed again within the second");
+        return;
+    }
+    panic!("no two assertions made within one second in five tries");
+}
