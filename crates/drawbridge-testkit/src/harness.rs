@@ -223,6 +223,8 @@ pub struct Binary {
     pub addr: SocketAddr,
     /// What it wrote to stderr so far.
     pub stderr: Arc<std::sync::Mutex<String>>,
+    /// The thread reading its stderr, done once the pipe closes.
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Binary {
@@ -262,7 +264,7 @@ impl Binary {
         let (tx, rx) = std::sync::mpsc::channel();
         let pipe = child.stderr.take().expect("stderr");
         let log = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 if let Some(addr) = line
                     .split("address=")
@@ -290,7 +292,24 @@ impl Binary {
             child,
             addr,
             stderr,
+            reader,
         }
+    }
+
+    /// Waits for it to exit on its own: how it ended, and its whole stderr (read to the
+    /// pipe's end, or to what came within two seconds of the exit when a process it started
+    /// still holds the pipe).
+    pub async fn exited(mut self) -> (std::process::ExitStatus, String) {
+        tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().expect("wait");
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while !self.reader.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (status, self.log())
+        })
+        .await
+        .expect("join")
     }
 
     /// Sends it `sig` (`HUP`, `TERM`, `USR2`...).

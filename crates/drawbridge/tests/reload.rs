@@ -368,17 +368,11 @@ async fn signals_sent_as_soon_as_it_listens_are_answered() {
     let path = dir.path().join("drawbridge.toml");
     std::fs::write(&path, two_routes(&up.url(), "").text()).expect("write");
     for round in 0..10 {
-        let mut bin = Binary::serve(&path);
+        let bin = Binary::serve(&path);
         for sig in ["HUP", "TERM"] {
             bin.signal(sig);
         }
-        let log = bin.stderr.clone();
-        let status = tokio::task::spawn_blocking(move || bin.child.wait().expect("wait"))
-            .await
-            .expect("join");
-        // Its stderr read to the end, for the assertions and a failure to show.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+        let (status, log) = bin.exited().await;
         assert_eq!(
             status.signal(),
             None,

@@ -525,7 +525,7 @@ async fn draining_closes_tunnels_with_going_away() {
         .text(),
     )
     .expect("write");
-    let mut bin = Binary::serve(&path);
+    let bin = Binary::serve(&path);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", bin.addr))
         .await
         .expect("upgrade");
@@ -537,13 +537,8 @@ async fn draining_closes_tunnels_with_going_away() {
     let started = std::time::Instant::now();
     bin.signal("TERM");
     let ended = closes_within(&mut ws, std::time::Duration::from_secs(5)).await;
-    let log = bin.stderr.clone();
-    let status = tokio::task::spawn_blocking(move || bin.child.wait().expect("wait"))
-        .await
-        .expect("join");
-    // The process's whole log, for a failure to show: its stderr is read to its end.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    // The process's whole log, for a failure to show.
+    let (status, log) = bin.exited().await;
     assert!(
         ended.is_some_and(|(_, code)| code == Some(1001)),
         "{ended:?}\n{log}"
