@@ -96,9 +96,9 @@ impl Edits {
 /// The routes one listener serves, indexed for lookup.
 #[derive(Default)]
 pub struct RouteTable {
-    exact_hosts: HashMap<String, HostRoutes>,
-    /// Longest suffix first.
-    suffix_hosts: Vec<(String, HostRoutes)>,
+    exact_hosts: Map<HostRoutes>,
+    /// By `.suffix`: the one a host falls under is the longest of its own that begin at a dot.
+    suffix_hosts: Map<HostRoutes>,
     any_host: Option<HostRoutes>,
 }
 
@@ -112,35 +112,72 @@ pub enum Match<'a> {
     NotFound,
 }
 
+/// The routes under one host pattern, indexed so that a lookup costs a few hash probes
+/// (one per segment of the path) however many routes there are, not a scan of them.
 #[derive(Default)]
 struct HostRoutes {
-    exact: HashMap<String, Vec<Arc<RouteEntry>>>,
+    exact: Map<Vec<Arc<RouteEntry>>>,
     /// Exact paths with `{name}` segments, most specific first.
     exact_patterns: Vec<(PathMatch, Vec<Arc<RouteEntry>>)>,
-    /// Prefixes, literal or with `{name}` segments, most specific (longest) first.
-    prefixes: Vec<(PathMatch, Vec<Arc<RouteEntry>>)>,
+    /// Literal prefixes by their text: the one that takes a path is the longest of the
+    /// path's own prefixes that end at a segment boundary.
+    prefixes: Map<Vec<Arc<RouteEntry>>>,
+    /// Prefixes with `{name}` segments, most specific first.
+    prefix_patterns: Vec<Pattern>,
 }
+
+/// A prefix with `{name}` segments and its routes.
+struct Pattern {
+    path: PathMatch,
+    /// How many segments it has, to weigh it against the longest literal prefix.
+    segments: usize,
+    routes: Vec<Arc<RouteEntry>>,
+}
+
+/// Routes by path text. The keys are the configuration's; a request's path is only ever
+/// looked up.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 impl HostRoutes {
     fn add(&mut self, r: &Arc<RouteEntry>) {
         let path = &r.config.path;
-        let list = match path {
+        match path {
             PathMatch::Exact(p) if !path.is_pattern() => {
                 self.exact.entry(p.clone()).or_default().push(r.clone());
-                return;
             }
-            PathMatch::Exact(_) => &mut self.exact_patterns,
-            PathMatch::Prefix(_) => &mut self.prefixes,
-        };
-        match list.iter_mut().find(|(k, _)| k.shape() == path.shape()) {
-            Some((_, v)) => v.push(r.clone()),
-            None => list.push((path.clone(), vec![r.clone()])),
+            PathMatch::Prefix(p) if !path.is_pattern() => {
+                self.prefixes.entry(p.clone()).or_default().push(r.clone());
+            }
+            PathMatch::Exact(_) => {
+                match self
+                    .exact_patterns
+                    .iter_mut()
+                    .find(|(k, _)| k.shape() == path.shape())
+                {
+                    Some((_, v)) => v.push(r.clone()),
+                    None => self.exact_patterns.push((path.clone(), vec![r.clone()])),
+                }
+            }
+            PathMatch::Prefix(_) => {
+                match self
+                    .prefix_patterns
+                    .iter_mut()
+                    .find(|p| p.path.shape() == path.shape())
+                {
+                    Some(p) => p.routes.push(r.clone()),
+                    None => self.prefix_patterns.push(Pattern {
+                        path: path.clone(),
+                        segments: path.specificity().0.0,
+                        routes: vec![r.clone()],
+                    }),
+                }
+            }
         }
     }
 
     fn sort(&mut self) {
         self.exact_patterns.sort_by_key(|(p, _)| p.specificity());
-        self.prefixes.sort_by_key(|(p, _)| p.specificity());
+        self.prefix_patterns.sort_by_key(|p| p.path.specificity());
     }
 
     /// The routes of the most specific path that takes `path`.
@@ -155,16 +192,43 @@ impl HostRoutes {
         {
             return Some(v);
         }
-        self.exact_patterns
+        if let Some((_, v)) = self
+            .exact_patterns
             .iter()
-            .chain(&self.prefixes)
-            .find(|(p, _)| match p {
-                PathMatch::Prefix(literal) if !p.is_pattern() => {
-                    drawbridge_config::prefix_matches(literal, path)
-                }
-                _ => p.capture(path).is_some(),
-            })
-            .map(|(_, v)| v)
+            .find(|(p, _)| p.capture(path).is_some())
+        {
+            return Some(v);
+        }
+        let literal = self.longest_prefix(path);
+        let pattern = self
+            .prefix_patterns
+            .iter()
+            .find(|p| p.path.capture(path).is_some());
+        match (literal, pattern) {
+            // More segments is more specific; at as many, a literal segment beats a
+            // parameter, so the literal prefix wins.
+            (Some((segments, v)), Some(p)) if segments >= p.segments => Some(v),
+            (_, Some(p)) => Some(&p.routes),
+            (Some((_, v)), None) => Some(v),
+            (None, None) => None,
+        }
+    }
+
+    /// The longest literal prefix that takes `path` (the path itself, or a part of it that a
+    /// `/` follows, or `/`), with its number of segments.
+    fn longest_prefix(&self, path: &str) -> Option<(usize, &Vec<Arc<RouteEntry>>)> {
+        if self.prefixes.is_empty() {
+            return None;
+        }
+        let mut end = path.len();
+        while end > 1 {
+            let candidate = &path[..end];
+            if let Some(v) = self.prefixes.get(candidate) {
+                return Some((candidate.bytes().filter(|&b| b == b'/').count(), v));
+            }
+            end = candidate.rfind('/').unwrap_or(0);
+        }
+        self.prefixes.get("/").map(|v| (0, v))
     }
 }
 
@@ -176,30 +240,30 @@ impl RouteTable {
             let bucket = match &r.config.host {
                 HostMatch::Any => t.any_host.get_or_insert_with(HostRoutes::default),
                 HostMatch::Exact(h) => t.exact_hosts.entry(h.clone()).or_default(),
-                HostMatch::Suffix(s) => {
-                    let key = format!(".{s}");
-                    match t.suffix_hosts.iter().position(|(k, _)| *k == key) {
-                        Some(i) => &mut t.suffix_hosts[i].1,
-                        None => {
-                            t.suffix_hosts.push((key, HostRoutes::default()));
-                            let last = t.suffix_hosts.len() - 1;
-                            &mut t.suffix_hosts[last].1
-                        }
-                    }
-                }
+                HostMatch::Suffix(s) => t.suffix_hosts.entry(format!(".{s}")).or_default(),
             };
             bucket.add(&r);
         }
-        t.suffix_hosts.sort_by_key(|h| std::cmp::Reverse(h.0.len()));
         for hr in t
             .exact_hosts
             .values_mut()
-            .chain(t.suffix_hosts.iter_mut().map(|(_, h)| h))
+            .chain(t.suffix_hosts.values_mut())
             .chain(t.any_host.as_mut())
         {
             hr.sort();
         }
         t
+    }
+
+    /// The routes of the longest `*.suffix` that `host` falls under (with at least one label
+    /// before it).
+    fn suffix_host(&self, host: &str) -> Option<&HostRoutes> {
+        if self.suffix_hosts.is_empty() {
+            return None;
+        }
+        host.match_indices('.')
+            .filter(|&(i, _)| i > 0)
+            .find_map(|(i, _)| self.suffix_hosts.get(&host[i..]))
     }
 
     /// Finds the route for a request. `host` is lower-case without port; `path` normalised.
@@ -213,12 +277,7 @@ impl RouteTable {
         let hosts = self
             .exact_hosts
             .get(host)
-            .or_else(|| {
-                self.suffix_hosts
-                    .iter()
-                    .find(|(s, _)| host.ends_with(s.as_str()) && host.len() > s.len())
-                    .map(|(_, h)| h)
-            })
+            .or_else(|| self.suffix_host(host))
             .or(self.any_host.as_ref());
         let Some(hosts) = hosts else {
             return Match::NotFound;
@@ -314,6 +373,112 @@ mod tests {
         ];
         for (host, path, method, want) in cases {
             assert_eq!(route(&s, host, path, method), want, "{method} {host}{path}");
+        }
+    }
+
+    /// The indexed lookup picks what a scan of every route in order of specificity picks:
+    /// more segments first, a literal segment before a parameter where they differ.
+    #[test]
+    fn prefixes_are_weighed_as_a_scan_in_order_of_specificity_would() {
+        let prefixes = [
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/a/{x}",
+            "/a/{x}/c",
+            "/{x}",
+            "/{x}/b",
+            "/{x}/b/c/d",
+            "/{x}/{y}/c",
+            "/ab",
+            "/a-b",
+            "/v1/orders",
+        ];
+        let s = table(
+            &prefixes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| r(&format!("p{i}"), &format!("prefix = \"{p}\"")))
+                .collect::<String>(),
+        );
+        let mut by_specificity: Vec<PathMatch> = prefixes
+            .iter()
+            .map(|p| PathMatch::Prefix((*p).to_string()))
+            .collect();
+        by_specificity.sort_by_key(PathMatch::specificity);
+        let paths = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b",
+            "/a/b/",
+            "/a/b/c",
+            "/a/b/c/d",
+            "/a/b/c/d/e",
+            "/a/z",
+            "/a/z/c",
+            "/a/z/c/d",
+            "/a/z/y",
+            "/z",
+            "/z/b",
+            "/z/b/c",
+            "/z/b/c/d",
+            "/z/y/c",
+            "/z/y/c/d",
+            "/ab",
+            "/ab/c",
+            "/abc",
+            "/a-b",
+            "/a-b/c",
+            "/v1",
+            "/v1/orders",
+            "/v1/orders/7",
+            "/v1/ordersx",
+            "//",
+            "//a",
+            "/a//b",
+            "",
+        ];
+        for path in paths {
+            let want = by_specificity
+                .iter()
+                .find(|m| m.matches(path))
+                .map(|m| {
+                    let i = prefixes
+                        .iter()
+                        .position(|p| *p == m.text())
+                        .expect("listed");
+                    format!("p{i}")
+                })
+                .unwrap_or_else(|| "404".into());
+            assert_eq!(route(&s, "h.test", path, "GET"), want, "{path:?}");
+        }
+    }
+
+    #[test]
+    fn the_longest_host_suffix_with_a_label_before_it_wins() {
+        let s = table(
+            &[
+                r("wild", "host = \"*.example.com\"\nprefix = \"/\""),
+                r("eu", "host = \"*.eu.example.com\"\nprefix = \"/\""),
+                r("other", "host = \"*.com\"\nprefix = \"/\""),
+            ]
+            .concat(),
+        );
+        let cases = [
+            ("a.eu.example.com", "eu"),
+            ("a.b.eu.example.com", "eu"),
+            ("eu.example.com", "wild"),
+            ("x.y.example.com", "wild"),
+            ("example.com", "other"),
+            ("com", "404"),
+            (".com", "404"),
+            ("a.eu.example.org", "404"),
+            ("a..example.com", "wild"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(route(&s, host, "/", "GET"), want, "{host}");
         }
     }
 
