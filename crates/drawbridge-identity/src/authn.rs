@@ -168,7 +168,7 @@ pub enum Scheme {
 }
 
 /// What a request offers as proof of identity, taken from its headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Credentials<'a> {
     /// The request's headers, for authenticators with a header of their own.
     pub headers: &'a HeaderMap,
@@ -178,6 +178,9 @@ pub struct Credentials<'a> {
     pub api_key: Option<&'a str>,
     /// The client certificate the connection presented, verified by the listener.
     pub client_cert: Option<&'a ClientCert>,
+    /// The principal of the bearer token, when the cache of the authenticator it names
+    /// holds it valid.
+    known: Option<(&'a Authenticator, Arc<Principal>)>,
 }
 
 impl<'a> Credentials<'a> {
@@ -185,11 +188,23 @@ impl<'a> Credentials<'a> {
     /// unambiguously (two `Authorization` headers, a `Bearer` scheme without a token) make
     /// the request malformed.
     pub fn from_headers(headers: &'a HeaderMap) -> Result<Self, AuthError> {
+        Self::for_authenticators(headers, &[])
+    }
+
+    /// Reads the credentials in `headers` for `authenticators`, as [`Self::from_headers`]
+    /// does, except that a bearer token one of their caches holds as valid is not checked
+    /// byte by byte again: it was, before it was verified and cached (a hit is equal to it
+    /// byte for byte). Its principal is kept for [`authenticate`], which then costs nothing.
+    pub fn for_authenticators(
+        headers: &'a HeaderMap,
+        authenticators: &'a [Arc<Authenticator>],
+    ) -> Result<Self, AuthError> {
         let mut creds = Self {
             headers,
             bearer: None,
             api_key: None,
             client_cert: None,
+            known: None,
         };
         let mut auth = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = auth.next() else {
@@ -218,12 +233,16 @@ impl<'a> Credentials<'a> {
             // Another scheme: not a credential this gateway reads.
             return Ok(creds);
         }
-        if rest.is_empty() || !all_token68(rest) {
-            return Err(AuthError::Malformed("Bearer credentials are not a token"));
+        let not_a_token = AuthError::Malformed("Bearer credentials are not a token");
+        // A token68 is ASCII: bytes that are not UTF-8 are not one.
+        let token = std::str::from_utf8(rest).map_err(|_| not_a_token.clone())?;
+        creds.known = authenticators.iter().find_map(|a| match &**a {
+            Authenticator::Jwt(j) => j.cached(token).map(|p| (&**a, p)),
+            _ => None,
+        });
+        if creds.known.is_none() && (rest.is_empty() || !all_token68(rest)) {
+            return Err(not_a_token);
         }
-        // token68 is ASCII, so this cannot fail; refusing is the safe answer if it did.
-        let token = std::str::from_utf8(rest)
-            .map_err(|_| AuthError::Malformed("Bearer credentials are not a token"))?;
         creds.bearer = Some(token);
         Ok(creds)
     }
@@ -268,7 +287,14 @@ pub async fn authenticate(
     authenticators: &[Arc<Authenticator>],
     creds: &Credentials<'_>,
 ) -> Result<Arc<Principal>, AuthError> {
-    // A token seen before costs one lookup.
+    // A token seen before costs one lookup, done when the credentials were read for these
+    // authenticators, or here.
+    // Only from one of these: credentials read for other authenticators admit nobody here.
+    if let Some((by, p)) = &creds.known
+        && authenticators.iter().any(|a| std::ptr::eq(&**a, *by))
+    {
+        return Ok(p.clone());
+    }
     if let Some(token) = creds.bearer {
         for a in authenticators {
             if let Authenticator::Jwt(j) = &**a

@@ -518,6 +518,75 @@ async fn verified_tokens_are_cached_until_they_expire() {
     assert!(uncached.cached(&t).is_none());
 }
 
+/// Headers with `Authorization: Bearer <token>`.
+fn bearer(token: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    let value = format!("Bearer {token}");
+    h.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&value).expect("header value"),
+    );
+    h
+}
+
+/// A token an authenticator verified before is known by its bytes when credentials are
+/// read for it, admits only through that authenticator, and anything that is not those
+/// bytes is read as strictly as ever.
+#[tokio::test]
+async fn a_cached_token_admits_only_through_the_authenticator_that_verified_it() {
+    use drawbridge_identity::{AuthError, Authenticator, Credentials, authenticate};
+    use std::sync::Arc;
+    let k = keys();
+    let corp = Arc::new(Authenticator::Jwt(authenticator(&k)));
+    let mut cfg = config(&jwks(&[&k.rsa, &k.ec, &k.ed]));
+    cfg.issuer = "https://other.test/".into();
+    let other = Arc::new(Authenticator::Jwt(
+        JwtAuthenticator::new("other", &cfg).unwrap(),
+    ));
+    let route = [corp.clone()];
+    let t = k.ec.sign(&claims());
+    let headers = bearer(&t);
+
+    let first = Credentials::for_authenticators(&headers, &route).expect("a token");
+    let verified = authenticate(&route, &first).await.expect("admitted");
+    let known = Credentials::for_authenticators(&headers, &route).expect("a token");
+    let again = authenticate(&route, &known).await.expect("admitted");
+    assert!(Arc::ptr_eq(&verified, &again), "the cached principal");
+
+    // Read for `corp`, asked of `other`: `other` checks the token itself, and its issuer is
+    // not the one `other` trusts.
+    let elsewhere = [other.clone()];
+    match authenticate(&elsewhere, &known).await {
+        Err(AuthError::Invalid(Refusal::Issuer(_))) => {}
+        outcome => panic!("admitted through another authenticator: {outcome:?}"),
+    }
+
+    // The cached token with anything added, or cut, is no token68 or no cached token.
+    for bad in [
+        format!("{t}\""),
+        format!("{t} x"),
+        format!("{t},"),
+        format!("\"{t}\""),
+        format!("{t}%"),
+    ] {
+        let h = bearer(&bad);
+        assert!(
+            matches!(
+                Credentials::for_authenticators(&h, &route),
+                Err(AuthError::Malformed(_))
+            ),
+            "{bad:?} read as a token"
+        );
+    }
+    let cut = &t[..t.len() - 1];
+    let h = bearer(cut);
+    let creds = Credentials::for_authenticators(&h, &route).expect("still a token68");
+    assert!(
+        authenticate(&route, &creds).await.is_err(),
+        "a cut signature"
+    );
+}
+
 #[test]
 fn the_issuer_is_read_without_trusting_it() {
     let k = keys();

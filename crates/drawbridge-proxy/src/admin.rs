@@ -151,7 +151,7 @@ async fn guard(
         .iter()
         .filter_map(|&i| snapshot.authenticators.get(i).cloned())
         .collect();
-    let admitted = match Credentials::from_headers(req.headers()) {
+    let admitted = match Credentials::for_authenticators(req.headers(), &authenticators) {
         Ok(creds) => {
             drawbridge_identity::authenticate(
                 &authenticators,

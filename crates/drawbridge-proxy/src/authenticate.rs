@@ -31,8 +31,9 @@ pub async fn caller(
     }
     let refused = |e| ProxyError::Unauthenticated(e, Schemes::of(&route.authenticators));
     // Credentials are read the same way whoever checks them: an ambiguous one is refused
-    // before any authenticator sees it.
-    let creds = Credentials::from_headers(headers).map_err(refused)?;
+    // before any authenticator sees it (a token the route's authenticators verified before
+    // is known by its bytes).
+    let creds = Credentials::for_authenticators(headers, &route.authenticators).map_err(refused)?;
     let principal = match proof {
         Proof::Presented { client_cert } => {
             drawbridge_identity::authenticate(
