@@ -54,7 +54,7 @@ pub struct Caller {
     entities: Vec<Entity>,
     /// Per route: whether the policies allow reading it, and writing it, and the policies
     /// that decided, once asked.
-    decisions: Mutex<HashMap<String, [Option<Decided>; 2]>>,
+    decisions: Mutex<Map<[Option<Decided>; 2]>>,
 }
 
 /// The policies' answer for a caller, route and action.
@@ -102,11 +102,14 @@ struct Logs {
     line: Vec<u8>,
 }
 
+/// Per-request maps, keyed by token or route, with the hasher Drawbridge's caches use.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// The checks and the logs of the full path.
 pub struct Gate {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
-    cache: Mutex<HashMap<String, Arc<Caller>>>,
+    cache: Mutex<Map<Arc<Caller>>>,
     policies: PolicySet,
     authorizer: Authorizer,
     read: EntityUid,
@@ -186,7 +189,7 @@ impl Gate {
         Ok(Self {
             keys,
             validation,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Map::default()),
             policies,
             authorizer: Authorizer::new(),
             read: uid("Action", "read")?,
@@ -340,7 +343,7 @@ impl Gate {
             exp: claims.exp,
             principal,
             entities,
-            decisions: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(Map::default()),
         });
         lock(&self.cache).insert(token.to_owned(), caller.clone());
         (caller.exp > now).then_some(caller)
