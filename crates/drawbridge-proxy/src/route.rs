@@ -261,8 +261,10 @@ impl RouteTable {
         if self.suffix_hosts.is_empty() {
             return None;
         }
-        host.match_indices('.')
-            .filter(|&(i, _)| i > 0)
+        host.bytes()
+            .enumerate()
+            .skip(1)
+            .filter(|&(_, b)| b == b'.')
             .find_map(|(i, _)| self.suffix_hosts.get(&host[i..]))
     }
 
