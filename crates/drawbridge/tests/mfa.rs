@@ -295,9 +295,15 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 /// Enrols the signed-in person from the enrolment page: the QR code must encode the URI
-/// the secret on the page makes; a first code from `otpauth` confirms it. Returns the URI
-/// and the recovery codes.
-async fn enrol(m: &Mfa, b: &mut Browser, i: usize, label: &str) -> (String, Vec<String>) {
+/// the secret on the page makes; a first code from `otpauth` confirms it. Returns the URI,
+/// the recovery codes, and the code that confirmed it with the one of the step before (both
+/// spent from then on, however much later they are tried).
+async fn enrol(
+    m: &Mfa,
+    b: &mut Browser,
+    i: usize,
+    label: &str,
+) -> (String, Vec<String>, [String; 2]) {
     let page = b
         .navigate(&m.url(i, "/.drawbridge/mfa/enrol?rd=%2Fhome"))
         .await;
@@ -338,7 +344,7 @@ async fn enrol(m: &Mfa, b: &mut Browser, i: usize, label: &str) -> (String, Vec<
         "the QR code is not the URI {uri}"
     );
     early_in_a_step().await;
-    let code = codes(&uri, &[-30]).remove(0);
+    let [before, code]: [String; 2] = codes(&uri, &[-60, -30]).try_into().expect("two codes");
     let csrf = page.input("csrf").expect("csrf");
     let done = b
         .submit(
@@ -361,7 +367,7 @@ async fn enrol(m: &Mfa, b: &mut Browser, i: usize, label: &str) -> (String, Vec<
         .map(str::to_string)
         .collect();
     assert_eq!(recovery.len(), 10, "{}", done.body);
-    (uri, recovery)
+    (uri, recovery, [before, code])
 }
 
 /// Waits until the current 30-second step has at least ten seconds left, so codes computed
@@ -449,7 +455,7 @@ async fn a_person_enrols_totp_and_steps_up_per_route_method_and_parameter() {
         "nothing reaches the upstream before the factor"
     );
 
-    let (uri, recovery) = enrol(&m, &mut b, 0, "alice@corp.test").await;
+    let (uri, recovery, spent) = enrol(&m, &mut b, 0, "alice@corp.test").await;
     // Enrolled and proved: the route lets the person through, and the upstream is told.
     let page = b.navigate(&m.url(0, "/secure/report?x=1")).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
@@ -466,13 +472,15 @@ async fn a_person_enrols_totp_and_steps_up_per_route_method_and_parameter() {
         "the session cookie never reaches the upstream"
     );
 
-    // The code that confirmed enrolment is spent; so is every code of an earlier step.
+    // The code that confirmed enrolment is spent; so is every code of an earlier step (the
+    // two taken when it was made: a step may have begun since, so codes counted from now
+    // would not be those).
+    for code in &spent {
+        let again = verify(&m, &mut b, 0, code, "/home").await;
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.body);
+    }
     early_in_a_step().await;
-    let [prev, current, next, far] = codes(&uri, &[-30, 0, 30, 60])
-        .try_into()
-        .expect("four codes");
-    let again = verify(&m, &mut b, 0, &prev, "/home").await;
-    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.body);
+    let [current, next, far] = codes(&uri, &[0, 30, 60]).try_into().expect("three codes");
     // Two steps away: refused.
     let far_off = verify(&m, &mut b, 0, &far, "/home").await;
     assert_eq!(far_off.status, StatusCode::UNAUTHORIZED);
@@ -624,7 +632,7 @@ async fn a_stale_factor_asks_again_and_a_form_is_never_replayed() {
 
     // Enrolled, the same form submission gets the code form, which returns to the form's
     // page (never to the POST).
-    let (uri, _) = enrol(&m, &mut b, 0, "alice@corp.test").await;
+    let (uri, _, _) = enrol(&m, &mut b, 0, "alice@corp.test").await;
     // The enrolment proved a factor: wait it out of the refund policy's reach? No: make it
     // stale by a session without one: sign in again (a new session, no factor).
     b.cookies.clear();
@@ -829,7 +837,7 @@ async fn failed_attempts_lock_the_account_and_one_code_admits_one_request() {
     let m = setup(1, None).await;
     let mut alice = m.browser(0);
     sign_in(&m, &mut alice, 0, "alice", "/home").await;
-    let (uri, alice_recovery) = enrol(&m, &mut alice, 0, "alice@corp.test").await;
+    let (uri, alice_recovery, _) = enrol(&m, &mut alice, 0, "alice@corp.test").await;
 
     // Twenty requests with one valid code at once: exactly one is admitted. Each request
     // carries the same session; the one that succeeds moves it to a new id.
@@ -880,7 +888,7 @@ async fn failed_attempts_lock_the_account_and_one_code_admits_one_request() {
     // Bob: five wrong codes, then the sixth is refused even when right, and the seventh.
     let mut bob = m.browser(0);
     sign_in(&m, &mut bob, 0, "bob", "/home").await;
-    let (bob_uri, bob_recovery) = enrol(&m, &mut bob, 0, "bob@elsewhere.test").await;
+    let (bob_uri, bob_recovery, _) = enrol(&m, &mut bob, 0, "bob@elsewhere.test").await;
     for _ in 0..5 {
         let r = verify(&m, &mut bob, 0, "000000", "/home").await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -929,7 +937,7 @@ async fn two_instances_sharing_redis_share_codes_and_limits() {
     let m = setup(2, Some(redis.url())).await;
     let mut a = m.browser(0);
     sign_in(&m, &mut a, 0, "alice", "/home").await;
-    let (uri, _) = enrol(&m, &mut a, 0, "alice@corp.test").await;
+    let (uri, _, _) = enrol(&m, &mut a, 0, "alice@corp.test").await;
     // The same person on the other instance (same session, same store).
     let mut b = m.browser(1);
     b.set_cookie(
