@@ -449,6 +449,21 @@ PY
     done
   done
 done
+# The cached JWT route against the public route in alternating 1 s windows: the machine's
+# swings between the 5-10 s windows above move one target and not the other; here both
+# share every swing. Requests summed over ALT windows of each.
+ALT=${ALT:-10}
+if [[ " ${TARGETS[*]} " == *" drawbridge-jwt-rs256 "* ]] && [ "$ALT" -gt 0 ]; then
+  mapfile -t H < <(hdr drawbridge-jwt-rs256)
+  served() { awk '/requests in/ {print $1}'; }
+  for c in 32 256; do
+    for _ in $(seq "$ALT"); do
+      a=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d1s "${URL[drawbridge]}" | served)
+      b=$(taskset -c "$LOADGEN_CPU" wrk -t1 -c"$c" -d1s "${H[@]}" "${URL[drawbridge-jwt-rs256]}" | served)
+      printf 'alternating\tdrawbridge-jwt-rs256\t%s\t%s\t%s\n' "$c" "$a" "$b" >> "$RAW"
+    done
+  done
+fi
 for t in "${TARGETS[@]}"; do
   case "${URL[$t]}" in https:*) continue ;; esac   # hey checks certificates: plain HTTP only
   mapfile -t H < <(hdr "$t")
@@ -549,6 +564,13 @@ for conns in ["32", "256"]:
         print()
         print("Per repeat, requests/s vs the public route, lowest to highest: " + "; ".join(
             per_repeat(t.removeprefix("drawbridge-"), t, "drawbridge", conns, 3) for t in jwt) + "\n")
+        alt = [r for r in rows if r[0] == "alternating" and r[2] == conns]
+        if alt:
+            ratios = sorted(int(r[4]) / int(r[3]) for r in alt)
+            print(f"Alternating 1 s windows ({len(alt)} of each): jwt-rs256 served "
+                  f"{sum(int(r[4]) for r in alt) / sum(int(r[3]) for r in alt):.2f} of the public route's requests; "
+                  f"window pairs {ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f} "
+                  "(lowest / median / highest)\n")
         pairs = [(t, t.removesuffix("-authz")) for t in jwt if t.endswith("-authz") and t.removesuffix("-authz") in jwt]
         if pairs:
             print(f"Authorization's cost, {conns} connections (the same JWT route with and without its policies):\n")
