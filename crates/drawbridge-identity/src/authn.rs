@@ -236,10 +236,7 @@ impl<'a> Credentials<'a> {
         let not_a_token = AuthError::Malformed("Bearer credentials are not a token");
         // A token68 is ASCII: bytes that are not UTF-8 are not one.
         let token = std::str::from_utf8(rest).map_err(|_| not_a_token.clone())?;
-        creds.known = authenticators.iter().find_map(|a| match &**a {
-            Authenticator::Jwt(j) => j.cached(token).map(|p| (&**a, p)),
-            _ => None,
-        });
+        creds.known = cached(authenticators, token);
         if creds.known.is_none() && (rest.is_empty() || !all_token68(rest)) {
             return Err(not_a_token);
         }
@@ -280,6 +277,18 @@ fn all_token68(s: &[u8]) -> bool {
     })
 }
 
+/// The principal of `token` when the cache of one of `authenticators` holds it valid, with
+/// that authenticator.
+fn cached<'a>(
+    authenticators: &'a [Arc<Authenticator>],
+    token: &str,
+) -> Option<(&'a Authenticator, Arc<Principal>)> {
+    authenticators.iter().find_map(|a| match &**a {
+        Authenticator::Jwt(j) => j.cached(token).map(|p| (&**a, p)),
+        _ => None,
+    })
+}
+
 /// Tries `authenticators` in order against `creds`; the first that admits the caller
 /// decides. When none does, the refusal of the first credential that was checked is
 /// returned, or [`AuthError::Missing`] when the request carried none any of them reads.
@@ -295,14 +304,8 @@ pub async fn authenticate(
     {
         return Ok(p.clone());
     }
-    if let Some(token) = creds.bearer {
-        for a in authenticators {
-            if let Authenticator::Jwt(j) = &**a
-                && let Some(p) = j.cached(token)
-            {
-                return Ok(p);
-            }
-        }
+    if let Some((_, p)) = creds.bearer.and_then(|token| cached(authenticators, token)) {
+        return Ok(p);
     }
     let mut refusal = None;
     // With several issuers, a token's (unverified) `iss` picks the rules that verify it,
