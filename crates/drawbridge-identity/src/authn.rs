@@ -172,8 +172,9 @@ pub enum Scheme {
 pub struct Credentials<'a> {
     /// The request's headers, for authenticators with a header of their own.
     pub headers: &'a HeaderMap,
-    /// The token of an `Authorization: Bearer` header.
-    pub bearer: Option<&'a str>,
+    /// The token of an `Authorization: Bearer` header: token68 (so ASCII), checked byte by
+    /// byte or equal to a token a cache holds, which was.
+    bearer: Option<&'a [u8]>,
     /// The key of an `Authorization: ApiKey` header.
     pub api_key: Option<&'a str>,
     /// The client certificate the connection presented, verified by the listener.
@@ -233,15 +234,23 @@ impl<'a> Credentials<'a> {
             // Another scheme: not a credential this gateway reads.
             return Ok(creds);
         }
-        let not_a_token = AuthError::Malformed("Bearer credentials are not a token");
-        // A token68 is ASCII: bytes that are not UTF-8 are not one.
-        let token = std::str::from_utf8(rest).map_err(|_| not_a_token.clone())?;
-        creds.known = cached(authenticators, token);
+        creds.known = cached(authenticators, rest);
         if creds.known.is_none() && (rest.is_empty() || !all_token68(rest)) {
-            return Err(not_a_token);
+            return Err(AuthError::Malformed("Bearer credentials are not a token"));
         }
-        creds.bearer = Some(token);
+        creds.bearer = Some(rest);
         Ok(creds)
+    }
+
+    /// The token of an `Authorization: Bearer` header.
+    pub fn bearer(&self) -> Option<&'a str> {
+        // Always text: token68 is ASCII.
+        self.bearer.and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// Whether the request carries an `Authorization: Bearer` token.
+    pub fn has_bearer(&self) -> bool {
+        self.bearer.is_some()
     }
 }
 
@@ -281,7 +290,7 @@ fn all_token68(s: &[u8]) -> bool {
 /// that authenticator.
 fn cached<'a>(
     authenticators: &'a [Arc<Authenticator>],
-    token: &str,
+    token: &[u8],
 ) -> Option<(&'a Authenticator, Arc<Principal>)> {
     authenticators.iter().find_map(|a| match &**a {
         Authenticator::Jwt(j) => j.cached(token).map(|p| (&**a, p)),
@@ -319,12 +328,14 @@ pub async fn authenticate(
     // unknown) is kilobytes of state every request's future would otherwise carry.
     for a in authenticators {
         let outcome = match &**a {
-            Authenticator::Jwt(j) if issuers == 1 => match creds.bearer {
+            Authenticator::Jwt(j) if issuers == 1 => match creds.bearer() {
                 Some(token) => Some(Box::pin(j.verify(token)).await),
                 None => continue,
             },
             Authenticator::Jwt(j) => {
-                let Some(token) = creds.bearer else { continue };
+                let Some(token) = creds.bearer() else {
+                    continue;
+                };
                 match issuer.get_or_insert_with(|| peek_issuer(token)) {
                     Err(r) => Some(Err(r.clone())),
                     Ok(iss) if iss == j.issuer() => Some(Box::pin(j.verify(token)).await),
@@ -354,9 +365,7 @@ pub async fn authenticate(
             iss.chars().take(128).collect(),
         ))),
         // A credential no authenticator of the route reads: say which, not "none".
-        _ if creds.bearer.is_some() => {
-            Err(AuthError::Invalid(Refusal::NotAccepted("a bearer token")))
-        }
+        _ if creds.has_bearer() => Err(AuthError::Invalid(Refusal::NotAccepted("a bearer token"))),
         _ if creds.api_key.is_some() => Err(AuthError::Invalid(Refusal::NotAccepted("an API key"))),
         _ => Err(AuthError::Missing),
     }
@@ -373,7 +382,7 @@ mod tests {
             http::HeaderValue::from_bytes(value).expect("header value"),
         );
         let c = Credentials::from_headers(&h)?;
-        Ok((c.bearer.map(String::from), c.api_key.map(String::from)))
+        Ok((c.bearer().map(String::from), c.api_key.map(String::from)))
     }
 
     #[test]
@@ -406,6 +415,7 @@ mod tests {
             b"Bearer a b",
             b"Bearer a,b",
             b"Bearer t\xc3\xb6k",
+            b"Bearer \xff\xfe",
             b"Bearer \"abc\"",
             b"ApiKey ",
             b"ApiKey a\xc3\xb6",

@@ -14,10 +14,49 @@ use std::sync::Arc;
 use crate::principal::Principal;
 
 /// Verified tokens, kept until they expire so a caller's next request costs a lookup
-/// instead of a signature check. Keyed by the whole token: two tokens that differ anywhere
-/// are two entries.
+/// instead of a signature check. Keyed by the whole token's bytes (looked up before they
+/// are read as text): two tokens that differ anywhere are two entries.
 pub(crate) struct TokenCache {
-    cache: quick_cache::sync::Cache<Box<str>, Entry>,
+    cache: quick_cache::sync::Cache<TokenKey, Entry>,
+}
+
+/// A held token: equal to another only byte for byte, hashed by its length and its last
+/// [`HASHED_TAIL`] bytes. Only verified tokens are held, and a signed token ends in its
+/// signature: the tail tells apart any two a signer made, where hashing the rest too (a
+/// header and claims much alike from caller to caller) would only take longer. Tokens sent
+/// ending alike make nothing slower but their own lookups: none of them is held unless its
+/// signer made it.
+#[derive(PartialEq, Eq)]
+struct TokenKey(Box<[u8]>);
+
+/// A token looked up, borrowed from the request.
+struct TokenProbe<'a>(&'a [u8]);
+
+/// How many of a token's last bytes its hash reads: 192 bits of an RS256, ES256 or EdDSA
+/// signature in base64url.
+const HASHED_TAIL: usize = 32;
+
+fn hash_token<H: Hasher>(token: &[u8], h: &mut H) {
+    h.write_usize(token.len());
+    h.write(&token[token.len().saturating_sub(HASHED_TAIL)..]);
+}
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_token(&self.0, h);
+    }
+}
+
+impl Hash for TokenProbe<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        hash_token(self.0, h);
+    }
+}
+
+impl quick_cache::Equivalent<TokenKey> for TokenProbe<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        *self.0 == *key.0
+    }
 }
 
 /// What the token cache knows of a token.
@@ -50,7 +89,7 @@ impl TokenCache {
     /// The principal of a token verified before, if it is still within its validity and
     /// was verified with the current keys.
     #[cfg(test)]
-    pub(crate) fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Principal>> {
+    pub(crate) fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<Arc<Principal>> {
         match self.known(token, now, generation) {
             Known::Valid(p) => Some(p),
             Known::Expired | Known::Unknown => None,
@@ -62,12 +101,12 @@ impl TokenCache {
     /// goes one way, and refusing it again costs a lookup, not a signature check (a client
     /// that keeps sending its expired token costs what a valid one does). Verified with keys
     /// since replaced, or not valid yet: forgotten, and verified afresh if it comes again.
-    pub(crate) fn known(&self, token: &str, now: u64, generation: u64) -> Known {
-        let Some(e) = self.cache.get(token) else {
+    pub(crate) fn known(&self, token: &[u8], now: u64, generation: u64) -> Known {
+        let Some(e) = self.cache.get(&TokenProbe(token)) else {
             return Known::Unknown;
         };
         if e.generation != generation || now < e.valid_from {
-            self.cache.remove(token);
+            self.cache.remove(&TokenProbe(token));
             Known::Unknown
         } else if now > e.valid_until {
             Known::Expired
@@ -78,14 +117,14 @@ impl TokenCache {
 
     pub(crate) fn insert(
         &self,
-        token: &str,
+        token: &[u8],
         principal: Arc<Principal>,
         valid: (u64, u64),
         generation: u64,
         _now: u64,
     ) {
         self.cache.insert(
-            token.into(),
+            TokenKey(token.into()),
             Entry {
                 principal,
                 valid_from: valid.0,
@@ -250,49 +289,83 @@ mod tests {
             )
         };
         for i in 0..1000 {
-            cache.insert(&token(i), p.clone(), (0, u64::MAX), 1, 0);
+            cache.insert(token(i).as_bytes(), p.clone(), (0, u64::MAX), 1, 0);
         }
         assert!(cache.len() >= 900, "{}", cache.len());
         for i in 1000..1500 {
-            cache.insert(&token(i), p.clone(), (0, u64::MAX), 1, 0);
+            cache.insert(token(i).as_bytes(), p.clone(), (0, u64::MAX), 1, 0);
         }
         let held = (0..1500)
-            .filter(|&i| cache.get(&token(i), 1, 1).is_some())
+            .filter(|&i| cache.get(token(i).as_bytes(), 1, 1).is_some())
             .count();
         assert!((800..=1100).contains(&held), "{held} held");
         // The newest are there: a full cache did not start over.
-        assert!(cache.get(&token(1499), 1, 1).is_some());
+        assert!(cache.get(token(1499).as_bytes(), 1, 1).is_some());
     }
 
     /// An expired token, or one verified with replaced keys, is a miss; one verified with
     /// replaced keys or not valid yet is gone, an expired one stays known as expired (for as
     /// long as the keys that verified it stay).
+    /// The hash reads a token's tail only; a token is found only by all its bytes.
+    #[test]
+    fn a_token_is_found_only_by_every_byte_of_it() {
+        let cache = TokenCache::new(100);
+        let p = Arc::new(Principal::anonymous());
+        let held = format!("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.{}", "s".repeat(40));
+        cache.insert(held.as_bytes(), p.clone(), (0, u64::MAX), 1, 0);
+        assert!(cache.get(held.as_bytes(), 1, 1).is_some());
+        let mut alike = Vec::new();
+        // Each byte changed in turn: the same tail, other claims; the tail itself.
+        for at in 0..held.len() {
+            let mut t = held.clone().into_bytes();
+            t[at] = if t[at] == b'x' { b'y' } else { b'x' };
+            alike.push(t);
+        }
+        // Longer and shorter with the same tail, and the tail alone.
+        alike.push(format!("x{held}").into_bytes());
+        alike.push(held.as_bytes()[1..].to_vec());
+        alike.push(held.as_bytes()[held.len() - HASHED_TAIL..].to_vec());
+        for t in &alike {
+            assert!(
+                cache.get(t, 1, 1).is_none(),
+                "{}",
+                String::from_utf8_lossy(t)
+            );
+        }
+        // Short tokens are held and told apart as well.
+        for short in [&b""[..], b"a", b"ab", b"ba"] {
+            cache.insert(short, p.clone(), (0, u64::MAX), 1, 0);
+        }
+        assert!(cache.get(b"ab", 1, 1).is_some() && cache.get(b"abc", 1, 1).is_none());
+        assert!(cache.get(held.as_bytes(), 1, 1).is_some());
+    }
+
     #[test]
     fn validity_and_generation_decide() {
         let cache = TokenCache::new(10);
         let p = Arc::new(Principal::anonymous());
-        cache.insert("t", p.clone(), (100, 200), 7, 150);
-        assert!(cache.get("t", 150, 7).is_some());
+        cache.insert(b"t", p.clone(), (100, 200), 7, 150);
+        assert!(cache.get(b"t", 150, 7).is_some());
         assert!(
-            cache.get("t", 200, 7).is_some(),
+            cache.get(b"t", 200, 7).is_some(),
             "valid through its last second"
         );
-        assert!(cache.get("t", 99, 7).is_none(), "not yet valid");
-        assert!(matches!(cache.known("t", 150, 7), Known::Unknown), "gone");
-        cache.insert("t", p.clone(), (100, 200), 7, 150);
-        assert!(cache.get("t", 150, 8).is_none(), "other keys");
-        assert!(cache.get("t", 150, 7).is_none(), "removed once stale");
-        cache.insert("t", p, (100, 200), 7, 150);
-        assert!(cache.get("t", 201, 7).is_none(), "expired");
+        assert!(cache.get(b"t", 99, 7).is_none(), "not yet valid");
+        assert!(matches!(cache.known(b"t", 150, 7), Known::Unknown), "gone");
+        cache.insert(b"t", p.clone(), (100, 200), 7, 150);
+        assert!(cache.get(b"t", 150, 8).is_none(), "other keys");
+        assert!(cache.get(b"t", 150, 7).is_none(), "removed once stale");
+        cache.insert(b"t", p, (100, 200), 7, 150);
+        assert!(cache.get(b"t", 201, 7).is_none(), "expired");
         for now in [201, 202, u64::MAX] {
-            assert!(matches!(cache.known("t", now, 7), Known::Expired), "{now}");
+            assert!(matches!(cache.known(b"t", now, 7), Known::Expired), "{now}");
         }
         assert!(
-            matches!(cache.known("t", 201, 8), Known::Unknown),
+            matches!(cache.known(b"t", 201, 8), Known::Unknown),
             "other keys"
         );
         assert!(
-            matches!(cache.known("t", 201, 7), Known::Unknown),
+            matches!(cache.known(b"t", 201, 7), Known::Unknown),
             "gone with them"
         );
     }

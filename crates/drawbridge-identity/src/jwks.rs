@@ -217,6 +217,13 @@ enum Origin {
     },
 }
 
+/// The state of a key source at one moment ([`KeySource::standing`]).
+pub(crate) struct Standing {
+    pub(crate) generation: u64,
+    pub(crate) usable: bool,
+    pub(crate) due: bool,
+}
+
 struct Loaded {
     keys: Arc<KeySet>,
     /// Changes whenever the keys do, so verifications cached under older keys lapse. Kept
@@ -358,22 +365,48 @@ impl KeySource {
             .ok_or_else(|| Refusal::KeysUnavailable("no keys".into()))
     }
 
-    /// Starts a background fetch when the keys are older than the refresh interval. Called
-    /// on every use, cached verifications included: otherwise a busy cache would never look
-    /// at the issuer again, and a key it withdrew would keep admitting tokens.
+    /// Starts a background fetch when the keys are older than the refresh interval. Every
+    /// use of the keys does this, cached verifications included (from [`Self::standing`]):
+    /// otherwise a busy cache would never look at the issuer again, and a key it withdrew
+    /// would keep admitting tokens.
     pub(crate) fn refresh_if_due(self: &Arc<Self>) {
-        let Origin::Url {
-            refresh, cooldown, ..
-        } = &self.origin
-        else {
-            return;
+        if self.standing().due {
+            self.refresh_now();
+        }
+    }
+
+    /// What a verification cached under these keys needs to know, from one look at the
+    /// key set and one reading of the clock: the generation in use (0 before any), whether
+    /// the keys are usable ([`Self::usable`]), and whether a refresh is due.
+    pub(crate) fn standing(&self) -> Standing {
+        let loaded = self.current.load();
+        let Some(l) = loaded.as_ref() else {
+            return Standing {
+                generation: 0,
+                usable: false,
+                due: false,
+            };
         };
-        let due = self
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|l| l.fetched_at.elapsed() > *refresh);
-        if due && self.claim_attempt(*cooldown) {
+        let (usable, due) = match &self.origin {
+            Origin::File => (true, false),
+            Origin::Url { refresh, grace, .. } => {
+                let age = l.fetched_at.elapsed();
+                (age <= *refresh + *grace, age > *refresh)
+            }
+        };
+        Standing {
+            generation: l.generation,
+            usable,
+            due,
+        }
+    }
+
+    /// Starts a background refresh, at most once per cooldown, whether or not one is due
+    /// ([`Self::standing`] says).
+    pub(crate) fn refresh_now(self: &Arc<Self>) {
+        if let Origin::Url { cooldown, .. } = &self.origin
+            && self.claim_attempt(*cooldown)
+        {
             self.refresh_in_background();
         }
     }

@@ -88,7 +88,7 @@ impl JwtAuthenticator {
     }
 
     /// The principal of a token verified earlier and still valid, without any other work.
-    pub fn cached(&self, token: &str) -> Option<Arc<Principal>> {
+    pub fn cached(&self, token: &[u8]) -> Option<Arc<Principal>> {
         match self.known(token) {
             Known::Valid(p) => Some(p),
             Known::Expired | Known::Unknown => None,
@@ -97,14 +97,17 @@ impl JwtAuthenticator {
 
     /// What the cache knows of `token`: valid (while the keys are usable), expired since it
     /// was verified, or nothing.
-    fn known(&self, token: &str) -> Known {
+    fn known(&self, token: &[u8]) -> Known {
         let Some(cache) = self.cache.as_ref() else {
             return Known::Unknown;
         };
-        match cache.known(token, crate::unix_now(), self.keys.generation()) {
-            Known::Valid(_) if self.keys.usable().is_err() => Known::Unknown,
+        let keys = self.keys.standing();
+        match cache.known(token, crate::unix_now(), keys.generation) {
+            Known::Valid(_) if !keys.usable => Known::Unknown,
             Known::Valid(p) => {
-                self.keys.refresh_if_due();
+                if keys.due {
+                    self.keys.refresh_now();
+                }
                 Known::Valid(p)
             }
             other => other,
@@ -113,7 +116,7 @@ impl JwtAuthenticator {
 
     /// Verifies `token` fully and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, Refusal> {
-        match self.known(token) {
+        match self.known(token.as_bytes()) {
             Known::Valid(p) => return Ok(p),
             // Verified before and expired since: refused as verifying it again would.
             Known::Expired => return Err(Refusal::Expired),
@@ -178,7 +181,7 @@ impl JwtAuthenticator {
         if let Some(cache) = &self.cache {
             let nbf = number(&claims, "nbf").unwrap_or(0);
             cache.insert(
-                token,
+                token.as_bytes(),
                 principal.clone(),
                 (nbf.saturating_sub(leeway), exp.saturating_add(leeway)),
                 generation,

@@ -42,7 +42,7 @@ pub async fn caller(
             )
             .await
         }
-        Proof::Simulated(None) if creds.bearer.is_some() || creds.api_key.is_some() => {
+        Proof::Simulated(None) if creds.has_bearer() || creds.api_key.is_some() => {
             Err(AuthError::Invalid(Refusal::Simulated(
                 "a test case names its caller with `principal`, not with credentials".into(),
             )))

@@ -228,19 +228,19 @@ impl Ctx {
 
 /// Request ids: a random per-process prefix and a counter, so ids never repeat.
 pub struct RequestIds {
-    /// The prefix's 16 hex digits, written once.
-    prefix: [u8; 16],
+    /// The prefix: 8 random bytes.
+    prefix: [u8; 8],
     counter: std::sync::atomic::AtomicU64,
 }
 
 impl RequestIds {
     /// A fresh id source.
     pub fn new() -> Self {
-        let mut seed = [0u8; 8];
+        let mut prefix = [0u8; 8];
         // A failing OS random source leaves a zero prefix: ids stay unique within the process.
-        let _ = getrandom::fill(&mut seed);
+        let _ = getrandom::fill(&mut prefix);
         Self {
-            prefix: hex(u64::from_le_bytes(seed)),
+            prefix,
             counter: Default::default(),
         }
     }
@@ -250,20 +250,17 @@ impl RequestIds {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.prefix);
+        raw[8..].copy_from_slice(&n.to_be_bytes());
         let mut digits = [0u8; RequestId::MAX];
-        digits[..16].copy_from_slice(&self.prefix);
-        digits[16..].copy_from_slice(&hex(n));
-        // 32 hex digits: ASCII, and as long as an id may be, so this never falls back.
-        RequestId::new(&digits).unwrap_or_default()
+        // 16 bytes make 32 hex digits: they fit, are ASCII, and are as long as an id may be,
+        // so this never falls back.
+        base16ct::lower::encode_str(&raw, &mut digits)
+            .ok()
+            .and_then(RequestId::new)
+            .unwrap_or_default()
     }
-}
-
-/// `n` as 16 lower-case hex digits.
-fn hex(n: u64) -> [u8; 16] {
-    let mut digits = [0u8; 16];
-    // Sixteen digits for eight bytes: the buffer always fits.
-    let _ = base16ct::lower::encode(&n.to_be_bytes(), &mut digits);
-    digits
 }
 
 impl Default for RequestIds {
@@ -292,9 +289,18 @@ mod tests {
     }
 
     #[test]
-    fn hex_digits_are_the_counter_in_order() {
-        assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
-        assert_eq!(&hex(u64::MAX), b"ffffffffffffffff");
-        assert_eq!(&hex(0xa0), b"00000000000000a0");
+    fn hex_digits_are_the_prefix_then_the_counter_in_order() {
+        let ids = RequestIds {
+            prefix: [0xa0, 0, 0, 0, 0, 0, 0, 0x1f],
+            counter: 0x0123_4567_89ab_cdef.into(),
+        };
+        assert_eq!(ids.next().as_str(), "a00000000000001f0123456789abcdef");
+        assert_eq!(ids.next().as_str(), "a00000000000001f0123456789abcdf0");
+        let ids = RequestIds {
+            prefix: [0xff; 8],
+            counter: u64::MAX.into(),
+        };
+        assert_eq!(ids.next().as_str(), "ffffffffffffffffffffffffffffffff");
+        assert_eq!(ids.next().as_str(), "ffffffffffffffff0000000000000000");
     }
 }

@@ -340,7 +340,7 @@ mod tests {
     fn access(s: &str, full: bool) -> AccessEvent {
         AccessEvent {
             time: SystemTime::UNIX_EPOCH + Duration::new(1_796_235_580, 297_895_000),
-            request_id: RequestId::new(s.as_bytes()).unwrap_or_default(),
+            request_id: RequestId::new(s).unwrap_or_default(),
             trace_id: full.then(|| s.to_string()),
             listener: Arc::from(s),
             host: full.then(|| Arc::from(s)),
