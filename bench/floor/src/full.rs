@@ -3,7 +3,7 @@
 //! own work on that path from the work the path itself asks for.
 //!
 //! A request needs a bearer token: verified once (jsonwebtoken, RS256 with the key the JWKS
-//! file names, issuer and audience checked), then found by its text in a cache and its
+//! file names, issuer and audience checked), then found by its bytes in a cache and its
 //! expiry checked. The policies (cedar-policy) are asked once per caller, route and action
 //! (`Action::"read"` for `GET`, `HEAD` and `OPTIONS`, `Action::"write"` for any other
 //! method, on `Route::"<first segment>"` in `Upstream::"upstream"`; no context), and their
@@ -102,14 +102,42 @@ struct Logs {
     line: Vec<u8>,
 }
 
-/// Per-request maps, keyed by token or route, with the hasher Drawbridge's caches use.
+/// Per-request maps, keyed by route, with the hasher Drawbridge's caches use.
 type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// Verified tokens by their bytes, hashed as Drawbridge's token cache hashes them: the
+/// length and the last 32 bytes (the signature's), compared whole.
+type Tokens = HashMap<Box<[u8]>, Arc<Caller>, TailState>;
+
+#[derive(Default)]
+struct TailState(foldhash::fast::RandomState);
+
+struct TailHasher(foldhash::fast::FoldHasher<'static>);
+
+impl std::hash::BuildHasher for TailState {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+impl std::hash::Hasher for TailHasher {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(&bytes[bytes.len().saturating_sub(32)..]);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0.write_usize(n);
+    }
+}
 
 /// The checks and the logs of the full path.
 pub struct Gate {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
-    cache: Mutex<Map<Arc<Caller>>>,
+    cache: Mutex<Tokens>,
     policies: PolicySet,
     authorizer: Authorizer,
     read: EntityUid,
@@ -189,7 +217,7 @@ impl Gate {
         Ok(Self {
             keys,
             validation,
-            cache: Mutex::new(Map::default()),
+            cache: Mutex::new(Tokens::default()),
             policies,
             authorizer: Authorizer::new(),
             read: uid("Action", "read")?,
@@ -302,14 +330,15 @@ impl Gate {
     fn caller(&self, headers: &HeaderMap) -> Option<Arc<Caller>> {
         let token = headers
             .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?;
+            .as_bytes()
+            .strip_prefix(b"Bearer ")?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
         let cached = lock(&self.cache).get(token).cloned();
         if let Some(c) = cached {
             return (c.exp > now).then_some(c);
         }
+        let held = token;
+        let token = std::str::from_utf8(token).ok()?;
         let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
         let claims = jsonwebtoken::decode::<Claims>(token, self.keys.get(&kid)?, &self.validation)
             .ok()?
@@ -345,7 +374,7 @@ impl Gate {
             entities,
             decisions: Mutex::new(Map::default()),
         });
-        lock(&self.cache).insert(token.to_owned(), caller.clone());
+        lock(&self.cache).insert(held.into(), caller.clone());
         (caller.exp > now).then_some(caller)
     }
 
