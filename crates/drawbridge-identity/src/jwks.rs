@@ -219,8 +219,11 @@ enum Origin {
 
 /// The state of a key source at one moment ([`KeySource::standing`]).
 pub(crate) struct Standing {
+    /// The generation of the keys in use; 0 before any.
     pub(crate) generation: u64,
-    pub(crate) usable: bool,
+    /// Whether they are usable now, and why not.
+    pub(crate) usable: Result<(), &'static str>,
+    /// Whether a refresh is due.
     pub(crate) due: bool,
 }
 
@@ -295,11 +298,6 @@ impl KeySource {
         })
     }
 
-    /// Changes whenever the keys change.
-    pub fn generation(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |l| l.generation)
-    }
-
     /// Fetches the keys now if they come from an address and none were had yet.
     pub async fn prefetch(self: &Arc<Self>) {
         if matches!(self.origin, Origin::Url { .. }) && self.current.load().is_none() {
@@ -309,22 +307,9 @@ impl KeySource {
 
     /// Whether keys are usable now: fetched, and not stale beyond the grace period.
     pub fn usable(&self) -> Result<(), Refusal> {
-        let loaded = self.current.load();
-        let Some(l) = loaded.as_ref() else {
-            return Err(Refusal::KeysUnavailable("never fetched".into()));
-        };
-        match &self.origin {
-            Origin::File => Ok(()),
-            Origin::Url { refresh, grace, .. } => {
-                if l.fetched_at.elapsed() > *refresh + *grace {
-                    Err(Refusal::KeysUnavailable(
-                        "not refreshed within the grace period".into(),
-                    ))
-                } else {
-                    Ok(())
-                }
-            }
-        }
+        self.standing()
+            .usable
+            .map_err(|why| Refusal::KeysUnavailable(why.into()))
     }
 
     /// The key set to verify a token naming `kid` with: refreshed in the background when
@@ -383,15 +368,20 @@ impl KeySource {
         let Some(l) = loaded.as_ref() else {
             return Standing {
                 generation: 0,
-                usable: false,
+                usable: Err("never fetched"),
                 due: false,
             };
         };
         let (usable, due) = match &self.origin {
-            Origin::File => (true, false),
+            Origin::File => (Ok(()), false),
             Origin::Url { refresh, grace, .. } => {
                 let age = l.fetched_at.elapsed();
-                (age <= *refresh + *grace, age > *refresh)
+                let usable = if age > *refresh + *grace {
+                    Err("not refreshed within the grace period")
+                } else {
+                    Ok(())
+                };
+                (usable, age > *refresh)
             }
         };
         Standing {

@@ -103,7 +103,7 @@ impl JwtAuthenticator {
         };
         let keys = self.keys.standing();
         match cache.known(token, crate::unix_now(), keys.generation) {
-            Known::Valid(_) if !keys.usable => Known::Unknown,
+            Known::Valid(_) if keys.usable.is_err() => Known::Unknown,
             Known::Valid(p) => {
                 if keys.due {
                     self.keys.refresh_now();
