@@ -165,11 +165,22 @@ fn open_audit(snapshot: &Snapshot, key: Arc<ArcSwap<Minter>>) -> Result<AuditLog
         }
     });
     chained
-        .and_then(|c| JsonLog::start_lines(Box::new(c), admin::RECENT_DECISIONS, true))
+        .and_then(|c| JsonLog::start_lines(Box::new(c), recent_decisions(snapshot), true))
         .map_err(|source| StartError::Io {
             what: "opening the audit log".into(),
             source,
         })
+}
+
+/// How many audit lines to keep in memory: the admin API's recent decisions, or none when
+/// there is no admin API to show them (a reload cannot add one). A thousand lines kept are
+/// a ring of several hundred kilobytes that every decision is copied through.
+fn recent_decisions(snapshot: &Snapshot) -> usize {
+    if snapshot.admin.is_some() {
+        admin::RECENT_DECISIONS
+    } else {
+        0
+    }
 }
 
 /// Binds `address`, or takes the socket handed over for it; `what` says what was being
@@ -468,5 +479,30 @@ async fn park_upstreams_every(shared: std::sync::Weak<Shared>, every: std::time:
         for u in &shared.snapshot.load().upstreams {
             u.park_idle(every);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot of one public route, with `extra` (TOML) before it.
+    fn snapshot(extra: &str) -> Snapshot {
+        let src = format!(
+            "{extra}\n[[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:1\"\n\n\
+             [[upstreams]]\nname = \"u\"\nendpoints = [\"http://127.0.0.1:9000\"]\n\n\
+             [[routes]]\nname = \"r\"\nprefix = \"/\"\nupstream = \"u\"\npublic = true\n"
+        );
+        let cfg = drawbridge_config::parse(Path::new("/etc/drawbridge/t.toml"), &src)
+            .expect("valid config");
+        Snapshot::compile(cfg, None).expect("compiles")
+    }
+
+    /// Audit lines are kept in memory for the admin API to show, and only when there is one.
+    #[test]
+    fn recent_decisions_are_kept_only_for_an_admin_api() {
+        assert_eq!(recent_decisions(&snapshot("")), 0);
+        let with_admin = snapshot("[admin]\naddress = \"127.0.0.1:9901\"\n");
+        assert_eq!(recent_decisions(&with_admin), admin::RECENT_DECISIONS);
     }
 }

@@ -162,101 +162,107 @@ fn refusal(ctx: &mut Ctx, err: &ProxyError) -> Response<ResponseBody> {
 /// Phases 2 to 11 on a request. What admission and mutate needed is let go of before the
 /// upstream is asked: while it answers, the request's state is the forward step's and the
 /// route's.
-async fn run(
-    shared: &Arc<Shared>,
-    snapshot: &Snapshot,
-    listener: &ListenerEntry,
-    conn: &ConnInfo,
-    req: &mut Parts,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a copy of each argument beside the one it uses"
+)]
+fn run<'a>(
+    shared: &'a Arc<Shared>,
+    snapshot: &'a Snapshot,
+    listener: &'a ListenerEntry,
+    conn: &'a ConnInfo,
+    req: &'a mut Parts,
     body: Incoming,
-    ctx: &mut Ctx,
-) -> Result<Outcome, ProxyError> {
-    if let Some(port) = listener.redirect_to_https {
-        crate::parse::request(ctx, listener, req)?;
-        return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
-    }
-    let (out, route, deadline) = {
-        let (admitted, max_body) =
-            match admit_and_audit(shared, snapshot, listener, conn, req, ctx).await {
-                Admission::Route { admitted, max_body } => (admitted, max_body),
-                Admission::Own => {
-                    return own_pages(shared, snapshot, listener, ctx, req, body)
-                        .await
-                        .map(Outcome::Local);
-                }
-                Admission::Refused(error) => return Err(error),
-                Admission::Answered(answer) => return answer.map(Outcome::Local),
-            };
-        let route = &admitted.route;
-
-        // A tunnel or a stream lives no longer than the credential that admitted it.
-        let deadline = crate::deadline::Deadline::of(
-            route,
-            admitted.principal.as_deref(),
-            ctx.arrived,
-            ctx.time(),
-        );
-        let upgrade = ctx
-            .headers
-            .websocket
-            .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
-        let lease = upgrade.as_ref().map(|_| {
-            Box::new(crate::tunnel::Lease::new(
-                deadline,
-                crate::tunnel::Admitted {
-                    shared: shared.clone(),
-                    snapshot,
-                    admitted: &admitted,
-                    ctx,
-                    query: ctx.query(req.uri.query()),
-                    headers: &req.headers,
-                    conn,
-                },
-            ))
-        });
-
-        // 9 mutate
-        let headers = std::mem::take(&mut req.headers);
-        let mut up = crate::mutate::request(ctx, snapshot, conn, &admitted, headers, &req.uri)?;
-        if let (Some(t), Some(tracing)) = (&ctx.trace, &snapshot.tracing) {
-            t.inject(tracing, &mut up.headers);
+    ctx: &'a mut Ctx,
+) -> impl Future<Output = Result<Outcome, ProxyError>> + Send + 'a {
+    async move {
+        if let Some(port) = listener.redirect_to_https {
+            crate::parse::request(ctx, listener, req)?;
+            return redirect_to_https(&ctx.host, port, &req.uri).map(Outcome::Local);
         }
+        let (out, route, deadline) = {
+            let (admitted, max_body) =
+                match admit_and_audit(shared, snapshot, listener, conn, req, ctx).await {
+                    Admission::Route { admitted, max_body } => (admitted, max_body),
+                    Admission::Own => {
+                        return own_pages(shared, snapshot, listener, ctx, req, body)
+                            .await
+                            .map(Outcome::Local);
+                    }
+                    Admission::Refused(error) => return Err(error),
+                    Admission::Answered(answer) => return answer.map(Outcome::Local),
+                };
+            let route = &admitted.route;
 
-        // 10 forward: the body, screened when the route asks for it
-        let idle = listener.limits.body_idle_timeout;
-        let body = if upgrade.is_some() {
-            RequestBody::empty()
-        } else {
-            match crate::sanitize::form(route, body, max_body, idle, &mut up.headers).await? {
-                Ok(screened) => screened,
-                Err(body) => RequestBody::limited(body, max_body, route.trailers.clone(), idle),
+            // A tunnel or a stream lives no longer than the credential that admitted it.
+            let deadline = crate::deadline::Deadline::of(
+                route,
+                admitted.principal.as_deref(),
+                ctx.arrived,
+                ctx.time(),
+            );
+            let upgrade = ctx
+                .headers
+                .websocket
+                .then(|| req.extensions.remove::<hyper::upgrade::OnUpgrade>())
+                .flatten();
+            let lease = upgrade.as_ref().map(|_| {
+                Box::new(crate::tunnel::Lease::new(
+                    deadline,
+                    crate::tunnel::Admitted {
+                        shared: shared.clone(),
+                        snapshot,
+                        admitted: &admitted,
+                        ctx,
+                        query: ctx.query(req.uri.query()),
+                        headers: &req.headers,
+                        conn,
+                    },
+                ))
+            });
+
+            // 9 mutate
+            let headers = std::mem::take(&mut req.headers);
+            let mut up = crate::mutate::request(ctx, snapshot, conn, &admitted, headers, &req.uri)?;
+            if let (Some(t), Some(tracing)) = (&ctx.trace, &snapshot.tracing) {
+                t.inject(tracing, &mut up.headers);
             }
+
+            // 10 forward: the body, screened when the route asks for it
+            let idle = listener.limits.body_idle_timeout;
+            let body = if upgrade.is_some() {
+                RequestBody::empty()
+            } else {
+                match crate::sanitize::form(route, body, max_body, idle, &mut up.headers).await? {
+                    Ok(screened) => screened,
+                    Err(body) => RequestBody::limited(body, max_body, route.trailers.clone(), idle),
+                }
+            };
+            let out = Outgoing {
+                method: std::mem::take(&mut req.method),
+                path_and_query: up.path_and_query,
+                host: up.host,
+                headers: up.headers,
+                body,
+                upgrade,
+                lease,
+            };
+            (out, admitted.route, deadline)
         };
-        let out = Outgoing {
-            method: std::mem::take(&mut req.method),
-            path_and_query: up.path_and_query,
-            host: up.host,
-            headers: up.headers,
-            body,
-            upgrade,
-            lease,
-        };
-        (out, admitted.route, deadline)
-    };
-    let sent = std::time::Instant::now();
-    let forwarded = forward::forward(&route.upstream, out, sent).await;
-    route.metrics.phase(Timed::Upstream, sent.elapsed());
-    if let Some(t) = &mut ctx.trace {
-        t.event("upstream.response");
+        let sent = std::time::Instant::now();
+        let forwarded = forward::forward(&route.upstream, out, sent).await;
+        route.metrics.phase(Timed::Upstream, sent.elapsed());
+        if let Some(t) = &mut ctx.trace {
+            t.event("upstream.response");
+        }
+        let mut forwarded = forwarded?;
+        if !route.response_edits.is_empty() {
+            route.response_edits.apply(forwarded.response.headers_mut());
+        }
+        forwarded.deadline = Some(deadline);
+        ctx.event.upstream = Some(forwarded.endpoint.clone());
+        Ok(Outcome::Forwarded(forwarded))
     }
-    let mut forwarded = forwarded?;
-    if !route.response_edits.is_empty() {
-        route.response_edits.apply(forwarded.response.headers_mut());
-    }
-    forwarded.deadline = Some(deadline);
-    ctx.event.upstream = Some(forwarded.endpoint.clone());
-    Ok(Outcome::Forwarded(forwarded))
 }
 
 /// Drawbridge's own pages (kilobytes of state) in a box: every request's future would carry
