@@ -98,16 +98,32 @@ impl LineSink for Plain {
         self.0.write_all(b"\n")
     }
 
-    /// Already lines as the file takes them, in a buffer of their own: written whole and
-    /// straight through, not copied into the writer's buffer first (a busy log's batch is
-    /// tens of kilobytes, and each copy passes it through the cache once more). Lines still
-    /// buffered from [`LineSink::line`] go first.
+    /// Already lines as the file takes them, in a buffer of their own: written straight
+    /// through, not copied into the writer's buffer first (a busy log's batch is tens of
+    /// kilobytes, and each copy passes it through the cache once more). Lines still
+    /// buffered from [`LineSink::line`] go first. What the file does not take when a write
+    /// fails waits in the buffer for the next flush, as it would have had it been copied
+    /// there first: a line is never cut off by a failure that passes.
     fn lines(&mut self, lines: Lines<'_>) -> std::io::Result<()> {
-        if self.0.buffer().is_empty() {
-            self.0.get_mut().write_all(lines.bytes())
-        } else {
-            self.0.write_all(lines.bytes())
+        if !self.0.buffer().is_empty() {
+            return self.0.write_all(lines.bytes());
         }
+        let mut rest = lines.bytes();
+        while !rest.is_empty() {
+            match self.0.get_mut().write(rest) {
+                Ok(0) => {
+                    let _ = self.0.write_all(rest);
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = self.0.write_all(rest);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -710,6 +726,56 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A file that takes `take` bytes, then fails once, then takes everything.
+    struct Faltering {
+        calls: Calls,
+        take: usize,
+        failed: bool,
+    }
+
+    impl Write for Faltering {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.take == 0 && !self.failed {
+                self.failed = true;
+                return Err(std::io::Error::other("no space left"));
+            }
+            let n = if self.failed {
+                buf.len()
+            } else {
+                buf.len().min(self.take)
+            };
+            self.take -= n.min(self.take);
+            self.calls.write(&buf[..n])
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A batch the file stops taking part way waits for the next flush from where the file
+    /// stopped: nothing is lost and no line is cut in two.
+    #[test]
+    fn plain_keeps_what_a_failed_write_left_for_the_next_flush() {
+        let calls = Calls::default();
+        let file = Faltering {
+            calls: calls.clone(),
+            take: 5,
+            failed: false,
+        };
+        let mut plain = Plain(BufWriter::new(Box::new(file)));
+        let batch = b"{\"n\":1}\n{\"n\":2}\n".to_vec();
+        let ends = [8, 16];
+        assert!(plain.lines(Lines::new(&batch, &ends)).is_err());
+        plain.flush().expect("flush after the failure passed");
+        plain.line(b"{\"n\":3}").expect("line");
+        plain.flush().expect("flush");
+        let written: Vec<u8> = calls.0.lock().expect("calls").concat();
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
     }
 
     /// A batch goes to the file as it is, in one write; a line still buffered goes before it,
