@@ -303,9 +303,6 @@ mod tests {
         assert!(cache.get(token(1499).as_bytes(), 1, 1).is_some());
     }
 
-    /// An expired token, or one verified with replaced keys, is a miss; one verified with
-    /// replaced keys or not valid yet is gone, an expired one stays known as expired (for as
-    /// long as the keys that verified it stay).
     /// The hash reads a token's tail only; a token is found only by all its bytes.
     #[test]
     fn a_token_is_found_only_by_every_byte_of_it() {
@@ -340,6 +337,9 @@ mod tests {
         assert!(cache.get(held.as_bytes(), 1, 1).is_some());
     }
 
+    /// An expired token, or one verified with replaced keys, is a miss; one verified with
+    /// replaced keys or not valid yet is gone, an expired one stays known as expired (for as
+    /// long as the keys that verified it stay).
     #[test]
     fn validity_and_generation_decide() {
         let cache = TokenCache::new(10);

@@ -110,18 +110,17 @@ impl LineSink for Plain {
         }
         let mut rest = lines.bytes();
         while !rest.is_empty() {
-            match self.0.get_mut().write(rest) {
-                Ok(0) => {
-                    let _ = self.0.write_all(rest);
-                    return Err(std::io::ErrorKind::WriteZero.into());
+            let failed = match self.0.get_mut().write(rest) {
+                Ok(0) => std::io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    rest = &rest[n..];
+                    continue;
                 }
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = self.0.write_all(rest);
-                    return Err(e);
-                }
-            }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            let _ = self.0.write_all(rest);
+            return Err(failed);
         }
         Ok(())
     }
